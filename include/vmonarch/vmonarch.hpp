@@ -1,0 +1,122 @@
+// vmonarch: VMonarch structured attention for video diffusion transformers.
+//
+// Public API (spec: shared/spec/VMONARCH.md). One call replaces dense self-attention over a video's
+// T·H·W tokens by a Monarch-structured attention matrix fitted in a few closed-form softmax steps.
+//
+//   vmonarch::VideoGrid grid{T, H, W};
+//   auto q = vmonarch::TensorView::bshd(q_ptr, vmonarch::DType::bf16, vmonarch::Device::cuda, B, N, heads, d);
+//   ...
+//   vmonarch::attention(q, k, v, out, grid);          // Options{} = t=2, clamp 0.1, recompute frame 0
+//
+// Tensors are views [batch, tokens, heads, head_dim] with arbitrary element strides for the first
+// three axes and a contiguous head dim, so BSHD (flash-attn, Wan) and BHSD (PyTorch SDPA) layouts both
+// work without copies. Tokens are frame-major: token n = i·H·W + j for frame i and position j.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "vmonarch/errors.hpp"
+
+namespace vmonarch {
+
+enum class DType { f16, bf16, f32, f64 };
+enum class Device { cpu, cuda };
+
+std::string to_string(DType dtype);
+std::string to_string(Device device);
+std::size_t dtype_size(DType dtype);
+
+// The latent video: T frames of H×W tokens, N = T·H·W.
+struct VideoGrid {
+    std::int64_t T = 1, H = 1, W = 1;
+    std::int64_t frame_tokens() const { return H * W; }
+    std::int64_t tokens() const { return T * H * W; }
+};
+
+struct Options {
+    int iterations = 2;                  // t: R-steps = L-steps = t, 1..8 (spec §3)
+    double cr_clamp = 0.1;               // R-step divides by max(cR, clamp); 0 disables the clamp
+    bool recompute_first_frame = true;   // exact dense attention for frame-0 queries (spec §3)
+    std::optional<double> softmax_scale; // default 1/sqrt(head_dim of q)
+};
+
+// A strided 4-D view [batch, tokens, heads, head_dim]; strides in elements, head_dim stride must be 1.
+struct TensorView {
+    void* data = nullptr;
+    DType dtype = DType::f32;
+    Device device = Device::cpu;
+    int device_index = 0;
+    std::array<std::int64_t, 4> shape{};   // batch, tokens, heads, head_dim
+    std::array<std::int64_t, 4> strides{}; // elements
+
+    std::int64_t batch() const { return shape[0]; }
+    std::int64_t tokens() const { return shape[1]; }
+    std::int64_t heads() const { return shape[2]; }
+    std::int64_t head_dim() const { return shape[3]; }
+
+    // Contiguous [batch, tokens, heads, d] (flash-attn / Wan layout).
+    static TensorView bshd(void* data, DType dtype, Device device, std::int64_t batch, std::int64_t tokens,
+                           std::int64_t heads, std::int64_t head_dim, int device_index = 0);
+    // Contiguous [batch, heads, tokens, d] (PyTorch SDPA layout), viewed as [batch, tokens, heads, d].
+    static TensorView bhsd(void* data, DType dtype, Device device, std::int64_t batch, std::int64_t heads,
+                           std::int64_t tokens, std::int64_t head_dim, int device_index = 0);
+};
+
+// Per-row log-sum-exp output [batch, heads, tokens], f32 (f64 allowed for f64 inputs on the CPU).
+// For Monarch rows it is logsumexp_k z of the final L-step, the row's objective value, a lower bound on
+// the dense row's log-sum-exp (spec §3); recomputed rows hold the exact dense value.
+struct LseView {
+    void* data = nullptr;
+    DType dtype = DType::f32;
+    Device device = Device::cpu;
+    int device_index = 0;
+    std::array<std::int64_t, 3> shape{};   // batch, heads, tokens
+    std::array<std::int64_t, 3> strides{}; // elements
+
+    static LseView contiguous(void* data, DType dtype, Device device, std::int64_t batch, std::int64_t heads,
+                              std::int64_t tokens, int device_index = 0);
+};
+
+// Where CUDA work runs. stream: a cudaStream_t (nullptr = default stream). workspace: caller-owned device
+// memory of at least workspace_bytes(...) bytes, or nullptr to let the library use its own cached buffer.
+struct CudaContext {
+    void* stream = nullptr;
+    void* workspace = nullptr;
+    std::size_t workspace_bytes = 0;
+};
+
+// VMonarch attention: out = M·V with M the fitted Monarch matrix, frame-0 rows exact when
+// options.recompute_first_frame. q, k: [B, N, heads, d]; v, out: [B, N, heads, dv]. All on one device,
+// one dtype. Throws ArgumentError (see errors.hpp) for every invalid argument, CudaError on CUDA failure.
+void attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+               const VideoGrid& grid, const Options& options = {}, const LseView* lse = nullptr,
+               const CudaContext* cuda = nullptr);
+
+// Exact softmax(q·kᵀ·scale)·v with optional per-row log-sum-exp. Never materialises N×N.
+void dense_attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                     std::optional<double> softmax_scale = std::nullopt, const LseView* lse = nullptr,
+                     const CudaContext* cuda = nullptr);
+
+// Bytes of device workspace attention() needs for these shapes (0 on the CPU).
+std::size_t workspace_bytes(const TensorView& q, const TensorView& v, const VideoGrid& grid,
+                            const Options& options = {});
+
+// Forward FLOPs (spec §4), all batches and heads.
+struct FlopCount {
+    double r_steps = 0, l_steps = 0, recompute = 0; // parts of the VMonarch total
+    double vmonarch = 0;
+    double dense = 0;
+};
+FlopCount flops(const VideoGrid& grid, std::int64_t head_dim, std::int64_t heads = 1, std::int64_t batch = 1,
+                const Options& options = {});
+
+// True when this build has CUDA kernels and a CUDA device is visible.
+bool cuda_available();
+// "NVIDIA H100 80GB HBM3" etc., or "" without a device.
+std::string cuda_device_name(int device_index = 0);
+
+} // namespace vmonarch

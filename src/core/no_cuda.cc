@@ -1,0 +1,20 @@
+// Stand-ins for the CUDA backend in builds without CUDA: every entry point says so clearly.
+#include "core/dispatch.hpp"
+
+namespace vmonarch::detail {
+
+namespace {
+[[noreturn]] void no_cuda(const char* what) {
+    throw UnsupportedError(std::string(what) +
+                           ": this vmonarch build has no CUDA kernels (configure with nvcc on the PATH or "
+                           "-DVMONARCH_CUDA=ON); use Device::cpu tensors");
+}
+} // namespace
+
+void cuda_monarch_attention(const MonarchProblem&, const CudaContext*) { no_cuda("vmonarch::attention"); }
+void cuda_dense_attention(const AttentionProblem&, const CudaContext*) { no_cuda("vmonarch::dense_attention"); }
+std::size_t cuda_monarch_workspace_bytes(const MonarchProblem&) { return 0; }
+bool cuda_device_present() { return false; }
+std::string cuda_device_name_of(int) { return ""; }
+
+} // namespace vmonarch::detail
