@@ -16,6 +16,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -113,6 +114,11 @@ struct FlopCount {
 };
 FlopCount flops(const VideoGrid& grid, std::int64_t head_dim, std::int64_t heads = 1, std::int64_t batch = 1,
                 const Options& options = {});
+
+// Progress of long CPU runs: called with a stage name ("monarch R-step 1/2", "dense", ...) and the
+// fraction done in [0, 1]. Process-wide; pass an empty function to switch it off. Not called on CUDA.
+using ProgressCallback = std::function<void(const std::string& stage, double fraction)>;
+void set_progress_callback(ProgressCallback callback);
 
 // True when this build has CUDA kernels and a CUDA device is visible.
 bool cuda_available();
