@@ -1,0 +1,46 @@
+#include "core/progress.hpp"
+
+#include <mutex>
+
+#include "vmonarch/vmonarch.hpp"
+
+namespace vmonarch {
+namespace {
+std::mutex g_mutex;
+ProgressCallback g_callback;
+std::atomic<bool> g_enabled{false};
+} // namespace
+
+void set_progress_callback(ProgressCallback callback) {
+    std::lock_guard lock(g_mutex);
+    g_callback = std::move(callback);
+    g_enabled = bool(g_callback);
+}
+
+namespace detail {
+
+bool progress_enabled() { return g_enabled.load(std::memory_order_relaxed); }
+
+void report_progress(const std::string& stage, double fraction) {
+    if (!progress_enabled()) return;
+    std::lock_guard lock(g_mutex);
+    if (g_callback) g_callback(stage, fraction);
+}
+
+ProgressCounter::ProgressCounter(std::string stage, std::int64_t total) : stage_(std::move(stage)), total_(total) {}
+
+void ProgressCounter::add(std::int64_t items) {
+    if (!progress_enabled() || total_ <= 0) return;
+    const std::int64_t done = done_.fetch_add(items, std::memory_order_relaxed) + items;
+    const std::int64_t percent = done * 100 / total_;
+    std::int64_t last = reported_percent_.load(std::memory_order_relaxed);
+    while (percent > last) {
+        if (reported_percent_.compare_exchange_weak(last, percent)) {
+            report_progress(stage_, double(done) / double(total_));
+            break;
+        }
+    }
+}
+
+} // namespace detail
+} // namespace vmonarch

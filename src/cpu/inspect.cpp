@@ -1,0 +1,226 @@
+// Explicit construction of the Monarch matrix (spec §2–§3) in fp64, independent of the fast path:
+// L is stored as HW blocks of T×T, R rows are rebuilt from L on demand, the entropy is Σ R log R
+// computed directly. Used for pictures (rows of A) and tests (row sums, M·V, objective trace).
+#include "vmonarch/inspect.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+#include "cpu/head_ops.hpp"
+
+namespace vmonarch {
+namespace {
+
+double xlogx(double p) { return p > 0 ? p * std::log(p) : 0.0; }
+
+void softmax_inplace(double* x, std::int64_t n) {
+    double mx = -std::numeric_limits<double>::infinity(), sum = 0;
+    for (std::int64_t c = 0; c < n; ++c) mx = std::max(mx, x[c]);
+    for (std::int64_t c = 0; c < n; ++c) sum += (x[c] = std::exp(x[c] - mx));
+    for (std::int64_t c = 0; c < n; ++c) x[c] /= sum;
+}
+
+void check_cpu_head(const char* fn, const TensorView& q, const TensorView& k, std::int64_t b, std::int64_t h) {
+    const std::pair<const char*, const TensorView*> views[2] = {{"q", &q}, {"k", &k}};
+    for (auto [name, t] : views) {
+        if (t->data == nullptr) throw ArgumentError(name, std::string(fn) + ": argument '" + name + ".data' is null");
+        if (t->device != Device::cpu)
+            throw ArgumentError(name, std::string(fn) + ": argument '" + name + ".device' is " + to_string(t->device) +
+                                          ", expected cpu");
+        if (t->strides[3] != 1)
+            throw ArgumentError(name, std::string(fn) + ": argument '" + name + ".strides[3]' is " +
+                                          std::to_string(t->strides[3]) + ", expected 1");
+    }
+    if (k.shape[0] != q.shape[0] || k.shape[2] != q.shape[2] || k.shape[3] != q.shape[3])
+        throw ArgumentError("k", std::string(fn) + ": argument 'k.shape' does not match q in batch, heads, head_dim");
+    if (b < 0 || b >= q.batch())
+        throw ArgumentError("batch_index", std::string(fn) + ": argument 'batch_index' is " + std::to_string(b) +
+                                               ", expected 0.." + std::to_string(q.batch() - 1));
+    if (h < 0 || h >= q.heads())
+        throw ArgumentError("head_index", std::string(fn) + ": argument 'head_index' is " + std::to_string(h) +
+                                              ", expected 0.." + std::to_string(q.heads() - 1));
+}
+
+void check_queries(const char* fn, const std::vector<std::int64_t>& queries, std::int64_t n) {
+    for (auto t : queries)
+        if (t < 0 || t >= n)
+            throw ArgumentError("query_tokens", std::string(fn) + ": argument 'query_tokens' holds " +
+                                                    std::to_string(t) + ", expected 0.." + std::to_string(n - 1));
+}
+
+class ExplicitMonarch {
+public:
+    ExplicitMonarch(const TensorView& q, const TensorView& k, const VideoGrid& grid, const Options& options,
+                    std::int64_t b, std::int64_t h)
+        : T_(grid.T), HW_(grid.frame_tokens()), N_(grid.tokens()), d_(q.head_dim()),
+          s_(options.softmax_scale.value_or(1.0 / std::sqrt(double(q.head_dim())))), clamp_(options.cr_clamp),
+          q_(detail::load_head<double>(q, b, h)), k_(detail::load_head<double>(k, b, h)),
+          L_(std::size_t(HW_ * T_ * T_), 0.0), aL_(std::size_t(N_ * d_)), cL_(std::size_t(N_)) {
+        if (grid.T < 1 || grid.H < 1 || grid.W < 1 || q.tokens() != N_ || k.tokens() != N_)
+            throw ArgumentError("grid", "vmonarch inspect: argument 'grid' (" + std::to_string(grid.T) + "x" +
+                                            std::to_string(grid.H) + "x" + std::to_string(grid.W) +
+                                            ") does not match q/k tokens " + std::to_string(q.tokens()));
+        for (std::int64_t j = 0; j < HW_; ++j)
+            for (std::int64_t i = 0; i < T_; ++i) L(j, i, i) = 1.0; // start: L = identity
+    }
+
+    double& L(std::int64_t j, std::int64_t i, std::int64_t k) { return L_[std::size_t((j * T_ + i) * T_ + k)]; }
+
+    // R[k][j][:] given L (spec §3 R-step with cR = Σ_i L[j][i][k], aR = Σ_i L[j][i][k]·Q[i][j]).
+    std::vector<double> r_row(std::int64_t k, std::int64_t j, const std::vector<double>& Lm) const {
+        std::vector<double> ar(static_cast<std::size_t>(d_), 0.0), x(static_cast<std::size_t>(HW_));
+        double cr = 0;
+        for (std::int64_t i = 0; i < T_; ++i) {
+            const double w = Lm[std::size_t((j * T_ + i) * T_ + k)];
+            cr += w;
+            for (std::int64_t c = 0; c < d_; ++c) ar[c] += w * q_[(i * HW_ + j) * d_ + c];
+        }
+        const double scale = s_ / std::max(cr, clamp_);
+        for (std::int64_t l = 0; l < HW_; ++l) x[l] = scale * detail::dot(ar.data(), &k_[(k * HW_ + l) * d_], d_);
+        softmax_inplace(x.data(), HW_);
+        return x;
+    }
+
+    void r_step() {
+        R_from_ = L_;
+#pragma omp parallel for schedule(dynamic)
+        for (std::int64_t n = 0; n < N_; ++n) {
+            const std::int64_t k = n / HW_, j = n % HW_;
+            const auto r = r_row(k, j, R_from_);
+            double* al = &aL_[n * d_];
+            std::fill(al, al + d_, 0.0);
+            double neg_entropy = 0;
+            for (std::int64_t l = 0; l < HW_; ++l) {
+                detail::axpy(s_ * r[l], &k_[(k * HW_ + l) * d_], al, d_);
+                neg_entropy += xlogx(r[l]);
+            }
+            cL_[n] = neg_entropy;
+        }
+    }
+
+    void l_step() {
+#pragma omp parallel for schedule(static)
+        for (std::int64_t j = 0; j < HW_; ++j)
+            for (std::int64_t i = 0; i < T_; ++i) {
+                double* row = &L(j, i, 0);
+                for (std::int64_t k = 0; k < T_; ++k)
+                    row[k] = detail::dot(&q_[(i * HW_ + j) * d_], &aL_[(k * HW_ + j) * d_], d_) - cL_[k * HW_ + j];
+                softmax_inplace(row, T_);
+            }
+    }
+
+    // ⟨A, S⟩ + H(A) over all rows for the current L and R (R as of the last R-step).
+    double objective() {
+        double total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static)
+        for (std::int64_t j = 0; j < HW_; ++j)
+            for (std::int64_t i = 0; i < T_; ++i)
+                for (std::int64_t k = 0; k < T_; ++k) {
+                    const double w = L(j, i, k);
+                    const double inner = detail::dot(&q_[(i * HW_ + j) * d_], &aL_[(k * HW_ + j) * d_], d_) -
+                                         cL_[k * HW_ + j];
+                    total += w * inner - xlogx(w);
+                }
+        return total;
+    }
+
+    // Row of A for query token n = i·HW + j: A[(k,l)] = L[j][i][k]·R[k][j][l].
+    std::vector<double> row(std::int64_t n) const {
+        const std::int64_t i = n / HW_, j = n % HW_;
+        std::vector<double> a(static_cast<std::size_t>(N_));
+        for (std::int64_t k = 0; k < T_; ++k) {
+            const auto r = r_row(k, j, R_from_);
+            const double w = L_[std::size_t((j * T_ + i) * T_ + k)];
+            for (std::int64_t l = 0; l < HW_; ++l) a[k * HW_ + l] = w * r[l];
+        }
+        return a;
+    }
+
+    std::vector<double> dense_row(std::int64_t n) const {
+        std::vector<double> a(static_cast<std::size_t>(N_));
+        for (std::int64_t m = 0; m < N_; ++m) a[m] = s_ * detail::dot(&q_[n * d_], &k_[m * d_], d_);
+        softmax_inplace(a.data(), N_);
+        return a;
+    }
+
+    std::int64_t HW() const { return HW_; }
+
+private:
+    const std::int64_t T_, HW_, N_, d_;
+    const double s_, clamp_;
+    std::vector<double> q_, k_;
+    std::vector<double> L_, R_from_; // current L; the L the last R-step was fitted to
+    std::vector<double> aL_, cL_;
+};
+
+void check_options(const char* fn, const Options& o) {
+    if (o.iterations < 1 || o.iterations > 8)
+        throw ArgumentError("options.iterations", std::string(fn) + ": argument 'options.iterations' is " +
+                                                      std::to_string(o.iterations) + ", expected 1..8");
+    if (!std::isfinite(o.cr_clamp) || o.cr_clamp < 0)
+        throw ArgumentError("options.cr_clamp", std::string(fn) + ": argument 'options.cr_clamp' is " +
+                                                    std::to_string(o.cr_clamp) + ", expected a finite value >= 0");
+}
+
+} // namespace
+
+std::vector<double> monarch_attention_rows(const TensorView& q, const TensorView& k, const VideoGrid& grid,
+                                           const Options& options, std::int64_t batch_index,
+                                           std::int64_t head_index, const std::vector<std::int64_t>& query_tokens) {
+    const char* fn = "vmonarch::monarch_attention_rows";
+    check_cpu_head(fn, q, k, batch_index, head_index);
+    check_options(fn, options);
+    check_queries(fn, query_tokens, q.tokens());
+    ExplicitMonarch fit(q, k, grid, options, batch_index, head_index);
+    for (int it = 0; it < options.iterations; ++it) {
+        fit.r_step();
+        fit.l_step();
+    }
+    std::vector<double> rows;
+    rows.reserve(query_tokens.size() * std::size_t(grid.tokens()));
+    for (auto n : query_tokens) {
+        const auto r = (options.recompute_first_frame && n < fit.HW()) ? fit.dense_row(n) : fit.row(n);
+        rows.insert(rows.end(), r.begin(), r.end());
+    }
+    return rows;
+}
+
+std::vector<double> dense_attention_rows(const TensorView& q, const TensorView& k, const Options& options,
+                                         std::int64_t batch_index, std::int64_t head_index,
+                                         const std::vector<std::int64_t>& query_tokens) {
+    const char* fn = "vmonarch::dense_attention_rows";
+    check_cpu_head(fn, q, k, batch_index, head_index);
+    check_queries(fn, query_tokens, q.tokens());
+    const auto qh = detail::load_head<double>(q, batch_index, head_index);
+    const auto kh = detail::load_head<double>(k, batch_index, head_index);
+    const std::int64_t d = q.head_dim(), nk = k.tokens();
+    const double s = options.softmax_scale.value_or(1.0 / std::sqrt(double(d)));
+    std::vector<double> rows(query_tokens.size() * std::size_t(nk));
+    for (std::size_t r = 0; r < query_tokens.size(); ++r) {
+        double* a = &rows[r * std::size_t(nk)];
+        for (std::int64_t m = 0; m < nk; ++m) a[m] = s * detail::dot(&qh[query_tokens[r] * d], &kh[m * d], d);
+        softmax_inplace(a, nk);
+    }
+    return rows;
+}
+
+std::vector<double> monarch_objective_trace(const TensorView& q, const TensorView& k, const VideoGrid& grid,
+                                            const Options& options, std::int64_t batch_index,
+                                            std::int64_t head_index) {
+    const char* fn = "vmonarch::monarch_objective_trace";
+    check_cpu_head(fn, q, k, batch_index, head_index);
+    check_options(fn, options);
+    ExplicitMonarch fit(q, k, grid, options, batch_index, head_index);
+    std::vector<double> trace;
+    for (int it = 0; it < options.iterations; ++it) {
+        fit.r_step();
+        trace.push_back(fit.objective());
+        fit.l_step();
+        trace.push_back(fit.objective());
+    }
+    return trace;
+}
+
+} // namespace vmonarch

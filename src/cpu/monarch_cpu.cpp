@@ -1,0 +1,202 @@
+// VMonarch forward on the CPU (spec §3), exact algorithm, one (batch, head) at a time with threads over
+// frames and positions. Memory per head: O(N·d) for aR, aL, y plus one row block's logits over one
+// frame; neither L nor R nor any N×N matrix is ever stored.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "cpu/head_ops.hpp"
+
+namespace vmonarch::detail {
+namespace {
+
+template <typename Acc>
+class MonarchHead {
+public:
+    MonarchHead(const MonarchProblem& p, std::int64_t b, std::int64_t h)
+        : p_(p), T_(p.grid.T), HW_(p.grid.frame_tokens()), N_(p.grid.tokens()), d_(p.head_dim), dv_(p.value_dim),
+          scale_(Acc(p.scale)), q_(load_head<Acc>(p.q, b, h)), k_(load_head<Acc>(p.k, b, h)),
+          v_(load_head<Acc>(p.v, b, h)), aL_(std::size_t(N_ * d_)), cL_(std::size_t(N_)) {}
+
+    // Runs the t alternating steps and the recompute; writes out[b, :, h] and lse[b, h, :].
+    void run(std::int64_t b, std::int64_t h) {
+        const int t = p_.iterations;
+        std::vector<Acc> out(static_cast<std::size_t>(N_ * dv_)), lse(static_cast<std::size_t>(N_));
+        for (int it = 0; it < t; ++it) {
+            const bool last = it == t - 1;
+            r_step(it, last);
+            l_step(it, last, out.data(), lse.data());
+        }
+        if (p_.recompute_first_frame) {
+            // spec §3, first-frame recompute: frame-0 queries get exact attention over all N keys.
+            ProgressCounter progress("recompute frame 0", HW_);
+            dense_rows<Acc>(q_.data(), HW_, k_.data(), v_.data(), N_, d_, dv_, scale_, out.data(), lse.data(),
+                            &progress);
+        }
+        store_head_rows(p_.out, b, h, out.data(), 0, N_);
+        if (p_.lse) store_lse_rows(*p_.lse, b, h, lse.data(), 0, N_);
+    }
+
+private:
+    // R-step (spec §3): for key frame k and position j, x[l] = s·⟨aR[k][j], K[k][l]⟩ / max(cR[k][j], clamp),
+    // R = softmax_l x, aL = s·Σ R·K, cL = Σ R·x − logsumexp x (= Σ R log R), y = Σ R·V on the last step.
+    void r_step(int it, bool last) {
+        constexpr std::int64_t kRows = 16;
+        const std::int64_t blocks_per_frame = (HW_ + kRows - 1) / kRows, blocks = T_ * blocks_per_frame;
+        const Acc* aR = it == 0 ? q_.data() : aR_.data(); // first step: L = identity, aR = Q, cR = 1
+        if (last) y_.assign(std::size_t(N_ * dv_), Acc(0));
+        ProgressCounter progress("R-step " + std::to_string(it + 1) + "/" + std::to_string(p_.iterations), blocks);
+#pragma omp parallel
+        {
+            std::vector<Acc> x(static_cast<std::size_t>(kRows * HW_)), qs(static_cast<std::size_t>(kRows * d_));
+#pragma omp for schedule(dynamic)
+            for (std::int64_t blk = 0; blk < blocks; ++blk) {
+                const std::int64_t k = blk / blocks_per_frame, j0 = (blk % blocks_per_frame) * kRows;
+                const std::int64_t rows = std::min(kRows, HW_ - j0);
+                const Acc* keys = k_.data() + k * HW_ * d_;
+                const Acc* values = v_.data() + k * HW_ * dv_;
+                for (std::int64_t r = 0; r < rows; ++r) {
+                    const std::int64_t n = k * HW_ + j0 + r;
+                    const Acc cr = it == 0 ? Acc(1) : cR_[std::size_t(n)];
+                    const Acc row_scale = scale_ / std::max(cr, Acc(p_.cr_clamp));
+                    for (std::int64_t c = 0; c < d_; ++c) qs[r * d_ + c] = aR[n * d_ + c] * row_scale;
+                }
+                for (std::int64_t r = 0; r < rows; ++r) {
+                    const Acc* qr = qs.data() + r * d_;
+                    Acc* xr = x.data() + r * HW_;
+                    Acc mx = -std::numeric_limits<Acc>::infinity();
+                    for (std::int64_t l = 0; l < HW_; ++l) {
+                        xr[l] = dot(qr, keys + l * d_, d_);
+                        mx = std::max(mx, xr[l]);
+                    }
+                    Acc sum = 0, weighted = 0;
+                    for (std::int64_t l = 0; l < HW_; ++l) {
+                        const Acc e = std::exp(xr[l] - mx);
+                        sum += e;
+                        weighted += e * xr[l];
+                        xr[l] = e;
+                    }
+                    const std::int64_t n = k * HW_ + j0 + r;
+                    cL_[std::size_t(n)] = weighted / sum - (mx + std::log(sum));
+                    const Acc inv = Acc(1) / sum;
+                    Acc* al = aL_.data() + n * d_;
+                    Acc* yr = last ? y_.data() + n * dv_ : nullptr;
+                    std::fill(al, al + d_, Acc(0));
+                    for (std::int64_t l = 0; l < HW_; ++l) {
+                        const Acc prob = xr[l] * inv;
+                        axpy(prob, keys + l * d_, al, d_);
+                        if (yr) axpy(prob, values + l * dv_, yr, dv_);
+                    }
+                    for (std::int64_t c = 0; c < d_; ++c) al[c] *= scale_;
+                }
+                progress.add();
+            }
+        }
+    }
+
+    // L-step (spec §3): for position j and query frame i, z[k] = ⟨Q[i][j], aL[j][k]⟩ − cL[j][k],
+    // L = softmax_k z; then cR, aR for the next R-step, or O[i][j] = Σ_k L·y[k][j] and lse = logsumexp z.
+    void l_step(int it, bool last, Acc* out, Acc* lse) {
+        if (!last) {
+            aR_.assign(std::size_t(N_ * d_), Acc(0));
+            cR_.assign(std::size_t(N_), Acc(0));
+        }
+        const std::int64_t first_frame = (last && p_.recompute_first_frame) ? 1 : 0;
+        ProgressCounter progress("L-step " + std::to_string(it + 1) + "/" + std::to_string(p_.iterations), HW_);
+#pragma omp parallel
+        {
+            std::vector<Acc> z(std::size_t(T_ * T_));
+#pragma omp for schedule(static)
+            for (std::int64_t j = 0; j < HW_; ++j) {
+                for (std::int64_t i = first_frame; i < T_; ++i) {
+                    const Acc* qi = q_.data() + (i * HW_ + j) * d_;
+                    Acc* zi = z.data() + i * T_;
+                    Acc mx = -std::numeric_limits<Acc>::infinity();
+                    for (std::int64_t k = 0; k < T_; ++k) {
+                        const std::int64_t n = k * HW_ + j;
+                        zi[k] = dot(qi, aL_.data() + n * d_, d_) - cL_[std::size_t(n)];
+                        mx = std::max(mx, zi[k]);
+                    }
+                    Acc sum = 0;
+                    for (std::int64_t k = 0; k < T_; ++k) sum += std::exp(zi[k] - mx);
+                    const Acc inv = Acc(1) / sum;
+                    for (std::int64_t k = 0; k < T_; ++k) zi[k] = std::exp(zi[k] - mx) * inv; // z now holds L
+                    if (last) {
+                        Acc* o = out + (i * HW_ + j) * dv_;
+                        std::fill(o, o + dv_, Acc(0));
+                        for (std::int64_t k = 0; k < T_; ++k) axpy(zi[k], y_.data() + (k * HW_ + j) * dv_, o, dv_);
+                        lse[i * HW_ + j] = mx + std::log(sum);
+                    }
+                }
+                if (!last) { // positions j are disjoint across threads: no races on aR, cR
+                    for (std::int64_t k = 0; k < T_; ++k) {
+                        const std::int64_t n = k * HW_ + j;
+                        Acc* ar = aR_.data() + n * d_;
+                        Acc cr = 0;
+                        for (std::int64_t i = 0; i < T_; ++i) {
+                            const Acc w = z[std::size_t(i * T_ + k)];
+                            cr += w;
+                            axpy(w, q_.data() + (i * HW_ + j) * d_, ar, d_);
+                        }
+                        cR_[std::size_t(n)] = cr;
+                    }
+                }
+                progress.add();
+            }
+        }
+    }
+
+    const MonarchProblem& p_;
+    const std::int64_t T_, HW_, N_, d_, dv_;
+    const Acc scale_;
+    std::vector<Acc> q_, k_, v_;         // this head, contiguous [N][d] (frame-major tokens)
+    std::vector<Acc> aR_, cR_, aL_, cL_; // indexed by token k·HW + j of the key frame k (spec §3)
+    std::vector<Acc> y_;
+};
+
+template <typename Acc>
+void run_monarch(const MonarchProblem& p) {
+    for (std::int64_t b = 0; b < p.batch; ++b)
+        for (std::int64_t h = 0; h < p.heads; ++h) {
+            MonarchHead<Acc> head(p, b, h);
+            head.run(b, h);
+            report_progress("heads", double(b * p.heads + h + 1) / double(p.batch * p.heads));
+        }
+}
+
+template <typename Acc>
+void run_dense(const AttentionProblem& p) {
+    for (std::int64_t b = 0; b < p.batch; ++b)
+        for (std::int64_t h = 0; h < p.heads; ++h) {
+            const auto q = load_head<Acc>(p.q, b, h), k = load_head<Acc>(p.k, b, h), v = load_head<Acc>(p.v, b, h);
+            std::vector<Acc> out(static_cast<std::size_t>(p.q_tokens * p.value_dim)), lse(static_cast<std::size_t>(p.q_tokens));
+            ProgressCounter progress("dense head " + std::to_string(b * p.heads + h + 1) + "/" +
+                                         std::to_string(p.batch * p.heads),
+                                     p.q_tokens);
+            dense_rows<Acc>(q.data(), p.q_tokens, k.data(), v.data(), p.kv_tokens, p.head_dim, p.value_dim,
+                            Acc(p.scale), out.data(), lse.data(), &progress);
+            store_head_rows(p.out, b, h, out.data(), 0, p.q_tokens);
+            if (p.lse) store_lse_rows(*p.lse, b, h, lse.data(), 0, p.q_tokens);
+        }
+}
+
+} // namespace
+
+void cpu_monarch_attention(const MonarchProblem& p) {
+    if (p.q.dtype == DType::f64) {
+        run_monarch<double>(p);
+    } else {
+        run_monarch<float>(p);
+    }
+}
+
+void cpu_dense_attention(const AttentionProblem& p) {
+    if (p.q.dtype == DType::f64) {
+        run_dense<double>(p);
+    } else {
+        run_dense<float>(p);
+    }
+}
+
+} // namespace vmonarch::detail
