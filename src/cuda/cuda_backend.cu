@@ -1,0 +1,117 @@
+// The CUDA backend entry points of src/core/dispatch.hpp: device selection, the caller's stream, the
+// workspace (caller's or a cached per-(device, stream) buffer), then MonarchPlan / the dense kernel.
+#include <cuda_runtime.h>
+
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <utility>
+
+#include "core/dispatch.hpp"
+#include "cuda/cuda_check.hpp"
+#include "cuda/monarch_plan.hpp"
+
+namespace vmonarch::detail {
+
+namespace {
+
+using cuda::check_cuda;
+
+// Makes `device` current for the scope, restoring the previous device afterwards.
+class DeviceScope {
+public:
+    explicit DeviceScope(int device) {
+        check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
+        if (previous_ != device) check_cuda(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
+    }
+    ~DeviceScope() {
+        int now = 0;
+        if (cudaGetDevice(&now) == cudaSuccess && now != previous_) cudaSetDevice(previous_);
+    }
+    DeviceScope(const DeviceScope&) = delete;
+    DeviceScope& operator=(const DeviceScope&) = delete;
+
+private:
+    int previous_ = 0;
+};
+
+// Library-owned workspace, one buffer per (device, stream), grown on demand and never shrunk. Work queued
+// on one stream runs in order, so reusing that stream's buffer is safe; different streams get different
+// buffers. Growing frees the old buffer (cudaFree waits for the device) and allocates a larger one.
+void* cached_workspace(int device, cudaStream_t stream, std::size_t bytes, const std::string& what) {
+    struct Buffer {
+        void* ptr = nullptr;
+        std::size_t bytes = 0;
+    };
+    static std::mutex mu;
+    static std::map<std::pair<int, cudaStream_t>, Buffer> buffers;
+    std::lock_guard<std::mutex> lock(mu);
+    Buffer& buf = buffers[{device, stream}];
+    if (buf.bytes < bytes) {
+        if (buf.ptr != nullptr) check_cuda(cudaFree(buf.ptr), what + ": cudaFree(old workspace)");
+        buf = Buffer{};
+        check_cuda(cudaMalloc(&buf.ptr, bytes), what + ": cudaMalloc(workspace of " + std::to_string(bytes) + " bytes)");
+        buf.bytes = bytes;
+    }
+    return buf.ptr;
+}
+
+std::string shapes(const MonarchProblem& p) {
+    std::ostringstream os;
+    os << "vmonarch::attention on cuda:" << p.q.device_index << " (" << to_string(p.q.dtype) << ", batch=" << p.batch
+       << " heads=" << p.heads << " T=" << p.grid.T << " H=" << p.grid.H << " W=" << p.grid.W << " d=" << p.head_dim
+       << " t=" << p.iterations << ")";
+    return os.str();
+}
+
+} // namespace
+
+std::size_t cuda_monarch_workspace_bytes(const MonarchProblem& p) { return cuda::monarch_workspace_layout(p).total; }
+
+void cuda_monarch_attention(const MonarchProblem& p, const CudaContext* ctx) {
+    if (p.batch == 0 || p.heads == 0 || p.grid.tokens() == 0) return;
+    const std::string what = shapes(p);
+    DeviceScope scope(p.q.device_index);
+    auto stream = static_cast<cudaStream_t>(ctx != nullptr ? ctx->stream : nullptr);
+    const std::size_t need = cuda_monarch_workspace_bytes(p);
+    void* ws = nullptr;
+    if (ctx != nullptr && ctx->workspace != nullptr) {
+        if (ctx->workspace_bytes < need)
+            throw CudaError(what + ": CudaContext::workspace has " + std::to_string(ctx->workspace_bytes) +
+                            " bytes, needs " + std::to_string(need) + " (vmonarch::workspace_bytes)");
+        ws = ctx->workspace;
+    } else {
+        ws = cached_workspace(p.q.device_index, stream, need, what);
+    }
+    cuda::MonarchPlan(p, ws).run(stream);
+}
+
+void cuda_dense_attention(const AttentionProblem& p, const CudaContext* ctx) {
+    if (p.batch == 0 || p.heads == 0 || p.q_tokens == 0) return;
+    DeviceScope scope(p.q.device_index);
+    auto stream = ctx != nullptr ? ctx->stream : nullptr;
+    cuda::launch_flash(cuda::dense_params(p), stream, "vmonarch::dense_attention");
+}
+
+bool cuda_device_present() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); // clear the sticky "no device" error
+        return false;
+    }
+    return n > 0;
+}
+
+std::string cuda_device_name_of(int device_index) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return "";
+    }
+    if (device_index < 0 || device_index >= n) return "";
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, device_index) != cudaSuccess) return "";
+    return prop.name;
+}
+
+} // namespace vmonarch::detail

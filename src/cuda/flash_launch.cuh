@@ -1,0 +1,55 @@
+// Internal: host launcher for flash_fwd_kernel, instantiated once per (dtype, head dim) in flash_*.cu so
+// the four instantiation sets compile in parallel.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <set>
+#include <string>
+#include <tuple>
+
+#include "cuda/cuda_check.hpp"
+#include "cuda/flash_kernel.cuh"
+
+namespace vmonarch::cuda {
+
+std::string describe(const FlashParams& p, const char* what);
+
+// Raise a kernel's dynamic shared-memory limit once per device.
+template <typename Kernel>
+void allow_smem(Kernel kernel, int bytes, const std::string& what) {
+    static std::mutex mu;
+    static std::set<std::tuple<const void*, int, int>> done; // (kernel, device, bytes)
+    int dev = 0;
+    check_cuda(cudaGetDevice(&dev), what);
+    const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), dev, bytes);
+    std::lock_guard<std::mutex> lock(mu);
+    if (done.count(key)) return;
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
+    done.insert(key);
+}
+
+template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE>
+void launch_flash_variant(const FlashParams& p, cudaStream_t stream, const char* what) {
+    auto kernel = flash_fwd_kernel<BF16, D, ROW_SCALE, K_VALUE, V_VALUE>;
+    const int smem = flash_smem_bytes(D, K_VALUE, V_VALUE);
+    const std::string ctx = describe(p, what);
+    allow_smem(kernel, smem, ctx);
+    const dim3 grid(unsigned((p.len_q + FlashShape::BM - 1) / FlashShape::BM), unsigned(p.segments * p.heads), unsigned(p.batch));
+    kernel<<<grid, FlashShape::THREADS, smem, stream>>>(p);
+    check_launch(ctx);
+}
+
+template <bool BF16, int D>
+void launch_flash_typed(const FlashParams& p, cudaStream_t stream, const char* what) {
+    const bool rs = p.rs.ptr != nullptr, kv = p.a.ptr != nullptr, vv = p.o.ptr != nullptr;
+    if (kv && !rs && !vv) return launch_flash_variant<BF16, D, false, true, false>(p, stream, what);
+    if (kv && rs && !vv) return launch_flash_variant<BF16, D, true, true, false>(p, stream, what);
+    if (kv && rs && vv) return launch_flash_variant<BF16, D, true, true, true>(p, stream, what);
+    if (kv && !rs && vv) return launch_flash_variant<BF16, D, false, true, true>(p, stream, what);
+    if (!kv && !rs && vv) return launch_flash_variant<BF16, D, false, false, true>(p, stream, what);
+    throw CudaError(describe(p, what) + ": no kernel variant for this combination of outputs");
+}
+
+} // namespace vmonarch::cuda

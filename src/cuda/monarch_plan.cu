@@ -1,0 +1,163 @@
+// MonarchPlan: builds the kernels' operand views for each step of spec §3 and launches them in order.
+#include "cuda/monarch_plan.hpp"
+
+#include <algorithm>
+
+#include "cuda/cuda_check.hpp"
+
+namespace vmonarch::cuda {
+
+namespace {
+
+constexpr std::size_t kAlign = 256;
+std::size_t align_up(std::size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+// A user view [B, N, heads, d] seen as (b, h, frame, position) rows of `seg` tokens per frame.
+RowView user_rows(const TensorView& t, std::int64_t seg) {
+    return RowView{t.data, t.strides[0], t.strides[2], seg * t.strides[1], t.strides[1]};
+}
+
+RowView user_lse(const LseView* l, std::int64_t seg) {
+    if (l == nullptr) return RowView{};
+    return RowView{l->data, l->strides[0], l->strides[1], seg * l->strides[2], l->strides[2]};
+}
+
+void* at(void* base, std::size_t off) { return static_cast<char*>(base) + off; }
+
+} // namespace
+
+Elem elem_of(DType t) {
+    if (t == DType::bf16) return Elem::bf16;
+    if (t == DType::f16) return Elem::f16;
+    throw CudaError("vmonarch CUDA kernels take bf16 or f16 tensors, got " + to_string(t));
+}
+
+WorkspaceLayout monarch_workspace_layout(const detail::MonarchProblem& p) {
+    const std::size_t rows = std::size_t(p.batch) * p.heads * p.grid.tokens();
+    const std::size_t es = 2; // bf16 / f16
+    WorkspaceLayout w;
+    std::size_t off = 0;
+    if (p.iterations > 1) {
+        w.ar = off; off = align_up(off + rows * p.head_dim * es);
+        w.cr = off; off = align_up(off + rows * 4);
+    }
+    w.al = off; off = align_up(off + rows * p.head_dim * es);
+    w.cl = off; off = align_up(off + rows * 4);
+    w.y = off;  off = align_up(off + rows * p.value_dim * es);
+    w.total = off;
+    return w;
+}
+
+MonarchPlan::MonarchPlan(const detail::MonarchProblem& p, void* ws) : p_(p), elem_(elem_of(p.q.dtype)) {
+    const std::int64_t T = p.grid.T, HW = p.grid.frame_tokens(), H = p.heads, N = p.grid.tokens();
+    const std::int64_t d = p.head_dim, dv = p.value_dim;
+    q_ = user_rows(p.q, HW);
+    k_ = user_rows(p.k, HW);
+    v_ = user_rows(p.v, HW);
+    out_ = user_rows(p.out, HW);
+    lse_ = user_lse(p.lse, HW);
+    const WorkspaceLayout w = monarch_workspace_layout(p);
+    if (p.iterations > 1) {
+        ar_ = RowView{at(ws, w.ar), H * N * d, N * d, HW * d, d};  // [b][h][k][j][d]
+        cr_ = RowView{at(ws, w.cr), H * N, N, HW, 1};              // [b][h][k][j]
+    }
+    al_ = RowView{at(ws, w.al), H * N * d, N * d, d, T * d};       // [b][h][j][k][d], indexed (k, j)
+    cl_ = RowView{at(ws, w.cl), H * N, N, 1, T};                   // [b][h][j][k]
+    y_ = RowView{at(ws, w.y), H * N * dv, N * dv, dv, T * dv};     // [b][h][j][k][dv]
+}
+
+FlashParams MonarchPlan::rstep_params(int it) const {
+    FlashParams f;
+    f.elem = elem_;
+    f.head_dim = int(p_.head_dim);
+    const bool first = it == 0, last = it == p_.iterations - 1;
+    f.q = first ? q_ : ar_;   // first R-step: L = identity, aR = Q read in place, cR = 1
+    if (!first) f.rs = cr_;
+    f.k = k_;
+    f.a = al_;
+    f.ent = cl_;
+    if (last) {
+        f.v = v_;
+        f.o = y_;
+    }
+    f.len_q = f.len_k = p_.grid.frame_tokens();
+    f.segments = int(p_.grid.T);
+    f.heads = int(p_.heads);
+    f.batch = int(p_.batch);
+    f.scale = float(p_.scale);
+    f.qk_scale = float(p_.scale / std::max(1.0, p_.cr_clamp)); // first R-step: cR = 1
+    f.clamp = float(p_.cr_clamp);
+    return f;
+}
+
+LStepParams MonarchPlan::lstep_params(int it) const {
+    LStepParams l;
+    l.elem = elem_;
+    l.head_dim = int(p_.head_dim);
+    l.q = q_;
+    l.a = al_;
+    l.c = cl_;
+    l.last = it == p_.iterations - 1;
+    if (l.last) {
+        l.y = y_;
+        l.out = out_;
+        l.lse = lse_;
+    } else {
+        l.ar = ar_;
+        l.cr = cr_;
+    }
+    l.frames = p_.grid.T;
+    l.positions = p_.grid.frame_tokens();
+    l.heads = int(p_.heads);
+    l.batch = int(p_.batch);
+    return l;
+}
+
+FlashParams MonarchPlan::recompute_params() const {
+    // Frame 0's queries are the first HW tokens; keys and values are all N tokens (one segment).
+    const std::int64_t N = p_.grid.tokens();
+    FlashParams f;
+    f.elem = elem_;
+    f.head_dim = int(p_.head_dim);
+    f.q = user_rows(p_.q, N);
+    f.k = user_rows(p_.k, N);
+    f.v = user_rows(p_.v, N);
+    f.o = user_rows(p_.out, N);
+    f.lse = user_lse(p_.lse, N);
+    f.len_q = p_.grid.frame_tokens();
+    f.len_k = N;
+    f.segments = 1;
+    f.heads = int(p_.heads);
+    f.batch = int(p_.batch);
+    f.scale = f.qk_scale = float(p_.scale);
+    return f;
+}
+
+void MonarchPlan::run(void* stream) const {
+    for (int it = 0; it < p_.iterations; ++it) {
+        launch_flash(rstep_params(it), stream, "vmonarch R-step");
+        launch_lstep(lstep_params(it), stream, "vmonarch L-step");
+    }
+    // After the last L-step, so the exact rows overwrite frame 0's Monarch rows (spec §3).
+    if (p_.recompute_first_frame) launch_flash(recompute_params(), stream, "vmonarch first-frame recompute");
+}
+
+FlashParams dense_params(const detail::AttentionProblem& p) {
+    FlashParams f;
+    f.elem = elem_of(p.q.dtype);
+    f.head_dim = int(p.head_dim);
+    f.q = user_rows(p.q, p.q_tokens);
+    f.k = user_rows(p.k, p.kv_tokens);
+    f.v = user_rows(p.v, p.kv_tokens);
+    f.o = user_rows(p.out, p.q_tokens);
+    f.lse = user_lse(p.lse, p.q_tokens);
+    f.len_q = p.q_tokens;
+    f.len_k = p.kv_tokens;
+    f.segments = 1;
+    f.heads = int(p.heads);
+    f.batch = int(p.batch);
+    f.scale = f.qk_scale = float(p.scale);
+    return f;
+}
+
+} // namespace vmonarch::cuda
