@@ -102,12 +102,14 @@ void store_lse_rows(const LseView& lse, std::int64_t b, std::int64_t h, const Ac
 template <typename Acc>
 inline Acc dot(const Acc* a, const Acc* b, std::int64_t n) {
     Acc s = 0;
+#pragma omp simd reduction(+ : s)
     for (std::int64_t c = 0; c < n; ++c) s += a[c] * b[c];
     return s;
 }
 
 template <typename Acc>
 inline void axpy(Acc alpha, const Acc* x, Acc* y, std::int64_t n) {
+#pragma omp simd
     for (std::int64_t c = 0; c < n; ++c) y[c] += alpha * x[c];
 }
 
