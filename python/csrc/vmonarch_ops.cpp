@@ -1,0 +1,275 @@
+// PyTorch custom operators over the vmonarch C++ library (torch.ops.vmonarch.*).
+//
+// The operators take tensors in either layout the C++ API views without copies:
+//   "bshd": [batch, tokens, heads, head_dim]   (flash-attn, Wan)
+//   "bhsd": [batch, heads, tokens, head_dim]   (PyTorch SDPA)
+// and build vmonarch::TensorView's from their data pointers and strides. An input whose strides the
+// C++ API does not take (head dim not contiguous, a broadcast (zero) stride, or on CUDA a pointer not
+// 16-byte aligned or a stride not a multiple of 8 elements) is copied with .contiguous() first.
+//
+// Errors: vmonarch::ArgumentError -> c10::ValueError (Python ValueError), dtype problems ->
+// c10::TypeError (TypeError), vmonarch::UnsupportedError -> c10::NotImplementedError, anything else
+// -> c10::Error (RuntimeError). The messages are the C++ library's.
+//
+// CUDA: work runs on torch's current stream; the workspace comes from torch's caching allocator, so the
+// operator is safe under CUDA graph capture as long as the C++ library itself allocates nothing.
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "vmonarch/vmonarch.hpp"
+
+#ifdef VMONARCH_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+namespace {
+
+enum class Layout { bshd, bhsd };
+
+Layout parse_layout(c10::string_view layout) {
+    if (layout == "bshd") return Layout::bshd;
+    if (layout == "bhsd") return Layout::bhsd;
+    TORCH_CHECK_VALUE(false, "vmonarch: layout is '", std::string(layout), "', expected 'bshd' or 'bhsd'");
+}
+
+vmonarch::DType to_dtype(const at::Tensor& t) {
+    switch (t.scalar_type()) {
+    case at::kHalf: return vmonarch::DType::f16;
+    case at::kBFloat16: return vmonarch::DType::bf16;
+    case at::kFloat: return vmonarch::DType::f32;
+    case at::kDouble: return vmonarch::DType::f64;
+    default: break;
+    }
+    TORCH_CHECK_TYPE(false, "vmonarch: dtype ", t.scalar_type(),
+                     " is not supported, expected bfloat16, float16, float32 or float64");
+}
+
+// Checks the torch-level facts the C++ API cannot see (rank, device type, one dtype and device for
+// all) and raises TypeError for dtype problems, so that `except TypeError` catches all of those.
+void check_inputs(const char* fn, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+    const std::pair<const char*, const at::Tensor*> all[3] = {{"q", &q}, {"k", &k}, {"v", &v}};
+    for (auto [name, t] : all) {
+        TORCH_CHECK_VALUE(t->dim() == 4, fn, ": ", name, " has ", t->dim(), " dimensions, expected 4 ",
+                          "([batch, tokens, heads, head_dim] or [batch, heads, tokens, head_dim])");
+        TORCH_CHECK_VALUE(t->device().is_cpu() || t->device().is_cuda(), fn, ": ", name, " is on ", t->device(),
+                          ", expected a CPU or CUDA tensor");
+        TORCH_CHECK_VALUE(t->device() == q.device(), fn, ": ", name, " is on ", t->device(), ", expected ",
+                          q.device(), " like q");
+        TORCH_CHECK_TYPE(t->scalar_type() == q.scalar_type(), fn, ": ", name, " has dtype ", t->scalar_type(),
+                         ", expected ", q.scalar_type(), " like q");
+        TORCH_CHECK_VALUE(t->numel() > 0, fn, ": ", name, " is empty (shape ", t->sizes(), ")");
+    }
+    to_dtype(q);
+    if (q.is_cuda()) {
+        TORCH_CHECK_TYPE(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, fn,
+                         ": the CUDA kernels take bfloat16 or float16, got ", q.scalar_type(),
+                         " on ", q.device(), "; cast with .to(torch.bfloat16) (or run float32 on the CPU)");
+    }
+}
+
+// True when the C++ API takes this tensor's memory as it is (see vmonarch.hpp and src/core/api.cpp).
+bool viewable(const at::Tensor& t) {
+    if (t.size(3) > 1 && t.stride(3) != 1) return false;
+    for (int a = 0; a < 3; ++a)
+        if (t.size(a) > 1 && t.stride(a) < 1) return false;
+    if (t.is_cuda()) {
+        if (reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 != 0) return false;
+        for (int a = 0; a < 3; ++a)
+            if (t.size(a) > 1 && t.stride(a) % 8 != 0) return false;
+    }
+    return true;
+}
+
+at::Tensor prepare(const at::Tensor& t) { return viewable(t) ? t : t.contiguous(); }
+
+vmonarch::TensorView view_of(const at::Tensor& t, Layout layout) {
+    vmonarch::TensorView view;
+    view.data = t.data_ptr();
+    view.dtype = to_dtype(t);
+    view.device = t.is_cuda() ? vmonarch::Device::cuda : vmonarch::Device::cpu;
+    view.device_index = t.is_cuda() ? t.device().index() : 0;
+    // view axes: batch, tokens, heads, head_dim
+    const int tok = layout == Layout::bshd ? 1 : 2;
+    const int hd = layout == Layout::bshd ? 2 : 1;
+    view.shape = {t.size(0), t.size(tok), t.size(hd), t.size(3)};
+    view.strides = {t.stride(0), t.stride(tok), t.stride(hd), 1};
+    return view;
+}
+
+at::Tensor empty_out(const at::Tensor& q, const at::Tensor& v, Layout layout) {
+    const int tok = layout == Layout::bshd ? 1 : 2;
+    const int hd = layout == Layout::bshd ? 2 : 1;
+    const int64_t B = q.size(0), N = q.size(tok), H = q.size(hd), dv = v.size(3);
+    return layout == Layout::bshd ? at::empty({B, N, H, dv}, q.options()) : at::empty({B, H, N, dv}, q.options());
+}
+
+at::ScalarType lse_dtype(const at::Tensor& q) {
+    return (q.is_cpu() && q.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
+}
+
+// Runs f, turning the C++ library's exceptions into torch's typed errors.
+template <typename F>
+void translate_errors(F&& f) {
+    try {
+        f();
+    } catch (const vmonarch::ArgumentError& e) {
+        TORCH_CHECK_VALUE(false, e.what());
+    } catch (const vmonarch::UnsupportedError& e) {
+        TORCH_CHECK_NOT_IMPLEMENTED(false, e.what());
+    } catch (const vmonarch::CudaError& e) {
+        TORCH_CHECK(false, "vmonarch CUDA error: ", e.what());
+    } catch (const c10::Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        TORCH_CHECK(false, "vmonarch: ", e.what());
+    }
+}
+
+struct Prepared {
+    at::Tensor q, k, v, out, lse;
+    vmonarch::TensorView qv, kv, vv, ov;
+    vmonarch::LseView lv;
+};
+
+Prepared prepare_all(const char* fn, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                     Layout layout, bool return_lse) {
+    check_inputs(fn, q_in, k_in, v_in);
+    Prepared p;
+    p.q = prepare(q_in);
+    p.k = prepare(k_in);
+    p.v = prepare(v_in);
+    p.out = empty_out(p.q, p.v, layout);
+    p.qv = view_of(p.q, layout);
+    p.kv = view_of(p.k, layout);
+    p.vv = view_of(p.v, layout);
+    p.ov = view_of(p.out, layout);
+    if (return_lse) {
+        p.lse = at::empty({p.qv.batch(), p.qv.heads(), p.qv.tokens()}, p.q.options().dtype(lse_dtype(p.q)));
+        p.lv = vmonarch::LseView::contiguous(p.lse.data_ptr(), to_dtype(p.lse), p.qv.device, p.qv.batch(),
+                                             p.qv.heads(), p.qv.tokens(), p.qv.device_index);
+    } else {
+        p.lse = at::empty({0}, p.q.options().dtype(lse_dtype(p.q)));
+    }
+    return p;
+}
+
+vmonarch::VideoGrid grid_of(at::IntArrayRef grid) {
+    TORCH_CHECK_VALUE(grid.size() == 3, "vmonarch.attention: grid has ", grid.size(),
+                      " entries, expected 3 (frames T, height H, width W in tokens)");
+    return vmonarch::VideoGrid{grid[0], grid[1], grid[2]};
+}
+
+vmonarch::Options options_of(int64_t iterations, double clamp, bool recompute, std::optional<double> scale) {
+    vmonarch::Options o;
+    TORCH_CHECK_VALUE(iterations >= INT32_MIN && iterations <= INT32_MAX, "vmonarch.attention: iterations is ",
+                      iterations, ", expected 1..8");
+    o.iterations = static_cast<int>(iterations);
+    o.cr_clamp = clamp;
+    o.recompute_first_frame = recompute;
+    o.softmax_scale = scale;
+    return o;
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                  at::IntArrayRef grid, int64_t iterations, double clamp,
+                                                  bool recompute_first_frame, std::optional<double> scale,
+                                                  c10::string_view layout, bool return_lse) {
+    const Layout lay = parse_layout(layout);
+    const vmonarch::VideoGrid g = grid_of(grid);
+    const vmonarch::Options opts = options_of(iterations, clamp, recompute_first_frame, scale);
+    Prepared p = prepare_all("vmonarch.attention", q, k, v, lay, return_lse);
+    const vmonarch::LseView* lse = return_lse ? &p.lv : nullptr;
+    if (p.q.is_cuda()) {
+#ifdef VMONARCH_WITH_CUDA
+        c10::cuda::CUDAGuard guard(p.q.device());
+        std::size_t ws_bytes = 0;
+        translate_errors([&] { ws_bytes = vmonarch::workspace_bytes(p.qv, p.vv, g, opts); });
+        // From torch's caching allocator: stream-ordered, and graph-safe (captured graphs keep a
+        // private pool). At least one byte so the pointer is never null.
+        at::Tensor workspace =
+            at::empty({static_cast<int64_t>(std::max<std::size_t>(ws_bytes, 1))}, p.q.options().dtype(at::kByte));
+        vmonarch::CudaContext ctx;
+        ctx.stream = at::cuda::getCurrentCUDAStream(p.q.device().index()).stream();
+        ctx.workspace = workspace.data_ptr();
+        ctx.workspace_bytes = ws_bytes;
+        translate_errors([&] { vmonarch::attention(p.qv, p.kv, p.vv, p.ov, g, opts, lse, &ctx); });
+        return {p.out, p.lse};
+#endif
+    }
+    // CPU, or a CUDA tensor in a build without CUDA kernels (the library raises UnsupportedError).
+    translate_errors([&] { vmonarch::attention(p.qv, p.kv, p.vv, p.ov, g, opts, lse, nullptr); });
+    return {p.out, p.lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> dense_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                              std::optional<double> scale, c10::string_view layout,
+                                              bool return_lse) {
+    const Layout lay = parse_layout(layout);
+    Prepared p = prepare_all("vmonarch.dense_attention", q, k, v, lay, return_lse);
+    const vmonarch::LseView* lse = return_lse ? &p.lv : nullptr;
+    if (p.q.is_cuda()) {
+#ifdef VMONARCH_WITH_CUDA
+        c10::cuda::CUDAGuard guard(p.q.device());
+        vmonarch::CudaContext ctx;
+        ctx.stream = at::cuda::getCurrentCUDAStream(p.q.device().index()).stream();
+        translate_errors([&] { vmonarch::dense_attention(p.qv, p.kv, p.vv, p.ov, scale, lse, &ctx); });
+        return {p.out, p.lse};
+#endif
+    }
+    translate_errors([&] { vmonarch::dense_attention(p.qv, p.kv, p.vv, p.ov, scale, lse, nullptr); });
+    return {p.out, p.lse};
+}
+
+std::vector<double> flops_impl(at::IntArrayRef grid, int64_t head_dim, int64_t heads, int64_t batch,
+                               int64_t iterations, bool recompute_first_frame) {
+    const vmonarch::VideoGrid g = grid_of(grid);
+    const vmonarch::Options opts = options_of(iterations, 0.1, recompute_first_frame, std::nullopt);
+    vmonarch::FlopCount f;
+    translate_errors([&] { f = vmonarch::flops(g, head_dim, heads, batch, opts); });
+    return {f.r_steps, f.l_steps, f.recompute, f.vmonarch, f.dense};
+}
+
+bool cuda_built_impl() {
+#ifdef VMONARCH_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+}
+
+bool cuda_available_impl() { return vmonarch::cuda_available(); }
+
+} // namespace
+
+TORCH_LIBRARY(vmonarch, m) {
+    m.def("attention(Tensor q, Tensor k, Tensor v, int[] grid, int iterations=2, float clamp=0.1, "
+          "bool recompute_first_frame=True, float? scale=None, str layout=\"bshd\", bool return_lse=False) "
+          "-> (Tensor out, Tensor lse)");
+    m.def("dense_attention(Tensor q, Tensor k, Tensor v, float? scale=None, str layout=\"bshd\", "
+          "bool return_lse=False) -> (Tensor out, Tensor lse)");
+    // No tensor arguments: these get a catch-all kernel.
+    m.def("flops(int[] grid, int head_dim, int heads=1, int batch=1, int iterations=2, "
+          "bool recompute_first_frame=True) -> float[]",
+          &flops_impl);
+    m.def("cuda_built() -> bool", &cuda_built_impl);
+    m.def("cuda_available() -> bool", &cuda_available_impl);
+}
+
+TORCH_LIBRARY_IMPL(vmonarch, CPU, m) {
+    m.impl("attention", &attention_impl);
+    m.impl("dense_attention", &dense_impl);
+}
+
+TORCH_LIBRARY_IMPL(vmonarch, CUDA, m) {
+    m.impl("attention", &attention_impl);
+    m.impl("dense_attention", &dense_impl);
+}

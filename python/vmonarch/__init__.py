@@ -1,0 +1,117 @@
+"""VMonarch structured attention for video diffusion transformers, as PyTorch operators.
+
+    import vmonarch
+    out = vmonarch.attention(q, k, v, grid=(T, H, W))                 # q, k, v: [B, T*H*W, heads, d]
+    out = vmonarch.attention(q, k, v, grid=(T, H, W), layout="bhsd")  # q, k, v: [B, heads, T*H*W, d]
+
+Tokens are frame-major (token n = i*H*W + j). CPU: bfloat16, float16, float32, float64. CUDA: bfloat16
+and float16 (head_dim 64 or 128); float32 CUDA tensors raise TypeError. Forward only: backward raises
+NotImplementedError. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original (Wan2.1 code base).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import _ops
+
+__version__ = "0.1.0"
+__all__ = ["attention", "dense_attention", "flops", "FlopCount", "cuda_built", "cuda_available"]
+
+_LAYOUTS = ("bshd", "bhsd")
+
+
+def _check_common(fn: str, q, k, v, layout: str, scale) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} is a {type(t).__name__}, expected a torch.Tensor")
+    if not isinstance(layout, str) or layout not in _LAYOUTS:
+        raise ValueError(f"{fn}: layout is {layout!r}, expected 'bshd' ([batch, tokens, heads, head_dim]) "
+                         "or 'bhsd' ([batch, heads, tokens, head_dim])")
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise TypeError(f"{fn}: scale is a {type(scale).__name__}, expected a float or None")
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    grid: Sequence[int],
+    layout: str = "bshd",
+    iterations: int = 2,
+    clamp: float = 0.1,
+    recompute_first_frame: bool = True,
+    scale: Optional[float] = None,
+    return_lse: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """VMonarch attention over a video's T*H*W tokens (spec: shared/spec/VMONARCH.md).
+
+    Args:
+        q, k: [B, N, heads, d] ("bshd") or [B, heads, N, d] ("bhsd"), N = T*H*W, frame-major.
+        v: like k with its own last dimension dv (CUDA: dv == d).
+        grid: (T, H, W), the latent video in tokens.
+        iterations: alternating R/L steps t, 1..8 (default 2).
+        clamp: the R-step divides by max(cR, clamp); 0 disables the clamp.
+        recompute_first_frame: exact dense attention for the queries of frame 0.
+        scale: softmax scale, default 1/sqrt(d).
+        return_lse: also return the per-row log-sum-exp [B, heads, N] (float32; float64 for float64 CPU
+            inputs): the Monarch row objective, exact for recomputed rows.
+
+    Returns out in q's layout and dtype ([B, N, heads, dv] or [B, heads, N, dv]), or (out, lse).
+    Raises ValueError for invalid shapes/values, TypeError for dtypes (float32 on CUDA among them).
+    """
+    fn = "vmonarch.attention"
+    _check_common(fn, q, k, v, layout, scale)
+    grid = tuple(grid)
+    if len(grid) != 3:
+        raise ValueError(f"{fn}: grid is {grid!r}, expected (T, H, W)")
+    out, lse = _ops.ops.attention(q, k, v, list(grid), int(iterations), float(clamp), bool(recompute_first_frame),
+                                  None if scale is None else float(scale), layout, bool(return_lse))
+    return (out, lse) if return_lse else out
+
+
+def dense_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: str = "bshd",
+    scale: Optional[float] = None,
+    return_lse: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Exact softmax(q kᵀ scale) v through the same library (q and k may have different token counts)."""
+    fn = "vmonarch.dense_attention"
+    _check_common(fn, q, k, v, layout, scale)
+    out, lse = _ops.ops.dense_attention(q, k, v, None if scale is None else float(scale), layout, bool(return_lse))
+    return (out, lse) if return_lse else out
+
+
+class FlopCount(NamedTuple):
+    """Forward FLOPs, all batches and heads (spec §4)."""
+
+    r_steps: float
+    l_steps: float
+    recompute: float
+    vmonarch: float
+    dense: float
+
+
+def flops(grid: Sequence[int], head_dim: int, heads: int, batch: int = 1, iterations: int = 2,
+          recompute_first_frame: bool = True) -> FlopCount:
+    """FLOPs of one VMonarch attention call and of dense attention on the same shapes."""
+    grid = tuple(grid)
+    if len(grid) != 3:
+        raise ValueError(f"vmonarch.flops: grid is {grid!r}, expected (T, H, W)")
+    values = _ops.ops.flops([int(x) for x in grid], int(head_dim), int(heads), int(batch), int(iterations),
+                            bool(recompute_first_frame))
+    return FlopCount(*values)
+
+
+def cuda_built() -> bool:
+    """True when this build of the extension has the CUDA kernels."""
+    return bool(_ops.ops.cuda_built())
+
+
+def cuda_available() -> bool:
+    """True when the extension has CUDA kernels and a CUDA device is visible."""
+    return bool(_ops.ops.cuda_available())
