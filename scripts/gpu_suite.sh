@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# GPU suite for the lent GPU machine, run from the repo root:
+#   scripts/gpu_suite.sh [--quick] [--skip-tests] [--skip-sanitizers] [--skip-bench] [--filter GTEST_FILTER]
+# Binaries come prebuilt from .devcarry/ (vmonarch_gpu_tests, vmonarch_bench; see docs/README_gpu.md),
+# or from $VMONARCH_BIN. Logs and JSON go to $OUT (the device tool's folder) or ./out. Ends with a short
+# pass/fail + timing table.
+set -u
+BIN=${VMONARCH_BIN:-.devcarry}
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$BIN"  # libgomp fallback carried with the binaries
+OUTDIR=${OUT:-out}
+mkdir -p "$OUTDIR"
+QUICK=0; TESTS=1; SANI=1; BENCH=1; FILTER='*'
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --skip-tests) TESTS=0 ;;
+    --skip-sanitizers) SANI=0 ;;
+    --skip-bench) BENCH=0 ;;
+    --filter) FILTER="$2"; shift ;;
+    *) echo "unknown option $1"; exit 2 ;;
+  esac
+  shift
+done
+
+SUMMARY=()
+FAILED=0
+step() { # step NAME LOGFILE CMD...
+  local name=$1 log=$2; shift 2
+  local t0=$(date +%s.%N)
+  echo "=== $name: $*"
+  "$@" > "$OUTDIR/$log" 2>&1
+  local rc=$?
+  local t1=$(date +%s.%N)
+  local secs=$(python3 -c "print(f'{$t1-$t0:.1f}')")
+  if [ $rc -eq 0 ]; then SUMMARY+=("$(printf '%-28s PASS  %7ss' "$name" "$secs")");
+  else SUMMARY+=("$(printf '%-28s FAIL(rc=%d) %7ss' "$name" $rc "$secs")"); FAILED=1; fi
+  tail -n 40 "$OUTDIR/$log" | grep -E "^\[ (pipeline|dense|kernel|device) |FAILED|PASSED|ERROR SUMMARY|error|Error|TFLOP|GB/s|ms " | tail -n 60
+  return $rc
+}
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader || true
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+
+if [ $TESTS -eq 1 ]; then
+  step "gpu tests" gpu_tests.log "$BIN/vmonarch_gpu_tests" --gtest_filter="$FILTER"
+  grep -E "^\[ (pipeline|dense|kernel|device) " "$OUTDIR/gpu_tests.log" > "$OUTDIR/gpu_errors.txt" || true
+fi
+
+if [ $SANI -eq 1 ]; then
+  # Small awkward shapes: HW = 1, 65, 63 (clamp off), key tails, T = 3, dense with Nq = 7.
+  SF='*T3x1x1*:*T2x5x13*:*T3x7x9*noclamp*:*Kernels*HW65*:*Nq7_Nk65*:CudaErrors.WorkspaceTooSmall'
+  for tool in memcheck racecheck initcheck; do
+    step "sanitizer $tool" "sanitizer_$tool.log" compute-sanitizer --tool $tool --error-exitcode 1 \
+      "$BIN/vmonarch_gpu_tests" --gtest_filter="$SF"
+  done
+fi
+
+if [ $BENCH -eq 1 ]; then
+  Q=""; [ $QUICK -eq 1 ] && Q="--quick"
+  step "benchmark (ours)" bench.log "$BIN/vmonarch_bench" --json "$OUTDIR/bench.json" $Q
+  step "baselines (torch SDPA)" baselines.log env PYTHONUNBUFFERED=1 python3 bench/baselines.py --json "$OUTDIR/baselines.json" $Q
+  if [ -f "$OUTDIR/bench.json" ]; then
+    python3 bench/report.py "$OUTDIR/bench.json" $( [ -f "$OUTDIR/baselines.json" ] && echo "$OUTDIR/baselines.json" ) \
+      --label "gpu_suite" > "$OUTDIR/report.md" 2>&1 || true
+  fi
+fi
+
+echo
+[ -f "$OUTDIR/report.md" ] && cat "$OUTDIR/report.md"
+[ -f "$OUTDIR/gpu_errors.txt" ] && { echo "--- accuracy (rel-L2) ---"; cat "$OUTDIR/gpu_errors.txt"; }
+echo "--- summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)) ---"
+for s in "${SUMMARY[@]}"; do echo "$s"; done
+exit $FAILED
