@@ -1,0 +1,138 @@
+#include "attention_inputs.hpp"
+
+#include <cmath>
+
+namespace vmonarch::cli {
+
+std::vector<std::int64_t> file_shape(Layout layout, std::int64_t batch, std::int64_t heads, std::int64_t tokens,
+                                     std::int64_t dim) {
+    if (layout == Layout::bhsd) return {batch, heads, tokens, dim};
+    return {batch, tokens, heads, dim};
+}
+
+TensorView view_of(void* data, DType dtype, Device device, Layout layout, const AttentionShape& shape,
+                   std::int64_t dim) {
+    if (layout == Layout::bhsd)
+        return TensorView::bhsd(data, dtype, device, shape.batch, shape.heads, shape.tokens, dim);
+    return TensorView::bshd(data, dtype, device, shape.batch, shape.tokens, shape.heads, dim);
+}
+
+LseView lse_view_of(void* data, Device device, const AttentionShape& shape) {
+    return LseView::contiguous(data, DType::f32, device, shape.batch, shape.heads, shape.tokens);
+}
+
+namespace {
+
+const char* layout_axes(Layout layout) {
+    return layout == Layout::bhsd ? "[batch, heads, tokens, dim]" : "[batch, tokens, heads, dim]";
+}
+
+HostTensor read_checked(const std::string& spec, const std::string& option) {
+    require_existing_file(spec, option);
+    try {
+        return read_tensor(spec);
+    } catch (const FileFormatError& e) {
+        throw FileFormatError(option + " " + spec + ": " + e.what());
+    }
+}
+
+} // namespace
+
+AttentionInputs load_attention_inputs(const std::string& q_spec, const std::string& k_spec,
+                                      const std::string& v_spec, const VideoGrid& grid, Layout layout) {
+    // Existence first, so that a missing k is reported before q is read.
+    require_existing_file(q_spec, "--q");
+    require_existing_file(k_spec, "--k");
+    require_existing_file(v_spec, "--v");
+
+    AttentionInputs in;
+    in.layout = layout;
+    in.grid = grid;
+    in.q_path = q_spec;
+    in.k_path = k_spec;
+    in.v_path = v_spec;
+    in.q = read_checked(q_spec, "--q");
+    in.k = read_checked(k_spec, "--k");
+    in.v = read_checked(v_spec, "--v");
+
+    const auto require_4d = [&](const HostTensor& t, const std::string& option, const std::string& spec) {
+        if (t.shape.size() != 4)
+            throw ArgumentError(option, option + " " + spec + ": expected a 4-D tensor " + layout_axes(layout) +
+                                            " (--layout " + to_string(layout) + "), got shape " +
+                                            format_shape(t.shape));
+        for (auto extent : t.shape)
+            if (extent < 1)
+                throw ArgumentError(option, option + " " + spec + ": empty tensor, shape " + format_shape(t.shape));
+    };
+    require_4d(in.q, "--q", q_spec);
+    require_4d(in.k, "--k", k_spec);
+    require_4d(in.v, "--v", v_spec);
+
+    if (in.k.shape != in.q.shape)
+        throw ArgumentError("--k", "--k " + k_spec + ": shape " + format_shape(in.k.shape) +
+                                       " differs from --q " + q_spec + " shape " + format_shape(in.q.shape) +
+                                       " (self-attention: q and k must have the same shape)");
+    const bool v_matches = in.v.shape[0] == in.q.shape[0] && in.v.shape[1] == in.q.shape[1] &&
+                           in.v.shape[2] == in.q.shape[2];
+    if (!v_matches)
+        throw ArgumentError("--v", "--v " + v_spec + ": shape " + format_shape(in.v.shape) +
+                                       " must match --q " + q_spec + " shape " + format_shape(in.q.shape) +
+                                       " in all but the last axis");
+    if (in.k.dtype != in.q.dtype || in.v.dtype != in.q.dtype)
+        throw ArgumentError("--k", "q, k, v must have one dtype: --q " + q_spec + " is " + to_string(in.q.dtype) +
+                                       ", --k " + k_spec + " is " + to_string(in.k.dtype) + ", --v " + v_spec +
+                                       " is " + to_string(in.v.dtype));
+
+    AttentionShape& s = in.shape;
+    s.batch = in.q.shape[0];
+    s.heads = layout == Layout::bhsd ? in.q.shape[1] : in.q.shape[2];
+    s.tokens = layout == Layout::bhsd ? in.q.shape[2] : in.q.shape[1];
+    s.head_dim = in.q.shape[3];
+    s.value_dim = in.v.shape[3];
+
+    if (s.tokens != grid.tokens()) {
+        std::string hint;
+        const std::int64_t other = layout == Layout::bhsd ? in.q.shape[1] : in.q.shape[2];
+        if (other == grid.tokens())
+            hint = "; the tensor looks like --layout " + to_string(layout == Layout::bhsd ? Layout::bshd : Layout::bhsd);
+        throw ArgumentError("--grid", "--grid " + format_grid(grid) + " gives N = T*H*W = " +
+                                          std::to_string(grid.tokens()) + " tokens but --q " + q_spec + " has " +
+                                          std::to_string(s.tokens) + " tokens (shape " + format_shape(in.q.shape) +
+                                          ", --layout " + to_string(layout) + " " + layout_axes(layout) + ")" + hint);
+    }
+    return in;
+}
+
+void add_attention_file_options(CLI::App& command, AttentionFileOptions& o) {
+    command.add_option("--q", o.q, "queries: FILE.npy, FILE.safetensors or FILE.safetensors:NAME")->required();
+    command.add_option("--k", o.k, "keys, same shape as --q")->required();
+    command.add_option("--v", o.v, "values, same shape as --q except the last axis")->required();
+    command.add_option("--grid", o.grid, "latent video grid T,H,W (frames, height, width); N = T*H*W")->required();
+    command.add_option("--layout", o.layout, "tensor layout in the files: bhsd [B, heads, N, d] or bshd [B, N, heads, d]")
+        ->capture_default_str();
+    command.add_option("--device", o.device, "cpu, cuda or auto (cuda when available)")->capture_default_str();
+    command.add_option("--cast", o.cast, "compute in this dtype (bf16, f16, f32, f64); needed for f32 files on cuda");
+    command.add_option("--iterations,-t", o.iterations, "Monarch iterations t (R-steps = L-steps = t)")
+        ->capture_default_str();
+    command.add_option("--clamp", o.clamp, "R-step clamp on cR (0 disables it)")->capture_default_str();
+    command.add_flag("--no-recompute", o.no_recompute, "skip the exact dense attention for frame-0 queries");
+    command.add_option("--scale", o.scale, "softmax scale (default 1/sqrt(d))");
+    command.add_flag("--progress", o.progress, "show progress on stderr even when it is not a terminal");
+}
+
+Options monarch_options_from(const AttentionFileOptions& o) {
+    if (o.iterations < 1 || o.iterations > 8)
+        throw ArgumentError("--iterations", "--iterations " + std::to_string(o.iterations) + ": must be 1..8");
+    if (!(o.clamp >= 0) || !std::isfinite(o.clamp))
+        throw ArgumentError("--clamp", "--clamp " + format_fixed(o.clamp, 3) + ": must be a finite number >= 0");
+    if (o.scale && !(*o.scale > 0 && std::isfinite(*o.scale)))
+        throw ArgumentError("--scale", "--scale: must be a positive finite number");
+    Options options;
+    options.iterations = o.iterations;
+    options.cr_clamp = o.clamp;
+    options.recompute_first_frame = !o.no_recompute;
+    options.softmax_scale = o.scale;
+    return options;
+}
+
+} // namespace vmonarch::cli

@@ -1,0 +1,59 @@
+// q/k/v tensors for `run` and `compare`: reading them, checking their shapes against each other and the
+// grid before anything runs, and viewing them as vmonarch::TensorView in either file layout.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cli_common.hpp"
+#include "vmonarch/tensor_file.hpp"
+
+namespace vmonarch::cli {
+
+struct AttentionShape {
+    std::int64_t batch = 0, heads = 0, tokens = 0, head_dim = 0, value_dim = 0;
+};
+
+// The shape of a [B, heads, N, d] tensor as stored in `layout`.
+std::vector<std::int64_t> file_shape(Layout layout, std::int64_t batch, std::int64_t heads, std::int64_t tokens,
+                                     std::int64_t dim);
+
+// A TensorView over a contiguous host or device buffer holding a tensor in `layout`; `dim` is the last axis.
+TensorView view_of(void* data, DType dtype, Device device, Layout layout, const AttentionShape& shape,
+                   std::int64_t dim);
+LseView lse_view_of(void* data, Device device, const AttentionShape& shape);
+
+struct AttentionInputs {
+    HostTensor q, k, v;
+    Layout layout = Layout::bhsd;
+    AttentionShape shape;
+    VideoGrid grid;
+    std::string q_path, k_path, v_path;
+};
+
+// Reads q, k, v (read_tensor specs) and checks: each file exists, 4-D, q and k the same shape, v the same
+// batch/heads/tokens, one dtype, tokens == T·H·W. Every message names the option and the file.
+AttentionInputs load_attention_inputs(const std::string& q_spec, const std::string& k_spec,
+                                      const std::string& v_spec, const VideoGrid& grid, Layout layout);
+
+// Command-line options shared by `run` and `compare`.
+struct AttentionFileOptions {
+    std::string q, k, v;
+    std::string grid;
+    std::string layout = "bhsd";
+    std::string device = "auto";
+    std::string cast;
+    int iterations = 2;
+    double clamp = 0.1;
+    bool no_recompute = false;
+    std::optional<double> scale;
+    bool progress = false;
+};
+void add_attention_file_options(CLI::App& command, AttentionFileOptions& options);
+
+// Options{} from the flags, with their ranges checked.
+Options monarch_options_from(const AttentionFileOptions& options);
+
+} // namespace vmonarch::cli

@@ -1,0 +1,240 @@
+#include "cli_common.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <sstream>
+
+namespace vmonarch::cli {
+
+namespace {
+
+std::string lower(std::string text) {
+    std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+    return text;
+}
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+    return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+} // namespace
+
+Layout parse_layout(const std::string& text, const std::string& option) {
+    const std::string value = lower(text);
+    if (value == "bhsd") return Layout::bhsd;
+    if (value == "bshd") return Layout::bshd;
+    throw ArgumentError(option, option + " '" + text +
+                                    "': unknown layout; expected bhsd ([batch, heads, tokens, dim], PyTorch SDPA) "
+                                    "or bshd ([batch, tokens, heads, dim], flash-attn / Wan)");
+}
+
+std::string to_string(Layout layout) { return layout == Layout::bhsd ? "bhsd" : "bshd"; }
+
+VideoGrid parse_grid(const std::string& text, const std::string& option) {
+    const auto fail = [&](const std::string& why) -> VideoGrid {
+        throw ArgumentError(option, option + " '" + text + "': " + why +
+                                        "; expected three positive integers T,H,W (frames, latent height, latent "
+                                        "width), e.g. 16,28,52");
+    };
+    std::vector<std::int64_t> parts;
+    std::string current;
+    const auto flush = [&]() {
+        if (current.empty()) return false;
+        if (current.size() > 9) return false;
+        parts.push_back(std::stoll(current));
+        current.clear();
+        return true;
+    };
+    for (char c : text) {
+        if (std::isdigit(static_cast<unsigned char>(c))) {
+            current += c;
+        } else if (c == ',' || c == 'x' || c == 'X') {
+            if (!flush()) return fail("empty or too long number");
+        } else if (c == ' ') {
+            continue;
+        } else {
+            return fail(std::string("unexpected character '") + c + "'");
+        }
+    }
+    if (!flush()) return fail("empty or too long number");
+    if (parts.size() != 3) return fail("got " + std::to_string(parts.size()) + " number(s)");
+    for (auto p : parts)
+        if (p <= 0) return fail("sizes must be at least 1");
+    return VideoGrid{parts[0], parts[1], parts[2]};
+}
+
+std::string format_grid(const VideoGrid& grid) {
+    return std::to_string(grid.T) + "x" + std::to_string(grid.H) + "x" + std::to_string(grid.W);
+}
+
+DType parse_dtype(const std::string& text, const std::string& option) {
+    const std::string value = lower(text);
+    if (value == "f16" || value == "float16" || value == "fp16" || value == "half") return DType::f16;
+    if (value == "bf16" || value == "bfloat16") return DType::bf16;
+    if (value == "f32" || value == "float32" || value == "fp32" || value == "float") return DType::f32;
+    if (value == "f64" || value == "float64" || value == "fp64" || value == "double") return DType::f64;
+    throw ArgumentError(option, option + " '" + text + "': unknown dtype; expected f16, bf16, f32 or f64");
+}
+
+Device resolve_device(const std::string& text, const std::string& option) {
+    const std::string value = lower(text);
+    if (value == "cpu") return Device::cpu;
+    if (value == "auto") return cuda_available() ? Device::cuda : Device::cpu;
+    if (value == "cuda" || value == "gpu") {
+#ifndef VMONARCH_WITH_CUDA
+        throw UnsupportedError(option + " cuda: this vmonarch build has no CUDA kernels (rebuild with nvcc on "
+                                        "the PATH or -DVMONARCH_CUDA=ON), use " + option + " cpu");
+#else
+        if (!cuda_available())
+            throw UnsupportedError(option + " cuda: no CUDA device is visible (check nvidia-smi and "
+                                            "CUDA_VISIBLE_DEVICES), use " + option + " cpu");
+        return Device::cuda;
+#endif
+    }
+    throw ArgumentError(option, option + " '" + text + "': unknown device; expected cpu, cuda or auto");
+}
+
+void require_device_dtype(Device device, DType dtype, const std::string& source) {
+    if (device != Device::cuda || dtype == DType::bf16 || dtype == DType::f16) return;
+    throw ArgumentError("--cast", source + " holds " + vmonarch::to_string(dtype) +
+                                      " but the CUDA kernels take bf16 or f16: pass --cast bf16 (or --cast f16) to "
+                                      "convert on the way in, or use --device cpu");
+}
+
+void require_positive(std::int64_t value, const std::string& option) {
+    if (value < 1)
+        throw ArgumentError(option, option + " " + std::to_string(value) + ": must be a positive integer");
+}
+
+std::string format_fixed(double value, int digits) {
+    char buffer[64];
+    std::snprintf(buffer, sizeof buffer, "%.*f", digits, value);
+    return buffer;
+}
+
+std::string format_flops(double flops) {
+    static const char* units[] = {"FLOP", "kFLOP", "MFLOP", "GFLOP", "TFLOP", "PFLOP", "EFLOP"};
+    int unit = 0;
+    double value = flops;
+    while (std::fabs(value) >= 1000.0 && unit < 6) {
+        value /= 1000.0;
+        ++unit;
+    }
+    const int digits = std::fabs(value) >= 100 ? 1 : 2;
+    return format_fixed(value, digits) + " " + units[unit];
+}
+
+std::string format_seconds(double seconds) {
+    if (seconds >= 1.0) return format_fixed(seconds, 2) + " s";
+    if (seconds >= 1e-3) return format_fixed(seconds * 1e3, seconds >= 0.1 ? 0 : 2) + " ms";
+    return format_fixed(seconds * 1e6, 1) + " us";
+}
+
+std::string format_thousands(std::int64_t value) {
+    std::string digits = std::to_string(value < 0 ? -value : value);
+    std::string out;
+    for (std::size_t i = 0; i < digits.size(); ++i) {
+        if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+        out += digits[i];
+    }
+    return value < 0 ? "-" + out : out;
+}
+
+std::string format_shape(const std::vector<std::int64_t>& shape) {
+    std::ostringstream out;
+    out << '[';
+    for (std::size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+    out << ']';
+    return out.str();
+}
+
+TensorPath split_tensor_path(const std::string& spec) {
+    const std::string marker = ".safetensors:";
+    const auto at = lower(spec).rfind(marker);
+    if (at == std::string::npos) return TensorPath{spec, ""};
+    const auto colon = at + marker.size() - 1;
+    return TensorPath{spec.substr(0, colon), spec.substr(colon + 1)};
+}
+
+bool is_npy_path(const std::string& spec) { return ends_with(lower(split_tensor_path(spec).file), ".npy"); }
+
+void require_tensor_extension(const std::string& spec, const std::string& option) {
+    const TensorPath path = split_tensor_path(spec);
+    const std::string file = lower(path.file);
+    if (ends_with(file, ".npy") && path.name.empty()) return;
+    if (ends_with(file, ".safetensors")) return;
+    throw ArgumentError(option, option + " '" + spec +
+                                    "': expected a .npy file or a .safetensors file (optionally file.safetensors:name)");
+}
+
+void require_existing_file(const std::string& spec, const std::string& option) {
+    require_tensor_extension(spec, option);
+    const TensorPath path = split_tensor_path(spec);
+    std::error_code error;
+    if (!std::filesystem::exists(path.file, error))
+        throw ArgumentError(option, option + " " + path.file + ": no such file");
+    if (std::filesystem::is_directory(path.file, error))
+        throw ArgumentError(option, option + " " + path.file + ": is a directory, expected a tensor file");
+}
+
+// --- progress line ------------------------------------------------------------------------------------
+
+namespace {
+
+struct ProgressState {
+    std::mutex mutex;
+    std::string stage;
+    int percent = -1;
+    std::chrono::steady_clock::time_point last{};
+    std::size_t width = 0;
+};
+
+ProgressState& progress_state() {
+    static ProgressState state;
+    return state;
+}
+
+} // namespace
+
+ProgressLine::ProgressLine(bool forced) : enabled_(forced || ::isatty(STDERR_FILENO) == 1) {
+    if (!enabled_) return;
+    set_progress_callback([](const std::string& stage, double fraction) {
+        ProgressState& s = progress_state();
+        std::lock_guard<std::mutex> lock(s.mutex);
+        const int percent = int(std::clamp(fraction, 0.0, 1.0) * 100.0);
+        const auto now = std::chrono::steady_clock::now();
+        const bool new_stage = stage != s.stage;
+        if (!new_stage && (percent == s.percent || now - s.last < std::chrono::milliseconds(100))) return;
+        s.stage = stage;
+        s.percent = percent;
+        s.last = now;
+        std::string line = "  " + stage + " " + std::to_string(percent) + "%";
+        const std::size_t width = line.size();
+        if (line.size() < s.width) line.append(s.width - line.size(), ' ');
+        s.width = width;
+        std::fprintf(stderr, "\r%s", line.c_str());
+        std::fflush(stderr);
+    });
+}
+
+ProgressLine::~ProgressLine() {
+    if (!enabled_) return;
+    set_progress_callback({});
+    ProgressState& s = progress_state();
+    std::lock_guard<std::mutex> lock(s.mutex);
+    if (s.width > 0) {
+        std::fprintf(stderr, "\r%s\r", std::string(s.width, ' ').c_str());
+        std::fflush(stderr);
+    }
+    s.stage.clear();
+    s.percent = -1;
+    s.width = 0;
+}
+
+} // namespace vmonarch::cli

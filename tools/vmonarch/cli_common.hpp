@@ -1,0 +1,94 @@
+// Shared helpers of the vmonarch command-line tool: parsing of option values, formatting of numbers,
+// the progress line on stderr, and the small error type the subcommands throw for bad option values.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "vmonarch/vmonarch.hpp"
+
+namespace vmonarch::cli {
+
+// One registered subcommand: its CLI11 node and what runs when it was chosen (returns the exit code).
+struct Command {
+    CLI::App* app = nullptr;
+    std::function<int()> run;
+};
+
+// Memory order of a [B, heads, N, d] attention tensor in a file.
+enum class Layout { bhsd, bshd };
+
+// "bhsd" / "bshd"; anything else: ArgumentError naming `option`.
+Layout parse_layout(const std::string& text, const std::string& option = "--layout");
+std::string to_string(Layout layout);
+
+// "T,H,W" (commas, or 'x' as in 16x28x52) of positive integers; ArgumentError naming `option` otherwise.
+VideoGrid parse_grid(const std::string& text, const std::string& option = "--grid");
+std::string format_grid(const VideoGrid& grid); // "16x28x52"
+
+// "f16", "bf16", "f32", "f64" (also "float16", "bfloat16", "float32", "float64").
+DType parse_dtype(const std::string& text, const std::string& option);
+
+// "cpu", "cuda" or "auto" (cuda when this build has kernels and a device is visible, else cpu).
+// Asking for cuda where there is none is an UnsupportedError that says why.
+Device resolve_device(const std::string& text, const std::string& option = "--device");
+
+// The CUDA kernels take 16-bit tensors; throws ArgumentError naming `option` for anything else on cuda.
+void require_device_dtype(Device device, DType dtype, const std::string& source);
+
+// Positive integer from a flag, with a message naming the flag.
+void require_positive(std::int64_t value, const std::string& option);
+
+// Number formatting for the human-readable outputs.
+std::string format_flops(double flops);        // "4.30 GFLOP", "159.7 TFLOP"
+std::string format_seconds(double seconds);    // "512 ms", "3.21 s", "41.2 us"
+std::string format_fixed(double value, int digits);
+std::string format_thousands(std::int64_t value); // 23,296
+std::string format_shape(const std::vector<std::int64_t>& shape); // [1, 12, 23296, 128]
+
+// A path to a tensor inside a file: "x.npy", "x.safetensors" or "x.safetensors:name".
+struct TensorPath {
+    std::string file;
+    std::string name; // empty unless given after the colon
+};
+TensorPath split_tensor_path(const std::string& spec);
+
+// Throws ArgumentError "<option> <spec>: no such file" when the file part does not exist.
+void require_existing_file(const std::string& spec, const std::string& option);
+
+// Throws ArgumentError when the file part does not end in .npy or .safetensors.
+void require_tensor_extension(const std::string& spec, const std::string& option);
+bool is_npy_path(const std::string& spec);
+
+// Shows vmonarch's progress callback as one updating line on stderr while alive (when enabled: stderr is a
+// TTY, or the user asked with --progress). Clears the line and removes the callback when destroyed.
+class ProgressLine {
+public:
+    explicit ProgressLine(bool forced);
+    ~ProgressLine();
+    ProgressLine(const ProgressLine&) = delete;
+    ProgressLine& operator=(const ProgressLine&) = delete;
+    bool enabled() const { return enabled_; }
+
+private:
+    bool enabled_ = false;
+};
+
+// Wall-clock stopwatch in seconds.
+class Stopwatch {
+public:
+    Stopwatch() : start_(std::chrono::steady_clock::now()) {}
+    double seconds() const {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    }
+
+private:
+    std::chrono::steady_clock::time_point start_;
+};
+
+} // namespace vmonarch::cli

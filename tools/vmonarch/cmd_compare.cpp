@@ -1,0 +1,167 @@
+// vmonarch compare: per-head error of VMonarch against dense attention on q/k/v files.
+#include <cstdio>
+#include <iostream>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "attention_inputs.hpp"
+#include "attention_runner.hpp"
+#include "commands.hpp"
+#include "head_metrics.hpp"
+
+namespace vmonarch::cli {
+
+namespace {
+
+struct CompareOptions {
+    AttentionFileOptions inputs;
+    std::string reference, approx;
+    bool json = false;
+};
+
+HostTensor read_output_file(const std::string& spec, const std::string& option, const AttentionInputs& in) {
+    require_existing_file(spec, option);
+    HostTensor t;
+    try {
+        t = read_tensor(spec);
+    } catch (const FileFormatError& e) {
+        throw FileFormatError(option + " " + spec + ": " + e.what());
+    }
+    const auto expected = file_shape(in.layout, in.shape.batch, in.shape.heads, in.shape.tokens, in.shape.value_dim);
+    if (t.shape != expected)
+        throw ArgumentError(option, option + " " + spec + ": shape " + format_shape(t.shape) + " but the inputs give " +
+                                        format_shape(expected) + " (--layout " + to_string(in.layout) + ")");
+    return t;
+}
+
+nlohmann::json error_json(const OutputError& e) {
+    nlohmann::json j;
+    if (e.batch >= 0) {
+        j["batch"] = e.batch;
+        j["head"] = e.head;
+    }
+    j["rel_l2"] = e.rel_l2;
+    j["cosine"] = e.cosine;
+    j["max_abs"] = e.max_abs;
+    return j;
+}
+
+std::string scientific(double value) {
+    char buffer[32];
+    std::snprintf(buffer, sizeof buffer, "%.3e", value);
+    return buffer;
+}
+
+int compare_command(const CompareOptions& o) {
+    const Layout layout = parse_layout(o.inputs.layout);
+    const VideoGrid grid = parse_grid(o.inputs.grid);
+    const Options options = monarch_options_from(o.inputs);
+    const Device device = resolve_device(o.inputs.device);
+    std::optional<DType> cast;
+    if (!o.inputs.cast.empty()) cast = parse_dtype(o.inputs.cast, "--cast");
+    if (!o.reference.empty()) require_existing_file(o.reference, "--reference");
+    if (!o.approx.empty()) require_existing_file(o.approx, "--approx");
+
+    AttentionInputs in = load_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout);
+    const DType compute_dtype = cast.value_or(in.q.dtype);
+    const bool computes = o.reference.empty() || o.approx.empty();
+    if (computes) require_device_dtype(device, compute_dtype, "--q " + in.q_path);
+
+    HostTensor reference, approx;
+    if (!o.reference.empty()) reference = read_output_file(o.reference, "--reference", in);
+    if (!o.approx.empty()) approx = read_output_file(o.approx, "--approx", in);
+
+    std::optional<double> vmonarch_seconds, dense_seconds;
+    if (computes) {
+        if (compute_dtype != in.q.dtype) {
+            in.q = in.q.converted(compute_dtype);
+            in.k = in.k.converted(compute_dtype);
+            in.v = in.v.converted(compute_dtype);
+        }
+        ProgressLine progress(o.inputs.progress);
+        AttentionSession session(device, in.q, in.k, in.v, layout, in.shape);
+        if (o.approx.empty()) {
+            AttentionResult r = session.run(Method::vmonarch, grid, options);
+            approx = std::move(r.out);
+            vmonarch_seconds = r.seconds;
+        }
+        if (o.reference.empty()) {
+            AttentionResult r = session.run(Method::dense, grid, options);
+            reference = std::move(r.out);
+            dense_seconds = r.seconds;
+        }
+    }
+    const OutputComparison cmp = compare_outputs(approx, reference, layout, in.shape);
+
+    const std::string approx_name = o.approx.empty() ? "vmonarch" : o.approx;
+    const std::string reference_name = o.reference.empty() ? "dense" : o.reference;
+    if (o.json) {
+        nlohmann::json j;
+        j["grid"] = {grid.T, grid.H, grid.W};
+        j["tokens"] = grid.tokens();
+        j["batch"] = in.shape.batch;
+        j["heads"] = in.shape.heads;
+        j["head_dim"] = in.shape.head_dim;
+        j["value_dim"] = in.shape.value_dim;
+        j["layout"] = to_string(layout);
+        j["device"] = to_string(device);
+        j["dtype"] = to_string(compute_dtype);
+        j["iterations"] = options.iterations;
+        j["clamp"] = options.cr_clamp;
+        j["recompute_first_frame"] = options.recompute_first_frame;
+        j["approx"] = approx_name;
+        j["reference"] = reference_name;
+        j["per_head"] = nlohmann::json::array();
+        for (const OutputError& e : cmp.heads) j["per_head"].push_back(error_json(e));
+        j["overall"] = error_json(cmp.overall);
+        nlohmann::json seconds = nlohmann::json::object();
+        if (vmonarch_seconds) seconds["vmonarch"] = *vmonarch_seconds;
+        if (dense_seconds) seconds["dense"] = *dense_seconds;
+        j["seconds"] = seconds;
+        std::cout << j.dump(2) << "\n";
+        return 0;
+    }
+
+    std::cout << "compare " << approx_name << " against " << reference_name << ": grid " << format_grid(grid)
+              << " (N = " << format_thousands(grid.tokens()) << "), " << in.shape.heads << " heads, d = "
+              << in.shape.head_dim << ", " << to_string(compute_dtype) << " on " << to_string(device);
+    if (o.approx.empty())
+        std::cout << "; VMonarch t = " << options.iterations << ", clamp " << options.cr_clamp << ", frame-0 recompute "
+                  << (options.recompute_first_frame ? "on" : "off");
+    std::cout << "\n\n batch  head   rel. L2     cosine     max abs\n";
+    const auto row = [](const std::string& b, const std::string& h, const OutputError& e) {
+        char line[160];
+        std::snprintf(line, sizeof line, "%6s %5s  %8s  %9s  %10s\n", b.c_str(), h.c_str(),
+                      format_fixed(e.rel_l2, 5).c_str(), format_fixed(e.cosine, 6).c_str(),
+                      scientific(e.max_abs).c_str());
+        std::cout << line;
+    };
+    for (const OutputError& e : cmp.heads) row(std::to_string(e.batch), std::to_string(e.head), e);
+    row("all", "", cmp.overall);
+    if (vmonarch_seconds || dense_seconds) {
+        std::cout << "\ntime:";
+        if (vmonarch_seconds) std::cout << " VMonarch " << format_seconds(*vmonarch_seconds);
+        if (dense_seconds) std::cout << (vmonarch_seconds ? "," : "") << " dense " << format_seconds(*dense_seconds);
+        std::cout << "\n";
+    }
+    return 0;
+}
+
+} // namespace
+
+Command add_compare_command(CLI::App& app) {
+    auto o = std::make_shared<CompareOptions>();
+    CLI::App* cmd = app.add_subcommand(
+        "compare", "Per-head relative L2 error, cosine similarity and max abs error of VMonarch against dense.");
+    cmd->footer("Same inputs as 'run'. By default both outputs are computed; --reference compares against a saved "
+                "output instead (e.g. from 'run --dense' or PyTorch), --approx uses a saved VMonarch output.\n"
+                "Example: vmonarch compare --q q.npy --k k.npy --v v.npy --grid 4,8,8 --json");
+    add_attention_file_options(*cmd, o->inputs);
+    cmd->add_option("--reference", o->reference, "reference output file instead of computing dense attention");
+    cmd->add_option("--approx", o->approx, "approximate output file instead of computing VMonarch");
+    cmd->add_flag("--json", o->json, "print one JSON object (per_head, overall, seconds, settings)");
+    return Command{cmd, [o] { return compare_command(*o); }};
+}
+
+} // namespace vmonarch::cli

@@ -1,0 +1,195 @@
+// vmonarch flops: per-forward TFLOPs of a video DiT with dense vs VMonarch self-attention (spec §4).
+#include <iostream>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "model_flops.hpp"
+
+namespace vmonarch::cli {
+
+namespace {
+
+struct FlopsOptions {
+    std::string model = "wan2.1-1.3b";
+    std::int64_t frames = 0, height = 0, width = 0, batch = 1;
+    int iterations = 2;
+    bool no_recompute = false, json = false;
+    // Custom dimensions (override the preset, or define --model custom).
+    std::int64_t dim = 0, ffn = 0, layers = 0, heads = 0, head_dim = 0, text_len = -1;
+    std::int64_t temporal_compression = 0, spatial_stride = 0;
+    std::string text_mode, latent_grid;
+};
+
+ModelSpec model_from(const FlopsOptions& o) {
+    ModelSpec m;
+    const bool custom = o.model == "custom";
+    if (custom) {
+        m.name = "custom";
+        m.text_len = 0;
+        for (auto [value, flag] : {std::pair{o.dim, "--dim"}, std::pair{o.ffn, "--ffn"},
+                                   std::pair{o.layers, "--layers"}, std::pair{o.heads, "--heads"}})
+            if (value == 0)
+                throw ArgumentError(flag, std::string("--model custom needs ") + flag +
+                                              " (and --dim, --ffn, --layers, --heads in general)");
+    } else if (const ModelSpec* preset = find_model_preset(o.model)) {
+        m = *preset;
+    } else {
+        throw ArgumentError("--model", "--model '" + o.model + "': unknown model; known: " + model_preset_names() +
+                                           ", or custom with --dim --ffn --layers --heads");
+    }
+    if (o.dim) m.dim = o.dim;
+    if (o.ffn) m.ffn = o.ffn;
+    if (o.layers) m.layers = o.layers;
+    if (o.heads) m.heads = o.heads;
+    if (o.head_dim) m.head_dim = o.head_dim;
+    else if (custom || o.dim || o.heads) m.head_dim = m.heads > 0 ? m.dim / m.heads : 0;
+    if (o.text_len >= 0) m.text_len = o.text_len;
+    if (o.temporal_compression) m.temporal_compression = o.temporal_compression;
+    if (o.spatial_stride) m.spatial_stride = o.spatial_stride;
+    if (!o.text_mode.empty()) {
+        if (o.text_mode == "cross") m.text_mode = TextMode::cross;
+        else if (o.text_mode == "joint") m.text_mode = TextMode::joint;
+        else throw ArgumentError("--text-mode", "--text-mode '" + o.text_mode + "': expected cross or joint");
+    }
+    require_positive(m.dim, "--dim");
+    require_positive(m.ffn, "--ffn");
+    require_positive(m.layers, "--layers");
+    require_positive(m.heads, "--heads");
+    require_positive(m.head_dim, "--head-dim");
+    require_positive(m.temporal_compression, "--temporal-compression");
+    require_positive(m.spatial_stride, "--spatial-stride");
+    if (m.text_len < 0) throw ArgumentError("--text-len", "--text-len must be >= 0");
+    return m;
+}
+
+std::string describe(const ModelSpec& m) {
+    return m.name + ": dim " + std::to_string(m.dim) + ", ffn " + std::to_string(m.ffn) + ", " +
+           std::to_string(m.layers) + " layers, " + std::to_string(m.heads) + " heads x " + std::to_string(m.head_dim) +
+           ", " + std::to_string(m.text_len) + " text tokens " +
+           (m.text_mode == TextMode::cross ? "(cross-attention)" : "(joined to the sequence)");
+}
+
+std::string tflops(double flops) { return format_fixed(flops / 1e12, 2); }
+
+std::string padded(const std::string& text, std::size_t width) {
+    return text.size() >= width ? text : std::string(width - text.size(), ' ') + text;
+}
+
+int flops_command(const FlopsOptions& o, bool grid_from_flag) {
+    const ModelSpec model = model_from(o);
+    if (o.iterations < 1 || o.iterations > 8)
+        throw ArgumentError("--iterations", "--iterations " + std::to_string(o.iterations) + ": must be 1..8");
+    require_positive(o.batch, "--batch");
+
+    VideoGrid grid;
+    std::int64_t frames = 0, height = 0, width = 0;
+    if (grid_from_flag) {
+        grid = parse_grid(o.latent_grid, "--latent-grid");
+    } else {
+        frames = o.frames ? o.frames : model.default_frames;
+        height = o.height ? o.height : model.default_height;
+        width = o.width ? o.width : model.default_width;
+        grid = latent_grid_from_video(model, frames, height, width);
+    }
+    Options options;
+    options.iterations = o.iterations;
+    options.recompute_first_frame = !o.no_recompute;
+    const ModelFlops f = model_flops(model, grid, options, o.batch);
+
+    if (o.json) {
+        nlohmann::json j;
+        j["model"] = model.name;
+        j["grid"] = {grid.T, grid.H, grid.W};
+        if (!grid_from_flag) j["video"] = {{"frames", frames}, {"height", height}, {"width", width}};
+        j["video_tokens"] = f.video_tokens;
+        j["sequence_tokens"] = f.sequence_tokens;
+        j["text_tokens"] = model.text_len;
+        j["text_mode"] = model.text_mode == TextMode::cross ? "cross" : "joint";
+        j["batch"] = o.batch;
+        j["iterations"] = options.iterations;
+        j["recompute_first_frame"] = options.recompute_first_frame;
+        j["dense_tflops"] = f.total_dense / 1e12;
+        j["vmonarch_tflops"] = f.total_vmonarch / 1e12;
+        j["attention_dense_tflops"] = f.attention_dense / 1e12;
+        j["attention_vmonarch_tflops"] = f.attention_vmonarch / 1e12;
+        j["linear_tflops"] = f.linear / 1e12;
+        j["sparsity"] = f.sparsity;
+        std::cout << j.dump(2) << "\n";
+        return 0;
+    }
+
+    std::cout << "model     " << describe(model) << "\n";
+    std::cout << "video     ";
+    if (!grid_from_flag) std::cout << frames << " frames " << height << "x" << width << " -> ";
+    std::cout << "latent grid " << format_grid(grid) << ", N = " << format_thousands(f.video_tokens) << " video tokens";
+    if (model.text_mode == TextMode::joint)
+        std::cout << " + " << model.text_len << " text = " << format_thousands(f.sequence_tokens);
+    if (o.batch > 1) std::cout << ", batch " << o.batch;
+    std::cout << "\nVMonarch  t = " << options.iterations << ", frame-0 recompute "
+              << (options.recompute_first_frame ? "on" : "off (as in the paper's Table 1)") << ", sparsity "
+              << format_fixed(100 * f.sparsity, 2) << "% (1 - t(T+HW)/(T*HW))\n\n";
+    std::cout << "per forward          dense   VMonarch\n";
+    const auto line = [](const std::string& label, double dense, double vm) {
+        std::string text = label + padded(tflops(dense), 21 - label.size()) + padded(tflops(vm), 11);
+        if (vm > 0 && dense != vm) text += "   (" + format_fixed(dense / vm, 2) + "x fewer)";
+        std::cout << text << "\n";
+    };
+    line("attention TFLOPs", f.attention_dense, f.attention_vmonarch);
+    line("linear TFLOPs", f.linear, f.linear);
+    line("total TFLOPs", f.total_dense, f.total_vmonarch);
+    return 0;
+}
+
+std::string presets_help() {
+    std::string text = "Presets (latent grid from --frames/--height/--width; defaults are each model's usual video):\n";
+    for (const ModelSpec& m : model_presets())
+        text += "  " + m.name + " (default " + std::to_string(m.default_frames) + " frames " +
+                std::to_string(m.default_height) + "x" + std::to_string(m.default_width) + "): " + m.summary + "\n";
+    text += "Counting (multiply-add = 2 FLOPs; norms, modulation, embeddings and the output head left out):\n"
+            "  cross-attention text (Wan): linear per layer N*D*(12D + 4ffn + 4text_len): self-attn QKVO, cross-attn\n"
+            "    Q/O, FFN, cross-attn core over the text; self-attention over the N video tokens only.\n"
+            "  joint text (HunyuanVideo, CogVideoX): N' = N + text_len tokens, linear N'*D*(8D + 4ffn); dense\n"
+            "    attention 4N'^2 d per head; VMonarch: Monarch over the video grid + dense video->text and\n"
+            "    text->all parts.\n"
+            "  attention per head (spec section 4): dense 4N^2 d; VMonarch R-steps (4t+2)N*HW*d, L-steps 4tNTd,\n"
+            "    frame-0 recompute 4*HW*N*d (on by default, as the library runs; --no-recompute for Table 1).\n"
+            "Example: vmonarch flops --model wan2.1-1.3b --frames 61 --height 448 --width 832 --no-recompute";
+    return text;
+}
+
+} // namespace
+
+Command add_flops_command(CLI::App& app) {
+    auto o = std::make_shared<FlopsOptions>();
+    CLI::App* cmd = app.add_subcommand(
+        "flops", "Per-forward TFLOPs of a whole video DiT with dense and with VMonarch self-attention.");
+    cmd->footer(presets_help());
+    cmd->add_option("--model,-m", o->model, "preset (" + model_preset_names() + ") or custom")->capture_default_str();
+    auto* frames = cmd->add_option("--frames", o->frames, "video frames F (latent T = (F-1)/4 + 1)");
+    auto* height = cmd->add_option("--height", o->height, "video height in pixels");
+    auto* width = cmd->add_option("--width", o->width, "video width in pixels");
+    auto* grid = cmd->add_option("--latent-grid", o->latent_grid, "latent grid T,H,W instead of a video size");
+    grid->excludes(frames)->excludes(height)->excludes(width);
+    cmd->add_option("--iterations,-t", o->iterations, "Monarch iterations t")->capture_default_str();
+    cmd->add_flag("--no-recompute", o->no_recompute, "leave out the frame-0 recompute (the paper's Table 1 count)");
+    cmd->add_option("--batch", o->batch, "batch size (CFG doubles it)")->capture_default_str();
+    cmd->add_flag("--json", o->json,
+                  "print JSON: dense_tflops, vmonarch_tflops, attention_dense_tflops, attention_vmonarch_tflops, "
+                  "sparsity, grid (+ details)");
+    const std::string custom = "Custom model (or override a preset)";
+    cmd->add_option("--dim", o->dim, "model width D")->group(custom);
+    cmd->add_option("--ffn", o->ffn, "FFN hidden width")->group(custom);
+    cmd->add_option("--layers", o->layers, "transformer blocks")->group(custom);
+    cmd->add_option("--heads", o->heads, "attention heads")->group(custom);
+    cmd->add_option("--head-dim", o->head_dim, "head dim d (default D / heads)")->group(custom);
+    cmd->add_option("--text-len", o->text_len, "text tokens (default 0 for custom)")->group(custom);
+    cmd->add_option("--text-mode", o->text_mode, "cross (Wan) or joint (text joins the sequence)")->group(custom);
+    cmd->add_option("--temporal-compression", o->temporal_compression, "VAE time compression (default 4)")
+        ->group(custom);
+    cmd->add_option("--spatial-stride", o->spatial_stride, "pixels per latent token side (default 16)")->group(custom);
+    return Command{cmd, [o, grid] { return flops_command(*o, grid->count() > 0); }};
+}
+
+} // namespace vmonarch::cli

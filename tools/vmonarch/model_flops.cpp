@@ -1,0 +1,142 @@
+#include "model_flops.hpp"
+
+#include <algorithm>
+#include <cctype>
+
+#include "cli_common.hpp"
+
+namespace vmonarch::cli {
+
+const std::vector<ModelSpec>& model_presets() {
+    static const std::vector<ModelSpec> presets = [] {
+        std::vector<ModelSpec> p;
+        ModelSpec m;
+
+        m = ModelSpec{};
+        m.name = "wan2.1-1.3b";
+        m.summary = "Wan2.1 T2V 1.3B: dim 1536, ffn 8960, 30 layers, 12x128 heads, 512 text tokens in "
+                    "cross-attention; T = (F-1)/4+1, H = px/16, W = px/16";
+        m.dim = 1536, m.ffn = 8960, m.layers = 30, m.heads = 12, m.head_dim = 128, m.text_len = 512;
+        m.text_mode = TextMode::cross, m.temporal_compression = 4, m.spatial_stride = 16;
+        m.default_frames = 81, m.default_height = 480, m.default_width = 832;
+        p.push_back(m);
+
+        m = ModelSpec{};
+        m.name = "wan2.1-14b";
+        m.summary = "Wan2.1 T2V 14B: dim 5120, ffn 13824, 40 layers, 40x128 heads, 512 text tokens in "
+                    "cross-attention; T = (F-1)/4+1, H = px/16, W = px/16";
+        m.dim = 5120, m.ffn = 13824, m.layers = 40, m.heads = 40, m.head_dim = 128, m.text_len = 512;
+        m.text_mode = TextMode::cross, m.temporal_compression = 4, m.spatial_stride = 16;
+        m.default_frames = 81, m.default_height = 720, m.default_width = 1280;
+        p.push_back(m);
+
+        m = ModelSpec{};
+        m.name = "wan2.2-5b";
+        m.summary = "Wan2.2 TI2V 5B: dim 3072, ffn 14336, 30 layers, 24x128 heads, 512 text tokens in "
+                    "cross-attention; VAE 4x16x16 and patch 2: T = (F-1)/4+1, H = px/32, W = px/32";
+        m.dim = 3072, m.ffn = 14336, m.layers = 30, m.heads = 24, m.head_dim = 128, m.text_len = 512;
+        m.text_mode = TextMode::cross, m.temporal_compression = 4, m.spatial_stride = 32;
+        m.default_frames = 121, m.default_height = 704, m.default_width = 1280;
+        p.push_back(m);
+
+        m = ModelSpec{};
+        m.name = "hunyuanvideo";
+        m.summary = "HunyuanVideo 13B: dim 3072, ffn 12288, 60 layers (20 dual- + 40 single-stream), 24x128 "
+                    "heads, 256 text tokens joined to the sequence; T = (F-1)/4+1, H = px/16, W = px/16";
+        m.dim = 3072, m.ffn = 12288, m.layers = 60, m.heads = 24, m.head_dim = 128, m.text_len = 256;
+        m.text_mode = TextMode::joint, m.temporal_compression = 4, m.spatial_stride = 16;
+        m.default_frames = 129, m.default_height = 720, m.default_width = 1280;
+        p.push_back(m);
+
+        m = ModelSpec{};
+        m.name = "cogvideox-5b";
+        m.summary = "CogVideoX 5B: dim 3072, ffn 12288, 42 layers, 48x64 heads, 226 text tokens joined to the "
+                    "sequence; T = (F-1)/4+1, H = px/16, W = px/16";
+        m.dim = 3072, m.ffn = 12288, m.layers = 42, m.heads = 48, m.head_dim = 64, m.text_len = 226;
+        m.text_mode = TextMode::joint, m.temporal_compression = 4, m.spatial_stride = 16;
+        m.default_frames = 49, m.default_height = 480, m.default_width = 720;
+        p.push_back(m);
+        return p;
+    }();
+    return presets;
+}
+
+const ModelSpec* find_model_preset(const std::string& name) {
+    std::string key = name;
+    std::transform(key.begin(), key.end(), key.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+    for (const ModelSpec& m : model_presets())
+        if (m.name == key) return &m;
+    return nullptr;
+}
+
+std::string model_preset_names() {
+    std::string names;
+    for (const ModelSpec& m : model_presets()) names += (names.empty() ? "" : ", ") + m.name;
+    return names;
+}
+
+namespace {
+
+std::string nearest_multiples(std::int64_t value, std::int64_t step) {
+    const std::int64_t below = value / step * step, above = below + step;
+    if (below < step) return std::to_string(above);
+    return std::to_string(below) + " or " + std::to_string(above);
+}
+
+} // namespace
+
+VideoGrid latent_grid_from_video(const ModelSpec& model, std::int64_t frames, std::int64_t height,
+                                 std::int64_t width) {
+    const std::int64_t c = model.temporal_compression, s = model.spatial_stride;
+    require_positive(frames, "--frames");
+    require_positive(height, "--height");
+    require_positive(width, "--width");
+    if ((frames - 1) % c != 0) {
+        const std::int64_t below = (frames - 1) / c * c + 1;
+        throw ArgumentError("--frames", "--frames " + std::to_string(frames) + ": " + model.name +
+                                            "'s VAE compresses time by " + std::to_string(c) +
+                                            ", so the frame count must be " + std::to_string(c) +
+                                            "k+1 (e.g. " + std::to_string(below) + " or " +
+                                            std::to_string(below + c) + ")");
+    }
+    const auto check_spatial = [&](std::int64_t px, const std::string& flag) {
+        if (px % s != 0)
+            throw ArgumentError(flag, flag + " " + std::to_string(px) + ": " + model.name + " needs a multiple of " +
+                                          std::to_string(s) + " pixels (VAE downsampling x patch size); nearest " +
+                                          nearest_multiples(px, s));
+    };
+    check_spatial(height, "--height");
+    check_spatial(width, "--width");
+    return VideoGrid{(frames - 1) / c + 1, height / s, width / s};
+}
+
+ModelFlops model_flops(const ModelSpec& model, const VideoGrid& grid, const Options& options, std::int64_t batch) {
+    ModelFlops r;
+    r.grid = grid;
+    const double B = double(batch), D = double(model.dim), F = double(model.ffn), L = double(model.layers);
+    const double text = double(model.text_len), d = double(model.head_dim), heads = double(model.heads);
+    const double n_video = double(grid.tokens());
+    r.video_tokens = grid.tokens();
+
+    const FlopCount video = flops(grid, model.head_dim, model.heads, batch, options);
+    if (model.text_mode == TextMode::cross) {
+        r.sequence_tokens = r.video_tokens;
+        r.linear = L * B * n_video * D * (12 * D + 4 * F + 4 * text);
+        r.attention_dense = L * video.dense;
+        r.attention_vmonarch = L * video.vmonarch;
+    } else {
+        const double n_all = n_video + text;
+        r.sequence_tokens = r.video_tokens + model.text_len;
+        r.linear = L * B * n_all * D * (8 * D + 4 * F);
+        r.attention_dense = L * B * heads * 4 * n_all * n_all * d;
+        const double text_parts = 4 * n_video * text * d + 4 * text * n_all * d;
+        r.attention_vmonarch = L * (video.vmonarch + B * heads * text_parts);
+    }
+    r.total_dense = r.linear + r.attention_dense;
+    r.total_vmonarch = r.linear + r.attention_vmonarch;
+    const double T = double(grid.T), HW = double(grid.frame_tokens());
+    r.sparsity = 1.0 - double(options.iterations) * (T + HW) / (T * HW);
+    return r;
+}
+
+} // namespace vmonarch::cli
