@@ -1,0 +1,102 @@
+"""When to use VMonarch instead of dense attention: shared by vmonarch.wan and vmonarch.wan_original.
+
+Denoising steps are counted from the timesteps the transformer sees: a forward with a new timestep
+value starts the next step (classifier-free guidance's second forward at the same timestep does not),
+and a timestep larger than the previous one (timesteps fall during sampling) starts a new generation at
+step 0. set_step() overrides the count, e.g. from a pipeline's step callback.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Iterable, Optional, Sequence, Tuple
+
+import torch
+
+AttentionFn = Callable[..., torch.Tensor]
+
+
+class VMonarchSchedule:
+    """Options and run-time state of a VMonarch integration.
+
+    Args:
+        iterations, clamp, recompute_first_frame: passed to vmonarch.attention.
+        dense_steps: the first K denoising steps of each generation run dense attention (K = 0: none).
+        dense_layers: indices of transformer blocks that always run dense attention.
+        attention_fn: replaces vmonarch.attention (same signature, "bshd" layout); for tests and
+            experiments, e.g. the executable reference.
+        cast_float32_on_cuda: float32 CUDA activations are cast to this dtype for the VMonarch kernels
+            (which take bfloat16/float16) and back; None raises the operator's TypeError instead.
+    """
+
+    def __init__(self, iterations: int = 2, clamp: float = 0.1, recompute_first_frame: bool = True,
+                 dense_steps: int = 0, dense_layers: Iterable[int] = (), attention_fn: Optional[AttentionFn] = None,
+                 cast_float32_on_cuda: Optional[torch.dtype] = torch.bfloat16):
+        if int(dense_steps) < 0:
+            raise ValueError(f"dense_steps is {dense_steps}, expected >= 0")
+        self.iterations = int(iterations)
+        self.clamp = float(clamp)
+        self.recompute_first_frame = bool(recompute_first_frame)
+        self.dense_steps = int(dense_steps)
+        self.dense_layers = frozenset(int(i) for i in dense_layers)
+        self.attention_fn = attention_fn
+        self.cast_float32_on_cuda = cast_float32_on_cuda
+        self.grid: Optional[Tuple[int, int, int]] = None
+        self.step = 0
+        self._last_timestep: Optional[float] = None
+        self._warned = set()
+
+    # --- schedule ---------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start counting denoising steps from 0 again."""
+        self.step = 0
+        self._last_timestep = None
+
+    def set_step(self, step: int) -> None:
+        self.step = int(step)
+
+    def observe_timestep(self, timestep) -> None:
+        """Advance the step count from a transformer forward's timestep (tensor or number)."""
+        if timestep is None:
+            return
+        if isinstance(timestep, torch.Tensor):
+            if timestep.numel() == 0:
+                return
+            value = float(timestep.detach().max())  # per-token timesteps (Wan 2.2 TI2V): the noisiest
+        else:
+            value = float(timestep)
+        last = self._last_timestep
+        if last is None:
+            self.step = 0
+        elif value > last:
+            self.step = 0          # a new generation
+        elif value < last:
+            self.step += 1
+        self._last_timestep = value
+
+    def use_vmonarch(self, layer: Optional[int]) -> bool:
+        if self.step < self.dense_steps:
+            return False
+        return layer is None or layer not in self.dense_layers
+
+    # --- the attention call ----------------------------------------------------------------------------
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+        """VMonarch over q, k, v in "bshd" layout; returns q's dtype."""
+        dtype = q.dtype
+        if q.is_cuda and dtype == torch.float32 and self.attention_fn is None and self.cast_float32_on_cuda:
+            self.warn_once("cast", f"vmonarch: float32 activations on CUDA are cast to {self.cast_float32_on_cuda} "
+                                   "for the VMonarch kernels (which take bfloat16/float16)")
+            q, k, v = (x.to(self.cast_float32_on_cuda) for x in (q, k, v))
+        if self.attention_fn is not None:
+            out = self.attention_fn(q, k, v, grid=tuple(grid), iterations=self.iterations, clamp=self.clamp,
+                                    recompute_first_frame=self.recompute_first_frame)
+        else:
+            import vmonarch
+
+            out = vmonarch.attention(q, k, v, grid=tuple(grid), layout="bshd", iterations=self.iterations,
+                                     clamp=self.clamp, recompute_first_frame=self.recompute_first_frame)
+        return out.to(dtype)
