@@ -84,19 +84,22 @@ class VMonarchSchedule:
             self._warned.add(key)
             warnings.warn(message, stacklevel=3)
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-        """VMonarch over q, k, v in "bshd" layout; returns q's dtype."""
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Sequence[int],
+                  scale: Optional[float] = None) -> torch.Tensor:
+        """VMonarch over q, k, v in "bshd" layout; returns q's dtype. attention_fn gets scale= only when given."""
         dtype = q.dtype
         if q.is_cuda and dtype == torch.float32 and self.attention_fn is None and self.cast_float32_on_cuda:
             self.warn_once("cast", f"vmonarch: float32 activations on CUDA are cast to {self.cast_float32_on_cuda} "
                                    "for the VMonarch kernels (which take bfloat16/float16)")
             q, k, v = (x.to(self.cast_float32_on_cuda) for x in (q, k, v))
         if self.attention_fn is not None:
+            extra = {} if scale is None else {"scale": float(scale)}
             out = self.attention_fn(q, k, v, grid=tuple(grid), iterations=self.iterations, clamp=self.clamp,
-                                    recompute_first_frame=self.recompute_first_frame)
+                                    recompute_first_frame=self.recompute_first_frame, **extra)
         else:
             import vmonarch
 
             out = vmonarch.attention(q, k, v, grid=tuple(grid), layout="bshd", iterations=self.iterations,
-                                     clamp=self.clamp, recompute_first_frame=self.recompute_first_frame)
+                                     clamp=self.clamp, recompute_first_frame=self.recompute_first_frame,
+                                     scale=None if scale is None else float(scale))
         return out.to(dtype)

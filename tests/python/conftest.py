@@ -78,7 +78,7 @@ def make_qkv(kind: str, B: int, heads: int, grid, d: int, layout: str, dtype=tor
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().cpu(), b.double().cpu()
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
