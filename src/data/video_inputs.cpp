@@ -57,7 +57,7 @@ struct KindWeights {
 
 KindWeights weights_of(HeadKind kind) {
     switch (kind) {
-    case HeadKind::positional: return {1.0, 0.05, 0.0, 1.3};
+    case HeadKind::positional: return {1.0, 0.05, 0.0, 1.5};
     case HeadKind::semantic: return {0.1, 1.0, 0.0, 1.0};
     case HeadKind::sink: return {0.5, 0.5, 0.7, 1.0};
     case HeadKind::mixed: return {0.6, 0.6, 0.0, 1.1};
@@ -95,13 +95,18 @@ HeadModel init_head(std::uint64_t seed, std::int64_t h, std::int64_t d, std::int
     }
     m.pv.resize(static_cast<std::size_t>(kChannels * dv));
     for (auto& x : m.pv) x = static_cast<float>(rng.normal() * inv_sqrt_c);
-    // Positional vector: pair amplitudes favour high frequencies (which make the rope kernel local) and a
-    // per-head emphasis on time vs space; random phase per pair.
-    std::array<double, 3> axis_weight{};
-    for (auto& w : axis_weight) w = rng.uniform(0.4, 1.6);
+    // Positional vector: the same for q and k, so q·k = Σ_pairs |u_p|²·cos(ω_p·Δ) over the axes' offsets
+    // Δ. Pair weights ∝ ω·exp(−(ω/ω_c)²) (pairs are log-spaced in ω, so this is a Gaussian spectrum)
+    // give a smooth bump of width ~1/ω_c tokens per axis without the periodic side lobes the highest
+    // frequencies would add; a per-head emphasis on time vs space; random phase per pair.
+    std::array<double, 3> axis_weight{}, cutoff{};
+    for (auto& w : axis_weight) w = rng.uniform(0.6, 1.4);
+    for (auto& c : cutoff) c = rng.uniform(0.35, 0.7);
     m.u.resize(static_cast<std::size_t>(d));
     for (std::int64_t p = 0; p < d / 2; ++p) {
-        const double amp2 = axis_weight[rope.axis_of_pair(p)] * rope.frequency_of_pair(p) * rng.uniform(0.5, 1.5);
+        const int axis = rope.axis_of_pair(p);
+        const double w = rope.frequency_of_pair(p), x = w / cutoff[axis];
+        const double amp2 = axis_weight[axis] * w * det_exp(-x * x) * rng.uniform(0.7, 1.3);
         double s, c;
         det_sincos(2.0 * kPi * rng.uniform(), s, c);
         m.u[2 * p] = std::sqrt(amp2) * c;
