@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The Python package's GPU suite, for the lent GPU machine (no internet), run from the repo root:
+#   scripts/gpu_python_suite.sh [--prebuilt] [--all] [--bench] [--bench-quick] [--build-check]
+#
+# Needs in .whl/ (git-ignored, carried to the machine; see docs/README_python.md "GPU machine"):
+#   diffusers-*.whl, importlib_metadata-*.whl   pure-Python wheels the machine lacks
+#   reference/vmonarch_ref.py                    copy of shared/reference (../shared does not travel)
+#   vmonarch-*.whl                               only with --prebuilt: built here with
+#       pip wheel --no-build-isolation --no-deps -w .whl . -Ccmake.define.VMONARCH_CUDA=ON
+#
+# Steps: install the carried wheels into /tmp/site; build the extension there offline
+# (pip install --no-build-isolation --no-deps, CUDA on, all cores), or install the prebuilt wheel with
+# --prebuilt (--build-check then also builds from source in the background and reports whether that
+# worked); run tests/python/test_gpu.py (--all: every Python test); --bench: bench/wan_e2e.py.
+# Logs go to $OUT (the device tool's folder) or ./out.
+set -u
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUTDIR=${OUT:-out}
+mkdir -p "$OUTDIR"
+PREBUILT=0; ALL=0; BENCH=0; BENCH_ARGS=(); BUILD_CHECK=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prebuilt) PREBUILT=1 ;;
+    --all) ALL=1 ;;
+    --bench) BENCH=1 ;;
+    --bench-quick) BENCH=1; BENCH_ARGS+=(--quick) ;;
+    --build-check) BUILD_CHECK=1 ;;
+    *) echo "unknown option $1"; exit 2 ;;
+  esac
+  shift
+done
+
+SITE=/tmp/site
+export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+export VMONARCH_REFERENCE_DIR=${VMONARCH_REFERENCE_DIR:-$PWD/.whl/reference}
+[ -d shared/reference ] && VMONARCH_REFERENCE_DIR=$PWD/shared/reference
+PIP=(python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE")
+CUDA_DEFINES=(-Ccmake.define.VMONARCH_CUDA=ON -Ccmake.define.CMAKE_CUDA_ARCHITECTURES="${VMONARCH_CUDA_ARCHS:-90a-real}")
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
+
+deps=$(ls .whl/*.whl 2>/dev/null | grep -v '/vmonarch-' || true)
+if [ -n "$deps" ]; then "${PIP[@]}" $deps || exit 1; fi
+
+t0=$(date +%s)
+if [ $PREBUILT -eq 1 ]; then
+  wheel=$(ls .whl/vmonarch-*.whl 2>/dev/null | head -1)
+  [ -n "$wheel" ] || { echo "--prebuilt: no .whl/vmonarch-*.whl"; exit 1; }
+  "${PIP[@]}" "$wheel" || exit 1
+  cp python/vmonarch/*.py "$SITE/vmonarch/"   # the checkout's Python sources over the wheel's
+  if [ $BUILD_CHECK -eq 1 ]; then
+    ( python3 -m pip install --no-build-isolation --no-deps --no-index --target /tmp/site-build . \
+        "${CUDA_DEFINES[@]}" -Cbuild-dir=/tmp/vmonarch-build > "$OUTDIR/offline_build.log" 2>&1
+      echo "offline build exit code $?" >> "$OUTDIR/offline_build.log" ) &
+    BUILD_PID=$!
+  fi
+else
+  python3 -m pip install --no-build-isolation --no-deps --no-index --target "$SITE" . "${CUDA_DEFINES[@]}" \
+    -Cbuild-dir=/tmp/vmonarch-build > "$OUTDIR/build.log" 2>&1 || { tail -40 "$OUTDIR/build.log"; exit 1; }
+  echo "offline build: $(($(date +%s) - t0)) s"
+fi
+python3 -c 'import vmonarch; print("vmonarch", vmonarch.__version__, "cuda kernels:", vmonarch.cuda_built(), "device:", vmonarch.cuda_available())' || exit 1
+
+FAILED=0
+TESTS=tests/python/test_gpu.py
+[ $ALL -eq 1 ] && TESTS=tests/python
+python3 -m pytest "$TESTS" -q -p no:cacheprovider -rs --junitxml="$OUTDIR/pytest_gpu.xml" 2>&1 | tee "$OUTDIR/pytest_gpu.log" | tail -40
+[ "${PIPESTATUS[0]}" -eq 0 ] || FAILED=1
+
+if [ $BENCH -eq 1 ]; then
+  python3 bench/wan_e2e.py "${BENCH_ARGS[@]}" --json "$OUTDIR/wan_e2e.json" 2>&1 | tee "$OUTDIR/wan_e2e.log" || FAILED=1
+fi
+
+if [ -n "${BUILD_PID:-}" ]; then
+  wait "$BUILD_PID"
+  tail -3 "$OUTDIR/offline_build.log"
+fi
+exit $FAILED
