@@ -44,7 +44,7 @@ def test_attention_vs_reference(B, heads, grid, d, dtype, layout, kind, ref):
     want, want_lse = reference_attention(ref, q, k, v, grid, layout)
     assert out.dtype == dtype and out.device.type == "cuda" and out.shape == q.shape
     assert rel_l2(out, want) <= BOUND[dtype], rel_l2(out, want)
-    assert float((lse.double().cpu() - want_lse).abs().max()) < 0.05
+    torch.testing.assert_close(lse.double().cpu(), want_lse, rtol=2e-2, atol=1e-1)
 
 
 @pytest.mark.parametrize("iterations", [1, 2, 3])
