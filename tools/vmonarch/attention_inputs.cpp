@@ -32,7 +32,7 @@ HostTensor read_checked(const std::string& spec, const std::string& option) {
     try {
         return read_tensor(spec);
     } catch (const FileFormatError& e) {
-        throw FileFormatError(option + " " + spec + ": " + e.what());
+        throw FileFormatError(with_option(option, spec, e.what()));
     }
 }
 

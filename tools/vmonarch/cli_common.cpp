@@ -173,6 +173,12 @@ void require_tensor_extension(const std::string& spec, const std::string& option
                                     "': expected a .npy file or a .safetensors file (optionally file.safetensors:name)");
 }
 
+std::string with_option(const std::string& option, const std::string& spec, const std::string& message) {
+    const TensorPath path = split_tensor_path(spec);
+    if (!path.file.empty() && message.rfind(path.file, 0) == 0) return option + " " + message;
+    return option + " " + spec + ": " + message;
+}
+
 void require_existing_file(const std::string& spec, const std::string& option) {
     require_tensor_extension(spec, option);
     const TensorPath path = split_tensor_path(spec);

@@ -58,6 +58,9 @@ struct TensorPath {
 };
 TensorPath split_tensor_path(const std::string& spec);
 
+// "<option> <message>" when the message already starts with the file name, else "<option> <spec>: <message>".
+std::string with_option(const std::string& option, const std::string& spec, const std::string& message);
+
 // Throws ArgumentError "<option> <spec>: no such file" when the file part does not exist.
 void require_existing_file(const std::string& spec, const std::string& option);
 

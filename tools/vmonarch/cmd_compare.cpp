@@ -26,7 +26,7 @@ HostTensor read_output_file(const std::string& spec, const std::string& option, 
     try {
         t = read_tensor(spec);
     } catch (const FileFormatError& e) {
-        throw FileFormatError(option + " " + spec + ": " + e.what());
+        throw FileFormatError(with_option(option, spec, e.what()));
     }
     const auto expected = file_shape(in.layout, in.shape.batch, in.shape.heads, in.shape.tokens, in.shape.value_dim);
     if (t.shape != expected)
@@ -156,7 +156,7 @@ Command add_compare_command(CLI::App& app) {
         "compare", "Per-head relative L2 error, cosine similarity and max abs error of VMonarch against dense.");
     cmd->footer("Same inputs as 'run'. By default both outputs are computed; --reference compares against a saved "
                 "output instead (e.g. from 'run --dense' or PyTorch), --approx uses a saved VMonarch output.\n"
-                "Example: vmonarch compare --q q.npy --k k.npy --v v.npy --grid 4,8,8 --json");
+                "Example: vmonarch compare --q q.npy --k k.npy --v v.npy --grid 4,8,8 --json\n");
     add_attention_file_options(*cmd, o->inputs);
     cmd->add_option("--reference", o->reference, "reference output file instead of computing dense attention");
     cmd->add_option("--approx", o->approx, "approximate output file instead of computing VMonarch");

@@ -130,9 +130,10 @@ int flops_command(const FlopsOptions& o, bool grid_from_flag) {
     std::cout << "\nVMonarch  t = " << options.iterations << ", frame-0 recompute "
               << (options.recompute_first_frame ? "on" : "off (as in the paper's Table 1)") << ", sparsity "
               << format_fixed(100 * f.sparsity, 2) << "% (1 - t(T+HW)/(T*HW))\n\n";
-    std::cout << "per forward          dense   VMonarch\n";
+    std::cout << "per forward             dense    VMonarch\n";
     const auto line = [](const std::string& label, double dense, double vm) {
-        std::string text = label + padded(tflops(dense), 21 - label.size()) + padded(tflops(vm), 11);
+        std::string text = label + std::string(label.size() < 16 ? 16 - label.size() : 0, ' ') +
+                           padded(tflops(dense), 12) + padded(tflops(vm), 12);
         if (vm > 0 && dense != vm) text += "   (" + format_fixed(dense / vm, 2) + "x fewer)";
         std::cout << text << "\n";
     };
@@ -146,7 +147,7 @@ std::string presets_help() {
     std::string text = "Presets (latent grid from --frames/--height/--width; defaults are each model's usual video):\n";
     for (const ModelSpec& m : model_presets())
         text += "  " + m.name + " (default " + std::to_string(m.default_frames) + " frames " +
-                std::to_string(m.default_height) + "x" + std::to_string(m.default_width) + "): " + m.summary + "\n";
+                std::to_string(m.default_height) + "x" + std::to_string(m.default_width) + "):\n      " + m.summary + "\n";
     text += "Counting (multiply-add = 2 FLOPs; norms, modulation, embeddings and the output head left out):\n"
             "  cross-attention text (Wan): linear per layer N*D*(12D + 4ffn + 4text_len): self-attn QKVO, cross-attn\n"
             "    Q/O, FFN, cross-attn core over the text; self-attention over the N video tokens only.\n"
@@ -155,7 +156,7 @@ std::string presets_help() {
             "    text->all parts.\n"
             "  attention per head (spec section 4): dense 4N^2 d; VMonarch R-steps (4t+2)N*HW*d, L-steps 4tNTd,\n"
             "    frame-0 recompute 4*HW*N*d (on by default, as the library runs; --no-recompute for Table 1).\n"
-            "Example: vmonarch flops --model wan2.1-1.3b --frames 61 --height 448 --width 832 --no-recompute";
+            "Example: vmonarch flops --model wan2.1-1.3b --frames 61 --height 448 --width 832 --no-recompute\n";
     return text;
 }
 

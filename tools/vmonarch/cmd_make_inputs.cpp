@@ -69,7 +69,12 @@ int make_inputs_command(const MakeInputsOptions& o) {
               << to_string(dtype) << " (" << to_string(layout) << "), grid " << format_grid(grid) << ", seed "
               << o.seed << "\nhead kinds:";
     for (std::size_t h = 0; h < in.head_kinds.size(); ++h) std::cout << " " << h << "=" << to_string(in.head_kinds[h]);
-    std::cout << "\nnext: vmonarch compare --q " << o.q << " --k " << o.k << " --v " << o.v << " --grid "
+    // How to read them back: a .safetensors spec without a name needs one when the file holds several.
+    const auto read_spec = [](const std::string& spec, const std::string& name) {
+        return is_npy_path(spec) || !split_tensor_path(spec).name.empty() ? spec : spec + ":" + name;
+    };
+    std::cout << "\nnext: vmonarch compare --q " << read_spec(o.q, "q") << " --k " << read_spec(o.k, "k") << " --v "
+              << read_spec(o.v, "v") << " --grid "
               << format_grid(grid) << " --layout " << to_string(layout) << "\n";
     return 0;
 }
@@ -82,7 +87,7 @@ Command add_make_inputs_command(CLI::App& app) {
         "make-inputs", "Write seeded video-like q/k/v tensors (moving scene, 3-D RoPE, head kinds) for run/compare.");
     cmd->footer("Files are .npy or .safetensors; give one .safetensors file for all three (q/k/v are stored as "
                 "tensors 'q', 'k', 'v', or FILE.safetensors:NAME) and read them back as FILE.safetensors:q etc.\n"
-                "Example: vmonarch make-inputs --q q.npy --k k.npy --v v.npy --grid 4,8,8 --heads 2 --head-dim 32");
+                "Example: vmonarch make-inputs --q q.npy --k k.npy --v v.npy --grid 4,8,8 --heads 2 --head-dim 32\n");
     cmd->add_option("--q", o->q, "output file for the queries")->required();
     cmd->add_option("--k", o->k, "output file for the keys")->required();
     cmd->add_option("--v", o->v, "output file for the values")->required();

@@ -78,7 +78,7 @@ Command add_run_command(CLI::App& app) {
     cmd->footer("Inputs are [B, heads, N, d] (--layout bhsd) or [B, N, heads, d] (--layout bshd) with N = T*H*W "
                 "frame-major tokens; the output keeps the inputs' layout and dtype. On cuda the tensors are "
                 "copied to the device and back; f32 files need --cast bf16 or --cast f16 there.\n"
-                "Example: vmonarch run --q q.npy --k k.npy --v v.npy --grid 4,8,8 --out o.npy");
+                "Example: vmonarch run --q q.npy --k k.npy --v v.npy --grid 4,8,8 --out o.npy\n");
     add_attention_file_options(*cmd, o->inputs);
     cmd->add_option("--out", o->out, "output FILE.npy or FILE.safetensors[:NAME] (default name 'out')")->required();
     cmd->add_option("--lse", o->lse, "also write the per-row log-sum-exp [B, heads, N] f32 here");

@@ -31,12 +31,13 @@ int main(int argc, char** argv) {
                  "vmonarch"};
     app.require_subcommand(1);
     app.set_version_flag("--version", "vmonarch 0.1.0");
-    app.footer("Exit status: 0 on success, 1 for invalid arguments or files, 2 for unsupported requests and "
-               "CUDA failures, 3 for anything else.");
 
     const std::vector<Command> commands = {add_demo_command(app),  add_run_command(app),
                                            add_compare_command(app), add_flops_command(app),
                                            add_make_inputs_command(app), add_info_command(app)};
+    // Set after the subcommands exist so that they do not inherit it.
+    app.footer("Exit status: 0 on success, 1 for invalid arguments or files, 2 for unsupported requests and "
+               "CUDA failures, 3 for anything else.\n");
 
     if (argc <= 1) {
         std::cout << app.help();
@@ -48,6 +49,11 @@ int main(int argc, char** argv) {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
         if (e.get_exit_code() == 0) return app.exit(e); // --help, --help-all, --version
+        if (app.get_subcommands().empty() && argv[1][0] != '-') {
+            std::string names;
+            for (const Command& c : commands) names += (names.empty() ? "" : ", ") + c.app->get_name();
+            return report(prefix, "error: ", "unknown command '" + std::string(argv[1]) + "'; commands: " + names, 1);
+        }
         for (const Command& c : commands)
             if (c.app->parsed()) prefix = "vmonarch " + c.app->get_name();
         return report(prefix, "error: ", std::string(e.what()) + " (see " + prefix + " --help)", 1);
