@@ -20,7 +20,8 @@ BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "fa2": SDPBackend.FLASH_ATTENTI
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default="baselines.json")
-    ap.add_argument("--quick", action="store_true", help="cuDNN and FA2 only, short timing windows")
+    ap.add_argument("--quick", action="store_true", help="short timing windows")
+    ap.add_argument("--all", action="store_true", help="also the memory-efficient backend")
     ap.add_argument("--shape", type=int, default=-1)
     args = ap.parse_args()
     card = torch.cuda.get_device_name(0)
@@ -34,7 +35,7 @@ def main():
         q, k, v = (torch.randn(1, heads, N, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
         flops = 4.0 * N * N * d * heads
         for name, backend in BACKENDS.items():
-            if args.quick and name == "mem_efficient":
+            if not args.all and name == "mem_efficient":
                 continue
             try:
                 with sdpa_kernel(backend):
@@ -42,7 +43,7 @@ def main():
                     fn()
                     torch.cuda.synchronize()
                     big = N * heads > 2_000_000
-                    ms = triton.testing.do_bench(fn, warmup=300 if big else 100, rep=1500 if big and not args.quick else 300,
+                    ms = triton.testing.do_bench(fn, warmup=300 if big else 100, rep=800 if big and not args.quick else 300,
                                                  return_mode="median")
             except RuntimeError as e:  # backend unavailable for this shape
                 print(f"{name} at {T}x{H}x{W}x{heads}h: {e}", flush=True)

@@ -47,8 +47,9 @@ if [ $TESTS -eq 1 ]; then
 fi
 
 if [ $SANI -eq 1 ]; then
-  # Small awkward shapes: HW = 1, 65, 63 (clamp off), key tails, T = 3, dense with Nq = 7.
-  SF='*T3x1x1*:*T2x5x13*:*T3x7x9*noclamp*:*Kernels*HW65*:*Nq7_Nk65*:CudaErrors.WorkspaceTooSmall'
+  # Small awkward shapes: HW = 1, 65, 63 (clamp off), key/query tails, T = 3, 21, 33, 64 (every L-step
+  # variant), dense with Nq = 7 and 130.
+  SF='*T3x1x1*:*T2x5x13*:*T3x7x9*noclamp*:*Kernels*HW65*:*Kernels*T21_HW63*:*Kernels*T33_HW7*:*Kernels*T64_HW9*:*Nq7_Nk65*:*Nq130_Nk63*:CudaErrors.WorkspaceTooSmall'
   for tool in memcheck racecheck initcheck; do
     step "sanitizer $tool" "sanitizer_$tool.log" compute-sanitizer --tool $tool --error-exitcode 1 \
       "$BIN/vmonarch_gpu_tests" --gtest_filter="$SF"

@@ -24,7 +24,7 @@ std::string describe(const FlashParams& p, const char* what) {
 void launch_flash(const FlashParams& p, void* stream, const char* what) {
     if (p.len_q <= 0 || p.batch <= 0 || p.heads <= 0 || p.segments <= 0) return; // nothing to do
     if (p.len_k <= 0) throw CudaError(describe(p, what) + ": no keys");
-    const std::int64_t tiles = (p.len_q + FlashShape::BM - 1) / FlashShape::BM;
+    const std::int64_t tiles = (p.len_q + 63) / 64; // upper bound over the variants' block heights
     if (tiles > 0x7fffffff || std::int64_t(p.segments) * p.heads > 65535 || p.batch > 65535)
         throw CudaError(describe(p, what) + ": grid too large (segments·heads and batch must be ≤ 65535)");
     auto st = static_cast<cudaStream_t>(stream);

@@ -36,7 +36,8 @@ void launch_flash_variant(const FlashParams& p, cudaStream_t stream, const char*
     const int smem = flash_smem_bytes(D, K_VALUE, V_VALUE);
     const std::string ctx = describe(p, what);
     allow_smem(kernel, smem, ctx);
-    const dim3 grid(unsigned((p.len_q + FlashShape::BM - 1) / FlashShape::BM), unsigned(p.segments * p.heads), unsigned(p.batch));
+    constexpr int BM = flash_block_m(D, K_VALUE, V_VALUE);
+    const dim3 grid(unsigned((p.len_q + BM - 1) / BM), unsigned(p.segments * p.heads), unsigned(p.batch));
     kernel<<<grid, FlashShape::THREADS, smem, stream>>>(p);
     check_launch(ctx);
 }

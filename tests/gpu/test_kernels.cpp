@@ -228,7 +228,10 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Kernels,
                                            KCase{2, 3, 3, 65, 128, DType::bf16, Layout::bhsd},
                                            KCase{1, 2, 21, 63, 64, DType::f16, Layout::bshd},
                                            KCase{1, 1, 2, 1456, 128, DType::f16, Layout::bshd},
-                                           KCase{1, 1, 33, 7, 128, DType::bf16, Layout::bhsd}),
+                                           KCase{1, 1, 33, 7, 128, DType::bf16, Layout::bhsd},
+                                           KCase{1, 2, 16, 9, 128, DType::f16, Layout::bhsd},     // L-step MT = 1, full tile
+                                           KCase{1, 2, 48, 5, 64, DType::bf16, Layout::bshd},     // L-step MT = 3, full tile
+                                           KCase{1, 2, 64, 9, 64, DType::bf16, Layout::bshd}),    // CUDA-core L-step (T > 48)
                          [](const ::testing::TestParamInfo<KCase>& i) { return case_name(i.param); });
 
 } // namespace
