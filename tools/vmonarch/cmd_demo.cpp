@@ -64,7 +64,8 @@ std::vector<HeatmapQuery> pick_heatmap_queries(const VideoGrid& grid, const std:
 }
 
 void write_demo_png(const std::string& path, const HostTensor& q, const HostTensor& k, const AttentionShape& shape,
-                    const VideoGrid& grid, const Options& options, const std::vector<HeadKind>& kinds) {
+                    const VideoGrid& grid, const Options& options, const std::vector<HeadKind>& kinds,
+                    bool show_progress) {
     const std::vector<HeatmapQuery> queries = pick_heatmap_queries(grid, kinds);
     const TensorView qv = view_of(const_cast<void*>(q.data()), q.dtype, Device::cpu, Layout::bhsd, shape, shape.head_dim);
     const TensorView kv = view_of(const_cast<void*>(k.data()), k.dtype, Device::cpu, Layout::bhsd, shape, shape.head_dim);
@@ -74,17 +75,20 @@ void write_demo_png(const std::string& path, const HostTensor& q, const HostTens
     std::map<std::int64_t, std::vector<std::size_t>> per_head;
     for (std::size_t i = 0; i < queries.size(); ++i) per_head[queries[i].head].push_back(i);
     std::vector<AttentionRowPair> rows(queries.size());
-    for (const auto& [head, indices] : per_head) {
-        std::vector<std::int64_t> tokens;
-        for (std::size_t i : indices) tokens.push_back(queries[i].token);
-        const std::vector<double> dense = dense_attention_rows(qv, kv, options, 0, head, tokens);
-        const std::vector<double> monarch = monarch_attention_rows(qv, kv, grid, options, 0, head, tokens);
-        for (std::size_t r = 0; r < indices.size(); ++r) {
-            AttentionRowPair& pair = rows[indices[r]];
-            pair.query_token = tokens[r];
-            pair.label = queries[indices[r]].label;
-            pair.dense.assign(dense.begin() + std::ptrdiff_t(r * N), dense.begin() + std::ptrdiff_t((r + 1) * N));
-            pair.monarch.assign(monarch.begin() + std::ptrdiff_t(r * N), monarch.begin() + std::ptrdiff_t((r + 1) * N));
+    {
+        ProgressLine progress(show_progress); // cleared before the listing below
+        for (const auto& [head, indices] : per_head) {
+            std::vector<std::int64_t> tokens;
+            for (std::size_t i : indices) tokens.push_back(queries[i].token);
+            const std::vector<double> dense = dense_attention_rows(qv, kv, options, 0, head, tokens);
+            const std::vector<double> monarch = monarch_attention_rows(qv, kv, grid, options, 0, head, tokens);
+            for (std::size_t r = 0; r < indices.size(); ++r) {
+                AttentionRowPair& pair = rows[indices[r]];
+                pair.query_token = tokens[r];
+                pair.label = queries[indices[r]].label;
+                pair.dense.assign(dense.begin() + std::ptrdiff_t(r * N), dense.begin() + std::ptrdiff_t((r + 1) * N));
+                pair.monarch.assign(monarch.begin() + std::ptrdiff_t(r * N), monarch.begin() + std::ptrdiff_t((r + 1) * N));
+            }
         }
     }
     write_attention_heatmap_png(path, grid, rows);
@@ -122,7 +126,6 @@ int demo_command(const DemoOptions& o) {
               << "; VMonarch t = " << options.iterations << ", clamp " << options.cr_clamp << ", frame-0 recompute "
               << (options.recompute_first_frame ? "on" : "off") << "\n";
 
-    ProgressLine progress(o.progress);
     Stopwatch generate_watch;
     VideoDataOptions data;
     data.grid = grid;
@@ -137,9 +140,13 @@ int demo_command(const DemoOptions& o) {
     std::cout << "inputs: make_video_attention_inputs, seed " << o.seed << " (" << format_seconds(generate_watch.seconds())
               << ")\n";
 
-    AttentionSession session(device, q, k, v, Layout::bhsd, shape);
-    const AttentionResult monarch = session.run(Method::vmonarch, grid, options, false, warmup, repeats);
-    const AttentionResult dense = session.run(Method::dense, grid, options, false, warmup, repeats);
+    AttentionResult monarch, dense;
+    {
+        ProgressLine progress(o.progress); // cleared before anything is printed
+        AttentionSession session(device, q, k, v, Layout::bhsd, shape);
+        monarch = session.run(Method::vmonarch, grid, options, false, warmup, repeats);
+        dense = session.run(Method::dense, grid, options, false, warmup, repeats);
+    }
     const OutputComparison cmp = compare_outputs(monarch.out, dense.out, Layout::bhsd, shape);
 
     std::cout << "\nVMonarch output against dense attention, per head:\n"
@@ -171,7 +178,7 @@ int demo_command(const DemoOptions& o) {
     std::cout << "  (VMonarch FLOPs: R-steps " << format_flops(flop.r_steps) << ", L-steps " << format_flops(flop.l_steps)
               << ", frame-0 recompute " << format_flops(flop.recompute) << ")\n";
 
-    if (!o.no_png) write_demo_png(o.png, q, k, shape, grid, options, inputs.head_kinds);
+    if (!o.no_png) write_demo_png(o.png, q, k, shape, grid, options, inputs.head_kinds, o.progress);
     return 0;
 }
 

@@ -49,9 +49,12 @@ int run_command(const RunOptions& o) {
         in.v = in.v.converted(compute_dtype);
     }
 
-    ProgressLine progress(o.inputs.progress);
-    AttentionSession session(device, in.q, in.k, in.v, layout, in.shape);
-    AttentionResult result = session.run(o.dense ? Method::dense : Method::vmonarch, grid, options, !o.lse.empty());
+    AttentionResult result;
+    {
+        ProgressLine progress(o.inputs.progress); // cleared before anything is printed
+        AttentionSession session(device, in.q, in.k, in.v, layout, in.shape);
+        result = session.run(o.dense ? Method::dense : Method::vmonarch, grid, options, !o.lse.empty());
+    }
     if (result.out.dtype != result_dtype) result.out = result.out.converted(result_dtype);
 
     outputs[0].tensor = &result.out;
