@@ -187,11 +187,19 @@ def test_wan_frames_match_reference_bf16(i2v, ref):
 
     model = tiny_wan(i2v=i2v, head_dim=64, heads=2, dtype=torch.bfloat16, device=DEV)
     inputs = tiny_inputs(frames=5, height=14, width=18, i2v=i2v, dtype=torch.bfloat16, device=DEV)
-    stock = run(model, inputs)
     vmonarch.wan.enable(model)
     ours = run(model, inputs)
-    vmonarch.wan.enable(model, attention_fn=reference_attention_fn(ref))
+    calls = []
+    reference = reference_attention_fn(ref)
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["grid"])
+        return reference(*args, **kwargs)
+
+    vmonarch.wan.enable(model, attention_fn=counted)
     want = run(model, inputs)
     vmonarch.wan.disable(model)
+    assert calls == [(5, 7, 9)] * len(model.blocks)
     assert rel_l2(ours, want) < 2e-2
-    assert rel_l2(ours - stock, want - stock) < 0.2
+    # (No check of ours - stock against want - stock here: in this tiny model VMonarch moves the output by
+    # less than bf16's resolution; test_wan_cpu.py checks that difference at float64.)
