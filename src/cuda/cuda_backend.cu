@@ -38,22 +38,34 @@ private:
 // Library-owned workspace, one buffer per (device, stream), grown on demand and never shrunk. Work queued
 // on one stream runs in order, so reusing that stream's buffer is safe; different streams get different
 // buffers. Growing frees the old buffer (cudaFree waits for the device) and allocates a larger one.
+struct StreamResources {
+    void* ptr = nullptr;      // workspace
+    std::size_t bytes = 0;
+    cudaStream_t side = nullptr; // non-blocking helper stream for the concurrent first-frame recompute
+};
+std::mutex resources_mu;
+std::map<std::pair<int, cudaStream_t>, StreamResources> resources;
+
 void* cached_workspace(int device, cudaStream_t stream, std::size_t bytes, const std::string& what) {
-    struct Buffer {
-        void* ptr = nullptr;
-        std::size_t bytes = 0;
-    };
-    static std::mutex mu;
-    static std::map<std::pair<int, cudaStream_t>, Buffer> buffers;
-    std::lock_guard<std::mutex> lock(mu);
-    Buffer& buf = buffers[{device, stream}];
+    std::lock_guard<std::mutex> lock(resources_mu);
+    StreamResources& buf = resources[{device, stream}];
     if (buf.bytes < bytes) {
         if (buf.ptr != nullptr) check_cuda(cudaFree(buf.ptr), what + ": cudaFree(old workspace)");
-        buf = Buffer{};
+        buf.ptr = nullptr;
+        buf.bytes = 0;
         check_cuda(cudaMalloc(&buf.ptr, bytes), what + ": cudaMalloc(workspace of " + std::to_string(bytes) + " bytes)");
         buf.bytes = bytes;
     }
     return buf.ptr;
+}
+
+// One helper stream per (device, caller stream): calls on one caller stream are ordered, so they may
+// share it; calls on different caller streams get different helpers.
+cudaStream_t side_stream(int device, cudaStream_t stream, const std::string& what) {
+    std::lock_guard<std::mutex> lock(resources_mu);
+    StreamResources& r = resources[{device, stream}];
+    if (r.side == nullptr) check_cuda(cudaStreamCreateWithFlags(&r.side, cudaStreamNonBlocking), what + ": cudaStreamCreate");
+    return r.side;
 }
 
 std::string shapes(const MonarchProblem& p) {
@@ -83,7 +95,8 @@ void cuda_monarch_attention(const MonarchProblem& p, const CudaContext* ctx) {
     } else {
         ws = cached_workspace(p.q.device_index, stream, need, what);
     }
-    cuda::MonarchPlan(p, ws).run(stream);
+    cudaStream_t side = p.recompute_first_frame ? side_stream(p.q.device_index, stream, what) : nullptr;
+    cuda::MonarchPlan(p, ws).run(stream, side);
 }
 
 void cuda_dense_attention(const AttentionProblem& p, const CudaContext* ctx) {

@@ -88,9 +88,13 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_fwd_kernel(const Fl
     constexpr int AV = V_VALUE ? DT : 1, AK = K_VALUE ? DT : 1;
     constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
     constexpr float NEG_INF = -INFINITY;
-    // Q fragments stay in registers when they take at most 32 of them and the block is not the register-
-    // heavy two-value variant; otherwise they are re-read from shared memory per tile.
-    constexpr bool Q_IN_REGS = !(K_VALUE && V_VALUE) && MT * KT * 4 <= 32;
+    // Q fragments stay in registers when they take at most 32 of them (MT·KT·4 registers); otherwise they
+    // are re-read from shared memory per tile. VMONARCH_Q_IN_REGS_RULE overrides the rule for experiments.
+#ifdef VMONARCH_Q_IN_REGS_RULE
+    constexpr bool Q_IN_REGS = VMONARCH_Q_IN_REGS_RULE;
+#else
+    constexpr bool Q_IN_REGS = MT * KT * 4 <= 32;
+#endif
 
     extern __shared__ __align__(128) unsigned char smem[];
     const std::uint32_t sQ = smem_addr(smem);

@@ -52,6 +52,7 @@ struct LStepParams {
     RowView out, lse;        // last
     RowView ar, cr;          // middle
     bool last = false;
+    bool skip_frame0 = false;               // last: leave frame 0's out/lse rows alone (recompute owns them)
     std::int64_t frames = 1, positions = 1; // T, HW
     int heads = 1, batch = 1;
 };

@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kLStepThreads) lstep_kernel(const LStepParams 
     if constexpr (LAST) {
         gather_rows<BF16, D>(sB, p.y, b, h, j, T);
         __syncthreads();
-        for (int w = tid; w < T * CH; w += kLStepThreads) {
+        for (int w = tid + (p.skip_frame0 ? CH : 0); w < T * CH; w += kLStepThreads) {
             const int i = w / CH, ch = w - i * CH;
             float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
             for (int k = 0; k < T; ++k) {
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(kLStepThreads) lstep_kernel(const LStepParams 
             *reinterpret_cast<uint4*>(lview<E>(p.out, b, h, i, j) + ch * 8) = out;
         }
         if (p.lse.ptr != nullptr)
-            for (int i = tid; i < T; i += kLStepThreads) *lview<float>(p.lse, b, h, i, j) = sC[i];
+            for (int i = tid + (p.skip_frame0 ? 1 : 0); i < T; i += kLStepThreads) *lview<float>(p.lse, b, h, i, j) = sC[i];
     } else {
         for (int w = tid; w < T * CH; w += kLStepThreads) {
             const int k = w / CH, ch = w - k * CH;

@@ -41,12 +41,13 @@ __device__ __forceinline__ void gather_rows_async(std::uint32_t dst, const RowVi
     }
 }
 
-// Staged output tile (rows < T) → view rows (b, h, frame r, position j), 16 bytes per lane per step.
+// Staged output tile rows [r0, T) → view rows (b, h, frame r, position j), 16 bytes per lane per step.
 template <bool BF16, int D>
-__device__ __forceinline__ void scatter_rows(const unsigned char* tile, const RowView& v, int b, int h, std::int64_t j, int T, int lane) {
+__device__ __forceinline__ void scatter_rows(const unsigned char* tile, const RowView& v, int b, int h, std::int64_t j, int T, int lane,
+                                             int r0 = 0) {
     using E = typename ElemType<BF16>::T;
     constexpr int CH = D / 8;
-    for (int c = lane; c < T * CH; c += 32) {
+    for (int c = lane + r0 * CH; c < T * CH; c += 32) {
         const int r = c / CH, ch = c % CH;
         const uint4 val = *reinterpret_cast<const uint4*>(tile + swz<D>(r, ch));
         *reinterpret_cast<uint4*>(lrow<E>(v, b, h, r, j) + ch * 8) = val;
@@ -155,7 +156,7 @@ __global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(con
                 s[mt][nt][2 * r + 1] *= inv;
             }
             if constexpr (LAST) // lse = logsumexp_k z: the Monarch row's objective value
-                if (p.lse.ptr != nullptr && (lane & 3) == 0 && i < T)
+                if (p.lse.ptr != nullptr && (lane & 3) == 0 && i < T && !(p.skip_frame0 && i == 0))
                     *lrow<float>(p.lse, b, h, i, j) = (mx[r] + __log2f(sum[r])) * LN2;
         }
     }
@@ -207,7 +208,7 @@ __global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(con
                     }
         }
         __syncwarp();
-        scatter_rows<BF16, D>(tQ, p.out, b, h, j, T, lane);
+        scatter_rows<BF16, D>(tQ, p.out, b, h, j, T, lane, p.skip_frame0 ? 1 : 0);
     } else {
         // cR = column sums of L (over rows i): within a thread, then across the 8 lanes of equal lane%4.
         float cs[NT][2];

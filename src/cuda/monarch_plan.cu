@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include <cuda_runtime.h>
+
 #include "cuda/cuda_check.hpp"
 
 namespace vmonarch::cuda {
@@ -90,7 +92,7 @@ FlashParams MonarchPlan::rstep_params(int it) const {
     return f;
 }
 
-LStepParams MonarchPlan::lstep_params(int it) const {
+LStepParams MonarchPlan::lstep_params(int it, bool skip_frame0) const {
     LStepParams l;
     l.elem = elem_;
     l.head_dim = int(p_.head_dim);
@@ -98,6 +100,7 @@ LStepParams MonarchPlan::lstep_params(int it) const {
     l.a = al_;
     l.c = cl_;
     l.last = it == p_.iterations - 1;
+    l.skip_frame0 = l.last && skip_frame0;
     if (l.last) {
         l.y = y_;
         l.out = out_;
@@ -133,13 +136,35 @@ FlashParams MonarchPlan::recompute_params() const {
     return f;
 }
 
-void MonarchPlan::run(void* stream) const {
+namespace {
+// A CUDA event that is destroyed with its scope (destroying a recorded event is safe).
+struct ScopedEvent {
+    cudaEvent_t e = nullptr;
+    ScopedEvent() { check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate"); }
+    ~ScopedEvent() { cudaEventDestroy(e); }
+};
+} // namespace
+
+void MonarchPlan::run(void* stream, void* side_stream) const {
+    auto st = static_cast<cudaStream_t>(stream), side = static_cast<cudaStream_t>(side_stream);
+    const bool concurrent = p_.recompute_first_frame && side != nullptr;
+    ScopedEvent fork, join;
+    if (concurrent) { // spec §3 first-frame recompute, overlapped with the Monarch steps
+        check_cuda(cudaEventRecord(fork.e, st), "vmonarch recompute: cudaEventRecord(fork)");
+        check_cuda(cudaStreamWaitEvent(side, fork.e, 0), "vmonarch recompute: cudaStreamWaitEvent(fork)");
+        launch_flash(recompute_params(), side, "vmonarch first-frame recompute");
+        check_cuda(cudaEventRecord(join.e, side), "vmonarch recompute: cudaEventRecord(join)");
+    }
     for (int it = 0; it < p_.iterations; ++it) {
         launch_flash(rstep_params(it), stream, "vmonarch R-step");
-        launch_lstep(lstep_params(it), stream, "vmonarch L-step");
+        launch_lstep(lstep_params(it, concurrent), stream, "vmonarch L-step");
     }
-    // After the last L-step, so the exact rows overwrite frame 0's Monarch rows (spec §3).
-    if (p_.recompute_first_frame) launch_flash(recompute_params(), stream, "vmonarch first-frame recompute");
+    if (concurrent) {
+        check_cuda(cudaStreamWaitEvent(st, join.e, 0), "vmonarch recompute: cudaStreamWaitEvent(join)");
+    } else if (p_.recompute_first_frame) {
+        // After the last L-step, so the exact rows overwrite frame 0's Monarch rows (spec §3).
+        launch_flash(recompute_params(), stream, "vmonarch first-frame recompute");
+    }
 }
 
 FlashParams dense_params(const detail::AttentionProblem& p) {

@@ -29,10 +29,13 @@ public:
     MonarchPlan(const detail::MonarchProblem& p, void* workspace);
 
     FlashParams rstep_params(int it) const;   // R-step of iteration it (0-based)
-    LStepParams lstep_params(int it) const;   // L-step of iteration it
+    LStepParams lstep_params(int it, bool skip_frame0 = false) const; // L-step of iteration it
     FlashParams recompute_params() const;     // frame-0 queries against all keys
 
-    void run(void* stream) const;             // the whole forward
+    // The whole forward on `stream`. With a side stream (another cudaStream_t of the same device) the
+    // first-frame recompute runs there concurrently with the Monarch steps (it reads only q, k, v and
+    // writes only frame 0's out/lse rows, which the last L-step then skips), joined back by events.
+    void run(void* stream, void* side_stream = nullptr) const;
     int iterations() const { return p_.iterations; }
 
 private:
