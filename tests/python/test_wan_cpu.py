@@ -153,3 +153,16 @@ def test_enable_on_a_pipeline_like_object():
     assert not hasattr(pipe.transformer, "_vmonarch_state")
     with pytest.raises(TypeError):
         vmonarch.wan.enable(object())
+
+
+def test_blocks_compile_fullgraph():
+    """The processor traces with torch.compile(fullgraph=True) at block level (compile_repeated_blocks)."""
+    torch._dynamo.reset()
+    model = tiny_wan(dtype=torch.float32)
+    inputs = tiny_inputs(frames=3, dtype=torch.float32)
+    vmonarch.wan.enable(model)
+    want = run(model, inputs)
+    model.compile_repeated_blocks(fullgraph=True, backend="aot_eager")
+    got = run(model, inputs)
+    vmonarch.wan.disable(model)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
