@@ -1,0 +1,250 @@
+// Hopper flash forward: host side (tensor maps through the driver entry point, support checks, launch)
+// and the kernel instantiations. The kernel body exists only in the sm_90a pass; other passes compile an
+// empty stub, and hopper_flash_supported refuses any device whose loaded binary is not sm_90.
+#include "cuda/hopper_flash.hpp"
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <tuple>
+
+#include "cuda/cuda_check.hpp"
+#include "cuda/hopper_flash_kernel.cuh"
+
+namespace vmonarch::cuda {
+
+namespace {
+
+using hopper::HopperArgs;
+using hopper::HopperShape;
+using hopper::TmaCoords;
+
+std::string describe_hopper(const FlashParams& p, const char* what) {
+    std::ostringstream os;
+    os << what << " [hopper_flash<" << (p.elem == Elem::bf16 ? "bf16" : "f16") << ", d=" << p.head_dim
+       << (p.rs.ptr ? ", row-scale" : "") << (p.a.ptr ? ", K-value+entropy" : "") << (p.o.ptr ? ", V-value" : "")
+       << (p.lse.ptr ? ", lse" : "") << "> batch=" << p.batch << " heads=" << p.heads << " segments=" << p.segments
+       << " len_q=" << p.len_q << " len_k=" << p.len_k << "]";
+    return os.str();
+}
+
+bool env_disabled() {
+    const char* e = std::getenv("VMONARCH_DISABLE_HOPPER");
+    return e != nullptr && e[0] != '\0' && std::strcmp(e, "0") != 0;
+}
+
+// ---- driver entry point -------------------------------------------------------------------------------
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                                   const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiledFn encode_fn() {
+    static EncodeTiledFn fn = [] {
+        void* ptr = nullptr;
+        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+            q != cudaDriverEntryPointSuccess) {
+            cudaGetLastError();
+            return EncodeTiledFn(nullptr);
+        }
+        return reinterpret_cast<EncodeTiledFn>(ptr);
+    }();
+    return fn;
+}
+
+// ---- tensor maps of row views ---------------------------------------------------------------------------
+// A RowView of `len` rows per (segment, head, batch), head dim D contiguous, as a 5-D tensor
+// (D, len, segments, heads, batch) with boxes of 64 × box_rows × 1 × 1 × 1, 128-byte swizzle, zero fill
+// outside. Dims 1–4 are tried in their natural order first and then sorted by stride; `coords` tells the
+// kernel where each lands. False when TMA cannot describe the view.
+bool encode_rows(CUtensorMap* map, TmaCoords* coords, Elem elem, const RowView& v, int head_dim, std::int64_t len,
+                 std::int64_t segments, std::int64_t heads, std::int64_t batch, int box_rows) {
+    const EncodeTiledFn fn = encode_fn();
+    if (fn == nullptr || v.ptr == nullptr) return false;
+    if (reinterpret_cast<std::uintptr_t>(v.ptr) % 16 != 0) return false;
+    constexpr std::uint64_t kMaxStride = std::uint64_t(1) << 40;
+    const std::array<std::int64_t, 4> ext = {len, segments, heads, batch};
+    const std::array<std::int64_t, 4> str = {v.sr, v.sf, v.sh, v.sb}; // elements
+    std::array<std::uint64_t, 4> bytes{};
+    std::uint64_t span = 16;
+    for (int i = 0; i < 4; ++i) {
+        if (ext[i] <= 0 || std::uint64_t(ext[i]) > (std::uint64_t(1) << 32)) return false;
+        if (ext[i] == 1) continue;
+        if (str[i] <= 0) return false;
+        const std::uint64_t sb = std::uint64_t(str[i]) * 2;
+        if (sb % 16 != 0 || sb >= kMaxStride) return false;
+        bytes[i] = sb;
+        span = std::max(span, sb * std::uint64_t(ext[i]));
+    }
+    // Extent-1 dims: their coordinate is always 0, any valid stride will do; keep them "outermost".
+    span = (span + 15) / 16 * 16;
+    if (span >= kMaxStride) span = kMaxStride - 16;
+    for (int i = 0; i < 4; ++i)
+        if (ext[i] == 1) bytes[i] = span;
+
+    const CUtensorMapDataType dt = elem == Elem::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        std::array<int, 4> order = {0, 1, 2, 3}; // order[k] = logical dim at tensor-map dim k + 1
+        if (attempt == 1)
+            std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return bytes[a] < bytes[b]; });
+        cuuint64_t gdim[5] = {cuuint64_t(head_dim), 0, 0, 0, 0};
+        cuuint64_t gstride[4] = {0, 0, 0, 0};
+        cuuint32_t box[5] = {64, 1, 1, 1, 1};
+        const cuuint32_t estride[5] = {1, 1, 1, 1, 1};
+        for (int k = 0; k < 4; ++k) {
+            gdim[k + 1] = cuuint64_t(ext[order[k]]);
+            gstride[k] = cuuint64_t(bytes[order[k]]);
+            if (order[k] == 0) box[k + 1] = cuuint32_t(box_rows);
+        }
+        CUtensorMap m;
+        std::memset(&m, 0, sizeof m);
+        const CUresult r = fn(&m, dt, 5, v.ptr, gdim, gstride, box, estride, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                              CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+        if (r != CUDA_SUCCESS) continue;
+        TmaCoords c;
+        for (int k = 0; k < 4; ++k) {
+            const auto pos = static_cast<signed char>(k + 1);
+            if (order[k] == 0) c.row = pos;
+            else if (order[k] == 1) c.seg = pos;
+            else if (order[k] == 2) c.head = pos;
+            else c.batch = pos;
+        }
+        *map = m;
+        *coords = c;
+        return true;
+    }
+    return false;
+}
+
+struct Maps {
+    CUtensorMap q, k, v;
+    HopperArgs args;
+};
+
+int block_n_of(const FlashParams& p) {
+    return hopper::hopper_block_n(p.head_dim, p.a.ptr != nullptr, p.o.ptr != nullptr);
+}
+
+bool build_maps(const FlashParams& p, Maps* m) {
+    const int bn = block_n_of(p);
+    if (!encode_rows(&m->q, &m->args.cq, p.elem, p.q, p.head_dim, p.len_q, p.segments, p.heads, p.batch, HopperShape::BM))
+        return false;
+    if (!encode_rows(&m->k, &m->args.ck, p.elem, p.k, p.head_dim, p.len_k, p.segments, p.heads, p.batch, bn)) return false;
+    if (p.o.ptr != nullptr) {
+        if (!encode_rows(&m->v, &m->args.cv, p.elem, p.v, p.head_dim, p.len_k, p.segments, p.heads, p.batch, bn)) return false;
+    } else {
+        m->v = m->k; // unused by the kernel
+        m->args.cv = m->args.ck;
+    }
+    return true;
+}
+
+bool variant_supported(const FlashParams& p) {
+    const bool rs = p.rs.ptr != nullptr, kv = p.a.ptr != nullptr, vv = p.o.ptr != nullptr;
+    if (kv && p.ent.ptr == nullptr) return false;
+    if (!kv && !vv) return false;
+    if (!kv && rs) return false; // launch_flash has no (row-scale, V only) variant either
+    return true;
+}
+
+bool shape_supported(const FlashParams& p) {
+    if (p.head_dim != 64 && p.head_dim != 128) return false;
+    if (p.len_q <= 0 || p.len_k <= 0 || p.batch <= 0 || p.heads <= 0 || p.segments <= 0) return false;
+    if (p.len_q > 0x7fffffff - HopperShape::BM || p.len_k > 0x7fffffff - 256) return false; // int coordinates
+    if (std::int64_t(p.segments) * p.heads > 65535 || p.batch > 65535) return false;
+    return true;
+}
+
+template <bool BF16, int D, bool RS, bool KV, bool VV> auto kernel_of() { return hopper::hopper_flash_kernel<BF16, D, RS, KV, VV>; }
+
+// The loaded binary of a kernel is sm_90 only when the library was built with the 90a target; an sm_80
+// build running on an H100 would otherwise run the empty stub.
+bool binary_is_sm90() {
+    static std::mutex mu;
+    static std::set<int> good, bad;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    if (good.count(dev)) return true;
+    if (bad.count(dev)) return false;
+    int major = 0, minor = 0;
+    bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+              cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 && minor == 0;
+    if (ok) {
+        cudaFuncAttributes fa{};
+        ok = cudaFuncGetAttributes(&fa, kernel_of<true, 128, false, true, false>()) == cudaSuccess && fa.binaryVersion == 90;
+    }
+    cudaGetLastError();
+    (ok ? good : bad).insert(dev);
+    return ok;
+}
+
+template <typename Kernel> void allow_smem_hopper(Kernel kernel, int bytes, const std::string& what) {
+    static std::mutex mu;
+    static std::set<std::tuple<const void*, int, int>> done;
+    int dev = 0;
+    check_cuda(cudaGetDevice(&dev), what);
+    const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), dev, bytes);
+    std::lock_guard<std::mutex> lock(mu);
+    if (done.count(key)) return;
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
+    done.insert(key);
+}
+
+template <bool BF16, int D, bool RS, bool KV, bool VV>
+void launch_variant(const FlashParams& p, const Maps& m, cudaStream_t stream, const std::string& ctx) {
+    auto kernel = kernel_of<BF16, D, RS, KV, VV>();
+    const int smem = hopper::hopper_smem_bytes(D, KV, VV);
+    allow_smem_hopper(kernel, smem, ctx);
+    const dim3 grid(unsigned((p.len_q + HopperShape::BM - 1) / HopperShape::BM), unsigned(p.segments * p.heads), unsigned(p.batch));
+    kernel<<<grid, HopperShape::THREADS, smem, stream>>>(p, m.args, m.q, m.k, m.v);
+    check_launch(ctx);
+}
+
+template <bool BF16, int D>
+void launch_typed(const FlashParams& p, const Maps& m, cudaStream_t stream, const std::string& ctx) {
+    const bool rs = p.rs.ptr != nullptr, kv = p.a.ptr != nullptr, vv = p.o.ptr != nullptr;
+    if (kv && !rs && !vv) return launch_variant<BF16, D, false, true, false>(p, m, stream, ctx);
+    if (kv && rs && !vv) return launch_variant<BF16, D, true, true, false>(p, m, stream, ctx);
+    if (kv && rs && vv) return launch_variant<BF16, D, true, true, true>(p, m, stream, ctx);
+    if (kv && !rs && vv) return launch_variant<BF16, D, false, true, true>(p, m, stream, ctx);
+    if (!kv && !rs && vv) return launch_variant<BF16, D, false, false, true>(p, m, stream, ctx);
+    throw CudaError(ctx + ": no kernel variant for this combination of outputs");
+}
+
+} // namespace
+
+bool hopper_flash_supported(const FlashParams& p) {
+    if (env_disabled()) return false;
+    if (!shape_supported(p) || !variant_supported(p)) return false;
+    if (!binary_is_sm90()) return false;
+    Maps m;
+    return build_maps(p, &m);
+}
+
+void launch_flash_hopper(const FlashParams& p, void* stream, const char* what) {
+    const std::string ctx = describe_hopper(p, what);
+    if (p.len_q <= 0 || p.batch <= 0 || p.heads <= 0 || p.segments <= 0) return; // nothing to do
+    if (p.len_k <= 0) throw CudaError(ctx + ": no keys");
+    if (!shape_supported(p) || !variant_supported(p)) throw CudaError(ctx + ": configuration not handled by the Hopper kernel");
+    if (!binary_is_sm90()) throw CudaError(ctx + ": device is not sm_90 or the library lacks the sm_90a kernel");
+    Maps m;
+    if (!build_maps(p, &m)) throw CudaError(ctx + ": q/k/v views cannot be described as TMA tensor maps");
+    auto st = static_cast<cudaStream_t>(stream);
+    const bool bf = p.elem == Elem::bf16;
+    if (p.head_dim == 64) return bf ? launch_typed<true, 64>(p, m, st, ctx) : launch_typed<false, 64>(p, m, st, ctx);
+    return bf ? launch_typed<true, 128>(p, m, st, ctx) : launch_typed<false, 128>(p, m, st, ctx);
+}
+
+} // namespace vmonarch::cuda

@@ -1,0 +1,344 @@
+// Internal: the Hopper (sm_90a) flash forward kernel. It computes exactly what flash_fwd_kernel computes
+// (same FlashParams, same variants, same base-2 online statistics and entropy formula; see
+// flash_kernel.cuh), with
+//   - wgmma.mma_async for S = Q·Kᵀ (A and B from shared memory) and for O += P·V, A += P·K (P from
+//     registers, V / K from shared memory read MN-major), accumulators in registers;
+//   - TMA tile loads (cp.async.bulk.tensor, 128-byte swizzle) completing on mbarriers;
+//   - warp specialisation: warps 0–7 are two consumer warpgroups of 64 query rows each (setmaxnreg to 240
+//     registers), warps 8–11 the producer warpgroup (24 registers) whose first thread streams Q once and
+//     K (and V) tiles through an STAGES-deep ring (full / empty mbarriers).
+// Rows past len_k arrive as zeros from TMA and are masked to −∞ before the softmax; rows past len_q are
+// computed on zeros and never stored.
+#pragma once
+
+#include <cfloat>
+#include <cstdint>
+
+#include <cuda.h> // CUtensorMap (a plain 128-byte struct; no driver library is linked)
+
+#include "cuda/kernel_params.hpp"
+#include "cuda/mma_ptx.cuh"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define VMONARCH_HOPPER_DEVICE 1
+#include "cuda/hopper_ptx.cuh"
+#include "cuda/hopper_wgmma.cuh"
+#endif
+
+namespace vmonarch::cuda::hopper {
+
+struct HopperShape {
+    static constexpr int CONSUMER_WGS = 2;
+    static constexpr int BM = 64 * CONSUMER_WGS;           // query rows per block
+    static constexpr int THREADS = 128 * (CONSUMER_WGS + 1);  // + one producer warpgroup (one thread issues TMA)
+    // Registers per thread after setmaxnreg: 240·256 + 24·128 ≤ 64 K.
+    static constexpr int CONSUMER_REGS = 240, PRODUCER_REGS = 24;
+    static constexpr int SMEM_LIMIT = 227 * 1024;           // opt-in limit of sm_90
+};
+
+// Key rows per tile: 128, except K and V both as values at d = 128 (two 64×128 f32 accumulators per
+// warpgroup), which takes 64 to keep S, P and both accumulators within 224 registers.
+constexpr int hopper_block_n(int head_dim, bool k_value, bool v_value) {
+    return (k_value && v_value && head_dim == 128) ? 64 : 128;
+}
+constexpr int hopper_q_bytes(int head_dim) { return HopperShape::BM * head_dim * 2; }
+constexpr int hopper_stage_bytes(int head_dim, bool k_value, bool v_value) {
+    return (v_value ? 2 : 1) * hopper_block_n(head_dim, k_value, v_value) * head_dim * 2;
+}
+constexpr int hopper_stages(int head_dim, bool k_value, bool v_value) {
+    const int room = HopperShape::SMEM_LIMIT - 1024 /*alignment slack*/ - 256 /*barriers*/ - hopper_q_bytes(head_dim);
+    const int n = room / hopper_stage_bytes(head_dim, k_value, v_value);
+    return n > 4 ? 4 : n;
+}
+constexpr int hopper_smem_bytes(int head_dim, bool k_value, bool v_value) {
+    return 1024 + hopper_q_bytes(head_dim) + hopper_stages(head_dim, k_value, v_value) * hopper_stage_bytes(head_dim, k_value, v_value) +
+           256;
+}
+
+// Where the (row, segment, head, batch) coordinates of a row view go among the tensor map's dims 1–4
+// (dim 0 is the head dim). The host may permute them; see hopper_flash.cu.
+struct TmaCoords {
+    signed char row = 1, seg = 2, head = 3, batch = 4;
+};
+
+struct HopperArgs {
+    TmaCoords cq, ck, cv;
+};
+
+__device__ __forceinline__ float hexp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+template <typename T>
+__device__ __forceinline__ T* hrow(const RowView& v, int b, int h, int f) {
+    return static_cast<T*>(v.ptr) + b * v.sb + h * v.sh + f * v.sf;
+}
+
+#ifdef VMONARCH_HOPPER_DEVICE
+__device__ __forceinline__ void tma_load_row_tile(std::uint32_t dst, const CUtensorMap* map, std::uint32_t bar, TmaCoords c,
+                                                  int col, int row, int f, int h, int b) {
+    int x[5] = {col, 0, 0, 0, 0};
+    // Compile-time indices only (the select chain keeps the array in registers).
+#pragma unroll
+    for (int i = 1; i < 5; ++i) x[i] = c.row == i ? row : c.seg == i ? f : c.head == i ? h : b;
+    tma_load_5d(dst, map, bar, x[0], x[1], x[2], x[3], x[4]);
+}
+#endif
+
+template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE>
+__global__ void __launch_bounds__(HopperShape::THREADS, 1)
+    hopper_flash_kernel(const FlashParams p, const HopperArgs args, const __grid_constant__ CUtensorMap tm_q,
+                        const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v) {
+#ifdef VMONARCH_HOPPER_DEVICE
+    using T = typename ElemType<BF16>::T;
+    constexpr int BM = HopperShape::BM;
+    constexpr int BN = hopper_block_n(D, K_VALUE, V_VALUE);
+    constexpr int STAGES = hopper_stages(D, K_VALUE, V_VALUE);
+    constexpr int Q_BYTES = hopper_q_bytes(D);
+    constexpr int TILE_BYTES = BN * D * 2; // one K or V tile
+    constexpr int STAGE_BYTES = hopper_stage_bytes(D, K_VALUE, V_VALUE);
+    constexpr int CB = D / 64;             // 64-element column blocks of a row
+    constexpr int NS = BN / 2;             // S accumulator registers per thread (m64nBN)
+    constexpr int NO = D / 2;              // O / A accumulator registers per thread (m64nD)
+    constexpr int KS = BN / 16;            // k-slices of P·V
+    constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
+    constexpr float NEG_INF = -INFINITY;
+    static_assert(STAGES >= 2, "shared memory too small for two stages");
+    static_assert(D == 64 || D == 128, "head dim 64 or 128");
+
+    extern __shared__ unsigned char smem_raw[];
+    const std::uint32_t raw = smem_addr(smem_raw);
+    const std::uint32_t sQ = (raw + 1023u) & ~1023u; // 1024-byte aligned for the 128-byte swizzle
+    const std::uint32_t sStages = sQ + Q_BYTES;
+    const std::uint32_t sBar = sStages + STAGES * STAGE_BYTES;
+    // barriers: full[STAGES], empty[STAGES], q
+    auto full_bar = [&](int s) { return sBar + 8u * std::uint32_t(s); };
+    auto empty_bar = [&](int s) { return sBar + 8u * std::uint32_t(STAGES + s); };
+    const std::uint32_t q_bar = sBar + 8u * std::uint32_t(2 * STAGES);
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int f = blockIdx.y / p.heads, h = blockIdx.y % p.heads, b = blockIdx.z;
+    const int q0 = int(blockIdx.x) * BM;
+    const int n_tiles = int((p.len_k + BN - 1) / BN);
+
+    if (tid == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(full_bar(s), 1);
+            mbar_init(empty_bar(s), 4 * HopperShape::CONSUMER_WGS); // one arrival per consumer warp
+        }
+        mbar_init(q_bar, 1);
+        fence_barrier_init();
+    }
+    __syncthreads();
+
+    if (warp >= 4 * HopperShape::CONSUMER_WGS) {
+        // ---------------- producer warpgroup: one thread issues every TMA load ----------------
+        setmaxnreg_dec<HopperShape::PRODUCER_REGS>();
+        if (warp == 4 * HopperShape::CONSUMER_WGS && lane == 0) {
+            prefetch_tensor_map(&tm_q);
+            prefetch_tensor_map(&tm_k);
+            if constexpr (V_VALUE) prefetch_tensor_map(&tm_v);
+            mbar_arrive_expect_tx(q_bar, Q_BYTES);
+#pragma unroll
+            for (int c = 0; c < CB; ++c) tma_load_row_tile(sQ + c * BM * 128, &tm_q, q_bar, args.cq, c * 64, q0, f, h, b);
+            for (int n = 0; n < n_tiles; ++n) {
+                const int s = n % STAGES;
+                if (n >= STAGES) mbar_wait(empty_bar(s), std::uint32_t((n / STAGES) - 1) & 1u);
+                const std::uint32_t sK = sStages + s * STAGE_BYTES;
+                mbar_arrive_expect_tx(full_bar(s), STAGE_BYTES);
+#pragma unroll
+                for (int c = 0; c < CB; ++c) {
+                    tma_load_row_tile(sK + c * BN * 128, &tm_k, full_bar(s), args.ck, c * 64, n * BN, f, h, b);
+                    if constexpr (V_VALUE)
+                        tma_load_row_tile(sK + TILE_BYTES + c * BN * 128, &tm_v, full_bar(s), args.cv, c * 64, n * BN, f, h, b);
+                }
+            }
+        }
+    } else {
+    // ---------------- consumers: warpgroup wg owns query rows [q0 + 64·wg, q0 + 64·wg + 64) ----------------
+    setmaxnreg_inc<HopperShape::CONSUMER_REGS>();
+    const int wg = warp >> 2, wq = warp & 3;
+    const int len_q = int(p.len_q - q0); // rows of this block that exist
+    int row[2];                          // this thread's two rows, relative to q0
+    float mult[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        row[r] = wg * 64 + wq * 16 + (lane >> 2) + 8 * r;
+        mult[r] = p.qk_scale * LOG2E;
+        if constexpr (ROW_SCALE) { // spec §3: x = s·⟨aR, K⟩ / max(cR, clamp)
+            const float* rs = hrow<const float>(p.rs, b, h, f);
+            float m = 0.f;
+            if (row[r] < len_q) {
+                float c = fmaxf(rs[(std::int64_t(q0) + row[r]) * p.rs.sr], p.clamp);
+                c = c > 0.f ? c : FLT_MIN;
+                m = p.scale * LOG2E / c;
+            }
+            mult[r] = m;
+        }
+    }
+
+    float acc_v[V_VALUE ? NO : 1], acc_k[K_VALUE ? NO : 1];
+#pragma unroll
+    for (int i = 0; i < NO; ++i) {
+        if constexpr (V_VALUE) acc_v[i] = 0.f;
+        if constexpr (K_VALUE) acc_k[i] = 0.f;
+    }
+    float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.f, 0.f}, e_run[2] = {0.f, 0.f};
+
+    const std::uint32_t sQwg = sQ + wg * 64 * 128; // this warpgroup's 64 rows inside each column block
+    mbar_wait(q_bar, 0);
+
+    for (int n = 0; n < n_tiles; ++n) {
+        const int s = n % STAGES;
+        const std::uint32_t sK = sStages + s * STAGE_BYTES;
+        const std::uint32_t sV = sK + TILE_BYTES;
+        mbar_wait(full_bar(s), std::uint32_t(n / STAGES) & 1u);
+
+        // S = Q·Kᵀ (64 × BN per warpgroup), reduction over the head dim in 16-element steps.
+        float sacc[NS];
+#pragma unroll
+        for (int i = 0; i < NS; ++i) sacc[i] = 0.f;
+#pragma unroll
+        for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            // Q block: BM rows per column block (this warpgroup starts 64 rows in); K block: BN rows.
+            const std::uint64_t da = desc_k_major(sQwg, BM, kk * 16);
+            const std::uint64_t db = desc_k_major(sK, BN, kk * 16);
+            Wgmma<BN, BF16>::ss(sacc, da, db, 1);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
+
+        // Scale to base-2 logits, mask the key tail, update the online statistics (as flash_fwd_kernel).
+        const std::int64_t kv0 = std::int64_t(n) * BN;
+        const bool tail = kv0 + BN > p.len_k;
+        const int kv_left = tail ? int(p.len_k - kv0) : BN;
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int i = 0; i < NS; ++i) {
+            const int r = (i >> 1) & 1;
+            float x = sacc[i] * mult[r];
+            if (tail && 8 * (i >> 2) + 2 * (lane & 3) + (i & 1) >= kv_left) x = NEG_INF;
+            sacc[i] = x;
+            mx[r] = fmaxf(mx[r], x);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        }
+        float mu[2], al[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float mn = fmaxf(m_run[r], mx[r]);
+            mu[r] = mn == NEG_INF ? 0.f : mn;
+            al[r] = hexp2(m_run[r] - mu[r]);
+            if constexpr (K_VALUE) // entropy accumulator, kept relative to the running max
+                e_run[r] = m_run[r] == NEG_INF ? 0.f : al[r] * (e_run[r] + (m_run[r] - mu[r]) * l_run[r]);
+            m_run[r] = mn;
+            l_run[r] *= al[r];
+        }
+#pragma unroll
+        for (int i = 0; i < NO; ++i) {
+            if constexpr (V_VALUE) acc_v[i] *= al[(i >> 1) & 1];
+            if constexpr (K_VALUE) acc_k[i] *= al[(i >> 1) & 1];
+        }
+#pragma unroll
+        for (int i = 0; i < NS; ++i) {
+            const int r = (i >> 1) & 1;
+            const float dlt = sacc[i] - mu[r];
+            const float pr = hexp2(dlt);
+            l_run[r] += pr;
+            if constexpr (K_VALUE) e_run[r] += pr * fmaxf(dlt, -256.f); // masked: 0·(−∞) avoided
+            sacc[i] = pr;
+        }
+        // P as the A operand of m64nDk16: k-slice ks holds S columns [16ks, 16ks + 16), i.e. accumulator
+        // registers 8ks … 8ks + 7, in the mma.sync A-fragment order.
+        std::uint32_t pa[KS][4];
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            pa[ks][0] = pack2<BF16>(sacc[8 * ks + 0], sacc[8 * ks + 1]);
+            pa[ks][1] = pack2<BF16>(sacc[8 * ks + 2], sacc[8 * ks + 3]);
+            pa[ks][2] = pack2<BF16>(sacc[8 * ks + 4], sacc[8 * ks + 5]);
+            pa[ks][3] = pack2<BF16>(sacc[8 * ks + 6], sacc[8 * ks + 7]);
+        }
+
+        // acc += P·V and/or P·K (V / K tiles read MN-major: their rows are the reduction dimension).
+#pragma unroll
+        for (int i = 0; i < NO; ++i) {
+            if constexpr (V_VALUE) reg_fence(acc_v[i]);
+            if constexpr (K_VALUE) reg_fence(acc_k[i]);
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            if constexpr (V_VALUE) Wgmma<D, BF16>::rs_tb(acc_v, pa[ks], desc_mn_major(sV, BN, ks * 16));
+            if constexpr (K_VALUE) Wgmma<D, BF16>::rs_tb(acc_k, pa[ks], desc_mn_major(sK, BN, ks * 16));
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < NO; ++i) {
+            if constexpr (V_VALUE) reg_fence(acc_v[i]);
+            if constexpr (K_VALUE) reg_fence(acc_k[i]);
+        }
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) reg_fence(pa[ks][e]);
+        // This warp no longer reads stage s.
+        __syncwarp();
+        if (lane == 0) mbar_arrive(empty_bar(s));
+    }
+
+    // Finish the row statistics across the 4 threads that share a row, then store.
+    const int col0 = 2 * (lane & 3);
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+#pragma unroll
+        for (int o = 1; o <= 2; o <<= 1) {
+            l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], o);
+            if constexpr (K_VALUE) e_run[r] += __shfl_xor_sync(0xffffffffu, e_run[r], o);
+        }
+        inv[r] = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (row[r] >= len_q) continue;
+        const std::int64_t rr = std::int64_t(q0) + row[r];
+        if constexpr (V_VALUE) {
+            T* o = hrow<T>(p.o, b, h, f) + rr * p.o.sr + col0;
+#pragma unroll
+            for (int j = 0; j < D / 8; ++j)
+                *reinterpret_cast<std::uint32_t*>(o + 8 * j) =
+                    pack2<BF16>(acc_v[4 * j + 2 * r] * inv[r], acc_v[4 * j + 2 * r + 1] * inv[r]);
+        }
+        if constexpr (K_VALUE) { // aL = s·Σ R·K, cL = Σ R·x − logsumexp x
+            T* a = hrow<T>(p.a, b, h, f) + rr * p.a.sr + col0;
+            const float sc = inv[r] * p.scale;
+#pragma unroll
+            for (int j = 0; j < D / 8; ++j)
+                *reinterpret_cast<std::uint32_t*>(a + 8 * j) = pack2<BF16>(acc_k[4 * j + 2 * r] * sc, acc_k[4 * j + 2 * r + 1] * sc);
+            if ((lane & 3) == 0) {
+                const float l = l_run[r];
+                hrow<float>(p.ent, b, h, f)[rr * p.ent.sr] = l > 0.f ? LN2 * e_run[r] * inv[r] - logf(l) : 0.f;
+            }
+        }
+        if (p.lse.ptr != nullptr && (lane & 3) == 0) {
+            const float l = l_run[r];
+            hrow<float>(p.lse, b, h, f)[rr * p.lse.sr] = l > 0.f ? LN2 * m_run[r] + logf(l) : NEG_INF;
+        }
+    }
+    } // consumers
+#endif
+}
+
+} // namespace vmonarch::cuda::hopper
