@@ -89,8 +89,9 @@ set_tests_properties(cli_make_inputs_safetensors PROPERTIES LABELS cli WORKING_D
   FAIL_REGULAR_EXPRESSION "error:")
 
 # --- run and compare round trips ----------------------------------------------------------------------------
-set(npy_inputs --q q.npy --k k.npy --v v.npy --grid 3,4,4)
-set(st_inputs --q qkv.safetensors:q --k qkv.safetensors:k --v qkv.safetensors:v --grid 3,4,4 --layout bshd)
+set(npy_inputs --q q.npy --k k.npy --v v.npy --grid 3,4,4 --device cpu)
+set(st_inputs --q qkv.safetensors:q --k qkv.safetensors:k --v qkv.safetensors:v --grid 3,4,4 --layout bshd
+    --device cpu)
 vmonarch_cli_test(run_npy "wrote out_run\\.npy \\[1, 2, 48, 16\\] f32 and lse_run\\.npy: VMonarch t=2"
                   run ${npy_inputs} --out out_run.npy --lse lse_run.npy)
 vmonarch_cli_test(run_npy_options "VMonarch t=1, no recompute on cpu"
@@ -169,13 +170,18 @@ vmonarch_cli_error_test(unknown_option "--frobnicate" demo --frobnicate)
 if(NOT VMONARCH_WITH_CUDA)
   vmonarch_cli_error_test(cuda_in_cpu_build "--device cuda: this vmonarch build has no CUDA kernels"
     run --q q.npy --k k.npy --v v.npy --grid 3,4,4 --out x.npy --device cuda)
+else()
+  # f32 files on the GPU need --cast (or, on a machine without a GPU, the device is reported missing).
+  vmonarch_cli_error_test(f32_on_cuda_needs_cast "(holds f32 but the CUDA kernels take bf16 or f16: pass --cast bf16|--device cuda: no CUDA device is visible)"
+    run --q q.npy --k k.npy --v v.npy --grid 3,4,4 --out x.npy --device cuda)
 endif()
 set_tests_properties(cli_error_k_shape_mismatch cli_error_bf16_into_npy PROPERTIES
   FIXTURES_REQUIRED "cli_inputs_npy;cli_inputs_safetensors")
 
 # Files for the error tests that no generator makes: a 3-D tensor (an lse) and a file that is not a tensor.
 add_test(NAME cli_make_error_inputs
-  COMMAND ${VMONARCH_CLI_EXE} run --q q.npy --k k.npy --v v.npy --grid 3,4,4 --out err_out.npy --lse lse_shape.npy)
+  COMMAND ${VMONARCH_CLI_EXE} run --q q.npy --k k.npy --v v.npy --grid 3,4,4 --device cpu --out err_out.npy
+          --lse lse_shape.npy)
 set_tests_properties(cli_make_error_inputs PROPERTIES LABELS cli WORKING_DIRECTORY ${VMONARCH_CLI_DIR}
   FIXTURES_REQUIRED cli_inputs_npy FIXTURES_SETUP cli_error_inputs)
 file(WRITE ${VMONARCH_CLI_DIR}/garbage.npy "this is not a tensor file\n")

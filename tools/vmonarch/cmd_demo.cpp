@@ -4,6 +4,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "attention_inputs.hpp"
 #include "attention_runner.hpp"
@@ -20,12 +21,12 @@ namespace {
 struct DemoOptions {
     std::string device = "auto";
     std::string grid, dtype;
-    std::int64_t heads = 0, head_dim = 0;
+    std::optional<std::int64_t> heads, head_dim;
     int iterations = 2;
     double clamp = 0.1;
     bool no_recompute = false;
     std::uint64_t seed = 0;
-    int repeats = 0;
+    std::optional<int> repeats;
     std::string png = "vmonarch_demo.png";
     bool no_png = false;
     bool progress = false;
@@ -101,15 +102,17 @@ int demo_command(const DemoOptions& o) {
     const bool gpu = device == Device::cuda;
     // Defaults: a small CPU problem, or Wan2.1-1.3B at 61x448x832 on a GPU.
     const VideoGrid grid = o.grid.empty() ? (gpu ? VideoGrid{16, 28, 52} : VideoGrid{8, 16, 16}) : parse_grid(o.grid);
-    const std::int64_t heads = o.heads ? o.heads : (gpu ? 12 : 4);
-    const std::int64_t head_dim = o.head_dim ? o.head_dim : (gpu ? 128 : 64);
+    const std::int64_t heads = o.heads.value_or(gpu ? 12 : 4);
+    const std::int64_t head_dim = o.head_dim.value_or(gpu ? 128 : 64);
     const DType dtype = o.dtype.empty() ? (gpu ? DType::bf16 : DType::f32) : parse_dtype(o.dtype, "--dtype");
     require_positive(heads, "--heads");
     require_positive(head_dim, "--head-dim");
-    require_device_dtype(device, dtype, "--dtype " + to_string(dtype) + ":");
+    if (gpu && dtype != DType::bf16 && dtype != DType::f16)
+        throw ArgumentError("--dtype", "--dtype " + to_string(dtype) + ": the CUDA kernels take bf16 or f16; use "
+                                       "--dtype bf16 on cuda, or --device cpu");
     if (o.iterations < 1 || o.iterations > 8)
         throw ArgumentError("--iterations", "--iterations " + std::to_string(o.iterations) + ": must be 1..8");
-    if (o.repeats < 0) throw ArgumentError("--repeats", "--repeats must be >= 0");
+    if (o.repeats && *o.repeats < 1) throw ArgumentError("--repeats", "--repeats must be >= 1");
     if (!(o.clamp >= 0)) throw ArgumentError("--clamp", "--clamp must be >= 0");
     if (!o.no_png && o.png.empty()) throw ArgumentError("--png", "--png: empty path (use --no-png to skip the PNG)");
 
@@ -117,7 +120,7 @@ int demo_command(const DemoOptions& o) {
     options.iterations = o.iterations;
     options.cr_clamp = o.clamp;
     options.recompute_first_frame = !o.no_recompute;
-    const int repeats = o.repeats ? o.repeats : (gpu ? 10 : 1);
+    const int repeats = o.repeats.value_or(gpu ? 10 : 1);
     const int warmup = gpu ? 2 : 0;
 
     std::cout << "vmonarch demo on " << (gpu ? "cuda: " + cuda_device_name(0) : std::string("cpu")) << "\n"

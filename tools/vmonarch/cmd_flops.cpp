@@ -1,6 +1,7 @@
 // vmonarch flops: per-forward TFLOPs of a video DiT with dense vs VMonarch self-attention (spec §4).
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -13,12 +14,13 @@ namespace {
 
 struct FlopsOptions {
     std::string model = "wan2.1-1.3b";
-    std::int64_t frames = 0, height = 0, width = 0, batch = 1;
+    std::optional<std::int64_t> frames, height, width;
+    std::int64_t batch = 1;
     int iterations = 2;
     bool no_recompute = false, json = false;
     // Custom dimensions (override the preset, or define --model custom).
-    std::int64_t dim = 0, ffn = 0, layers = 0, heads = 0, head_dim = 0, text_len = -1;
-    std::int64_t temporal_compression = 0, spatial_stride = 0;
+    std::optional<std::int64_t> dim, ffn, layers, heads, head_dim, text_len;
+    std::optional<std::int64_t> temporal_compression, spatial_stride;
     std::string text_mode, latent_grid;
 };
 
@@ -30,7 +32,7 @@ ModelSpec model_from(const FlopsOptions& o) {
         m.text_len = 0;
         for (auto [value, flag] : {std::pair{o.dim, "--dim"}, std::pair{o.ffn, "--ffn"},
                                    std::pair{o.layers, "--layers"}, std::pair{o.heads, "--heads"}})
-            if (value == 0)
+            if (!value)
                 throw ArgumentError(flag, std::string("--model custom needs ") + flag +
                                               " (and --dim, --ffn, --layers, --heads in general)");
     } else if (const ModelSpec* preset = find_model_preset(o.model)) {
@@ -39,15 +41,15 @@ ModelSpec model_from(const FlopsOptions& o) {
         throw ArgumentError("--model", "--model '" + o.model + "': unknown model; known: " + model_preset_names() +
                                            ", or custom with --dim --ffn --layers --heads");
     }
-    if (o.dim) m.dim = o.dim;
-    if (o.ffn) m.ffn = o.ffn;
-    if (o.layers) m.layers = o.layers;
-    if (o.heads) m.heads = o.heads;
-    if (o.head_dim) m.head_dim = o.head_dim;
+    if (o.dim) m.dim = *o.dim;
+    if (o.ffn) m.ffn = *o.ffn;
+    if (o.layers) m.layers = *o.layers;
+    if (o.heads) m.heads = *o.heads;
+    if (o.head_dim) m.head_dim = *o.head_dim;
     else if (custom || o.dim || o.heads) m.head_dim = m.heads > 0 ? m.dim / m.heads : 0;
-    if (o.text_len >= 0) m.text_len = o.text_len;
-    if (o.temporal_compression) m.temporal_compression = o.temporal_compression;
-    if (o.spatial_stride) m.spatial_stride = o.spatial_stride;
+    if (o.text_len) m.text_len = *o.text_len;
+    if (o.temporal_compression) m.temporal_compression = *o.temporal_compression;
+    if (o.spatial_stride) m.spatial_stride = *o.spatial_stride;
     if (!o.text_mode.empty()) {
         if (o.text_mode == "cross") m.text_mode = TextMode::cross;
         else if (o.text_mode == "joint") m.text_mode = TextMode::joint;
@@ -71,7 +73,6 @@ std::string describe(const ModelSpec& m) {
            (m.text_mode == TextMode::cross ? "(cross-attention)" : "(joined to the sequence)");
 }
 
-std::string tflops(double flops) { return format_fixed(flops / 1e12, 2); }
 
 std::string padded(const std::string& text, std::size_t width) {
     return text.size() >= width ? text : std::string(width - text.size(), ' ') + text;
@@ -88,9 +89,9 @@ int flops_command(const FlopsOptions& o, bool grid_from_flag) {
     if (grid_from_flag) {
         grid = parse_grid(o.latent_grid, "--latent-grid");
     } else {
-        frames = o.frames ? o.frames : model.default_frames;
-        height = o.height ? o.height : model.default_height;
-        width = o.width ? o.width : model.default_width;
+        frames = o.frames.value_or(model.default_frames);
+        height = o.height.value_or(model.default_height);
+        width = o.width.value_or(model.default_width);
         grid = latent_grid_from_video(model, frames, height, width);
     }
     Options options;
@@ -130,16 +131,21 @@ int flops_command(const FlopsOptions& o, bool grid_from_flag) {
     std::cout << "\nVMonarch  t = " << options.iterations << ", frame-0 recompute "
               << (options.recompute_first_frame ? "on" : "off (as in the paper's Table 1)") << ", sparsity "
               << format_fixed(100 * f.sparsity, 2) << "% (1 - t(T+HW)/(T*HW))\n\n";
+    // TFLOPs as in the paper's Table 1; GFLOPs or MFLOPs for small custom models.
+    const double unit = f.total_dense >= 1e11 ? 1e12 : (f.total_dense >= 1e8 ? 1e9 : 1e6);
+    const std::string unit_name = unit == 1e12 ? "TFLOPs" : (unit == 1e9 ? "GFLOPs" : "MFLOPs");
     std::cout << "per forward             dense    VMonarch\n";
-    const auto line = [](const std::string& label, double dense, double vm) {
+    const auto line = [&](const std::string& what, double dense, double vm) {
+        const std::string label = what + " " + unit_name;
         std::string text = label + std::string(label.size() < 16 ? 16 - label.size() : 0, ' ') +
-                           padded(tflops(dense), 12) + padded(tflops(vm), 12);
-        if (vm > 0 && dense != vm) text += "   (" + format_fixed(dense / vm, 2) + "x fewer)";
+                           padded(format_fixed(dense / unit, 2), 12) + padded(format_fixed(vm / unit, 2), 12);
+        if (vm > 0 && dense > vm) text += "   (" + format_fixed(dense / vm, 2) + "x fewer)";
+        if (vm > dense && dense > 0) text += "   (" + format_fixed(vm / dense, 2) + "x more)";
         std::cout << text << "\n";
     };
-    line("attention TFLOPs", f.attention_dense, f.attention_vmonarch);
-    line("linear TFLOPs", f.linear, f.linear);
-    line("total TFLOPs", f.total_dense, f.total_vmonarch);
+    line("attention", f.attention_dense, f.attention_vmonarch);
+    line("linear", f.linear, f.linear);
+    line("total", f.total_dense, f.total_vmonarch);
     return 0;
 }
 
