@@ -1,0 +1,513 @@
+// The Hopper (sm_90a) flash kernel against the portable launch_flash on the same random inputs, every
+// variant (O, A+ent, O+A+ent, row scale, LSE), bf16/f16, d = 64/128, tails (len 1, 7, 63, 64, 65, 1456,
+// 3600), several batch/heads/segments, strided and permuted views; and against an f64 CPU computation of
+// spec §3 for small shapes. Skipped unless the device is sm_90 (H100/H200).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/dispatch.hpp"
+#include "cuda/hopper_flash.hpp"
+#include "cuda/kernel_params.hpp"
+#include "cuda/monarch_plan.hpp"
+#include "gpu_test_util.hpp"
+
+namespace gputest {
+namespace {
+
+using vmonarch::cuda::Elem;
+using vmonarch::cuda::FlashParams;
+using vmonarch::cuda::RowView;
+
+bool is_sm90() {
+    if (!have_gpu()) return false;
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    return major == 9 && minor == 0;
+}
+
+bool hopper_env_disabled() {
+    const char* e = std::getenv("VMONARCH_DISABLE_HOPPER");
+    return e != nullptr && e[0] != '\0' && std::string(e) != "0";
+}
+
+#define REQUIRE_SM90() \
+    do { \
+        if (!gputest::is_sm90()) GTEST_SKIP() << "needs an sm_90 device (H100/H200)"; \
+        if (gputest::hopper_env_disabled()) GTEST_SKIP() << "VMONARCH_DISABLE_HOPPER is set"; \
+    } while (0)
+
+void throw_if(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+// ---- views ------------------------------------------------------------------------------------------------
+// Row layouts of a [batch, heads, segments, rows] grid of `width`-element vectors (width = d, or 1 for f32
+// scalars), in elements.
+enum class VL {
+    bhsr,      // contiguous [b][h][f][r][width]
+    token,     // token-major like a user BSHD tensor: [b][f][r][h][width]
+    padded,    // [b][h][f][r][width + 8] (row stride not the width)
+    pos_major, // [b][h][r][f][width] like the workspace aL / y / cL
+};
+
+struct Grid {
+    std::int64_t B, H, F, R; // batch, heads, segments, rows
+};
+
+RowView make_view(VL l, const Grid& g, std::int64_t width, std::int64_t* total) {
+    RowView v;
+    switch (l) {
+    case VL::bhsr:
+        v.sr = width; v.sf = g.R * width; v.sh = g.F * g.R * width; v.sb = g.H * g.F * g.R * width;
+        *total = g.B * v.sb;
+        break;
+    case VL::token:
+        v.sh = width; v.sr = g.H * width; v.sf = g.R * g.H * width; v.sb = g.F * g.R * g.H * width;
+        *total = g.B * v.sb;
+        break;
+    case VL::padded: {
+        const std::int64_t w = width + 8;
+        v.sr = w; v.sf = g.R * w; v.sh = g.F * g.R * w; v.sb = g.H * g.F * g.R * w;
+        *total = g.B * v.sb;
+        break;
+    }
+    case VL::pos_major:
+        v.sf = width; v.sr = g.F * width; v.sh = g.R * g.F * width; v.sb = g.H * g.R * g.F * width;
+        *total = g.B * v.sb;
+        break;
+    }
+    return v;
+}
+
+std::int64_t off(const RowView& v, std::int64_t b, std::int64_t h, std::int64_t f, std::int64_t r) {
+    return b * v.sb + h * v.sh + f * v.sf + r * v.sr;
+}
+
+// A device buffer holding one strided view, with host copies of the logical values.
+struct VecBuf {
+    Grid g{};
+    std::int64_t width = 0, total = 0;
+    bool f32 = false;
+    DType dt = DType::bf16;
+    RowView view;
+    DeviceBuffer buf;
+
+    VecBuf(const Grid& grid, std::int64_t w, VL l, bool is_f32, DType t) : g(grid), width(w), f32(is_f32), dt(t) {
+        view = make_view(l, g, w, &total);
+        buf = DeviceBuffer(std::size_t(total) * (f32 ? 4 : 2));
+        view.ptr = buf.get();
+    }
+    std::size_t count() const { return std::size_t(g.B * g.H * g.F * g.R * width); }
+    std::size_t li(std::int64_t b, std::int64_t h, std::int64_t f, std::int64_t r, std::int64_t c) const {
+        return std::size_t((((b * g.H + h) * g.F + f) * g.R + r) * width + c);
+    }
+    template <typename Fn> void each(Fn&& fn) const {
+        for (std::int64_t b = 0; b < g.B; ++b)
+            for (std::int64_t h = 0; h < g.H; ++h)
+                for (std::int64_t f = 0; f < g.F; ++f)
+                    for (std::int64_t r = 0; r < g.R; ++r)
+                        for (std::int64_t c = 0; c < width; ++c) fn(li(b, h, f, r, c), off(view, b, h, f, r) + c);
+    }
+    // Upload logical values (rounded to the element type); returns the rounded values. Padding and gaps
+    // hold NaN so that a kernel reading them shows up.
+    std::vector<double> upload(const std::vector<double>& vals) {
+        std::vector<double> rounded(vals.size());
+        if (f32) {
+            std::vector<float> host(std::size_t(total), std::numeric_limits<float>::quiet_NaN());
+            each([&](std::size_t i, std::int64_t o) { host[std::size_t(o)] = float(vals[i]); rounded[i] = double(host[std::size_t(o)]); });
+            buf.upload(host.data(), host.size() * 4);
+        } else {
+            std::vector<std::uint16_t> host(std::size_t(total), nan_bits(dt));
+            each([&](std::size_t i, std::int64_t o) { host[std::size_t(o)] = to_bits(vals[i], dt); rounded[i] = from_bits(host[std::size_t(o)], dt); });
+            buf.upload(host.data(), host.size() * 2);
+        }
+        return rounded;
+    }
+    void poison() { throw_if(cudaMemset(buf.get(), 0xff, buf.bytes()), "poison"); } // NaN in f32, bf16 and f16
+    std::vector<double> read() const {
+        std::vector<double> out(count());
+        if (f32) {
+            const auto host = buf.read<float>(std::size_t(total));
+            each([&](std::size_t i, std::int64_t o) { out[i] = host[std::size_t(o)]; });
+        } else {
+            const auto host = buf.read<std::uint16_t>(std::size_t(total));
+            each([&](std::size_t i, std::int64_t o) { out[i] = from_bits(host[std::size_t(o)], dt); });
+        }
+        return out;
+    }
+};
+
+// ---- cases ------------------------------------------------------------------------------------------------
+struct Case {
+    DType dt = DType::bf16;
+    int d = 128;
+    std::int64_t len_q = 64, len_k = 64;
+    int B = 1, H = 1, F = 1;
+    bool kv = true, vv = false, rs = false, lse = false;
+    VL in_layout = VL::bhsr, out_layout = VL::bhsr;
+    double logit_std = 2.0;
+    std::uint64_t seed = 1;
+};
+
+std::string name(const Case& c) {
+    std::ostringstream os;
+    os << vmonarch::to_string(c.dt) << " d" << c.d << " q" << c.len_q << " k" << c.len_k << " B" << c.B << "H" << c.H << "F" << c.F
+       << (c.kv ? " A+ent" : "") << (c.vv ? " O" : "") << (c.rs ? " rs" : "") << (c.lse ? " lse" : "") << " in" << int(c.in_layout)
+       << " out" << int(c.out_layout);
+    return os.str();
+}
+
+struct Problem {
+    Case c;
+    VecBuf q, k, v, o, a, ent, lse, rs;
+    std::vector<double> qv, kvals, vvals, rsv; // rounded logical values
+    FlashParams p;
+
+    explicit Problem(const Case& cs)
+        : c(cs),
+          q(Grid{cs.B, cs.H, cs.F, cs.len_q}, cs.d, cs.in_layout, false, cs.dt),
+          k(Grid{cs.B, cs.H, cs.F, cs.len_k}, cs.d, cs.in_layout, false, cs.dt),
+          v(Grid{cs.B, cs.H, cs.F, cs.len_k}, cs.d, cs.in_layout == VL::token ? VL::padded : VL::token, false, cs.dt),
+          o(Grid{cs.B, cs.H, cs.F, cs.len_q}, cs.d, cs.out_layout, false, cs.dt),
+          a(Grid{cs.B, cs.H, cs.F, cs.len_q}, cs.d, cs.out_layout, false, cs.dt),
+          ent(Grid{cs.B, cs.H, cs.F, cs.len_q}, 1, cs.out_layout == VL::bhsr ? VL::pos_major : VL::bhsr, true, cs.dt),
+          lse(Grid{cs.B, cs.H, cs.F, cs.len_q}, 1, cs.out_layout == VL::bhsr ? VL::token : VL::bhsr, true, cs.dt),
+          rs(Grid{cs.B, cs.H, cs.F, cs.len_q}, 1, VL::bhsr, true, cs.dt) {
+        const double qk_std = std::sqrt(c.logit_std);
+        qv = q.upload(random_normal(q.count(), qk_std, c.seed * 11 + 1));
+        kvals = k.upload(random_normal(k.count(), qk_std, c.seed * 11 + 2));
+        vvals = v.upload(random_normal(v.count(), 1.0, c.seed * 11 + 3));
+        std::vector<double> r(rs.count());
+        std::mt19937_64 gen(c.seed * 11 + 4);
+        std::uniform_real_distribution<double> ud(0.02, 3.0); // the clamp 0.1 bites on some rows
+        for (auto& x : r) x = ud(gen);
+        rsv = rs.upload(r);
+
+        p.elem = c.dt == DType::bf16 ? Elem::bf16 : Elem::f16;
+        p.head_dim = c.d;
+        p.q = q.view;
+        p.k = k.view;
+        if (c.vv) {
+            p.v = v.view;
+            p.o = o.view;
+        }
+        if (c.kv) {
+            p.a = a.view;
+            p.ent = ent.view;
+        }
+        if (c.lse) p.lse = lse.view;
+        if (c.rs) p.rs = rs.view;
+        p.len_q = c.len_q;
+        p.len_k = c.len_k;
+        p.segments = c.F;
+        p.heads = c.H;
+        p.batch = c.B;
+        p.scale = float(1.0 / std::sqrt(double(c.d)));
+        p.clamp = 0.1f;
+        p.qk_scale = c.rs ? p.scale : float(p.scale / 1.0); // first R-step: s / max(1, clamp) = s
+    }
+
+    struct Out {
+        std::vector<double> o, a, ent, lse;
+    };
+    template <typename Launch> Out run(Launch&& launch) {
+        o.poison(); a.poison(); ent.poison(); lse.poison();
+        launch(p);
+        throw_if(cudaGetLastError(), "launch");
+        throw_if(cudaDeviceSynchronize(), "sync");
+        Out r;
+        if (c.vv) r.o = o.read();
+        if (c.kv) { r.a = a.read(); r.ent = ent.read(); }
+        if (c.lse) r.lse = lse.read();
+        return r;
+    }
+
+    // f64 spec §3 computation on the rounded inputs.
+    Out reference() const {
+        Out r;
+        const std::size_t rows = std::size_t(c.B * c.H * c.F * c.len_q);
+        if (c.vv) r.o.assign(rows * c.d, 0.0);
+        if (c.kv) { r.a.assign(rows * c.d, 0.0); r.ent.assign(rows, 0.0); }
+        if (c.lse) r.lse.assign(rows, 0.0);
+        const double s = double(p.scale);
+        std::vector<double> x(std::size_t(c.len_k));
+        for (std::int64_t b = 0; b < c.B; ++b)
+            for (std::int64_t h = 0; h < c.H; ++h)
+                for (std::int64_t f = 0; f < c.F; ++f)
+                    for (std::int64_t i = 0; i < c.len_q; ++i) {
+                        const std::size_t row = q.li(b, h, f, i, 0) / std::size_t(c.d);
+                        double mult = double(p.qk_scale);
+                        if (c.rs) mult = s / std::max(rsv[row], double(p.clamp));
+                        double mx = -INFINITY;
+                        for (std::int64_t l = 0; l < c.len_k; ++l) {
+                            double dot = 0;
+                            for (int e = 0; e < c.d; ++e) dot += qv[q.li(b, h, f, i, e)] * kvals[k.li(b, h, f, l, e)];
+                            x[std::size_t(l)] = dot * mult;
+                            mx = std::max(mx, x[std::size_t(l)]);
+                        }
+                        double sum = 0, sx = 0;
+                        for (std::int64_t l = 0; l < c.len_k; ++l) {
+                            const double w = std::exp(x[std::size_t(l)] - mx);
+                            sum += w;
+                            sx += w * x[std::size_t(l)];
+                        }
+                        const double lse_v = mx + std::log(sum);
+                        if (c.lse) r.lse[row] = lse_v;
+                        if (c.kv) r.ent[row] = sx / sum - lse_v;
+                        for (std::int64_t l = 0; l < c.len_k; ++l) {
+                            const double w = std::exp(x[std::size_t(l)] - lse_v);
+                            for (int e = 0; e < c.d; ++e) {
+                                if (c.vv) r.o[row * c.d + e] += w * vvals[v.li(b, h, f, l, e)];
+                                if (c.kv) r.a[row * c.d + e] += s * w * kvals[k.li(b, h, f, l, e)];
+                            }
+                        }
+                    }
+        return r;
+    }
+};
+
+double max_abs_diff(const std::vector<double>& x, const std::vector<double>& y) {
+    double m = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(x[i] - y[i]));
+    return m;
+}
+
+// Hopper vs portable on one case; vectors by relative L2, scalars by absolute difference.
+void compare_with_portable(const Case& c) {
+    SCOPED_TRACE(name(c));
+    Problem pr(c);
+    ASSERT_TRUE(vmonarch::cuda::hopper_flash_supported(pr.p)) << "Hopper path refused " << name(c);
+    const auto port = pr.run([](const FlashParams& p) { vmonarch::cuda::launch_flash(p, nullptr, "test portable"); });
+    const auto hop = pr.run([](const FlashParams& p) { vmonarch::cuda::launch_flash_hopper(p, nullptr, "test hopper"); });
+    double eo = 0, ea = 0, ee = 0, el = 0;
+    if (c.vv) {
+        EXPECT_EQ(count_nonfinite(hop.o), 0u);
+        EXPECT_EQ(count_nonfinite(port.o), 0u);
+        eo = rel_l2(hop.o, port.o);
+        EXPECT_LE(eo, 5e-3) << "O";
+    }
+    if (c.kv) {
+        EXPECT_EQ(count_nonfinite(hop.a), 0u);
+        EXPECT_EQ(count_nonfinite(hop.ent), 0u);
+        ea = rel_l2(hop.a, port.a);
+        ee = max_abs_diff(hop.ent, port.ent);
+        EXPECT_LE(ea, 5e-3) << "A";
+        EXPECT_LE(ee, 1e-3) << "ent";
+    }
+    if (c.lse) {
+        EXPECT_EQ(count_nonfinite(hop.lse), 0u);
+        el = max_abs_diff(hop.lse, port.lse);
+        EXPECT_LE(el, 1e-3) << "lse";
+    }
+    std::printf("[ hopper   ] %-60s O %.1e  A %.1e  ent %.1e  lse %.1e\n", name(c).c_str(), eo, ea, ee, el);
+}
+
+std::vector<Case> variants(Case base) {
+    std::vector<Case> out;
+    struct V { bool kv, vv, rs; };
+    for (const V v : {V{true, false, false}, V{true, false, true}, V{true, true, true}, V{true, true, false}, V{false, true, false}}) {
+        Case c = base;
+        c.kv = v.kv; c.vv = v.vv; c.rs = v.rs;
+        out.push_back(c);
+    }
+    return out;
+}
+
+void sweep(DType dt, int d) {
+    REQUIRE_SM90();
+    struct S { std::int64_t lq, lk; int B, H, F; VL in, outl; };
+    const S shapes[] = {
+        {1, 1, 1, 2, 1, VL::bhsr, VL::bhsr},       {7, 7, 2, 3, 2, VL::token, VL::pos_major},
+        {63, 65, 1, 2, 3, VL::padded, VL::bhsr},   {64, 64, 2, 1, 2, VL::bhsr, VL::token},
+        {65, 63, 1, 3, 1, VL::token, VL::padded},  {1, 1456, 1, 2, 2, VL::bhsr, VL::pos_major},
+        {130, 7, 1, 1, 2, VL::padded, VL::token},  {1456, 1456, 1, 2, 2, VL::token, VL::pos_major},
+        {200, 3600, 1, 1, 1, VL::bhsr, VL::bhsr},
+    };
+    std::uint64_t seed = 100 + std::uint64_t(d) + (dt == DType::f16 ? 7 : 0);
+    int i = 0;
+    for (const S& s : shapes) {
+        Case base;
+        base.dt = dt; base.d = d; base.len_q = s.lq; base.len_k = s.lk; base.B = s.B; base.H = s.H; base.F = s.F;
+        base.in_layout = s.in; base.out_layout = s.outl;
+        for (Case c : variants(base)) {
+            c.seed = ++seed;
+            c.lse = (i++ % 2) == 0 || !c.kv; // LSE on about half the cases, always with the dense variant
+            compare_with_portable(c);
+        }
+    }
+}
+
+TEST(HopperFlash, MatchesPortable_bf16_d128) { sweep(DType::bf16, 128); }
+TEST(HopperFlash, MatchesPortable_bf16_d64) { sweep(DType::bf16, 64); }
+TEST(HopperFlash, MatchesPortable_f16_d128) { sweep(DType::f16, 128); }
+TEST(HopperFlash, MatchesPortable_f16_d64) { sweep(DType::f16, 64); }
+
+// The full-size per-frame shape (3600 keys per frame, several frames) on the R-step's variants.
+TEST(HopperFlash, MatchesPortable_frame3600) {
+    REQUIRE_SM90();
+    Case base;
+    base.len_q = base.len_k = 3600; base.B = 1; base.H = 2; base.F = 2;
+    base.in_layout = VL::token; base.out_layout = VL::pos_major;
+    for (Case c : variants(base)) {
+        if (!c.kv) continue;
+        c.seed = 7000 + c.rs + 2 * c.vv;
+        compare_with_portable(c);
+    }
+}
+
+// Against the f64 CPU computation for small shapes (both kernels' tolerance of the GPU suite).
+TEST(HopperFlash, MatchesCpuReference) {
+    REQUIRE_SM90();
+    for (DType dt : {DType::bf16, DType::f16})
+        for (int d : {64, 128}) {
+            Case base;
+            base.dt = dt; base.d = d; base.len_q = 70; base.len_k = 131; base.B = 2; base.H = 2; base.F = 2;
+            base.in_layout = VL::token; base.out_layout = VL::pos_major; base.lse = true;
+            for (Case c : variants(base)) {
+                c.seed = 900 + std::uint64_t(d) + c.rs + 2 * c.vv + 4 * c.kv;
+                SCOPED_TRACE(name(c));
+                Problem pr(c);
+                ASSERT_TRUE(vmonarch::cuda::hopper_flash_supported(pr.p));
+                const auto got = pr.run([](const FlashParams& p) { vmonarch::cuda::launch_flash_hopper(p, nullptr, "test hopper"); });
+                const auto ref = pr.reference();
+                const double tol = tolerance(dt);
+                if (c.vv) { EXPECT_EQ(count_nonfinite(got.o), 0u); EXPECT_LE(rel_l2(got.o, ref.o), tol) << "O"; }
+                if (c.kv) {
+                    EXPECT_EQ(count_nonfinite(got.a), 0u);
+                    EXPECT_LE(rel_l2(got.a, ref.a), tol) << "A";
+                    EXPECT_LE(max_abs_diff(got.ent, ref.ent), 1e-3) << "ent";
+                }
+                EXPECT_LE(max_abs_diff(got.lse, ref.lse), 1e-3) << "lse";
+                std::printf("[ hopper   ] cpu %-56s O %.1e  A %.1e  ent %.1e  lse %.1e\n", name(c).c_str(),
+                            c.vv ? rel_l2(got.o, ref.o) : 0.0, c.kv ? rel_l2(got.a, ref.a) : 0.0,
+                            c.kv ? max_abs_diff(got.ent, ref.ent) : 0.0, max_abs_diff(got.lse, ref.lse));
+            }
+        }
+}
+
+// The pipeline's own views (MonarchPlan: R-steps over the workspace, first-frame recompute, dense).
+TEST(HopperFlash, MatchesPortable_PlanViews) {
+    REQUIRE_SM90();
+    for (DType dt : {DType::bf16, DType::f16}) {
+        const std::int64_t B = 1, H = 3, T = 3, HW = 65, d = 128, N = T * HW;
+        const double s = 1.0 / std::sqrt(double(d));
+        GpuTensor q(random_normal(std::size_t(B * N * H * d), std::sqrt(2.0), 31), dt, Layout::bshd, B, N, H, d);
+        GpuTensor k(random_normal(std::size_t(B * N * H * d), std::sqrt(2.0), 32), dt, Layout::bshd, B, N, H, d);
+        GpuTensor v(random_normal(std::size_t(B * N * H * d), 1.0, 33), dt, Layout::bshd, B, N, H, d);
+        GpuTensor out = GpuTensor::poisoned(dt, Layout::bshd, B, N, H, d);
+        vmonarch::detail::MonarchProblem mp;
+        mp.q = q.view; mp.k = k.view; mp.v = v.view; mp.out = out.view;
+        mp.batch = B; mp.heads = H; mp.q_tokens = mp.kv_tokens = N; mp.head_dim = mp.value_dim = d;
+        mp.scale = s;
+        mp.grid = vmonarch::VideoGrid{T, 1, HW};
+        mp.iterations = 2;
+        mp.cr_clamp = 0.1;
+        mp.recompute_first_frame = true;
+        const auto wl = vmonarch::cuda::monarch_workspace_layout(mp);
+        DeviceBuffer ws(wl.total);
+        // aR: random rows; cR in [0.02, 3].
+        {
+            const std::size_t rows = std::size_t(B * H * N);
+            std::vector<std::uint16_t> ar(rows * d);
+            const auto vals = random_normal(ar.size(), std::sqrt(2.0), 34);
+            for (std::size_t i = 0; i < ar.size(); ++i) ar[i] = to_bits(vals[i], dt);
+            throw_if(cudaMemcpy(static_cast<char*>(ws.get()) + wl.ar, ar.data(), ar.size() * 2, cudaMemcpyHostToDevice), "ar");
+            std::vector<float> cr(rows);
+            std::mt19937_64 gen(35);
+            std::uniform_real_distribution<float> ud(0.02f, 3.f);
+            for (auto& x : cr) x = ud(gen);
+            throw_if(cudaMemcpy(static_cast<char*>(ws.get()) + wl.cr, cr.data(), cr.size() * 4, cudaMemcpyHostToDevice), "cr");
+        }
+        vmonarch::cuda::MonarchPlan plan(mp, ws.get());
+        const std::size_t rows = std::size_t(B * H * N);
+        auto read16 = [&](std::size_t o, std::size_t n) {
+            std::vector<std::uint16_t> raw(n);
+            throw_if(cudaMemcpy(raw.data(), static_cast<char*>(ws.get()) + o, n * 2, cudaMemcpyDeviceToHost), "read");
+            std::vector<double> r(n);
+            for (std::size_t i = 0; i < n; ++i) r[i] = from_bits(raw[i], dt);
+            return r;
+        };
+        auto read32 = [&](std::size_t o, std::size_t n) {
+            std::vector<float> raw(n);
+            throw_if(cudaMemcpy(raw.data(), static_cast<char*>(ws.get()) + o, n * 4, cudaMemcpyDeviceToHost), "read");
+            return std::vector<double>(raw.begin(), raw.end());
+        };
+        struct Outs { std::vector<double> al, cl, y; };
+        auto run_step = [&](const FlashParams& fp, bool hopper) {
+            throw_if(cudaMemset(static_cast<char*>(ws.get()) + wl.al, 0xff, wl.y - wl.al + rows * d * 2), "poison");
+            if (hopper) vmonarch::cuda::launch_flash_hopper(fp, nullptr, "test hopper R-step");
+            else vmonarch::cuda::launch_flash(fp, nullptr, "test portable R-step");
+            throw_if(cudaDeviceSynchronize(), "sync");
+            Outs o;
+            o.al = read16(wl.al, rows * d);
+            o.cl = read32(wl.cl, rows);
+            if (fp.o.ptr) o.y = read16(wl.y, rows * d);
+            return o;
+        };
+        for (int it = 0; it < 2; ++it) {
+            SCOPED_TRACE("R-step " + std::to_string(it) + " " + vmonarch::to_string(dt));
+            const FlashParams fp = plan.rstep_params(it);
+            ASSERT_TRUE(vmonarch::cuda::hopper_flash_supported(fp));
+            const Outs a = run_step(fp, false), b = run_step(fp, true);
+            EXPECT_EQ(count_nonfinite(b.al), 0u);
+            EXPECT_LE(rel_l2(b.al, a.al), 5e-3);
+            EXPECT_LE(max_abs_diff(b.cl, a.cl), 1e-3);
+            if (fp.o.ptr) { EXPECT_EQ(count_nonfinite(b.y), 0u); EXPECT_LE(rel_l2(b.y, a.y), 5e-3); }
+        }
+        {
+            SCOPED_TRACE(std::string("recompute ") + vmonarch::to_string(dt));
+            const FlashParams fp = plan.recompute_params();
+            ASSERT_TRUE(vmonarch::cuda::hopper_flash_supported(fp));
+            std::vector<double> res[2];
+            for (int hopper = 0; hopper < 2; ++hopper) {
+                GpuTensor o2 = GpuTensor::poisoned(dt, Layout::bshd, B, N, H, d);
+                FlashParams f2 = fp;
+                f2.o.ptr = o2.buf.get();
+                if (hopper) vmonarch::cuda::launch_flash_hopper(f2, nullptr, "test hopper recompute");
+                else vmonarch::cuda::launch_flash(f2, nullptr, "test portable recompute");
+                throw_if(cudaDeviceSynchronize(), "sync");
+                const auto all = o2.read(); // frame 0 rows only were written
+                for (std::int64_t n = 0; n < HW; ++n)
+                    for (std::int64_t h = 0; h < H; ++h)
+                        for (std::int64_t e = 0; e < d; ++e) res[hopper].push_back(all[std::size_t((n * H + h) * d + e)]);
+            }
+            EXPECT_EQ(count_nonfinite(res[1]), 0u);
+            EXPECT_LE(rel_l2(res[1], res[0]), 5e-3);
+        }
+    }
+}
+
+TEST(HopperFlash, EnvironmentSwitchAndRefusals) {
+    REQUIRE_SM90();
+    Case c;
+    Problem pr(c);
+    EXPECT_TRUE(vmonarch::cuda::hopper_flash_supported(pr.p));
+    setenv("VMONARCH_DISABLE_HOPPER", "1", 1);
+    EXPECT_FALSE(vmonarch::cuda::hopper_flash_supported(pr.p));
+    setenv("VMONARCH_DISABLE_HOPPER", "0", 1);
+    EXPECT_TRUE(vmonarch::cuda::hopper_flash_supported(pr.p));
+    unsetenv("VMONARCH_DISABLE_HOPPER");
+    // A row stride that is not a multiple of 16 bytes cannot be a TMA tensor map: refused, and the
+    // launcher throws instead of computing garbage.
+    FlashParams odd = pr.p;
+    odd.k.sr = c.d + 1;
+    odd.k.sf = odd.k.sr * c.len_k;
+    EXPECT_FALSE(vmonarch::cuda::hopper_flash_supported(odd));
+    EXPECT_THROW(vmonarch::cuda::launch_flash_hopper(odd, nullptr, "test"), vmonarch::CudaError);
+    FlashParams d96 = pr.p;
+    d96.head_dim = 96;
+    EXPECT_FALSE(vmonarch::cuda::hopper_flash_supported(d96));
+}
+
+} // namespace
+} // namespace gputest
