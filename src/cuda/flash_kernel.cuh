@@ -3,7 +3,7 @@
 //
 // One block: 4 warps of 16·MT query rows each (MT = 2, 128 rows, except K and V both as values at d = 128,
 // where MT = 1) of one (segment, head, batch). Keys/values stream
-// through shared memory in tiles of 64 rows, double-buffered with cp.async; Q·Kᵀ and P·V / P·K use
+// through shared memory in tiles of 32 rows, double-buffered with cp.async; Q·Kᵀ and P·V / P·K use
 // mma.sync m16n8k16 with fragments from ldmatrix. Shared-memory tiles are rows of D 16-bit values whose
 // 16-byte chunks are XOR-swizzled by (row & 7), so every ldmatrix phase hits 8 distinct bank groups.
 //
@@ -26,14 +26,18 @@ struct FlashShape {
 };
 
 // Two value operands at d = 128 need 128 accumulator registers per 16 rows: such blocks give each warp
-// one 16-row m-tile and 32-key tiles; every other variant gives each warp two m-tiles (32 rows, halving
-// the shared-memory reads of K and V per FLOP) and 64-key tiles.
+// one 16-row m-tile; every other variant gives each warp two m-tiles (32 rows, halving the shared-memory
+// reads of K and V per FLOP). Key tiles are 32 rows (64 spilled registers in v2's trials).
 constexpr bool flash_narrow(int head_dim, bool k_value, bool v_value) { return k_value && v_value && head_dim == 128; }
 constexpr int flash_m_tiles(int head_dim, bool k_value, bool v_value) { return flash_narrow(head_dim, k_value, v_value) ? 1 : 2; }
 constexpr int flash_block_m(int head_dim, bool k_value, bool v_value) {
     return 16 * FlashShape::WARPS * flash_m_tiles(head_dim, k_value, v_value);
 }
+#ifdef VMONARCH_FLASH_WIDE_N // experiment: 64-key tiles wherever the block has two m-tiles per warp
+constexpr int flash_block_n(int head_dim, bool k_value, bool v_value) { return flash_narrow(head_dim, k_value, v_value) ? 32 : 64; }
+#else
 constexpr int flash_block_n(int, bool, bool) { return 32; }
+#endif
 
 constexpr int flash_smem_bytes(int head_dim, bool k_value, bool v_value) {
     const int row = head_dim * 2;
@@ -88,12 +92,14 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_fwd_kernel(const Fl
     constexpr int AV = V_VALUE ? DT : 1, AK = K_VALUE ? DT : 1;
     constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
     constexpr float NEG_INF = -INFINITY;
-    // Q fragments stay in registers when they take at most 32 of them (MT·KT·4 registers); otherwise they
-    // are re-read from shared memory per tile. VMONARCH_Q_IN_REGS_RULE overrides the rule for experiments.
+    // Q fragments stay in registers when they take at most 32 of them (MT·KT·4) and the block is not the
+    // two-value variant; otherwise they are re-read from shared memory per tile. Measured (bench/RESULTS.md
+    // v4): holding them in the two-value variant (254 registers, no spills) or everywhere (spills) is
+    // 8–10% slower. VMONARCH_Q_IN_REGS_RULE overrides the rule for experiments.
 #ifdef VMONARCH_Q_IN_REGS_RULE
     constexpr bool Q_IN_REGS = VMONARCH_Q_IN_REGS_RULE;
 #else
-    constexpr bool Q_IN_REGS = MT * KT * 4 <= 32;
+    constexpr bool Q_IN_REGS = !(K_VALUE && V_VALUE) && MT * KT * 4 <= 32;
 #endif
 
     extern __shared__ __align__(128) unsigned char smem[];

@@ -16,17 +16,27 @@ namespace vmonarch::cuda {
 
 std::string describe(const FlashParams& p, const char* what);
 
-// Raise a kernel's dynamic shared-memory limit once per device.
-template <typename Kernel>
-void allow_smem(Kernel kernel, int bytes, const std::string& what) {
+inline std::string context_of(const std::string& s) { return s; }
+template <typename F> std::string context_of(const F& make) { return make(); }
+
+// After a launch: throws with the context built only when the launch failed.
+template <typename What> void check_launch_lazy(const What& what) {
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) throw_cuda(e, "kernel launch " + context_of(what));
+}
+
+// Raise a kernel's dynamic shared-memory limit once per device. `what` makes the error context (called
+// only on failure, so the launch path builds no strings).
+template <typename Kernel, typename What>
+void allow_smem(Kernel kernel, int bytes, const What& what) {
     static std::mutex mu;
     static std::set<std::tuple<const void*, int, int>> done; // (kernel, device, bytes)
     int dev = 0;
-    check_cuda(cudaGetDevice(&dev), what);
+    if (cudaError_t e = cudaGetDevice(&dev); e != cudaSuccess) throw_cuda(e, context_of(what));
     const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), dev, bytes);
     std::lock_guard<std::mutex> lock(mu);
     if (done.count(key)) return;
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
+    if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes); e != cudaSuccess)
+        throw_cuda(e, context_of(what) + ": cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
     done.insert(key);
 }
 
@@ -34,12 +44,12 @@ template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE>
 void launch_flash_variant(const FlashParams& p, cudaStream_t stream, const char* what) {
     auto kernel = flash_fwd_kernel<BF16, D, ROW_SCALE, K_VALUE, V_VALUE>;
     const int smem = flash_smem_bytes(D, K_VALUE, V_VALUE);
-    const std::string ctx = describe(p, what);
+    const auto ctx = [&] { return describe(p, what); };
     allow_smem(kernel, smem, ctx);
     constexpr int BM = flash_block_m(D, K_VALUE, V_VALUE);
     const dim3 grid(unsigned((p.len_q + BM - 1) / BM), unsigned(p.segments * p.heads), unsigned(p.batch));
     kernel<<<grid, FlashShape::THREADS, smem, stream>>>(p);
-    check_launch(ctx);
+    check_launch_lazy(ctx);
 }
 
 template <bool BF16, int D>

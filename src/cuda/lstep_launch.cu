@@ -26,38 +26,38 @@ int max_optin_smem() {
     return bytes;
 }
 
-template <bool BF16, int D, bool LAST>
-void launch_variant(const LStepParams& p, cudaStream_t stream, const std::string& ctx) {
+template <bool BF16, int D, bool LAST, typename Ctx>
+void launch_variant(const LStepParams& p, cudaStream_t stream, const Ctx& ctx) {
     auto kernel = lstep_kernel<BF16, D, LAST>;
     const int smem = int(lstep_smem_bytes(p.frames, D));
     if (smem > 48 * 1024) allow_smem(kernel, smem, ctx);
     const dim3 grid(unsigned(p.positions), unsigned(p.heads), unsigned(p.batch));
     kernel<<<grid, kLStepThreads, smem, stream>>>(p);
-    check_launch(ctx);
+    check_launch_lazy(ctx);
 }
 
 // Tensor-core variant for T ≤ 48 (frames padded to 16·MT).
-template <bool BF16, int D, bool LAST, int MT>
-void launch_mma_variant(const LStepParams& p, cudaStream_t stream, const std::string& ctx) {
+template <bool BF16, int D, bool LAST, int MT, typename Ctx>
+void launch_mma_variant(const LStepParams& p, cudaStream_t stream, const Ctx& ctx) {
     auto kernel = lstep_mma_kernel<BF16, D, LAST, MT>;
     constexpr int WPB = lstep_mma_warps(MT);
     constexpr int smem = WPB * lstep_mma_warp_bytes(D, LAST, MT);
     if (smem > 48 * 1024) allow_smem(kernel, smem, ctx);
     const dim3 grid(unsigned((p.positions + WPB - 1) / WPB), unsigned(p.heads), unsigned(p.batch));
     kernel<<<grid, 32 * WPB, smem, stream>>>(p);
-    check_launch(ctx);
+    check_launch_lazy(ctx);
 }
 
-template <bool BF16, int D, bool LAST>
-void launch_last(const LStepParams& p, cudaStream_t stream, const std::string& ctx) {
+template <bool BF16, int D, bool LAST, typename Ctx>
+void launch_last(const LStepParams& p, cudaStream_t stream, const Ctx& ctx) {
     if (p.frames <= 16) return launch_mma_variant<BF16, D, LAST, 1>(p, stream, ctx);
     if (p.frames <= 32) return launch_mma_variant<BF16, D, LAST, 2>(p, stream, ctx);
     if (p.frames <= lstep_mma_max_frames()) return launch_mma_variant<BF16, D, LAST, 3>(p, stream, ctx);
     launch_variant<BF16, D, LAST>(p, stream, ctx); // CUDA-core fallback for long clips
 }
 
-template <bool BF16, int D>
-void launch_typed(const LStepParams& p, cudaStream_t stream, const std::string& ctx) {
+template <bool BF16, int D, typename Ctx>
+void launch_typed(const LStepParams& p, cudaStream_t stream, const Ctx& ctx) {
     if (p.last) launch_last<BF16, D, true>(p, stream, ctx);
     else launch_last<BF16, D, false>(p, stream, ctx);
 }
@@ -73,17 +73,17 @@ std::int64_t lstep_max_frames(int head_dim) {
 
 void launch_lstep(const LStepParams& p, void* stream, const char* what) {
     if (p.positions <= 0 || p.frames <= 0 || p.heads <= 0 || p.batch <= 0) return;
-    const std::string ctx = describe(p, what);
+    const auto ctx = [&] { return describe(p, what); };
     if (p.heads > 65535 || p.batch > 65535 || p.positions > 0x7fffffff || p.frames > 0x7fffffff)
-        throw CudaError(ctx + ": grid too large (heads and batch must be ≤ 65535)");
+        throw CudaError(ctx() + ": grid too large (heads and batch must be ≤ 65535)");
     if (p.frames > lstep_mma_max_frames() && lstep_smem_bytes(p.frames, p.head_dim) > max_optin_smem())
-        throw CudaError(ctx + ": T = " + std::to_string(p.frames) + " frames exceed this device's L-step limit of " +
+        throw CudaError(ctx() + ": T = " + std::to_string(p.frames) + " frames exceed this device's L-step limit of " +
                         std::to_string(lstep_max_frames(p.head_dim)) + " for head dim " + std::to_string(p.head_dim));
     auto st = static_cast<cudaStream_t>(stream);
     const bool bf = p.elem == Elem::bf16;
     if (p.head_dim == 64) return bf ? launch_typed<true, 64>(p, st, ctx) : launch_typed<false, 64>(p, st, ctx);
     if (p.head_dim == 128) return bf ? launch_typed<true, 128>(p, st, ctx) : launch_typed<false, 128>(p, st, ctx);
-    throw CudaError(ctx + ": head dim must be 64 or 128");
+    throw CudaError(ctx() + ": head dim must be 64 or 128");
 }
 
 } // namespace vmonarch::cuda
