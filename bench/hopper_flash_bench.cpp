@@ -91,7 +91,12 @@ struct Row {
 void bench(std::vector<Row>& rows, const std::string& name, const vmonarch::cuda::FlashParams& p, double flop, int warm,
            int reps) {
     Row r{name, flop, 0, -1};
+    // launch_flash routes to the Hopper kernel where it applies; force the portable kernel for its timing.
+    const char* prior = std::getenv("VMONARCH_DISABLE_HOPPER");
+    const std::string saved = prior ? prior : "";
+    setenv("VMONARCH_DISABLE_HOPPER", "1", 1);
     r.ms_port = time_ms([&] { vmonarch::cuda::launch_flash(p, nullptr, "bench portable"); }, warm, reps);
+    if (prior) setenv("VMONARCH_DISABLE_HOPPER", saved.c_str(), 1); else unsetenv("VMONARCH_DISABLE_HOPPER");
     if (vmonarch::cuda::hopper_flash_supported(p))
         r.ms_hop = time_ms([&] { vmonarch::cuda::launch_flash_hopper(p, nullptr, "bench hopper"); }, warm, reps);
     rows.push_back(r);
