@@ -2,7 +2,7 @@
 # The Python package's GPU suite, for the lent GPU machine (no internet), run from the repo root:
 #   scripts/gpu_python_suite.sh [--prebuilt] [--all] [--bench] [--bench-quick] [--build-check]
 #
-# Needs in .whl/ (git-ignored, carried to the machine; see docs/README_python.md "GPU machine"):
+# Needs in .whl/ (git-ignored, carried to the machine; see the README's PyTorch section, "GPU machine"):
 #   diffusers-*.whl, importlib_metadata-*.whl   pure-Python wheels the machine lacks
 #   reference/vmonarch_ref.py                    copy of shared/reference (../shared does not travel)
 #   vmonarch-*.whl                               only with --prebuilt: built here with

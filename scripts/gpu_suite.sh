@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU suite for the lent GPU machine, run from the repo root:
 #   scripts/gpu_suite.sh [--quick] [--skip-tests] [--skip-sanitizers] [--skip-bench] [--filter GTEST_FILTER]
-# Binaries come prebuilt from .devcarry/ (vmonarch_gpu_tests, vmonarch_bench; see docs/README_gpu.md),
+# Binaries come prebuilt from .devcarry/ (vmonarch_gpu_tests, vmonarch_bench; see the README's GPU section),
 # or from $VMONARCH_BIN. Logs and JSON go to $OUT (the device tool's folder) or ./out. Ends with a short
 # pass/fail + timing table.
 set -u

@@ -22,7 +22,7 @@ def _find_library() -> str:
     if not found:
         raise ImportError(
             f"vmonarch: the compiled operator library (_C.so) is missing from {_HERE}; install the package "
-            "with `pip install --no-build-isolation .` from the repository root (see docs/README_python.md)"
+            "with `pip install --no-build-isolation .` from the repository root (see the README's PyTorch section)"
         )
     return found[0]
 

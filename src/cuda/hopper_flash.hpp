@@ -1,5 +1,5 @@
 // Internal: the Hopper (sm_90a) flash forward kernel: wgmma + TMA + warp specialisation, computing exactly
-// what launch_flash computes for the same FlashParams (see kernel_params.hpp). See docs/README_hopper.md.
+// what launch_flash computes for the same FlashParams (see kernel_params.hpp). See the README's Hopper section.
 #pragma once
 
 #include "cuda/kernel_params.hpp"
