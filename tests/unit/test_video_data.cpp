@@ -3,7 +3,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -480,16 +479,15 @@ TEST(VideoData, InvalidOptionsThrowNamingTheArgument) {
     expect_arg(o, "grid");
 }
 
-TEST(VideoData, Wan13BGridIsFast) {
+TEST(VideoData, Wan13BGridShapes) {
+    // Speed is not asserted here (tests are not timed); the generator's speed is in the README.
     VideoDataOptions o;
     o.grid = {16, 28, 52}; // Wan2.1-1.3B, 61×448×832
     o.heads = 2;
     o.head_dim = 128;
-    const auto t0 = std::chrono::steady_clock::now();
     const auto in = vmonarch::make_video_attention_inputs(o);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     EXPECT_EQ(in.q.size(), static_cast<std::size_t>(2 * 23296 * 128));
-    EXPECT_LT(s, 10.0); // ~0.1 s on 2 cores; generous for loaded CI machines
+    EXPECT_EQ(in.v.size(), in.q.size());
 }
 
 } // namespace
