@@ -163,7 +163,18 @@ bool shape_supported(const FlashParams& p) {
     return true;
 }
 
-template <bool BF16, int D, bool RS, bool KV, bool VV> auto kernel_of() { return hopper::hopper_flash_kernel<BF16, D, RS, KV, VV>; }
+template <bool BF16, int D, bool RS, bool KV, bool VV, int MODE> auto kernel_of() {
+    return hopper::hopper_flash_kernel<BF16, D, RS, KV, VV, MODE>;
+}
+
+// Consumer schedule (see the kernel): VMONARCH_HOPPER_MODE = 0 (v6: one tile at a time), 1 (intra-warpgroup
+// pipelining), 2 (1 plus warpgroup ping-pong); unset or anything else: the default.
+constexpr int kDefaultMode = 2;
+int schedule_mode() {
+    const char* e = std::getenv("VMONARCH_HOPPER_MODE");
+    if (e != nullptr && (e[0] == '0' || e[0] == '1' || e[0] == '2') && e[1] == '\0') return e[0] - '0';
+    return kDefaultMode;
+}
 
 // The loaded binary of a kernel is sm_90 only when the library was built with the 90a target; an sm_80
 // build running on an H100 would otherwise run the empty stub.
@@ -183,7 +194,7 @@ bool binary_is_sm90() {
               cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 && minor == 0;
     if (ok) {
         cudaFuncAttributes fa{};
-        ok = cudaFuncGetAttributes(&fa, kernel_of<true, 128, false, true, false>()) == cudaSuccess && fa.binaryVersion == 90;
+        ok = cudaFuncGetAttributes(&fa, kernel_of<true, 128, false, true, false, kDefaultMode>()) == cudaSuccess && fa.binaryVersion == 90;
     }
     cudaGetLastError();
     (ok ? good : bad).insert(dev);
@@ -202,14 +213,23 @@ template <typename Kernel> void allow_smem_hopper(Kernel kernel, int bytes, cons
     done.insert(key);
 }
 
-template <bool BF16, int D, bool RS, bool KV, bool VV>
-void launch_variant(const FlashParams& p, const Maps& m, cudaStream_t stream, const std::string& ctx) {
-    auto kernel = kernel_of<BF16, D, RS, KV, VV>();
+template <bool BF16, int D, bool RS, bool KV, bool VV, int MODE>
+void launch_mode(const FlashParams& p, const Maps& m, cudaStream_t stream, const std::string& ctx) {
+    auto kernel = kernel_of<BF16, D, RS, KV, VV, MODE>();
     const int smem = hopper::hopper_smem_bytes(D, KV, VV);
     allow_smem_hopper(kernel, smem, ctx);
     const dim3 grid(unsigned((p.len_q + HopperShape::BM - 1) / HopperShape::BM), unsigned(p.segments * p.heads), unsigned(p.batch));
     kernel<<<grid, HopperShape::THREADS, smem, stream>>>(p, m.args, m.q, m.k, m.v);
     check_launch(ctx);
+}
+
+template <bool BF16, int D, bool RS, bool KV, bool VV>
+void launch_variant(const FlashParams& p, const Maps& m, cudaStream_t stream, const std::string& ctx) {
+    switch (schedule_mode()) {
+    case 0: return launch_mode<BF16, D, RS, KV, VV, 0>(p, m, stream, ctx);
+    case 1: return launch_mode<BF16, D, RS, KV, VV, 1>(p, m, stream, ctx);
+    default: return launch_mode<BF16, D, RS, KV, VV, 2>(p, m, stream, ctx);
+    }
 }
 
 template <bool BF16, int D>

@@ -87,7 +87,9 @@ __device__ __forceinline__ void tma_load_row_tile(std::uint32_t dst, const CUten
 }
 #endif
 
-template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE>
+// MODE: 0 = one tile at a time (v6), 1 = intra-warpgroup pipelining (S of tile n + 1 overlaps the
+// softmax … P·V of tile n), 2 = 1 plus ping-pong of the two consumer warpgroups' GEMM issue (named barriers).
+template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE, int MODE>
 __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     hopper_flash_kernel(const FlashParams p, const HopperArgs args, const __grid_constant__ CUtensorMap tm_q,
                         const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v) {
@@ -191,32 +193,39 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     const std::uint32_t sQwg = sQ + wg * 64 * 128; // this warpgroup's 64 rows inside each column block
     mbar_wait(q_bar, 0);
 
-    for (int n = 0; n < n_tiles; ++n) {
-        const int s = n % STAGES;
-        const std::uint32_t sK = sStages + s * STAGE_BYTES;
-        const std::uint32_t sV = sK + TILE_BYTES;
-        mbar_wait(full_bar(s), std::uint32_t(n / STAGES) & 1u);
-
-        // S = Q·Kᵀ (64 × BN per warpgroup), reduction over the head dim in 16-element steps.
-        float sacc[NS];
-#pragma unroll
-        for (int i = 0; i < NS; ++i) sacc[i] = 0.f;
-#pragma unroll
-        for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
-        wgmma_fence();
+    // S = Q·Kᵀ of key tile n (64 × BN per warpgroup) into sacc, reduction over the head dim in 16-element
+    // steps; the first step overwrites (scale-d = 0), so sacc needs no zeroing. Issued, not waited for.
+    auto issue_s = [&](float (&sacc)[NS], int n) {
+        const std::uint32_t sK = sStages + (n % STAGES) * STAGE_BYTES;
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
             // Q block: BM rows per column block (this warpgroup starts 64 rows in); K block: BN rows.
             const std::uint64_t da = desc_k_major(sQwg, BM, kk * 16);
             const std::uint64_t db = desc_k_major(sK, BN, kk * 16);
-            Wgmma<BN, BF16>::ss(sacc, da, db, 1);
+            Wgmma<BN, BF16>::ss(sacc, da, db, kk != 0);
         }
-        wgmma_commit();
-        wgmma_wait<0>();
+    };
+    // acc += P·V and/or P·K of key tile n (V / K tiles read MN-major: their rows are the reduction
+    // dimension). Issued, not waited for.
+    auto issue_pv = [&](const std::uint32_t (&pa)[KS][4], int n) {
+        const std::uint32_t sK = sStages + (n % STAGES) * STAGE_BYTES;
+        const std::uint32_t sV = sK + TILE_BYTES;
 #pragma unroll
-        for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
-
-        // Scale to base-2 logits, mask the key tail, update the online statistics (as flash_fwd_kernel).
+        for (int ks = 0; ks < KS; ++ks) {
+            if constexpr (V_VALUE) Wgmma<D, BF16>::rs_tb(acc_v, pa[ks], desc_mn_major(sV, BN, ks * 16));
+            if constexpr (K_VALUE) Wgmma<D, BF16>::rs_tb(acc_k, pa[ks], desc_mn_major(sK, BN, ks * 16));
+        }
+    };
+    auto fence_acc = [&] {
+#pragma unroll
+        for (int i = 0; i < NO; ++i) {
+            if constexpr (V_VALUE) reg_fence(acc_v[i]);
+            if constexpr (K_VALUE) reg_fence(acc_k[i]);
+        }
+    };
+    // Scale S of tile n to base-2 logits, mask the key tail, update the online statistics (as
+    // flash_fwd_kernel) and leave the probabilities in sacc; al = the factor the accumulators still need.
+    auto softmax = [&](float (&sacc)[NS], int n, float (&al)[2]) {
         const std::int64_t kv0 = std::int64_t(n) * BN;
         const bool tail = kv0 + BN > p.len_k;
         const int kv_left = tail ? int(p.len_k - kv0) : BN;
@@ -224,7 +233,8 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
 #pragma unroll
         for (int i = 0; i < NS; ++i) {
             const int r = (i >> 1) & 1;
-            float x = sacc[i] * mult[r];
+            float x = __fmul_rn(sacc[i], mult[r]); // explicit roundings in the statistics: the same bits
+                                                   // whatever the compiler would fuse in each schedule
             if (tail && 8 * (i >> 2) + 2 * (lane & 3) + (i & 1) >= kv_left) x = NEG_INF;
             sacc[i] = x;
             mx[r] = fmaxf(mx[r], x);
@@ -234,34 +244,37 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
         }
-        float mu[2], al[2];
+        float mu[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const float mn = fmaxf(m_run[r], mx[r]);
             mu[r] = mn == NEG_INF ? 0.f : mn;
             al[r] = hexp2(m_run[r] - mu[r]);
             if constexpr (K_VALUE) // entropy accumulator, kept relative to the running max
-                e_run[r] = m_run[r] == NEG_INF ? 0.f : al[r] * (e_run[r] + (m_run[r] - mu[r]) * l_run[r]);
+                e_run[r] = m_run[r] == NEG_INF ? 0.f : __fmul_rn(al[r], __fmaf_rn(__fsub_rn(m_run[r], mu[r]), l_run[r], e_run[r]));
             m_run[r] = mn;
-            l_run[r] *= al[r];
+            l_run[r] = __fmul_rn(l_run[r], al[r]);
         }
+#pragma unroll
+        for (int i = 0; i < NS; ++i) {
+            const int r = (i >> 1) & 1;
+            const float dlt = __fsub_rn(sacc[i], mu[r]);
+            const float pr = hexp2(dlt);
+            l_run[r] = __fadd_rn(l_run[r], pr);
+            if constexpr (K_VALUE) e_run[r] = __fmaf_rn(pr, fmaxf(dlt, -256.f), e_run[r]); // masked: 0·(−∞) avoided
+            sacc[i] = pr;
+        }
+    };
+    auto rescale = [&](const float (&al)[2]) {
 #pragma unroll
         for (int i = 0; i < NO; ++i) {
             if constexpr (V_VALUE) acc_v[i] *= al[(i >> 1) & 1];
             if constexpr (K_VALUE) acc_k[i] *= al[(i >> 1) & 1];
         }
-#pragma unroll
-        for (int i = 0; i < NS; ++i) {
-            const int r = (i >> 1) & 1;
-            const float dlt = sacc[i] - mu[r];
-            const float pr = hexp2(dlt);
-            l_run[r] += pr;
-            if constexpr (K_VALUE) e_run[r] += pr * fmaxf(dlt, -256.f); // masked: 0·(−∞) avoided
-            sacc[i] = pr;
-        }
-        // P as the A operand of m64nDk16: k-slice ks holds S columns [16ks, 16ks + 16), i.e. accumulator
-        // registers 8ks … 8ks + 7, in the mma.sync A-fragment order.
-        std::uint32_t pa[KS][4];
+    };
+    // P as the A operand of m64nDk16: k-slice ks holds S columns [16ks, 16ks + 16), i.e. accumulator
+    // registers 8ks … 8ks + 7, in the mma.sync A-fragment order.
+    auto pack_p = [&](const float (&sacc)[NS], std::uint32_t (&pa)[KS][4]) {
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks) {
             pa[ks][0] = pack2<BF16>(sacc[8 * ks + 0], sacc[8 * ks + 1]);
@@ -269,33 +282,108 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             pa[ks][2] = pack2<BF16>(sacc[8 * ks + 4], sacc[8 * ks + 5]);
             pa[ks][3] = pack2<BF16>(sacc[8 * ks + 6], sacc[8 * ks + 7]);
         }
+    };
+    // This warp no longer reads stage s.
+    auto release = [&](int n) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(empty_bar(n % STAGES));
+    };
+    // Ping-pong (MODE 2): the two consumer warpgroups take turns to issue their GEMMs, so that one's
+    // softmax runs while the other's GEMMs occupy the tensor cores. Named barrier 1 + w: "warpgroup w may
+    // issue"; 256 threads = the waiting warpgroup (bar.sync) + the other one (bar.arrive).
+    auto turn_wait = [&] {
+        if constexpr (MODE == 2) named_bar_sync(1 + wg, 256);
+    };
+    auto turn_pass = [&] {
+        if constexpr (MODE == 2) named_bar_arrive(2 - wg, 256);
+    };
 
-        // acc += P·V and/or P·K (V / K tiles read MN-major: their rows are the reduction dimension).
+    if constexpr (MODE == 0) {
+        // v6 schedule: S, wait, softmax, P·V, wait, per tile.
+        for (int n = 0; n < n_tiles; ++n) {
+            mbar_wait(full_bar(n % STAGES), std::uint32_t(n / STAGES) & 1u);
+            float sacc[NS];
+            wgmma_fence();
+            issue_s(sacc, n);
+            wgmma_commit();
+            wgmma_wait<0>();
 #pragma unroll
-        for (int i = 0; i < NO; ++i) {
-            if constexpr (V_VALUE) reg_fence(acc_v[i]);
-            if constexpr (K_VALUE) reg_fence(acc_k[i]);
+            for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
+            float al[2];
+            softmax(sacc, n, al);
+            rescale(al);
+            std::uint32_t pa[KS][4];
+            pack_p(sacc, pa);
+            fence_acc();
+            wgmma_fence();
+            issue_pv(pa, n);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_acc();
+#pragma unroll
+            for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) reg_fence(pa[ks][e]);
+            release(n);
         }
+    } else {
+        // Software-pipelined (FlashAttention-3's intra-warpgroup overlap): S of tile n is issued together
+        // with P·V of tile n − 1; the softmax of tile n runs while P·V of tile n − 1 is still on the
+        // tensor cores, and the accumulators are rescaled only once that has finished.
+        if constexpr (MODE == 2) {
+            if (wg == 1) named_bar_arrive(1, 256); // warpgroup 0 goes first
+        }
+        float sacc[NS];
+        std::uint32_t pa[KS][4];
+        float al[2];
+        mbar_wait(full_bar(0), 0u);
+        turn_wait();
         wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < KS; ++ks) {
-            if constexpr (V_VALUE) Wgmma<D, BF16>::rs_tb(acc_v, pa[ks], desc_mn_major(sV, BN, ks * 16));
-            if constexpr (K_VALUE) Wgmma<D, BF16>::rs_tb(acc_k, pa[ks], desc_mn_major(sK, BN, ks * 16));
-        }
+        issue_s(sacc, 0);
         wgmma_commit();
+        turn_pass();
         wgmma_wait<0>();
 #pragma unroll
-        for (int i = 0; i < NO; ++i) {
-            if constexpr (V_VALUE) reg_fence(acc_v[i]);
-            if constexpr (K_VALUE) reg_fence(acc_k[i]);
+        for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
+        softmax(sacc, 0, al); // al is 1 or 0 here and the accumulators are zero: no rescale needed
+        pack_p(sacc, pa);
+        for (int n = 1; n < n_tiles; ++n) {
+            mbar_wait(full_bar(n % STAGES), std::uint32_t(n / STAGES) & 1u);
+            turn_wait();
+            fence_acc();
+            wgmma_fence();
+            issue_s(sacc, n);
+            wgmma_commit();
+            issue_pv(pa, n - 1);
+            wgmma_commit();
+            turn_pass();
+            wgmma_wait<1>(); // S of tile n is ready; P·V of tile n − 1 may still run
+#pragma unroll
+            for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
+            softmax(sacc, n, al);
+            wgmma_wait<0>();
+            fence_acc();
+#pragma unroll
+            for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) reg_fence(pa[ks][e]);
+            release(n - 1);
+            rescale(al);
+            pack_p(sacc, pa);
         }
+        turn_wait();
+        fence_acc();
+        wgmma_fence();
+        issue_pv(pa, n_tiles - 1);
+        wgmma_commit();
+        if (wg == 0) turn_pass(); // warpgroup 1's last arrival would have no matching wait
+        wgmma_wait<0>();
+        fence_acc();
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
             for (int e = 0; e < 4; ++e) reg_fence(pa[ks][e]);
-        // This warp no longer reads stage s.
-        __syncwarp();
-        if (lane == 0) mbar_arrive(empty_bar(s));
+        release(n_tiles - 1);
     }
 
     // Finish the row statistics across the 4 threads that share a row, then store.
@@ -305,8 +393,8 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     for (int r = 0; r < 2; ++r) {
 #pragma unroll
         for (int o = 1; o <= 2; o <<= 1) {
-            l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], o);
-            if constexpr (K_VALUE) e_run[r] += __shfl_xor_sync(0xffffffffu, e_run[r], o);
+            l_run[r] = __fadd_rn(l_run[r], __shfl_xor_sync(0xffffffffu, l_run[r], o));
+            if constexpr (K_VALUE) e_run[r] = __fadd_rn(e_run[r], __shfl_xor_sync(0xffffffffu, e_run[r], o));
         }
         inv[r] = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;
     }
@@ -323,18 +411,19 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         }
         if constexpr (K_VALUE) { // aL = s·Σ R·K, cL = Σ R·x − logsumexp x
             T* a = hrow<T>(p.a, b, h, f) + rr * p.a.sr + col0;
-            const float sc = inv[r] * p.scale;
+            const float sc = __fmul_rn(inv[r], p.scale);
 #pragma unroll
             for (int j = 0; j < D / 8; ++j)
                 *reinterpret_cast<std::uint32_t*>(a + 8 * j) = pack2<BF16>(acc_k[4 * j + 2 * r] * sc, acc_k[4 * j + 2 * r + 1] * sc);
             if ((lane & 3) == 0) {
                 const float l = l_run[r];
-                hrow<float>(p.ent, b, h, f)[rr * p.ent.sr] = l > 0.f ? LN2 * e_run[r] * inv[r] - logf(l) : 0.f;
+                hrow<float>(p.ent, b, h, f)[rr * p.ent.sr] =
+                    l > 0.f ? __fsub_rn(__fmul_rn(__fmul_rn(LN2, e_run[r]), inv[r]), logf(l)) : 0.f;
             }
         }
         if (p.lse.ptr != nullptr && (lane & 3) == 0) {
             const float l = l_run[r];
-            hrow<float>(p.lse, b, h, f)[rr * p.lse.sr] = l > 0.f ? LN2 * m_run[r] + logf(l) : NEG_INF;
+            hrow<float>(p.lse, b, h, f)[rr * p.lse.sr] = l > 0.f ? __fadd_rn(__fmul_rn(LN2, m_run[r]), logf(l)) : NEG_INF;
         }
     }
     } // consumers

@@ -502,6 +502,65 @@ TEST(HopperFlash, MatchesPortable_PlanViews) {
     }
 }
 
+// Small shapes for the sanitizers (scripts/gpu_suite.sh): every variant, both head dims, key tails and
+// several key tiles (so the pipelined consumer loop runs its prologue, steady state and drain), a query
+// tail inside the second consumer warpgroup, and a single-tile case.
+TEST(HopperFlash, SmallShapes) {
+    REQUIRE_SM90();
+    struct S { std::int64_t lq, lk; int d; };
+    const S shapes[] = {{70, 300, 128}, {130, 65, 64}, {7, 129, 128}};
+    std::uint64_t seed = 4000;
+    for (const S& s : shapes) {
+        Case base;
+        base.d = s.d; base.len_q = s.lq; base.len_k = s.lk; base.B = 1; base.H = 2; base.F = 1;
+        base.in_layout = VL::token; base.out_layout = VL::pos_major; base.lse = true;
+        for (Case c : variants(base)) {
+            c.seed = ++seed;
+            compare_with_portable(c);
+        }
+    }
+}
+
+// Bitwise determinism: the same inputs give the same bits on every run, and every consumer schedule
+// (VMONARCH_HOPPER_MODE 0 = one tile at a time, 1 = pipelined, 2 = pipelined + ping-pong) gives the same
+// bits as the others (they do the same arithmetic in the same order; only the overlap differs).
+TEST(HopperFlash, DeterministicAcrossRunsAndSchedules) {
+    REQUIRE_SM90();
+    const char* old = std::getenv("VMONARCH_HOPPER_MODE");
+    const std::string saved = old ? old : "";
+    Case base;
+    base.len_q = 300; base.len_k = 777; base.B = 1; base.H = 2; base.F = 2;
+    base.in_layout = VL::token; base.out_layout = VL::pos_major; base.lse = true;
+    std::uint64_t seed = 5000;
+    for (Case c : variants(base)) {
+        c.seed = ++seed;
+        SCOPED_TRACE(name(c));
+        Problem pr(c);
+        ASSERT_TRUE(vmonarch::cuda::hopper_flash_supported(pr.p));
+        auto launch = [](const FlashParams& p) { vmonarch::cuda::launch_flash_hopper(p, nullptr, "test hopper"); };
+        std::vector<Problem::Out> outs;
+        for (const char* mode : {"0", "1", "2", "", "", ""}) { // "" = the default schedule, three runs
+            if (mode[0] != '\0') setenv("VMONARCH_HOPPER_MODE", mode, 1); else unsetenv("VMONARCH_HOPPER_MODE");
+            outs.push_back(pr.run(launch));
+        }
+        if (old) setenv("VMONARCH_HOPPER_MODE", saved.c_str(), 1); else unsetenv("VMONARCH_HOPPER_MODE");
+        auto same = [](const std::vector<double>& x, const std::vector<double>& y) {
+            if (x.size() != y.size()) return false;
+            for (std::size_t i = 0; i < x.size(); ++i)
+                if (!(x[i] == y[i]) && !(std::isnan(x[i]) && std::isnan(y[i]))) return false;
+            return true;
+        };
+        for (std::size_t i = 1; i < outs.size(); ++i) {
+            SCOPED_TRACE("run " + std::to_string(i));
+            EXPECT_EQ(count_nonfinite(outs[i].o) + count_nonfinite(outs[i].a) + count_nonfinite(outs[i].ent), 0u);
+            EXPECT_TRUE(same(outs[i].o, outs[0].o)) << "O";
+            EXPECT_TRUE(same(outs[i].a, outs[0].a)) << "A";
+            EXPECT_TRUE(same(outs[i].ent, outs[0].ent)) << "ent";
+            EXPECT_TRUE(same(outs[i].lse, outs[0].lse)) << "lse";
+        }
+    }
+}
+
 TEST(HopperFlash, EnvironmentSwitchAndRefusals) {
     REQUIRE_SM90();
     Case c;
