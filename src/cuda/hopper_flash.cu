@@ -152,6 +152,8 @@ bool variant_supported(const FlashParams& p) {
     if (kv && p.ent.ptr == nullptr) return false;
     if (!kv && !vv) return false;
     if (!kv && rs) return false; // launch_flash has no (row-scale, V only) variant either
+    // The kernel takes the row max on the raw scores, which needs a positive logit multiplier.
+    if (rs ? !(p.scale > 0.f) : !(p.qk_scale > 0.f)) return false;
     return true;
 }
 

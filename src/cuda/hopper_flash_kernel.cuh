@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         mult[r] = p.qk_scale * LOG2E;
         if constexpr (ROW_SCALE) { // spec §3: x = s·⟨aR, K⟩ / max(cR, clamp)
             const float* rs = hrow<const float>(p.rs, b, h, f);
-            float m = 0.f;
+            float m = LOG2E; // rows past len_q: any positive multiplier (never stored)
             if (row[r] < len_q) {
                 float c = fmaxf(rs[(std::int64_t(q0) + row[r]) * p.rs.sr], p.clamp);
                 c = c > 0.f ? c : FLT_MIN;
@@ -225,47 +225,71 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     };
     // Scale S of tile n to base-2 logits, mask the key tail, update the online statistics (as
     // flash_fwd_kernel) and leave the probabilities in sacc; al = the factor the accumulators still need.
+    // mult > 0 (the host sends only positive scales here), so the row max is taken on the raw scores:
+    // round(max(s)·mult) = max(round(s·mult)), the same m as scaling first; each element then takes one
+    // FFMA (s·mult − m). Only the last key tile of a row view needs masking; the other tiles take a
+    // branch with no mask and no clamp (their logits are finite, and an underflowed p = 0 adds 0·dlt = 0
+    // to the entropy sum, as the clamped form does). The FFMA leaves the max element a rounding-sized
+    // residue instead of 0 (the entropy of a one-hot row is then ~1e-7·|x|, not 0); the last tile keeps
+    // the exact form, as every row's only tile when len_k ≤ BN.
     auto softmax = [&](float (&sacc)[NS], int n, float (&al)[2]) {
         const std::int64_t kv0 = std::int64_t(n) * BN;
         const bool tail = kv0 + BN > p.len_k;
-        const int kv_left = tail ? int(p.len_k - kv0) : BN;
+        if (tail) {
+            const int kv_left = int(p.len_k - kv0);
+#pragma unroll
+            for (int i = 0; i < NS; ++i)
+                if (8 * (i >> 2) + 2 * (lane & 3) + (i & 1) >= kv_left) sacc[i] = NEG_INF;
+        }
         float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
-        for (int i = 0; i < NS; ++i) {
-            const int r = (i >> 1) & 1;
-            float x = __fmul_rn(sacc[i], mult[r]); // explicit roundings in the statistics: the same bits
-                                                   // whatever the compiler would fuse in each schedule
-            if (tail && 8 * (i >> 2) + 2 * (lane & 3) + (i & 1) >= kv_left) x = NEG_INF;
-            sacc[i] = x;
-            mx[r] = fmaxf(mx[r], x);
-        }
+        for (int i = 0; i < NS; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], sacc[i]);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
         }
-        float mu[2];
+        float nmu[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            const float mn = fmaxf(m_run[r], mx[r]);
-            mu[r] = mn == NEG_INF ? 0.f : mn;
-            al[r] = hexp2(m_run[r] - mu[r]);
+            // explicit roundings in the statistics: the same bits whatever the compiler would fuse in
+            // each schedule
+            const float mn = fmaxf(m_run[r], __fmul_rn(mx[r], mult[r]));
+            const float mu = mn == NEG_INF ? 0.f : mn;
+            nmu[r] = -mu;
+            al[r] = hexp2(m_run[r] - mu);
             if constexpr (K_VALUE) // entropy accumulator, kept relative to the running max
-                e_run[r] = m_run[r] == NEG_INF ? 0.f : __fmul_rn(al[r], __fmaf_rn(__fsub_rn(m_run[r], mu[r]), l_run[r], e_run[r]));
+                e_run[r] = m_run[r] == NEG_INF ? 0.f : __fmul_rn(al[r], __fmaf_rn(__fsub_rn(m_run[r], mu), l_run[r], e_run[r]));
             m_run[r] = mn;
             l_run[r] = __fmul_rn(l_run[r], al[r]);
         }
+        if (tail) {
 #pragma unroll
-        for (int i = 0; i < NS; ++i) {
-            const int r = (i >> 1) & 1;
-            const float dlt = __fsub_rn(sacc[i], mu[r]);
-            const float pr = hexp2(dlt);
-            l_run[r] = __fadd_rn(l_run[r], pr);
-            if constexpr (K_VALUE) e_run[r] = __fmaf_rn(pr, fmaxf(dlt, -256.f), e_run[r]); // masked: 0·(−∞) avoided
-            sacc[i] = pr;
+            for (int i = 0; i < NS; ++i) {
+                const int r = (i >> 1) & 1;
+                // v7's two roundings here (x = s·mult, then x − m): the max element gives exactly 0, so
+                // a row with one key (len_k = 1) has entropy 0 exactly. −∞ where masked.
+                const float dlt = __fadd_rn(__fmul_rn(sacc[i], mult[r]), nmu[r]);
+                const float pr = hexp2(dlt);
+                l_run[r] = __fadd_rn(l_run[r], pr);
+                if constexpr (K_VALUE) e_run[r] = __fmaf_rn(pr, fmaxf(dlt, -256.f), e_run[r]); // 0·(−∞) avoided
+                sacc[i] = pr;
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < NS; ++i) {
+                const int r = (i >> 1) & 1;
+                const float dlt = __fmaf_rn(sacc[i], mult[r], nmu[r]);
+                const float pr = hexp2(dlt);
+                l_run[r] = __fadd_rn(l_run[r], pr);
+                if constexpr (K_VALUE) e_run[r] = __fmaf_rn(pr, dlt, e_run[r]);
+                sacc[i] = pr;
+            }
         }
     };
+    // Skipped when the whole warp's factors are 1 (the row maxima did not move): x·1 = x, same bits.
     auto rescale = [&](const float (&al)[2]) {
+        if (__all_sync(0xffffffffu, al[0] == 1.f && al[1] == 1.f)) return;
 #pragma unroll
         for (int i = 0; i < NO; ++i) {
             if constexpr (V_VALUE) acc_v[i] *= al[(i >> 1) & 1];
