@@ -25,18 +25,15 @@
 #include "cuda/monarch_plan.hpp"
 #include "vmonarch/half.hpp"
 #include "vmonarch/vmonarch.hpp"
+#include "cuda_timing.hpp"
 
 namespace {
 
+using vmbench::check;
+using vmbench::time_ms;
+
 bool g_hopper_only = false;
 const char* g_only = nullptr;
-
-void check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) {
-        std::fprintf(stderr, "CUDA error in %s: %s\n", what, cudaGetErrorString(e));
-        std::exit(1);
-    }
-}
 
 // Fill `bytes` of device memory with a 16-Mi-element block of random 16-bit floats (unit variance times
 // `scale`), repeated. The pattern's period does not matter for timing; zeros would.
@@ -63,29 +60,6 @@ void fill_uniform_f32(void* dst, std::size_t count, float lo, float hi, unsigned
         x = lo + (hi - lo) * float(double(s >> 11) / 9007199254740992.0);
     }
     check(cudaMemcpy(dst, host.data(), count * 4, cudaMemcpyHostToDevice), "fill f32");
-}
-
-double time_ms(const std::function<void()>& fn, int warmup, int reps) {
-    cudaEvent_t a, b;
-    check(cudaEventCreate(&a), "event");
-    check(cudaEventCreate(&b), "event");
-    for (int i = 0; i < warmup; ++i) fn();
-    check(cudaDeviceSynchronize(), "warm-up");
-    std::vector<float> t;
-    for (int i = 0; i < reps; ++i) {
-        check(cudaEventRecord(a), "record");
-        fn();
-        check(cudaEventRecord(b), "record");
-        check(cudaEventSynchronize(b), "sync");
-        float ms = 0;
-        check(cudaEventElapsedTime(&ms, a, b), "elapsed");
-        t.push_back(ms);
-    }
-    check(cudaGetLastError(), "launches");
-    std::sort(t.begin(), t.end());
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    return t[t.size() / 2];
 }
 
 struct Row {

@@ -15,15 +15,12 @@
 #include "core/dispatch.hpp"
 #include "cuda/monarch_plan.hpp"
 #include "vmonarch/vmonarch.hpp"
+#include "cuda_timing.hpp"
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess) {
-        std::fprintf(stderr, "CUDA error in %s: %s\n", what, cudaGetErrorString(e));
-        std::exit(1);
-    }
-}
+using vmbench::check;
+using vmbench::time_ms;
 
 // Uniform-ish random bf16 values from a counter hash (no zeros; inputs must not be trivial).
 __global__ void fill_random_bf16(std::uint16_t* p, std::size_t n, std::uint32_t seed, float scale) {
@@ -42,29 +39,6 @@ struct Shape {
     std::int64_t T, H, W, heads;
 };
 const Shape kShapes[] = {{16, 28, 52, 12}, {21, 30, 52, 12}, {36, 28, 52, 12}, {21, 45, 80, 40}, {24, 44, 80, 40}};
-
-// Median milliseconds of fn over reps after warm-up, timed with events around each call.
-double time_ms(const std::function<void()>& fn, int warmup, int reps) {
-    cudaEvent_t a, b;
-    check(cudaEventCreate(&a), "event");
-    check(cudaEventCreate(&b), "event");
-    for (int i = 0; i < warmup; ++i) fn();
-    check(cudaDeviceSynchronize(), "warm-up");
-    std::vector<float> t;
-    for (int i = 0; i < reps; ++i) {
-        check(cudaEventRecord(a), "record");
-        fn();
-        check(cudaEventRecord(b), "record");
-        check(cudaEventSynchronize(b), "sync");
-        float ms = 0;
-        check(cudaEventElapsedTime(&ms, a, b), "elapsed");
-        t.push_back(ms);
-    }
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-}
 
 struct Row {
     std::string shape, what;
