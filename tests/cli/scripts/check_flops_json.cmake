@@ -2,16 +2,7 @@
 # Usage: cmake -DVMONARCH=<exe> -DEXPECT="key=value;key=value" -DTOLERANCE_PERCENT=1
 #              -P check_flops_json.cmake -- <flops args...>
 # CMake has integer arithmetic only, so values are compared as integers in millionths.
-set(args)
-set(after_separator FALSE)
-math(EXPR last "${CMAKE_ARGC} - 1")
-foreach(i RANGE 0 ${last})
-  if(after_separator)
-    list(APPEND args "${CMAKE_ARGV${i}}")
-  elseif(CMAKE_ARGV${i} STREQUAL "--")
-    set(after_separator TRUE)
-  endif()
-endforeach()
+include(${CMAKE_CURRENT_LIST_DIR}/args_after_separator.cmake)
 
 function(to_micro value out)
   if(NOT value MATCHES "^([0-9]+)(\\.([0-9]*))?$")

@@ -1,16 +1,7 @@
 # ctest driver: runs the vmonarch CLI with the arguments after "--" and passes only when it exits non-zero
 # and prints exactly one line on stderr that matches EXPECT (a regular expression) and starts with
 # "vmonarch". Usage: cmake -DVMONARCH=<exe> -DEXPECT=<regex> -P expect_error.cmake -- <args...>
-set(args)
-set(after_separator FALSE)
-math(EXPR last "${CMAKE_ARGC} - 1")
-foreach(i RANGE 0 ${last})
-  if(after_separator)
-    list(APPEND args "${CMAKE_ARGV${i}}")
-  elseif(CMAKE_ARGV${i} STREQUAL "--")
-    set(after_separator TRUE)
-  endif()
-endforeach()
+include(${CMAKE_CURRENT_LIST_DIR}/args_after_separator.cmake)
 
 execute_process(COMMAND ${VMONARCH} ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 message(STATUS "exit status ${rc}; stderr: ${err}")
