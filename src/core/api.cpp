@@ -138,12 +138,6 @@ void check_axis(const std::string& fn, const std::string& name, const TensorView
         fail(fn, cat(name, ".shape[", axis, "]"), cat("(", kAxis[axis], ") is ", t.shape[axis], ", expected ", want, " ", why));
 }
 
-double resolve_scale(const std::string& fn, const std::optional<double>& scale, std::int64_t head_dim) {
-    if (!scale) return 1.0 / std::sqrt(double(head_dim));
-    if (!std::isfinite(*scale) || *scale <= 0)
-        fail(fn, "softmax_scale", cat("is ", *scale, ", expected a finite value > 0"));
-    return *scale;
-}
 
 void check_lse(const std::string& fn, const LseView& lse, const TensorView& q) {
     if (lse.data == nullptr) fail(fn, "lse.data", "is null, expected a pointer (or pass no LseView)");
@@ -231,10 +225,7 @@ detail::MonarchProblem check_monarch(const std::string& fn, const TensorView& q,
     if (grid.T > std::numeric_limits<std::int64_t>::max() / grid.H ||
         grid.T * grid.H > std::numeric_limits<std::int64_t>::max() / grid.W)
         fail(fn, "grid", cat("is ", grid.T, "x", grid.H, "x", grid.W, ", whose token count overflows int64"));
-    if (options.iterations < 1 || options.iterations > 8)
-        fail(fn, "options.iterations", cat("is ", options.iterations, ", expected 1..8"));
-    if (!std::isfinite(options.cr_clamp) || options.cr_clamp < 0)
-        fail(fn, "options.cr_clamp", cat("is ", options.cr_clamp, ", expected a finite value >= 0 (0 disables the clamp)"));
+    detail::check_fit_options(fn, options);
     check_attention(fn, q, k, v, out, lse, p);
     const std::int64_t n = grid.tokens();
     const std::string why = cat("(T*H*W = ", grid.T, "*", grid.H, "*", grid.W, ")");
@@ -244,11 +235,29 @@ detail::MonarchProblem check_monarch(const std::string& fn, const TensorView& q,
     p.iterations = options.iterations;
     p.cr_clamp = options.cr_clamp;
     p.recompute_first_frame = options.recompute_first_frame;
-    p.scale = resolve_scale(fn, options.softmax_scale, q.head_dim());
+    p.scale = detail::resolve_scale(fn, options.softmax_scale, q.head_dim());
     return p;
 }
 
 } // namespace
+
+namespace detail {
+
+double resolve_scale(const std::string& fn, const std::optional<double>& scale, std::int64_t head_dim) {
+    if (!scale) return 1.0 / std::sqrt(double(head_dim));
+    if (!std::isfinite(*scale) || *scale <= 0)
+        fail(fn, "softmax_scale", cat("is ", *scale, ", expected a finite value > 0"));
+    return *scale;
+}
+
+void check_fit_options(const std::string& fn, const Options& options) {
+    if (options.iterations < 1 || options.iterations > 8)
+        fail(fn, "options.iterations", cat("is ", options.iterations, ", expected 1..8"));
+    if (!std::isfinite(options.cr_clamp) || options.cr_clamp < 0)
+        fail(fn, "options.cr_clamp", cat("is ", options.cr_clamp, ", expected a finite value >= 0 (0 disables the clamp)"));
+}
+
+} // namespace detail
 
 void attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                const VideoGrid& grid, const Options& options, const LseView* lse, const CudaContext* cuda) {
@@ -265,7 +274,7 @@ void dense_attention(const TensorView& q, const TensorView& k, const TensorView&
     const std::string fn = "vmonarch::dense_attention";
     detail::AttentionProblem p;
     check_attention(fn, q, k, v, out, lse, p);
-    p.scale = resolve_scale(fn, softmax_scale, q.head_dim());
+    p.scale = detail::resolve_scale(fn, softmax_scale, q.head_dim());
     if (q.device == Device::cuda) {
         detail::cuda_dense_attention(p, cuda);
     } else {

@@ -24,6 +24,10 @@ struct MonarchProblem : AttentionProblem {
     bool recompute_first_frame = true;
 };
 
+// Shared argument checks (src/core/api.cpp), also used by src/cpu/inspect.cpp: throw ArgumentError.
+void check_fit_options(const std::string& fn, const Options& options);           // iterations, cr_clamp
+double resolve_scale(const std::string& fn, const std::optional<double>& scale, std::int64_t head_dim);
+
 // CPU backend (src/cpu).
 void cpu_monarch_attention(const MonarchProblem& p);
 void cpu_dense_attention(const AttentionProblem& p);

@@ -55,7 +55,7 @@ public:
     ExplicitMonarch(const TensorView& q, const TensorView& k, const VideoGrid& grid, const Options& options,
                     std::int64_t b, std::int64_t h)
         : T_(grid.T), HW_(grid.frame_tokens()), N_(grid.tokens()), d_(q.head_dim()),
-          s_(options.softmax_scale.value_or(1.0 / std::sqrt(double(q.head_dim())))), clamp_(options.cr_clamp),
+          s_(detail::resolve_scale("vmonarch inspect", options.softmax_scale, q.head_dim())), clamp_(options.cr_clamp),
           q_(detail::load_head<double>(q, b, h)), k_(detail::load_head<double>(k, b, h)),
           L_(std::size_t(HW_ * T_ * T_), 0.0), aL_(std::size_t(N_ * d_)), cL_(std::size_t(N_)) {
         if (grid.T < 1 || grid.H < 1 || grid.W < 1 || q.tokens() != N_ || k.tokens() != N_)
@@ -155,15 +155,6 @@ private:
     std::vector<double> aL_, cL_;
 };
 
-void check_options(const char* fn, const Options& o) {
-    if (o.iterations < 1 || o.iterations > 8)
-        throw ArgumentError("options.iterations", std::string(fn) + ": argument 'options.iterations' is " +
-                                                      std::to_string(o.iterations) + ", expected 1..8");
-    if (!std::isfinite(o.cr_clamp) || o.cr_clamp < 0)
-        throw ArgumentError("options.cr_clamp", std::string(fn) + ": argument 'options.cr_clamp' is " +
-                                                    std::to_string(o.cr_clamp) + ", expected a finite value >= 0");
-}
-
 } // namespace
 
 std::vector<double> monarch_attention_rows(const TensorView& q, const TensorView& k, const VideoGrid& grid,
@@ -171,7 +162,7 @@ std::vector<double> monarch_attention_rows(const TensorView& q, const TensorView
                                            std::int64_t head_index, const std::vector<std::int64_t>& query_tokens) {
     const char* fn = "vmonarch::monarch_attention_rows";
     check_cpu_head(fn, q, k, batch_index, head_index);
-    check_options(fn, options);
+    detail::check_fit_options(fn, options);
     check_queries(fn, query_tokens, q.tokens());
     ExplicitMonarch fit(q, k, grid, options, batch_index, head_index);
     for (int it = 0; it < options.iterations; ++it) {
@@ -196,7 +187,7 @@ std::vector<double> dense_attention_rows(const TensorView& q, const TensorView& 
     const auto qh = detail::load_head<double>(q, batch_index, head_index);
     const auto kh = detail::load_head<double>(k, batch_index, head_index);
     const std::int64_t d = q.head_dim(), nk = k.tokens();
-    const double s = options.softmax_scale.value_or(1.0 / std::sqrt(double(d)));
+    const double s = detail::resolve_scale(fn, options.softmax_scale, d);
     std::vector<double> rows(query_tokens.size() * std::size_t(nk));
     for (std::size_t r = 0; r < query_tokens.size(); ++r) {
         double* a = &rows[r * std::size_t(nk)];
@@ -211,7 +202,7 @@ std::vector<double> monarch_objective_trace(const TensorView& q, const TensorVie
                                             std::int64_t head_index) {
     const char* fn = "vmonarch::monarch_objective_trace";
     check_cpu_head(fn, q, k, batch_index, head_index);
-    check_options(fn, options);
+    detail::check_fit_options(fn, options);
     ExplicitMonarch fit(q, k, grid, options, batch_index, head_index);
     std::vector<double> trace;
     for (int it = 0; it < options.iterations; ++it) {
