@@ -1,12 +1,12 @@
 // hopper_flash_bench [--quick] [--hopper-only] [--only SUBSTRING] [--reps N]: times the portable flash kernel (launch_flash) and the Hopper kernel
 // (launch_flash_hopper) on the same inputs, CUDA events, warm-up then the median of several repetitions,
 // bf16, d = 128, batch 1, random (non-zero) inputs:
-//   R-step shape 24 × 44 × 80 (HW = 3520 keys per frame, 24 frames), 40 heads, with the pipeline's own
-//   views (MonarchPlan): first R-step (A+ent), middle R-step (A+ent, row scale), last R-step (O+A+ent,
-//   row scale);
+//   R-step shapes 24 × 44 × 80 × 40 heads (HW = 3520 keys per frame) and 16 × 28 × 52 × 12 heads (HW =
+//   1456), with the pipeline's own views (MonarchPlan): first R-step (A+ent), middle R-step (A+ent, row
+//   scale), last R-step (O+A+ent, row scale), and the first-frame recompute;
 //   dense attention N = 23296, 12 heads (O, and O + LSE).
 // --hopper-only skips the portable timings; --only runs just the rows whose name contains SUBSTRING (e.g.
-// to profile one launch with ncu). The Hopper kernel's consumer schedule follows VMONARCH_HOPPER_MODE.
+// to profile one launch with ncu). The Hopper kernel's consumer schedule follows VMONARCH_HOPPER_MODE, its key-tile width VMONARCH_HOPPER_TILE.
 // Prints ms and TFLOP/s (R-step: 4·N·HW·d per head, 6·N·HW·d with the V output; dense: 4·N²·d per head).
 #include <cuda_runtime.h>
 
@@ -93,6 +93,46 @@ void bench(std::vector<Row>& rows, const std::string& name, const vmonarch::cuda
 
 } // namespace
 
+// The pipeline's R-step views (first, middle, last) and the first-frame recompute of a T × Hh × Ww video
+// with `H` heads, bf16, batch 1.
+void bench_rsteps(std::vector<Row>& rows, std::int64_t T, std::int64_t Hh, std::int64_t Ww, std::int64_t H, int warm, int reps) {
+    using vmonarch::DType;
+    using vmonarch::Device;
+    using vmonarch::TensorView;
+    const std::int64_t d = 128, HW = Hh * Ww, N = T * HW, B = 1;
+    const std::string tag = std::to_string(T) + "x" + std::to_string(Hh) + "x" + std::to_string(Ww) + "x" + std::to_string(H) + "h ";
+    const std::size_t elems = std::size_t(B * N * H * d);
+    void *q, *k, *v, *out, *ws;
+    check(cudaMalloc(&q, elems * 2), "malloc");
+    check(cudaMalloc(&k, elems * 2), "malloc");
+    check(cudaMalloc(&v, elems * 2), "malloc");
+    check(cudaMalloc(&out, elems * 2), "malloc");
+    vmonarch::detail::MonarchProblem mp;
+    mp.q = TensorView::bshd(q, DType::bf16, Device::cuda, B, N, H, d);
+    mp.k = TensorView::bshd(k, DType::bf16, Device::cuda, B, N, H, d);
+    mp.v = TensorView::bshd(v, DType::bf16, Device::cuda, B, N, H, d);
+    mp.out = TensorView::bshd(out, DType::bf16, Device::cuda, B, N, H, d);
+    mp.batch = B; mp.heads = H; mp.q_tokens = mp.kv_tokens = N; mp.head_dim = mp.value_dim = d;
+    mp.scale = 1.0 / std::sqrt(double(d));
+    mp.grid = vmonarch::VideoGrid{T, Hh, Ww};
+    mp.iterations = 3; // first, middle and last R-step views
+    mp.cr_clamp = 0.1;
+    const auto wl = vmonarch::cuda::monarch_workspace_layout(mp);
+    check(cudaMalloc(&ws, wl.total), "malloc workspace");
+    fill_random16(q, elems, 1.4f, 1);
+    fill_random16(k, elems, 1.4f, 2);
+    fill_random16(v, elems, 1.0f, 3);
+    fill_random16(static_cast<char*>(ws) + wl.ar, elems, 1.4f, 4);
+    fill_uniform_f32(static_cast<char*>(ws) + wl.cr, std::size_t(B * H * N), 0.5f, 2.f, 5);
+    vmonarch::cuda::MonarchPlan plan(mp, ws);
+    const double per = double(N) * double(HW) * double(d) * double(H) * B;
+    bench(rows, tag + "R-step first (A+ent)", plan.rstep_params(0), 4 * per, warm, reps);
+    bench(rows, tag + "R-step middle (A+ent, rs)", plan.rstep_params(1), 4 * per, warm, reps);
+    bench(rows, tag + "R-step last (O+A+ent, rs)", plan.rstep_params(2), 6 * per, warm, reps);
+    bench(rows, tag + "recompute (frame 0 vs all N)", plan.recompute_params(), 4.0 * HW * N * d * H * B, warm, reps);
+    for (void* ptr : {q, k, v, out, ws}) cudaFree(ptr);
+}
+
 int main(int argc, char** argv) {
     bool quick = false;
     int reps_arg = 0;
@@ -113,9 +153,10 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, dev), "properties");
     const char* mode = std::getenv("VMONARCH_HOPPER_MODE");
-    std::printf("device: %s (sm_%d%d, %d SMs)%s  VMONARCH_HOPPER_MODE=%s\n", prop.name, prop.major, prop.minor,
-                prop.multiProcessorCount, std::getenv("VMONARCH_DISABLE_HOPPER") ? "  [VMONARCH_DISABLE_HOPPER set]" : "",
-                mode ? mode : "(default)");
+    const char* tile = std::getenv("VMONARCH_HOPPER_TILE");
+    std::printf("device: %s (sm_%d%d, %d SMs)%s  VMONARCH_HOPPER_MODE=%s  VMONARCH_HOPPER_TILE=%s\n", prop.name, prop.major,
+                prop.minor, prop.multiProcessorCount, std::getenv("VMONARCH_DISABLE_HOPPER") ? "  [VMONARCH_DISABLE_HOPPER set]" : "",
+                mode ? mode : "(default)", tile ? tile : "(default)");
     std::vector<Row> rows;
 
     using vmonarch::DType;
@@ -123,39 +164,8 @@ int main(int argc, char** argv) {
     using vmonarch::TensorView;
     const std::int64_t d = 128;
 
-    { // R-steps at 24 × 44 × 80, 40 heads
-        const std::int64_t T = 24, HW = 3520, H = 40, N = T * HW, B = 1;
-        const std::size_t elems = std::size_t(B * N * H * d);
-        void *q, *k, *v, *out, *ws;
-        check(cudaMalloc(&q, elems * 2), "malloc");
-        check(cudaMalloc(&k, elems * 2), "malloc");
-        check(cudaMalloc(&v, elems * 2), "malloc");
-        check(cudaMalloc(&out, elems * 2), "malloc");
-        vmonarch::detail::MonarchProblem mp;
-        mp.q = TensorView::bshd(q, DType::bf16, Device::cuda, B, N, H, d);
-        mp.k = TensorView::bshd(k, DType::bf16, Device::cuda, B, N, H, d);
-        mp.v = TensorView::bshd(v, DType::bf16, Device::cuda, B, N, H, d);
-        mp.out = TensorView::bshd(out, DType::bf16, Device::cuda, B, N, H, d);
-        mp.batch = B; mp.heads = H; mp.q_tokens = mp.kv_tokens = N; mp.head_dim = mp.value_dim = d;
-        mp.scale = 1.0 / std::sqrt(double(d));
-        mp.grid = vmonarch::VideoGrid{T, 44, 80};
-        mp.iterations = 3; // first, middle and last R-step views
-        mp.cr_clamp = 0.1;
-        const auto wl = vmonarch::cuda::monarch_workspace_layout(mp);
-        check(cudaMalloc(&ws, wl.total), "malloc workspace");
-        fill_random16(q, elems, 1.4f, 1);
-        fill_random16(k, elems, 1.4f, 2);
-        fill_random16(v, elems, 1.0f, 3);
-        fill_random16(static_cast<char*>(ws) + wl.ar, elems, 1.4f, 4);
-        fill_uniform_f32(static_cast<char*>(ws) + wl.cr, std::size_t(B * H * N), 0.5f, 2.f, 5);
-        vmonarch::cuda::MonarchPlan plan(mp, ws);
-        const double per = double(N) * double(HW) * double(d) * double(H) * B;
-        bench(rows, "R-step first (A+ent)", plan.rstep_params(0), 4 * per, warm, reps);
-        bench(rows, "R-step middle (A+ent, rs)", plan.rstep_params(1), 4 * per, warm, reps);
-        bench(rows, "R-step last (O+A+ent, rs)", plan.rstep_params(2), 6 * per, warm, reps);
-        bench(rows, "recompute (frame 0 vs all N)", plan.recompute_params(), 4.0 * HW * N * d * H * B, warm, reps);
-        for (void* ptr : {q, k, v, out, ws}) cudaFree(ptr);
-    }
+    bench_rsteps(rows, 24, 44, 80, 40, warm, reps);
+    bench_rsteps(rows, 16, 28, 52, 12, warm, reps);
     { // dense, N = 23296 (16 × 28 × 52), 12 heads
         const std::int64_t N = 23296, H = 12, B = 1;
         const std::size_t elems = std::size_t(B * N * H * d);

@@ -127,14 +127,31 @@ bool encode_rows(CUtensorMap* map, TmaCoords* coords, Elem elem, const RowView& 
 struct Maps {
     CUtensorMap q, k, v;
     HopperArgs args;
+    bool wide = false; // key-tile width the maps' boxes were built for
 };
 
-int block_n_of(const FlashParams& p) {
-    return hopper::hopper_block_n(p.head_dim, p.a.ptr != nullptr, p.o.ptr != nullptr);
+int block_n_of(const FlashParams& p, bool wide) {
+    return hopper::hopper_block_n(p.head_dim, p.a.ptr != nullptr, p.o.ptr != nullptr, wide);
 }
 
-bool build_maps(const FlashParams& p, Maps* m) {
-    const int bn = block_n_of(p);
+// Key-tile width: VMONARCH_HOPPER_TILE = narrow | wide forces one; otherwise the width with the smaller
+// modelled cost ceil(len_k / bn) · (bn + kTileOverhead), i.e. the keys computed (a partial last tile
+// costs a whole one) plus a fixed per-tile cost (softmax reductions, barrier waits, GEMM issue gaps)
+// expressed in key columns: about 10–13 from the narrow/wide timings at HW = 1456 and 3520 on an H100
+// (bench/RESULTS.md, v9).
+constexpr int kTileOverhead = 12;
+bool choose_wide(const FlashParams& p) {
+    if (block_n_of(p, true) == block_n_of(p, false)) return false;
+    const char* e = std::getenv("VMONARCH_HOPPER_TILE");
+    if (e != nullptr && std::strcmp(e, "narrow") == 0) return false;
+    if (e != nullptr && std::strcmp(e, "wide") == 0) return true;
+    auto cost = [&](int bn) { return (p.len_k + bn - 1) / bn * (bn + kTileOverhead); };
+    return cost(block_n_of(p, true)) < cost(block_n_of(p, false));
+}
+
+bool build_maps(const FlashParams& p, bool wide, Maps* m) {
+    const int bn = block_n_of(p, wide);
+    m->wide = wide;
     if (!encode_rows(&m->q, &m->args.cq, p.elem, p.q, p.head_dim, p.len_q, p.segments, p.heads, p.batch, HopperShape::BM))
         return false;
     if (!encode_rows(&m->k, &m->args.ck, p.elem, p.k, p.head_dim, p.len_k, p.segments, p.heads, p.batch, bn)) return false;
@@ -165,8 +182,8 @@ bool shape_supported(const FlashParams& p) {
     return true;
 }
 
-template <bool BF16, int D, bool RS, bool KV, bool VV, int MODE> auto kernel_of() {
-    return hopper::hopper_flash_kernel<BF16, D, RS, KV, VV, MODE>;
+template <bool BF16, int D, bool RS, bool KV, bool VV, int BN, int MODE> auto kernel_of() {
+    return hopper::hopper_flash_kernel<BF16, D, RS, KV, VV, BN, MODE>;
 }
 
 // Consumer schedule (see the kernel): VMONARCH_HOPPER_MODE = 0 (v6: one tile at a time), 1 (intra-warpgroup
@@ -196,7 +213,7 @@ bool binary_is_sm90() {
               cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 && minor == 0;
     if (ok) {
         cudaFuncAttributes fa{};
-        ok = cudaFuncGetAttributes(&fa, kernel_of<true, 128, false, true, false, kDefaultMode>()) == cudaSuccess && fa.binaryVersion == 90;
+        ok = cudaFuncGetAttributes(&fa, kernel_of<true, 128, false, true, false, 128, kDefaultMode>()) == cudaSuccess && fa.binaryVersion == 90;
     }
     cudaGetLastError();
     (ok ? good : bad).insert(dev);
@@ -215,23 +232,32 @@ template <typename Kernel> void allow_smem_hopper(Kernel kernel, int bytes, cons
     done.insert(key);
 }
 
-template <bool BF16, int D, bool RS, bool KV, bool VV, int MODE>
+template <bool BF16, int D, bool RS, bool KV, bool VV, int BN, int MODE>
 void launch_mode(const FlashParams& p, const Maps& m, cudaStream_t stream, const std::string& ctx) {
-    auto kernel = kernel_of<BF16, D, RS, KV, VV, MODE>();
-    const int smem = hopper::hopper_smem_bytes(D, KV, VV);
+    auto kernel = kernel_of<BF16, D, RS, KV, VV, BN, MODE>();
+    const int smem = hopper::hopper_smem_bytes(D, VV, BN);
     allow_smem_hopper(kernel, smem, ctx);
     const dim3 grid(unsigned((p.len_q + HopperShape::BM - 1) / HopperShape::BM), unsigned(p.segments * p.heads), unsigned(p.batch));
     kernel<<<grid, HopperShape::THREADS, smem, stream>>>(p, m.args, m.q, m.k, m.v);
     check_launch(ctx);
 }
 
+template <bool BF16, int D, bool RS, bool KV, bool VV, int BN>
+void launch_tile(const FlashParams& p, const Maps& m, cudaStream_t stream, const std::string& ctx) {
+    switch (schedule_mode()) {
+    case 0: return launch_mode<BF16, D, RS, KV, VV, BN, 0>(p, m, stream, ctx);
+    case 1: return launch_mode<BF16, D, RS, KV, VV, BN, 1>(p, m, stream, ctx);
+    default: return launch_mode<BF16, D, RS, KV, VV, BN, 2>(p, m, stream, ctx);
+    }
+}
+
 template <bool BF16, int D, bool RS, bool KV, bool VV>
 void launch_variant(const FlashParams& p, const Maps& m, cudaStream_t stream, const std::string& ctx) {
-    switch (schedule_mode()) {
-    case 0: return launch_mode<BF16, D, RS, KV, VV, 0>(p, m, stream, ctx);
-    case 1: return launch_mode<BF16, D, RS, KV, VV, 1>(p, m, stream, ctx);
-    default: return launch_mode<BF16, D, RS, KV, VV, 2>(p, m, stream, ctx);
+    constexpr int narrow = hopper::hopper_block_n(D, KV, VV, false), wide = hopper::hopper_block_n(D, KV, VV, true);
+    if constexpr (wide != narrow) {
+        if (m.wide) return launch_tile<BF16, D, RS, KV, VV, wide>(p, m, stream, ctx);
     }
+    return launch_tile<BF16, D, RS, KV, VV, narrow>(p, m, stream, ctx);
 }
 
 template <bool BF16, int D>
@@ -252,7 +278,7 @@ bool hopper_flash_supported(const FlashParams& p) {
     if (!shape_supported(p) || !variant_supported(p)) return false;
     if (!binary_is_sm90()) return false;
     Maps m;
-    return build_maps(p, &m);
+    return build_maps(p, choose_wide(p), &m);
 }
 
 void launch_flash_hopper(const FlashParams& p, void* stream, const char* what) {
@@ -262,7 +288,7 @@ void launch_flash_hopper(const FlashParams& p, void* stream, const char* what) {
     if (!shape_supported(p) || !variant_supported(p)) throw CudaError(ctx + ": configuration not handled by the Hopper kernel");
     if (!binary_is_sm90()) throw CudaError(ctx + ": device is not sm_90 or the library lacks the sm_90a kernel");
     Maps m;
-    if (!build_maps(p, &m)) throw CudaError(ctx + ": q/k/v views cannot be described as TMA tensor maps");
+    if (!build_maps(p, choose_wide(p), &m)) throw CudaError(ctx + ": q/k/v views cannot be described as TMA tensor maps");
     auto st = static_cast<cudaStream_t>(stream);
     const bool bf = p.elem == Elem::bf16;
     if (p.head_dim == 64) return bf ? launch_typed<true, 64>(p, m, st, ctx) : launch_typed<false, 64>(p, m, st, ctx);

@@ -36,23 +36,26 @@ struct HopperShape {
     static constexpr int SMEM_LIMIT = 227 * 1024;           // opt-in limit of sm_90
 };
 
-// Key rows per tile: 128, except K and V both as values at d = 128 (two 64×128 f32 accumulators per
-// warpgroup), which takes 64 to keep S, P and both accumulators within 224 registers.
-constexpr int hopper_block_n(int head_dim, bool k_value, bool v_value) {
-    return (k_value && v_value && head_dim == 128) ? 64 : 128;
+// Key rows per tile. Narrow: 128, except K and V both as values at d = 128 (two 64×128 f32 accumulators
+// per warpgroup), which takes 64 to keep S, P and both accumulators within the 240 registers. Wide (d = 128,
+// K as a value): 176 with K alone (FlashAttention-3's width for one value operand: S 88 + accumulator 64 +
+// P 44 registers), 80 with K and V (S 40 + 128 + P 20). The V-only kernel (dense, recompute) stays at 128:
+// its stage holds a K and a V tile, and at 176 keys only two stages fit, which starves the pipelined
+// schedule (v9: 30% slower). Which width a call gets: hopper_flash.cu (choose_wide).
+constexpr int hopper_block_n(int head_dim, bool k_value, bool v_value, bool wide) {
+    if (head_dim != 128 || !k_value) return 128;
+    if (v_value) return wide ? 80 : 64;
+    return wide ? 176 : 128;
 }
 constexpr int hopper_q_bytes(int head_dim) { return HopperShape::BM * head_dim * 2; }
-constexpr int hopper_stage_bytes(int head_dim, bool k_value, bool v_value) {
-    return (v_value ? 2 : 1) * hopper_block_n(head_dim, k_value, v_value) * head_dim * 2;
-}
-constexpr int hopper_stages(int head_dim, bool k_value, bool v_value) {
+constexpr int hopper_stage_bytes(int head_dim, bool v_value, int bn) { return (v_value ? 2 : 1) * bn * head_dim * 2; }
+constexpr int hopper_stages(int head_dim, bool v_value, int bn) {
     const int room = HopperShape::SMEM_LIMIT - 1024 /*alignment slack*/ - 256 /*barriers*/ - hopper_q_bytes(head_dim);
-    const int n = room / hopper_stage_bytes(head_dim, k_value, v_value);
+    const int n = room / hopper_stage_bytes(head_dim, v_value, bn);
     return n > 4 ? 4 : n;
 }
-constexpr int hopper_smem_bytes(int head_dim, bool k_value, bool v_value) {
-    return 1024 + hopper_q_bytes(head_dim) + hopper_stages(head_dim, k_value, v_value) * hopper_stage_bytes(head_dim, k_value, v_value) +
-           256;
+constexpr int hopper_smem_bytes(int head_dim, bool v_value, int bn) {
+    return 1024 + hopper_q_bytes(head_dim) + hopper_stages(head_dim, v_value, bn) * hopper_stage_bytes(head_dim, v_value, bn) + 256;
 }
 
 // Where the (row, segment, head, batch) coordinates of a row view go among the tensor map's dims 1–4
@@ -89,18 +92,17 @@ __device__ __forceinline__ void tma_load_row_tile(std::uint32_t dst, const CUten
 
 // MODE: 0 = one tile at a time (v6), 1 = intra-warpgroup pipelining (S of tile n + 1 overlaps the
 // softmax … P·V of tile n), 2 = 1 plus ping-pong of the two consumer warpgroups' GEMM issue (named barriers).
-template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE, int MODE>
+template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE, int BN, int MODE>
 __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     hopper_flash_kernel(const FlashParams p, const HopperArgs args, const __grid_constant__ CUtensorMap tm_q,
                         const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v) {
 #ifdef VMONARCH_HOPPER_DEVICE
     using T = typename ElemType<BF16>::T;
     constexpr int BM = HopperShape::BM;
-    constexpr int BN = hopper_block_n(D, K_VALUE, V_VALUE);
-    constexpr int STAGES = hopper_stages(D, K_VALUE, V_VALUE);
+    constexpr int STAGES = hopper_stages(D, V_VALUE, BN);
     constexpr int Q_BYTES = hopper_q_bytes(D);
     constexpr int TILE_BYTES = BN * D * 2; // one K or V tile
-    constexpr int STAGE_BYTES = hopper_stage_bytes(D, K_VALUE, V_VALUE);
+    constexpr int STAGE_BYTES = hopper_stage_bytes(D, V_VALUE, BN);
     constexpr int CB = D / 64;             // 64-element column blocks of a row
     constexpr int NS = BN / 2;             // S accumulator registers per thread (m64nBN)
     constexpr int NO = D / 2;              // O / A accumulator registers per thread (m64nD)
@@ -109,6 +111,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     constexpr float NEG_INF = -INFINITY;
     static_assert(STAGES >= 2, "shared memory too small for two stages");
     static_assert(D == 64 || D == 128, "head dim 64 or 128");
+    static_assert(BN % 16 == 0 && BN <= 256, "key tile: whole k16 slices of P·V, one TMA box");
 
     extern __shared__ unsigned char smem_raw[];
     const std::uint32_t raw = smem_addr(smem_raw);

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -219,6 +220,23 @@ inline std::size_t count_nonfinite(const std::vector<double>& v) {
     for (double x : v) n += !std::isfinite(x);
     return n;
 }
+
+// Restores an environment variable (or its absence) when the scope ends, also when an assertion throws.
+class EnvGuard {
+public:
+    explicit EnvGuard(const char* name) : name_(name), had_(std::getenv(name) != nullptr), old_(had_ ? std::getenv(name) : "") {}
+    ~EnvGuard() {
+        if (had_) setenv(name_, old_.c_str(), 1);
+        else unsetenv(name_);
+    }
+    EnvGuard(const EnvGuard&) = delete;
+    EnvGuard& operator=(const EnvGuard&) = delete;
+
+private:
+    const char* name_;
+    bool had_;
+    std::string old_;
+};
 
 inline double tolerance(DType t) { return t == DType::bf16 ? 1e-2 : 3e-3; }
 
