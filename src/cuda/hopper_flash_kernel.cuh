@@ -325,6 +325,23 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         if constexpr (MODE == 2) named_bar_arrive(2 - wg, 256);
     };
 
+    // A warpgroup whose 64 rows all lie past len_q (warpgroup 1 in the last block of a view whose length is
+    // not a multiple of BM, e.g. 64 of 128 rows at HW = 3520) computes nothing: it only keeps the ring's
+    // empty barriers and, under ping-pong, the turn order (n_tiles + 1 turns; the last one passes nothing,
+    // as in the working path), so that warpgroup 0 runs alone on the tensor cores.
+    if (wg * 64 >= len_q) {
+        if constexpr (MODE == 2) named_bar_arrive(1, 256); // only warpgroup 1 can be idle: warpgroup 0 goes first
+        for (int n = 0; n <= n_tiles; ++n) {
+            turn_wait();
+            if (n < n_tiles) {
+                turn_pass();
+                mbar_wait(full_bar(n % STAGES), std::uint32_t(n / STAGES) & 1u);
+                release(n);
+            }
+        }
+        return;
+    }
+
     if constexpr (MODE == 0) {
         // v6 schedule: S, wait, softmax, P·V, wait, per tile.
         for (int n = 0; n < n_tiles; ++n) {
