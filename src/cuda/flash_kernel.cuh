@@ -45,17 +45,6 @@ constexpr int flash_smem_bytes(int head_dim, bool k_value, bool v_value) {
            2 * (v_value ? 2 : 1) * flash_block_n(head_dim, k_value, v_value) * row; // Q + 2 stages of K(,V)
 }
 
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-template <typename T>
-__device__ __forceinline__ T* view_row(const RowView& v, int b, int h, int f) {
-    return static_cast<T*>(v.ptr) + b * v.sb + h * v.sh + f * v.sf;
-}
-
 // cp.async ROWS rows [row0, row0 + ROWS) of D elements (row stride sr) into a swizzled tile at dst;
 // rows at or past len are zero-filled.
 template <int D, int ROWS, typename T>

@@ -68,17 +68,6 @@ struct HopperArgs {
     TmaCoords cq, ck, cv;
 };
 
-__device__ __forceinline__ float hexp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-template <typename T>
-__device__ __forceinline__ T* hrow(const RowView& v, int b, int h, int f) {
-    return static_cast<T*>(v.ptr) + b * v.sb + h * v.sh + f * v.sf;
-}
-
 #ifdef VMONARCH_HOPPER_DEVICE
 __device__ __forceinline__ void tma_load_row_tile(std::uint32_t dst, const CUtensorMap* map, std::uint32_t bar, TmaCoords c,
                                                   int col, int row, int f, int h, int b) {
@@ -174,7 +163,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         row[r] = wg * 64 + wq * 16 + (lane >> 2) + 8 * r;
         mult[r] = p.qk_scale * LOG2E;
         if constexpr (ROW_SCALE) { // spec §3: x = s·⟨aR, K⟩ / max(cR, clamp)
-            const float* rs = hrow<const float>(p.rs, b, h, f);
+            const float* rs = view_row<const float>(p.rs, b, h, f);
             float m = LOG2E; // rows past len_q: any positive multiplier (never stored)
             if (row[r] < len_q) {
                 float c = fmaxf(rs[(std::int64_t(q0) + row[r]) * p.rs.sr], p.clamp);
@@ -260,7 +249,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             const float mn = fmaxf(m_run[r], __fmul_rn(mx[r], mult[r]));
             const float mu = mn == NEG_INF ? 0.f : mn;
             nmu[r] = -mu;
-            al[r] = hexp2(m_run[r] - mu);
+            al[r] = fast_exp2(m_run[r] - mu);
             if constexpr (K_VALUE) // entropy accumulator, kept relative to the running max
                 e_run[r] = m_run[r] == NEG_INF ? 0.f : __fmul_rn(al[r], __fmaf_rn(__fsub_rn(m_run[r], mu), l_run[r], e_run[r]));
             m_run[r] = mn;
@@ -273,7 +262,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
                 // v7's two roundings here (x = s·mult, then x − m): the max element gives exactly 0, so
                 // a row with one key (len_k = 1) has entropy 0 exactly. −∞ where masked.
                 const float dlt = __fadd_rn(__fmul_rn(sacc[i], mult[r]), nmu[r]);
-                const float pr = hexp2(dlt);
+                const float pr = fast_exp2(dlt);
                 l_run[r] = __fadd_rn(l_run[r], pr);
                 if constexpr (K_VALUE) e_run[r] = __fmaf_rn(pr, fmaxf(dlt, -256.f), e_run[r]); // 0·(−∞) avoided
                 sacc[i] = pr;
@@ -283,7 +272,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             for (int i = 0; i < NS; ++i) {
                 const int r = (i >> 1) & 1;
                 const float dlt = __fmaf_rn(sacc[i], mult[r], nmu[r]);
-                const float pr = hexp2(dlt);
+                const float pr = fast_exp2(dlt);
                 l_run[r] = __fadd_rn(l_run[r], pr);
                 if constexpr (K_VALUE) e_run[r] = __fmaf_rn(pr, dlt, e_run[r]);
                 sacc[i] = pr;
@@ -298,6 +287,14 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             if constexpr (V_VALUE) acc_v[i] *= al[(i >> 1) & 1];
             if constexpr (K_VALUE) acc_k[i] *= al[(i >> 1) & 1];
         }
+    };
+    // P's registers stay untouched until the P·V that reads them has completed (wgmma reads registers
+    // asynchronously).
+    auto fence_p = [&](std::uint32_t (&pa)[KS][4]) {
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) reg_fence(pa[ks][e]);
     };
     // P as the A operand of m64nDk16: k-slice ks holds S columns [16ks, 16ks + 16), i.e. accumulator
     // registers 8ks … 8ks + 7, in the mma.sync A-fragment order.
@@ -364,10 +361,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             wgmma_commit();
             wgmma_wait<0>();
             fence_acc();
-#pragma unroll
-            for (int ks = 0; ks < KS; ++ks)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) reg_fence(pa[ks][e]);
+            fence_p(pa);
             release(n);
         }
     } else {
@@ -407,10 +401,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             softmax(sacc, n, al);
             wgmma_wait<0>();
             fence_acc();
-#pragma unroll
-            for (int ks = 0; ks < KS; ++ks)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) reg_fence(pa[ks][e]);
+            fence_p(pa);
             release(n - 1);
             rescale(al);
             pack_p(sacc, pa);
@@ -423,10 +414,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         if (wg == 0) turn_pass(); // warpgroup 1's last arrival would have no matching wait
         wgmma_wait<0>();
         fence_acc();
-#pragma unroll
-        for (int ks = 0; ks < KS; ++ks)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) reg_fence(pa[ks][e]);
+        fence_p(pa);
         release(n_tiles - 1);
     }
 
@@ -447,27 +435,27 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         if (row[r] >= len_q) continue;
         const std::int64_t rr = std::int64_t(q0) + row[r];
         if constexpr (V_VALUE) {
-            T* o = hrow<T>(p.o, b, h, f) + rr * p.o.sr + col0;
+            T* o = view_row<T>(p.o, b, h, f) + rr * p.o.sr + col0;
 #pragma unroll
             for (int j = 0; j < D / 8; ++j)
                 *reinterpret_cast<std::uint32_t*>(o + 8 * j) =
                     pack2<BF16>(acc_v[4 * j + 2 * r] * inv[r], acc_v[4 * j + 2 * r + 1] * inv[r]);
         }
         if constexpr (K_VALUE) { // aL = s·Σ R·K, cL = Σ R·x − logsumexp x
-            T* a = hrow<T>(p.a, b, h, f) + rr * p.a.sr + col0;
+            T* a = view_row<T>(p.a, b, h, f) + rr * p.a.sr + col0;
             const float sc = __fmul_rn(inv[r], p.scale);
 #pragma unroll
             for (int j = 0; j < D / 8; ++j)
                 *reinterpret_cast<std::uint32_t*>(a + 8 * j) = pack2<BF16>(acc_k[4 * j + 2 * r] * sc, acc_k[4 * j + 2 * r + 1] * sc);
             if ((lane & 3) == 0) {
                 const float l = l_run[r];
-                hrow<float>(p.ent, b, h, f)[rr * p.ent.sr] =
+                view_row<float>(p.ent, b, h, f)[rr * p.ent.sr] =
                     l > 0.f ? __fsub_rn(__fmul_rn(__fmul_rn(LN2, e_run[r]), inv[r]), logf(l)) : 0.f;
             }
         }
         if (p.lse.ptr != nullptr && (lane & 3) == 0) {
             const float l = l_run[r];
-            hrow<float>(p.lse, b, h, f)[rr * p.lse.sr] = l > 0.f ? __fadd_rn(__fmul_rn(LN2, m_run[r]), logf(l)) : NEG_INF;
+            view_row<float>(p.lse, b, h, f)[rr * p.lse.sr] = l > 0.f ? __fadd_rn(__fmul_rn(LN2, m_run[r]), logf(l)) : NEG_INF;
         }
     }
     } // consumers

@@ -1,5 +1,6 @@
 // Internal: thin wrappers over the sm_80+ PTX the kernels use: mma.sync m16n8k16 (bf16/f16 operands,
-// f32 accumulators), ldmatrix (plain and transposed), cp.async with zero fill, and type helpers.
+// f32 accumulators), ldmatrix (plain and transposed), cp.async with zero fill, ex2.approx, and type and
+// row-addressing helpers shared by the portable and the Hopper flash kernels.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -7,7 +8,22 @@
 
 #include <cstdint>
 
+#include "cuda/kernel_params.hpp"
+
 namespace vmonarch::cuda {
+
+// 2^x, approximate (MUFU.EX2; flushes denormals): the softmax's exponential in base 2.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// First element of row 0 of (batch b, head h, segment f) in a RowView (kernel_params.hpp).
+template <typename T>
+__device__ __forceinline__ T* view_row(const RowView& v, int b, int h, int f) {
+    return static_cast<T*>(v.ptr) + b * v.sb + h * v.sh + f * v.sf;
+}
 
 template <bool BF16> struct ElemType;
 template <> struct ElemType<true> { using T = __nv_bfloat16; };

@@ -183,22 +183,13 @@ def test_wan_frames_match_reference_bf16(i2v, ref):
     needs_kernels()
     pytest.importorskip("diffusers")
     import vmonarch.wan
-    from wan_helpers import reference_attention_fn, run, tiny_inputs, tiny_wan
+    from wan_helpers import run, run_with_reference, tiny_inputs, tiny_wan
 
     model = tiny_wan(i2v=i2v, head_dim=64, heads=2, dtype=torch.bfloat16, device=DEV)
     inputs = tiny_inputs(frames=5, height=14, width=18, i2v=i2v, dtype=torch.bfloat16, device=DEV)
     vmonarch.wan.enable(model)
     ours = run(model, inputs)
-    calls = []
-    reference = reference_attention_fn(ref)
-
-    def counted(*args, **kwargs):
-        calls.append(kwargs["grid"])
-        return reference(*args, **kwargs)
-
-    vmonarch.wan.enable(model, attention_fn=counted)
-    want = run(model, inputs)
-    vmonarch.wan.disable(model)
+    want, calls = run_with_reference(model, inputs, ref)
     assert calls == [(5, 7, 9)] * len(model.blocks)
     assert rel_l2(ours, want) < 2e-2
     # (No check of ours - stock against want - stock here: in this tiny model VMonarch moves the output by

@@ -8,7 +8,7 @@ pytest.importorskip("diffusers")
 
 import vmonarch.wan  # noqa: E402
 from conftest import rel_l2  # noqa: E402
-from wan_helpers import reference_attention_fn, run, tiny_inputs, tiny_wan  # noqa: E402
+from wan_helpers import reference_attention_fn, run, run_with_reference, tiny_inputs, tiny_wan  # noqa: E402
 
 
 @pytest.mark.parametrize("i2v", [False, True])
@@ -32,16 +32,7 @@ def test_frames_match_reference_swapped_in(i2v, frames, height, width, ref):
     stock = run(model, inputs)
     vmonarch.wan.enable(model, iterations=2)
     ours = run(model, inputs)
-    calls = []
-    reference = reference_attention_fn(ref)
-
-    def counted(*args, **kwargs):
-        calls.append(kwargs["grid"])
-        return reference(*args, **kwargs)
-
-    vmonarch.wan.enable(model, attention_fn=counted)
-    want = run(model, inputs)
-    vmonarch.wan.disable(model)
+    want, calls = run_with_reference(model, inputs, ref)
     assert calls == [(frames, height // 2, width // 2)] * len(model.blocks)
     assert rel_l2(ours, want) < 1e-6
     # VMonarch is not dense attention when T > 1, and its departure from dense is the reference's

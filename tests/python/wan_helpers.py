@@ -51,3 +51,21 @@ def reference_attention_fn(ref):
         return out.transpose(1, 2).to(q.dtype)
 
     return fn
+
+
+def run_with_reference(model, inputs, ref):
+    """The model's output with the fp64 reference swapped in for vmonarch's attention, and the video grid of
+    every call the processor made (one per transformer block). Leaves the processor disabled."""
+    import vmonarch.wan
+
+    calls = []
+    reference = reference_attention_fn(ref)
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["grid"])
+        return reference(*args, **kwargs)
+
+    vmonarch.wan.enable(model, attention_fn=counted)
+    want = run(model, inputs)
+    vmonarch.wan.disable(model)
+    return want, calls
