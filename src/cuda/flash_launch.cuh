@@ -4,10 +4,7 @@
 
 #include <cuda_runtime.h>
 
-#include <mutex>
-#include <set>
 #include <string>
-#include <tuple>
 
 #include "cuda/cuda_check.hpp"
 #include "cuda/flash_kernel.cuh"
@@ -15,30 +12,6 @@
 namespace vmonarch::cuda {
 
 std::string describe(const FlashParams& p, const char* what);
-
-inline std::string context_of(const std::string& s) { return s; }
-template <typename F> std::string context_of(const F& make) { return make(); }
-
-// After a launch: throws with the context built only when the launch failed.
-template <typename What> void check_launch_lazy(const What& what) {
-    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) throw_cuda(e, "kernel launch " + context_of(what));
-}
-
-// Raise a kernel's dynamic shared-memory limit once per device. `what` makes the error context (called
-// only on failure, so the launch path builds no strings).
-template <typename Kernel, typename What>
-void allow_smem(Kernel kernel, int bytes, const What& what) {
-    static std::mutex mu;
-    static std::set<std::tuple<const void*, int, int>> done; // (kernel, device, bytes)
-    int dev = 0;
-    if (cudaError_t e = cudaGetDevice(&dev); e != cudaSuccess) throw_cuda(e, context_of(what));
-    const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), dev, bytes);
-    std::lock_guard<std::mutex> lock(mu);
-    if (done.count(key)) return;
-    if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes); e != cudaSuccess)
-        throw_cuda(e, context_of(what) + ": cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-    done.insert(key);
-}
 
 template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE>
 void launch_flash_variant(const FlashParams& p, cudaStream_t stream, const char* what) {

@@ -14,7 +14,6 @@
 #include <set>
 #include <sstream>
 #include <string>
-#include <tuple>
 
 #include "cuda/cuda_check.hpp"
 #include "cuda/hopper_flash_kernel.cuh"
@@ -220,30 +219,20 @@ bool binary_is_sm90() {
     return ok;
 }
 
-template <typename Kernel> void allow_smem_hopper(Kernel kernel, int bytes, const std::string& what) {
-    static std::mutex mu;
-    static std::set<std::tuple<const void*, int, int>> done;
-    int dev = 0;
-    check_cuda(cudaGetDevice(&dev), what);
-    const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), dev, bytes);
-    std::lock_guard<std::mutex> lock(mu);
-    if (done.count(key)) return;
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
-    done.insert(key);
-}
-
-template <bool BF16, int D, bool RS, bool KV, bool VV, int BN, int MODE>
-void launch_mode(const FlashParams& p, const Maps& m, cudaStream_t stream, const std::string& ctx) {
+// `ctx` builds the error context (kernel and shapes) only when something fails: the launch path builds no
+// strings.
+template <bool BF16, int D, bool RS, bool KV, bool VV, int BN, int MODE, typename Ctx>
+void launch_mode(const FlashParams& p, const Maps& m, cudaStream_t stream, const Ctx& ctx) {
     auto kernel = kernel_of<BF16, D, RS, KV, VV, BN, MODE>();
     const int smem = hopper::hopper_smem_bytes(D, VV, BN);
-    allow_smem_hopper(kernel, smem, ctx);
+    allow_smem(kernel, smem, ctx);
     const dim3 grid(unsigned((p.len_q + HopperShape::BM - 1) / HopperShape::BM), unsigned(p.segments * p.heads), unsigned(p.batch));
     kernel<<<grid, HopperShape::THREADS, smem, stream>>>(p, m.args, m.q, m.k, m.v);
-    check_launch(ctx);
+    check_launch_lazy(ctx);
 }
 
-template <bool BF16, int D, bool RS, bool KV, bool VV, int BN>
-void launch_tile(const FlashParams& p, const Maps& m, cudaStream_t stream, const std::string& ctx) {
+template <bool BF16, int D, bool RS, bool KV, bool VV, int BN, typename Ctx>
+void launch_tile(const FlashParams& p, const Maps& m, cudaStream_t stream, const Ctx& ctx) {
     switch (schedule_mode()) {
     case 0: return launch_mode<BF16, D, RS, KV, VV, BN, 0>(p, m, stream, ctx);
     case 1: return launch_mode<BF16, D, RS, KV, VV, BN, 1>(p, m, stream, ctx);
@@ -251,8 +240,8 @@ void launch_tile(const FlashParams& p, const Maps& m, cudaStream_t stream, const
     }
 }
 
-template <bool BF16, int D, bool RS, bool KV, bool VV>
-void launch_variant(const FlashParams& p, const Maps& m, cudaStream_t stream, const std::string& ctx) {
+template <bool BF16, int D, bool RS, bool KV, bool VV, typename Ctx>
+void launch_variant(const FlashParams& p, const Maps& m, cudaStream_t stream, const Ctx& ctx) {
     constexpr int narrow = hopper::hopper_block_n(D, KV, VV, false), wide = hopper::hopper_block_n(D, KV, VV, true);
     if constexpr (wide != narrow) {
         if (m.wide) return launch_tile<BF16, D, RS, KV, VV, wide>(p, m, stream, ctx);
@@ -260,39 +249,56 @@ void launch_variant(const FlashParams& p, const Maps& m, cudaStream_t stream, co
     return launch_tile<BF16, D, RS, KV, VV, narrow>(p, m, stream, ctx);
 }
 
-template <bool BF16, int D>
-void launch_typed(const FlashParams& p, const Maps& m, cudaStream_t stream, const std::string& ctx) {
+template <bool BF16, int D, typename Ctx>
+void launch_typed(const FlashParams& p, const Maps& m, cudaStream_t stream, const Ctx& ctx) {
     const bool rs = p.rs.ptr != nullptr, kv = p.a.ptr != nullptr, vv = p.o.ptr != nullptr;
     if (kv && !rs && !vv) return launch_variant<BF16, D, false, true, false>(p, m, stream, ctx);
     if (kv && rs && !vv) return launch_variant<BF16, D, true, true, false>(p, m, stream, ctx);
     if (kv && rs && vv) return launch_variant<BF16, D, true, true, true>(p, m, stream, ctx);
     if (kv && !rs && vv) return launch_variant<BF16, D, false, true, true>(p, m, stream, ctx);
     if (!kv && !rs && vv) return launch_variant<BF16, D, false, false, true>(p, m, stream, ctx);
-    throw CudaError(ctx + ": no kernel variant for this combination of outputs");
+    throw CudaError(context_of(ctx) + ": no kernel variant for this combination of outputs");
+}
+
+// Launch with tensor maps already built for p.
+template <typename Ctx> void launch_prepared(const FlashParams& p, const Maps& m, void* stream, const Ctx& ctx) {
+    auto st = static_cast<cudaStream_t>(stream);
+    const bool bf = p.elem == Elem::bf16;
+    if (p.head_dim == 64) return bf ? launch_typed<true, 64>(p, m, st, ctx) : launch_typed<false, 64>(p, m, st, ctx);
+    return bf ? launch_typed<true, 128>(p, m, st, ctx) : launch_typed<false, 128>(p, m, st, ctx);
+}
+
+// The checks of hopper_flash_supported; when they pass, *m holds the tensor maps the launch uses.
+bool prepare(const FlashParams& p, Maps* m) {
+    if (env_disabled()) return false;
+    if (!shape_supported(p) || !variant_supported(p)) return false;
+    if (!binary_is_sm90()) return false;
+    return build_maps(p, choose_wide(p), m);
 }
 
 } // namespace
 
 bool hopper_flash_supported(const FlashParams& p) {
-    if (env_disabled()) return false;
-    if (!shape_supported(p) || !variant_supported(p)) return false;
-    if (!binary_is_sm90()) return false;
     Maps m;
-    return build_maps(p, choose_wide(p), &m);
+    return prepare(p, &m);
+}
+
+bool try_launch_flash_hopper(const FlashParams& p, void* stream, const char* what) {
+    Maps m;
+    if (!prepare(p, &m)) return false;
+    launch_prepared(p, m, stream, [&] { return describe_hopper(p, what); });
+    return true;
 }
 
 void launch_flash_hopper(const FlashParams& p, void* stream, const char* what) {
-    const std::string ctx = describe_hopper(p, what);
+    const auto ctx = [&] { return describe_hopper(p, what); };
     if (p.len_q <= 0 || p.batch <= 0 || p.heads <= 0 || p.segments <= 0) return; // nothing to do
-    if (p.len_k <= 0) throw CudaError(ctx + ": no keys");
-    if (!shape_supported(p) || !variant_supported(p)) throw CudaError(ctx + ": configuration not handled by the Hopper kernel");
-    if (!binary_is_sm90()) throw CudaError(ctx + ": device is not sm_90 or the library lacks the sm_90a kernel");
+    if (p.len_k <= 0) throw CudaError(ctx() + ": no keys");
+    if (!shape_supported(p) || !variant_supported(p)) throw CudaError(ctx() + ": configuration not handled by the Hopper kernel");
+    if (!binary_is_sm90()) throw CudaError(ctx() + ": device is not sm_90 or the library lacks the sm_90a kernel");
     Maps m;
-    if (!build_maps(p, choose_wide(p), &m)) throw CudaError(ctx + ": q/k/v views cannot be described as TMA tensor maps");
-    auto st = static_cast<cudaStream_t>(stream);
-    const bool bf = p.elem == Elem::bf16;
-    if (p.head_dim == 64) return bf ? launch_typed<true, 64>(p, m, st, ctx) : launch_typed<false, 64>(p, m, st, ctx);
-    return bf ? launch_typed<true, 128>(p, m, st, ctx) : launch_typed<false, 128>(p, m, st, ctx);
+    if (!build_maps(p, choose_wide(p), &m)) throw CudaError(ctx() + ": q/k/v views cannot be described as TMA tensor maps");
+    launch_prepared(p, m, stream, ctx);
 }
 
 } // namespace vmonarch::cuda

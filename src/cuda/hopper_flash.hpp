@@ -13,6 +13,11 @@ namespace vmonarch::cuda {
 // is above 1). Host-only checks; nothing is launched.
 bool hopper_flash_supported(const FlashParams& p);
 
+// launch_flash's route: when hopper_flash_supported(p), launch on `stream` and return true (the checks and
+// the tensor maps are made once); otherwise launch nothing and return false. Throws vmonarch::CudaError
+// when the launch fails.
+bool try_launch_flash_hopper(const FlashParams& p, void* stream, const char* what);
+
 // Launch on `stream` (a cudaStream_t, null = default stream); throws vmonarch::CudaError naming the kernel
 // and shapes when p is not supported or the launch fails.
 void launch_flash_hopper(const FlashParams& p, void* stream, const char* what);

@@ -4,7 +4,6 @@
 #include <sstream>
 
 #include "cuda/cuda_check.hpp"
-#include "cuda/flash_launch.cuh" // allow_smem
 #include "cuda/lstep_kernel.cuh"
 #include "cuda/lstep_mma_kernel.cuh"
 
