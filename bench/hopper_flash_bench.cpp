@@ -158,10 +158,6 @@ int main(int argc, char** argv) {
                 prop.minor, prop.multiProcessorCount, std::getenv("VMONARCH_DISABLE_HOPPER") ? "  [VMONARCH_DISABLE_HOPPER set]" : "",
                 mode ? mode : "(default)", tile ? tile : "(default)");
     std::vector<Row> rows;
-
-    using vmonarch::DType;
-    using vmonarch::Device;
-    using vmonarch::TensorView;
     const std::int64_t d = 128;
 
     bench_rsteps(rows, 24, 44, 80, 40, warm, reps);

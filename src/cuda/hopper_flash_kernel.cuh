@@ -312,6 +312,8 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         __syncwarp();
         if (lane == 0) mbar_arrive(empty_bar(n % STAGES));
     };
+    // Key tile n has landed in its stage (the stage's (n / STAGES)-th fill).
+    auto wait_full = [&](int n) { mbar_wait(full_bar(n % STAGES), std::uint32_t(n / STAGES) & 1u); };
     // Ping-pong (MODE 2): the two consumer warpgroups take turns to issue their GEMMs, so that one's
     // softmax runs while the other's GEMMs occupy the tensor cores. Named barrier 1 + w: "warpgroup w may
     // issue"; 256 threads = the waiting warpgroup (bar.sync) + the other one (bar.arrive).
@@ -332,7 +334,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             turn_wait();
             if (n < n_tiles) {
                 turn_pass();
-                mbar_wait(full_bar(n % STAGES), std::uint32_t(n / STAGES) & 1u);
+                wait_full(n);
                 release(n);
             }
         }
@@ -342,7 +344,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     if constexpr (MODE == 0) {
         // v6 schedule: S, wait, softmax, P·V, wait, per tile.
         for (int n = 0; n < n_tiles; ++n) {
-            mbar_wait(full_bar(n % STAGES), std::uint32_t(n / STAGES) & 1u);
+            wait_full(n);
             float sacc[NS];
             wgmma_fence();
             issue_s(sacc, n);
@@ -374,7 +376,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         float sacc[NS];
         std::uint32_t pa[KS][4];
         float al[2];
-        mbar_wait(full_bar(0), 0u);
+        wait_full(0);
         turn_wait();
         wgmma_fence();
         issue_s(sacc, 0);
@@ -386,7 +388,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         softmax(sacc, 0, al); // al is 1 or 0 here and the accumulators are zero: no rescale needed
         pack_p(sacc, pa);
         for (int n = 1; n < n_tiles; ++n) {
-            mbar_wait(full_bar(n % STAGES), std::uint32_t(n / STAGES) & 1u);
+            wait_full(n);
             turn_wait();
             fence_acc();
             wgmma_fence();
