@@ -103,7 +103,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{1, 4, 16, 8, 8, 64, 2, true, bf, S, true},   // video-like
                       Case{1, 4, 3, 8, 9, 128, 2, true, fp, P, true},   // video-like
                       Case{1, 2, 3, 5, 13, 128, 2, true, bf, S, false, 300.0}, // logits reach ±1e3
-                      Case{1, 2, 3, 7, 9, 64, 2, true, fp, P, false, 3.0, 0.0}),  // clamp off
+                      Case{1, 2, 3, 7, 9, 64, 2, true, fp, P, false, 3.0, 0.0},   // clamp off
+                      Case{2, 5, 3, 7, 9, 128, 2, true, bf, S, true},   // 5 heads: head groups of 2 and 3, two batches
+                      Case{2, 3, 2, 5, 13, 64, 1, true, fp, P}),        // 3 heads, t = 1
     [](const ::testing::TestParamInfo<Case>& i) { return case_name(i.param); });
 
 } // namespace

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Profiling run for the lent GPU machine (from the repo root, binaries in .devcarry as for gpu_suite.sh):
+#   scripts/profile_hopper.sh ["ROW NAME" ...]
+# 1. SM clock, power and clock-event reasons sampled every 100 ms while the first row runs back to back
+#    (200 launches): the clocks the benchmark tables are measured at.
+# 2. For each row of hopper_flash_bench (default: the 24x44x80x40h R-step first and the dense kernel), one
+#    launch under ncu (--clock-control none) with the source counters: the warp-stall samples of every SASS
+#    instruction (sass_*.csv) and the details page (details_*.txt).
+# Output goes to $OUT (the device tool's folder) or ./out; at most 8 files come back from $OUT.
+set -u
+BIN=${VMONARCH_BIN:-.devcarry}
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$BIN"
+OUTDIR=${OUT:-out}
+mkdir -p "$OUTDIR"
+if [ $# -eq 0 ]; then set -- "24x44x80x40h R-step first" "dense N=23296 12h (O)"; fi
+
+nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active \
+  --format=csv -lms 100 > "$OUTDIR/clocks.csv" 2>&1 &
+SMI=$!
+sleep 1
+"$BIN/hopper_flash_bench" --hopper-only --only "$1" --reps 200 > "$OUTDIR/sustained.txt" 2>&1
+sleep 1
+kill $SMI 2>/dev/null
+python3 - "$OUTDIR/clocks.csv" <<'EOF'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1])))[1:]
+clk = [float(r[1].split()[0]) for r in rows if len(r) > 2 and r[1].strip().split()[0].isdigit()]
+pw = [float(r[2].split()[0]) for r in rows if len(r) > 2 and r[1].strip().split()[0].isdigit()]
+if clk:
+    busy = [(c, p) for c, p in zip(clk, pw) if p > 200]
+    print(f"clock samples {len(clk)}: SM clock min {min(clk):.0f} max {max(clk):.0f} MHz; "
+          f"under load (power > 200 W, {len(busy)} samples): mean clock {sum(c for c, _ in busy) / max(1, len(busy)):.0f} MHz, "
+          f"mean power {sum(p for _, p in busy) / max(1, len(busy)):.0f} W")
+EOF
+grep -E "hopper +[0-9]" "$OUTDIR/sustained.txt"
+
+i=0
+for row in "$@"; do
+  i=$((i + 1))
+  rep=/tmp/prof_$i
+  rm -f "$rep.ncu-rep"
+  ncu --clock-control none -k regex:hopper_flash_kernel --launch-skip 2 --launch-count 1 \
+    --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section SourceCounters \
+    -o "$rep" "$BIN/hopper_flash_bench" --hopper-only --only "$row" --reps 1 > "$OUTDIR/ncu_run_$i.log" 2>&1 ||
+    { echo "ncu failed for '$row'"; tail -n 5 "$OUTDIR/ncu_run_$i.log"; continue; }
+  ncu -i "$rep.ncu-rep" --page details > "$OUTDIR/details_$i.txt" 2>&1
+  ncu -i "$rep.ncu-rep" --page source --csv --print-source sass > "$OUTDIR/sass_$i.csv" 2>&1 ||
+    echo "source page export failed for '$row'"
+  echo "== $row: $(grep -E '^ +Duration' "$OUTDIR/details_$i.txt" | head -1)"
+  rm -f "$OUTDIR/ncu_run_$i.log"
+done
+ls -la "$OUTDIR"
