@@ -5,7 +5,8 @@
 #    (200 launches): the clocks the benchmark tables are measured at.
 # 2. For each row of hopper_flash_bench (default: the 24x44x80x40h R-step first and the dense kernel), one
 #    launch under ncu (--clock-control none) with the source counters: the warp-stall samples of every SASS
-#    instruction (sass_*.csv) and the details page (details_*.txt).
+#    instruction summarised by scripts/ncu_stalls.py (stalls_*.txt; KEEP_SASS_CSV=1 also returns the CSVs)
+#    and the details page (details_*.txt).
 # Output goes to $OUT (the device tool's folder) or ./out; at most 8 files come back from $OUT.
 set -u
 BIN=${VMONARCH_BIN:-.devcarry}
@@ -44,8 +45,10 @@ for row in "$@"; do
     -o "$rep" "$BIN/hopper_flash_bench" --hopper-only --only "$row" --reps 1 > "$OUTDIR/ncu_run_$i.log" 2>&1 ||
     { echo "ncu failed for '$row'"; tail -n 5 "$OUTDIR/ncu_run_$i.log"; continue; }
   ncu -i "$rep.ncu-rep" --page details > "$OUTDIR/details_$i.txt" 2>&1
-  ncu -i "$rep.ncu-rep" --page source --csv --print-source sass > "$OUTDIR/sass_$i.csv" 2>&1 ||
+  ncu -i "$rep.ncu-rep" --page source --csv --print-source sass > "/tmp/sass_$i.csv" 2>&1 ||
     echo "source page export failed for '$row'"
+  { echo "== $row"; python3 scripts/ncu_stalls.py "/tmp/sass_$i.csv" 40; } > "$OUTDIR/stalls_$i.txt" 2>&1
+  [ -n "${KEEP_SASS_CSV:-}" ] && cp "/tmp/sass_$i.csv" "$OUTDIR/"
   echo "== $row: $(grep -E '^ +Duration' "$OUTDIR/details_$i.txt" | head -1)"
   rm -f "$OUTDIR/ncu_run_$i.log"
 done
