@@ -48,9 +48,6 @@ if [ $TESTS -eq 1 ]; then
   # pass the same flash-level tests (a no-op on cards other than sm_90).
   step "gpu tests (narrow tiles)" gpu_tests_narrow.log env VMONARCH_HOPPER_TILE=narrow \
     "$BIN/vmonarch_gpu_tests" --gtest_filter='HopperFlash.*:*Kernels.RStep*:*Dense*:*Pipeline*'
-  # The forward splits the heads into two groups on two streams by default; one chain must give the same.
-  step "gpu tests (one head group)" gpu_tests_one_group.log env VMONARCH_HEAD_GROUPS=1 \
-    "$BIN/vmonarch_gpu_tests" --gtest_filter='*Pipeline*'
 fi
 
 if [ $SANI -eq 1 ]; then

@@ -41,7 +41,7 @@ private:
 struct StreamResources {
     void* ptr = nullptr;      // workspace
     std::size_t bytes = 0;
-    cudaStream_t side = nullptr; // non-blocking helper stream (second head group, first-frame recompute)
+    cudaStream_t side = nullptr; // non-blocking helper stream for the concurrent first-frame recompute
 };
 std::mutex resources_mu;
 std::map<std::pair<int, cudaStream_t>, StreamResources> resources;
@@ -95,7 +95,7 @@ void cuda_monarch_attention(const MonarchProblem& p, const CudaContext* ctx) {
     } else {
         ws = cached_workspace(p.q.device_index, stream, need, what);
     }
-    cudaStream_t side = side_stream(p.q.device_index, stream, what);
+    cudaStream_t side = p.recompute_first_frame ? side_stream(p.q.device_index, stream, what) : nullptr;
     cuda::MonarchPlan(p, ws).run(stream, side);
 }
 

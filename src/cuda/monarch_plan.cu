@@ -2,8 +2,6 @@
 #include "cuda/monarch_plan.hpp"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include <cuda_runtime.h>
 
@@ -145,79 +143,28 @@ struct ScopedEvent {
     ScopedEvent() { check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate"); }
     ~ScopedEvent() { cudaEventDestroy(e); }
 };
-
-// A view restricted to heads [h0, h0 + n): the base moves by h0 head strides (elements of `bytes` each).
-RowView from_head(RowView v, int h0, std::size_t bytes) {
-    if (v.ptr != nullptr) v.ptr = static_cast<char*>(v.ptr) + std::int64_t(h0) * v.sh * std::int64_t(bytes);
-    return v;
-}
-
-// The same launch for heads [h0, h0 + n) only. Vectors are 2-byte (bf16 / f16), scalars f32.
-FlashParams heads_of(FlashParams f, int h0, int n) {
-    f.q = from_head(f.q, h0, 2), f.k = from_head(f.k, h0, 2), f.v = from_head(f.v, h0, 2);
-    f.o = from_head(f.o, h0, 2), f.a = from_head(f.a, h0, 2);
-    f.ent = from_head(f.ent, h0, 4), f.lse = from_head(f.lse, h0, 4), f.rs = from_head(f.rs, h0, 4);
-    f.heads = n;
-    return f;
-}
-LStepParams heads_of(LStepParams l, int h0, int n) {
-    l.q = from_head(l.q, h0, 2), l.a = from_head(l.a, h0, 2), l.y = from_head(l.y, h0, 2);
-    l.out = from_head(l.out, h0, 2), l.ar = from_head(l.ar, h0, 2);
-    l.c = from_head(l.c, h0, 4), l.lse = from_head(l.lse, h0, 4), l.cr = from_head(l.cr, h0, 4);
-    l.heads = n;
-    return l;
-}
-
-// Head groups run as independent chains on two streams (VMONARCH_HEAD_GROUPS=1 keeps one chain).
-int head_groups(std::int64_t heads) {
-    const char* e = std::getenv("VMONARCH_HEAD_GROUPS");
-    if (e != nullptr && std::strcmp(e, "1") == 0) return 1;
-    return heads >= 2 ? 2 : 1;
-}
 } // namespace
 
-// Spec §3's steps depend on each other only within a (batch, head): the R- and L-steps of one head group
-// never wait for another's. With a side stream the heads are split into two groups whose chains run on
-// the two streams, so that one chain's memory-bound L-steps (and each launch's last partial wave) overlap
-// the other's tensor-bound R-steps or recompute. The first-frame recompute of each group runs on the
-// other stream, before group 1's chain and after group 0's, which also puts the two chains out of phase:
-//   stream (caller's):  R₁ L₁ … R_t L_t (group 0)   recompute (group 1)
-//   side stream:        recompute (group 0)          R₁ L₁ … R_t L_t (group 1)
-// Each chain's last L-step leaves frame 0's rows to the recompute (they write disjoint rows).
 void MonarchPlan::run(void* stream, void* side_stream) const {
     auto st = static_cast<cudaStream_t>(stream), side = static_cast<cudaStream_t>(side_stream);
-    const int H = int(p_.heads);
-    const auto chain = [&](cudaStream_t s, int h0, int n, bool skip_frame0) {
-        for (int it = 0; it < p_.iterations; ++it) {
-            launch_flash(heads_of(rstep_params(it), h0, n), s, "vmonarch R-step");
-            launch_lstep(heads_of(lstep_params(it, skip_frame0), h0, n), s, "vmonarch L-step");
-        }
-    };
-    const auto recompute = [&](cudaStream_t s, int h0, int n) {
-        launch_flash(heads_of(recompute_params(), h0, n), s, "vmonarch first-frame recompute");
-    };
-    if (side == nullptr) {
-        chain(st, 0, H, false);
-        // After the last L-step, so the exact rows overwrite frame 0's Monarch rows (spec §3).
-        if (p_.recompute_first_frame) recompute(st, 0, H);
-        return;
-    }
-    const bool rc = p_.recompute_first_frame;
+    const bool concurrent = p_.recompute_first_frame && side != nullptr;
     ScopedEvent fork, join;
-    check_cuda(cudaEventRecord(fork.e, st), "vmonarch: cudaEventRecord(fork)");
-    check_cuda(cudaStreamWaitEvent(side, fork.e, 0), "vmonarch: cudaStreamWaitEvent(fork)");
-    if (head_groups(H) == 1) {
-        if (rc) recompute(side, 0, H);
-        chain(st, 0, H, rc);
-    } else {
-        const int h1 = H / 2;
-        if (rc) recompute(side, 0, h1);
-        chain(side, h1, H - h1, rc);
-        chain(st, 0, h1, rc);
-        if (rc) recompute(st, h1, H - h1);
+    if (concurrent) { // spec §3 first-frame recompute, overlapped with the Monarch steps
+        check_cuda(cudaEventRecord(fork.e, st), "vmonarch recompute: cudaEventRecord(fork)");
+        check_cuda(cudaStreamWaitEvent(side, fork.e, 0), "vmonarch recompute: cudaStreamWaitEvent(fork)");
+        launch_flash(recompute_params(), side, "vmonarch first-frame recompute");
+        check_cuda(cudaEventRecord(join.e, side), "vmonarch recompute: cudaEventRecord(join)");
     }
-    check_cuda(cudaEventRecord(join.e, side), "vmonarch: cudaEventRecord(join)");
-    check_cuda(cudaStreamWaitEvent(st, join.e, 0), "vmonarch: cudaStreamWaitEvent(join)");
+    for (int it = 0; it < p_.iterations; ++it) {
+        launch_flash(rstep_params(it), stream, "vmonarch R-step");
+        launch_lstep(lstep_params(it, concurrent), stream, "vmonarch L-step");
+    }
+    if (concurrent) {
+        check_cuda(cudaStreamWaitEvent(st, join.e, 0), "vmonarch recompute: cudaStreamWaitEvent(join)");
+    } else if (p_.recompute_first_frame) {
+        // After the last L-step, so the exact rows overwrite frame 0's Monarch rows (spec §3).
+        launch_flash(recompute_params(), stream, "vmonarch first-frame recompute");
+    }
 }
 
 FlashParams dense_params(const detail::AttentionProblem& p) {

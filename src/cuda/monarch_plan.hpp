@@ -32,10 +32,9 @@ public:
     LStepParams lstep_params(int it, bool skip_frame0 = false) const; // L-step of iteration it
     FlashParams recompute_params() const;     // frame-0 queries against all keys
 
-    // The whole forward on `stream`. With a side stream (another cudaStream_t of the same device) the heads
-    // are split into two groups whose step chains run concurrently on the two streams, and the first-frame
-    // recompute (it reads only q, k, v and writes only frame 0's out/lse rows, which the last L-steps then
-    // skip) runs beside them; the side stream's work is joined back to `stream` by an event.
+    // The whole forward on `stream`. With a side stream (another cudaStream_t of the same device) the
+    // first-frame recompute runs there concurrently with the Monarch steps (it reads only q, k, v and
+    // writes only frame 0's out/lse rows, which the last L-step then skips), joined back by events.
     void run(void* stream, void* side_stream = nullptr) const;
     int iterations() const { return p_.iterations; }
 
