@@ -148,9 +148,16 @@ bool choose_wide(const FlashParams& p) {
     return cost(block_n_of(p, true)) < cost(block_n_of(p, false));
 }
 
+// VMONARCH_HOPPER_STALE_MAX=0 makes every tile take the exact row max (the kernel's softmax_stale off).
+bool stale_max_allowed() {
+    const char* e = std::getenv("VMONARCH_HOPPER_STALE_MAX");
+    return !(e != nullptr && std::strcmp(e, "0") == 0);
+}
+
 bool build_maps(const FlashParams& p, bool wide, Maps* m) {
     const int bn = block_n_of(p, wide);
     m->wide = wide;
+    m->args.stale_max = stale_max_allowed();
     if (!encode_rows(&m->q, &m->args.cq, p.elem, p.q, p.head_dim, p.len_q, p.segments, p.heads, p.batch, HopperShape::BM))
         return false;
     if (!encode_rows(&m->k, &m->args.ck, p.elem, p.k, p.head_dim, p.len_k, p.segments, p.heads, p.batch, bn)) return false;

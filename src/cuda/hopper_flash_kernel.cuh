@@ -66,6 +66,7 @@ struct TmaCoords {
 
 struct HopperArgs {
     TmaCoords cq, ck, cv;
+    bool stale_max = true; // softmax_stale allowed (VMONARCH_HOPPER_STALE_MAX=0 turns it off: the A/B switch)
 };
 
 #ifdef VMONARCH_HOPPER_DEVICE
@@ -279,6 +280,37 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             }
         }
     };
+    // The same statistics without the row maximum, for a full tile after the first (spec §3's identities
+    // hold for any offset m: ent and lse cancel it; only the range of p = 2^(x − m) needs m near the max).
+    // The tile is exponentiated against the running m, and kept if every thread's partial row sums stay
+    // within 2^8 (every p ≤ 256: in range for f16 P, and l, e and the accumulators stay far from overflow):
+    // then m, and with it the accumulators' scale, does not move, and the row max, its shuffles and the
+    // rescale are skipped. Otherwise (a logit more than 8 binary orders above the running max, or a
+    // non-finite sum in any thread of the warpgroup) the statistics are left untouched and false is returned:
+    // the caller recomputes S and runs softmax(). The partial sums are formed per tile, then added to l and e.
+    auto softmax_stale = [&](float (&sacc)[NS]) -> bool {
+        float lt[2] = {0.f, 0.f}, et[2] = {0.f, 0.f};
+        const float nm[2] = {-m_run[0], -m_run[1]};
+#pragma unroll
+        for (int i = 0; i < NS; ++i) {
+            const int r = (i >> 1) & 1;
+            const float dlt = __fmaf_rn(sacc[i], mult[r], nm[r]);
+            const float pr = fast_exp2(dlt);
+            lt[r] = __fadd_rn(lt[r], pr);
+            if constexpr (K_VALUE) et[r] = __fmaf_rn(pr, dlt, et[r]);
+            sacc[i] = pr;
+        }
+        // Warpgroup-wide (named barrier 3 + wg): a failed tile recomputes S, which all four warps issue.
+        if (!named_bar_all(3 + wg, 128, lt[0] <= 256.f && lt[1] <= 256.f)) return false;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            l_run[r] = __fadd_rn(l_run[r], lt[r]);
+            if constexpr (K_VALUE) e_run[r] = __fadd_rn(e_run[r], et[r]);
+        }
+        return true;
+    };
+    // Full tiles after the first may try softmax_stale (m is then finite in every row).
+    auto stale_ok = [&](int n) { return args.stale_max && n > 0 && std::int64_t(n + 1) * BN <= p.len_k; };
     // Skipped when the whole warp's factors are 1 (the row maxima did not move): x·1 = x, same bits.
     auto rescale = [&](const float (&al)[2]) {
         if (__all_sync(0xffffffffu, al[0] == 1.f && al[1] == 1.f)) return;
@@ -324,6 +356,20 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         if constexpr (MODE == 2) named_bar_arrive(2 - wg, 256);
     };
 
+    // Softmax of tile n whose S has landed in sacc: softmax_stale where it may and holds, else softmax()
+    // (after S is computed again if softmax_stale consumed it). al stays 1 on the stale path.
+    auto softmax_tile = [&](float (&sacc)[NS], int n, float (&al)[2]) {
+        if (stale_ok(n)) {
+            if (softmax_stale(sacc)) return;
+            wgmma_fence();
+            issue_s(sacc, n);
+            wgmma_commit();
+            wgmma_wait<0>();
+#pragma unroll
+            for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
+        }
+        softmax(sacc, n, al);
+    };
     // A warpgroup whose 64 rows all lie past len_q (warpgroup 1 in the last block of a view whose length is
     // not a multiple of BM, e.g. 64 of 128 rows at HW = 3520) computes nothing: it only keeps the ring's
     // empty barriers and, under ping-pong, the turn order (n_tiles + 1 turns; the last one passes nothing,
@@ -352,8 +398,8 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             wgmma_wait<0>();
 #pragma unroll
             for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
-            float al[2];
-            softmax(sacc, n, al);
+            float al[2] = {1.f, 1.f};
+            softmax_tile(sacc, n, al);
             rescale(al);
             std::uint32_t pa[KS][4];
             pack_p(sacc, pa);
@@ -400,7 +446,8 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             wgmma_wait<1>(); // S of tile n is ready; P·V of tile n − 1 may still run
 #pragma unroll
             for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
-            softmax(sacc, n, al);
+            al[0] = al[1] = 1.f;
+            softmax_tile(sacc, n, al);
             wgmma_wait<0>();
             fence_acc();
             fence_p(pa);

@@ -86,6 +86,15 @@ __device__ __forceinline__ void named_bar_sync(int id, int count) {
 __device__ __forceinline__ void named_bar_arrive(int id, int count) {
     asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
+// Barrier `id` over `count` threads that also returns whether `pred` holds in all of them.
+__device__ __forceinline__ bool named_bar_all(int id, int count, bool pred) {
+    std::uint32_t all;
+    asm volatile("{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.and.pred q, %2, %3, p;\n selp.u32 %0, 1, 0, q;\n}\n"
+                 : "=r"(all)
+                 : "r"(std::uint32_t(pred)), "r"(id), "r"(count)
+                 : "memory");
+    return all != 0;
+}
 
 // ---- register budget of a warpgroup (all its warps execute it) ----------------------------------------
 template <int N> __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }

@@ -171,6 +171,7 @@ struct Case {
     bool kv = true, vv = false, rs = false, lse = false;
     VL in_layout = VL::bhsr, out_layout = VL::bhsr;
     double logit_std = 2.0;
+    double key_ramp = 0;   // key row l scaled by 1 + key_ramp·l/len_k: later key tiles hold larger logits
     std::uint64_t seed = 1;
 };
 
@@ -200,7 +201,15 @@ struct Problem {
           rs(Grid{cs.B, cs.H, cs.F, cs.len_q}, 1, VL::bhsr, true, cs.dt) {
         const double qk_std = std::sqrt(c.logit_std);
         qv = q.upload(random_normal(q.count(), qk_std, c.seed * 11 + 1));
-        kvals = k.upload(random_normal(k.count(), qk_std, c.seed * 11 + 2));
+        std::vector<double> kraw = random_normal(k.count(), qk_std, c.seed * 11 + 2);
+        if (c.key_ramp != 0) {
+            const std::size_t row_elems = std::size_t(c.d);
+            for (std::size_t i = 0; i < kraw.size(); ++i) {
+                const std::int64_t l = std::int64_t(i / row_elems) % c.len_k; // logical [b][h][f][l][d]
+                kraw[i] *= 1.0 + c.key_ramp * double(l) / double(c.len_k);
+            }
+        }
+        kvals = k.upload(kraw);
         vvals = v.upload(random_normal(v.count(), 1.0, c.seed * 11 + 3));
         std::vector<double> r(rs.count());
         std::mt19937_64 gen(c.seed * 11 + 4);
@@ -408,6 +417,40 @@ TEST(HopperFlash, MatchesCpuReference) {
                             c.kv ? max_abs_diff(got.ent, ref.ent) : 0.0, max_abs_diff(got.lse, ref.lse));
             }
         }
+}
+
+// Logits that grow along the keys (the last keys' up to 9× the first's, row maxima tens of binary orders
+// above the first tiles'): most tiles leave the running max more than 2^8 behind, so the stale-max softmax
+// must fall back to the exact one (S computed again) tile after tile; every variant against f64.
+TEST(HopperFlash, GrowingLogitsAlongKeys) {
+    REQUIRE_SM90();
+    const EnvGuard tile_guard("VMONARCH_HOPPER_TILE");
+    for (const char* tile : {"narrow", "wide"})
+        for (DType dt : {DType::bf16, DType::f16})
+            for (int d : {64, 128}) {
+                setenv("VMONARCH_HOPPER_TILE", tile, 1);
+                Case base;
+                base.dt = dt; base.d = d; base.len_q = 130; base.len_k = 1100; base.B = 1; base.H = 2; base.F = 1;
+                base.lse = true; base.logit_std = 4.0; base.key_ramp = 8.0;
+                for (Case c : variants(base)) {
+                    c.seed = 1300 + std::uint64_t(d) + c.rs + 2 * c.vv + 4 * c.kv + 8 * (dt == DType::f16);
+                    SCOPED_TRACE(name(c) + " tile " + tile);
+                    Problem pr(c);
+                    const auto got = pr.run([](const FlashParams& p) { vmonarch::cuda::launch_flash_hopper(p, nullptr, "test hopper"); });
+                    const auto ref = pr.reference();
+                    const double tol = tolerance(dt);
+                    if (c.vv) { EXPECT_EQ(count_nonfinite(got.o), 0u); EXPECT_LE(rel_l2(got.o, ref.o), tol) << "O"; }
+                    if (c.kv) {
+                        EXPECT_EQ(count_nonfinite(got.a) + count_nonfinite(got.ent), 0u);
+                        EXPECT_LE(rel_l2(got.a, ref.a), tol) << "A";
+                        EXPECT_LE(max_abs_diff(got.ent, ref.ent), 2e-3 * (1 + std::fabs(ref.ent[0]))) << "ent";
+                    }
+                    EXPECT_LE(max_abs_diff(got.lse, ref.lse), 2e-3 * (1 + std::fabs(ref.lse[0]))) << "lse";
+                    std::printf("[ hopper   ] ramp %-55s %s O %.1e  A %.1e  ent %.1e  lse %.1e (lse[0] %.1f)\n", name(c).c_str(), tile,
+                                c.vv ? rel_l2(got.o, ref.o) : 0.0, c.kv ? rel_l2(got.a, ref.a) : 0.0,
+                                c.kv ? max_abs_diff(got.ent, ref.ent) : 0.0, max_abs_diff(got.lse, ref.lse), ref.lse[0]);
+                }
+            }
 }
 
 // The pipeline's own views (MonarchPlan: R-steps over the workspace, first-frame recompute, dense).
