@@ -6,7 +6,8 @@ generator rather than hand-written lists. Run from the repository root: python3 
 """
 import pathlib
 
-WIDTHS = (64, 80, 128, 176)  # key tiles 64/80 (K and V values at d = 128), 128/176 (one value); head dims 64/128
+WIDTHS = (64, 80, 128, 176, 256)  # key tiles 64/80 (K and V values at d = 128), 128/176 (one value); head dims 64/128;
+# [K | V] side by side (2·d = 128, 256) for P·[K V] in one instruction
 TYPES = (("true", "bf16"), ("false", "f16"))
 
 HEADER = """\

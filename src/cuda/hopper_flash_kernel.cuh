@@ -175,12 +175,15 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         }
     }
 
-    float acc_v[V_VALUE ? NO : 1], acc_k[K_VALUE ? NO : 1];
+    // Accumulators of P·[K | V]: A = P·K in the first NO registers, O = P·V in the next NO (with both values,
+    // one m64n(2d)k16 per k-slice computes both: the V tile lies right after the K tile in the stage, so the
+    // two tiles' 64-column blocks are equally spaced and one MN-major descriptor spans them).
+    constexpr int NACC = (K_VALUE ? NO : 0) + (V_VALUE ? NO : 0);
+    float acc[NACC];
+    float(&acc_k)[NO] = *reinterpret_cast<float(*)[NO]>(&acc[0]);
+    float(&acc_v)[NO] = *reinterpret_cast<float(*)[NO]>(&acc[K_VALUE ? NO : 0]);
 #pragma unroll
-    for (int i = 0; i < NO; ++i) {
-        if constexpr (V_VALUE) acc_v[i] = 0.f;
-        if constexpr (K_VALUE) acc_k[i] = 0.f;
-    }
+    for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
     float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.f, 0.f}, e_run[2] = {0.f, 0.f};
 
     const std::uint32_t sQwg = sQ + wg * 64 * 128; // this warpgroup's 64 rows inside each column block
@@ -205,16 +208,14 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         const std::uint32_t sV = sK + TILE_BYTES;
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks) {
-            if constexpr (V_VALUE) Wgmma<D, BF16>::rs_tb(acc_v, pa[ks], desc_mn_major(sV, BN, ks * 16));
-            if constexpr (K_VALUE) Wgmma<D, BF16>::rs_tb(acc_k, pa[ks], desc_mn_major(sK, BN, ks * 16));
+            if constexpr (K_VALUE && V_VALUE) Wgmma<2 * D, BF16>::rs_tb(acc, pa[ks], desc_mn_major(sK, BN, ks * 16));
+            else if constexpr (V_VALUE) Wgmma<D, BF16>::rs_tb(acc_v, pa[ks], desc_mn_major(sV, BN, ks * 16));
+            else Wgmma<D, BF16>::rs_tb(acc_k, pa[ks], desc_mn_major(sK, BN, ks * 16));
         }
     };
     auto fence_acc = [&] {
 #pragma unroll
-        for (int i = 0; i < NO; ++i) {
-            if constexpr (V_VALUE) reg_fence(acc_v[i]);
-            if constexpr (K_VALUE) reg_fence(acc_k[i]);
-        }
+        for (int i = 0; i < NACC; ++i) reg_fence(acc[i]);
     };
     // Scale S of tile n to base-2 logits, mask the key tail, update the online statistics (as
     // flash_fwd_kernel) and leave the probabilities in sacc; al = the factor the accumulators still need.
@@ -315,10 +316,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     auto rescale = [&](const float (&al)[2]) {
         if (__all_sync(0xffffffffu, al[0] == 1.f && al[1] == 1.f)) return;
 #pragma unroll
-        for (int i = 0; i < NO; ++i) {
-            if constexpr (V_VALUE) acc_v[i] *= al[(i >> 1) & 1];
-            if constexpr (K_VALUE) acc_k[i] *= al[(i >> 1) & 1];
-        }
+        for (int i = 0; i < NACC; ++i) acc[i] *= al[(i >> 1) & 1];
     };
     // P's registers stay untouched until the P·V that reads them has completed (wgmma reads registers
     // asynchronously).
