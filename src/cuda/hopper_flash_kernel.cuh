@@ -217,6 +217,19 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
 #pragma unroll
         for (int i = 0; i < NACC; ++i) reg_fence(acc[i]);
     };
+    // A tile with no masked key: p = 2^(s·mult − m) with nm = −m per row (one FFMA and one ex2 per score), left
+    // in sacc; Σp added to l and, with K as a value, Σp·(x − m) to e.
+    auto exp_tile = [&](float (&sacc)[NS], const float (&nm)[2], float (&l)[2], float (&e)[2]) {
+#pragma unroll
+        for (int i = 0; i < NS; ++i) {
+            const int r = (i >> 1) & 1;
+            const float dlt = __fmaf_rn(sacc[i], mult[r], nm[r]);
+            const float pr = fast_exp2(dlt);
+            l[r] = __fadd_rn(l[r], pr);
+            if constexpr (K_VALUE) e[r] = __fmaf_rn(pr, dlt, e[r]);
+            sacc[i] = pr;
+        }
+    };
     // Scale S of tile n to base-2 logits, mask the key tail, update the online statistics (as
     // flash_fwd_kernel) and leave the probabilities in sacc; al = the factor the accumulators still need.
     // mult > 0 (the host sends only positive scales here), so the row max is taken on the raw scores:
@@ -270,15 +283,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
                 sacc[i] = pr;
             }
         } else {
-#pragma unroll
-            for (int i = 0; i < NS; ++i) {
-                const int r = (i >> 1) & 1;
-                const float dlt = __fmaf_rn(sacc[i], mult[r], nmu[r]);
-                const float pr = fast_exp2(dlt);
-                l_run[r] = __fadd_rn(l_run[r], pr);
-                if constexpr (K_VALUE) e_run[r] = __fmaf_rn(pr, dlt, e_run[r]);
-                sacc[i] = pr;
-            }
+            exp_tile(sacc, nmu, l_run, e_run);
         }
     };
     // The same statistics without the row maximum, for a full tile after the first (spec §3's identities
@@ -292,15 +297,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     auto softmax_stale = [&](float (&sacc)[NS]) -> bool {
         float lt[2] = {0.f, 0.f}, et[2] = {0.f, 0.f};
         const float nm[2] = {-m_run[0], -m_run[1]};
-#pragma unroll
-        for (int i = 0; i < NS; ++i) {
-            const int r = (i >> 1) & 1;
-            const float dlt = __fmaf_rn(sacc[i], mult[r], nm[r]);
-            const float pr = fast_exp2(dlt);
-            lt[r] = __fadd_rn(lt[r], pr);
-            if constexpr (K_VALUE) et[r] = __fmaf_rn(pr, dlt, et[r]);
-            sacc[i] = pr;
-        }
+        exp_tile(sacc, nm, lt, et);
         // Warpgroup-wide (named barrier 3 + wg): a failed tile recomputes S, which all four warps issue.
         if (!named_bar_all(3 + wg, 128, lt[0] <= 256.f && lt[1] <= 256.f)) return false;
 #pragma unroll
