@@ -351,17 +351,21 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         if constexpr (MODE == 2) named_bar_arrive(2 - wg, 256);
     };
 
+    // S of tile n into sacc, waited for (with every earlier wgmma of this warpgroup).
+    auto compute_s = [&](float (&sacc)[NS], int n) {
+        wgmma_fence();
+        issue_s(sacc, n);
+        wgmma_commit();
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
+    };
     // Softmax of tile n whose S has landed in sacc: softmax_stale where it may and holds, else softmax()
     // (after S is computed again if softmax_stale consumed it). al stays 1 on the stale path.
     auto softmax_tile = [&](float (&sacc)[NS], int n, float (&al)[2]) {
         if (stale_ok(n)) {
             if (softmax_stale(sacc)) return;
-            wgmma_fence();
-            issue_s(sacc, n);
-            wgmma_commit();
-            wgmma_wait<0>();
-#pragma unroll
-            for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
+            compute_s(sacc, n);
         }
         softmax(sacc, n, al);
     };
@@ -387,12 +391,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         for (int n = 0; n < n_tiles; ++n) {
             wait_full(n);
             float sacc[NS];
-            wgmma_fence();
-            issue_s(sacc, n);
-            wgmma_commit();
-            wgmma_wait<0>();
-#pragma unroll
-            for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
+            compute_s(sacc, n);
             float al[2] = {1.f, 1.f};
             softmax_tile(sacc, n, al);
             rescale(al);
