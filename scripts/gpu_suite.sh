@@ -48,6 +48,9 @@ if [ $TESTS -eq 1 ]; then
   # pass the same flash-level tests (a no-op on cards other than sm_90).
   step "gpu tests (narrow tiles)" gpu_tests_narrow.log env VMONARCH_HOPPER_TILE=narrow \
     "$BIN/vmonarch_gpu_tests" --gtest_filter='HopperFlash.*:*Kernels.RStep*:*Dense*:*Pipeline*'
+  # What non-Hopper GPUs run: the whole forward and the flash-level tests on the portable mma.sync kernel.
+  step "gpu tests (portable kernel)" gpu_tests_portable.log env VMONARCH_DISABLE_HOPPER=1 \
+    "$BIN/vmonarch_gpu_tests" --gtest_filter='PortableFlash.*:*Kernels*:*Dense*:*Pipeline*'
 fi
 
 if [ $SANI -eq 1 ]; then

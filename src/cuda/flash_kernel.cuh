@@ -7,10 +7,12 @@
 // mma.sync m16n8k16 with fragments from ldmatrix. Shared-memory tiles are rows of D 16-bit values whose
 // 16-byte chunks are XOR-swizzled by (row & 7), so every ldmatrix phase hits 8 distinct bank groups.
 //
-// Softmax statistics are online, in base 2 (x₂ = x·log₂e): running max m, sum S = Σ 2^{x₂−m}, and for
+// Softmax statistics are online, in base 2 (x₂ = x·log₂e): running offset m, sum S = Σ 2^{x₂−m}, and for
 // the entropy E = Σ 2^{x₂−m}·(x₂−m), rescaled with S when m moves (E ← α(E + (m_old − m_new)·S)). Then
-//   cL = Σ R·x − logsumexp x = ln2·E/S − ln S,   logsumexp x = ln2·m + ln S.
-// Keeping E relative to the running max keeps cL accurate for logits of ±1e3.
+//   cL = Σ R·x − logsumexp x = ln2·E/S − ln S,   logsumexp x = ln2·m + ln S,
+// whatever m is: m is the running max after the first tile, and on later full tiles it stays put as long
+// as no probability exceeds 2^8 (no row max taken; a tile that would exceed it is redone exactly).
+// Keeping E relative to m keeps cL accurate for logits of ±1e3.
 #pragma once
 
 #include <cfloat>
@@ -89,6 +91,15 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_fwd_kernel(const Fl
     constexpr bool Q_IN_REGS = VMONARCH_Q_IN_REGS_RULE;
 #else
     constexpr bool Q_IN_REGS = !(K_VALUE && V_VALUE) && MT * KT * 4 <= 32;
+#endif
+    // Full tiles after the first may skip the row max (see the tile loop). Measured on an H100 through this
+    // kernel (bench/RESULTS.md v16): 7–13% faster in every variant, also in the d = 128 two-m-tile ones,
+    // where ptxas then spills 48–116 bytes (28–40 without it); excluding those was slower.
+    // VMONARCH_PORTABLE_STALE_RULE overrides the rule for experiments.
+#ifdef VMONARCH_PORTABLE_STALE_RULE
+    constexpr bool STALE_MAX = VMONARCH_PORTABLE_STALE_RULE;
+#else
+    constexpr bool STALE_MAX = true;
 #endif
 
     extern __shared__ __align__(128) unsigned char smem[];
@@ -178,88 +189,133 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_fwd_kernel(const Fl
 
         // S = Q·Kᵀ for this warp's 16·MT rows × BN keys; each K fragment serves all m-tiles.
         float s[MT][NT][4];
+        const auto compute_s = [&] {
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int i = 0; i < NT; ++i)
+                for (int i = 0; i < NT; ++i)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) s[mt][i][e] = 0.f;
+                    for (int e = 0; e < 4; ++e) s[mt][i][e] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < KT; ++kk) {
-            std::uint32_t qa[MT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                if constexpr (Q_IN_REGS) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) qa[mt][e] = qf[mt][kk][e];
-                } else {
-                    ldmatrix_x4(qa[mt], sQ + swz<D>(wrow + mt * 16 + (lane & 15), kk * 2 + (lane >> 4)));
-                }
-            }
-#pragma unroll
-            for (int np = 0; np < NT / 2; ++np) {
-                const int r = np * 16 + (lane & 7) + ((lane >> 4) << 3);
-                std::uint32_t kf[4];
-                ldmatrix_x4(kf, sK + swz<D>(r, kk * 2 + ((lane >> 3) & 1)));
+            for (int kk = 0; kk < KT; ++kk) {
+                std::uint32_t qa[MT][4];
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
-                    mma_16816<BF16>(s[mt][2 * np], qa[mt], kf[0], kf[1]);
-                    mma_16816<BF16>(s[mt][2 * np + 1], qa[mt], kf[2], kf[3]);
+                    if constexpr (Q_IN_REGS) {
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) qa[mt][e] = qf[mt][kk][e];
+                    } else {
+                        ldmatrix_x4(qa[mt], sQ + swz<D>(wrow + mt * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+                    }
+                }
+#pragma unroll
+                for (int np = 0; np < NT / 2; ++np) {
+                    const int r = np * 16 + (lane & 7) + ((lane >> 4) << 3);
+                    std::uint32_t kf[4];
+                    ldmatrix_x4(kf, sK + swz<D>(r, kk * 2 + ((lane >> 3) & 1)));
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        mma_16816<BF16>(s[mt][2 * np], qa[mt], kf[0], kf[1]);
+                        mma_16816<BF16>(s[mt][2 * np + 1], qa[mt], kf[2], kf[3]);
+                    }
                 }
             }
-        }
+        };
+        compute_s();
 
-        // Scale to base-2 logits, mask the key tail, update the online statistics.
         const std::int64_t kv0 = std::int64_t(n) * BN;
         const bool tail = kv0 + BN > p.len_k;
         const int kv_left = tail ? int(p.len_k - kv0) : BN; // keys of this tile that exist
+        // Full tiles after the first: exponentiate against the running m without the row max (any offset
+        // gives the same statistics; see the header), kept when every p ≤ 256 in the whole warp (partial
+        // row sums ≤ 2^8), so that m and the accumulators' scale stay; otherwise S is computed again and
+        // the exact update below runs. As in the Hopper kernel (hopper_flash_kernel.cuh, softmax_stale).
+        bool exact = true;
+        if (STALE_MAX && n > 0 && !tail) {
+            float lt[MT][2], et[MT][2];
+            bool fits = true;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                lt[mt][0] = lt[mt][1] = et[mt][0] = et[mt][1] = 0.f;
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const float dlt = fmaf(s[mt][nt][e], mult[mt][e >> 1], -m_run[mt][e >> 1]);
+                        const float pr = fast_exp2(dlt);
+                        lt[mt][e >> 1] += pr;
+                        if constexpr (K_VALUE) et[mt][e >> 1] += pr * dlt;
+                        s[mt][nt][e] = pr;
+                    }
+                fits = fits && lt[mt][0] <= 256.f && lt[mt][1] <= 256.f;
+            }
+            if (__all_sync(0xffffffffu, fits)) {
+                exact = false;
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        l_run[mt][r] += lt[mt][r];
+                        if constexpr (K_VALUE) e_run[mt][r] += et[mt][r];
+                    }
+            } else {
+                compute_s();
+            }
+        }
+
+        // Scale to base-2 logits, mask the key tail, update the online statistics (exact row max).
+        if (exact) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float x = s[mt][nt][e] * mult[mt][e >> 1];
+                        if (tail && nt * 8 + 2 * (lane & 3) + (e & 1) >= kv_left) x = NEG_INF;
+                        s[mt][nt][e] = x;
+                        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                    }
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                }
+                float mu[2], al[2];
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const float mn = fmaxf(m_run[mt][r], mx[r]);
+                    mu[r] = mn == NEG_INF ? 0.f : mn;
+                    al[r] = fast_exp2(m_run[mt][r] - mu[r]);
+                    if constexpr (K_VALUE) // entropy accumulator, kept relative to the running max
+                        e_run[mt][r] = m_run[mt][r] == NEG_INF ? 0.f : al[r] * (e_run[mt][r] + (m_run[mt][r] - mu[r]) * l_run[mt][r]);
+                    m_run[mt][r] = mn;
+                    l_run[mt][r] *= al[r];
+                }
+#pragma unroll
+                for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        if constexpr (V_VALUE) acc_v[mt][dt][e] *= al[e >> 1];
+                        if constexpr (K_VALUE) acc_k[mt][dt][e] *= al[e >> 1];
+                    }
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const float dlt = s[mt][nt][e] - mu[e >> 1];
+                        const float pr = fast_exp2(dlt);
+                        l_run[mt][e >> 1] += pr;
+                        if constexpr (K_VALUE) e_run[mt][e >> 1] += pr * fmaxf(dlt, -256.f); // masked: 0·(−∞) avoided
+                        s[mt][nt][e] = pr;
+                    }
+            }
+        }
+        // P's A-fragments come straight from S's C-fragments.
         std::uint32_t pa[MT][BN / 16][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-            float mx[2] = {NEG_INF, NEG_INF};
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float x = s[mt][nt][e] * mult[mt][e >> 1];
-                    if (tail && nt * 8 + 2 * (lane & 3) + (e & 1) >= kv_left) x = NEG_INF;
-                    s[mt][nt][e] = x;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
-                }
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            }
-            float mu[2], al[2];
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const float mn = fmaxf(m_run[mt][r], mx[r]);
-                mu[r] = mn == NEG_INF ? 0.f : mn;
-                al[r] = fast_exp2(m_run[mt][r] - mu[r]);
-                if constexpr (K_VALUE) // entropy accumulator, kept relative to the running max
-                    e_run[mt][r] = m_run[mt][r] == NEG_INF ? 0.f : al[r] * (e_run[mt][r] + (m_run[mt][r] - mu[r]) * l_run[mt][r]);
-                m_run[mt][r] = mn;
-                l_run[mt][r] *= al[r];
-            }
-#pragma unroll
-            for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    if constexpr (V_VALUE) acc_v[mt][dt][e] *= al[e >> 1];
-                    if constexpr (K_VALUE) acc_k[mt][dt][e] *= al[e >> 1];
-                }
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float dlt = s[mt][nt][e] - mu[e >> 1];
-                    const float pr = fast_exp2(dlt);
-                    l_run[mt][e >> 1] += pr;
-                    if constexpr (K_VALUE) e_run[mt][e >> 1] += pr * fmaxf(dlt, -256.f); // masked: 0·(−∞) avoided
-                    s[mt][nt][e] = pr;
-                }
-            // P's A-fragments come straight from S's C-fragments.
 #pragma unroll
             for (int ks = 0; ks < BN / 16; ++ks) {
                 pa[mt][ks][0] = pack2<BF16>(s[mt][2 * ks][0], s[mt][2 * ks][1]);
