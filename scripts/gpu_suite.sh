@@ -61,6 +61,11 @@ if [ $SANI -eq 1 ]; then
     step "sanitizer $tool" "sanitizer_$tool.log" compute-sanitizer --tool $tool --error-exitcode 1 \
       "$BIN/vmonarch_gpu_tests" --gtest_filter="$SF"
   done
+  # The same shapes on the portable kernel (on an H100 the runs above take the Hopper kernel).
+  for tool in memcheck racecheck; do
+    step "sanitizer $tool (portable)" "sanitizer_${tool}_portable.log" env VMONARCH_DISABLE_HOPPER=1 \
+      compute-sanitizer --tool $tool --error-exitcode 1 "$BIN/vmonarch_gpu_tests" --gtest_filter="$SF"
+  done
 fi
 
 if [ $BENCH -eq 1 ]; then
