@@ -361,10 +361,13 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
     };
     // Softmax of tile n whose S has landed in sacc: softmax_stale where it may and holds, else softmax()
-    // (after S is computed again if softmax_stale consumed it). al stays 1 on the stale path.
+    // (after S is computed again if softmax_stale consumed it). al = 1 on the stale path (m did not move).
     auto softmax_tile = [&](float (&sacc)[NS], int n, float (&al)[2]) {
         if (stale_ok(n)) {
-            if (softmax_stale(sacc)) return;
+            if (softmax_stale(sacc)) {
+                al[0] = al[1] = 1.f;
+                return;
+            }
             compute_s(sacc, n);
         }
         softmax(sacc, n, al);
@@ -392,7 +395,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             wait_full(n);
             float sacc[NS];
             compute_s(sacc, n);
-            float al[2] = {1.f, 1.f};
+            float al[2];
             softmax_tile(sacc, n, al);
             rescale(al);
             std::uint32_t pa[KS][4];
@@ -440,7 +443,6 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             wgmma_wait<1>(); // S of tile n is ready; P·V of tile n − 1 may still run
 #pragma unroll
             for (int i = 0; i < NS; ++i) reg_fence(sacc[i]);
-            al[0] = al[1] = 1.f;
             softmax_tile(sacc, n, al);
             wgmma_wait<0>();
             fence_acc();
