@@ -24,11 +24,10 @@ sleep 1
 kill $SMI 2>/dev/null
 python3 - "$OUTDIR/clocks.csv" <<'EOF'
 import csv, sys
-rows = list(csv.reader(open(sys.argv[1])))[1:]
-clk = [float(r[1].split()[0]) for r in rows if len(r) > 2 and r[1].strip().split()[0].isdigit()]
-pw = [float(r[2].split()[0]) for r in rows if len(r) > 2 and r[1].strip().split()[0].isdigit()]
+rows = [r for r in list(csv.reader(open(sys.argv[1])))[1:] if len(r) > 2 and r[1].split()[0].isdigit()]
+clk = [float(r[1].split()[0]) for r in rows]
 if clk:
-    busy = [(c, p) for c, p in zip(clk, pw) if p > 200]
+    busy = [(c, float(r[2].split()[0])) for c, r in zip(clk, rows) if float(r[2].split()[0]) > 200]
     print(f"clock samples {len(clk)}: SM clock min {min(clk):.0f} max {max(clk):.0f} MHz; "
           f"under load (power > 200 W, {len(busy)} samples): mean clock {sum(c for c, _ in busy) / max(1, len(busy)):.0f} MHz, "
           f"mean power {sum(p for _, p in busy) / max(1, len(busy)):.0f} W")
