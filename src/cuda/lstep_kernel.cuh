@@ -31,6 +31,22 @@ __device__ __forceinline__ void store8(float* dst, uint4 v) {
     reinterpret_cast<float4*>(dst)[1] = make_float4(c.x, c.y, d.x, d.y);
 }
 
+// acc[0..8) += l · row[0..8) (8 consecutive floats in shared memory, 16-byte aligned).
+__device__ __forceinline__ void fma8(float (&acc)[8], float l, const float* row) {
+    const float4 a = reinterpret_cast<const float4*>(row)[0], c = reinterpret_cast<const float4*>(row)[1];
+    acc[0] = fmaf(l, a.x, acc[0]); acc[1] = fmaf(l, a.y, acc[1]);
+    acc[2] = fmaf(l, a.z, acc[2]); acc[3] = fmaf(l, a.w, acc[3]);
+    acc[4] = fmaf(l, c.x, acc[4]); acc[5] = fmaf(l, c.y, acc[5]);
+    acc[6] = fmaf(l, c.z, acc[6]); acc[7] = fmaf(l, c.w, acc[7]);
+}
+
+// 8 floats → 8 consecutive 16-bit values (one 16-byte store).
+template <bool BF16>
+__device__ __forceinline__ uint4 pack8(const float (&acc)[8]) {
+    return make_uint4(pack2<BF16>(acc[0], acc[1]), pack2<BF16>(acc[2], acc[3]), pack2<BF16>(acc[4], acc[5]),
+                      pack2<BF16>(acc[6], acc[7]));
+}
+
 // Rows r = 0..T-1 of view at (b, h, frame r, position j) → dst[r][0..D).
 template <bool BF16, int D>
 __device__ __forceinline__ void gather_rows(float* dst, const RowView& v, int b, int h, std::int64_t j, int T) {
@@ -118,18 +134,8 @@ __global__ void __launch_bounds__(kLStepThreads) lstep_kernel(const LStepParams 
         for (int w = tid + (p.skip_frame0 ? CH : 0); w < T * CH; w += kLStepThreads) {
             const int i = w / CH, ch = w - i * CH;
             float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-            for (int k = 0; k < T; ++k) {
-                const float l = sZ[i * T + k];
-                const float4 y0 = reinterpret_cast<const float4*>(sB + k * D + ch * 8)[0];
-                const float4 y1 = reinterpret_cast<const float4*>(sB + k * D + ch * 8)[1];
-                acc[0] = fmaf(l, y0.x, acc[0]); acc[1] = fmaf(l, y0.y, acc[1]);
-                acc[2] = fmaf(l, y0.z, acc[2]); acc[3] = fmaf(l, y0.w, acc[3]);
-                acc[4] = fmaf(l, y1.x, acc[4]); acc[5] = fmaf(l, y1.y, acc[5]);
-                acc[6] = fmaf(l, y1.z, acc[6]); acc[7] = fmaf(l, y1.w, acc[7]);
-            }
-            const uint4 out = make_uint4(pack2<BF16>(acc[0], acc[1]), pack2<BF16>(acc[2], acc[3]),
-                                         pack2<BF16>(acc[4], acc[5]), pack2<BF16>(acc[6], acc[7]));
-            *reinterpret_cast<uint4*>(lview<E>(p.out, b, h, i, j) + ch * 8) = out;
+            for (int k = 0; k < T; ++k) fma8(acc, sZ[i * T + k], sB + k * D + ch * 8);
+            *reinterpret_cast<uint4*>(lview<E>(p.out, b, h, i, j) + ch * 8) = pack8<BF16>(acc);
         }
         if (p.lse.ptr != nullptr)
             for (int i = tid + (p.skip_frame0 ? 1 : 0); i < T; i += kLStepThreads) *lview<float>(p.lse, b, h, i, j) = sC[i];
@@ -140,17 +146,10 @@ __global__ void __launch_bounds__(kLStepThreads) lstep_kernel(const LStepParams 
             float colsum = 0.f;
             for (int i = 0; i < T; ++i) {
                 const float l = sZ[i * T + k];
-                const float4 q0 = reinterpret_cast<const float4*>(sQ + i * D + ch * 8)[0];
-                const float4 q1 = reinterpret_cast<const float4*>(sQ + i * D + ch * 8)[1];
                 colsum += l;
-                acc[0] = fmaf(l, q0.x, acc[0]); acc[1] = fmaf(l, q0.y, acc[1]);
-                acc[2] = fmaf(l, q0.z, acc[2]); acc[3] = fmaf(l, q0.w, acc[3]);
-                acc[4] = fmaf(l, q1.x, acc[4]); acc[5] = fmaf(l, q1.y, acc[5]);
-                acc[6] = fmaf(l, q1.z, acc[6]); acc[7] = fmaf(l, q1.w, acc[7]);
+                fma8(acc, l, sQ + i * D + ch * 8);
             }
-            const uint4 out = make_uint4(pack2<BF16>(acc[0], acc[1]), pack2<BF16>(acc[2], acc[3]),
-                                         pack2<BF16>(acc[4], acc[5]), pack2<BF16>(acc[6], acc[7]));
-            *reinterpret_cast<uint4*>(lview<E>(p.ar, b, h, k, j) + ch * 8) = out;
+            *reinterpret_cast<uint4*>(lview<E>(p.ar, b, h, k, j) + ch * 8) = pack8<BF16>(acc);
             if (ch == 0) *lview<float>(p.cr, b, h, k, j) = colsum;
         }
     }
