@@ -17,8 +17,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "vmonarch/errors.hpp"
 
@@ -31,11 +33,18 @@ std::string to_string(DType dtype);
 std::string to_string(Device device);
 std::size_t dtype_size(DType dtype);
 
-// The latent video: T frames of H×W tokens, N = T·H·W.
+// Product of sizes, checked: throws ArgumentError naming `argument` (and `function`, the caller shown in the
+// message) when a factor is negative or the product does not fit in int64. The one place where the library,
+// the CLI and the Python binding multiply user-given sizes (grid, batch, heads, head dim).
+std::int64_t checked_product(std::initializer_list<std::int64_t> factors, std::string_view function,
+                             std::string_view argument);
+
+// The latent video: T frames of H×W tokens, N = T·H·W. Both products are checked (checked_product): a grid
+// with a negative dimension or whose token count overflows int64 throws ArgumentError for argument "grid".
 struct VideoGrid {
     std::int64_t T = 1, H = 1, W = 1;
-    std::int64_t frame_tokens() const { return H * W; }
-    std::int64_t tokens() const { return T * H * W; }
+    std::int64_t frame_tokens() const;
+    std::int64_t tokens() const;
 };
 
 struct Options {
