@@ -29,6 +29,13 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// Memory for the computation (host or device) could not be allocated; the message says how much and what
+// for. Allocation failures anywhere in the library surface as this, never as std::bad_alloc or a signal.
+class OutOfMemoryError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
 // A tensor file is malformed, truncated, or holds something we do not read.
 class FileFormatError : public std::runtime_error {
 public:
