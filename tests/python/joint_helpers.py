@@ -64,14 +64,16 @@ def text_mask(lens, L):
 
 
 # --- HunyuanVideo ---------------------------------------------------------------------------------------
-def tiny_hunyuan(dtype=torch.float64, device="cpu", seed=0, layers=1, single_layers=2, head_dim=HEAD_DIM):
+def tiny_hunyuan(dtype=torch.float64, device="cpu", seed=0, layers=1, single_layers=2, head_dim=HEAD_DIM,
+                 image_condition_type=None):
     from diffusers import HunyuanVideoTransformer3DModel
 
     torch.manual_seed(seed)
     model = HunyuanVideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=HEADS, attention_head_dim=head_dim, num_layers=layers,
         num_single_layers=single_layers, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
-        guidance_embeds=False, text_embed_dim=12, pooled_projection_dim=8, rope_axes_dim=_rope_axes(head_dim))
+        guidance_embeds=False, text_embed_dim=12, pooled_projection_dim=8, rope_axes_dim=_rope_axes(head_dim),
+        image_condition_type=image_condition_type)
     return randomize(model, dtype, device)
 
 

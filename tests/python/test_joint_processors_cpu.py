@@ -272,6 +272,19 @@ def test_cogvideox_temporal_patch_grid(ref):
     assert rel_l2(ours, jh.run(model, inputs)) < 1e-9      # S = T: dense, equal to stock
 
 
+@pytest.mark.parametrize("frames", [1, 3])
+def test_hunyuan_token_replace_blocks(frames, ref):
+    """HunyuanVideo I2V (image_condition_type="token_replace") has its own block classes with the same
+    processor: at one frame, and with S = T at three, the model equals the stock one."""
+    model, inputs = jh.tiny_hunyuan(image_condition_type="token_replace"), jh.hunyuan_inputs(frames=frames)
+    stock = jh.run(model, inputs)
+    calls = []
+    vmonarch.hunyuan_video.enable(model, attention_fn=jh.reference_joint_fn(ref, calls), sink_frames=frames)
+    ours = jh.run(model, inputs)
+    vmonarch.hunyuan_video.disable(model)
+    assert len(calls) == 3 and rel_l2(ours, stock) < 1e-9
+
+
 @pytest.mark.parametrize("image", [True, False])
 def test_hunyuan15_image_and_text_to_video(image, ref):
     """I2V (image tokens valid) and T2V (image tokens all masked) orderings of the condition tokens."""
