@@ -142,8 +142,9 @@ class JointProcessor:
         return grid
 
     def warn_fallback(self, key: str, message: str) -> None:
-        self.schedule.warn_once(key, f"vmonarch.{self.model}: {message}; using the stock processor for such calls "
-                                     "(warned once)")
+        """One warning per schedule and kind of input (key, message) that VMonarch does not take."""
+        self.schedule.warn_once(f"{key}:{message}", f"vmonarch.{self.model}: {message}; using the stock processor "
+                                                    "for such calls (warned once)")
 
 
 # --- enable / disable ------------------------------------------------------------------------------------
