@@ -55,9 +55,8 @@ class JointSchedule(VMonarchSchedule):
             out = vmonarch.joint_attention(q, k, v, tuple(grid), int(text_len), **options)
         return out.to(dtype)
 
-    def text_lengths(self, full_mask: torch.Tensor, video_tokens: int, video_first: bool,
-                     source: Optional[torch.Tensor] = None):
-        """Analyses a key mask over the whole joint sequence (bool [B, N + L], True = attend).
+    def text_lengths(self, full_mask: torch.Tensor, video_tokens: int, source: Optional[torch.Tensor] = None):
+        """Analyses a key mask over the joint sequence [video | text] (bool [B, N + L], True = attend).
 
         Returns ("ok", lens) when every video key is valid and the text keys are a valid prefix of
         length lens[b] per sample (lens None when all text keys are valid), else ("video", None) or
@@ -68,9 +67,7 @@ class JointSchedule(VMonarchSchedule):
         cache = self._mask_cache
         if cache is not None and cache[0] is source and cache[1] == source._version:
             return cache[2]
-        B, S = full_mask.shape
-        video = full_mask[:, :video_tokens] if video_first else full_mask[:, S - video_tokens:]
-        text = full_mask[:, video_tokens:] if video_first else full_mask[:, :S - video_tokens]
+        video, text = full_mask[:, :video_tokens], full_mask[:, video_tokens:]
         if not bool(video.all()):
             result = ("video", None)
         else:

@@ -53,7 +53,7 @@ class VMonarchHunyuanVideoAttnProcessor(JointProcessor):
             return "an additive (non-boolean) attention mask", None
         if attention_mask.numel() != batch * (video + text):
             return f"an attention mask of shape {tuple(attention_mask.shape)} (not a key mask [B, 1, 1, N + L])", None
-        status, lens = self.schedule.text_lengths(attention_mask.reshape(batch, video + text), video, video_first=True,
+        status, lens = self.schedule.text_lengths(attention_mask.reshape(batch, video + text), video,
                                                      source=attention_mask)
         if status == "ok":
             return "ok", lens

@@ -50,7 +50,7 @@ class VMonarchHunyuanVideo15AttnProcessor(JointProcessor):
         if attention_mask.shape[1] > N + L:
             return self.stock(*args)
         full_mask = F.pad(attention_mask.bool(), (N + L - attention_mask.shape[1], 0), value=True)
-        status, text_lens = self.schedule.text_lengths(full_mask, N, video_first=True, source=attention_mask)
+        status, text_lens = self.schedule.text_lengths(full_mask, N, source=attention_mask)
         if status != "ok":
             self.warn_fallback("mask", {"video": "a condition mask that masks video tokens",
                                         "text": "a condition mask that is not a key-padding prefix"}[status])

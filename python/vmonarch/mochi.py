@@ -57,7 +57,7 @@ class VMonarchMochiAttnProcessor(JointProcessor):
             return self.stock(*args)
         text_mask = attention_mask.reshape(B, L).bool()
         full_mask = torch.cat([torch.ones(B, N, dtype=torch.bool, device=text_mask.device), text_mask], dim=1)
-        status, text_lens = self.schedule.text_lengths(full_mask, N, video_first=True, source=attention_mask)
+        status, text_lens = self.schedule.text_lengths(full_mask, N, source=attention_mask)
         if status != "ok":
             self.warn_fallback("mask", "a text mask that is not a key-padding prefix (the stock processor "
                                        "compacts the valid tokens)")

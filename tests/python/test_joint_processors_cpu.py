@@ -534,3 +534,40 @@ def test_joint_sequence_is_the_stock_processors(name, ref, monkeypatch):
     # Block 0 sees the same inputs in both runs; later blocks differ by the attention's approximation.
     for ours, stock in zip(ours_qkv[0], stock_qkv[0]):
         assert ours.shape == stock.shape and rel_l2(ours, stock) < 1e-12
+
+
+# --- the shared helpers -----------------------------------------------------------------------------------
+def test_text_lengths_of_key_masks():
+    s = vmonarch._joint.JointSchedule()
+    N = 4
+
+    def analyse(text_rows, video_ok=True):
+        text = torch.tensor(text_rows, dtype=torch.bool).reshape(len(text_rows), -1)
+        video = torch.ones(text.shape[0], N, dtype=torch.bool)
+        video[0, 1] = video_ok
+        return s.text_lengths(torch.cat([video, text], 1), N)
+
+    assert analyse([[1, 1, 1], [1, 1, 1]]) == ("ok", None)
+    status, lens = analyse([[1, 1, 0], [0, 0, 0]])
+    assert status == "ok" and lens.tolist() == [2, 0] and lens.dtype == torch.int64
+    assert analyse([[1, 0, 1], [1, 1, 1]]) == ("text", None)
+    assert analyse([[0, 1, 1], [1, 1, 1]]) == ("text", None)
+    assert analyse([[1, 1, 1], [1, 1, 1]], video_ok=False) == ("video", None)
+    assert analyse([[], []]) == ("ok", None)                               # no text tokens at all
+    mask = torch.ones(2, N + 3, dtype=torch.bool)
+    first = s.text_lengths(mask, N)
+    mask[0, -1] = False                                                    # changed in place: not the cached result
+    assert first == ("ok", None) and s.text_lengths(mask, N)[1].tolist() == [2, 3]
+
+
+@pytest.mark.parametrize("layout", ["bshd", "bhsd"])
+def test_zero_padded_text_rows(layout):
+    B, N, L, H, d = 2, 5, 3, 2, 4
+    out = torch.randn(B, N + L, H, d, dtype=torch.float64)
+    x = out if layout == "bshd" else out.transpose(1, 2)
+    got = vmonarch._joint.zero_padded_text_rows(x, torch.tensor([1, 3]), N, L, layout)
+    got = got if layout == "bshd" else got.transpose(1, 2)
+    want = out.clone()
+    want[0, N + 1:] = 0
+    assert torch.equal(got, want)
+    assert vmonarch._joint.zero_padded_text_rows(x, None, N, L, layout) is x
