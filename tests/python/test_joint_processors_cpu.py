@@ -571,3 +571,42 @@ def test_zero_padded_text_rows(layout):
     want[0, N + 1:] = 0
     assert torch.equal(got, want)
     assert vmonarch._joint.zero_padded_text_rows(x, None, N, L, layout) is x
+
+
+# --- torch.compile ----------------------------------------------------------------------------------------
+def _dense_joint_fn(q, k, v, grid, text_len, text_first, text_lens, layout, **options):
+    """Exact attention over the joint sequence with the text key-padding mask: a traceable stand-in for
+    the joint op (dense attention is what VMonarch gives with S >= T)."""
+    if layout == "bshd":
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    mask = None
+    if text_lens is not None:
+        text = torch.arange(text_len, device=q.device)[None, :] < text_lens[:, None]
+        video = torch.ones(q.shape[0], q.shape[2] - text_len, dtype=torch.bool, device=q.device)
+        mask = torch.cat([text, video] if text_first else [video, text], 1)[:, None, None, :]
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out if layout == "bhsd" else out.transpose(1, 2)
+
+
+def test_cogvideox_blocks_compile_fullgraph():
+    """No mask, no host sync: CogVideoX's processor traces with fullgraph=True."""
+    torch._dynamo.reset()
+    model, inputs = jh.tiny_cogvideox(dtype=torch.float32), jh.cogvideox_inputs(frames=3, dtype=torch.float32)
+    vmonarch.cogvideox.enable(model, attention_fn=_dense_joint_fn)
+    want = jh.run(model, inputs)
+    for block in model.transformer_blocks:
+        block.compile(fullgraph=True, backend="aot_eager")
+    got = jh.run(model, inputs)
+    vmonarch.cogvideox.disable(model)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_hunyuan_blocks_compile_with_a_graph_break_at_the_mask():
+    torch._dynamo.reset()
+    model, inputs = jh.tiny_hunyuan(dtype=torch.float32), jh.hunyuan_inputs(frames=3, dtype=torch.float32)
+    vmonarch.hunyuan_video.enable(model, attention_fn=_dense_joint_fn)
+    want = jh.run(model, inputs)
+    model.compile_repeated_blocks(fullgraph=False, backend="aot_eager")
+    got = jh.run(model, inputs)
+    vmonarch.hunyuan_video.disable(model)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
