@@ -33,7 +33,7 @@ class JointSchedule(VMonarchSchedule):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._mask_cache = None   # (mask tensor, its _version, analysis): one mask serves every block of a forward
+        self._mask_cache = None   # (mask, its _version, video tokens, analysis): one mask serves a forward's blocks
 
     def joint_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Sequence[int], text_len: int,
                         text_first: bool, text_lens: Optional[torch.Tensor], layout: str) -> torch.Tensor:
@@ -65,8 +65,8 @@ class JointSchedule(VMonarchSchedule):
         """
         source = full_mask if source is None else source
         cache = self._mask_cache
-        if cache is not None and cache[0] is source and cache[1] == source._version:
-            return cache[2]
+        if cache is not None and cache[0] is source and cache[1:3] == (source._version, video_tokens):
+            return cache[3]
         video, text = full_mask[:, :video_tokens], full_mask[:, video_tokens:]
         if not bool(video.all()):
             result = ("video", None)
@@ -79,7 +79,7 @@ class JointSchedule(VMonarchSchedule):
                 result = ("ok", None)
             else:
                 result = ("ok", lens.to(torch.int64))
-        self._mask_cache = (source, source._version, result)
+        self._mask_cache = (source, source._version, video_tokens, result)
         return result
 
 
