@@ -45,7 +45,7 @@ class VMonarchHunyuanVideo15AttnProcessor(JointProcessor):
         grid = self.grid_for(hidden_states.shape[1])
         if grid is None:
             return self.stock(*args)
-        B, N, L = hidden_states.shape[0], hidden_states.shape[1], encoder_hidden_states.shape[1]
+        N, L = hidden_states.shape[1], encoder_hidden_states.shape[1]
         # The stock processor pads the mask with True in front to the sequence length N + L.
         if attention_mask.shape[1] > N + L:
             return self.stock(*args)
