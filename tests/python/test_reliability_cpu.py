@@ -155,6 +155,23 @@ def test_probe_refuses_a_compiler_that_cannot_link_libstdcxx_dynamically(tmp_pat
     assert str(stubborn) in out and "CXX=g++" in out and "statically" in out, out
 
 
+def test_post_build_check_deletes_a_module_with_a_static_libstdcxx(tmp_path):
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    source = REPO_ROOT / "python" / "cmake" / "cxx_runtime_probe.cpp"
+    script = REPO_ROOT / "python" / "cmake" / "check_module_runtime.cmake"
+    for name, flags, want_ok in [("dynamic.so", [], True), ("static.so", ["-static-libstdc++"], False)]:
+        module = tmp_path / name
+        subprocess.run([_gxx(), "-fPIC", "-shared", str(source), "-o", str(module), *flags], check=True)
+        result = subprocess.run(["cmake", f"-DMODULE={module}", "-DCOMPILER=test-compiler 1.0", "-P", str(script)],
+                                capture_output=True, text=True, timeout=120)
+        out = result.stdout + result.stderr
+        assert (result.returncode == 0) == want_ok, out
+        assert module.exists() == want_ok
+        if not want_ok:
+            assert "test-compiler 1.0" in out and "libstdc++" in out and "CXX=g++" in out, out
+
+
 # --- mixed devices ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("meta", ["q", "k", "v"])
 @pytest.mark.parametrize("op", ["attention", "dense_attention"])
