@@ -91,7 +91,7 @@ fi
 python3 -c 'import vmonarch; print("vmonarch", vmonarch.__version__, "cuda kernels:", vmonarch.cuda_built(), "device:", vmonarch.cuda_available())' || exit 1
 # One attention and one dense_attention call on CPU and CUDA tensors, in a child process: a module that
 # crashes is reported with the compiler that built it, and the suite stops here.
-python3 -m vmonarch._smoke --device auto || exit 1
+python3 python/vmonarch/_smoke.py --device auto || exit 1
 
 FAILED=0
 TESTS=tests/python/test_gpu.py

@@ -5,6 +5,7 @@ device and the CUDA kernels are there. The calls run in a child process, so a mo
 signal and the compiler that built it, instead of killing the caller.
 
     python -m vmonarch._smoke [--device auto|cpu|cuda]      # the installed package
+    python python/vmonarch/_smoke.py [--device ...]         # the same, without loading it in this process
     python python/vmonarch/_smoke.py --library build/_C.so --compiler "g++ ..." --device cpu
                                                             # a freshly linked module (the build's check)
 
@@ -78,8 +79,13 @@ _ADVICE = ("A module linked with another C++ runtime than torch's fails like thi
 
 
 def _installed_compiler() -> str:
+    """The compiler recorded in the installed package's _build_info.json (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("vmonarch")
+    where = list(spec.submodule_search_locations or []) if spec else []
     try:
-        with open(os.path.join(_HERE, "_build_info.json")) as f:
+        with open(os.path.join(where[0] if where else _HERE, "_build_info.json")) as f:
             info = json.load(f)
     except (OSError, ValueError):
         return "an unknown compiler (no _build_info.json)"
