@@ -60,30 +60,30 @@ void check_queries(const char* fn, const std::vector<std::int64_t>& queries, std
                                                     std::to_string(t) + ", expected 0.." + std::to_string(n - 1));
 }
 
-// The grid must be valid and match q and k; returns the element count of the L blocks, HW·T·T.
-std::int64_t check_grid(const char* fn, const VideoGrid& grid, const TensorView& q, const TensorView& k) {
+// The grid must be valid and match q and k, and the explicit L blocks' element count HW·T·T must fit.
+void check_grid(const char* fn, const VideoGrid& grid, const TensorView& q, const TensorView& k) {
     if (grid.T < 1 || grid.H < 1 || grid.W < 1 || checked_product({grid.T, grid.H, grid.W}, fn, "grid") != q.tokens() ||
         q.tokens() != k.tokens())
         throw ArgumentError("grid", std::string(fn) + ": argument 'grid' (" + std::to_string(grid.T) + "x" +
                                         std::to_string(grid.H) + "x" + std::to_string(grid.W) +
                                         ") does not match q/k tokens " + std::to_string(q.tokens()) + "/" +
                                         std::to_string(k.tokens()) + ", expected T*H*W = tokens, each >= 1");
-    return checked_product({grid.H, grid.W, grid.T, grid.T}, fn, "grid");
+    checked_product({grid.H, grid.W, grid.T, grid.T}, fn, "grid");
 }
 
 // Runs `body`, turning an allocation failure that escaped it into OutOfMemoryError naming `fn` and the grid.
 template <typename Body>
 auto out_of_memory_as_error(const char* fn, const VideoGrid& grid, std::int64_t d, Body&& body) {
+    const auto context = [&] {
+        return std::string(fn) + " (grid " + std::to_string(grid.T) + "x" + std::to_string(grid.H) + "x" +
+               std::to_string(grid.W) + ", d=" + std::to_string(d) + ")";
+    };
     try {
         return body();
     } catch (const std::bad_alloc& e) {
-        detail::throw_out_of_memory(std::string(fn) + " (grid " + std::to_string(grid.T) + "x" + std::to_string(grid.H) +
-                                        "x" + std::to_string(grid.W) + ", d=" + std::to_string(d) + ")",
-                                    e);
+        detail::throw_out_of_memory(context(), e);
     } catch (const std::length_error& e) {
-        detail::throw_out_of_memory(std::string(fn) + " (grid " + std::to_string(grid.T) + "x" + std::to_string(grid.H) +
-                                        "x" + std::to_string(grid.W) + ", d=" + std::to_string(d) + ")",
-                                    e);
+        detail::throw_out_of_memory(context(), e);
     }
 }
 
