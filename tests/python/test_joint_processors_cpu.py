@@ -455,9 +455,9 @@ def test_enable_on_a_pipeline_like_object(ref):
 
 # --- sink_frames in the shared schedule and in vmonarch.wan ---------------------------------------------
 def test_sink_frames_must_not_be_negative():
-    with pytest.raises(ValueError, match="sink_frames is -1"):
+    with pytest.raises(ValueError, match="'sink_frames' is -1"):
         vmonarch.wan.VMonarchSchedule(sink_frames=-1)
-    with pytest.raises(ValueError, match="sink_frames is -2"):
+    with pytest.raises(ValueError, match="'sink_frames' is -2"):
         vmonarch.hunyuan_video.enable(jh.tiny_hunyuan(), sink_frames=-2)
 
 
