@@ -220,11 +220,31 @@ def _ulysses(q, k, v, grid, group, layout, held, valid, chunks, fn, options):
             return x[:, :valid[rank], first:first + count].permute(1, 0, 2, 3)
         return x[:, first:first + count, :valid[rank]].permute(2, 0, 1, 3)
 
+    # Even split (P | heads, C | heads/P): chunk c of rank s is heads s*h0 + c*hc + [0, hc), a regular
+    # stride, so one copy per tensor packs (or unpacks) every destination at once.
+    h0 = heads // world
+    even = heads % world == 0 and h0 % chunks == 0
+    hc = h0 // chunks if even else 0
+
+    def all_destinations(x, c):
+        """[P, v_me, B, hc, dx] view of this rank's valid tokens, chunk c's heads of every rank (even split)."""
+        if layout == "bshd":
+            return x[:, :valid[rank]].unflatten(2, (world, h0))[:, :, :, c * hc:(c + 1) * hc].permute(2, 1, 0, 3, 4)
+        return x[:, :, :valid[rank]].unflatten(1, (world, h0))[:, :, c * hc:(c + 1) * hc].permute(1, 3, 0, 2, 4)
+
     def pack_inputs(c):
         """One flat buffer per chunk: for each destination s, [v_me, B, h*(2d + dv)] rows of q | k | v."""
         widths = [h * (2 * d + dv) for _, h in plan[c]]
         send_counts = [valid[rank] * B * w for w in widths]
         buf = q.new_empty(sum(send_counts))
+        mine = widths[rank]
+        recv_counts = [valid[r] * B * mine for r in range(world)]
+        if even:
+            rows = buf.view(world, valid[rank], B, widths[0])
+            rows[..., :hc * d].unflatten(-1, (hc, d)).copy_(all_destinations(q, c))
+            rows[..., hc * d:2 * hc * d].unflatten(-1, (hc, d)).copy_(all_destinations(k, c))
+            rows[..., 2 * hc * d:].unflatten(-1, (hc, dv)).copy_(all_destinations(v, c))
+            return _exchange(buf, send_counts, recv_counts, group, differentiable)
         offset = 0
         for s, (first, h) in enumerate(plan[c]):
             rows = buf[offset:offset + send_counts[s]].view(valid[rank], B, widths[s])
@@ -232,8 +252,6 @@ def _ulysses(q, k, v, grid, group, layout, held, valid, chunks, fn, options):
             rows[:, :, h * d:2 * h * d].unflatten(-1, (h, d)).copy_(tokens_first(k, first, h))
             rows[:, :, 2 * h * d:].unflatten(-1, (h, dv)).copy_(tokens_first(v, first, h))
             offset += send_counts[s]
-        mine = widths[rank]
-        recv_counts = [valid[r] * B * mine for r in range(world)]
         return _exchange(buf, send_counts, recv_counts, group, differentiable)
 
     def attend(c, recv):
@@ -280,8 +298,16 @@ def _ulysses(q, k, v, grid, group, layout, held, valid, chunks, fn, options):
     result_lse = None
     for c in range(chunks):
         recv = outputs[c][0].wait()
+        if even:   # blocks [P, v_me, B, hc, dv] into chunk c's heads of every rank, one copy
+            block = recv.view(world, v_me, B, hc, dv)
+            if layout == "bshd":
+                result[:, :v_me].unflatten(2, (world, h0))[:, :, :, c * hc:(c + 1) * hc].copy_(
+                    block.permute(2, 1, 0, 3, 4))
+            else:
+                result[:, :, :v_me].unflatten(1, (world, h0))[:, :, c * hc:(c + 1) * hc].copy_(
+                    block.permute(2, 0, 3, 1, 4))
         offset = 0
-        for first, h in plan[c]:
+        for first, h in (() if even else plan[c]):
             size = v_me * B * h * dv
             block = recv[offset:offset + size].view(v_me, B, h, dv)
             if layout == "bshd":
