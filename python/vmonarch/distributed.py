@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["ulysses_attention", "head_split", "token_split", "context_parallel_group", "xfuser_attention",
-           "install_xfuser", "yunchang_local_attention"]
+           "install_xfuser", "uninstall_xfuser", "yunchang_local_attention"]
 
 _FN = "vmonarch.distributed.ulysses_attention"
 _LAYOUTS = ("bshd", "bhsd")
@@ -393,31 +393,32 @@ def _xfuser_check_no_ring():
 
 
 def install_xfuser(backend=None, **options):
-    """Routes xfuser's self-attention backend `backend` (default: the SDPA entry, xfuser's default
-    AttentionBackendType.SDPA) through VMonarch; calls it does not cover keep the original function.
-    options go to vmonarch.attention. Returns the original function (pass it back to uninstall_xfuser)."""
-    from xfuser.core.distributed.attention_backend import ATTENTION_FUNCTION_REGISTRY, AttentionBackendType
+    """Routes xfuser's attention backends through VMonarch where a call is self-attention over the grid:
+    `backend` (an xfuser AttentionBackendType) or, by default, every registered backend (xfuser picks one per
+    machine: FLASH_3, CUDNN, SDPA, ...). Other calls keep each backend's original function. options go to
+    vmonarch.attention. Installing twice wraps the originals once."""
+    from xfuser.core.distributed.attention_backend import ATTENTION_FUNCTION_REGISTRY
 
-    backend = AttentionBackendType.SDPA if backend is None else backend
-    original = ATTENTION_FUNCTION_REGISTRY[backend]
-    base = getattr(original, "_vmonarch_original", original)
+    for key in ([backend] if backend is not None else list(ATTENTION_FUNCTION_REGISTRY)):
+        current = ATTENTION_FUNCTION_REGISTRY[key]
+        base = getattr(current, "_vmonarch_original", current)
 
-    def vmonarch_backend(query, key, value, dropout_p=0.0, is_causal=False, attention_kwargs=None):
-        return xfuser_attention(query, key, value, dropout_p=dropout_p, is_causal=is_causal,
-                                attention_kwargs=attention_kwargs, fallback=base, **options)
+        def vmonarch_backend(query, key_, value, dropout_p=0.0, is_causal=False, attention_kwargs=None, _base=base):
+            return xfuser_attention(query, key_, value, dropout_p=dropout_p, is_causal=is_causal,
+                                    attention_kwargs=attention_kwargs, fallback=_base, **options)
 
-    vmonarch_backend._vmonarch_original = base
-    ATTENTION_FUNCTION_REGISTRY[backend] = vmonarch_backend
-    return base
+        vmonarch_backend._vmonarch_original = base
+        ATTENTION_FUNCTION_REGISTRY[key] = vmonarch_backend
 
 
-def uninstall_xfuser(backend=None) -> None:
-    from xfuser.core.distributed.attention_backend import ATTENTION_FUNCTION_REGISTRY, AttentionBackendType
+def uninstall_xfuser() -> None:
+    """Puts back every original function install_xfuser replaced."""
+    from xfuser.core.distributed.attention_backend import ATTENTION_FUNCTION_REGISTRY
 
-    backend = AttentionBackendType.SDPA if backend is None else backend
-    original = getattr(ATTENTION_FUNCTION_REGISTRY[backend], "_vmonarch_original", None)
-    if original is not None:
-        ATTENTION_FUNCTION_REGISTRY[backend] = original
+    for key, fn in list(ATTENTION_FUNCTION_REGISTRY.items()):
+        original = getattr(fn, "_vmonarch_original", None)
+        if original is not None:
+            ATTENTION_FUNCTION_REGISTRY[key] = original
 
 
 # --- yunchang -------------------------------------------------------------------------------------------

@@ -219,10 +219,17 @@ def test_xfuser_backend_function():
 def test_install_xfuser_registers_and_restores():
     from xfuser.core.distributed.attention_backend import ATTENTION_FUNCTION_REGISTRY, AttentionBackendType
 
-    before = ATTENTION_FUNCTION_REGISTRY[AttentionBackendType.SDPA]
-    original = vd.install_xfuser(iterations=3)
-    assert original is before and ATTENTION_FUNCTION_REGISTRY[AttentionBackendType.SDPA] is not before
-    vd.install_xfuser(iterations=3)                      # twice: still wraps the original once
-    assert ATTENTION_FUNCTION_REGISTRY[AttentionBackendType.SDPA]._vmonarch_original is before
+    before = dict(ATTENTION_FUNCTION_REGISTRY)
+    vd.install_xfuser(iterations=3)
+    vd.install_xfuser(iterations=3)                      # twice: still wraps each original once
+    for key, fn in ATTENTION_FUNCTION_REGISTRY.items():
+        assert fn is not before[key] and fn._vmonarch_original is before[key]
+    # a cross-attention call reaches the original backend function (here SDPA's, on the CPU)
+    grid = (2, 2, 3)
+    q, k, v = make_qkv("random", 1, 2, grid, 8, "bhsd")
+    text = torch.randn(1, 2, 5, 8, dtype=torch.float64)
+    out, _ = ATTENTION_FUNCTION_REGISTRY[AttentionBackendType.SDPA](q, text, text, attention_kwargs={"thw": grid})
+    want = torch.softmax(q @ text.transpose(-1, -2) * 8 ** -0.5, -1) @ text
+    assert rel_l2(out, want) < 1e-10
     vd.uninstall_xfuser()
-    assert ATTENTION_FUNCTION_REGISTRY[AttentionBackendType.SDPA] is before
+    assert ATTENTION_FUNCTION_REGISTRY == before
