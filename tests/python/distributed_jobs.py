@@ -91,15 +91,15 @@ def _reference_fn(ref):
     return fn
 
 
-# grid, batch, heads, d, layout, shards
-GRAD_CASES = [((3, 1, 5), 2, 3, 8, "bshd", "split"), ((2, 2, 3), 1, 5, 8, "bhsd", "padded")]
+# grid, batch, heads, d, layout, shards, chunks (9 tokens padded: at P = 4 the last rank holds only padding)
+GRAD_CASES = [((3, 1, 5), 2, 3, 8, "bshd", "split", 1), ((3, 1, 3), 1, 5, 8, "bhsd", "padded", 2)]
 
 
 def grad_cases(rank: int, world: int):
     ref = load_reference()
     fn = _reference_fn(ref)
     results = []
-    for index, (grid, B, heads, d, layout, shards) in enumerate(GRAD_CASES):
+    for index, (grid, B, heads, d, layout, shards, chunks) in enumerate(GRAD_CASES):
         N = grid[0] * grid[1] * grid[2]
         q, k, v = make_qkv("video", B, heads, grid, d, layout, seed=10 + index)
         weight = torch.randn(q.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
@@ -112,7 +112,7 @@ def grad_cases(rank: int, world: int):
         local = [_shard(x, layout, rank, held, valid, g).requires_grad_() for x in (q, k, v)]
         start = sum(valid[:rank])
         w_local = _shard(weight, layout, rank, held, valid, g)
-        got = vd.ulysses_attention(*local, grid, layout=layout, shards=shards, attention_fn=fn)
+        got = vd.ulysses_attention(*local, grid, layout=layout, shards=shards, chunks=chunks, attention_fn=fn)
         (got * w_local).sum().backward()
         errs = []
         for x_full, x_local in zip(full, local):
