@@ -25,6 +25,7 @@ efficiency (12 heads on 8 GPUs: 75%; 40 on 16: 83%); a rank with no heads only r
 from __future__ import annotations
 
 import math
+import operator
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -133,9 +134,13 @@ def _check(q, k, v, grid, layout, chunks):
                              f"{layout!r}), expected {want} like q")
     if k.shape[3] != q.shape[3]:
         raise ValueError(f"{_FN}: k has head_dim {k.shape[3]}, expected {q.shape[3]} like q")
-    grid = tuple(grid) if isinstance(grid, (tuple, list, torch.Size)) else grid
-    if not isinstance(grid, tuple) or len(grid) != 3 or not all(isinstance(g, int) and g > 0 for g in grid):
-        raise ValueError(f"{_FN}: grid is {grid!r}, expected (T, H, W), three positive ints")
+    given = grid
+    try:
+        grid = tuple(operator.index(g) for g in grid)
+    except TypeError:
+        grid = None
+    if grid is None or len(grid) != 3 or any(isinstance(g, bool) or g <= 0 for g in given):
+        raise ValueError(f"{_FN}: grid is {given!r}, expected (T, H, W), three positive ints")
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise ValueError(f"{_FN}: chunks is {chunks!r}, expected an int >= 1")
     return grid, tok, hd

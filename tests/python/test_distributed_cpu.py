@@ -122,6 +122,10 @@ def test_argument_errors(single_rank_group):
         f(q, k, v, (3, 1, 7), layout="sbhd")
     with pytest.raises(ValueError, match=r"grid is \(3, 7\)"):
         f(q, k, v, (3, 7))
+    with pytest.raises(ValueError, match=r"grid is \(3, 0, 7\), expected \(T, H, W\), three positive ints"):
+        f(q, k, v, (3, 0, 7))
+    with pytest.raises(ValueError, match=r"grid is \(3.0, 1, 7\)"):
+        f(q, k, v, (3.0, 1, 7))
     with pytest.raises(ValueError, match="q has 20 tokens on rank 0 of 1, expected 21"):
         f(q[:, :20], k[:, :20], v[:, :20], (3, 1, 7))
     with pytest.raises(ValueError, match="k has .* expected"):
