@@ -55,11 +55,11 @@ def token_split(tokens: int, world: int, shards: Union[str, Sequence[int]] = "sp
         if shards == "padded":
             size = -(-tokens // world)
             return [size] * world, [max(0, min(size, tokens - r * size)) for r in range(world)]
-        raise ValueError(f"{_FN}: shards is {shards!r}, expected 'split', 'padded' or a sequence of {world} "
+        raise ValueError(f"{_FN}: argument 'shards' is {shards!r}, expected 'split', 'padded' or a sequence of {world} "
                          "token counts")
     counts = [int(c) for c in shards]
     if len(counts) != world or any(c < 0 for c in counts) or sum(counts) != tokens:
-        raise ValueError(f"{_FN}: shards is {list(shards)!r}, expected {world} non-negative token counts (one per "
+        raise ValueError(f"{_FN}: argument 'shards' is {list(shards)!r}, expected {world} non-negative token counts (one per "
                          f"rank) summing to N = T*H*W = {tokens}")
     return counts, list(counts)
 
@@ -116,33 +116,33 @@ def _default_attention(q, k, v, grid, **options):
 def _check(q, k, v, grid, layout, chunks):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{_FN}: {name} is a {type(t).__name__}, expected a torch.Tensor")
+            raise TypeError(f"{_FN}: argument '{name}' is a {type(t).__name__}, expected a torch.Tensor")
         if t.dim() != 4:
-            raise ValueError(f"{_FN}: {name} has {t.dim()} dimensions (shape {list(t.shape)}), expected 4")
+            raise ValueError(f"{_FN}: argument '{name}' has {t.dim()} dimensions (shape {list(t.shape)}), expected 4")
     if not isinstance(layout, str) or layout not in _LAYOUTS:
-        raise ValueError(f"{_FN}: layout is {layout!r}, expected 'bshd' ([batch, tokens, heads, head_dim]) or "
+        raise ValueError(f"{_FN}: argument 'layout' is {layout!r}, expected 'bshd' ([batch, tokens, heads, head_dim]) or "
                          "'bhsd' ([batch, heads, tokens, head_dim])")
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype or t.device != q.device:
-            raise TypeError(f"{_FN}: {name} is {t.dtype} on {t.device}, expected {q.dtype} on {q.device} like q")
+            raise TypeError(f"{_FN}: argument '{name}' is {t.dtype} on {t.device}, expected {q.dtype} on {q.device} like q")
     tok, hd = (1, 2) if layout == "bshd" else (2, 1)
     want = (q.shape[0], q.shape[tok], q.shape[hd])
     for name, t in (("k", k), ("v", v)):
         got = (t.shape[0], t.shape[tok], t.shape[hd])
         if got != want:
-            raise ValueError(f"{_FN}: {name} has (batch, tokens, heads) = {got} (shape {list(t.shape)}, layout "
+            raise ValueError(f"{_FN}: argument '{name}' has (batch, tokens, heads) = {got} (shape {list(t.shape)}, layout "
                              f"{layout!r}), expected {want} like q")
     if k.shape[3] != q.shape[3]:
-        raise ValueError(f"{_FN}: k has head_dim {k.shape[3]}, expected {q.shape[3]} like q")
+        raise ValueError(f"{_FN}: argument 'k' has head_dim {k.shape[3]}, expected {q.shape[3]} like q")
     given = grid
     try:
         grid = tuple(operator.index(g) for g in grid)
     except TypeError:
         grid = None
     if grid is None or len(grid) != 3 or any(isinstance(g, bool) or g <= 0 for g in given):
-        raise ValueError(f"{_FN}: grid is {given!r}, expected (T, H, W), three positive ints")
+        raise ValueError(f"{_FN}: argument 'grid' is {given!r}, expected (T, H, W), three positive ints")
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
-        raise ValueError(f"{_FN}: chunks is {chunks!r}, expected an int >= 1")
+        raise ValueError(f"{_FN}: argument 'chunks' is {chunks!r}, expected an int >= 1")
     return grid, tok, hd
 
 
@@ -183,7 +183,7 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: S
     held, valid = token_split(N, world, shards)
     if q.shape[tok] != held[rank]:
         convention = shards if isinstance(shards, str) else "explicit counts"
-        raise ValueError(f"{_FN}: q has {q.shape[tok]} tokens on rank {rank} of {world}, expected {held[rank]} "
+        raise ValueError(f"{_FN}: argument 'q' has {q.shape[tok]} tokens on rank {rank} of {world}, expected {held[rank]} "
                          f"(shards={convention!r} of N = T*H*W = {N} for grid {grid}: {held})")
     fn = attention_fn if attention_fn is not None else _default_attention
     if world == 1:

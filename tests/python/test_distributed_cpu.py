@@ -118,27 +118,27 @@ def test_world_size_one_is_the_operator(single_rank_group):
 def test_argument_errors(single_rank_group):
     q, k, v = make_qkv("random", 1, 2, (3, 1, 7), 8, "bshd")
     f = vd.ulysses_attention
-    with pytest.raises(ValueError, match="layout is 'sbhd'"):
+    with pytest.raises(ValueError, match="argument 'layout' is 'sbhd'"):
         f(q, k, v, (3, 1, 7), layout="sbhd")
-    with pytest.raises(ValueError, match=r"grid is \(3, 7\)"):
+    with pytest.raises(ValueError, match=r"argument 'grid' is \(3, 7\)"):
         f(q, k, v, (3, 7))
-    with pytest.raises(ValueError, match=r"grid is \(3, 0, 7\), expected \(T, H, W\), three positive ints"):
+    with pytest.raises(ValueError, match=r"argument 'grid' is \(3, 0, 7\), expected \(T, H, W\), three positive ints"):
         f(q, k, v, (3, 0, 7))
-    with pytest.raises(ValueError, match=r"grid is \(3.0, 1, 7\)"):
+    with pytest.raises(ValueError, match=r"argument 'grid' is \(3.0, 1, 7\)"):
         f(q, k, v, (3.0, 1, 7))
-    with pytest.raises(ValueError, match="q has 20 tokens on rank 0 of 1, expected 21"):
+    with pytest.raises(ValueError, match="argument 'q' has 20 tokens on rank 0 of 1, expected 21"):
         f(q[:, :20], k[:, :20], v[:, :20], (3, 1, 7))
-    with pytest.raises(ValueError, match="k has .* expected"):
+    with pytest.raises(ValueError, match="argument 'k' has .* expected"):
         f(q, k[:, :, :1], v, (3, 1, 7))
-    with pytest.raises(TypeError, match="v is torch.float32"):
+    with pytest.raises(TypeError, match="argument 'v' is torch.float32"):
         f(q, k, v.float(), (3, 1, 7))
-    with pytest.raises(ValueError, match="shards is \\[10, 10\\]"):
+    with pytest.raises(ValueError, match="argument 'shards' is \\[10, 10\\]"):
         f(q, k, v, (3, 1, 7), shards=[10, 10])
-    with pytest.raises(ValueError, match="shards is 'chunked'"):
+    with pytest.raises(ValueError, match="argument 'shards' is 'chunked'"):
         f(q, k, v, (3, 1, 7), shards="chunked")
-    with pytest.raises(ValueError, match="chunks is 0"):
+    with pytest.raises(ValueError, match="argument 'chunks' is 0"):
         f(q, k, v, (3, 1, 7), chunks=0)
-    with pytest.raises(TypeError, match="q is a list"):
+    with pytest.raises(TypeError, match="argument 'q' is a list"):
         f([1], k, v, (3, 1, 7))
 
 
