@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "core/dispatch.hpp"
-#include "cuda/hopper_flash.hpp"
-#include "cuda/kernel_params.hpp"
+#include "cuda/sm90/flash_sm90.hpp"
+#include "cuda/common/kernel_params.hpp"
 #include "cuda/monarch_plan.hpp"
 #include "vmonarch/half.hpp"
 #include "vmonarch/vmonarch.hpp"

@@ -1,5 +1,5 @@
 // Internal: the templated FlashAttention-2-style forward kernel shared by the R-step, the first-frame
-// recompute and dense attention (spec §3, "useful identities").
+// recompute and dense attention (docs/algorithm.md §5).
 //
 // One block: 4 warps of 16·MT query rows each (MT = 2, 128 rows, except K and V both as values at d = 128,
 // where MT = 1) of one (segment, head, batch). Keys/values stream
@@ -18,8 +18,8 @@
 #include <cfloat>
 #include <cstdint>
 
-#include "cuda/kernel_params.hpp"
-#include "cuda/mma_ptx.cuh"
+#include "cuda/common/kernel_params.hpp"
+#include "cuda/common/mma_ptx.cuh"
 
 namespace vmonarch::cuda {
 
@@ -29,7 +29,7 @@ struct FlashShape {
 
 // Two value operands at d = 128 need 128 accumulator registers per 16 rows: such blocks give each warp
 // one 16-row m-tile; every other variant gives each warp two m-tiles (32 rows, halving the shared-memory
-// reads of K and V per FLOP). Key tiles are 32 rows (64 spilled registers in v2's trials).
+// reads of K and V per FLOP). Key tiles are 32 rows (64 spilled registers at 64, bench/RESULTS.md).
 constexpr bool flash_narrow(int head_dim, bool k_value, bool v_value) { return k_value && v_value && head_dim == 128; }
 constexpr int flash_m_tiles(int head_dim, bool k_value, bool v_value) { return flash_narrow(head_dim, k_value, v_value) ? 1 : 2; }
 constexpr int flash_block_m(int head_dim, bool k_value, bool v_value) {
@@ -65,13 +65,8 @@ __device__ __forceinline__ void load_tile_async(std::uint32_t dst, const T* base
     }
 }
 
-template <int D>
-__device__ __forceinline__ std::uint32_t swz(int r, int ch) {
-    return r * (D * 2) + ((ch ^ (r & 7)) << 4);
-}
-
 template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE>
-__global__ void __launch_bounds__(FlashShape::THREADS) flash_fwd_kernel(const FlashParams p) {
+__global__ void __launch_bounds__(FlashShape::THREADS) flash_sm80_kernel(const FlashParams p) {
     using T = typename ElemType<BF16>::T;
     constexpr int MT = flash_m_tiles(D, K_VALUE, V_VALUE);  // 16-row m-tiles per warp
     constexpr int BM = flash_block_m(D, K_VALUE, V_VALUE), BN = flash_block_n(D, K_VALUE, V_VALUE);
@@ -84,8 +79,8 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_fwd_kernel(const Fl
     constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
     constexpr float NEG_INF = -INFINITY;
     // Q fragments stay in registers when they take at most 32 of them (MT·KT·4) and the block is not the
-    // two-value variant; otherwise they are re-read from shared memory per tile. Measured (bench/RESULTS.md
-    // v4): holding them in the two-value variant (254 registers, no spills) or everywhere (spills) is
+    // two-value variant; otherwise they are re-read from shared memory per tile. Measured (bench/RESULTS.md):
+    // holding them in the two-value variant (254 registers, no spills) or everywhere (spills) is
     // 8–10% slower. VMONARCH_Q_IN_REGS_RULE overrides the rule for experiments.
 #ifdef VMONARCH_Q_IN_REGS_RULE
     constexpr bool Q_IN_REGS = VMONARCH_Q_IN_REGS_RULE;
@@ -93,7 +88,7 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_fwd_kernel(const Fl
     constexpr bool Q_IN_REGS = !(K_VALUE && V_VALUE) && MT * KT * 4 <= 32;
 #endif
     // Full tiles after the first may skip the row max (see the tile loop). Measured on an H100 through this
-    // kernel (bench/RESULTS.md v16): 7–13% faster in every variant, also in the d = 128 two-m-tile ones,
+    // kernel (bench/RESULTS.md): 7–13% faster in every variant, also in the d = 128 two-m-tile ones,
     // where ptxas then spills 48–116 bytes (28–40 without it); excluding those was slower.
     // VMONARCH_PORTABLE_STALE_RULE overrides the rule for experiments.
 #ifdef VMONARCH_PORTABLE_STALE_RULE
@@ -131,7 +126,7 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_fwd_kernel(const Fl
         for (int r = 0; r < 2; ++r) {
             row[mt][r] = wrow + mt * 16 + (lane >> 2) + 8 * r;
             mult[mt][r] = p.qk_scale * LOG2E;
-            if constexpr (ROW_SCALE) { // spec §3: x = s·⟨aR, K⟩ / max(cR, clamp)
+            if constexpr (ROW_SCALE) { // docs/algorithm.md §3.1: x = s·⟨aR, K⟩ / max(cR, clamp)
                 const float* rs = view_row<const float>(p.rs, b, h, f);
                 float m = 0.f;
                 if (row[mt][r] < len_q) {
@@ -229,7 +224,7 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_fwd_kernel(const Fl
         // Full tiles after the first: exponentiate against the running m without the row max (any offset
         // gives the same statistics; see the header), kept when every p ≤ 256 in the whole warp (partial
         // row sums ≤ 2^8), so that m and the accumulators' scale stay; otherwise S is computed again and
-        // the exact update below runs. As in the Hopper kernel (hopper_flash_kernel.cuh, softmax_stale).
+        // the exact update below runs. As in the Hopper kernel (flash_sm90_kernel.cuh, softmax_stale).
         bool exact = true;
         if (STALE_MAX && n > 0 && !tail) {
             float lt[MT][2], et[MT][2];

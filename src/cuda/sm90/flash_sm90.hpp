@@ -2,7 +2,7 @@
 // what launch_flash computes for the same FlashParams (see kernel_params.hpp). See the README's Hopper section.
 #pragma once
 
-#include "cuda/kernel_params.hpp"
+#include "cuda/common/kernel_params.hpp"
 
 namespace vmonarch::cuda {
 

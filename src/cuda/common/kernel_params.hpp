@@ -1,6 +1,6 @@
 // Internal: plain-C++ description of the CUDA kernels' operands and their host launchers.
 //
-// Included by the .cu launchers, by src/cuda/monarch_backend.cu (the dispatch.hpp functions), and by the
+// Included by the .cu launchers, by src/cuda/cuda_backend.cu (the core/dispatch.hpp functions), and by the
 // GPU tests and the benchmark, which drive each kernel on its own. No CUDA types appear here.
 #pragma once
 
@@ -21,7 +21,7 @@ enum class Elem { bf16, f16 };
 std::string to_string(Elem e);
 
 // One FlashAttention-2-style forward over `segments` independent (query rows × key rows) problems for
-// every (batch, head). Which outputs exist selects the kernel variant (spec §3 "useful identities"):
+// every (batch, head). Which outputs exist selects the kernel variant (docs/algorithm.md §5):
 //   o   set: O = softmax(x)·V                         (dense output, or y of the last R-step)
 //   a   set: A = s·softmax(x)·K  plus ent set         (aL and cL = Σ R·x − logsumexp x of an R-step)
 //   lse set: logsumexp_l x (f32)
@@ -40,7 +40,7 @@ struct FlashParams {
     float clamp = 0.f;     // cR clamp (0: none)
 };
 
-// L-step of spec §3 for every position j of a T-frame grid (HW positions per frame), every batch/head.
+// L-step (docs/algorithm.md §3.2) for every position j of a T-frame grid (HW positions per frame), every batch/head.
 //   z[i][k] = ⟨q(i,j), a(k,j)⟩ − c(k,j);  L = softmax_k z
 //   last:   out(i,j) = Σ_k L[i][k]·y(k,j),  lse(i,j) = logsumexp_k z   (lse optional)
 //   middle: ar(k,j) = Σ_i L[i][k]·q(i,j),   cr(k,j) = Σ_i L[i][k]

@@ -1,6 +1,6 @@
-// Internal: the Hopper (sm_90a) flash forward kernel. It computes exactly what flash_fwd_kernel computes
+// Internal: the Hopper (sm_90a) flash forward kernel. It computes exactly what flash_sm80_kernel computes
 // (same FlashParams, same variants, same base-2 online statistics and entropy formula; see
-// flash_kernel.cuh), with
+// sm80/flash_sm80_kernel.cuh), with
 //   - wgmma.mma_async for S = Q·Kᵀ (A and B from shared memory) and for O += P·V, A += P·K (P from
 //     registers, V / K from shared memory read MN-major), accumulators in registers;
 //   - TMA tile loads (cp.async.bulk.tensor, 128-byte swizzle) completing on mbarriers;
@@ -16,13 +16,13 @@
 
 #include <cuda.h> // CUtensorMap (a plain 128-byte struct; no driver library is linked)
 
-#include "cuda/kernel_params.hpp"
-#include "cuda/mma_ptx.cuh"
+#include "cuda/common/kernel_params.hpp"
+#include "cuda/common/mma_ptx.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define VMONARCH_HOPPER_DEVICE 1
-#include "cuda/hopper_ptx.cuh"
-#include "cuda/hopper_wgmma.cuh"
+#include "cuda/sm90/hopper_ptx.cuh"
+#include "cuda/sm90/hopper_wgmma.cuh"
 #endif
 
 namespace vmonarch::cuda::hopper {
@@ -41,7 +41,7 @@ struct HopperShape {
 // K as a value): 176 with K alone (FlashAttention-3's width for one value operand: S 88 + accumulator 64 +
 // P 44 registers), 80 with K and V (S 40 + 128 + P 20). The V-only kernel (dense, recompute) stays at 128:
 // its stage holds a K and a V tile, and at 176 keys only two stages fit, which starves the pipelined
-// schedule (v9: 30% slower). Which width a call gets: hopper_flash.cu (choose_wide).
+// schedule (30% slower, bench/RESULTS.md). Which width a call gets: flash_sm90.cu (choose_wide).
 constexpr int hopper_block_n(int head_dim, bool k_value, bool v_value, bool wide) {
     if (head_dim != 128 || !k_value) return 128;
     if (v_value) return wide ? 80 : 64;
@@ -59,7 +59,7 @@ constexpr int hopper_smem_bytes(int head_dim, bool v_value, int bn) {
 }
 
 // Where the (row, segment, head, batch) coordinates of a row view go among the tensor map's dims 1–4
-// (dim 0 is the head dim). The host may permute them; see hopper_flash.cu.
+// (dim 0 is the head dim). The host may permute them; see flash_sm90.cu.
 struct TmaCoords {
     signed char row = 1, seg = 2, head = 3, batch = 4;
 };
@@ -80,11 +80,11 @@ __device__ __forceinline__ void tma_load_row_tile(std::uint32_t dst, const CUten
 }
 #endif
 
-// MODE: 0 = one tile at a time (v6), 1 = intra-warpgroup pipelining (S of tile n + 1 overlaps the
+// MODE: 0 = one tile at a time, 1 = intra-warpgroup pipelining (S of tile n + 1 overlaps the
 // softmax … P·V of tile n), 2 = 1 plus ping-pong of the two consumer warpgroups' GEMM issue (named barriers).
 template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE, int BN, int MODE>
 __global__ void __launch_bounds__(HopperShape::THREADS, 1)
-    hopper_flash_kernel(const FlashParams p, const HopperArgs args, const __grid_constant__ CUtensorMap tm_q,
+    flash_sm90_kernel(const FlashParams p, const HopperArgs args, const __grid_constant__ CUtensorMap tm_q,
                         const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v) {
 #ifdef VMONARCH_HOPPER_DEVICE
     using T = typename ElemType<BF16>::T;
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     for (int r = 0; r < 2; ++r) {
         row[r] = wg * 64 + wq * 16 + (lane >> 2) + 8 * r;
         mult[r] = p.qk_scale * LOG2E;
-        if constexpr (ROW_SCALE) { // spec §3: x = s·⟨aR, K⟩ / max(cR, clamp)
+        if constexpr (ROW_SCALE) { // docs/algorithm.md §3.1: x = s·⟨aR, K⟩ / max(cR, clamp)
             const float* rs = view_row<const float>(p.rs, b, h, f);
             float m = LOG2E; // rows past len_q: any positive multiplier (never stored)
             if (row[r] < len_q) {
@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         }
     };
     // Scale S of tile n to base-2 logits, mask the key tail, update the online statistics (as
-    // flash_fwd_kernel) and leave the probabilities in sacc; al = the factor the accumulators still need.
+    // flash_sm80_kernel) and leave the probabilities in sacc; al = the factor the accumulators still need.
     // mult > 0 (the host sends only positive scales here), so the row max is taken on the raw scores:
     // round(max(s)·mult) = max(round(s·mult)), the same m as scaling first; each element then takes one
     // FFMA (s·mult − m). Only the last key tile of a row view needs masking; the other tiles take a
@@ -274,7 +274,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
 #pragma unroll
             for (int i = 0; i < NS; ++i) {
                 const int r = (i >> 1) & 1;
-                // v7's two roundings here (x = s·mult, then x − m): the max element gives exactly 0, so
+                // two roundings here (x = s·mult, then x − m): the max element gives exactly 0, so
                 // a row with one key (len_k = 1) has entropy 0 exactly. −∞ where masked.
                 const float dlt = __fadd_rn(__fmul_rn(sacc[i], mult[r]), nmu[r]);
                 const float pr = fast_exp2(dlt);
@@ -286,7 +286,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             exp_tile(sacc, nmu, l_run, e_run);
         }
     };
-    // The same statistics without the row maximum, for a full tile after the first (spec §3's identities
+    // The same statistics without the row maximum, for a full tile after the first (docs/algorithm.md §4.2: the identities
     // hold for any offset m: ent and lse cancel it; only the range of p = 2^(x − m) needs m near the max).
     // The tile is exponentiated against the running m, and kept if every thread's partial row sums stay
     // within 2^8 (every p ≤ 256: in range for f16 P, and l, e and the accumulators stay far from overflow):
@@ -390,7 +390,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     }
 
     if constexpr (MODE == 0) {
-        // v6 schedule: S, wait, softmax, P·V, wait, per tile.
+        // One tile at a time: S, wait, softmax, P·V, wait.
         for (int n = 0; n < n_tiles; ++n) {
             wait_full(n);
             float sacc[NS];

@@ -1,7 +1,7 @@
-// Hopper flash forward: host side (tensor maps through the driver entry point, support checks, launch)
+// Hopper (sm90) flash forward: host side (tensor maps through the driver entry point, support checks, launch)
 // and the kernel instantiations. The kernel body exists only in the sm_90a pass; other passes compile an
 // empty stub, and hopper_flash_supported refuses any device whose loaded binary is not sm_90.
-#include "cuda/hopper_flash.hpp"
+#include "cuda/sm90/flash_sm90.hpp"
 
 #include <cuda.h>
 #include <cuda_runtime.h>
@@ -15,8 +15,8 @@
 #include <sstream>
 #include <string>
 
-#include "cuda/cuda_check.hpp"
-#include "cuda/hopper_flash_kernel.cuh"
+#include "cuda/common/cuda_check.hpp"
+#include "cuda/sm90/flash_sm90_kernel.cuh"
 
 namespace vmonarch::cuda {
 
@@ -137,7 +137,7 @@ int block_n_of(const FlashParams& p, bool wide) {
 // modelled cost ceil(len_k / bn) · (bn + kTileOverhead), i.e. the keys computed (a partial last tile
 // costs a whole one) plus a fixed per-tile cost (softmax reductions, barrier waits, GEMM issue gaps)
 // expressed in key columns: about 10–13 from the narrow/wide timings at HW = 1456 and 3520 on an H100
-// (bench/RESULTS.md, v9).
+// (bench/RESULTS.md).
 constexpr int kTileOverhead = 12;
 bool choose_wide(const FlashParams& p) {
     if (block_n_of(p, true) == block_n_of(p, false)) return false;
@@ -189,10 +189,10 @@ bool shape_supported(const FlashParams& p) {
 }
 
 template <bool BF16, int D, bool RS, bool KV, bool VV, int BN, int MODE> auto kernel_of() {
-    return hopper::hopper_flash_kernel<BF16, D, RS, KV, VV, BN, MODE>;
+    return hopper::flash_sm90_kernel<BF16, D, RS, KV, VV, BN, MODE>;
 }
 
-// Consumer schedule (see the kernel): VMONARCH_HOPPER_MODE = 0 (v6: one tile at a time), 1 (intra-warpgroup
+// Consumer schedule (see the kernel): VMONARCH_HOPPER_MODE = 0 (one tile at a time), 1 (intra-warpgroup
 // pipelining), 2 (1 plus warpgroup ping-pong); unset or anything else: the default.
 constexpr int kDefaultMode = 2;
 int schedule_mode() {

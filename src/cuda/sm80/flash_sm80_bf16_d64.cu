@@ -1,5 +1,5 @@
 // Instantiates the flash forward kernels for bf16, head dim 64.
-#include "cuda/flash_launch.cuh"
+#include "cuda/sm80/flash_sm80_launch.cuh"
 
 namespace vmonarch::cuda {
 template void launch_flash_typed<true, 64>(const FlashParams&, cudaStream_t, const char*);

@@ -1,11 +1,12 @@
-// launch_lstep: picks the (dtype, head dim, last) instantiation of lstep_kernel and sizes its shared memory.
+// launch_lstep: picks the (dtype, head dim, last, frame count) instantiation of the tensor-core L-step
+// (lstep_mma_kernel.cuh) or, for T > 48, of the CUDA-core fallback (lstep_fallback_kernel.cuh).
 #include <cuda_runtime.h>
 
 #include <sstream>
 
-#include "cuda/cuda_check.hpp"
-#include "cuda/lstep_kernel.cuh"
-#include "cuda/lstep_mma_kernel.cuh"
+#include "cuda/common/cuda_check.hpp"
+#include "cuda/lstep/lstep_fallback_kernel.cuh"
+#include "cuda/lstep/lstep_mma_kernel.cuh"
 
 namespace vmonarch::cuda {
 
@@ -26,8 +27,8 @@ int max_optin_smem() {
 }
 
 template <bool BF16, int D, bool LAST, typename Ctx>
-void launch_variant(const LStepParams& p, cudaStream_t stream, const Ctx& ctx) {
-    auto kernel = lstep_kernel<BF16, D, LAST>;
+void launch_fallback(const LStepParams& p, cudaStream_t stream, const Ctx& ctx) {
+    auto kernel = lstep_fallback_kernel<BF16, D, LAST>;
     const int smem = int(lstep_smem_bytes(p.frames, D));
     if (smem > 48 * 1024) allow_smem(kernel, smem, ctx);
     const dim3 grid(unsigned(p.positions), unsigned(p.heads), unsigned(p.batch));
@@ -52,7 +53,7 @@ void launch_last(const LStepParams& p, cudaStream_t stream, const Ctx& ctx) {
     if (p.frames <= 16) return launch_mma_variant<BF16, D, LAST, 1>(p, stream, ctx);
     if (p.frames <= 32) return launch_mma_variant<BF16, D, LAST, 2>(p, stream, ctx);
     if (p.frames <= lstep_mma_max_frames()) return launch_mma_variant<BF16, D, LAST, 3>(p, stream, ctx);
-    launch_variant<BF16, D, LAST>(p, stream, ctx); // CUDA-core fallback for long clips
+    launch_fallback<BF16, D, LAST>(p, stream, ctx); // CUDA-core fallback for long clips
 }
 
 template <bool BF16, int D, typename Ctx>

@@ -1,8 +1,8 @@
 // launch_flash: validates the launch shape and picks the (dtype, head dim) instantiation.
 #include <sstream>
 
-#include "cuda/flash_launch.cuh"
-#include "cuda/hopper_flash.hpp"
+#include "cuda/sm80/flash_sm80_launch.cuh"
+#include "cuda/sm90/flash_sm90.hpp"
 
 namespace vmonarch::cuda {
 
@@ -25,7 +25,7 @@ std::string describe(const FlashParams& p, const char* what) {
 void launch_flash(const FlashParams& p, void* stream, const char* what) {
     if (p.len_q <= 0 || p.batch <= 0 || p.heads <= 0 || p.segments <= 0) return; // nothing to do
     if (p.len_k <= 0) throw CudaError(describe(p, what) + ": no keys");
-    if (try_launch_flash_hopper(p, stream, what)) return; // sm_90a wgmma/TMA path (issue #5)
+    if (try_launch_flash_hopper(p, stream, what)) return; // sm_90a wgmma/TMA path
     const std::int64_t tiles = (p.len_q + 63) / 64; // upper bound over the variants' block heights
     if (tiles > 0x7fffffff || std::int64_t(p.segments) * p.heads > 65535 || p.batch > 65535)
         throw CudaError(describe(p, what) + ": grid too large (segments·heads and batch must be ≤ 65535)");

@@ -1,4 +1,4 @@
-// Internal: host launcher for flash_fwd_kernel, instantiated once per (dtype, head dim) in flash_*.cu so
+// Internal: host launcher for flash_sm80_kernel, instantiated once per (dtype, head dim) in flash_sm80_*.cu so
 // the four instantiation sets compile in parallel.
 #pragma once
 
@@ -6,8 +6,8 @@
 
 #include <string>
 
-#include "cuda/cuda_check.hpp"
-#include "cuda/flash_kernel.cuh"
+#include "cuda/common/cuda_check.hpp"
+#include "cuda/sm80/flash_sm80_kernel.cuh"
 
 namespace vmonarch::cuda {
 
@@ -15,7 +15,7 @@ std::string describe(const FlashParams& p, const char* what);
 
 template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE>
 void launch_flash_variant(const FlashParams& p, cudaStream_t stream, const char* what) {
-    auto kernel = flash_fwd_kernel<BF16, D, ROW_SCALE, K_VALUE, V_VALUE>;
+    auto kernel = flash_sm80_kernel<BF16, D, ROW_SCALE, K_VALUE, V_VALUE>;
     const int smem = flash_smem_bytes(D, K_VALUE, V_VALUE);
     const auto ctx = [&] { return describe(p, what); };
     allow_smem(kernel, smem, ctx);

@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "cuda/kernel_params.hpp"
+#include "cuda/common/kernel_params.hpp"
 
 namespace vmonarch::cuda {
 
@@ -19,10 +19,18 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return y;
 }
 
-// First element of row 0 of (batch b, head h, segment f) in a RowView (kernel_params.hpp).
+// First element of row r of (batch b, head h, segment f) in a RowView (kernel_params.hpp); r = 0 gives the
+// segment's first row, to which the flash kernels add their own row offsets.
 template <typename T>
-__device__ __forceinline__ T* view_row(const RowView& v, int b, int h, int f) {
-    return static_cast<T*>(v.ptr) + b * v.sb + h * v.sh + f * v.sf;
+__device__ __forceinline__ T* view_row(const RowView& v, int b, int h, std::int64_t f, std::int64_t r = 0) {
+    return static_cast<T*>(v.ptr) + b * v.sb + h * v.sh + f * v.sf + r * v.sr;
+}
+
+// Byte offset of 16-byte chunk ch of row r in a shared-memory tile of rows of D 16-bit values whose chunks
+// are XOR-swizzled by (row & 7): the 8 rows an ldmatrix phase reads hit 8 distinct bank groups.
+template <int D>
+__device__ __forceinline__ std::uint32_t swz(int r, int ch) {
+    return r * (D * 2) + ((ch ^ (r & 7)) << 4);
 }
 
 template <bool BF16> struct ElemType;

@@ -1,4 +1,4 @@
-// Internal: tensor-core L-step (spec §3) for T ≤ 48 frames: one warp per position j, frames padded to
+// Internal: the tensor-core L-step (docs/algorithm.md §3.2), the main one, for T ≤ 48 frames: one warp per position j, frames padded to
 // TP = 16·MT rows. Per position:
 //   z = Q_j·aL_jᵀ − cL_j (TP×TP, mma m16n8k16 over the head dim), L = row softmax (f32, masked to T),
 //   last:   O_j = L·y_j  (+ lse = logsumexp_k z)
@@ -9,9 +9,8 @@
 
 #include <cstdint>
 
-#include "cuda/flash_kernel.cuh" // swz, fast_exp2
-#include "cuda/kernel_params.hpp"
-#include "cuda/mma_ptx.cuh"
+#include "cuda/common/kernel_params.hpp"
+#include "cuda/common/mma_ptx.cuh"
 
 namespace vmonarch::cuda {
 
@@ -20,11 +19,6 @@ constexpr int lstep_mma_warps(int mt) { return mt <= 2 ? 4 : 2; }
 constexpr int lstep_mma_warp_bytes(int D, bool last, int mt) {
     const int tp = 16 * mt;
     return (last ? 3 : 2) * tp * D * 2 + (last ? 0 : tp * (tp * 2 + 16));
-}
-
-template <typename T>
-__device__ __forceinline__ T* lrow(const RowView& v, int b, int h, std::int64_t f, std::int64_t r) {
-    return static_cast<T*>(v.ptr) + b * v.sb + h * v.sh + f * v.sf + r * v.sr;
 }
 
 // Rows r < T of view (b, h, frame r, position j) → swizzled tile at dst (TP rows; rows ≥ T zero-filled).
@@ -36,7 +30,7 @@ __device__ __forceinline__ void gather_rows_async(std::uint32_t dst, const RowVi
     for (int c = lane; c < TP * CH; c += 32) {
         const int r = c / CH, ch = c % CH;
         const bool ok = r < T;
-        const E* src = ok ? lrow<const E>(v, b, h, r, j) + ch * 8 : static_cast<const E*>(v.ptr);
+        const E* src = ok ? view_row<const E>(v, b, h, r, j) + ch * 8 : static_cast<const E*>(v.ptr);
         cp_async_16(dst + swz<D>(r, ch), src, ok ? 16 : 0);
     }
 }
@@ -50,7 +44,7 @@ __device__ __forceinline__ void scatter_rows(const unsigned char* tile, const Ro
     for (int c = lane + r0 * CH; c < T * CH; c += 32) {
         const int r = c / CH, ch = c % CH;
         const uint4 val = *reinterpret_cast<const uint4*>(tile + swz<D>(r, ch));
-        *reinterpret_cast<uint4*>(lrow<E>(v, b, h, r, j) + ch * 8) = val;
+        *reinterpret_cast<uint4*>(view_row<E>(v, b, h, r, j) + ch * 8) = val;
     }
 }
 
@@ -85,7 +79,7 @@ __global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(con
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
             const int k = nt * 8 + 2 * (lane & 3) + e;
-            cl[nt][e] = k < T ? *lrow<const float>(p.c, b, h, k, j) : 0.f;
+            cl[nt][e] = k < T ? *view_row<const float>(p.c, b, h, k, j) : 0.f;
         }
     if constexpr (LAST) cp_async_wait<1>();
     else cp_async_wait<0>();
@@ -157,7 +151,7 @@ __global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(con
             }
             if constexpr (LAST) // lse = logsumexp_k z: the Monarch row's objective value
                 if (p.lse.ptr != nullptr && (lane & 3) == 0 && i < T && !(p.skip_frame0 && i == 0))
-                    *lrow<float>(p.lse, b, h, i, j) = (mx[r] + __log2f(sum[r])) * LN2;
+                    *view_row<float>(p.lse, b, h, i, j) = (mx[r] + __log2f(sum[r])) * LN2;
         }
     }
 
@@ -229,7 +223,7 @@ __global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(con
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int k = nt * 8 + 2 * lane + e;
-                    if (k < T) *lrow<float>(p.cr, b, h, k, j) = cs[nt][e];
+                    if (k < T) *view_row<float>(p.cr, b, h, k, j) = cs[nt][e];
                 }
         // L (16-bit) into its own tile, row i, column k.
 #pragma unroll

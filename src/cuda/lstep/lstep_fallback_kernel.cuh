@@ -1,4 +1,5 @@
-// Internal: the L-step of spec §3, one block per (position j, head, batch).
+// Internal: the CUDA-core L-step (docs/algorithm.md §3.2), the fallback for clips longer than the
+// tensor-core kernel takes (lstep_mma_kernel.cuh, T ≤ 48): one block per (position j, head, batch).
 //
 // For position j the block gathers Q[·][j] (T rows of the user's q) and aL[j][·] (T rows) into shared
 // memory as f32, forms the T×T logits z[i][k] = ⟨Q[i][j], aL[j][k]⟩ − cL[j][k], takes the row softmax L,
@@ -9,19 +10,14 @@
 
 #include <cstdint>
 
-#include "cuda/kernel_params.hpp"
-#include "cuda/mma_ptx.cuh"
+#include "cuda/common/kernel_params.hpp"
+#include "cuda/common/mma_ptx.cuh"
 
 namespace vmonarch::cuda {
 
 constexpr int kLStepThreads = 128;
 
 constexpr std::int64_t lstep_smem_bytes(std::int64_t T, int D) { return (2 * T * D + T * T + T) * 4; }
-
-template <typename T>
-__device__ __forceinline__ T* lview(const RowView& v, int b, int h, std::int64_t f, std::int64_t r) {
-    return static_cast<T*>(v.ptr) + b * v.sb + h * v.sh + f * v.sf + r * v.sr;
-}
 
 // 8 consecutive 16-bit values → 8 floats in shared memory.
 template <bool BF16>
@@ -58,7 +54,7 @@ __device__ __forceinline__ void gather_rows(float* dst, const RowView& v, int b,
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) { // issue all loads first
             const int c = c0 + u * kLStepThreads;
-            if (c < total) buf[u] = *reinterpret_cast<const uint4*>(lview<const E>(v, b, h, c / CH, j) + (c % CH) * 8);
+            if (c < total) buf[u] = *reinterpret_cast<const uint4*>(view_row<const E>(v, b, h, c / CH, j) + (c % CH) * 8);
         }
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
@@ -69,7 +65,7 @@ __device__ __forceinline__ void gather_rows(float* dst, const RowView& v, int b,
 }
 
 template <bool BF16, int D, bool LAST>
-__global__ void __launch_bounds__(kLStepThreads) lstep_kernel(const LStepParams p) {
+__global__ void __launch_bounds__(kLStepThreads) lstep_fallback_kernel(const LStepParams p) {
     using E = typename ElemType<BF16>::T;
     constexpr int CH = D / 8, C4 = D / 4, WARPS = kLStepThreads / 32;
     extern __shared__ float4 lstep_smem[];
@@ -83,7 +79,7 @@ __global__ void __launch_bounds__(kLStepThreads) lstep_kernel(const LStepParams 
 
     gather_rows<BF16, D>(sQ, p.q, b, h, j, T);
     gather_rows<BF16, D>(sB, p.a, b, h, j, T);
-    for (int k = tid; k < T; k += kLStepThreads) sC[k] = *lview<const float>(p.c, b, h, k, j);
+    for (int k = tid; k < T; k += kLStepThreads) sC[k] = *view_row<const float>(p.c, b, h, k, j);
     __syncthreads();
 
     // z[i][k]; each thread walks the head dim starting at chunk k so that threads of one warp read
@@ -135,10 +131,10 @@ __global__ void __launch_bounds__(kLStepThreads) lstep_kernel(const LStepParams 
             const int i = w / CH, ch = w - i * CH;
             float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
             for (int k = 0; k < T; ++k) fma8(acc, sZ[i * T + k], sB + k * D + ch * 8);
-            *reinterpret_cast<uint4*>(lview<E>(p.out, b, h, i, j) + ch * 8) = pack8<BF16>(acc);
+            *reinterpret_cast<uint4*>(view_row<E>(p.out, b, h, i, j) + ch * 8) = pack8<BF16>(acc);
         }
         if (p.lse.ptr != nullptr)
-            for (int i = tid + (p.skip_frame0 ? 1 : 0); i < T; i += kLStepThreads) *lview<float>(p.lse, b, h, i, j) = sC[i];
+            for (int i = tid + (p.skip_frame0 ? 1 : 0); i < T; i += kLStepThreads) *view_row<float>(p.lse, b, h, i, j) = sC[i];
     } else {
         for (int w = tid; w < T * CH; w += kLStepThreads) {
             const int k = w / CH, ch = w - k * CH;
@@ -149,8 +145,8 @@ __global__ void __launch_bounds__(kLStepThreads) lstep_kernel(const LStepParams 
                 colsum += l;
                 fma8(acc, l, sQ + i * D + ch * 8);
             }
-            *reinterpret_cast<uint4*>(lview<E>(p.ar, b, h, k, j) + ch * 8) = pack8<BF16>(acc);
-            if (ch == 0) *lview<float>(p.cr, b, h, k, j) = colsum;
+            *reinterpret_cast<uint4*>(view_row<E>(p.ar, b, h, k, j) + ch * 8) = pack8<BF16>(acc);
+            if (ch == 0) *view_row<float>(p.cr, b, h, k, j) = colsum;
         }
     }
 }
