@@ -7,19 +7,20 @@
 // mma.sync m16n8k16 with fragments from ldmatrix. Shared-memory tiles are rows of D 16-bit values whose
 // 16-byte chunks are XOR-swizzled by (row & 7), so every ldmatrix phase hits 8 distinct bank groups.
 //
-// Softmax statistics are online, in base 2 (x₂ = x·log₂e): running offset m, sum S = Σ 2^{x₂−m}, and for
-// the entropy E = Σ 2^{x₂−m}·(x₂−m), rescaled with S when m moves (E ← α(E + (m_old − m_new)·S)). Then
-//   cL = Σ R·x − logsumexp x = ln2·E/S − ln S,   logsumexp x = ln2·m + ln S,
-// whatever m is: m is the running max after the first tile, and on later full tiles it stays put as long
-// as no probability exceeds 2^8 (no row max taken; a tile that would exceed it is redone exactly).
-// Keeping E relative to m keeps cL accurate for logits of ±1e3.
+// The softmax statistics are the online ones of docs/algorithm.md §4 (common/online_softmax.cuh, with the
+// compiler free to fuse: FusedMath): the exact update on the first and on partial key tiles, the
+// stale-offset update on later full tiles; the epilogue (common/flash_epilogue.cuh) and the fragment
+// products (common/mma_fragments.cuh) are shared with the sm90 kernel.
 #pragma once
 
 #include <cfloat>
 #include <cstdint>
 
+#include "cuda/common/flash_epilogue.cuh"
 #include "cuda/common/kernel_params.hpp"
+#include "cuda/common/mma_fragments.cuh"
 #include "cuda/common/mma_ptx.cuh"
+#include "cuda/common/online_softmax.cuh"
 
 namespace vmonarch::cuda {
 
@@ -67,7 +68,7 @@ __device__ __forceinline__ void load_tile_async(std::uint32_t dst, const T* base
 
 template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE>
 __global__ void __launch_bounds__(FlashShape::THREADS) flash_sm80_kernel(const FlashParams p) {
-    using T = typename ElemType<BF16>::T;
+    using Stats = OnlineStats<K_VALUE, FusedMath>;
     constexpr int MT = flash_m_tiles(D, K_VALUE, V_VALUE);  // 16-row m-tiles per warp
     constexpr int BM = flash_block_m(D, K_VALUE, V_VALUE), BN = flash_block_n(D, K_VALUE, V_VALUE);
     constexpr int ROW_BYTES = D * 2, TILE_BYTES = BN * ROW_BYTES;
@@ -76,7 +77,6 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_sm80_kernel(const F
     constexpr int NT = BN / 8; // 8-key column tiles of S
     constexpr int DT = D / 8;  // 8-wide column tiles of the outputs
     constexpr int AV = V_VALUE ? DT : 1, AK = K_VALUE ? DT : 1;
-    constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
     constexpr float NEG_INF = -INFINITY;
     // Q fragments stay in registers when they take at most 32 of them (MT·KT·4) and the block is not the
     // two-value variant; otherwise they are re-read from shared memory per tile. Measured (bench/RESULTS.md):
@@ -87,8 +87,8 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_sm80_kernel(const F
 #else
     constexpr bool Q_IN_REGS = !(K_VALUE && V_VALUE) && MT * KT * 4 <= 32;
 #endif
-    // Full tiles after the first may skip the row max (see the tile loop). Measured on an H100 through this
-    // kernel (bench/RESULTS.md): 7–13% faster in every variant, also in the d = 128 two-m-tile ones,
+    // Full tiles after the first may skip the row max (docs/algorithm.md §4.2). Measured on an H100 through
+    // this kernel (bench/RESULTS.md): 7–13% faster in every variant, also in the d = 128 two-m-tile ones,
     // where ptxas then spills 48–116 bytes (28–40 without it); excluding those was slower.
     // VMONARCH_PORTABLE_STALE_RULE overrides the rule for experiments.
 #ifdef VMONARCH_PORTABLE_STALE_RULE
@@ -105,6 +105,7 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_sm80_kernel(const F
     const int f = blockIdx.y / p.heads, h = blockIdx.y % p.heads, b = blockIdx.z;
     const std::int64_t q0 = std::int64_t(blockIdx.x) * BM;
 
+    using T = typename ElemType<BF16>::T;
     const T* qb = view_row<const T>(p.q, b, h, f);
     const T* kb = view_row<const T>(p.k, b, h, f);
     const T* vb = V_VALUE ? view_row<const T>(p.v, b, h, f) : nullptr;
@@ -119,20 +120,20 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_sm80_kernel(const F
     const int wrow = warp * 16 * MT;
     const int len_q = int(p.len_q - q0); // rows of this block that exist (rows are < 2³¹ per segment)
     int row[MT][2];                      // relative to q0
-    float mult[MT][2];
+    float mult[MT][2];                   // base-2 logit per unit of ⟨q, k⟩
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             row[mt][r] = wrow + mt * 16 + (lane >> 2) + 8 * r;
-            mult[mt][r] = p.qk_scale * LOG2E;
+            mult[mt][r] = p.qk_scale * kLog2e;
             if constexpr (ROW_SCALE) { // docs/algorithm.md §3.1: x = s·⟨aR, K⟩ / max(cR, clamp)
                 const float* rs = view_row<const float>(p.rs, b, h, f);
                 float m = 0.f;
                 if (row[mt][r] < len_q) {
                     float c = fmaxf(rs[(q0 + row[mt][r]) * p.rs.sr], p.clamp);
                     c = c > 0.f ? c : FLT_MIN;
-                    m = p.scale * LOG2E / c;
+                    m = p.scale * kLog2e / c;
                 }
                 mult[mt][r] = m;
             }
@@ -140,7 +141,7 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_sm80_kernel(const F
 
     std::uint32_t qf[Q_IN_REGS ? MT : 1][Q_IN_REGS ? KT : 1][4];
     float acc_v[MT][AV][4], acc_k[MT][AK][4];
-    float m_run[MT][2], l_run[MT][2], e_run[MT][2];
+    Stats st[MT];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -151,12 +152,6 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_sm80_kernel(const F
         for (int i = 0; i < AK; ++i)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc_k[mt][i][e] = 0.f;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            m_run[mt][r] = NEG_INF;
-            l_run[mt][r] = 0.f;
-            e_run[mt][r] = 0.f;
-        }
     }
 
     for (int n = 0; n < n_tiles; ++n) {
@@ -177,88 +172,47 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_sm80_kernel(const F
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                    for (int kk = 0; kk < KT; ++kk)
-                        ldmatrix_x4(qf[mt][kk], sQ + swz<D>(wrow + mt * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+                    for (int kk = 0; kk < KT; ++kk) load_a_frag<D>(qf[mt][kk], sQ, wrow + mt * 16, kk, lane);
             }
         }
 
-        // S = Q·Kᵀ for this warp's 16·MT rows × BN keys; each K fragment serves all m-tiles.
+        // S = Q·Kᵀ for this warp's 16·MT rows × BN keys.
         float s[MT][NT][4];
-        const auto compute_s = [&] {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int i = 0; i < NT; ++i)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) s[mt][i][e] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < KT; ++kk) {
-                std::uint32_t qa[MT][4];
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    if constexpr (Q_IN_REGS) {
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) qa[mt][e] = qf[mt][kk][e];
-                    } else {
-                        ldmatrix_x4(qa[mt], sQ + swz<D>(wrow + mt * 16 + (lane & 15), kk * 2 + (lane >> 4)));
-                    }
-                }
-#pragma unroll
-                for (int np = 0; np < NT / 2; ++np) {
-                    const int r = np * 16 + (lane & 7) + ((lane >> 4) << 3);
-                    std::uint32_t kf[4];
-                    ldmatrix_x4(kf, sK + swz<D>(r, kk * 2 + ((lane >> 3) & 1)));
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        mma_16816<BF16>(s[mt][2 * np], qa[mt], kf[0], kf[1]);
-                        mma_16816<BF16>(s[mt][2 * np + 1], qa[mt], kf[2], kf[3]);
-                    }
-                }
-            }
-        };
-        compute_s();
+        warp_qk<BF16, D, MT, NT, Q_IN_REGS>(s, qf, sQ, sK, wrow, lane);
 
         const std::int64_t kv0 = std::int64_t(n) * BN;
         const bool tail = kv0 + BN > p.len_k;
         const int kv_left = tail ? int(p.len_k - kv0) : BN; // keys of this tile that exist
-        // Full tiles after the first: exponentiate against the running m without the row max (any offset
-        // gives the same statistics; see the header), kept when every p ≤ 256 in the whole warp (partial
-        // row sums ≤ 2^8), so that m and the accumulators' scale stay; otherwise S is computed again and
-        // the exact update below runs. As in the Hopper kernel (flash_sm90_kernel.cuh, softmax_stale).
+        // Full tiles after the first: the stale-offset update (docs/algorithm.md §4.2), kept when every
+        // thread of the warp passes the bound, so that m and the accumulators' scale stay; otherwise S is
+        // computed again and the exact update below runs. As in flash_sm90_kernel.cuh.
         bool exact = true;
         if (STALE_MAX && n > 0 && !tail) {
-            float lt[MT][2], et[MT][2];
+            RowSums<K_VALUE, FusedMath> part[MT];
             bool fits = true;
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
-                lt[mt][0] = lt[mt][1] = et[mt][0] = et[mt][1] = 0.f;
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        const float dlt = fmaf(s[mt][nt][e], mult[mt][e >> 1], -m_run[mt][e >> 1]);
+                        const float dlt = fmaf(s[mt][nt][e], mult[mt][e >> 1], -st[mt].m[e >> 1]);
                         const float pr = fast_exp2(dlt);
-                        lt[mt][e >> 1] += pr;
-                        if constexpr (K_VALUE) et[mt][e >> 1] += pr * dlt;
+                        part[mt].add(e >> 1, pr, dlt);
                         s[mt][nt][e] = pr;
                     }
-                fits = fits && lt[mt][0] <= 256.f && lt[mt][1] <= 256.f;
+                fits = fits && part[mt].within_stale_bound();
             }
             if (__all_sync(0xffffffffu, fits)) {
                 exact = false;
 #pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int r = 0; r < 2; ++r) {
-                        l_run[mt][r] += lt[mt][r];
-                        if constexpr (K_VALUE) e_run[mt][r] += et[mt][r];
-                    }
+                for (int mt = 0; mt < MT; ++mt) st[mt].absorb(part[mt]);
             } else {
-                compute_s();
+                warp_qk<BF16, D, MT, NT, Q_IN_REGS>(s, qf, sQ, sK, wrow, lane);
             }
         }
 
-        // Scale to base-2 logits, mask the key tail, update the online statistics (exact row max).
+        // Scale to base-2 logits, mask the key tail, exact update (docs/algorithm.md §4.1).
         if (exact) {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
@@ -268,26 +222,15 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_sm80_kernel(const F
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         float x = s[mt][nt][e] * mult[mt][e >> 1];
-                        if (tail && nt * 8 + 2 * (lane & 3) + (e & 1) >= kv_left) x = NEG_INF;
+                        if (tail && c_frag_col(4 * nt + e, lane) >= kv_left) x = NEG_INF;
                         s[mt][nt][e] = x;
                         mx[e >> 1] = fmaxf(mx[e >> 1], x);
                     }
 #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                }
+                for (int r = 0; r < 2; ++r) mx[r] = quad_max(mx[r]);
                 float mu[2], al[2];
 #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const float mn = fmaxf(m_run[mt][r], mx[r]);
-                    mu[r] = mn == NEG_INF ? 0.f : mn;
-                    al[r] = fast_exp2(m_run[mt][r] - mu[r]);
-                    if constexpr (K_VALUE) // entropy accumulator, kept relative to the running max
-                        e_run[mt][r] = m_run[mt][r] == NEG_INF ? 0.f : al[r] * (e_run[mt][r] + (m_run[mt][r] - mu[r]) * l_run[mt][r]);
-                    m_run[mt][r] = mn;
-                    l_run[mt][r] *= al[r];
-                }
+                for (int r = 0; r < 2; ++r) st[mt].move_offset(r, mx[r], mu[r], al[r]);
 #pragma unroll
                 for (int dt = 0; dt < DT; ++dt)
 #pragma unroll
@@ -301,8 +244,7 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_sm80_kernel(const F
                     for (int e = 0; e < 4; ++e) {
                         const float dlt = s[mt][nt][e] - mu[e >> 1];
                         const float pr = fast_exp2(dlt);
-                        l_run[mt][e >> 1] += pr;
-                        if constexpr (K_VALUE) e_run[mt][e >> 1] += pr * fmaxf(dlt, -256.f); // masked: 0·(−∞) avoided
+                        st[mt].sum.add_maskable(e >> 1, pr, dlt);
                         s[mt][nt][e] = pr;
                     }
             }
@@ -310,86 +252,20 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_sm80_kernel(const F
         // P's A-fragments come straight from S's C-fragments.
         std::uint32_t pa[MT][BN / 16][4];
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-            for (int ks = 0; ks < BN / 16; ++ks) {
-                pa[mt][ks][0] = pack2<BF16>(s[mt][2 * ks][0], s[mt][2 * ks][1]);
-                pa[mt][ks][1] = pack2<BF16>(s[mt][2 * ks][2], s[mt][2 * ks][3]);
-                pa[mt][ks][2] = pack2<BF16>(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
-                pa[mt][ks][3] = pack2<BF16>(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
-            }
-        }
+        for (int mt = 0; mt < MT; ++mt) pack_c_to_a<BF16, BN / 16>(reinterpret_cast<const float(&)[BN / 2]>(s[mt]), pa[mt]);
 
-        // acc += P·V and/or P·K; each V/K fragment serves all m-tiles.
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-#pragma unroll
-            for (int ks = 0; ks < BN / 16; ++ks) {
-                const std::uint32_t off = swz<D>(ks * 16 + (lane & 15), dp * 2 + (lane >> 4));
-                if constexpr (V_VALUE) {
-                    std::uint32_t vf[4];
-                    ldmatrix_x4_trans(vf, sV + off);
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        mma_16816<BF16>(acc_v[mt][2 * dp], pa[mt][ks], vf[0], vf[1]);
-                        mma_16816<BF16>(acc_v[mt][2 * dp + 1], pa[mt][ks], vf[2], vf[3]);
-                    }
-                }
-                if constexpr (K_VALUE) {
-                    std::uint32_t kf[4];
-                    ldmatrix_x4_trans(kf, sK + off);
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        mma_16816<BF16>(acc_k[mt][2 * dp], pa[mt][ks], kf[0], kf[1]);
-                        mma_16816<BF16>(acc_k[mt][2 * dp + 1], pa[mt][ks], kf[2], kf[3]);
-                    }
-                }
-            }
-        }
+        // acc += P·V and/or P·K.
+        warp_pv<BF16, D, MT, BN / 16, V_VALUE, K_VALUE>(acc_v, acc_k, pa, sV, sK, lane);
         __syncthreads(); // this stage is refilled by the next iteration's prefetch
     }
 
-    const int col0 = 2 * (lane & 3);
+    // Finish the statistics and store this thread's rows of every m-tile (docs/algorithm.md §4.3). An absent
+    // value operand's accumulator is never read: the other one stands in for the argument.
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-        // Finish the row statistics across the 4 threads that share a row.
-        float inv[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-#pragma unroll
-            for (int o = 1; o <= 2; o <<= 1) {
-                l_run[mt][r] += __shfl_xor_sync(0xffffffffu, l_run[mt][r], o);
-                if constexpr (K_VALUE) e_run[mt][r] += __shfl_xor_sync(0xffffffffu, e_run[mt][r], o);
-            }
-            inv[r] = l_run[mt][r] > 0.f ? 1.f / l_run[mt][r] : 0.f;
-        }
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            if (row[mt][r] >= len_q) continue;
-            const std::int64_t rr = q0 + row[mt][r];
-            if constexpr (V_VALUE) {
-                T* o = view_row<T>(p.o, b, h, f) + rr * p.o.sr + col0;
-#pragma unroll
-                for (int dt = 0; dt < DT; ++dt)
-                    *reinterpret_cast<std::uint32_t*>(o + dt * 8) =
-                        pack2<BF16>(acc_v[mt][dt][2 * r] * inv[r], acc_v[mt][dt][2 * r + 1] * inv[r]);
-            }
-            if constexpr (K_VALUE) { // aL = s·Σ R·K, cL = Σ R·x − logsumexp x
-                T* a = view_row<T>(p.a, b, h, f) + rr * p.a.sr + col0;
-                const float sc = inv[r] * p.scale;
-#pragma unroll
-                for (int dt = 0; dt < DT; ++dt)
-                    *reinterpret_cast<std::uint32_t*>(a + dt * 8) = pack2<BF16>(acc_k[mt][dt][2 * r] * sc, acc_k[mt][dt][2 * r + 1] * sc);
-                if ((lane & 3) == 0) {
-                    const float l = l_run[mt][r];
-                    view_row<float>(p.ent, b, h, f)[rr * p.ent.sr] = l > 0.f ? LN2 * e_run[mt][r] * inv[r] - logf(l) : 0.f;
-                }
-            }
-            if (p.lse.ptr != nullptr && (lane & 3) == 0) {
-                const float l = l_run[mt][r];
-                view_row<float>(p.lse, b, h, f)[rr * p.lse.sr] = l > 0.f ? LN2 * m_run[mt][r] + logf(l) : NEG_INF;
-            }
-        }
+        const auto& av = reinterpret_cast<const float(&)[D / 2]>(V_VALUE ? acc_v[mt][0][0] : acc_k[mt][0][0]);
+        const auto& ak = reinterpret_cast<const float(&)[D / 2]>(K_VALUE ? acc_k[mt][0][0] : acc_v[mt][0][0]);
+        store_flash_rows<BF16, D, K_VALUE, V_VALUE>(p, b, h, f, q0, row[mt], len_q, lane, st[mt], av, ak);
     }
 }
 

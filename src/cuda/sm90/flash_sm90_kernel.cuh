@@ -1,6 +1,6 @@
-// Internal: the Hopper (sm_90a) flash forward kernel. It computes exactly what flash_sm80_kernel computes
-// (same FlashParams, same variants, same base-2 online statistics and entropy formula; see
-// sm80/flash_sm80_kernel.cuh), with
+// Internal: the Hopper (sm_90a) flash forward kernel. It computes what flash_sm80_kernel computes (same
+// FlashParams, same variants, the online statistics of docs/algorithm.md §4 from common/online_softmax.cuh,
+// here with every rounding spelled out: RoundedMath; the epilogue of common/flash_epilogue.cuh), with
 //   - wgmma.mma_async for S = Q·Kᵀ (A and B from shared memory) and for O += P·V, A += P·K (P from
 //     registers, V / K from shared memory read MN-major), accumulators in registers;
 //   - TMA tile loads (cp.async.bulk.tensor, 128-byte swizzle) completing on mbarriers;
@@ -16,8 +16,11 @@
 
 #include <cuda.h> // CUtensorMap (a plain 128-byte struct; no driver library is linked)
 
+#include "cuda/common/flash_epilogue.cuh"
 #include "cuda/common/kernel_params.hpp"
+#include "cuda/common/mma_fragments.cuh"
 #include "cuda/common/mma_ptx.cuh"
+#include "cuda/common/online_softmax.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define VMONARCH_HOPPER_DEVICE 1
@@ -87,7 +90,8 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     flash_sm90_kernel(const FlashParams p, const HopperArgs args, const __grid_constant__ CUtensorMap tm_q,
                         const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v) {
 #ifdef VMONARCH_HOPPER_DEVICE
-    using T = typename ElemType<BF16>::T;
+    using Stats = OnlineStats<K_VALUE, RoundedMath>;
+    using Sums = RowSums<K_VALUE, RoundedMath>;
     constexpr int BM = HopperShape::BM;
     constexpr int STAGES = hopper_stages(D, V_VALUE, BN);
     constexpr int Q_BYTES = hopper_q_bytes(D);
@@ -97,7 +101,6 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     constexpr int NS = BN / 2;             // S accumulator registers per thread (m64nBN)
     constexpr int NO = D / 2;              // O / A accumulator registers per thread (m64nD)
     constexpr int KS = BN / 16;            // k-slices of P·V
-    constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
     constexpr float NEG_INF = -INFINITY;
     static_assert(STAGES >= 2, "shared memory too small for two stages");
     static_assert(D == 64 || D == 128, "head dim 64 or 128");
@@ -162,14 +165,14 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         row[r] = wg * 64 + wq * 16 + (lane >> 2) + 8 * r;
-        mult[r] = p.qk_scale * LOG2E;
+        mult[r] = p.qk_scale * kLog2e;
         if constexpr (ROW_SCALE) { // docs/algorithm.md §3.1: x = s·⟨aR, K⟩ / max(cR, clamp)
             const float* rs = view_row<const float>(p.rs, b, h, f);
-            float m = LOG2E; // rows past len_q: any positive multiplier (never stored)
+            float m = kLog2e; // rows past len_q: any positive multiplier (never stored)
             if (row[r] < len_q) {
                 float c = fmaxf(rs[(std::int64_t(q0) + row[r]) * p.rs.sr], p.clamp);
                 c = c > 0.f ? c : FLT_MIN;
-                m = p.scale * LOG2E / c;
+                m = p.scale * kLog2e / c;
             }
             mult[r] = m;
         }
@@ -184,7 +187,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     float(&acc_v)[NO] = *reinterpret_cast<float(*)[NO]>(&acc[K_VALUE ? NO : 0]);
 #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
-    float m_run[2] = {NEG_INF, NEG_INF}, l_run[2] = {0.f, 0.f}, e_run[2] = {0.f, 0.f};
+    Stats st;
 
     const std::uint32_t sQwg = sQ + wg * 64 * 128; // this warpgroup's 64 rows inside each column block
     mbar_wait(q_bar, 0);
@@ -218,15 +221,14 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         for (int i = 0; i < NACC; ++i) reg_fence(acc[i]);
     };
     // A tile with no masked key: p = 2^(s·mult − m) with nm = −m per row (one FFMA and one ex2 per score), left
-    // in sacc; Σp added to l and, with K as a value, Σp·(x − m) to e.
-    auto exp_tile = [&](float (&sacc)[NS], const float (&nm)[2], float (&l)[2], float (&e)[2]) {
+    // in sacc; Σp and, with K as a value, Σp·(x − m) added to sums.
+    auto exp_tile = [&](float (&sacc)[NS], const float (&nm)[2], Sums& sums) {
 #pragma unroll
         for (int i = 0; i < NS; ++i) {
-            const int r = (i >> 1) & 1;
+            const int r = c_frag_half(i);
             const float dlt = __fmaf_rn(sacc[i], mult[r], nm[r]);
             const float pr = fast_exp2(dlt);
-            l[r] = __fadd_rn(l[r], pr);
-            if constexpr (K_VALUE) e[r] = __fmaf_rn(pr, dlt, e[r]);
+            sums.add(r, pr, dlt);
             sacc[i] = pr;
         }
     };
@@ -246,44 +248,35 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             const int kv_left = int(p.len_k - kv0);
 #pragma unroll
             for (int i = 0; i < NS; ++i)
-                if (8 * (i >> 2) + 2 * (lane & 3) + (i & 1) >= kv_left) sacc[i] = NEG_INF;
+                if (c_frag_col(i, lane) >= kv_left) sacc[i] = NEG_INF;
         }
         float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
-        for (int i = 0; i < NS; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], sacc[i]);
+        for (int i = 0; i < NS; ++i) mx[c_frag_half(i)] = fmaxf(mx[c_frag_half(i)], sacc[i]);
+        // explicit roundings in the statistics (RoundedMath): the same bits whatever the compiler would
+        // fuse in each schedule
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        }
+        for (int r = 0; r < 2; ++r) mx[r] = quad_max(mx[r]);
         float nmu[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            // explicit roundings in the statistics: the same bits whatever the compiler would fuse in
-            // each schedule
-            const float mn = fmaxf(m_run[r], __fmul_rn(mx[r], mult[r]));
-            const float mu = mn == NEG_INF ? 0.f : mn;
+            float mu;
+            st.move_offset(r, __fmul_rn(mx[r], mult[r]), mu, al[r]);
             nmu[r] = -mu;
-            al[r] = fast_exp2(m_run[r] - mu);
-            if constexpr (K_VALUE) // entropy accumulator, kept relative to the running max
-                e_run[r] = m_run[r] == NEG_INF ? 0.f : __fmul_rn(al[r], __fmaf_rn(__fsub_rn(m_run[r], mu), l_run[r], e_run[r]));
-            m_run[r] = mn;
-            l_run[r] = __fmul_rn(l_run[r], al[r]);
         }
         if (tail) {
 #pragma unroll
             for (int i = 0; i < NS; ++i) {
-                const int r = (i >> 1) & 1;
+                const int r = c_frag_half(i);
                 // two roundings here (x = s·mult, then x − m): the max element gives exactly 0, so
                 // a row with one key (len_k = 1) has entropy 0 exactly. −∞ where masked.
                 const float dlt = __fadd_rn(__fmul_rn(sacc[i], mult[r]), nmu[r]);
                 const float pr = fast_exp2(dlt);
-                l_run[r] = __fadd_rn(l_run[r], pr);
-                if constexpr (K_VALUE) e_run[r] = __fmaf_rn(pr, fmaxf(dlt, -256.f), e_run[r]); // 0·(−∞) avoided
+                st.sum.add_maskable(r, pr, dlt);
                 sacc[i] = pr;
             }
         } else {
-            exp_tile(sacc, nmu, l_run, e_run);
+            exp_tile(sacc, nmu, st.sum);
         }
     };
     // The same statistics without the row maximum, for a full tile after the first (docs/algorithm.md §4.2: the identities
@@ -295,16 +288,12 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     // non-finite sum in any thread of the warpgroup) the statistics are left untouched and false is returned:
     // the caller recomputes S and runs softmax(). The partial sums are formed per tile, then added to l and e.
     auto softmax_stale = [&](float (&sacc)[NS]) -> bool {
-        float lt[2] = {0.f, 0.f}, et[2] = {0.f, 0.f};
-        const float nm[2] = {-m_run[0], -m_run[1]};
-        exp_tile(sacc, nm, lt, et);
+        Sums part;
+        const float nm[2] = {-st.m[0], -st.m[1]};
+        exp_tile(sacc, nm, part);
         // Warpgroup-wide (named barrier 3 + wg): a failed tile recomputes S, which all four warps issue.
-        if (!named_bar_all(3 + wg, 128, lt[0] <= 256.f && lt[1] <= 256.f)) return false;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            l_run[r] = __fadd_rn(l_run[r], lt[r]);
-            if constexpr (K_VALUE) e_run[r] = __fadd_rn(e_run[r], et[r]);
-        }
+        if (!named_bar_all(3 + wg, 128, part.within_stale_bound())) return false;
+        st.absorb(part);
         return true;
     };
     // Full tiles after the first may try softmax_stale (m is then finite in every row).
@@ -323,17 +312,8 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
 #pragma unroll
             for (int e = 0; e < 4; ++e) reg_fence(pa[ks][e]);
     };
-    // P as the A operand of m64nDk16: k-slice ks holds S columns [16ks, 16ks + 16), i.e. accumulator
-    // registers 8ks … 8ks + 7, in the mma.sync A-fragment order.
-    auto pack_p = [&](const float (&sacc)[NS], std::uint32_t (&pa)[KS][4]) {
-#pragma unroll
-        for (int ks = 0; ks < KS; ++ks) {
-            pa[ks][0] = pack2<BF16>(sacc[8 * ks + 0], sacc[8 * ks + 1]);
-            pa[ks][1] = pack2<BF16>(sacc[8 * ks + 2], sacc[8 * ks + 3]);
-            pa[ks][2] = pack2<BF16>(sacc[8 * ks + 4], sacc[8 * ks + 5]);
-            pa[ks][3] = pack2<BF16>(sacc[8 * ks + 6], sacc[8 * ks + 7]);
-        }
-    };
+    // P as the A operand of m64nDk16 (the mma.sync A-fragment order, common/mma_fragments.cuh).
+    auto pack_p = [&](const float (&sacc)[NS], std::uint32_t (&pa)[KS][4]) { pack_c_to_a<BF16, KS>(sacc, pa); };
     // This warp no longer reads stage s.
     auto release = [&](int n) {
         __syncwarp();
@@ -463,46 +443,8 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         release(n_tiles - 1);
     }
 
-    // Finish the row statistics across the 4 threads that share a row, then store.
-    const int col0 = 2 * (lane & 3);
-    float inv[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-#pragma unroll
-        for (int o = 1; o <= 2; o <<= 1) {
-            l_run[r] = __fadd_rn(l_run[r], __shfl_xor_sync(0xffffffffu, l_run[r], o));
-            if constexpr (K_VALUE) e_run[r] = __fadd_rn(e_run[r], __shfl_xor_sync(0xffffffffu, e_run[r], o));
-        }
-        inv[r] = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        if (row[r] >= len_q) continue;
-        const std::int64_t rr = std::int64_t(q0) + row[r];
-        if constexpr (V_VALUE) {
-            T* o = view_row<T>(p.o, b, h, f) + rr * p.o.sr + col0;
-#pragma unroll
-            for (int j = 0; j < D / 8; ++j)
-                *reinterpret_cast<std::uint32_t*>(o + 8 * j) =
-                    pack2<BF16>(acc_v[4 * j + 2 * r] * inv[r], acc_v[4 * j + 2 * r + 1] * inv[r]);
-        }
-        if constexpr (K_VALUE) { // aL = s·Σ R·K, cL = Σ R·x − logsumexp x
-            T* a = view_row<T>(p.a, b, h, f) + rr * p.a.sr + col0;
-            const float sc = __fmul_rn(inv[r], p.scale);
-#pragma unroll
-            for (int j = 0; j < D / 8; ++j)
-                *reinterpret_cast<std::uint32_t*>(a + 8 * j) = pack2<BF16>(acc_k[4 * j + 2 * r] * sc, acc_k[4 * j + 2 * r + 1] * sc);
-            if ((lane & 3) == 0) {
-                const float l = l_run[r];
-                view_row<float>(p.ent, b, h, f)[rr * p.ent.sr] =
-                    l > 0.f ? __fsub_rn(__fmul_rn(__fmul_rn(LN2, e_run[r]), inv[r]), logf(l)) : 0.f;
-            }
-        }
-        if (p.lse.ptr != nullptr && (lane & 3) == 0) {
-            const float l = l_run[r];
-            view_row<float>(p.lse, b, h, f)[rr * p.lse.sr] = l > 0.f ? __fadd_rn(__fmul_rn(LN2, m_run[r]), logf(l)) : NEG_INF;
-        }
-    }
+    // Finish the row statistics and store this thread's two rows (docs/algorithm.md §4.3).
+    store_flash_rows<BF16, D, K_VALUE, V_VALUE>(p, b, h, f, std::int64_t(q0), row, len_q, lane, st, acc_v, acc_k);
     } // consumers
 #endif
 }
