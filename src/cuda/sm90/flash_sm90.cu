@@ -1,6 +1,8 @@
-// Hopper (sm90) flash forward: host side (tensor maps through the driver entry point, support checks, launch)
-// and the kernel instantiations. The kernel body exists only in the sm_90a pass; other passes compile an
-// empty stub, and hopper_flash_supported refuses any device whose loaded binary is not sm_90.
+// The sm90 peer of the flash router, host side: support checks, the launch policy (key-tile width,
+// schedule) and the tensor maps (through the driver entry point), resolved once per problem into an
+// Sm90Launch; the instances are in src/cuda/instances/flash_sm90_*.cu. The kernel body exists only in the
+// sm_90a pass; other passes compile an empty stub, and hopper_flash_supported refuses any device whose
+// loaded binary is not sm_90.
 #include "cuda/sm90/flash_sm90.hpp"
 
 #include <cuda.h>
@@ -12,11 +14,10 @@
 #include <cstring>
 #include <mutex>
 #include <set>
-#include <sstream>
 #include <string>
 
 #include "cuda/common/cuda_check.hpp"
-#include "cuda/sm90/flash_sm90_kernel.cuh"
+#include "cuda/sm90/flash_sm90_launch.cuh"
 
 namespace vmonarch::cuda {
 
@@ -26,14 +27,7 @@ using hopper::HopperArgs;
 using hopper::HopperShape;
 using hopper::TmaCoords;
 
-std::string describe_hopper(const FlashParams& p, const char* what) {
-    std::ostringstream os;
-    os << what << " [hopper_flash<" << (p.elem == Elem::bf16 ? "bf16" : "f16") << ", d=" << p.head_dim
-       << (p.rs.ptr ? ", row-scale" : "") << (p.a.ptr ? ", K-value+entropy" : "") << (p.o.ptr ? ", V-value" : "")
-       << (p.lse.ptr ? ", lse" : "") << "> batch=" << p.batch << " heads=" << p.heads << " segments=" << p.segments
-       << " len_q=" << p.len_q << " len_k=" << p.len_k << "]";
-    return os.str();
-}
+std::string describe_hopper(const FlashParams& p, const char* what) { return describe_flash(p, "flash_sm90", what); }
 
 bool env_disabled() {
     const char* e = std::getenv("VMONARCH_DISABLE_HOPPER");
@@ -123,11 +117,7 @@ bool encode_rows(CUtensorMap* map, TmaCoords* coords, Elem elem, const RowView& 
     return false;
 }
 
-struct Maps {
-    CUtensorMap q, k, v;
-    HopperArgs args;
-    bool wide = false; // key-tile width the maps' boxes were built for
-};
+using Maps = Sm90Launch;
 
 int block_n_of(const FlashParams& p, bool wide) {
     return hopper::hopper_block_n(p.head_dim, p.a.ptr != nullptr, p.o.ptr != nullptr, wide);
@@ -188,10 +178,6 @@ bool shape_supported(const FlashParams& p) {
     return true;
 }
 
-template <bool BF16, int D, bool RS, bool KV, bool VV, int BN, int MODE> auto kernel_of() {
-    return hopper::flash_sm90_kernel<BF16, D, RS, KV, VV, BN, MODE>;
-}
-
 // Consumer schedule (see the kernel): VMONARCH_HOPPER_MODE = 0 (one tile at a time), 1 (intra-warpgroup
 // pipelining), 2 (1 plus warpgroup ping-pong); unset or anything else: the default.
 constexpr int kDefaultMode = 2;
@@ -219,60 +205,18 @@ bool binary_is_sm90() {
               cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 && minor == 0;
     if (ok) {
         cudaFuncAttributes fa{};
-        ok = cudaFuncGetAttributes(&fa, kernel_of<true, 128, false, true, false, 128, kDefaultMode>()) == cudaSuccess && fa.binaryVersion == 90;
+        ok = cudaFuncGetAttributes(&fa, flash_sm90_probe_kernel()) == cudaSuccess && fa.binaryVersion == 90;
     }
     cudaGetLastError();
     (ok ? good : bad).insert(dev);
     return ok;
 }
 
-// `ctx` builds the error context (kernel and shapes) only when something fails: the launch path builds no
-// strings.
-template <bool BF16, int D, bool RS, bool KV, bool VV, int BN, int MODE, typename Ctx>
-void launch_mode(const FlashParams& p, const Maps& m, cudaStream_t stream, const Ctx& ctx) {
-    auto kernel = kernel_of<BF16, D, RS, KV, VV, BN, MODE>();
-    const int smem = hopper::hopper_smem_bytes(D, VV, BN);
-    allow_smem(kernel, smem, ctx);
-    const dim3 grid(unsigned((p.len_q + HopperShape::BM - 1) / HopperShape::BM), unsigned(p.segments * p.heads), unsigned(p.batch));
-    kernel<<<grid, HopperShape::THREADS, smem, stream>>>(p, m.args, m.q, m.k, m.v);
-    check_launch_lazy(ctx);
-}
-
-template <bool BF16, int D, bool RS, bool KV, bool VV, int BN, typename Ctx>
-void launch_tile(const FlashParams& p, const Maps& m, cudaStream_t stream, const Ctx& ctx) {
-    switch (schedule_mode()) {
-    case 0: return launch_mode<BF16, D, RS, KV, VV, BN, 0>(p, m, stream, ctx);
-    case 1: return launch_mode<BF16, D, RS, KV, VV, BN, 1>(p, m, stream, ctx);
-    default: return launch_mode<BF16, D, RS, KV, VV, BN, 2>(p, m, stream, ctx);
-    }
-}
-
-template <bool BF16, int D, bool RS, bool KV, bool VV, typename Ctx>
-void launch_variant(const FlashParams& p, const Maps& m, cudaStream_t stream, const Ctx& ctx) {
-    constexpr int narrow = hopper::hopper_block_n(D, KV, VV, false), wide = hopper::hopper_block_n(D, KV, VV, true);
-    if constexpr (wide != narrow) {
-        if (m.wide) return launch_tile<BF16, D, RS, KV, VV, wide>(p, m, stream, ctx);
-    }
-    return launch_tile<BF16, D, RS, KV, VV, narrow>(p, m, stream, ctx);
-}
-
-template <bool BF16, int D, typename Ctx>
-void launch_typed(const FlashParams& p, const Maps& m, cudaStream_t stream, const Ctx& ctx) {
-    const bool rs = p.rs.ptr != nullptr, kv = p.a.ptr != nullptr, vv = p.o.ptr != nullptr;
-    if (kv && !rs && !vv) return launch_variant<BF16, D, false, true, false>(p, m, stream, ctx);
-    if (kv && rs && !vv) return launch_variant<BF16, D, true, true, false>(p, m, stream, ctx);
-    if (kv && rs && vv) return launch_variant<BF16, D, true, true, true>(p, m, stream, ctx);
-    if (kv && !rs && vv) return launch_variant<BF16, D, false, true, true>(p, m, stream, ctx);
-    if (!kv && !rs && vv) return launch_variant<BF16, D, false, false, true>(p, m, stream, ctx);
-    throw CudaError(context_of(ctx) + ": no kernel variant for this combination of outputs");
-}
-
-// Launch with tensor maps already built for p.
-template <typename Ctx> void launch_prepared(const FlashParams& p, const Maps& m, void* stream, const Ctx& ctx) {
-    auto st = static_cast<cudaStream_t>(stream);
-    const bool bf = p.elem == Elem::bf16;
-    if (p.head_dim == 64) return bf ? launch_typed<true, 64>(p, m, st, ctx) : launch_typed<false, 64>(p, m, st, ctx);
-    return bf ? launch_typed<true, 128>(p, m, st, ctx) : launch_typed<false, 128>(p, m, st, ctx);
+// Launch with the policy and tensor maps already resolved for p.
+void launch_prepared(const FlashParams& p, const Maps& m, void* stream, const char* what) {
+    FlashVariant v;
+    if (!flash_variant_of(p, &v)) throw CudaError(describe_hopper(p, what) + ": no kernel variant for this combination of outputs");
+    with_elem_and_head_dim(p, [&]<bool BF16, int D>() { launch_flash_sm90_typed<BF16, D>(p, v, m, stream, what); });
 }
 
 // The checks of hopper_flash_supported; when they pass, *m holds the tensor maps the launch uses.
@@ -280,6 +224,7 @@ bool prepare(const FlashParams& p, Maps* m) {
     if (env_disabled()) return false;
     if (!shape_supported(p) || !variant_supported(p)) return false;
     if (!binary_is_sm90()) return false;
+    m->mode = schedule_mode();
     return build_maps(p, choose_wide(p), m);
 }
 
@@ -293,7 +238,7 @@ bool hopper_flash_supported(const FlashParams& p) {
 bool try_launch_flash_hopper(const FlashParams& p, void* stream, const char* what) {
     Maps m;
     if (!prepare(p, &m)) return false;
-    launch_prepared(p, m, stream, [&] { return describe_hopper(p, what); });
+    launch_prepared(p, m, stream, what);
     return true;
 }
 
@@ -304,8 +249,9 @@ void launch_flash_hopper(const FlashParams& p, void* stream, const char* what) {
     if (!shape_supported(p) || !variant_supported(p)) throw CudaError(ctx() + ": configuration not handled by the Hopper kernel");
     if (!binary_is_sm90()) throw CudaError(ctx() + ": device is not sm_90 or the library lacks the sm_90a kernel");
     Maps m;
+    m.mode = schedule_mode();
     if (!build_maps(p, choose_wide(p), &m)) throw CudaError(ctx() + ": q/k/v views cannot be described as TMA tensor maps");
-    launch_prepared(p, m, stream, ctx);
+    launch_prepared(p, m, stream, what);
 }
 
 } // namespace vmonarch::cuda
