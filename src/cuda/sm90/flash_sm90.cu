@@ -17,6 +17,7 @@
 #include <string>
 
 #include "cuda/common/cuda_check.hpp"
+#include "cuda/flash_policy.hpp"
 #include "cuda/sm90/flash_sm90_launch.cuh"
 
 namespace vmonarch::cuda {
@@ -28,11 +29,6 @@ using hopper::HopperShape;
 using hopper::TmaCoords;
 
 std::string describe_hopper(const FlashParams& p, const char* what) { return describe_flash(p, "flash_sm90", what); }
-
-bool env_disabled() {
-    const char* e = std::getenv("VMONARCH_DISABLE_HOPPER");
-    return e != nullptr && e[0] != '\0' && std::strcmp(e, "0") != 0;
-}
 
 // ---- driver entry point -------------------------------------------------------------------------------
 using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
@@ -123,31 +119,28 @@ int block_n_of(const FlashParams& p, bool wide) {
     return hopper::hopper_block_n(p.head_dim, p.a.ptr != nullptr, p.o.ptr != nullptr, wide);
 }
 
-// Key-tile width: VMONARCH_HOPPER_TILE = narrow | wide forces one; otherwise the width with the smaller
+// Key-tile width: the policy's (VMONARCH_HOPPER_TILE = narrow | wide) when it names one; otherwise the width with the smaller
 // modelled cost ceil(len_k / bn) · (bn + kTileOverhead), i.e. the keys computed (a partial last tile
 // costs a whole one) plus a fixed per-tile cost (softmax reductions, barrier waits, GEMM issue gaps)
 // expressed in key columns: about 10–13 from the narrow/wide timings at HW = 1456 and 3520 on an H100
 // (bench/RESULTS.md).
 constexpr int kTileOverhead = 12;
-bool choose_wide(const FlashParams& p) {
+bool choose_wide(const FlashParams& p, const FlashPolicy& policy) {
     if (block_n_of(p, true) == block_n_of(p, false)) return false;
-    const char* e = std::getenv("VMONARCH_HOPPER_TILE");
-    if (e != nullptr && std::strcmp(e, "narrow") == 0) return false;
-    if (e != nullptr && std::strcmp(e, "wide") == 0) return true;
+    if (policy.tile == FlashPolicy::Tile::narrow) return false;
+    if (policy.tile == FlashPolicy::Tile::wide) return true;
     auto cost = [&](int bn) { return (p.len_k + bn - 1) / bn * (bn + kTileOverhead); };
     return cost(block_n_of(p, true)) < cost(block_n_of(p, false));
 }
 
-// VMONARCH_HOPPER_STALE_MAX=0 makes every tile take the exact row max (the kernel's softmax_stale off).
-bool stale_max_allowed() {
-    const char* e = std::getenv("VMONARCH_HOPPER_STALE_MAX");
-    return !(e != nullptr && std::strcmp(e, "0") == 0);
-}
-
-bool build_maps(const FlashParams& p, bool wide, Maps* m) {
+// The launch policy for p (key-tile width, schedule, stale-offset softmax) and its tensor maps, resolved
+// once into *m; false when TMA cannot describe the views.
+bool build_maps(const FlashParams& p, const FlashPolicy& policy, Maps* m) {
+    const bool wide = choose_wide(p, policy);
     const int bn = block_n_of(p, wide);
     m->wide = wide;
-    m->args.stale_max = stale_max_allowed();
+    m->mode = policy.sm90_mode;
+    m->args.stale_max = policy.sm90_stale_max;
     if (!encode_rows(&m->q, &m->args.cq, p.elem, p.q, p.head_dim, p.len_q, p.segments, p.heads, p.batch, HopperShape::BM))
         return false;
     if (!encode_rows(&m->k, &m->args.ck, p.elem, p.k, p.head_dim, p.len_k, p.segments, p.heads, p.batch, bn)) return false;
@@ -176,15 +169,6 @@ bool shape_supported(const FlashParams& p) {
     if (p.len_q > 0x7fffffff - HopperShape::BM || p.len_k > 0x7fffffff - 256) return false; // int coordinates
     if (std::int64_t(p.segments) * p.heads > 65535 || p.batch > 65535) return false;
     return true;
-}
-
-// Consumer schedule (see the kernel): VMONARCH_HOPPER_MODE = 0 (one tile at a time), 1 (intra-warpgroup
-// pipelining), 2 (1 plus warpgroup ping-pong); unset or anything else: the default.
-constexpr int kDefaultMode = 2;
-int schedule_mode() {
-    const char* e = std::getenv("VMONARCH_HOPPER_MODE");
-    if (e != nullptr && (e[0] == '0' || e[0] == '1' || e[0] == '2') && e[1] == '\0') return e[0] - '0';
-    return kDefaultMode;
 }
 
 // The loaded binary of a kernel is sm_90 only when the library was built with the 90a target; an sm_80
@@ -221,11 +205,11 @@ void launch_prepared(const FlashParams& p, const Maps& m, void* stream, const ch
 
 // The checks of hopper_flash_supported; when they pass, *m holds the tensor maps the launch uses.
 bool prepare(const FlashParams& p, Maps* m) {
-    if (env_disabled()) return false;
+    const FlashPolicy policy = flash_policy();
+    if (!policy.sm90) return false;
     if (!shape_supported(p) || !variant_supported(p)) return false;
     if (!binary_is_sm90()) return false;
-    m->mode = schedule_mode();
-    return build_maps(p, choose_wide(p), m);
+    return build_maps(p, policy, m);
 }
 
 } // namespace
@@ -249,8 +233,7 @@ void launch_flash_hopper(const FlashParams& p, void* stream, const char* what) {
     if (!shape_supported(p) || !variant_supported(p)) throw CudaError(ctx() + ": configuration not handled by the Hopper kernel");
     if (!binary_is_sm90()) throw CudaError(ctx() + ": device is not sm_90 or the library lacks the sm_90a kernel");
     Maps m;
-    m.mode = schedule_mode();
-    if (!build_maps(p, choose_wide(p), &m)) throw CudaError(ctx() + ": q/k/v views cannot be described as TMA tensor maps");
+    if (!build_maps(p, flash_policy(), &m)) throw CudaError(ctx() + ": q/k/v views cannot be described as TMA tensor maps");
     launch_prepared(p, m, stream, what);
 }
 

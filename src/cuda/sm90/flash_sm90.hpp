@@ -6,8 +6,9 @@
 
 namespace vmonarch::cuda {
 
-// True when the current device is compute capability 9.0, the library carries the sm_90a kernel, the
-// environment variable VMONARCH_DISABLE_HOPPER is unset (or "0"), and the kernel handles p: head dim 64 or
+// True when the current device is compute capability 9.0, the library carries the sm_90a kernel, the flash
+// policy lets the sm90 peer run (VMONARCH_DISABLE_HOPPER unset or "0" when the process read it, or
+// set_flash_policy; flash_policy.hpp), and the kernel handles p: head dim 64 or
 // 128, a variant launch_flash has, a non-empty problem, and q/k/v views TMA can describe (16-byte-aligned
 // base pointers, positive row/segment/head/batch strides that are multiples of 8 elements where the extent
 // is above 1). Host-only checks; nothing is launched.

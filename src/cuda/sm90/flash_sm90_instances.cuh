@@ -31,11 +31,11 @@ void launch_flash_sm90_typed(const FlashParams& p, FlashVariant v, const Sm90Lau
         constexpr int narrow = hopper::hopper_block_n(D, fl.k_value, fl.v_value, false);
         constexpr int wide = hopper::hopper_block_n(D, fl.k_value, fl.v_value, true);
         const auto with_tile = [&]<int BN>() {
-            switch (m.mode) {
-            case 0: return launch_flash_sm90_instance<BF16, D, V, BN, 0>(p, m, stream, what);
-            case 1: return launch_flash_sm90_instance<BF16, D, V, BN, 1>(p, m, stream, what);
-            default: return launch_flash_sm90_instance<BF16, D, V, BN, 2>(p, m, stream, what);
-            }
+#ifdef VMONARCH_EXPERIMENTS // the research schedules (flash_policy.hpp); the release library has only 2
+            if (m.mode == 0) return launch_flash_sm90_instance<BF16, D, V, BN, 0>(p, m, stream, what);
+            if (m.mode == 1) return launch_flash_sm90_instance<BF16, D, V, BN, 1>(p, m, stream, what);
+#endif
+            return launch_flash_sm90_instance<BF16, D, V, BN, 2>(p, m, stream, what);
         };
         if constexpr (wide != narrow) {
             if (m.wide) return with_tile.template operator()<wide>();

@@ -15,7 +15,7 @@ struct Sm90Launch {
     CUtensorMap q, k, v;
     hopper::HopperArgs args;
     bool wide = false; // key-tile width the maps' boxes were built for (hopper_block_n)
-    int mode = 2;      // consumer schedule (flash_sm90_consumer.cuh)
+    int mode = 2;      // consumer schedule (flash_sm90_consumer.cuh; 0 and 1 only with VMONARCH_EXPERIMENTS)
 };
 
 template <bool BF16, int D> void launch_flash_sm90_typed(const FlashParams& p, FlashVariant v, const Sm90Launch& m, void* stream, const char* what);

@@ -55,7 +55,7 @@ struct TmaCoords {
 
 struct HopperArgs {
     TmaCoords cq, ck, cv;
-    bool stale_max = true; // softmax_stale allowed (VMONARCH_HOPPER_STALE_MAX=0 turns it off: the A/B switch)
+    bool stale_max = true; // the stale-offset softmax allowed (FlashPolicy::sm90_stale_max)
 };
 
 // Shared memory of a block: Q (BM rows, 1024-byte aligned for the 128-byte swizzle), then a ring of
