@@ -1,7 +1,7 @@
 // The Hopper (sm_90a) flash kernel against the portable launch_flash on the same random inputs, every
 // variant (O, A+ent, O+A+ent, row scale, LSE), bf16/f16, d = 64/128, tails (len 1, 7, 63, 64, 65, 1456,
 // 3600), several batch/heads/segments, strided and permuted views; and against an f64 CPU computation of
-// spec §3 for small shapes. Skipped unless the device is sm_90 (H100/H200).
+// docs/algorithm.md §3 for small shapes. Skipped unless the device is sm_90 (H100/H200).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -266,7 +266,7 @@ struct Problem {
         return r;
     }
 
-    // f64 spec §3 computation on the rounded inputs.
+    // f64 docs/algorithm.md §3 computation on the rounded inputs.
     Out reference() const {
         Out r;
         const std::size_t rows = std::size_t(c.B * c.H * c.F * c.len_q);
