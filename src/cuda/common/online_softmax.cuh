@@ -46,8 +46,10 @@ template <bool ENTROPY, typename Math> struct RowSums {
         l[r] = Math::add(l[r], pr);
         if constexpr (ENTROPY) e[r] = Math::fma(pr, fmaxf(dlt, -256.f), e[r]);
     }
-    // Every S of this thread within 2^8 (§4.2's acceptance test, before the warp-wide vote).
-    __device__ __forceinline__ bool within_stale_bound() const { return l[0] <= 256.f && l[1] <= 256.f; }
+    // so_far and every S of this thread within 2^8 (§4.2's acceptance test, before the warp-wide vote).
+    // Written as one chain so that a caller folding several tiles' tests (so_far && …) compiles to one
+    // predicate chain: as two separate tests, ptxas spilled the sm80 d = 64 two-value kernel.
+    __device__ __forceinline__ bool within_stale_bound(bool so_far = true) const { return so_far && l[0] <= 256.f && l[1] <= 256.f; }
 };
 
 template <bool ENTROPY, typename Math> struct OnlineStats {

@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(FlashShape::THREADS) flash_sm80_kernel(const F
                         part[mt].add(e >> 1, pr, dlt);
                         s[mt][nt][e] = pr;
                     }
-                fits = fits && part[mt].within_stale_bound();
+                fits = part[mt].within_stale_bound(fits);
             }
             if (__all_sync(0xffffffffu, fits)) {
                 exact = false;
