@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "vmonarch/tensor_file.hpp"
+#include "vmonarch/extras/tensor_file.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     try {

@@ -1,5 +1,5 @@
 // make_video_attention_inputs: per-head projections of the scene to q, k, v with Wan's 3-D RoPE, head
-// kinds and calibrated logit sharpness (see include/vmonarch/video_data.hpp, the README's data section).
+// kinds and calibrated logit sharpness (see include/vmonarch/extras/video_data.hpp, the README's data section).
 #include "data/fp_strict.hpp" // first: keeps floating-point results identical across compilers/CPUs
 
 #include <algorithm>
@@ -9,7 +9,7 @@
 
 #include "data/detmath.hpp"
 #include "data/video_internal.hpp"
-#include "vmonarch/video_data.hpp"
+#include "vmonarch/extras/video_data.hpp"
 
 namespace vmonarch {
 

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "vmonarch/errors.hpp"
-#include "vmonarch/tensor_file.hpp"
+#include "vmonarch/extras/tensor_file.hpp"
 
 static_assert(std::endian::native == std::endian::little, "vmonarch tensor files assume a little-endian host");
 

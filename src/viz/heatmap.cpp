@@ -9,7 +9,7 @@
 #include "viz/heatmap_layout.hpp"
 #include "viz/png_write.hpp"
 #include "vmonarch/errors.hpp"
-#include "vmonarch/heatmap.hpp"
+#include "vmonarch/extras/heatmap.hpp"
 
 namespace vmonarch {
 

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "vmonarch/half.hpp"
-#include "vmonarch/video_data.hpp"
+#include "vmonarch/extras/video_data.hpp"
 #include "vmonarch/vmonarch.hpp"
 
 namespace gputest {

@@ -15,8 +15,8 @@
 #include "viz/colormap.hpp"
 #include "viz/font.hpp"
 #include "viz/heatmap_layout.hpp"
-#include "vmonarch/heatmap.hpp"
-#include "vmonarch/video_data.hpp"
+#include "vmonarch/extras/heatmap.hpp"
+#include "vmonarch/extras/video_data.hpp"
 
 namespace {
 

@@ -1,4 +1,4 @@
-// The CPU implementation on video-like inputs (include/vmonarch/video_data.hpp): fast path against the
+// The CPU implementation on video-like inputs (include/vmonarch/extras/video_data.hpp): fast path against the
 // explicit fp64 construction, low precision against fp64, and how close VMonarch stays to dense.
 #include <gtest/gtest.h>
 
@@ -6,7 +6,7 @@
 
 #include "support/test_tensors.hpp"
 #include "vmonarch/inspect.hpp"
-#include "vmonarch/video_data.hpp"
+#include "vmonarch/extras/video_data.hpp"
 
 using namespace vmtest;
 using vmonarch::Options;

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "vmonarch/half.hpp"
-#include "vmonarch/tensor_file.hpp"
+#include "vmonarch/extras/tensor_file.hpp"
 
 namespace vm = vmonarch;
 

@@ -12,7 +12,7 @@
 
 #include "data/detmath.hpp"
 #include "data/video_internal.hpp"
-#include "vmonarch/video_data.hpp"
+#include "vmonarch/extras/video_data.hpp"
 
 namespace {
 

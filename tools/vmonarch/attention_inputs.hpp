@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "cli_common.hpp"
-#include "vmonarch/tensor_file.hpp"
+#include "vmonarch/extras/tensor_file.hpp"
 
 namespace vmonarch::cli {
 

@@ -10,9 +10,9 @@
 #include "attention_runner.hpp"
 #include "commands.hpp"
 #include "head_metrics.hpp"
-#include "vmonarch/heatmap.hpp"
+#include "vmonarch/extras/heatmap.hpp"
 #include "vmonarch/inspect.hpp"
-#include "vmonarch/video_data.hpp"
+#include "vmonarch/extras/video_data.hpp"
 
 namespace vmonarch::cli {
 

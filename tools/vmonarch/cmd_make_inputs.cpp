@@ -5,7 +5,7 @@
 #include "attention_inputs.hpp"
 #include "commands.hpp"
 #include "tensor_output.hpp"
-#include "vmonarch/video_data.hpp"
+#include "vmonarch/extras/video_data.hpp"
 
 namespace vmonarch::cli {
 

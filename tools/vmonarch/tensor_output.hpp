@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "vmonarch/tensor_file.hpp"
+#include "vmonarch/extras/tensor_file.hpp"
 
 namespace vmonarch::cli {
 
