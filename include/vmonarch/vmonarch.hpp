@@ -29,8 +29,15 @@ namespace vmonarch {
 enum class DType { f16, bf16, f32, f64 };
 enum class Device { cpu, cuda };
 
+// Memory order of an attention tensor: bshd = [batch, tokens, heads, d] (flash-attn / Wan), bhsd =
+// [batch, heads, tokens, d] (PyTorch SDPA). Either is viewed without copies (TensorView::of).
+enum class Layout { bshd, bhsd };
+
 std::string to_string(DType dtype);
 std::string to_string(Device device);
+std::string to_string(Layout layout); // "bshd" / "bhsd"
+// "bshd" / "bhsd" exactly (callers lower-case or reword the error as they need); nullopt otherwise.
+std::optional<Layout> layout_from_string(std::string_view text);
 std::size_t dtype_size(DType dtype);
 
 // Product of sizes, checked: throws ArgumentError naming `argument` (and `function`, the caller shown in the
@@ -74,6 +81,9 @@ struct TensorView {
     // Contiguous [batch, heads, tokens, d] (PyTorch SDPA layout), viewed as [batch, tokens, heads, d].
     static TensorView bhsd(void* data, DType dtype, Device device, std::int64_t batch, std::int64_t heads,
                            std::int64_t tokens, std::int64_t head_dim, int device_index = 0);
+    // Contiguous in `layout`; the sizes are given in the view's logical order [batch, tokens, heads, d].
+    static TensorView of(Layout layout, void* data, DType dtype, Device device, std::int64_t batch,
+                         std::int64_t tokens, std::int64_t heads, std::int64_t head_dim, int device_index = 0);
 };
 
 // Per-row log-sum-exp output [batch, heads, tokens], f32 (f64 allowed for f64 inputs on the CPU).

@@ -38,11 +38,10 @@
 
 namespace {
 
-enum class Layout { bshd, bhsd };
+using vmonarch::Layout;
 
 Layout parse_layout(c10::string_view layout) {
-    if (layout == "bshd") return Layout::bshd;
-    if (layout == "bhsd") return Layout::bhsd;
+    if (const auto parsed = vmonarch::layout_from_string(std::string_view(layout.data(), layout.size()))) return *parsed;
     TORCH_CHECK_VALUE(false, "vmonarch: layout is '", std::string(layout), "', expected 'bshd' or 'bhsd'");
 }
 

@@ -32,6 +32,20 @@ std::string to_string(Device device) {
     return "device(" + std::to_string(int(device)) + ")";
 }
 
+std::string to_string(Layout layout) {
+    switch (layout) {
+    case Layout::bshd: return "bshd";
+    case Layout::bhsd: return "bhsd";
+    }
+    return "layout(" + std::to_string(int(layout)) + ")";
+}
+
+std::optional<Layout> layout_from_string(std::string_view text) {
+    if (text == "bshd") return Layout::bshd;
+    if (text == "bhsd") return Layout::bhsd;
+    return std::nullopt;
+}
+
 std::size_t dtype_size(DType dtype) {
     switch (dtype) {
     case DType::f16:
@@ -60,6 +74,12 @@ TensorView TensorView::bhsd(void* data, DType dtype, Device device, std::int64_t
     return TensorView{data, dtype, device, device_index, {batch, tokens, heads, head_dim},
                       {checked_product({heads, tokens, head_dim}, fn, "shape"), head_dim,
                        checked_product({tokens, head_dim}, fn, "shape"), 1}};
+}
+
+TensorView TensorView::of(Layout layout, void* data, DType dtype, Device device, std::int64_t batch,
+                          std::int64_t tokens, std::int64_t heads, std::int64_t head_dim, int device_index) {
+    return layout == Layout::bhsd ? bhsd(data, dtype, device, batch, heads, tokens, head_dim, device_index)
+                                  : bshd(data, dtype, device, batch, tokens, heads, head_dim, device_index);
 }
 
 LseView LseView::contiguous(void* data, DType dtype, Device device, std::int64_t batch, std::int64_t heads,

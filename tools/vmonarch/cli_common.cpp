@@ -26,15 +26,11 @@ bool ends_with(const std::string& text, const std::string& suffix) {
 } // namespace
 
 Layout parse_layout(const std::string& text, const std::string& option) {
-    const std::string value = lower(text);
-    if (value == "bhsd") return Layout::bhsd;
-    if (value == "bshd") return Layout::bshd;
+    if (const auto layout = layout_from_string(lower(text))) return *layout;
     throw ArgumentError(option, option + " '" + text +
                                     "': unknown layout; expected bhsd ([batch, heads, tokens, dim], PyTorch SDPA) "
                                     "or bshd ([batch, tokens, heads, dim], flash-attn / Wan)");
 }
-
-std::string to_string(Layout layout) { return layout == Layout::bhsd ? "bhsd" : "bshd"; }
 
 VideoGrid parse_grid(const std::string& text, const std::string& option) {
     const auto fail = [&](const std::string& why) -> VideoGrid {

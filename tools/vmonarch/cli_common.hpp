@@ -20,12 +20,9 @@ struct Command {
     std::function<int()> run;
 };
 
-// Memory order of a [B, heads, N, d] attention tensor in a file.
-enum class Layout { bhsd, bshd };
-
-// "bhsd" / "bshd"; anything else: ArgumentError naming `option`.
+// "bhsd" / "bshd" in any case (vmonarch::Layout, the memory order of an attention tensor in a file);
+// anything else: ArgumentError naming `option`.
 Layout parse_layout(const std::string& text, const std::string& option = "--layout");
-std::string to_string(Layout layout);
 
 // "T,H,W" (commas, or 'x' as in 16x28x52) of positive integers; ArgumentError naming `option` otherwise.
 VideoGrid parse_grid(const std::string& text, const std::string& option = "--grid");
