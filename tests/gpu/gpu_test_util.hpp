@@ -1,5 +1,5 @@
 // Helpers for the GPU suite: device buffers, rounded random/video inputs in BSHD or BHSD, the f64 CPU
-// reference through the library's own CPU backend, and error metrics.
+// reference through the library's own CPU backend. Random data and error metrics: tests/support/.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,11 +13,17 @@
 #include <string>
 #include <vector>
 
+#include "support/metrics.hpp"
+#include "support/test_tensors.hpp"
 #include "vmonarch/half.hpp"
 #include "vmonarch/extras/video_data.hpp"
 #include "vmonarch/vmonarch.hpp"
 
 namespace gputest {
+
+using vmtest::count_nonfinite;
+using vmtest::random_normal;
+using vmtest::rel_l2;
 
 using vmonarch::DType;
 using vmonarch::Device;
@@ -82,7 +88,7 @@ inline double from_bits(std::uint16_t b, DType t) {
 inline double round_to(double x, DType t) { return from_bits(to_bits(x, t), t); }
 inline std::uint16_t nan_bits(DType t) { return t == DType::bf16 ? 0x7fc0 : 0x7e00; }
 
-enum class Layout { bshd, bhsd };
+using vmonarch::Layout;
 inline const char* name(Layout l) { return l == Layout::bshd ? "BSHD" : "BHSD"; }
 
 // A [B, N, heads, d] tensor on the GPU in `layout`, plus its rounded values in logical [b][n][h][c] order.
@@ -97,8 +103,7 @@ struct GpuTensor {
     GpuTensor(const std::vector<double>& logical, DType dt, Layout l, std::int64_t b, std::int64_t n, std::int64_t h,
               std::int64_t d)
         : B(b), N(n), H(h), D(d), dtype(dt), layout(l), buf(std::size_t(b * n * h * d) * 2), values(logical.size()) {
-        view = l == Layout::bshd ? TensorView::bshd(buf.get(), dt, Device::cuda, b, n, h, d)
-                                 : TensorView::bhsd(buf.get(), dt, Device::cuda, b, h, n, d);
+        view = TensorView::of(l, buf.get(), dt, Device::cuda, b, n, h, d);
         std::vector<std::uint16_t> host(logical.size());
         for_each([&](std::size_t li, std::int64_t off) {
             host[std::size_t(off)] = to_bits(logical[li], dt);
@@ -156,15 +161,6 @@ struct GpuLse {
     }
 };
 
-// Random normal values scaled by `scale`, logical [b][n][h][c].
-inline std::vector<double> random_normal(std::size_t count, double scale, std::uint64_t seed) {
-    std::mt19937_64 gen(seed);
-    std::normal_distribution<double> nd(0.0, 1.0);
-    std::vector<double> v(count);
-    for (auto& x : v) x = nd(gen) * scale;
-    return v;
-}
-
 struct Inputs {
     std::vector<double> q, k, v; // logical [b][n][h][c]
 };
@@ -199,26 +195,10 @@ inline Inputs make_inputs(std::int64_t B, std::int64_t H, const vmonarch::VideoG
         return in;
     }
     const double qk_std = std::sqrt(logit_std); // s·⟨q,k⟩ = Σ q_c k_c / √d has std qk_std² when entries have std qk_std
-    in.q = random_normal(count, qk_std, seed * 3 + 1);
-    in.k = random_normal(count, qk_std, seed * 3 + 2);
-    in.v = random_normal(count, 1.0, seed * 3 + 3);
+    in.q = random_normal(count, seed * 3 + 1, qk_std);
+    in.k = random_normal(count, seed * 3 + 2, qk_std);
+    in.v = random_normal(count, seed * 3 + 3, 1.0);
     return in;
-}
-
-inline double rel_l2(const std::vector<double>& got, const std::vector<double>& ref) {
-    double num = 0, den = 0;
-    for (std::size_t i = 0; i < ref.size(); ++i) {
-        const double dlt = got[i] - ref[i];
-        num += dlt * dlt;
-        den += ref[i] * ref[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-300));
-}
-
-inline std::size_t count_nonfinite(const std::vector<double>& v) {
-    std::size_t n = 0;
-    for (double x : v) n += !std::isfinite(x);
-    return n;
 }
 
 // Restores an environment variable (or its absence) when the scope ends, also when an assertion throws.

@@ -28,9 +28,9 @@ TEST_P(Dense, MatchesCpuF64) {
     REQUIRE_GPU();
     const DenseCase c = GetParam();
     const double qk = std::sqrt(c.logit_std);
-    GpuTensor q(random_normal(std::size_t(c.B * c.Nq * c.heads * c.d), qk, 11 + c.Nq), c.dtype, c.layout, c.B, c.Nq, c.heads, c.d);
-    GpuTensor k(random_normal(std::size_t(c.B * c.Nk * c.heads * c.d), qk, 12 + c.Nk), c.dtype, c.layout, c.B, c.Nk, c.heads, c.d);
-    GpuTensor v(random_normal(std::size_t(c.B * c.Nk * c.heads * c.d), 1.0, 13 + c.Nk), c.dtype, c.layout, c.B, c.Nk, c.heads, c.d);
+    GpuTensor q(random_normal(std::size_t(c.B * c.Nq * c.heads * c.d), 11 + c.Nq, qk), c.dtype, c.layout, c.B, c.Nq, c.heads, c.d);
+    GpuTensor k(random_normal(std::size_t(c.B * c.Nk * c.heads * c.d), 12 + c.Nk, qk), c.dtype, c.layout, c.B, c.Nk, c.heads, c.d);
+    GpuTensor v(random_normal(std::size_t(c.B * c.Nk * c.heads * c.d), 13 + c.Nk, 1.0), c.dtype, c.layout, c.B, c.Nk, c.heads, c.d);
     auto out = GpuTensor::poisoned(c.dtype, c.layout, c.B, c.Nq, c.heads, c.d);
     GpuLse lse(c.B, c.heads, c.Nq, false);
     vmonarch::dense_attention(q.view, k.view, v.view, out.view, std::nullopt, &lse.view);

@@ -210,8 +210,8 @@ struct Problem {
           lse(Grid{cs.B, cs.H, cs.F, cs.len_q}, 1, cs.out_layout == VL::bhsr ? VL::token : VL::bhsr, true, cs.dt),
           rs(Grid{cs.B, cs.H, cs.F, cs.len_q}, 1, VL::bhsr, true, cs.dt) {
         const double qk_std = std::sqrt(c.logit_std);
-        qv = q.upload(random_normal(q.count(), qk_std, c.seed * 11 + 1));
-        std::vector<double> kraw = random_normal(k.count(), qk_std, c.seed * 11 + 2);
+        qv = q.upload(random_normal(q.count(), c.seed * 11 + 1, qk_std));
+        std::vector<double> kraw = random_normal(k.count(), c.seed * 11 + 2, qk_std);
         if (c.key_ramp != 0) {
             const std::size_t row_elems = std::size_t(c.d);
             for (std::size_t i = 0; i < kraw.size(); ++i) {
@@ -220,7 +220,7 @@ struct Problem {
             }
         }
         kvals = k.upload(kraw);
-        vvals = v.upload(random_normal(v.count(), 1.0, c.seed * 11 + 3));
+        vvals = v.upload(random_normal(v.count(), c.seed * 11 + 3, 1.0));
         std::vector<double> r(rs.count());
         std::mt19937_64 gen(c.seed * 11 + 4);
         std::uniform_real_distribution<double> ud(0.02, 3.0); // the clamp 0.1 bites on some rows
@@ -483,9 +483,9 @@ TEST(HopperFlash, MatchesPortable_PlanViews) {
     for (DType dt : {DType::bf16, DType::f16}) {
         const std::int64_t B = 1, H = 3, T = 3, HW = 65, d = 128, N = T * HW;
         const double s = 1.0 / std::sqrt(double(d));
-        GpuTensor q(random_normal(std::size_t(B * N * H * d), std::sqrt(2.0), 31), dt, Layout::bshd, B, N, H, d);
-        GpuTensor k(random_normal(std::size_t(B * N * H * d), std::sqrt(2.0), 32), dt, Layout::bshd, B, N, H, d);
-        GpuTensor v(random_normal(std::size_t(B * N * H * d), 1.0, 33), dt, Layout::bshd, B, N, H, d);
+        GpuTensor q(random_normal(std::size_t(B * N * H * d), 31, std::sqrt(2.0)), dt, Layout::bshd, B, N, H, d);
+        GpuTensor k(random_normal(std::size_t(B * N * H * d), 32, std::sqrt(2.0)), dt, Layout::bshd, B, N, H, d);
+        GpuTensor v(random_normal(std::size_t(B * N * H * d), 33, 1.0), dt, Layout::bshd, B, N, H, d);
         GpuTensor out = GpuTensor::poisoned(dt, Layout::bshd, B, N, H, d);
         vmonarch::detail::MonarchProblem mp;
         mp.q = q.view; mp.k = k.view; mp.v = v.view; mp.out = out.view;
@@ -501,7 +501,7 @@ TEST(HopperFlash, MatchesPortable_PlanViews) {
         {
             const std::size_t rows = std::size_t(B * H * N);
             std::vector<std::uint16_t> ar(rows * d);
-            const auto vals = random_normal(ar.size(), std::sqrt(2.0), 34);
+            const auto vals = random_normal(ar.size(), 34, std::sqrt(2.0));
             for (std::size_t i = 0; i < ar.size(); ++i) ar[i] = to_bits(vals[i], dt);
             throw_if(cudaMemcpy(static_cast<char*>(ws.get()) + wl.ar, ar.data(), ar.size() * 2, cudaMemcpyHostToDevice), "ar");
             std::vector<float> cr(rows);

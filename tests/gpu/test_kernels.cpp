@@ -39,9 +39,9 @@ struct Fixture {
 
     Fixture(const KCase& kc, int iterations, double logit_std)
         : c(kc), N(kc.T * kc.HW), s(1.0 / std::sqrt(double(kc.d))),
-          q(random_normal(std::size_t(kc.B * N * kc.heads * kc.d), std::sqrt(logit_std), 101), kc.dtype, kc.layout, kc.B, N, kc.heads, kc.d),
-          k(random_normal(std::size_t(kc.B * N * kc.heads * kc.d), std::sqrt(logit_std), 102), kc.dtype, kc.layout, kc.B, N, kc.heads, kc.d),
-          v(random_normal(std::size_t(kc.B * N * kc.heads * kc.d), 1.0, 103), kc.dtype, kc.layout, kc.B, N, kc.heads, kc.d),
+          q(random_normal(std::size_t(kc.B * N * kc.heads * kc.d), 101, std::sqrt(logit_std)), kc.dtype, kc.layout, kc.B, N, kc.heads, kc.d),
+          k(random_normal(std::size_t(kc.B * N * kc.heads * kc.d), 102, std::sqrt(logit_std)), kc.dtype, kc.layout, kc.B, N, kc.heads, kc.d),
+          v(random_normal(std::size_t(kc.B * N * kc.heads * kc.d), 103, 1.0), kc.dtype, kc.layout, kc.B, N, kc.heads, kc.d),
           out(GpuTensor::poisoned(kc.dtype, kc.layout, kc.B, N, kc.heads, kc.d)) {
         p.q = q.view; p.k = k.view; p.v = v.view; p.out = out.view;
         p.batch = c.B; p.heads = c.heads; p.q_tokens = p.kv_tokens = N; p.head_dim = p.value_dim = c.d;
@@ -111,7 +111,7 @@ TEST_P(Kernels, RStep) {
     Fixture fx(c, 2, 3.0);
     const auto& p = fx.p;
     // aR: frame-major rows; mix of Q-like vectors. cR in [0.02, 3] so the clamp 0.1 bites on some rows.
-    const auto ar = fx.write_vec(fx.wl.ar, random_normal(fx.rows() * c.d, std::sqrt(3.0), 7));
+    const auto ar = fx.write_vec(fx.wl.ar, random_normal(fx.rows() * c.d, 7, std::sqrt(3.0)));
     std::vector<double> crv(fx.rows());
     std::mt19937_64 gen(9);
     std::uniform_real_distribution<double> ud(0.02, 3.0);
@@ -167,13 +167,13 @@ TEST_P(Kernels, LStep) {
     const KCase c = GetParam();
     Fixture fx(c, 2, 1.0);
     // aL ~ s·(weighted K), cL ~ −entropy (negative, a few units), y ~ V averages.
-    const auto al = fx.write_vec(fx.wl.al, random_normal(fx.rows() * c.d, 1.0 / std::sqrt(double(c.d)) * 3.0, 21));
+    const auto al = fx.write_vec(fx.wl.al, random_normal(fx.rows() * c.d, 21, 1.0 / std::sqrt(double(c.d)) * 3.0));
     std::vector<double> clv(fx.rows());
     std::mt19937_64 gen(22);
     std::uniform_real_distribution<double> ud(-6.0, 0.0);
     for (auto& x : clv) x = ud(gen);
     const auto cl = fx.write_f32(fx.wl.cl, clv);
-    const auto y = fx.write_vec(fx.wl.y, random_normal(fx.rows() * c.d, 0.5, 23));
+    const auto y = fx.write_vec(fx.wl.y, random_normal(fx.rows() * c.d, 23, 0.5));
     GpuLse lse(c.B, c.heads, fx.N, true);
     fx.p.lse = &lse.view;
 

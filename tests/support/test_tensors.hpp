@@ -1,5 +1,5 @@
-// Test helpers: owned host tensors behind TensorViews in either layout and any dtype, seeded random
-// data, error metrics.
+// Test helpers shared by the unit and GPU suites: owned host tensors behind TensorViews in either layout
+// and any dtype, seeded random data (error metrics: metrics.hpp).
 #pragma once
 
 #include <cmath>
@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "support/metrics.hpp"
 #include "vmonarch/half.hpp"
 #include "vmonarch/vmonarch.hpp"
 
@@ -16,7 +17,7 @@ namespace vmtest {
 using vmonarch::DType;
 using vmonarch::TensorView;
 
-enum class Layout { bshd, bhsd };
+using vmonarch::Layout;
 
 // A host tensor of logical shape [B, N, heads, d] stored in `layout`; values kept as doubles too
 // (rounded to dtype), in logical [b][n][h][c] order.
@@ -29,8 +30,7 @@ struct HostBuffer {
     HostBuffer(const std::vector<double>& logical, DType dtype, Layout layout, std::int64_t B, std::int64_t N,
                std::int64_t H, std::int64_t D)
         : bytes(std::size_t(B * N * H * D) * vmonarch::dtype_size(dtype)), values(logical) {
-        view = layout == Layout::bshd ? TensorView::bshd(bytes.data(), dtype, vmonarch::Device::cpu, B, N, H, D)
-                                      : TensorView::bhsd(bytes.data(), dtype, vmonarch::Device::cpu, B, H, N, D);
+        view = TensorView::of(layout, bytes.data(), dtype, vmonarch::Device::cpu, B, N, H, D);
         for (std::int64_t b = 0; b < B; ++b)
             for (std::int64_t n = 0; n < N; ++n)
                 for (std::int64_t h = 0; h < H; ++h)
@@ -115,27 +115,6 @@ inline std::vector<double> random_normal(std::size_t n, std::uint64_t seed, doub
     std::vector<double> v(n);
     for (auto& x : v) x = dist(rng);
     return v;
-}
-
-inline double rel_l2(const std::vector<double>& got, const std::vector<double>& ref) {
-    double num = 0, den = 0;
-    for (std::size_t i = 0; i < ref.size(); ++i) {
-        num += (got[i] - ref[i]) * (got[i] - ref[i]);
-        den += ref[i] * ref[i];
-    }
-    return std::sqrt(num / den);
-}
-
-inline double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
-    double m = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
-    return m;
-}
-
-inline bool all_finite(const std::vector<double>& a) {
-    for (double x : a)
-        if (!std::isfinite(x)) return false;
-    return true;
 }
 
 } // namespace vmtest
