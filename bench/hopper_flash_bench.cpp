@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "core/dispatch.hpp"
+#include "core/backend.hpp"
 #include "cuda/sm90/flash_sm90.hpp"
 #include "cuda/common/kernel_params.hpp"
 #include "cuda/flash_policy.hpp"

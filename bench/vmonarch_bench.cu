@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "core/dispatch.hpp"
+#include "core/backend.hpp"
 #include "cuda/monarch_plan.hpp"
 #include "vmonarch/vmonarch.hpp"
 #include "cuda_timing.hpp"

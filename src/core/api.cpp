@@ -1,5 +1,5 @@
 // Public entry points: validate every argument, then hand a MonarchProblem / AttentionProblem to the
-// CPU or CUDA backend (src/core/dispatch.hpp). Sizes are multiplied only through checked_product (or the
+// CPU or CUDA backend (src/core/backend.hpp). Sizes are multiplied only through checked_product (or the
 // checked sums below); error messages are formatted only when a check fails, so a valid call formats
 // nothing. An allocation failure in a backend surfaces as OutOfMemoryError naming the call and its sizes.
 #include <cmath>
@@ -8,7 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "core/dispatch.hpp"
+#include "core/backend.hpp"
 #include "core/host_memory.hpp"
 #include "core/progress.hpp"
 

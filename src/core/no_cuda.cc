@@ -1,5 +1,5 @@
 // Stand-ins for the CUDA backend in builds without CUDA: every entry point says so clearly.
-#include "core/dispatch.hpp"
+#include "core/backend.hpp"
 
 namespace vmonarch::detail {
 

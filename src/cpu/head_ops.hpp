@@ -9,7 +9,7 @@
 #include <limits>
 #include <vector>
 
-#include "core/dispatch.hpp"
+#include "core/backend.hpp"
 #include "core/progress.hpp"
 #include "cpu/parallel.hpp"
 #include "vmonarch/half.hpp"

@@ -1,4 +1,4 @@
-// The CUDA backend entry points of src/core/dispatch.hpp: device selection, the caller's stream, the
+// The CUDA backend entry points of src/core/backend.hpp: device selection, the caller's stream, the
 // workspace (caller's or a cached per-(device, stream) buffer), then MonarchPlan / the dense kernel.
 #include <cuda_runtime.h>
 
@@ -7,7 +7,7 @@
 #include <sstream>
 #include <utility>
 
-#include "core/dispatch.hpp"
+#include "core/backend.hpp"
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/monarch_plan.hpp"
 

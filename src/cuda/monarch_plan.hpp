@@ -12,7 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "core/dispatch.hpp"
+#include "core/backend.hpp"
 #include "cuda/common/kernel_params.hpp"
 
 namespace vmonarch::cuda {

@@ -4,7 +4,7 @@
 
 #include <sstream>
 
-#include "core/dispatch.hpp"
+#include "core/backend.hpp"
 #include "cuda/monarch_plan.hpp"
 #include "gpu_test_util.hpp"
 

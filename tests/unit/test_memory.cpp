@@ -14,7 +14,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "core/dispatch.hpp"
+#include "core/backend.hpp"
 #include "core/progress.hpp"
 #include "support/test_tensors.hpp"
 #include "vmonarch/vmonarch.hpp"

@@ -1,6 +1,6 @@
 // Internal: plain-C++ description of the CUDA kernels' operands and their host launchers.
 //
-// Included by the .cu launchers, by src/cuda/cuda_backend.cu (the core/dispatch.hpp functions), and by the
+// Included by the .cu launchers, by src/cuda/cuda_backend.cu (the core/backend.hpp functions), and by the
 // GPU tests and the benchmark, which drive each kernel on its own. No CUDA types appear here.
 #pragma once
 
