@@ -4,6 +4,7 @@
 #include <functional>
 #include <limits>
 
+#include "support/expect_error.hpp"
 #include "support/test_tensors.hpp"
 #include "vmonarch/vmonarch.hpp"
 
@@ -22,18 +23,6 @@ struct Fixture {
     HostBuffer out = HostBuffer::empty(DType::f32, Layout::bshd, 2, 12, 2, 8);
     std::vector<float> lse = std::vector<float>(2 * 2 * 12);
 };
-
-// Expects ArgumentError for `argument` whose message contains every fragment.
-void expect_error(const std::function<void()>& call, const std::string& argument,
-                  const std::vector<std::string>& fragments) {
-    try {
-        call();
-        ADD_FAILURE() << "no error for " << argument;
-    } catch (const ArgumentError& e) {
-        EXPECT_EQ(e.argument(), argument) << e.what();
-        for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what() << " lacks " << f;
-    }
-}
 
 } // namespace
 

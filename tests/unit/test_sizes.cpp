@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "support/expect_error.hpp"
 #include "support/test_tensors.hpp"
 #include "vmonarch/inspect.hpp"
 #include "vmonarch/vmonarch.hpp"
@@ -23,19 +24,6 @@ namespace {
 
 constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
 constexpr std::int64_t k2to31 = std::int64_t(1) << 31;
-
-// Expects ArgumentError for `argument` whose message contains every fragment.
-void expect_error(const std::function<void()>& call, const std::string& argument,
-                  const std::vector<std::string>& fragments) {
-    try {
-        call();
-        ADD_FAILURE() << "no error for " << argument;
-    } catch (const ArgumentError& e) {
-        EXPECT_EQ(e.argument(), argument) << e.what();
-        for (const auto& f : fragments)
-            EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what() << " lacks " << f;
-    }
-}
 
 // Grids whose T·H·W does not fit in int64: one far beyond, and ones whose wrapped product (mod 2^64) is a
 // small positive token count, 12 = 4·3 and 2^31·2^31·4 = 2^64 wraps to 0.
