@@ -617,12 +617,12 @@ TEST(TensorFileDispatch, UnknownExtension) {
 // ------------------------------------------------------------------------------------------------
 // Failures: no partial files, the real reason, allocation failures as OutOfMemoryError
 
-// Files in `folder` whose name starts with `prefix` (to find leftover temporaries).
-std::vector<std::string> files_starting_with(const std::string& folder, const std::string& prefix) {
+// Files in `folder` whose name contains `part` (to find leftover temporaries).
+std::vector<std::string> files_containing(const std::string& folder, const std::string& part) {
     std::vector<std::string> found;
     for (const auto& entry : std::filesystem::directory_iterator(folder)) {
         const std::string name = entry.path().filename().string();
-        if (name.find(prefix) != std::string::npos) found.push_back(name);
+        if (name.find(part) != std::string::npos) found.push_back(name);
     }
     return found;
 }
@@ -690,7 +690,7 @@ TEST(TensorFileFailures, FailedWriteKeepsTheOldFileAndLeavesNoTemporary) {
     vm::write_npy(path, old_tensor);
     const Bytes before = read_bytes(path);
     const std::string stem = "vmonarch_tf_" + std::to_string(::getpid()) + "_failed_write.npy";
-    const std::size_t files_before = files_starting_with(::testing::TempDir(), stem).size();
+    const std::size_t files_before = files_containing(::testing::TempDir(), stem).size();
 
     const auto big = vm::HostTensor::from_floats(ramp(64 * 1024), {64, 1024}, vm::DType::f32); // 256 KiB
     {
@@ -703,9 +703,11 @@ TEST(TensorFileFailures, FailedWriteKeepsTheOldFileAndLeavesNoTemporary) {
         std::signal(SIGXFSZ, previous);
     }
     EXPECT_EQ(read_bytes(path), before);
-    EXPECT_EQ(files_starting_with(::testing::TempDir(), stem).size(), files_before);
+    EXPECT_EQ(files_containing(::testing::TempDir(), stem).size(), files_before);
     EXPECT_FALSE(std::filesystem::exists(temp_path("failed_new.safetensors")));
-    EXPECT_TRUE(files_starting_with(::testing::TempDir(), "failed_new.safetensors").empty());
+    EXPECT_TRUE(files_containing(::testing::TempDir(),
+                                    "vmonarch_tf_" + std::to_string(::getpid()) + "_failed_new.safetensors")
+                    .empty());
     std::filesystem::remove(path);
 }
 
@@ -804,14 +806,14 @@ TEST(TensorFileStaged, CommitReplacesWholeAndAbandonRemovesTheTemporary) {
         EXPECT_EQ(read_bytes(target), (Bytes{1, 2, 3})); // nothing visible before commit
     } // abandoned
     EXPECT_EQ(read_bytes(target), (Bytes{1, 2, 3}));
-    EXPECT_EQ(files_starting_with(::testing::TempDir(), stem).size(), 1u); // the target only
+    EXPECT_EQ(files_containing(::testing::TempDir(), stem).size(), 1u); // the target only
     {
         vm::StagedFile staged(target);
         write_bytes(staged.path(), {7});
         staged.commit();
     }
     EXPECT_EQ(read_bytes(target), (Bytes{7}));
-    EXPECT_EQ(files_starting_with(::testing::TempDir(), stem).size(), 1u);
+    EXPECT_EQ(files_containing(::testing::TempDir(), stem).size(), 1u);
     EXPECT_THROW_WITH(vm::StagedFile(temp_path("no_such_folder") + "/x.npy"), vm::FileFormatError,
                       "cannot create a file in the folder");
     std::filesystem::remove(target);
