@@ -70,7 +70,8 @@ HostTensor read_tensor(const std::string& path_spec);
 TensorInfo read_tensor_info(const std::string& path_spec);
 // The headers of all tensors of a .safetensors file, by name.
 std::map<std::string, TensorInfo> read_safetensors_info(const std::string& path);
-// By extension; .safetensors files get one tensor under `name` (or the name after the colon).
+// By extension; .safetensors files get one tensor under `name` (or the name after the colon): the file is
+// replaced and holds only that tensor (to add tensors to a file, read it and write_safetensors all of them).
 void write_tensor(const std::string& path, const HostTensor& tensor, const std::string& name = "out");
 
 // A file that replaces `target` whole or not at all. The constructor creates a new temporary file in the
