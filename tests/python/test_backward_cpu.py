@@ -273,3 +273,21 @@ def test_backward_argument_errors():
         op(q, k, v, out, lse, out, None, list(grid), 3, saved=saved)
     with pytest.raises(ValueError, match="cr_clamp"):
         op(q, k, v, out, lse, out, None, list(grid), 2, 0.2, saved=saved)
+
+
+def test_opcheck_backward_ops():
+    """Schema, fake kernels and autograd registration of attention_train / attention_backward."""
+    grid = [2, 1, 3]
+    q, k, v = make_qkv("random", 1, 2, tuple(grid), 4, "bshd", seed=101)
+    for save_state in (False, True):
+        torch.library.opcheck(torch.ops.vmonarch.attention_train.default,
+                              (q, k, v, grid, 2, 0.1, True, None, "bshd", False, False, save_state),
+                              test_utils=("test_schema", "test_faketensor"))
+    out, lse, saved = torch.ops.vmonarch.attention_train(q, k, v, grid, 2, 0.1, True, None, "bshd", True, False,
+                                                         True)
+    assert saved.numel() == vmonarch._ops._backward.saved_state_bytes(q, v, 2, "bshd")
+    dout = torch.randn_like(out)
+    for s in (None, saved):
+        torch.library.opcheck(torch.ops.vmonarch.attention_backward.default,
+                              (q, k, v, out, lse, dout, None, grid, 2, 0.1, True, None, "bshd", True, False, s),
+                              test_utils=("test_schema", "test_faketensor"))
