@@ -253,6 +253,14 @@ def test_checkpoint_and_compile(ref):
     out = compiled(q, k, v)
     assert_grads_close(torch.autograd.grad((out * dout).sum(), (q, k, v)), want)
 
+    # saved mode and the exact gradient through the compiled graph as well
+    want = reference_grads(ref, q0, k0, v0, dout, grid, "bshd", entropy_grad=True)
+    compiled = torch.compile(lambda q, k, v: vmonarch.attention(q, k, v, grid=grid, entropy_grad=True,
+                                                                save_state=True), fullgraph=True)
+    q, k, v = (x.clone().requires_grad_(True) for x in (q0, k0, v0))
+    out = compiled(q, k, v)
+    assert_grads_close(torch.autograd.grad((out * dout).sum(), (q, k, v)), want)
+
 
 def test_backward_argument_errors():
     grid = (2, 2, 2)
