@@ -272,10 +272,13 @@ void run_backward(const BackwardProblem& p) {
                 MonarchBackwardHead<Acc> head(p, b, h, blocks ? blocks + (b * p.heads + h) * p.layout.per_head() : nullptr);
                 head.run(b, h);
             } catch (const std::bad_alloc&) {
-                throw OutOfMemoryError("vmonarch::attention_backward: could not allocate the host memory of one head (" +
-                                       std::to_string((p.saved ? 12 : 12 + 3 * p.iterations) * p.q_tokens *
-                                                      std::max(p.head_dim, p.value_dim) * std::int64_t(sizeof(Acc))) +
-                                       " bytes or so) for the backward");
+                // One head's arrays: inputs and gradients (about 13 of N x max(d, dv)), the recompute's dq
+                // parts (N x d) and, in lean mode, the rerun forward's state.
+                const std::int64_t values = 14 * p.q_tokens * std::max(p.head_dim, p.value_dim) +
+                                            (p.saved ? 0 : p.layout.per_head());
+                throw OutOfMemoryError("vmonarch::attention_backward: could not allocate the host memory of one head "
+                                       "(about " + std::to_string(values * std::int64_t(sizeof(Acc))) + " bytes" +
+                                       (p.saved ? "" : ", lean mode: the rerun forward's state included") + ")");
             }
             report_progress("heads", double(b * p.heads + h + 1) / double(p.batch * p.heads));
         }
