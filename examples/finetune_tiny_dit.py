@@ -236,6 +236,7 @@ def main(argv=None):
     ap.add_argument("--out", default="finetune_out", help="folder for curves.png and results.json")
     ap.add_argument("--tiny", action="store_true", help="a seconds-long run (CI): tiny model, few steps, 1 seed")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--pretrain-steps", type=int, default=800)
     ap.add_argument("--finetune-steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -268,7 +269,7 @@ def main(argv=None):
             logf.write(msg + "\n")
             logf.flush()
 
-        results = [run_seed(s, cfg, log) for s in range(seeds)]
+        results = [run_seed(s, cfg, log) for s in range(args.first_seed, args.first_seed + seeds)]
         closed = {label: sum(gap_closed(r, label) for r in results) / len(results)
                   for label in ("vmonarch", "vmonarch_exact")}
         log("mean fraction of the training-free gap closed after fine-tuning: " +
