@@ -8,6 +8,8 @@
 // The small tensor-to-view helpers repeat those of vmonarch_ops.cpp on purpose (both files keep their
 // own anonymous namespace; they are a few lines each).
 #include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/stack.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -228,7 +230,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_impl(
     return {dq, dk, dv};
 }
 
+// Forward-mode AD: like the forward operators (vmonarch_ops.cpp), these have no forward derivative; a
+// kernel below autograd refuses inputs that carry a tangent instead of returning none.
+void refuse_tangents(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+    const auto& arguments = op.schema().arguments();
+    const auto values = torch::jit::last(*stack, arguments.size());
+    for (std::size_t i = 0; i < arguments.size(); ++i) {
+        if (!values[i].isTensor()) continue;
+        const at::Tensor& t = values[i].toTensor();
+        TORCH_CHECK_NOT_IMPLEMENTED(!t.defined() || !t._fw_grad(/*level=*/0).defined(), "vmonarch.attention: "
+                                    "forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not supported: "
+                                    "argument '", arguments[i].name(), "' of ", op.operator_name().name,
+                                    " has a tangent; call it on plain tensors");
+    }
+    at::AutoDispatchBelowADInplaceOrView below;
+    op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+}
+
 } // namespace
+
+TORCH_LIBRARY_IMPL(vmonarch, ADInplaceOrView, m) {
+    m.impl("attention_train", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
+    m.impl("attention_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
+}
 
 TORCH_LIBRARY_FRAGMENT(vmonarch, m) {
     m.def("attention_train(Tensor q, Tensor k, Tensor v, int[] grid, int iterations=2, float clamp=0.1, "

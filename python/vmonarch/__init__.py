@@ -6,7 +6,9 @@
 
 Tokens are frame-major (token n = i*H*W + j). CPU: bfloat16, float16, float32, float64. CUDA: bfloat16
 and float16 (head_dim 64 or 128); float32 CUDA tensors raise TypeError. attention() is differentiable
-on the CPU (spec §7, torch.autograd); the CUDA backward raises NotImplementedError for now. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original (Wan2.1 code base).
+on the CPU (spec §7, torch.autograd); its CUDA backward, dense_attention's backward and forward-mode AD
+raise NotImplementedError. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original (Wan2.1 code
+base).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 
 from . import _ops
+from ._args import ITERATIONS, check_bool, check_float, check_grid, check_int
 
 __version__ = "0.1.0"
 __all__ = ["attention", "dense_attention", "flops", "FlopCount", "cuda_built", "cuda_available"]
@@ -22,15 +25,19 @@ __all__ = ["attention", "dense_attention", "flops", "FlopCount", "cuda_built", "
 _LAYOUTS = ("bshd", "bhsd")
 
 
-def _check_common(fn: str, q, k, v, layout: str, scale) -> None:
+def _check_common(fn: str, q, k, v, layout: str) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{fn}: {name} is a {type(t).__name__}, expected a torch.Tensor")
     if not isinstance(layout, str) or layout not in _LAYOUTS:
         raise ValueError(f"{fn}: layout is {layout!r}, expected 'bshd' ([batch, tokens, heads, head_dim]) "
                          "or 'bhsd' ([batch, heads, tokens, head_dim])")
-    if scale is not None and not isinstance(scale, (int, float)):
-        raise TypeError(f"{fn}: scale is a {type(scale).__name__}, expected a float or None")
+
+
+def _check_scale(fn: str, scale):
+    if scale is None:
+        return None
+    return check_float(fn, "scale", scale, lo=0.0, lo_open=True, what="a finite float > 0 or None (1/sqrt(d))")
 
 
 def attention(
@@ -67,23 +74,29 @@ def attention(
             per head at d = 128, t = 2) instead of rerunning the forward inside the backward (default).
 
     Returns out in q's layout and dtype ([B, N, heads, dv] or [B, heads, N, dv]), or (out, lse).
-    Raises ValueError for invalid shapes/values, TypeError for dtypes (float32 on CUDA among them).
+    Raises ValueError for invalid shapes/values (tensors on different devices among them), TypeError for
+    dtypes (float32 on CUDA among them) and for arguments of the wrong type (e.g. a float iterations or a
+    string recompute_first_frame), NotImplementedError for forward-mode AD (torch.func.jvp).
     """
     fn = "vmonarch.attention"
-    _check_common(fn, q, k, v, layout, scale)
-    grid = tuple(grid)
-    if len(grid) != 3:
-        raise ValueError(f"{fn}: grid is {grid!r}, expected (T, H, W)")
-    scale = None if scale is None else float(scale)
+    _check_common(fn, q, k, v, layout)
+    grid = check_grid(fn, grid)
+    iterations = check_int(fn, "iterations", iterations, *ITERATIONS)
+    clamp = check_float(fn, "clamp", clamp, lo=0.0, what="a finite float >= 0 (0 disables the clamp)")
+    recompute_first_frame = check_bool(fn, "recompute_first_frame", recompute_first_frame)
+    return_lse = check_bool(fn, "return_lse", return_lse)
+    scale = _check_scale(fn, scale)
+    entropy_grad = check_bool(fn, "entropy_grad", entropy_grad)
+    deterministic = check_bool(fn, "deterministic", deterministic)
+    save_state = check_bool(fn, "save_state", save_state)
     if (torch.is_grad_enabled() and q.device.type == "cpu"
             and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v))):
         # Gradients wanted: the training forward, whose autograd rule carries the backward options.
-        out, lse, _ = _ops.ops.attention_train(q, k, v, list(grid), int(iterations), float(clamp),
-                                               bool(recompute_first_frame), scale, layout, bool(entropy_grad),
-                                               bool(deterministic), bool(save_state))
+        out, lse, _ = _ops.ops.attention_train(q, k, v, list(grid), iterations, clamp, recompute_first_frame, scale,
+                                               layout, entropy_grad, deterministic, save_state)
         return (out, lse) if return_lse else out
-    out, lse = _ops.ops.attention(q, k, v, list(grid), int(iterations), float(clamp), bool(recompute_first_frame),
-                                  scale, layout, bool(return_lse))
+    out, lse = _ops.ops.attention(q, k, v, list(grid), iterations, clamp, recompute_first_frame, scale, layout,
+                                  return_lse)
     return (out, lse) if return_lse else out
 
 
@@ -97,8 +110,9 @@ def dense_attention(
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Exact softmax(q kᵀ scale) v through the same library (q and k may have different token counts)."""
     fn = "vmonarch.dense_attention"
-    _check_common(fn, q, k, v, layout, scale)
-    out, lse = _ops.ops.dense_attention(q, k, v, None if scale is None else float(scale), layout, bool(return_lse))
+    _check_common(fn, q, k, v, layout)
+    return_lse = check_bool(fn, "return_lse", return_lse)
+    out, lse = _ops.ops.dense_attention(q, k, v, _check_scale(fn, scale), layout, return_lse)
     return (out, lse) if return_lse else out
 
 
@@ -114,12 +128,17 @@ class FlopCount(NamedTuple):
 
 def flops(grid: Sequence[int], head_dim: int, heads: int, batch: int = 1, iterations: int = 2,
           recompute_first_frame: bool = True) -> FlopCount:
-    """FLOPs of one VMonarch attention call and of dense attention on the same shapes."""
-    grid = tuple(grid)
-    if len(grid) != 3:
-        raise ValueError(f"vmonarch.flops: grid is {grid!r}, expected (T, H, W)")
-    values = _ops.ops.flops([int(x) for x in grid], int(head_dim), int(heads), int(batch), int(iterations),
-                            bool(recompute_first_frame))
+    """FLOPs of one VMonarch attention call and of dense attention on the same shapes.
+
+    Raises TypeError for arguments of the wrong type, ValueError for sizes < 1, iterations outside 1..8
+    and sizes whose products (T*H*W, batch*T*H*W*heads*head_dim) overflow int64.
+    """
+    fn = "vmonarch.flops"
+    grid = check_grid(fn, grid)
+    # Ranges and size products are checked once, by the operator (the C++ library's checked sizes).
+    sizes = [check_int(fn, name, value) for name, value in
+             (("head_dim", head_dim), ("heads", heads), ("batch", batch), ("iterations", iterations))]
+    values = _ops.ops.flops(list(grid), *sizes, check_bool(fn, "recompute_first_frame", recompute_first_frame))
     return FlopCount(*values)
 
 

@@ -123,8 +123,8 @@ def _grid_hook(schedule: VMonarchSchedule, patch_size):
 def enable(pipe_or_transformer, schedule: Optional[VMonarchSchedule] = None, **options) -> VMonarchSchedule:
     """Use VMonarch for the self-attention of a Wan pipeline's transformer(s) or of a WanTransformer3DModel.
 
-    options: iterations=2, clamp=0.1, recompute_first_frame=True, dense_steps=0 (first K denoising steps
-    dense), dense_layers=() (block indices kept dense), attention_fn=None, cast_float32_on_cuda=bf16 —
+    options: iterations=2, clamp=0.1, recompute_first_frame=True, sink_frames=0, dense_steps=0 (first K
+    denoising steps dense), dense_layers=() (block indices kept dense), attention_fn=None, cast_float32_on_cuda=bf16 —
     see VMonarchSchedule. Returns the schedule (shared by all transformers): change its fields, call
     reset() or set_step() at run time. Calling enable() again replaces the previous setting.
     """
@@ -132,7 +132,13 @@ def enable(pipe_or_transformer, schedule: Optional[VMonarchSchedule] = None, **o
         schedule = VMonarchSchedule(**options)
     elif options:
         raise TypeError("vmonarch.wan.enable: pass either a schedule or options, not both")
-    for transformer in _transformers(pipe_or_transformer):
+    elif not isinstance(schedule, VMonarchSchedule):
+        raise TypeError(f"vmonarch.wan.enable: argument 'schedule' is a {type(schedule).__name__}, expected a "
+                        "vmonarch.wan.VMonarchSchedule or None")
+    transformers = _transformers(pipe_or_transformer)
+    for transformer in transformers:   # every check before anything is installed
+        schedule.check_layers("vmonarch.wan.enable", len(transformer.blocks))
+    for transformer in transformers:
         disable(transformer)
         saved = []
         for index, block in enumerate(transformer.blocks):

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "vmonarch/vmonarch.hpp"
 
@@ -24,9 +25,17 @@ struct MonarchProblem : AttentionProblem {
     bool recompute_first_frame = true;
 };
 
-// Shared argument checks (src/core/api.cpp), also used by src/cpu/inspect.cpp: throw ArgumentError.
-void check_fit_options(const std::string& fn, const Options& options);           // iterations, cr_clamp
-double resolve_scale(const std::string& fn, const std::optional<double>& scale, std::int64_t head_dim);
+// Argument checks (src/core/api.cpp): throw ArgumentError naming the argument; `fn` is the caller shown in
+// the message. They format nothing unless a check fails. check_fit_options and resolve_scale are also used
+// by src/cpu/inspect.cpp.
+void check_attention(std::string_view fn, const TensorView& q, const TensorView& k, const TensorView& v,
+                     const TensorView& out, const LseView* lse, AttentionProblem& p);
+MonarchProblem check_monarch(std::string_view fn, const TensorView& q, const TensorView& k, const TensorView& v,
+                             const TensorView& out, const VideoGrid& grid, const Options& options, const LseView* lse);
+AttentionProblem check_dense(std::string_view fn, const TensorView& q, const TensorView& k, const TensorView& v,
+                             const TensorView& out, std::optional<double> softmax_scale, const LseView* lse);
+void check_fit_options(std::string_view fn, const Options& options); // iterations, cr_clamp
+double resolve_scale(std::string_view fn, const std::optional<double>& scale, std::int64_t head_dim);
 
 // CPU backend (src/cpu).
 void cpu_monarch_attention(const MonarchProblem& p);

@@ -30,8 +30,11 @@ class MonarchBackwardHead {
 public:
     MonarchBackwardHead(const BackwardProblem& p, std::int64_t b, std::int64_t h, Acc* saved_block)
         : p_(p), T_(p.grid.T), HW_(p.grid.frame_tokens()), N_(p.grid.tokens()), d_(p.head_dim), dv_(p.value_dim),
-          t_(p.iterations), scale_(Acc(p.scale)), q_(load_head<Acc>(p.q, b, h)), k_(load_head<Acc>(p.k, b, h)),
-          v_(load_head<Acc>(p.v, b, h)), o_(load_head<Acc>(p.out, b, h)), do_(load_head<Acc>(p.dout, b, h)),
+          t_(p.iterations), scale_(Acc(p.scale)), q_(load_head<Acc>(p.q, b, h, "vmonarch backward (cpu): q of one head")),
+          k_(load_head<Acc>(p.k, b, h, "vmonarch backward (cpu): k of one head")),
+          v_(load_head<Acc>(p.v, b, h, "vmonarch backward (cpu): v of one head")),
+          o_(load_head<Acc>(p.out, b, h, "vmonarch backward (cpu): out of one head")),
+          do_(load_head<Acc>(p.dout, b, h, "vmonarch backward (cpu): dout of one head")),
           lse_(load_lse_head<Acc>(*p.lse, b, h, N_)),
           dlse_(p.dlse ? load_lse_head<Acc>(*p.dlse, b, h, N_) : std::vector<Acc>(std::size_t(N_), Acc(0))),
           block_(saved_block ? std::vector<Acc>() : std::vector<Acc>(std::size_t(p.layout.per_head()))),
@@ -73,7 +76,7 @@ private:
     // from the saved row LSE: dS = P∘(⟨dO, V⟩ − D), dq += s·dS·K, dk += s·dSᵀ·q, dv += Pᵀ·dO. One task
     // per key frame; its dq part goes to its own buffer, summed in frame order afterwards.
     void recompute_backward() {
-        std::vector<Acc> dq_part(std::size_t(T_ * HW_ * d_), Acc(0));
+        std::vector<Acc> dq_part = allocate_filled(T_ * HW_ * d_, Acc(0), "vmonarch backward (cpu): recompute dq parts (N x d)");
         ProgressCounter progress("backward recompute frame 0", T_);
 #pragma omp parallel for schedule(dynamic)
         for (std::int64_t kf = 0; kf < T_; ++kf) {
@@ -118,16 +121,17 @@ private:
     void last_l_step_backward() {
         const int it = t_ - 1;
         const std::int64_t first = p_.recompute_first_frame ? 1 : 0;
-        ProgressCounter progress("backward L-step " + std::to_string(it + 1) + "/" + std::to_string(t_), HW_);
-#pragma omp parallel
+        ProgressCounter progress("backward L-step", HW_, it + 1, t_);
+        ThreadScratch<Acc> dz_rows(T_ * T_, "vmonarch backward (cpu): L-step dZ (T x T per thread)");
+#pragma omp parallel num_threads(dz_rows.threads())
         {
-            std::vector<Acc> dz(std::size_t(T_ * T_));
+            Acc* const dz = dz_rows.mine();
 #pragma omp for schedule(static)
             for (std::int64_t j = 0; j < HW_; ++j) {
                 for (std::int64_t k = 0; k < T_; ++k) std::fill_n(dY_.data() + (k * HW_ + j) * dv_, dv_, Acc(0));
-                std::fill(dz.begin(), dz.end(), Acc(0));
+                std::fill(dz, dz + T_ * T_, Acc(0));
                 for (std::int64_t i = first; i < T_; ++i) {
-                    Acc* l = dz.data() + i * T_;
+                    Acc* l = dz + i * T_;
                     l_row(it, i, j, l);
                     const Acc* doi = do_.data() + (i * HW_ + j) * dv_;
                     for (std::int64_t k = 0; k < T_; ++k) {
@@ -137,7 +141,7 @@ private:
                         l[k] = l[k] * (dl - delta_[i * HW_ + j]);
                     }
                 }
-                l_step_parameter_grads(it, j, dz.data());
+                l_step_parameter_grads(it, j, dz);
                 progress.add();
             }
         }
@@ -146,14 +150,16 @@ private:
     // §7 step 6 (L-step it < t − 1, position j), given daR, dcR of iteration it + 1:
     // dL = ⟨Q_i, daR_k⟩ + dcR_k, dQ_i += Σ_k L·daR_k, dZ = L∘(dL − Σ_k L·dL); then step 4.
     void earlier_l_step_backward(int it) {
-        ProgressCounter progress("backward L-step " + std::to_string(it + 1) + "/" + std::to_string(t_), HW_);
-#pragma omp parallel
+        ProgressCounter progress("backward L-step", HW_, it + 1, t_);
+        ThreadScratch<Acc> dz_rows(T_ * T_ + T_, "vmonarch backward (cpu): L-step dZ, dL (T x T + T per thread)");
+#pragma omp parallel num_threads(dz_rows.threads())
         {
-            std::vector<Acc> dz(static_cast<std::size_t>(T_ * T_)), dl(static_cast<std::size_t>(T_));
+            Acc* const dz = dz_rows.mine();
+            Acc* const dl = dz + T_ * T_;
 #pragma omp for schedule(static)
             for (std::int64_t j = 0; j < HW_; ++j) {
                 for (std::int64_t i = 0; i < T_; ++i) {
-                    Acc* l = dz.data() + i * T_;
+                    Acc* l = dz + i * T_;
                     l_row(it, i, j, l);
                     const Acc* qi = q_.data() + (i * HW_ + j) * d_;
                     Acc* dqi = dq_.data() + (i * HW_ + j) * d_;
@@ -166,7 +172,7 @@ private:
                     }
                     for (std::int64_t k = 0; k < T_; ++k) l[k] = l[k] * (dl[k] - dl_mean);
                 }
-                l_step_parameter_grads(it, j, dz.data());
+                l_step_parameter_grads(it, j, dz);
                 progress.add();
             }
         }
@@ -201,7 +207,7 @@ private:
         const bool last = it == t_ - 1;
         const Acc* aR = it == 0 ? q_.data() : s_.aR[it];
         const Acc clamp = Acc(p_.cr_clamp);
-        ProgressCounter progress("backward R-step " + std::to_string(it + 1) + "/" + std::to_string(t_), T_);
+        ProgressCounter progress("backward R-step", T_, it + 1, t_);
 #pragma omp parallel for schedule(dynamic)
         for (std::int64_t k = 0; k < T_; ++k) {
             const Acc* keys = k_.data() + k * HW_ * d_;

@@ -71,10 +71,12 @@ private:
         Acc* aL = s_.aL[it];
         Acc* cL = s_.cL[it];
         Acc* lse_r = s_.lse_r[it];
-        ProgressCounter progress("training R-step " + std::to_string(it + 1) + "/" + std::to_string(p_.iterations), N_);
-#pragma omp parallel
+        ProgressCounter progress("training R-step", N_, it + 1, p_.iterations);
+        ThreadScratch<Acc> scratch(HW_ + d_, "vmonarch training forward (cpu): R-step logits (HW + d per thread)");
+#pragma omp parallel num_threads(scratch.threads())
         {
-            std::vector<Acc> x(static_cast<std::size_t>(HW_)), qs(static_cast<std::size_t>(d_));
+            Acc* const x = scratch.mine();
+            Acc* const qs = x + HW_;
 #pragma omp for schedule(dynamic, 16)
             for (std::int64_t n = 0; n < N_; ++n) {
                 const std::int64_t k = n / HW_;
@@ -84,7 +86,7 @@ private:
                 for (std::int64_t c = 0; c < d_; ++c) qs[c] = aR[n * d_ + c] * gamma;
                 Acc mx = -std::numeric_limits<Acc>::infinity();
                 for (std::int64_t l = 0; l < HW_; ++l) {
-                    x[l] = dot(qs.data(), keys + l * d_, d_);
+                    x[l] = dot(qs, keys + l * d_, d_);
                     mx = std::max(mx, x[l]);
                 }
                 Acc sum = 0, weighted = 0;
@@ -121,15 +123,16 @@ private:
         const Acc* cL = s_.cL[it];
         Acc* aR_next = last ? nullptr : s_.aR[it + 1];
         Acc* cR_next = last ? nullptr : s_.cR[it + 1];
-        ProgressCounter progress("training L-step " + std::to_string(it + 1) + "/" + std::to_string(p_.iterations), HW_);
-#pragma omp parallel
+        ProgressCounter progress("training L-step", HW_, it + 1, p_.iterations);
+        ThreadScratch<Acc> z_rows(T_ * T_, "vmonarch training forward (cpu): L-step logits (T x T per thread)");
+#pragma omp parallel num_threads(z_rows.threads())
         {
-            std::vector<Acc> z(std::size_t(T_ * T_));
+            Acc* const z = z_rows.mine();
 #pragma omp for schedule(static)
             for (std::int64_t j = 0; j < HW_; ++j) {
                 for (std::int64_t i = first_frame; i < T_; ++i) {
                     const Acc* qi = q_ + (i * HW_ + j) * d_;
-                    Acc* zi = z.data() + i * T_;
+                    Acc* zi = z + i * T_;
                     Acc mx = -std::numeric_limits<Acc>::infinity();
                     for (std::int64_t k = 0; k < T_; ++k) {
                         const std::int64_t n = k * HW_ + j;
