@@ -5,9 +5,10 @@
     out = vmonarch.attention(q, k, v, grid=(T, H, W), layout="bhsd")  # q, k, v: [B, heads, T*H*W, d]
 
 Tokens are frame-major (token n = i*H*W + j). CPU: bfloat16, float16, float32, float64. CUDA: bfloat16
-and float16 (head_dim 64 or 128); float32 CUDA tensors raise TypeError. Forward only: backward and
-forward-mode AD raise NotImplementedError. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original
-(Wan2.1 code base).
+and float16 (head_dim 64 or 128); float32 CUDA tensors raise TypeError. attention() is differentiable
+on the CPU (spec §7, torch.autograd); its CUDA backward, dense_attention's backward and forward-mode AD
+raise NotImplementedError. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original (Wan2.1 code
+base).
 """
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ def attention(
     recompute_first_frame: bool = True,
     scale: Optional[float] = None,
     return_lse: bool = False,
+    entropy_grad: bool = False,
+    deterministic: bool = False,
+    save_state: bool = False,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """VMonarch attention over a video's T*H*W tokens (spec: shared/spec/VMONARCH.md).
 
@@ -63,6 +67,11 @@ def attention(
         scale: softmax scale, default 1/sqrt(d).
         return_lse: also return the per-row log-sum-exp [B, heads, N] (float32; float64 for float64 CPU
             inputs): the Monarch row objective, exact for recomputed rows.
+        entropy_grad: backward through the R-step entropy cL too (the exact gradient); default False is
+            the paper's gradient, which treats cL as a constant.
+        deterministic: bitwise repeatable backward (the CPU backward always is).
+        save_state: keep the training forward's intermediates for the backward (about 2 KB per token
+            per head at d = 128, t = 2) instead of rerunning the forward inside the backward (default).
 
     Returns out in q's layout and dtype ([B, N, heads, dv] or [B, heads, N, dv]), or (out, lse).
     Raises ValueError for invalid shapes/values (tensors on different devices among them), TypeError for
@@ -76,8 +85,18 @@ def attention(
     clamp = check_float(fn, "clamp", clamp, lo=0.0, what="a finite float >= 0 (0 disables the clamp)")
     recompute_first_frame = check_bool(fn, "recompute_first_frame", recompute_first_frame)
     return_lse = check_bool(fn, "return_lse", return_lse)
-    out, lse = _ops.ops.attention(q, k, v, list(grid), iterations, clamp, recompute_first_frame,
-                                  _check_scale(fn, scale), layout, return_lse)
+    scale = _check_scale(fn, scale)
+    entropy_grad = check_bool(fn, "entropy_grad", entropy_grad)
+    deterministic = check_bool(fn, "deterministic", deterministic)
+    save_state = check_bool(fn, "save_state", save_state)
+    if (torch.is_grad_enabled() and q.device.type == "cpu"
+            and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v))):
+        # Gradients wanted: the training forward, whose autograd rule carries the backward options.
+        out, lse, _ = _ops.ops.attention_train(q, k, v, list(grid), iterations, clamp, recompute_first_frame, scale,
+                                               layout, entropy_grad, deterministic, save_state)
+        return (out, lse) if return_lse else out
+    out, lse = _ops.ops.attention(q, k, v, list(grid), iterations, clamp, recompute_first_frame, scale, layout,
+                                  return_lse)
     return (out, lse) if return_lse else out
 
 

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "core/backward_problem.hpp"
 #include "core/dispatch.hpp"
 #include "core/host_memory.hpp"
 #include "core/progress.hpp"
@@ -317,6 +318,20 @@ void check_fit_options(std::string_view fn, const Options& options) {
         fail(fn, "options.iterations", cat("is ", options.iterations, ", expected 1..8"));
     if (!std::isfinite(options.cr_clamp) || options.cr_clamp < 0)
         fail(fn, "options.cr_clamp", cat("is ", options.cr_clamp, ", expected a finite value >= 0 (0 disables the clamp)"));
+}
+
+// Exported for src/core/api_backward.cpp (declared in src/core/backward_problem.hpp): the same checks.
+MonarchProblem check_monarch_arguments(const std::string& fn, const TensorView& q, const TensorView& k,
+                                       const TensorView& v, const TensorView& out, const VideoGrid& grid,
+                                       const Options& options, const LseView* lse) {
+    return check_monarch(fn, q, k, v, out, grid, options, lse);
+}
+
+void check_tensor_view(const std::string& fn, const std::string& name, const TensorView& t) { check_view(fn, name, t); }
+
+void check_same_dtype_device(const std::string& fn, const std::string& name, const TensorView& t,
+                             const TensorView& ref, const std::string& ref_name) {
+    check_same(fn, name, t, ref, ref_name);
 }
 
 } // namespace detail

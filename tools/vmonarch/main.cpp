@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
 
     const std::vector<Command> commands = {add_demo_command(app),  add_run_command(app),
                                            add_compare_command(app), add_flops_command(app),
-                                           add_make_inputs_command(app), add_info_command(app)};
+                                           add_make_inputs_command(app), add_info_command(app),
+                                           add_backward_command(app)};
     // Set after the subcommands exist so that they do not inherit it.
     app.footer("Exit status: 0 on success, 1 for invalid arguments or files, 2 for unsupported requests and "
                "CUDA failures, 3 for anything else, 4 when memory ran out, 5 when a result holds NaN/inf (run still "
