@@ -257,11 +257,31 @@ void check_fit_options(const std::string& fn, const Options& options) {
         fail(fn, "options.cr_clamp", cat("is ", options.cr_clamp, ", expected a finite value >= 0 (0 disables the clamp)"));
 }
 
+void check_tensor_view(const std::string& fn, const std::string& name, const TensorView& t) { check_view(fn, name, t); }
+
+void check_same_kind(const std::string& fn, const std::string& name, const TensorView& t, const TensorView& ref,
+                     const std::string& ref_name) {
+    check_same(fn, name, t, ref, ref_name);
+}
+
+bool views_overlap(const TensorView& a, const TensorView& b) {
+    return overlaps(byte_range(a.data, a.dtype, a.shape, a.strides), byte_range(b.data, b.dtype, b.shape, b.strides));
+}
+
+AttentionProblem check_attention_views(const std::string& fn, const TensorView& q, const TensorView& k,
+                                       const TensorView& v, const TensorView& out, const LseView* lse) {
+    AttentionProblem p;
+    check_attention(fn, q, k, v, out, lse, p);
+    return p;
+}
+
 } // namespace detail
 
 void attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-               const VideoGrid& grid, const Options& options, const LseView* lse, const CudaContext* cuda) {
-    const auto p = check_monarch("vmonarch::attention", q, k, v, out, grid, options, lse);
+               const VideoGrid& grid, const Options& options, const LseView* lse, const CudaContext* cuda,
+               const ExtraKeys* extra_keys) {
+    auto p = check_monarch("vmonarch::attention", q, k, v, out, grid, options, lse);
+    detail::attach_exact_groups("vmonarch::attention", options, extra_keys, p);
     if (q.device == Device::cuda) {
         detail::cuda_monarch_attention(p, cuda);
     } else {
@@ -299,20 +319,6 @@ std::size_t workspace_bytes(const TensorView& q, const TensorView& v, const Vide
         fail("vmonarch::workspace_bytes", "grid",
              cat("is ", grid.T, "x", grid.H, "x", grid.W, ", expected T*H*W = q's tokens ", q.tokens()));
     return detail::cuda_monarch_workspace_bytes(p);
-}
-
-FlopCount flops(const VideoGrid& grid, std::int64_t head_dim, std::int64_t heads, std::int64_t batch,
-                const Options& options) {
-    // spec §4, per head: R-steps (4t+2)·N·b·d, L-steps 4t·N·m·d, recompute 4·b·N·d, dense 4·N²·d.
-    const double n = double(grid.tokens()), b = double(grid.frame_tokens()), m = double(grid.T);
-    const double d = double(head_dim), t = double(options.iterations), count = double(heads) * double(batch);
-    FlopCount f;
-    f.r_steps = (4 * t + 2) * n * b * d * count;
-    f.l_steps = 4 * t * n * m * d * count;
-    f.recompute = options.recompute_first_frame ? 4 * b * n * d * count : 0.0;
-    f.vmonarch = f.r_steps + f.l_steps + f.recompute;
-    f.dense = 4 * n * n * d * count;
-    return f;
 }
 
 bool cuda_available() { return detail::cuda_device_present(); }
