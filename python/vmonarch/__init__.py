@@ -14,10 +14,10 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import _ops
+from . import _exact, _ops
 
 __version__ = "0.1.0"
-__all__ = ["attention", "dense_attention", "flops", "FlopCount", "cuda_built", "cuda_available"]
+__all__ = ["attention", "joint_attention", "dense_attention", "flops", "FlopCount", "cuda_built", "cuda_available"]
 
 _LAYOUTS = ("bshd", "bhsd")
 
@@ -44,6 +44,11 @@ def attention(
     recompute_first_frame: bool = True,
     scale: Optional[float] = None,
     return_lse: bool = False,
+    sink_frames: int = 0,
+    window_radius: Optional[int] = None,
+    text_k: Optional[torch.Tensor] = None,
+    text_v: Optional[torch.Tensor] = None,
+    text_lens=None,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """VMonarch attention over a video's T*H*W tokens (spec: shared/spec/VMONARCH.md).
 
@@ -57,6 +62,12 @@ def attention(
         scale: softmax scale, default 1/sqrt(d).
         return_lse: also return the per-row log-sum-exp [B, heads, N] (float32; float64 for float64 CPU
             inputs): the Monarch row objective, exact for recomputed rows.
+        sink_frames: S >= 0; the keys of frames 0..S-1 are attended exactly by every query and merged with
+            its Monarch row by log-sum-exp (spec §3b); S >= T gives dense attention. Default 0 (the paper).
+        window_radius: r >= 0 or None; key frames within r of the query's frame are exact too (spec §3b).
+        text_k, text_v: extra keys/values [B, L, heads, d] (in `layout`, any L >= 0) attended exactly by every
+            query (text tokens); text_lens: valid prefix length per batch element (list or int tensor [B]).
+        CUDA tensors take only the defaults for now (others raise NotImplementedError).
 
     Returns out in q's layout and dtype ([B, N, heads, dv] or [B, heads, N, dv]), or (out, lse).
     Raises ValueError for invalid shapes/values, TypeError for dtypes (float32 on CUDA among them).
@@ -66,9 +77,47 @@ def attention(
     grid = tuple(grid)
     if len(grid) != 3:
         raise ValueError(f"{fn}: grid is {grid!r}, expected (T, H, W)")
+    if not (isinstance(sink_frames, int) and not isinstance(sink_frames, bool) and sink_frames == 0) or any(
+            x is not None for x in (window_radius, text_k, text_v, text_lens)):
+        return _exact.attention(q, k, v, grid, layout, iterations, clamp, recompute_first_frame, scale, return_lse,
+                                sink_frames, window_radius, text_k, text_v, text_lens)
     out, lse = _ops.ops.attention(q, k, v, list(grid), int(iterations), float(clamp), bool(recompute_first_frame),
                                   None if scale is None else float(scale), layout, bool(return_lse))
     return (out, lse) if return_lse else out
+
+
+def joint_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    grid: Sequence[int],
+    text_len: int,
+    text_first: bool = False,
+    text_lens=None,
+    text_mask: Optional[torch.Tensor] = None,
+    layout: str = "bshd",
+    iterations: int = 2,
+    clamp: float = 0.1,
+    recompute_first_frame: bool = True,
+    scale: Optional[float] = None,
+    return_lse: bool = False,
+    sink_frames: int = 0,
+    window_radius: Optional[int] = None,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """MMDiT self-attention over one sequence of N = T*H*W video and text_len text tokens (spec §3c).
+
+    q, k, v: [B, N + L, heads, d] ("bshd") or [B, heads, N + L, d] ("bhsd"); the text comes first
+    (text_first=True, CogVideoX) or last (HunyuanVideo, Mochi); the video part is frame-major. Video queries
+    get VMonarch over the video keys merged with the valid text keys by log-sum-exp (and sink_frames /
+    window_radius as in attention()); text queries get exact attention over every valid key. Valid text:
+    text_lens (list or int tensor [B] of prefix lengths) or text_mask (bool [B, L] key-padding mask, which
+    must be a prefix: ValueError otherwise); default all valid. Returns out (and lse [B, heads, N + L]) in the
+    sequence's order; padded text queries are computed like the others. CPU only for now when text_len > 0.
+    """
+    fn = "vmonarch.joint_attention"
+    _check_common(fn, q, k, v, layout, scale)
+    return _exact.joint_attention(q, k, v, grid, text_len, text_first, text_lens, text_mask, layout, iterations,
+                                  clamp, recompute_first_frame, scale, return_lse, sink_frames, window_radius)
 
 
 def dense_attention(
@@ -94,14 +143,25 @@ class FlopCount(NamedTuple):
     recompute: float
     vmonarch: float
     dense: float
+    exact: float = 0.0         # exact key groups of the video queries (spec §3b)
+    text_queries: float = 0.0  # exact text queries of a joint sequence (spec §3c)
 
 
 def flops(grid: Sequence[int], head_dim: int, heads: int, batch: int = 1, iterations: int = 2,
-          recompute_first_frame: bool = True) -> FlopCount:
-    """FLOPs of one VMonarch attention call and of dense attention on the same shapes."""
+          recompute_first_frame: bool = True, sink_frames: int = 0, window_radius: Optional[int] = None,
+          text_len: int = 0, joint: bool = False) -> FlopCount:
+    """FLOPs of one VMonarch attention call and of dense attention on the same shapes (spec §4).
+
+    sink_frames, window_radius: the exact key groups; text_len: extra (text) keys of every video query;
+    joint=True: a joint sequence (joint_attention) whose text queries and dense cost cover N + text_len."""
     grid = tuple(grid)
     if len(grid) != 3:
         raise ValueError(f"vmonarch.flops: grid is {grid!r}, expected (T, H, W)")
+    if sink_frames != 0 or window_radius is not None or text_len != 0 or joint:
+        values = _ops.ops.exact_flops([int(x) for x in grid], int(head_dim), int(heads), int(batch), int(iterations),
+                                      bool(recompute_first_frame), int(sink_frames),
+                                      None if window_radius is None else int(window_radius), int(text_len), bool(joint))
+        return FlopCount(*values)
     values = _ops.ops.flops([int(x) for x in grid], int(head_dim), int(heads), int(batch), int(iterations),
                             bool(recompute_first_frame))
     return FlopCount(*values)
