@@ -29,7 +29,9 @@ int run_command(const RunOptions& o) {
     require_tensor_extension(o.out, "--out");
     if (!o.lse.empty()) require_tensor_extension(o.lse, "--lse");
 
-    AttentionInputs in = load_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout);
+    AttentionInputs in = load_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout,
+                                               o.inputs.text_tokens > 0 ? o.inputs.text_tokens : 0);
+    const std::optional<JointText> joint_text = joint_text_from(o.inputs, in.shape.batch);
     const DType input_dtype = in.q.dtype;
     const DType compute_dtype = cast.value_or(input_dtype);
     require_device_dtype(device, compute_dtype, "--q " + in.q_path);
@@ -53,6 +55,7 @@ int run_command(const RunOptions& o) {
     {
         ProgressLine progress(o.inputs.progress); // cleared before anything is printed
         AttentionSession session(device, in.q, in.k, in.v, layout, in.shape);
+        if (joint_text) session.set_joint_text(*joint_text);
         result = session.run(o.dense ? Method::dense : Method::vmonarch, grid, options, !o.lse.empty());
     }
     if (result.out.dtype != result_dtype) result.out = result.out.converted(result_dtype);
@@ -64,10 +67,13 @@ int run_command(const RunOptions& o) {
     const std::string method =
         o.dense ? std::string("dense attention")
                 : "VMonarch t=" + std::to_string(options.iterations) +
-                      (options.recompute_first_frame ? ", frame-0 recompute" : ", no recompute");
+                      (options.recompute_first_frame ? ", frame-0 recompute" : ", no recompute") +
+                      (options.sink_frames > 0 ? ", sink frames " + std::to_string(options.sink_frames) : "") +
+                      (options.window_radius ? ", window radius " + std::to_string(*options.window_radius) : "");
+    const std::string joint = joint_text ? ", " + std::to_string(joint_text->tokens) + " text tokens" : "";
     std::cout << "wrote " << o.out << " " << format_shape(result.out.shape) << " " << to_string(result_dtype)
               << (o.lse.empty() ? "" : " and " + o.lse) << ": " << method << " on " << to_string(device) << " in "
-              << to_string(compute_dtype) << ", grid " << format_grid(grid) << ", "
+              << to_string(compute_dtype) << ", grid " << format_grid(grid) << joint << ", "
               << format_seconds(result.seconds) << "\n";
     return 0;
 }
