@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # The Python package's GPU suite, for the lent GPU machine (no internet), run from the repo root:
-#   scripts/gpu_python_suite.sh [--prebuilt] [--all] [--bench] [--bench-quick] [--build-check]
+#   scripts/gpu_python_suite.sh [--prebuilt] [--all] [--bench] [--bench-quick] [--build-check] [--image-cxx]
+#
+# Compiler: the extension is built with the system g++ (/usr/bin/g++, or $VMONARCH_CXX), not the image's
+# $CXX: that one links libstdc++ statically into shared libraries, and such a module crashes on its first
+# call. --image-cxx builds with the image's $CXX instead (to check that the build then either repairs the
+# link with torch's libstdc++ and works, or stops with a message naming the compiler).
 #
 # Needs in .whl/ (git-ignored, carried to the machine; see the README's PyTorch section, "GPU machine"):
 #   diffusers-*.whl, importlib_metadata-*.whl   pure-Python wheels the machine lacks
@@ -17,7 +22,7 @@ set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUTDIR=${OUT:-out}
 mkdir -p "$OUTDIR"
-PREBUILT=0; ALL=0; BENCH=0; BENCH_ARGS=(); BUILD_CHECK=0
+PREBUILT=0; ALL=0; BENCH=0; BENCH_ARGS=(); BUILD_CHECK=0; IMAGE_CXX=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --prebuilt) PREBUILT=1 ;;
@@ -25,6 +30,7 @@ while [ $# -gt 0 ]; do
     --bench) BENCH=1 ;;
     --bench-quick) BENCH=1; BENCH_ARGS+=(--quick) ;;
     --build-check) BUILD_CHECK=1 ;;
+    --image-cxx) IMAGE_CXX=1 ;;
     *) echo "unknown option $1"; exit 2 ;;
   esac
   shift
@@ -38,6 +44,22 @@ export VMONARCH_REFERENCE_DIR=${VMONARCH_REFERENCE_DIR:-$PWD/.whl/reference}
 PIP=(python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE")
 CUDA_DEFINES=(-Ccmake.define.VMONARCH_CUDA=ON -Ccmake.define.CMAKE_CUDA_ARCHITECTURES="${VMONARCH_CUDA_ARCHS:-90a-real}")
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+
+if [ $IMAGE_CXX -eq 1 ]; then
+  BUILD_TAG=image-cxx
+  echo "compiler: the image's CXX=${CXX:-(unset, CMake picks c++)}"
+else
+  BUILD_TAG=gxx
+  export CXX=${VMONARCH_CXX:-$(command -v /usr/bin/g++ || command -v g++ || echo g++)}
+  echo "compiler: CXX=$CXX (the image's CXX is not used; --image-cxx to use it)"
+fi
+[ -n "${CXX:-}" ] && { "$CXX" --version | head -1 || true; }
+BUILD_DIR=/tmp/vmonarch-build-$BUILD_TAG
+
+# Prints the build's own explanation of a failure (CMake's error), else the log's end.
+build_failed() {
+  if grep -q "CMake Error" "$1"; then grep -A 24 "CMake Error" "$1" | head -60; else tail -40 "$1"; fi
+}
 
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
@@ -53,16 +75,23 @@ if [ $PREBUILT -eq 1 ]; then
   cp python/vmonarch/*.py "$SITE/vmonarch/"   # the checkout's Python sources over the wheel's
   if [ $BUILD_CHECK -eq 1 ]; then
     ( python3 -m pip install --no-build-isolation --no-deps --no-index --target /tmp/site-build . \
-        "${CUDA_DEFINES[@]}" -Cbuild-dir=/tmp/vmonarch-build > "$OUTDIR/offline_build.log" 2>&1
+        "${CUDA_DEFINES[@]}" -Cbuild-dir="$BUILD_DIR-check" > "$OUTDIR/offline_build.log" 2>&1
       echo "offline build exit code $?" >> "$OUTDIR/offline_build.log" ) &
     BUILD_PID=$!
   fi
 else
-  python3 -m pip install --no-build-isolation --no-deps --no-index --target "$SITE" . "${CUDA_DEFINES[@]}" \
-    -Cbuild-dir=/tmp/vmonarch-build > "$OUTDIR/build.log" 2>&1 || { tail -40 "$OUTDIR/build.log"; exit 1; }
+  python3 -m pip install -v --no-build-isolation --no-deps --no-index --target "$SITE" . "${CUDA_DEFINES[@]}" \
+    -Cbuild-dir="$BUILD_DIR" > "$OUTDIR/build.log" 2>&1 || {
+    build_failed "$OUTDIR/build.log"
+    [ $IMAGE_CXX -eq 1 ] && echo "(built with the image's CXX=${CXX:-}; without --image-cxx the suite uses /usr/bin/g++)"
+    exit 1; }
   echo "offline build: $(($(date +%s) - t0)) s"
+  grep "vmonarch python: C++ runtime" "$OUTDIR/build.log" | sed 's/^ *//' || true
 fi
 python3 -c 'import vmonarch; print("vmonarch", vmonarch.__version__, "cuda kernels:", vmonarch.cuda_built(), "device:", vmonarch.cuda_available())' || exit 1
+# One attention and one dense_attention call on CPU and CUDA tensors, in a child process: a module that
+# crashes is reported with the compiler that built it, and the suite stops here.
+python3 python/vmonarch/_smoke.py --device auto || exit 1
 
 FAILED=0
 TESTS=tests/python/test_gpu.py

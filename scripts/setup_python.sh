@@ -11,6 +11,13 @@
 #   VMONARCH_CUDA=AUTO|ON|OFF      build the extension with the CUDA kernels; default: OFF unless
 #                                  nvidia-smi sees a GPU (CPU-only machines then skip a long nvcc build)
 #   VMONARCH_SKIP_BUILD=1          install the dependencies only
+#   CXX=g++                        the C++ compiler (default: CMake's choice). The build refuses one that
+#                                  links libstdc++ statically and cannot be made to link torch's shared one.
+#
+# After the install, python/vmonarch/_smoke.py calls vmonarch.attention and vmonarch.dense_attention once
+# on CPU tensors (and CUDA ones when a GPU is visible) in a child process; if that fails (e.g. a crash of a
+# module linked with another C++ runtime than torch's), the package is uninstalled again and the script
+# exits 1 with a report naming the compiler.
 #
 # Which torch. PyPI has only CUDA builds of torch for Linux x86-64: `pip install torch` pulls about
 # 2.7 GB of wheels (torch 0.53 GB plus cuBLAS, cuDNN, NCCL, cuSPARSELt, triton, ...), 4.6 GB installed,
@@ -104,4 +111,9 @@ log "building vmonarch (VMONARCH_CUDA=$cuda)"
 cd "$ROOT"
 "${PIP[@]}" --no-build-isolation --no-deps -v . -Ccmake.define.VMONARCH_CUDA="$cuda"
 "$PY" -c 'import vmonarch; print("[setup_python] vmonarch", vmonarch.__version__, "cuda kernels:", vmonarch.cuda_built())'
+if ! "$PY" python/vmonarch/_smoke.py; then   # the installed package, called in a child process
+    log "the installed vmonarch failed its smoke test (report above): uninstalling it"
+    "$PY" -m pip uninstall -y -q vmonarch || true
+    exit 1
+fi
 log "done in $(($(date +%s) - start)) s"

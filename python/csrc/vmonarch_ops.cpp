@@ -11,9 +11,14 @@
 // c10::TypeError (TypeError), vmonarch::UnsupportedError -> c10::NotImplementedError, anything else
 // -> c10::Error (RuntimeError). The messages are the C++ library's.
 //
+// Autograd: forward only (the backward and its errors are registered in vmonarch/_ops.py); forward-mode
+// AD raises NotImplementedError (refuse_forward_ad below).
+//
 // CUDA: work runs on torch's current stream; the workspace comes from torch's caching allocator, so the
 // operator is safe under CUDA graph capture as long as the C++ library itself allocates nothing.
 #include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/stack.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -162,15 +167,20 @@ Prepared prepare_all(const char* fn, const at::Tensor& q_in, const at::Tensor& k
     return p;
 }
 
-vmonarch::VideoGrid grid_of(at::IntArrayRef grid) {
-    TORCH_CHECK_VALUE(grid.size() == 3, "vmonarch.attention: grid has ", grid.size(),
+// The grid's products T*H*W and H*W are checked by the library (VideoGrid::tokens / frame_tokens go
+// through vmonarch::checked_product): a negative or overflowing grid raises ValueError here, before use.
+vmonarch::VideoGrid grid_of(const char* fn, at::IntArrayRef grid) {
+    TORCH_CHECK_VALUE(grid.size() == 3, fn, ": grid has ", grid.size(),
                       " entries, expected 3 (frames T, height H, width W in tokens)");
-    return vmonarch::VideoGrid{grid[0], grid[1], grid[2]};
+    const vmonarch::VideoGrid g{grid[0], grid[1], grid[2]};
+    translate_errors([&] { g.tokens(); });
+    return g;
 }
 
-vmonarch::Options options_of(int64_t iterations, double clamp, bool recompute, std::optional<double> scale) {
+vmonarch::Options options_of(const char* fn, int64_t iterations, double clamp, bool recompute,
+                             std::optional<double> scale) {
     vmonarch::Options o;
-    TORCH_CHECK_VALUE(iterations >= INT32_MIN && iterations <= INT32_MAX, "vmonarch.attention: iterations is ",
+    TORCH_CHECK_VALUE(iterations >= INT32_MIN && iterations <= INT32_MAX, fn, ": argument 'iterations' is ",
                       iterations, ", expected 1..8");
     o.iterations = static_cast<int>(iterations);
     o.cr_clamp = clamp;
@@ -184,8 +194,8 @@ std::tuple<at::Tensor, at::Tensor> attention_impl(const at::Tensor& q, const at:
                                                   bool recompute_first_frame, std::optional<double> scale,
                                                   c10::string_view layout, bool return_lse) {
     const Layout lay = parse_layout(layout);
-    const vmonarch::VideoGrid g = grid_of(grid);
-    const vmonarch::Options opts = options_of(iterations, clamp, recompute_first_frame, scale);
+    const vmonarch::VideoGrid g = grid_of("vmonarch.attention", grid);
+    const vmonarch::Options opts = options_of("vmonarch.attention", iterations, clamp, recompute_first_frame, scale);
     Prepared p = prepare_all("vmonarch.attention", q, k, v, lay, return_lse);
     const vmonarch::LseView* lse = return_lse ? &p.lv : nullptr;
     if (p.q.is_cuda()) {
@@ -229,13 +239,47 @@ std::tuple<at::Tensor, at::Tensor> dense_impl(const at::Tensor& q, const at::Ten
     return {p.out, p.lse};
 }
 
+// FLOPs of spec §4. Every size must be >= 1 and the problem must be representable: the element count of
+// q, batch*T*H*W*heads*head_dim, must fit int64 (checked_product), as for any tensor the operators take.
 std::vector<double> flops_impl(at::IntArrayRef grid, int64_t head_dim, int64_t heads, int64_t batch,
                                int64_t iterations, bool recompute_first_frame) {
-    const vmonarch::VideoGrid g = grid_of(grid);
-    const vmonarch::Options opts = options_of(iterations, 0.1, recompute_first_frame, std::nullopt);
+    constexpr const char* fn = "vmonarch.flops";
+    const vmonarch::VideoGrid g = grid_of(fn, grid);
+    const std::pair<const char*, int64_t> sizes[6] = {{"grid[0] (T)", g.T}, {"grid[1] (H)", g.H},
+                                                      {"grid[2] (W)", g.W}, {"head_dim", head_dim},
+                                                      {"heads", heads},     {"batch", batch}};
+    for (auto [name, value] : sizes)
+        TORCH_CHECK_VALUE(value >= 1, fn, ": argument '", name, "' is ", value, ", expected >= 1");
+    TORCH_CHECK_VALUE(iterations >= 1 && iterations <= 8, fn, ": argument 'iterations' is ", iterations,
+                      ", expected 1..8");
+    translate_errors([&] { vmonarch::checked_product({batch, g.tokens(), heads, head_dim}, fn,
+                                                     "batch*T*H*W*heads*head_dim"); });
+    const vmonarch::Options opts = options_of(fn, iterations, 0.1, recompute_first_frame, std::nullopt);
     vmonarch::FlopCount f;
     translate_errors([&] { f = vmonarch::flops(g, head_dim, heads, batch, opts); });
     return {f.r_steps, f.l_steps, f.recompute, f.vmonarch, f.dense};
+}
+
+// Forward-mode AD (torch.autograd.forward_ad, torch.func.jvp): the operators have no forward derivative,
+// and their autograd kernel runs them without looking at tangents, so the output would carry none (jvp
+// then reports a zero tangent). This kernel sits one dispatch level below autograd (ADInplaceOrView),
+// where the inputs still carry their tangents (torch.func's wrappers too: level 0 is the only forward-AD
+// level torch uses), and refuses them; without tangents it passes the call on unchanged.
+void refuse_forward_ad(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+    const auto& arguments = op.schema().arguments();
+    const auto values = torch::jit::last(*stack, arguments.size());
+    for (std::size_t i = 0; i < arguments.size(); ++i) {
+        if (!values[i].isTensor()) continue;
+        const at::Tensor& t = values[i].toTensor();
+        TORCH_CHECK_NOT_IMPLEMENTED(
+            !t.defined() || !t._fw_grad(/*level=*/0).defined(), "vmonarch.",
+            op.operator_name().name.substr(sizeof("vmonarch::") - 1),
+            ": forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not supported: argument '",
+            arguments[i].name(), "' has a tangent, but the operator has no forward derivative (it is "
+            "forward-only); call it on plain tensors, e.g. torch.autograd.forward_ad.unpack_dual(x).primal");
+    }
+    at::AutoDispatchBelowADInplaceOrView below;
+    op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
 }
 
 bool cuda_built_impl() {
@@ -262,6 +306,11 @@ TORCH_LIBRARY(vmonarch, m) {
           &flops_impl);
     m.def("cuda_built() -> bool", &cuda_built_impl);
     m.def("cuda_available() -> bool", &cuda_available_impl);
+}
+
+TORCH_LIBRARY_IMPL(vmonarch, ADInplaceOrView, m) {
+    m.impl("attention", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
+    m.impl("dense_attention", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
 }
 
 TORCH_LIBRARY_IMPL(vmonarch, CPU, m) {
@@ -323,9 +372,10 @@ std::optional<std::vector<int64_t>> text_lengths(const char* fn, const std::opti
     return std::nullopt;
 }
 
-vmonarch::Options exact_options_of(int64_t iterations, double clamp, bool recompute, std::optional<double> scale,
-                                   int64_t sink_frames, std::optional<int64_t> window_radius) {
-    vmonarch::Options o = options_of(iterations, clamp, recompute, scale);
+vmonarch::Options exact_options_of(const char* fn, int64_t iterations, double clamp, bool recompute,
+                                   std::optional<double> scale, int64_t sink_frames,
+                                   std::optional<int64_t> window_radius) {
+    vmonarch::Options o = options_of(fn, iterations, clamp, recompute, scale);
     o.sink_frames = sink_frames;
     o.window_radius = window_radius;
     return o;
@@ -363,8 +413,8 @@ std::tuple<at::Tensor, at::Tensor> attention_exact_impl(
     const std::optional<at::Tensor>& text_v, const std::optional<at::Tensor>& text_lens) {
     const char* fn = "vmonarch.attention";
     const Layout lay = parse_layout(layout);
-    const vmonarch::VideoGrid g = grid_of(grid);
-    const vmonarch::Options opts = exact_options_of(iterations, clamp, recompute_first_frame, scale, sink_frames,
+    const vmonarch::VideoGrid g = grid_of(fn, grid);
+    const vmonarch::Options opts = exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames,
                                                     window_radius);
     Prepared p = prepare_all(fn, q, k, v, lay, return_lse);
     TORCH_CHECK_VALUE(text_k.has_value() == text_v.has_value(), fn, ": ", text_k ? "text_k" : "text_v",
@@ -397,8 +447,8 @@ std::tuple<at::Tensor, at::Tensor> joint_attention_impl(
     c10::string_view layout, bool return_lse, int64_t sink_frames, std::optional<int64_t> window_radius) {
     const char* fn = "vmonarch.joint_attention";
     const Layout lay = parse_layout(layout);
-    const vmonarch::VideoGrid g = grid_of(grid);
-    const vmonarch::Options opts = exact_options_of(iterations, clamp, recompute_first_frame, scale, sink_frames,
+    const vmonarch::VideoGrid g = grid_of(fn, grid);
+    const vmonarch::Options opts = exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames,
                                                     window_radius);
     Prepared p = prepare_all(fn, q, k, v, lay, return_lse);
     TORCH_CHECK_VALUE(text_len >= 0 && text_len <= p.qv.tokens(), fn, ": text_len is ", text_len, ", expected 0..",
@@ -418,9 +468,10 @@ std::tuple<at::Tensor, at::Tensor> joint_attention_impl(
 std::vector<double> exact_flops_impl(at::IntArrayRef grid, int64_t head_dim, int64_t heads, int64_t batch,
                                      int64_t iterations, bool recompute_first_frame, int64_t sink_frames,
                                      std::optional<int64_t> window_radius, int64_t text_len, bool joint) {
-    const vmonarch::VideoGrid g = grid_of(grid);
-    const vmonarch::Options opts = exact_options_of(iterations, 0.1, recompute_first_frame, std::nullopt,
-                                                    sink_frames, window_radius);
+    const char* fn = "vmonarch.flops";
+    const vmonarch::VideoGrid g = grid_of(fn, grid);
+    const vmonarch::Options opts = exact_options_of(fn, iterations, 0.1, recompute_first_frame,
+                                                    std::nullopt, sink_frames, window_radius);
     vmonarch::FlopCount f;
     translate_errors([&] {
         f = joint ? vmonarch::joint_flops(g, text_len, head_dim, heads, batch, opts)
@@ -444,6 +495,11 @@ TORCH_LIBRARY_FRAGMENT(vmonarch, m) {
           "bool recompute_first_frame=True, int sink_frames=0, int? window_radius=None, int text_len=0, "
           "bool joint=False) -> float[]",
           &exact_flops_impl);
+}
+
+TORCH_LIBRARY_IMPL(vmonarch, ADInplaceOrView, m) {
+    m.impl("attention_exact_groups", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
+    m.impl("joint_attention", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
 }
 
 TORCH_LIBRARY_IMPL(vmonarch, CPU, m) {

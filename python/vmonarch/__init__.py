@@ -5,8 +5,9 @@
     out = vmonarch.attention(q, k, v, grid=(T, H, W), layout="bhsd")  # q, k, v: [B, heads, T*H*W, d]
 
 Tokens are frame-major (token n = i*H*W + j). CPU: bfloat16, float16, float32, float64. CUDA: bfloat16
-and float16 (head_dim 64 or 128); float32 CUDA tensors raise TypeError. Forward only: backward raises
-NotImplementedError. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original (Wan2.1 code base).
+and float16 (head_dim 64 or 128); float32 CUDA tensors raise TypeError. Forward only: backward and
+forward-mode AD raise NotImplementedError. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original
+(Wan2.1 code base).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 
 from . import _exact, _ops
+from ._args import ITERATIONS, check_bool, check_float, check_grid, check_int
 
 __version__ = "0.1.0"
 __all__ = ["attention", "joint_attention", "dense_attention", "flops", "FlopCount", "cuda_built", "cuda_available"]
@@ -22,15 +24,19 @@ __all__ = ["attention", "joint_attention", "dense_attention", "flops", "FlopCoun
 _LAYOUTS = ("bshd", "bhsd")
 
 
-def _check_common(fn: str, q, k, v, layout: str, scale) -> None:
+def _check_common(fn: str, q, k, v, layout: str) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{fn}: {name} is a {type(t).__name__}, expected a torch.Tensor")
     if not isinstance(layout, str) or layout not in _LAYOUTS:
         raise ValueError(f"{fn}: layout is {layout!r}, expected 'bshd' ([batch, tokens, heads, head_dim]) "
                          "or 'bhsd' ([batch, heads, tokens, head_dim])")
-    if scale is not None and not isinstance(scale, (int, float)):
-        raise TypeError(f"{fn}: scale is a {type(scale).__name__}, expected a float or None")
+
+
+def _check_scale(fn: str, scale):
+    if scale is None:
+        return None
+    return check_float(fn, "scale", scale, lo=0.0, lo_open=True, what="a finite float > 0 or None (1/sqrt(d))")
 
 
 def attention(
@@ -70,19 +76,23 @@ def attention(
         CUDA tensors take only the defaults for now (others raise NotImplementedError).
 
     Returns out in q's layout and dtype ([B, N, heads, dv] or [B, heads, N, dv]), or (out, lse).
-    Raises ValueError for invalid shapes/values, TypeError for dtypes (float32 on CUDA among them).
+    Raises ValueError for invalid shapes/values (tensors on different devices among them), TypeError for
+    dtypes (float32 on CUDA among them) and for arguments of the wrong type (e.g. a float iterations or a
+    string recompute_first_frame), NotImplementedError for forward-mode AD (torch.func.jvp).
     """
     fn = "vmonarch.attention"
-    _check_common(fn, q, k, v, layout, scale)
-    grid = tuple(grid)
-    if len(grid) != 3:
-        raise ValueError(f"{fn}: grid is {grid!r}, expected (T, H, W)")
-    if not (isinstance(sink_frames, int) and not isinstance(sink_frames, bool) and sink_frames == 0) or any(
-            x is not None for x in (window_radius, text_k, text_v, text_lens)):
-        return _exact.attention(q, k, v, grid, layout, iterations, clamp, recompute_first_frame, scale, return_lse,
-                                sink_frames, window_radius, text_k, text_v, text_lens)
-    out, lse = _ops.ops.attention(q, k, v, list(grid), int(iterations), float(clamp), bool(recompute_first_frame),
-                                  None if scale is None else float(scale), layout, bool(return_lse))
+    _check_common(fn, q, k, v, layout)
+    grid = check_grid(fn, grid)
+    iterations = check_int(fn, "iterations", iterations, *ITERATIONS)
+    clamp = check_float(fn, "clamp", clamp, lo=0.0, what="a finite float >= 0 (0 disables the clamp)")
+    recompute_first_frame = check_bool(fn, "recompute_first_frame", recompute_first_frame)
+    return_lse = check_bool(fn, "return_lse", return_lse)
+    if _exact.wanted(sink_frames, window_radius, text_k, text_v, text_lens):
+        return _exact.attention(q, k, v, grid, layout, iterations, clamp, recompute_first_frame,
+                                _check_scale(fn, scale), return_lse, sink_frames, window_radius, text_k, text_v,
+                                text_lens)
+    out, lse = _ops.ops.attention(q, k, v, list(grid), iterations, clamp, recompute_first_frame,
+                                  _check_scale(fn, scale), layout, return_lse)
     return (out, lse) if return_lse else out
 
 
@@ -115,9 +125,16 @@ def joint_attention(
     sequence's order; padded text queries are computed like the others. CPU only for now when text_len > 0.
     """
     fn = "vmonarch.joint_attention"
-    _check_common(fn, q, k, v, layout, scale)
+    _check_common(fn, q, k, v, layout)
+    grid = check_grid(fn, grid)
+    iterations = check_int(fn, "iterations", iterations, *ITERATIONS)
+    clamp = check_float(fn, "clamp", clamp, lo=0.0, what="a finite float >= 0 (0 disables the clamp)")
+    recompute_first_frame = check_bool(fn, "recompute_first_frame", recompute_first_frame)
+    return_lse = check_bool(fn, "return_lse", return_lse)
+    text_first = check_bool(fn, "text_first", text_first)
     return _exact.joint_attention(q, k, v, grid, text_len, text_first, text_lens, text_mask, layout, iterations,
-                                  clamp, recompute_first_frame, scale, return_lse, sink_frames, window_radius)
+                                  clamp, recompute_first_frame, _check_scale(fn, scale), return_lse, sink_frames,
+                                  window_radius)
 
 
 def dense_attention(
@@ -130,8 +147,9 @@ def dense_attention(
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Exact softmax(q kᵀ scale) v through the same library (q and k may have different token counts)."""
     fn = "vmonarch.dense_attention"
-    _check_common(fn, q, k, v, layout, scale)
-    out, lse = _ops.ops.dense_attention(q, k, v, None if scale is None else float(scale), layout, bool(return_lse))
+    _check_common(fn, q, k, v, layout)
+    return_lse = check_bool(fn, "return_lse", return_lse)
+    out, lse = _ops.ops.dense_attention(q, k, v, _check_scale(fn, scale), layout, return_lse)
     return (out, lse) if return_lse else out
 
 
@@ -153,17 +171,21 @@ def flops(grid: Sequence[int], head_dim: int, heads: int, batch: int = 1, iterat
     """FLOPs of one VMonarch attention call and of dense attention on the same shapes (spec §4).
 
     sink_frames, window_radius: the exact key groups; text_len: extra (text) keys of every video query;
-    joint=True: a joint sequence (joint_attention) whose text queries and dense cost cover N + text_len."""
-    grid = tuple(grid)
-    if len(grid) != 3:
-        raise ValueError(f"vmonarch.flops: grid is {grid!r}, expected (T, H, W)")
+    joint=True: a joint sequence (joint_attention) whose text queries and dense cost cover N + text_len.
+
+    Raises TypeError for arguments of the wrong type, ValueError for sizes < 1, iterations outside 1..8
+    and sizes whose products (T*H*W, batch*T*H*W*heads*head_dim) overflow int64.
+    """
+    fn = "vmonarch.flops"
+    grid = check_grid(fn, grid)
+    # Ranges and size products are checked once, by the operator (the C++ library's checked sizes).
+    sizes = [check_int(fn, name, value) for name, value in
+             (("head_dim", head_dim), ("heads", heads), ("batch", batch), ("iterations", iterations))]
+    recompute_first_frame = check_bool(fn, "recompute_first_frame", recompute_first_frame)
     if sink_frames != 0 or window_radius is not None or text_len != 0 or joint:
-        values = _ops.ops.exact_flops([int(x) for x in grid], int(head_dim), int(heads), int(batch), int(iterations),
-                                      bool(recompute_first_frame), int(sink_frames),
-                                      None if window_radius is None else int(window_radius), int(text_len), bool(joint))
-        return FlopCount(*values)
-    values = _ops.ops.flops([int(x) for x in grid], int(head_dim), int(heads), int(batch), int(iterations),
-                            bool(recompute_first_frame))
+        return FlopCount(*_exact.flops(fn, grid, sizes, recompute_first_frame, sink_frames, window_radius, text_len,
+                                       check_bool(fn, "joint", joint)))
+    values = _ops.ops.flops(list(grid), *sizes, recompute_first_frame)
     return FlopCount(*values)
 
 

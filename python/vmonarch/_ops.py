@@ -66,6 +66,13 @@ def _axes(layout: str):
 
 
 def _fake_outputs(fn, q, k, v, layout, return_lse):
+    # The dispatcher sends a call here when any input is on `meta`, also when the others are real: a meta
+    # tensor among CPU/CUDA ones must raise (the output would be uninitialised memory), like the C++
+    # kernels' check of one device for all.
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.device != q.device:
+            raise ValueError(f"{fn}: {name} is on {t.device}, expected {q.device} like q "
+                             "(q, k and v must be on one device)")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             raise ValueError(f"{fn}: {name} has {t.dim()} dimensions, expected 4")
@@ -90,6 +97,9 @@ def _attention_fake(q, k, v, grid, iterations=2, clamp=0.1, recompute_first_fram
     if len(grid) != 3:
         raise ValueError(f"vmonarch.attention: grid has {len(grid)} entries, expected 3")
     tok, _ = _axes(layout)
+    for value in grid:
+        torch._check(value >= 1,
+                     lambda: f"vmonarch.attention: grid {tuple(grid)} has an entry < 1, expected T, H, W >= 1")
     torch._check(grid[0] * grid[1] * grid[2] == q.shape[tok],
                  lambda: f"vmonarch.attention: grid {tuple(grid)} does not cover q's {q.shape[tok]} tokens")
     return _fake_outputs("vmonarch.attention", q, k, v, layout, return_lse)

@@ -12,7 +12,10 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 
+from ._args import ITERATIONS, check_bool, check_float, check_int
+
 AttentionFn = Callable[..., torch.Tensor]
+_HALF = (torch.bfloat16, torch.float16)
 
 
 class VMonarchSchedule:
@@ -31,14 +34,26 @@ class VMonarchSchedule:
     def __init__(self, iterations: int = 2, clamp: float = 0.1, recompute_first_frame: bool = True,
                  dense_steps: int = 0, dense_layers: Iterable[int] = (), attention_fn: Optional[AttentionFn] = None,
                  cast_float32_on_cuda: Optional[torch.dtype] = torch.bfloat16):
-        if int(dense_steps) < 0:
-            raise ValueError(f"dense_steps is {dense_steps}, expected >= 0")
-        self.iterations = int(iterations)
-        self.clamp = float(clamp)
-        self.recompute_first_frame = bool(recompute_first_frame)
-        self.dense_steps = int(dense_steps)
-        self.dense_layers = frozenset(int(i) for i in dense_layers)
+        fn = "vmonarch.VMonarchSchedule"
+        self.iterations = check_int(fn, "iterations", iterations, *ITERATIONS)
+        self.clamp = check_float(fn, "clamp", clamp, lo=0.0, what="a finite float >= 0 (0 disables the clamp)")
+        self.recompute_first_frame = check_bool(fn, "recompute_first_frame", recompute_first_frame)
+        self.dense_steps = check_int(fn, "dense_steps", dense_steps, 0)
+        if isinstance(dense_layers, (str, bytes)) or not hasattr(dense_layers, "__iter__"):
+            raise TypeError(f"{fn}: argument 'dense_layers' is {dense_layers!r} ({type(dense_layers).__name__}), "
+                            "expected an iterable of block indices (ints >= 0)")
+        self.dense_layers = frozenset(check_int(fn, "dense_layers", i, 0, what="block indices (ints >= 0)")
+                                      for i in dense_layers)
+        if attention_fn is not None and not callable(attention_fn):
+            raise TypeError(f"{fn}: argument 'attention_fn' is {attention_fn!r} ({type(attention_fn).__name__}), "
+                            "expected a callable or None")
         self.attention_fn = attention_fn
+        if cast_float32_on_cuda is not None and not isinstance(cast_float32_on_cuda, torch.dtype):
+            raise TypeError(f"{fn}: argument 'cast_float32_on_cuda' is {cast_float32_on_cuda!r} "
+                            f"({type(cast_float32_on_cuda).__name__}), expected torch.bfloat16, torch.float16 or None")
+        if cast_float32_on_cuda is not None and cast_float32_on_cuda not in _HALF:
+            raise ValueError(f"{fn}: argument 'cast_float32_on_cuda' is {cast_float32_on_cuda}, expected "
+                             "torch.bfloat16, torch.float16 or None (the dtypes of the CUDA kernels)")
         self.cast_float32_on_cuda = cast_float32_on_cuda
         self.grid: Optional[Tuple[int, int, int]] = None
         self.step = 0
@@ -52,7 +67,14 @@ class VMonarchSchedule:
         self._last_timestep = None
 
     def set_step(self, step: int) -> None:
-        self.step = int(step)
+        self.step = check_int("vmonarch.VMonarchSchedule.set_step", "step", step, 0)
+
+    def check_layers(self, fn: str, blocks: int) -> None:
+        """Raises ValueError when dense_layers names a block the model does not have."""
+        for index in sorted(self.dense_layers):
+            if index >= blocks:
+                raise ValueError(f"{fn}: argument 'dense_layers' contains {index}, expected block indices "
+                                 f"0..{blocks - 1} (the transformer has {blocks} blocks)")
 
     def observe_timestep(self, timestep) -> None:
         """Advance the step count from a transformer forward's timestep (tensor or number)."""

@@ -132,7 +132,13 @@ def enable(pipe_or_transformer, schedule: Optional[VMonarchSchedule] = None, **o
         schedule = VMonarchSchedule(**options)
     elif options:
         raise TypeError("vmonarch.wan.enable: pass either a schedule or options, not both")
-    for transformer in _transformers(pipe_or_transformer):
+    elif not isinstance(schedule, VMonarchSchedule):
+        raise TypeError(f"vmonarch.wan.enable: argument 'schedule' is a {type(schedule).__name__}, expected a "
+                        "vmonarch.wan.VMonarchSchedule or None")
+    transformers = _transformers(pipe_or_transformer)
+    for transformer in transformers:   # every check before anything is installed
+        schedule.check_layers("vmonarch.wan.enable", len(transformer.blocks))
+    for transformer in transformers:
         disable(transformer)
         saved = []
         for index, block in enumerate(transformer.blocks):

@@ -123,6 +123,8 @@ def install(model: Optional[torch.nn.Module] = None, module=None, schedule: Opti
         schedule = VMonarchSchedule(**options)
     elif options:
         raise TypeError("vmonarch.wan_original.install: pass either a schedule or options, not both")
+    if model is not None and hasattr(model, "blocks"):
+        schedule.check_layers("vmonarch.wan_original.install", len(model.blocks))
     uninstall(module)
     originals = {"flash_attention": module.flash_attention,
                  "WanSelfAttention.forward": module.WanSelfAttention.forward}

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "vmonarch/vmonarch.hpp"
@@ -42,22 +43,34 @@ struct TextQueryProblem : AttentionProblem {
     ExtraKeysProblem extra;
 };
 
-// Shared argument checks (src/core/api.cpp), also used by src/cpu/inspect.cpp: throw ArgumentError.
-void check_fit_options(const std::string& fn, const Options& options);           // iterations, cr_clamp
-double resolve_scale(const std::string& fn, const std::optional<double>& scale, std::int64_t head_dim);
+// Argument checks (src/core/api.cpp): throw ArgumentError naming the argument; `fn` is the caller shown in
+// the message. They format nothing unless a check fails. check_fit_options and resolve_scale are also used
+// by src/cpu/inspect.cpp.
+void check_attention(std::string_view fn, const TensorView& q, const TensorView& k, const TensorView& v,
+                     const TensorView& out, const LseView* lse, AttentionProblem& p);
+MonarchProblem check_monarch(std::string_view fn, const TensorView& q, const TensorView& k, const TensorView& v,
+                             const TensorView& out, const VideoGrid& grid, const Options& options, const LseView* lse);
+AttentionProblem check_dense(std::string_view fn, const TensorView& q, const TensorView& k, const TensorView& v,
+                             const TensorView& out, std::optional<double> softmax_scale, const LseView* lse);
+void check_fit_options(std::string_view fn, const Options& options); // iterations, cr_clamp
+double resolve_scale(std::string_view fn, const std::optional<double>& scale, std::int64_t head_dim);
 // Single-view checks of api.cpp, shared with src/core/exact_groups.cpp.
-void check_tensor_view(const std::string& fn, const std::string& name, const TensorView& t);
-void check_same_kind(const std::string& fn, const std::string& name, const TensorView& t, const TensorView& ref,
-                     const std::string& ref_name); // dtype and device
-bool views_overlap(const TensorView& a, const TensorView& b);
-AttentionProblem check_attention_views(const std::string& fn, const TensorView& q, const TensorView& k,
-                                       const TensorView& v, const TensorView& out, const LseView* lse);
+void check_tensor_view(std::string_view fn, std::string_view name, const TensorView& t);
+void check_same_kind(std::string_view fn, std::string_view name, const TensorView& t, const TensorView& ref,
+                     std::string_view ref_name); // dtype and device
+bool views_overlap(std::string_view fn, std::string_view a_name, const TensorView& a, std::string_view b_name,
+                   const TensorView& b);
 
 // Exact key groups (src/core/exact_groups.cpp): checks options.sink_frames / window_radius and the extra keys
 // against p (already checked by check_monarch) and fills p's exact-group fields. CUDA problems with exact groups
 // throw UnsupportedError.
-void check_exact_options(const std::string& fn, const Options& options);
-void attach_exact_groups(const std::string& fn, const Options& options, const ExtraKeys* extra, MonarchProblem& p);
+void check_exact_options(std::string_view fn, const Options& options);
+// The explicit constructions of inspect.hpp know no exact groups: ArgumentError unless S = 0 and no window.
+void check_no_exact_groups(std::string_view fn, const Options& options);
+void attach_exact_groups(std::string_view fn, const Options& options, const ExtraKeys* extra, MonarchProblem& p);
+// FLOPs of flops() (src/core/flops.cpp), arguments already checked.
+FlopCount exact_group_flops(const VideoGrid& grid, std::int64_t head_dim, std::int64_t heads, std::int64_t batch,
+                            const Options& options, std::int64_t extra_tokens);
 
 // CPU backend (src/cpu).
 void cpu_monarch_attention(const MonarchProblem& p);

@@ -17,12 +17,12 @@ std::string cat(const Parts&... parts) {
     return os.str();
 }
 
-[[noreturn]] void fail(const std::string& fn, const std::string& argument, const std::string& what) {
+[[noreturn]] void fail(std::string_view fn, const std::string& argument, const std::string& what) {
     throw ArgumentError(argument, cat(fn, ": argument '", argument, "' ", what));
 }
 
 // lens[b] in 0..L for every batch element (nullptr: all L valid).
-std::vector<std::int64_t> checked_lens(const std::string& fn, const std::string& name, const std::int64_t* lens,
+std::vector<std::int64_t> checked_lens(std::string_view fn, const std::string& name, const std::int64_t* lens,
                                        std::int64_t batch, std::int64_t L, const std::string& what_l) {
     std::vector<std::int64_t> out(std::size_t(batch), L);
     if (!lens) return out;
@@ -35,7 +35,7 @@ std::vector<std::int64_t> checked_lens(const std::string& fn, const std::string&
 }
 
 // Extra keys against the validated video problem p: shapes, dtype, device, strides, lens, aliasing with out.
-detail::ExtraKeysProblem check_extra_keys(const std::string& fn, const ExtraKeys& e, const detail::MonarchProblem& p) {
+detail::ExtraKeysProblem check_extra_keys(std::string_view fn, const ExtraKeys& e, const detail::MonarchProblem& p) {
     const TensorView& k = e.k;
     const TensorView& v = e.v;
     if (k.shape[1] < 0) fail(fn, "extra_keys.k.shape[1]", cat("(tokens) is ", k.shape[1], ", expected >= 0"));
@@ -62,8 +62,10 @@ detail::ExtraKeysProblem check_extra_keys(const std::string& fn, const ExtraKeys
     if (L == 0) return x; // nothing to attend; the views' memory is never touched
     detail::check_tensor_view(fn, "extra_keys.k", k);
     detail::check_tensor_view(fn, "extra_keys.v", v);
-    if (detail::views_overlap(p.out, k)) fail(fn, "out", "overlaps the memory of extra_keys.k, expected a separate output buffer");
-    if (detail::views_overlap(p.out, v)) fail(fn, "out", "overlaps the memory of extra_keys.v, expected a separate output buffer");
+    if (detail::views_overlap(fn, "out", p.out, "extra_keys.k", k))
+        fail(fn, "out", "overlaps the memory of extra_keys.k, expected a separate output buffer");
+    if (detail::views_overlap(fn, "out", p.out, "extra_keys.v", v))
+        fail(fn, "out", "overlaps the memory of extra_keys.v, expected a separate output buffer");
     x.present = true;
     x.k = k;
     x.v = v;
@@ -90,14 +92,23 @@ LseView lse_slice(const LseView& l, std::int64_t begin, std::int64_t count) {
 
 namespace detail {
 
-void check_exact_options(const std::string& fn, const Options& options) {
+void check_exact_options(std::string_view fn, const Options& options) {
     if (options.sink_frames < 0)
         fail(fn, "options.sink_frames", cat("is ", options.sink_frames, ", expected >= 0 (0: no sink frames)"));
     if (options.window_radius && *options.window_radius < 0)
         fail(fn, "options.window_radius", cat("is ", *options.window_radius, ", expected >= 0 or none (no window)"));
 }
 
-void attach_exact_groups(const std::string& fn, const Options& options, const ExtraKeys* extra, MonarchProblem& p) {
+void check_no_exact_groups(std::string_view fn, const Options& options) {
+    if (options.sink_frames != 0)
+        fail(fn, "options.sink_frames", cat("is ", options.sink_frames, ", expected 0 (the explicit construction has no "
+                                            "exact key groups)"));
+    if (options.window_radius)
+        fail(fn, "options.window_radius", cat("is ", *options.window_radius, ", expected none (the explicit construction "
+                                              "has no exact key groups)"));
+}
+
+void attach_exact_groups(std::string_view fn, const Options& options, const ExtraKeys* extra, MonarchProblem& p) {
     check_exact_options(fn, options);
     p.sink_frames = options.sink_frames;
     p.window_radius = options.window_radius ? *options.window_radius : -1;
@@ -125,7 +136,8 @@ void joint_attention(const TensorView& q, const TensorView& k, const TensorView&
     if (text_tokens < 0) fail(fn, "text_tokens", cat("is ", text_tokens, ", expected >= 0"));
     detail::check_exact_options(fn, options);
     // Whole-sequence checks (shapes, dtypes, devices, aliasing) first, so errors name the joint arguments.
-    const detail::AttentionProblem whole = detail::check_attention_views(fn, q, k, v, out, lse);
+    detail::AttentionProblem whole;
+    detail::check_attention(fn, q, k, v, out, lse, whole);
     if (q.tokens() != k.tokens())
         fail(fn, "k.shape[1]", cat("(tokens) is ", k.tokens(), ", expected ", q.tokens(), " (q's tokens)"));
     if (q.tokens() - text_tokens != N)
@@ -162,7 +174,7 @@ void joint_attention(const TensorView& q, const TensorView& k, const TensorView&
     t.extra.tokens = L;
     t.extra.lens = lens;
     if (q.device == Device::cuda)
-        throw UnsupportedError(fn + ": the text queries of a joint sequence are not implemented on cuda yet; run on "
+        throw UnsupportedError(std::string(fn) + ": the text queries of a joint sequence are not implemented on cuda yet; run on "
                                "Device::cpu tensors (text_tokens = 0 runs on cuda)");
     detail::cpu_text_query_attention(t);
 }

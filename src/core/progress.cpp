@@ -21,13 +21,15 @@ namespace detail {
 
 bool progress_enabled() { return g_enabled.load(std::memory_order_relaxed); }
 
-void report_progress(const std::string& stage, double fraction) {
+void report_progress(std::string_view stage, double fraction) {
     if (!progress_enabled()) return;
+    const std::string name(stage);
     std::lock_guard lock(g_mutex);
-    if (g_callback) g_callback(stage, fraction);
+    if (g_callback) g_callback(name, fraction);
 }
 
-ProgressCounter::ProgressCounter(std::string stage, std::int64_t total) : stage_(std::move(stage)), total_(total) {}
+ProgressCounter::ProgressCounter(const char* stage, std::int64_t total, std::int64_t step, std::int64_t steps)
+    : stage_(stage), total_(total), step_(step), steps_(steps) {}
 
 void ProgressCounter::add(std::int64_t items) {
     if (!progress_enabled() || total_ <= 0) return;
@@ -36,7 +38,10 @@ void ProgressCounter::add(std::int64_t items) {
     std::int64_t last = reported_percent_.load(std::memory_order_relaxed);
     while (percent > last) {
         if (reported_percent_.compare_exchange_weak(last, percent)) {
-            report_progress(stage_, double(done) / double(total_));
+            const std::string name = steps_ > 0 ? std::string(stage_) + " " + std::to_string(step_) + "/" +
+                                                      std::to_string(steps_)
+                                                : std::string(stage_);
+            report_progress(name, double(done) / double(total_));
             break;
         }
     }

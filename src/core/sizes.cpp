@@ -13,7 +13,10 @@ namespace {
 [[noreturn]] void size_error(std::initializer_list<std::int64_t> factors, std::string_view function,
                              std::string_view argument, bool negative) {
     std::string text;
-    for (const std::int64_t f : factors) text += (text.empty() ? "" : "*") + std::to_string(f);
+    for (const std::int64_t f : factors) {
+        if (!text.empty()) text += '*';
+        text += std::to_string(f);
+    }
     const std::string what = negative ? " has a negative size (" + text + "), expected sizes >= 0"
                                       : " gives " + text + ", which overflows int64 (max " +
                                             std::to_string(std::numeric_limits<std::int64_t>::max()) + ")";

@@ -17,8 +17,8 @@ ExtraHead<Acc> load_extra_head(const ExtraKeysProblem& extra, std::int64_t b, st
     if (!extra.present) return e;
     e.valid = extra.lens[std::size_t(b)];
     const std::int64_t d = extra.k.head_dim(), dv = extra.v.head_dim();
-    e.keys.resize(std::size_t(e.valid * d));
-    e.values.resize(std::size_t(e.valid * dv));
+    assign_filled(e.keys, e.valid * d, Acc(0), "vmonarch::attention (cpu): extra keys of one head (L x d)");
+    assign_filled(e.values, e.valid * dv, Acc(0), "vmonarch::attention (cpu): extra values of one head (L x dv)");
     for (std::int64_t r = 0; r < e.valid; ++r) {
         load_row(extra.k.data, extra.k.dtype, offset_of(extra.k, b, r, h), d, e.keys.data() + r * d);
         load_row(extra.v.data, extra.v.dtype, offset_of(extra.v, b, r, h), dv, e.values.data() + r * dv);
@@ -30,7 +30,8 @@ template <typename Acc>
 void merge_exact_keys(const Acc* q, std::int64_t nq, const Acc* keys, const Acc* values, std::int64_t nk,
                       std::int64_t d, std::int64_t dv, Acc scale, Acc* out, Acc* lse) {
     if (nk <= 0 || nq <= 0) return;
-    std::vector<Acc> group_out(static_cast<std::size_t>(nq * dv)), group_lse(static_cast<std::size_t>(nq));
+    std::vector<Acc> group_out = allocate_filled(nq * dv, Acc(0), "exact key group: output of one frame (HW x dv)");
+    std::vector<Acc> group_lse = allocate_filled(nq, Acc(0), "exact key group: lse of one frame (HW)");
     dense_rows<Acc>(q, nq, keys, values, nk, d, dv, scale, group_out.data(), group_lse.data(), nullptr);
     constexpr Acc kNegInf = -std::numeric_limits<Acc>::infinity();
 #pragma omp parallel for schedule(static)
@@ -78,9 +79,13 @@ template <typename Acc>
 void run_text_queries(const TextQueryProblem& p) {
     for (std::int64_t b = 0; b < p.batch; ++b)
         for (std::int64_t h = 0; h < p.heads; ++h) {
-            const auto q = load_head<Acc>(p.q, b, h), k = load_head<Acc>(p.k, b, h), v = load_head<Acc>(p.v, b, h);
+            const auto q = load_head<Acc>(p.q, b, h, "vmonarch::joint_attention (cpu): text queries of one head");
+            const auto k = load_head<Acc>(p.k, b, h, "vmonarch::joint_attention (cpu): video keys of one head");
+            const auto v = load_head<Acc>(p.v, b, h, "vmonarch::joint_attention (cpu): video values of one head");
             const ExtraHead<Acc> text = load_extra_head<Acc>(p.extra, b, h);
-            std::vector<Acc> out(static_cast<std::size_t>(p.q_tokens * p.value_dim)), lse(static_cast<std::size_t>(p.q_tokens));
+            std::vector<Acc> out = allocate_filled(p.q_tokens * p.value_dim, Acc(0),
+                                                   "vmonarch::joint_attention (cpu): text query output of one head");
+            std::vector<Acc> lse = allocate_filled(p.q_tokens, Acc(0), "vmonarch::joint_attention (cpu): text query lse");
             // spec §3c: exact attention over every video key, then the valid text keys merged by log-sum-exp.
             dense_rows<Acc>(q.data(), p.q_tokens, k.data(), v.data(), p.kv_tokens, p.head_dim, p.value_dim,
                             Acc(p.scale), out.data(), lse.data(), nullptr);

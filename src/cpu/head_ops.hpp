@@ -11,6 +11,7 @@
 
 #include "core/dispatch.hpp"
 #include "core/progress.hpp"
+#include "cpu/parallel.hpp"
 #include "vmonarch/half.hpp"
 
 namespace vmonarch::detail {
@@ -67,11 +68,12 @@ inline void store_row(void* base, DType dtype, std::int64_t offset, std::int64_t
     }
 }
 
-// Head (b, h) of a [B, N, heads, d] view as a contiguous [N][d] array.
+// Head (b, h) of a [B, N, heads, d] view as a contiguous [N][d] array; `what` names it in an
+// OutOfMemoryError.
 template <typename Acc>
-std::vector<Acc> load_head(const TensorView& t, std::int64_t b, std::int64_t h) {
+std::vector<Acc> load_head(const TensorView& t, std::int64_t b, std::int64_t h, const char* what) {
     const std::int64_t n = t.tokens(), d = t.head_dim();
-    std::vector<Acc> dst(std::size_t(n * d));
+    std::vector<Acc> dst = allocate_filled(n * d, Acc(0), what);
 #pragma omp parallel for schedule(static)
     for (std::int64_t r = 0; r < n; ++r) load_row(t.data, t.dtype, offset_of(t, b, r, h), d, dst.data() + r * d);
     return dst;
@@ -120,21 +122,25 @@ void dense_rows(const Acc* q, std::int64_t nq, const Acc* k, const Acc* v, std::
                 std::int64_t dv, Acc scale, Acc* out, Acc* lse, ProgressCounter* progress) {
     constexpr std::int64_t kRows = 16, kKeys = 256;
     const std::int64_t blocks = (nq + kRows - 1) / kRows;
-#pragma omp parallel
+    ThreadScratch<Acc> logit_rows(kRows * kKeys, "dense attention rows: logits (16 x 256 per thread)");
+    ThreadScratch<Acc> acc_rows(kRows * dv, "dense attention rows: accumulators (16 x dv per thread)");
+    RegionErrors errors;
+#pragma omp parallel num_threads(logit_rows.threads())
     {
-        std::vector<Acc> logits(kRows * kKeys), acc(kRows * dv);
+        Acc* const logits = logit_rows.mine();
+        Acc* const acc = acc_rows.mine();
         Acc m[kRows], l[kRows];
 #pragma omp for schedule(dynamic)
-        for (std::int64_t blk = 0; blk < blocks; ++blk) {
+        for (std::int64_t blk = 0; blk < blocks; ++blk) errors.guard([&] {
             const std::int64_t r0 = blk * kRows, rows = std::min(kRows, nq - r0);
-            std::fill(acc.begin(), acc.end(), Acc(0));
+            std::fill(acc, acc + kRows * dv, Acc(0));
             std::fill(m, m + kRows, -std::numeric_limits<Acc>::infinity());
             std::fill(l, l + kRows, Acc(0));
             for (std::int64_t c0 = 0; c0 < nk; c0 += kKeys) {
                 const std::int64_t cols = std::min(kKeys, nk - c0);
                 for (std::int64_t r = 0; r < rows; ++r) {
                     const Acc* qr = q + (r0 + r) * d;
-                    Acc* x = logits.data() + r * kKeys;
+                    Acc* x = logits + r * kKeys;
                     Acc tile_max = -std::numeric_limits<Acc>::infinity();
                     for (std::int64_t c = 0; c < cols; ++c) {
                         x[c] = dot(qr, k + (c0 + c) * d, d) * scale;
@@ -142,7 +148,7 @@ void dense_rows(const Acc* q, std::int64_t nq, const Acc* k, const Acc* v, std::
                     }
                     const Acc m_new = std::max(m[r], tile_max);
                     const Acc rescale = std::exp(m[r] - m_new); // exp(-inf) = 0 on the first tile
-                    Acc* a = acc.data() + r * dv;
+                    Acc* a = acc + r * dv;
                     for (std::int64_t c = 0; c < dv; ++c) a[c] *= rescale;
                     l[r] *= rescale;
                     for (std::int64_t c = 0; c < cols; ++c) {
@@ -159,8 +165,9 @@ void dense_rows(const Acc* q, std::int64_t nq, const Acc* k, const Acc* v, std::
                 if (lse) lse[r0 + r] = m[r] + std::log(l[r]);
             }
             if (progress) progress->add(rows);
-        }
+        });
     }
+    errors.rethrow_first();
 }
 
 } // namespace vmonarch::detail

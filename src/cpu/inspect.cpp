@@ -1,6 +1,8 @@
 // Explicit construction of the Monarch matrix (spec §2–§3) in fp64, independent of the fast path:
 // L is stored as HW blocks of T×T, R rows are rebuilt from L on demand, the entropy is Σ R log R
 // computed directly. Used for pictures (rows of A) and tests (row sums, M·V, objective trace).
+// Memory: O(N·d + HW·T²) per call (the L blocks), every size checked; allocation failures are
+// OutOfMemoryError, and no exception leaves a parallel region.
 #include "vmonarch/inspect.hpp"
 
 #include <algorithm>
@@ -8,7 +10,9 @@
 #include <limits>
 #include <sstream>
 
+#include "core/host_memory.hpp"
 #include "cpu/head_ops.hpp"
+#include "cpu/parallel.hpp"
 
 namespace vmonarch {
 namespace {
@@ -32,6 +36,12 @@ void check_cpu_head(const char* fn, const TensorView& q, const TensorView& k, st
         if (t->strides[3] != 1)
             throw ArgumentError(name, std::string(fn) + ": argument '" + name + ".strides[3]' is " +
                                           std::to_string(t->strides[3]) + ", expected 1");
+        for (int a = 0; a < 4; ++a)
+            if (t->shape[a] < 1)
+                throw ArgumentError(std::string(name) + ".shape[" + std::to_string(a) + "]",
+                                    std::string(fn) + ": argument '" + name + ".shape[" + std::to_string(a) + "]' is " +
+                                        std::to_string(t->shape[a]) + ", expected >= 1");
+        checked_product({t->shape[0], t->shape[1], t->shape[2], t->shape[3]}, fn, std::string(name) + ".shape");
     }
     if (k.shape[0] != q.shape[0] || k.shape[2] != q.shape[2] || k.shape[3] != q.shape[3])
         throw ArgumentError("k", std::string(fn) + ": argument 'k.shape' does not match q in batch, heads, head_dim");
@@ -50,18 +60,45 @@ void check_queries(const char* fn, const std::vector<std::int64_t>& queries, std
                                                     std::to_string(t) + ", expected 0.." + std::to_string(n - 1));
 }
 
+// The grid must be valid and match q and k, and the explicit L blocks' element count HW·T·T must fit.
+void check_grid(const char* fn, const VideoGrid& grid, const TensorView& q, const TensorView& k) {
+    if (grid.T < 1 || grid.H < 1 || grid.W < 1 || checked_product({grid.T, grid.H, grid.W}, fn, "grid") != q.tokens() ||
+        q.tokens() != k.tokens())
+        throw ArgumentError("grid", std::string(fn) + ": argument 'grid' (" + std::to_string(grid.T) + "x" +
+                                        std::to_string(grid.H) + "x" + std::to_string(grid.W) +
+                                        ") does not match q/k tokens " + std::to_string(q.tokens()) + "/" +
+                                        std::to_string(k.tokens()) + ", expected T*H*W = tokens, each >= 1");
+    checked_product({grid.H, grid.W, grid.T, grid.T}, fn, "grid");
+}
+
+// Runs `body`, turning an allocation failure that escaped it into OutOfMemoryError naming `fn` and the grid.
+template <typename Body>
+auto out_of_memory_as_error(const char* fn, const VideoGrid& grid, std::int64_t d, Body&& body) {
+    const auto context = [&] {
+        return std::string(fn) + " (grid " + std::to_string(grid.T) + "x" + std::to_string(grid.H) + "x" +
+               std::to_string(grid.W) + ", d=" + std::to_string(d) + ")";
+    };
+    try {
+        return body();
+    } catch (const std::bad_alloc& e) {
+        detail::throw_out_of_memory(context(), e);
+    } catch (const std::length_error& e) {
+        detail::throw_out_of_memory(context(), e);
+    }
+}
+
+// Checked by check_cpu_head and check_grid before construction: every size product below fits in int64.
 class ExplicitMonarch {
 public:
     ExplicitMonarch(const TensorView& q, const TensorView& k, const VideoGrid& grid, const Options& options,
                     std::int64_t b, std::int64_t h)
         : T_(grid.T), HW_(grid.frame_tokens()), N_(grid.tokens()), d_(q.head_dim()),
           s_(detail::resolve_scale("vmonarch inspect", options.softmax_scale, q.head_dim())), clamp_(options.cr_clamp),
-          q_(detail::load_head<double>(q, b, h)), k_(detail::load_head<double>(k, b, h)),
-          L_(std::size_t(HW_ * T_ * T_), 0.0), aL_(std::size_t(N_ * d_)), cL_(std::size_t(N_)) {
-        if (grid.T < 1 || grid.H < 1 || grid.W < 1 || q.tokens() != N_ || k.tokens() != N_)
-            throw ArgumentError("grid", "vmonarch inspect: argument 'grid' (" + std::to_string(grid.T) + "x" +
-                                            std::to_string(grid.H) + "x" + std::to_string(grid.W) +
-                                            ") does not match q/k tokens " + std::to_string(q.tokens()));
+          q_(detail::load_head<double>(q, b, h, "vmonarch inspect: q of one head")),
+          k_(detail::load_head<double>(k, b, h, "vmonarch inspect: k of one head")),
+          L_(detail::allocate_filled(HW_ * T_ * T_, 0.0, "vmonarch inspect: L blocks (HW x T x T)")),
+          aL_(detail::allocate_filled(N_ * d_, 0.0, "vmonarch inspect: aL (N x d)")),
+          cL_(detail::allocate_filled(N_, 0.0, "vmonarch inspect: cL (N)")) {
         for (std::int64_t j = 0; j < HW_; ++j)
             for (std::int64_t i = 0; i < T_; ++i) L(j, i, i) = 1.0; // start: L = identity
     }
@@ -85,8 +122,9 @@ public:
 
     void r_step() {
         R_from_ = L_;
+        detail::RegionErrors errors;
 #pragma omp parallel for schedule(dynamic)
-        for (std::int64_t n = 0; n < N_; ++n) {
+        for (std::int64_t n = 0; n < N_; ++n) errors.guard([&] {
             const std::int64_t k = n / HW_, j = n % HW_;
             const auto r = r_row(k, j, R_from_);
             double* al = &aL_[n * d_];
@@ -97,7 +135,8 @@ public:
                 neg_entropy += xlogx(r[l]);
             }
             cL_[n] = neg_entropy;
-        }
+        });
+        errors.rethrow_first();
     }
 
     void l_step() {
@@ -163,19 +202,25 @@ std::vector<double> monarch_attention_rows(const TensorView& q, const TensorView
     const char* fn = "vmonarch::monarch_attention_rows";
     check_cpu_head(fn, q, k, batch_index, head_index);
     detail::check_fit_options(fn, options);
+    detail::check_no_exact_groups(fn, options);
     check_queries(fn, query_tokens, q.tokens());
-    ExplicitMonarch fit(q, k, grid, options, batch_index, head_index);
-    for (int it = 0; it < options.iterations; ++it) {
-        fit.r_step();
-        fit.l_step();
-    }
-    std::vector<double> rows;
-    rows.reserve(query_tokens.size() * std::size_t(grid.tokens()));
-    for (auto n : query_tokens) {
-        const auto r = (options.recompute_first_frame && n < fit.HW()) ? fit.dense_row(n) : fit.row(n);
-        rows.insert(rows.end(), r.begin(), r.end());
-    }
-    return rows;
+    check_grid(fn, grid, q, k);
+    const std::int64_t result_size =
+        checked_product({std::int64_t(query_tokens.size()), q.tokens()}, fn, "query_tokens");
+    return out_of_memory_as_error(fn, grid, q.head_dim(), [&] {
+        ExplicitMonarch fit(q, k, grid, options, batch_index, head_index);
+        for (int it = 0; it < options.iterations; ++it) {
+            fit.r_step();
+            fit.l_step();
+        }
+        std::vector<double> rows = detail::allocate_filled(result_size, 0.0, "vmonarch::monarch_attention_rows: result");
+        std::size_t at = 0;
+        for (auto n : query_tokens) {
+            const auto r = (options.recompute_first_frame && n < fit.HW()) ? fit.dense_row(n) : fit.row(n);
+            at = std::size_t(std::copy(r.begin(), r.end(), rows.begin() + std::ptrdiff_t(at)) - rows.begin());
+        }
+        return rows;
+    });
 }
 
 std::vector<double> dense_attention_rows(const TensorView& q, const TensorView& k, const Options& options,
@@ -184,11 +229,12 @@ std::vector<double> dense_attention_rows(const TensorView& q, const TensorView& 
     const char* fn = "vmonarch::dense_attention_rows";
     check_cpu_head(fn, q, k, batch_index, head_index);
     check_queries(fn, query_tokens, q.tokens());
-    const auto qh = detail::load_head<double>(q, batch_index, head_index);
-    const auto kh = detail::load_head<double>(k, batch_index, head_index);
     const std::int64_t d = q.head_dim(), nk = k.tokens();
     const double s = detail::resolve_scale(fn, options.softmax_scale, d);
-    std::vector<double> rows(query_tokens.size() * std::size_t(nk));
+    const std::int64_t result_size = checked_product({std::int64_t(query_tokens.size()), nk}, fn, "query_tokens");
+    const auto qh = detail::load_head<double>(q, batch_index, head_index, "vmonarch::dense_attention_rows: q of one head");
+    const auto kh = detail::load_head<double>(k, batch_index, head_index, "vmonarch::dense_attention_rows: k of one head");
+    std::vector<double> rows = detail::allocate_filled(result_size, 0.0, "vmonarch::dense_attention_rows: result");
     for (std::size_t r = 0; r < query_tokens.size(); ++r) {
         double* a = &rows[r * std::size_t(nk)];
         for (std::int64_t m = 0; m < nk; ++m) a[m] = s * detail::dot(&qh[query_tokens[r] * d], &kh[m * d], d);
@@ -203,15 +249,19 @@ std::vector<double> monarch_objective_trace(const TensorView& q, const TensorVie
     const char* fn = "vmonarch::monarch_objective_trace";
     check_cpu_head(fn, q, k, batch_index, head_index);
     detail::check_fit_options(fn, options);
-    ExplicitMonarch fit(q, k, grid, options, batch_index, head_index);
-    std::vector<double> trace;
-    for (int it = 0; it < options.iterations; ++it) {
-        fit.r_step();
-        trace.push_back(fit.objective());
-        fit.l_step();
-        trace.push_back(fit.objective());
-    }
-    return trace;
+    detail::check_no_exact_groups(fn, options);
+    check_grid(fn, grid, q, k);
+    return out_of_memory_as_error(fn, grid, q.head_dim(), [&] {
+        ExplicitMonarch fit(q, k, grid, options, batch_index, head_index);
+        std::vector<double> trace;
+        for (int it = 0; it < options.iterations; ++it) {
+            fit.r_step();
+            trace.push_back(fit.objective());
+            fit.l_step();
+            trace.push_back(fit.objective());
+        }
+        return trace;
+    });
 }
 
 } // namespace vmonarch

@@ -12,8 +12,12 @@
 
 namespace vmonarch::cuda {
 
+// A failed device allocation (cudaMalloc of the workspace, ...) is an OutOfMemoryError like a failed host
+// allocation; `what` says how many bytes were asked.
 [[noreturn]] inline void throw_cuda(cudaError_t err, const std::string& what) {
-    throw CudaError(what + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
+    std::string message = what + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
+    if (err == cudaErrorMemoryAllocation) throw OutOfMemoryError(message);
+    throw CudaError(message);
 }
 
 inline void check_cuda(cudaError_t err, const std::string& what) {

@@ -195,11 +195,11 @@ def test_argument_errors():
     grid = (2, 2, 3)
     q, k, v = make_qkv("random", 2, 1, grid, 64, "bshd", seed=1)
     tk, tv = text_tensors(2, 1, 4, 64, "bshd", seed=2)
-    with pytest.raises(ValueError, match="sink_frames is -1"):
+    with pytest.raises(ValueError, match="argument .sink_frames. is -1"):
         vmonarch.attention(q, k, v, grid, sink_frames=-1)
-    with pytest.raises(TypeError, match="sink_frames is a float"):
+    with pytest.raises(TypeError, match="argument .sink_frames. is 1.0"):
         vmonarch.attention(q, k, v, grid, sink_frames=1.0)
-    with pytest.raises(ValueError, match="window_radius is -1"):
+    with pytest.raises(ValueError, match="argument .window_radius. is -1"):
         vmonarch.attention(q, k, v, grid, window_radius=-1)
     with pytest.raises(ValueError, match="text_k is given without text_v"):
         vmonarch.attention(q, k, v, grid, text_k=tk)
@@ -231,11 +231,11 @@ def test_argument_errors():
         vmonarch.joint_attention(jq, jk, jv, grid, 4, text_lens=[1, 1], text_mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"text_lens\[0\]' is 9, expected 0..4"):
         vmonarch.joint_attention(jq, jk, jv, grid, 4, text_lens=[9, 1])
-    with pytest.raises(ValueError, match="text_len is -1"):
+    with pytest.raises(ValueError, match="argument .text_len. is -1"):
         vmonarch.joint_attention(jq, jk, jv, grid, -1)
     with pytest.raises(ValueError, match=r"q.shape\[1\]' \(tokens\) is 16, expected N \+ L = 12 \+ 3"):
         vmonarch.joint_attention(jq, jk, jv, grid, 3)
-    with pytest.raises(ValueError, match="sink_frames is -2"):
+    with pytest.raises(ValueError, match="argument .sink_frames. is -2"):
         vmonarch.joint_attention(jq, jk, jv, grid, 4, sink_frames=-2)
 
 

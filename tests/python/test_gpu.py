@@ -99,6 +99,35 @@ def test_cuda_errors():
         vmonarch.attention(q, k.cpu(), v, (2, 2, 4))
 
 
+def _mixes(devices):
+    """(q, k, v) device triples that are not all one device."""
+    return [(a, b, c) for a in devices for b in devices for c in devices if len({a, b, c}) > 1]
+
+
+@pytest.mark.parametrize("op", ["attention", "dense_attention"])
+def test_mixed_devices_raise(op):
+    """Every mix of cpu, cuda and meta raises ValueError on every op: none runs or returns memory."""
+    needs_kernels()
+    base = make_qkv("random", 1, 2, (2, 2, 4), 64, "bshd", dtype=torch.bfloat16)
+    devices = ["cpu", DEV, "meta"]
+    if torch.cuda.device_count() > 1:
+        devices.append("cuda:1")
+    for mix in _mixes(devices):
+        q, k, v = (x.to(d) for x, d in zip(base, mix))
+        with pytest.raises(ValueError, match="is on .*expected .*like q"):
+            if op == "attention":
+                vmonarch.attention(q, k, v, (2, 2, 4))
+            else:
+                vmonarch.dense_attention(q, k, v)
+
+
+def test_forward_ad_raises_on_cuda():
+    needs_kernels()
+    q, k, v = make_qkv("random", 1, 2, (2, 2, 4), 64, "bshd", dtype=torch.bfloat16, device=DEV)
+    with pytest.raises(NotImplementedError, match="vmonarch.attention.*forward-mode"):
+        torch.func.jvp(lambda q: vmonarch.attention(q, k, v, (2, 2, 4)), (q,), (torch.randn_like(q),))
+
+
 def test_current_stream_is_used(ref):
     needs_kernels()
     grid = (3, 8, 8)

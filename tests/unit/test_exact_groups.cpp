@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "support/test_tensors.hpp"
+#include "vmonarch/inspect.hpp"
 #include "vmonarch/vmonarch.hpp"
 
 using namespace vmtest;
@@ -483,6 +484,11 @@ TEST(ExactGroupsErrors, EveryWrongArgumentIsNamed) {
     EXPECT_GT(f.vmonarch, 0);
     expect_error([] { vmonarch::flops({2, 2, 3}, 8, 1, 1, opts(2, -3, std::nullopt)); }, "options.sink_frames", {"-3"});
     expect_error([] { vmonarch::flops({2, 2, 3}, 8, 1, 1, Options{}, -1); }, "extra_tokens", {"-1"});
+    // The explicit constructions of inspect.hpp have no exact groups: refused, not silently ignored.
+    expect_error([&] { vmonarch::monarch_attention_rows(c.q.view, c.k.view, c.grid, opts(2, 1, std::nullopt), 0, 0, {0}); },
+                 "options.sink_frames", {"is 1", "expected 0"});
+    expect_error([&] { vmonarch::monarch_objective_trace(c.q.view, c.k.view, c.grid, opts(2, 0, 1), 0, 0); },
+                 "options.window_radius", {"is 1", "expected none"});
 }
 
 TEST(ExactGroupsErrors, JointArguments) {
