@@ -6,7 +6,8 @@
 //   scale), last R-step (O+A+ent, row scale), and the first-frame recompute;
 //   dense attention N = 23296, 12 heads (O, and O + LSE).
 // --hopper-only skips the portable timings; --only runs just the rows whose name contains SUBSTRING (e.g.
-// to profile one launch with ncu). The Hopper kernel's consumer schedule follows VMONARCH_HOPPER_MODE, its key-tile width VMONARCH_HOPPER_TILE.
+// to profile one launch with ncu). The Hopper kernel's key-tile width follows VMONARCH_HOPPER_TILE, its schedule VMONARCH_HOPPER_MODE in
+// builds with VMONARCH_EXPERIMENTS (src/cuda/flash_policy.hpp).
 // Prints ms and TFLOP/s (R-step: 4·N·HW·d per head, 6·N·HW·d with the V output; dense: 4·N²·d per head).
 #include <cuda_runtime.h>
 
@@ -20,8 +21,9 @@
 #include <vector>
 
 #include "core/dispatch.hpp"
-#include "cuda/hopper_flash.hpp"
-#include "cuda/kernel_params.hpp"
+#include "cuda/sm90/flash_sm90.hpp"
+#include "cuda/common/kernel_params.hpp"
+#include "cuda/flash_policy.hpp"
 #include "cuda/monarch_plan.hpp"
 #include "vmonarch/half.hpp"
 #include "vmonarch/vmonarch.hpp"
@@ -72,11 +74,12 @@ void bench(std::vector<Row>& rows, const std::string& name, const vmonarch::cuda
     if (g_only != nullptr && name.find(g_only) == std::string::npos) return;
     Row r{name, flop, -1, -1};
     // launch_flash routes to the Hopper kernel where it applies; force the portable kernel for its timing.
-    const char* prior = std::getenv("VMONARCH_DISABLE_HOPPER");
-    const std::string saved = prior ? prior : "";
-    setenv("VMONARCH_DISABLE_HOPPER", "1", 1);
+    const vmonarch::cuda::FlashPolicy policy = vmonarch::cuda::flash_policy();
+    vmonarch::cuda::FlashPolicy portable = policy;
+    portable.sm90 = false;
+    vmonarch::cuda::set_flash_policy(portable);
     if (!g_hopper_only) r.ms_port = time_ms([&] { vmonarch::cuda::launch_flash(p, nullptr, "bench portable"); }, warm, reps);
-    if (prior) setenv("VMONARCH_DISABLE_HOPPER", saved.c_str(), 1); else unsetenv("VMONARCH_DISABLE_HOPPER");
+    vmonarch::cuda::set_flash_policy(policy);
     if (vmonarch::cuda::hopper_flash_supported(p))
         r.ms_hop = time_ms([&] { vmonarch::cuda::launch_flash_hopper(p, nullptr, "bench hopper"); }, warm, reps);
     rows.push_back(r);
@@ -152,11 +155,13 @@ int main(int argc, char** argv) {
     check(cudaGetDevice(&dev), "device");
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, dev), "properties");
-    const char* mode = std::getenv("VMONARCH_HOPPER_MODE");
-    const char* tile = std::getenv("VMONARCH_HOPPER_TILE");
-    std::printf("device: %s (sm_%d%d, %d SMs)%s  VMONARCH_HOPPER_MODE=%s  VMONARCH_HOPPER_TILE=%s\n", prop.name, prop.major,
-                prop.minor, prop.multiProcessorCount, std::getenv("VMONARCH_DISABLE_HOPPER") ? "  [VMONARCH_DISABLE_HOPPER set]" : "",
-                mode ? mode : "(default)", tile ? tile : "(default)");
+    const vmonarch::cuda::FlashPolicy pol = vmonarch::cuda::flash_policy();
+    const char* tile = pol.tile == vmonarch::cuda::FlashPolicy::Tile::narrow ? "narrow"
+                       : pol.tile == vmonarch::cuda::FlashPolicy::Tile::wide ? "wide"
+                                                                             : "per problem";
+    std::printf("device: %s (sm_%d%d, %d SMs)%s  sm90 schedule %d  key tiles %s%s\n", prop.name, prop.major, prop.minor,
+                prop.multiProcessorCount, pol.sm90 ? "" : "  [sm90 peer disabled]", pol.sm90_mode, tile,
+                pol.sm90_stale_max ? "" : "  [no stale-offset softmax]");
     std::vector<Row> rows;
     const std::int64_t d = 128;
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes src/cuda/hopper_wgmma.cuh: thin wrappers over wgmma.mma_async (sm_90a) for every accumulator
+"""Writes src/cuda/sm90/hopper_wgmma.cuh: thin wrappers over wgmma.mma_async (sm_90a) for every accumulator
 width N the Hopper flash kernel uses (the key-tile widths for S = Q·Kᵀ and the head dims for P·V), f32
 accumulators, bf16 or f16 operands. Inline PTX needs every accumulator register spelled out, hence a
 generator rather than hand-written lists. Run from the repository root: python3 scripts/gen_hopper_wgmma.py
@@ -64,7 +64,7 @@ def main():
         for flag, ty in TYPES:
             out += wrapper(n, flag, ty)
     out += "\n} // namespace vmonarch::cuda::hopper\n"
-    path = pathlib.Path(__file__).resolve().parent.parent / "src" / "cuda" / "hopper_wgmma.cuh"
+    path = pathlib.Path(__file__).resolve().parent.parent / "src" / "cuda" / "sm90" / "hopper_wgmma.cuh"
     path.write_text(out)
 
 

@@ -39,7 +39,7 @@ for row in "$@"; do
   i=$((i + 1))
   rep=/tmp/prof_$i
   rm -f "$rep.ncu-rep"
-  ncu --clock-control none -k regex:hopper_flash_kernel --launch-skip 2 --launch-count 1 \
+  ncu --clock-control none -k regex:flash_sm90_kernel --launch-skip 2 --launch-count 1 \
     --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section SourceCounters \
     -o "$rep" "$BIN/hopper_flash_bench" --hopper-only --only "$row" --reps 1 > "$OUTDIR/ncu_run_$i.log" 2>&1 ||
     { echo "ncu failed for '$row'"; tail -n 5 "$OUTDIR/ncu_run_$i.log"; continue; }

@@ -95,8 +95,9 @@ else
 fi
 
 # Test and build requirements. diffusers is pinned to the version whose Wan attention processor
-# vmonarch.wan mirrors (python/vmonarch/wan.py).
-"${PIP[@]}" -q numpy pytest "scikit-build-core>=0.10" "diffusers==0.42.1"
+# vmonarch.wan mirrors (python/vmonarch/wan.py); yunchang (pure Python, needs only torch) for the test of
+# vmonarch.distributed's yunchang hook.
+"${PIP[@]}" -q numpy pytest "scikit-build-core>=0.10" "diffusers==0.42.1" "yunchang==0.6.4"
 
 if [ "${VMONARCH_SKIP_BUILD:-0}" = 1 ]; then
     log "VMONARCH_SKIP_BUILD=1: not building vmonarch"

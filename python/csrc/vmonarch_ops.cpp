@@ -130,6 +130,9 @@ void translate_errors(F&& f) {
         TORCH_CHECK_VALUE(false, e.what());
     } catch (const vmonarch::UnsupportedError& e) {
         TORCH_CHECK_NOT_IMPLEMENTED(false, e.what());
+    } catch (const vmonarch::OutOfMemoryError& e) {
+        // torch.OutOfMemoryError (a RuntimeError), the error torch itself raises when memory runs out.
+        TORCH_CHECK_WITH(OutOfMemoryError, false, "vmonarch: ", e.what());
     } catch (const vmonarch::CudaError& e) {
         TORCH_CHECK(false, "vmonarch CUDA error: ", e.what());
     } catch (const c10::Error&) {

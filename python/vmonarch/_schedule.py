@@ -23,6 +23,9 @@ class VMonarchSchedule:
 
     Args:
         iterations, clamp, recompute_first_frame: passed to vmonarch.attention.
+        sink_frames: S, the first S latent frames' keys are attended exactly and merged with the Monarch
+            part by log-sum-exp (spec §3b); 0 (default) is the paper's method. Passed to the operator only
+            when S > 0.
         dense_steps: the first K denoising steps of each generation run dense attention (K = 0: none).
         dense_layers: indices of transformer blocks that always run dense attention.
         attention_fn: replaces vmonarch.attention (same signature, "bshd" layout); for tests and
@@ -33,8 +36,9 @@ class VMonarchSchedule:
 
     def __init__(self, iterations: int = 2, clamp: float = 0.1, recompute_first_frame: bool = True,
                  dense_steps: int = 0, dense_layers: Iterable[int] = (), attention_fn: Optional[AttentionFn] = None,
-                 cast_float32_on_cuda: Optional[torch.dtype] = torch.bfloat16):
+                 cast_float32_on_cuda: Optional[torch.dtype] = torch.bfloat16, sink_frames: int = 0):
         fn = "vmonarch.VMonarchSchedule"
+        self.sink_frames = check_int(fn, "sink_frames", sink_frames, 0, what="an int >= 0 (0: the paper's method)")
         self.iterations = check_int(fn, "iterations", iterations, *ITERATIONS)
         self.clamp = check_float(fn, "clamp", clamp, lo=0.0, what="a finite float >= 0 (0 disables the clamp)")
         self.recompute_first_frame = check_bool(fn, "recompute_first_frame", recompute_first_frame)
@@ -114,14 +118,15 @@ class VMonarchSchedule:
             self.warn_once("cast", f"vmonarch: float32 activations on CUDA are cast to {self.cast_float32_on_cuda} "
                                    "for the VMonarch kernels (which take bfloat16/float16)")
             q, k, v = (x.to(self.cast_float32_on_cuda) for x in (q, k, v))
+        sink = {"sink_frames": self.sink_frames} if self.sink_frames else {}
         if self.attention_fn is not None:
             extra = {} if scale is None else {"scale": float(scale)}
             out = self.attention_fn(q, k, v, grid=tuple(grid), iterations=self.iterations, clamp=self.clamp,
-                                    recompute_first_frame=self.recompute_first_frame, **extra)
+                                    recompute_first_frame=self.recompute_first_frame, **sink, **extra)
         else:
             import vmonarch
 
             out = vmonarch.attention(q, k, v, grid=tuple(grid), layout="bshd", iterations=self.iterations,
                                      clamp=self.clamp, recompute_first_frame=self.recompute_first_frame,
-                                     scale=None if scale is None else float(scale))
+                                     scale=None if scale is None else float(scale), **sink)
         return out.to(dtype)

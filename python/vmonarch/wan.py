@@ -13,8 +13,10 @@ or not; RMS norms on q and k; Wan's interleaved rotary embedding; output project
 self-attention itself is VMonarch over the latent grid (T, H, W) = (frames / p_t, height / p_h,
 width / p_w), which a forward pre-hook on the transformer reads from the latent's shape and the
 config's patch size. Where VMonarch does not apply (a dense step or layer, an attention mask, a token
-count that is not T*H*W, e.g. under context parallelism) the processor calls the stock processor, with
-any attention backend set through diffusers' set_attention_backend.
+count that is not T*H*W) the processor calls the stock processor, with any attention backend set through
+diffusers' set_attention_backend. Under diffusers' context parallelism (enable_parallelism with
+ContextParallelConfig(ulysses_degree=P)) each rank sees its slice of the tokens and the processor runs
+vmonarch.distributed.ulysses_attention over the Ulysses group; ring_degree > 1 raises ValueError.
 
 Written against diffusers 0.42 (WanAttnProcessor, WanAttention, WanTransformer3DModel); Wan 2.1 and 2.2
 (also its two-expert pipelines: enable(pipe) covers pipe.transformer and pipe.transformer_2).
@@ -50,7 +52,8 @@ class VMonarchWanAttnProcessor:
     """Drop-in for diffusers' WanAttnProcessor on a self-attention module (WanAttention attn1)."""
 
     _attention_backend = None   # set by diffusers' set_attention_backend; used on the dense path
-    _parallel_config = None
+    _parallel_config = None     # set by diffusers' enable_parallelism
+    ulysses_chunks = 1          # head groups pipelined under context parallelism (ulysses_attention's chunks)
 
     def __init__(self, schedule: Optional[VMonarchSchedule] = None, layer: Optional[int] = None, fallback=None):
         self.schedule = schedule if schedule is not None else VMonarchSchedule()
@@ -68,11 +71,15 @@ class VMonarchWanAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, rotary_emb=None, **kwargs) -> torch.Tensor:
         s = self.schedule
+        group = self._ulysses_group()
         if encoder_hidden_states is not None or attention_mask is not None or not s.use_vmonarch(self.layer):
             return self._dense(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
         grid = s.grid
         tokens = hidden_states.shape[1]
-        if grid is None or grid[0] * grid[1] * grid[2] != tokens:
+        sharded = group is not None and grid is not None and tokens != grid[0] * grid[1] * grid[2]
+        if sharded:
+            _check_shard(tokens, grid, group)
+        elif grid is None or grid[0] * grid[1] * grid[2] != tokens:
             s.warn_once("grid", f"vmonarch.wan: self-attention over {tokens} tokens does not match the latent grid "
                                 f"{grid}; using dense attention (is the transformer's forward hook installed?)")
             return self._dense(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
@@ -88,11 +95,42 @@ class VMonarchWanAttnProcessor:
             query = apply_rotary_emb(query, *rotary_emb)
             key = apply_rotary_emb(key, *rotary_emb)
 
-        out = s.attention(query, key, value, grid)          # [B, N, heads, d]
+        if sharded:   # this rank's tokens, all heads; VMonarch runs over all tokens of heads/P heads
+            from .distributed import ulysses_attention
+
+            out = ulysses_attention(query, key, value, grid, group=group, chunks=self.ulysses_chunks,
+                                    attention_fn=lambda q, k, v, g: s.attention(q, k, v, g))
+        else:
+            out = s.attention(query, key, value, grid)      # [B, N, heads, d]
         out = out.flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
         return out
+
+    def _ulysses_group(self):
+        """The Ulysses group under diffusers' context parallelism, else None (ValueError for ring_degree > 1).
+        enable_parallelism() before vmonarch.wan.enable() left the config on the replaced stock processor."""
+        config = self._parallel_config
+        if config is None:
+            config = getattr(self.fallback, "_parallel_config", None)
+        if config is None:
+            return None
+        from .distributed import context_parallel_group
+
+        return context_parallel_group(config)
+
+
+def _check_shard(tokens: int, grid, group) -> None:
+    """Context parallelism gives rank r tokens [r-th torch.tensor_split slice] of the T*H*W sequence."""
+    import torch.distributed as dist
+    from .distributed import token_split
+
+    N = grid[0] * grid[1] * grid[2]
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    held, _ = token_split(N, world)
+    if tokens != held[rank]:
+        raise ValueError(f"vmonarch.wan: self-attention on rank {rank} of {world} (context parallelism) has {tokens} "
+                         f"tokens, expected {held[rank]} (its share of N = T*H*W = {N} for the latent grid {grid})")
 
 
 # --- enable / disable ------------------------------------------------------------------------------------
@@ -123,8 +161,8 @@ def _grid_hook(schedule: VMonarchSchedule, patch_size):
 def enable(pipe_or_transformer, schedule: Optional[VMonarchSchedule] = None, **options) -> VMonarchSchedule:
     """Use VMonarch for the self-attention of a Wan pipeline's transformer(s) or of a WanTransformer3DModel.
 
-    options: iterations=2, clamp=0.1, recompute_first_frame=True, dense_steps=0 (first K denoising steps
-    dense), dense_layers=() (block indices kept dense), attention_fn=None, cast_float32_on_cuda=bf16 —
+    options: iterations=2, clamp=0.1, recompute_first_frame=True, sink_frames=0, dense_steps=0 (first K
+    denoising steps dense), dense_layers=() (block indices kept dense), attention_fn=None, cast_float32_on_cuda=bf16 —
     see VMonarchSchedule. Returns the schedule (shared by all transformers): change its fields, call
     reset() or set_step() at run time. Calling enable() again replaces the previous setting.
     """

@@ -8,7 +8,7 @@
 #include <utility>
 
 #include "core/dispatch.hpp"
-#include "cuda/cuda_check.hpp"
+#include "cuda/common/cuda_check.hpp"
 #include "cuda/monarch_plan.hpp"
 
 namespace vmonarch::detail {

@@ -1,11 +1,11 @@
-// MonarchPlan: builds the kernels' operand views for each step of spec §3 and launches them in order.
+// MonarchPlan: builds the kernels' operand views for each step of docs/algorithm.md §3 and launches them in order.
 #include "cuda/monarch_plan.hpp"
 
 #include <algorithm>
 
 #include <cuda_runtime.h>
 
-#include "cuda/cuda_check.hpp"
+#include "cuda/common/cuda_check.hpp"
 
 namespace vmonarch::cuda {
 
@@ -149,7 +149,7 @@ void MonarchPlan::run(void* stream, void* side_stream) const {
     auto st = static_cast<cudaStream_t>(stream), side = static_cast<cudaStream_t>(side_stream);
     const bool concurrent = p_.recompute_first_frame && side != nullptr;
     ScopedEvent fork, join;
-    if (concurrent) { // spec §3 first-frame recompute, overlapped with the Monarch steps
+    if (concurrent) { // first-frame recompute (docs/algorithm.md §3.3), overlapped with the Monarch steps
         check_cuda(cudaEventRecord(fork.e, st), "vmonarch recompute: cudaEventRecord(fork)");
         check_cuda(cudaStreamWaitEvent(side, fork.e, 0), "vmonarch recompute: cudaStreamWaitEvent(fork)");
         launch_flash(recompute_params(), side, "vmonarch first-frame recompute");
@@ -162,7 +162,7 @@ void MonarchPlan::run(void* stream, void* side_stream) const {
     if (concurrent) {
         check_cuda(cudaStreamWaitEvent(st, join.e, 0), "vmonarch recompute: cudaStreamWaitEvent(join)");
     } else if (p_.recompute_first_frame) {
-        // After the last L-step, so the exact rows overwrite frame 0's Monarch rows (spec §3).
+        // After the last L-step, so the exact rows overwrite frame 0's Monarch rows (docs/algorithm.md §3.3).
         launch_flash(recompute_params(), stream, "vmonarch first-frame recompute");
     }
 }

@@ -1,5 +1,5 @@
 // Internal: the VMonarch forward on the GPU as a sequence of kernel launches over a workspace
-// (spec §3): for it = 0..t−1, R-step then L-step; then the first-frame dense recompute.
+// (docs/algorithm.md §3): for it = 0..t−1, R-step then L-step; then the first-frame dense recompute.
 //
 // Workspace (input dtype for vectors, f32 for scalars), per (batch, head):
 //   aR [T][HW][d]  (frame-major, read by the R-step as its queries)   — only when t > 1
@@ -13,7 +13,7 @@
 #include <cstdint>
 
 #include "core/dispatch.hpp"
-#include "cuda/kernel_params.hpp"
+#include "cuda/common/kernel_params.hpp"
 
 namespace vmonarch::cuda {
 

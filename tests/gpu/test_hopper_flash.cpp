@@ -1,7 +1,7 @@
 // The Hopper (sm_90a) flash kernel against the portable launch_flash on the same random inputs, every
 // variant (O, A+ent, O+A+ent, row scale, LSE), bf16/f16, d = 64/128, tails (len 1, 7, 63, 64, 65, 1456,
 // 3600), several batch/heads/segments, strided and permuted views; and against an f64 CPU computation of
-// spec §3 for small shapes. Skipped unless the device is sm_90 (H100/H200).
+// docs/algorithm.md §3 for small shapes. Skipped unless the device is sm_90 (H100/H200).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -14,8 +14,9 @@
 #include <vector>
 
 #include "core/dispatch.hpp"
-#include "cuda/hopper_flash.hpp"
-#include "cuda/kernel_params.hpp"
+#include "cuda/sm90/flash_sm90.hpp"
+#include "cuda/common/kernel_params.hpp"
+#include "cuda/flash_policy.hpp"
 #include "cuda/monarch_plan.hpp"
 #include "gpu_test_util.hpp"
 
@@ -35,30 +36,39 @@ bool is_sm90() {
     return major == 9 && minor == 0;
 }
 
-bool hopper_env_disabled() {
-    const char* e = std::getenv("VMONARCH_DISABLE_HOPPER");
-    return e != nullptr && e[0] != '\0' && std::string(e) != "0";
+bool hopper_env_disabled() { return !vmonarch::cuda::flash_policy().sm90; }
+
+// Replaces the process's flash policy (flash_policy.hpp) for one scope, also when an assertion throws.
+class PolicyGuard {
+public:
+    PolicyGuard() : saved_(vmonarch::cuda::flash_policy()) {}
+    ~PolicyGuard() { vmonarch::cuda::set_flash_policy(saved_); }
+    PolicyGuard(const PolicyGuard&) = delete;
+    PolicyGuard& operator=(const PolicyGuard&) = delete;
+    const vmonarch::cuda::FlashPolicy& saved() const { return saved_; }
+
+private:
+    vmonarch::cuda::FlashPolicy saved_;
+};
+
+vmonarch::cuda::FlashPolicy::Tile tile_named(const std::string& t) {
+    return t == "narrow" ? vmonarch::cuda::FlashPolicy::Tile::narrow : vmonarch::cuda::FlashPolicy::Tile::wide;
 }
 
 #define REQUIRE_SM90() \
     do { \
         if (!gputest::is_sm90()) GTEST_SKIP() << "needs an sm_90 device (H100/H200)"; \
-        if (gputest::hopper_env_disabled()) GTEST_SKIP() << "VMONARCH_DISABLE_HOPPER is set"; \
+        if (gputest::hopper_env_disabled()) GTEST_SKIP() << "the sm90 peer is disabled (VMONARCH_DISABLE_HOPPER)"; \
     } while (0)
 
 // The portable kernel even where launch_flash itself routes sm_90 devices to the Hopper kernel: the
-// switch VMONARCH_DISABLE_HOPPER=1 is held for the duration of the call.
+// policy's sm90 peer is off for the duration of the call.
 void launch_portable(const FlashParams& p, const char* what) {
-    const char* old = std::getenv("VMONARCH_DISABLE_HOPPER");
-    const std::string saved = old ? old : "";
-    setenv("VMONARCH_DISABLE_HOPPER", "1", 1);
-    try {
-        vmonarch::cuda::launch_flash(p, nullptr, what);
-    } catch (...) {
-        if (old) setenv("VMONARCH_DISABLE_HOPPER", saved.c_str(), 1); else unsetenv("VMONARCH_DISABLE_HOPPER");
-        throw;
-    }
-    if (old) setenv("VMONARCH_DISABLE_HOPPER", saved.c_str(), 1); else unsetenv("VMONARCH_DISABLE_HOPPER");
+    const PolicyGuard guard;
+    vmonarch::cuda::FlashPolicy off = guard.saved();
+    off.sm90 = false;
+    vmonarch::cuda::set_flash_policy(off);
+    vmonarch::cuda::launch_flash(p, nullptr, what);
 }
 
 void throw_if(cudaError_t e, const char* what) {
@@ -256,7 +266,7 @@ struct Problem {
         return r;
     }
 
-    // f64 spec §3 computation on the rounded inputs.
+    // f64 docs/algorithm.md §3 computation on the rounded inputs.
     Out reference() const {
         Out r;
         const std::size_t rows = std::size_t(c.B * c.H * c.F * c.len_q);
@@ -452,9 +462,11 @@ void check_growing_logits(const char* label, void (*launch)(const FlashParams&))
 
 TEST(HopperFlash, GrowingLogitsAlongKeys) {
     REQUIRE_SM90();
-    const EnvGuard tile_guard("VMONARCH_HOPPER_TILE");
+    const PolicyGuard guard;
     for (const char* tile : {"narrow", "wide"}) {
-        setenv("VMONARCH_HOPPER_TILE", tile, 1);
+        vmonarch::cuda::FlashPolicy pol = guard.saved();
+        pol.tile = tile_named(tile);
+        vmonarch::cuda::set_flash_policy(pol);
         check_growing_logits(tile, [](const FlashParams& p) { vmonarch::cuda::launch_flash_hopper(p, nullptr, "test hopper"); });
     }
 }
@@ -576,14 +588,14 @@ TEST(HopperFlash, SmallShapes) {
     }
 }
 
-// Bitwise determinism: the same inputs give the same bits on every run, and every consumer schedule
-// (VMONARCH_HOPPER_MODE 0 = one tile at a time, 1 = pipelined, 2 = pipelined + ping-pong) gives the same
-// bits as the others (they do the same arithmetic in the same order; only the overlap differs), for each
-// key-tile width (VMONARCH_HOPPER_TILE narrow / wide; the widths sum in different orders, so they are
-// compared with each other only within a tolerance).
+// Bitwise determinism: the same inputs give the same bits on every run, and every consumer schedule the
+// library carries (mode 0 = one tile at a time, 1 = pipelined, both only with VMONARCH_EXPERIMENTS;
+// 2 = pipelined + ping-pong, the default) gives the same bits as the others (they do the same arithmetic in
+// the same order; only the overlap differs), for each key-tile width (narrow / wide; the widths sum in
+// different orders, so they are compared with each other only within a tolerance).
 TEST(HopperFlash, DeterministicAcrossRunsAndSchedules) {
     REQUIRE_SM90();
-    const EnvGuard mode_guard("VMONARCH_HOPPER_MODE"), tile_guard("VMONARCH_HOPPER_TILE");
+    const PolicyGuard guard;
     Case base;
     base.len_q = 300; base.len_k = 777; base.B = 1; base.H = 2; base.F = 2;
     base.in_layout = VL::token; base.out_layout = VL::pos_major; base.lse = true;
@@ -603,10 +615,15 @@ TEST(HopperFlash, DeterministicAcrossRunsAndSchedules) {
         std::vector<Problem::Out> first_of_tile;
         for (const char* tile : {"narrow", "wide"}) {
             SCOPED_TRACE(std::string("tile ") + tile);
-            setenv("VMONARCH_HOPPER_TILE", tile, 1);
             std::vector<Problem::Out> outs;
-            for (const char* mode : {"0", "1", "2", "", "", ""}) { // "" = the default schedule, three runs
-                if (mode[0] != '\0') setenv("VMONARCH_HOPPER_MODE", mode, 1); else unsetenv("VMONARCH_HOPPER_MODE");
+            for (int mode : {0, 1, 2, -1, -1, -1}) { // -1 = the default schedule, three runs
+                vmonarch::cuda::FlashPolicy pol = guard.saved();
+                pol.tile = tile_named(tile);
+                if (mode >= 0) {
+                    if (!vmonarch::cuda::flash_sm90_mode_available(mode)) continue;
+                    pol.sm90_mode = mode;
+                }
+                vmonarch::cuda::set_flash_policy(pol);
                 outs.push_back(pr.run(launch));
             }
             for (std::size_t i = 1; i < outs.size(); ++i) {
@@ -626,16 +643,53 @@ TEST(HopperFlash, DeterministicAcrossRunsAndSchedules) {
     }
 }
 
-TEST(HopperFlash, EnvironmentSwitchAndRefusals) {
+// The policy's parsing of the environment (read once per process by flash_policy(); parsed again here).
+TEST(FlashPolicy, ParsesTheEnvironment) {
+    using vmonarch::cuda::FlashPolicy;
+    const EnvGuard g1("VMONARCH_DISABLE_HOPPER"), g2("VMONARCH_HOPPER_TILE"), g3("VMONARCH_HOPPER_MODE"), g4("VMONARCH_HOPPER_STALE_MAX");
+    for (const char* n : {"VMONARCH_DISABLE_HOPPER", "VMONARCH_HOPPER_TILE", "VMONARCH_HOPPER_MODE", "VMONARCH_HOPPER_STALE_MAX"}) unsetenv(n);
+    FlashPolicy p = vmonarch::cuda::flash_policy_from_env();
+    EXPECT_TRUE(p.sm90);
+    EXPECT_EQ(p.tile, FlashPolicy::Tile::per_problem);
+    EXPECT_EQ(p.sm90_mode, 2);
+    EXPECT_TRUE(p.sm90_stale_max);
+    setenv("VMONARCH_DISABLE_HOPPER", "1", 1);
+    setenv("VMONARCH_HOPPER_TILE", "narrow", 1);
+    setenv("VMONARCH_HOPPER_MODE", "0", 1);
+    setenv("VMONARCH_HOPPER_STALE_MAX", "0", 1);
+    p = vmonarch::cuda::flash_policy_from_env();
+    EXPECT_FALSE(p.sm90);
+    EXPECT_EQ(p.tile, FlashPolicy::Tile::narrow);
+#ifdef VMONARCH_EXPERIMENTS
+    EXPECT_EQ(p.sm90_mode, 0);
+    EXPECT_FALSE(p.sm90_stale_max);
+#else // the research switches exist only in experiment builds
+    EXPECT_EQ(p.sm90_mode, 2);
+    EXPECT_TRUE(p.sm90_stale_max);
+#endif
+    setenv("VMONARCH_DISABLE_HOPPER", "0", 1);
+    setenv("VMONARCH_HOPPER_TILE", "wide", 1);
+    p = vmonarch::cuda::flash_policy_from_env();
+    EXPECT_TRUE(p.sm90);
+    EXPECT_EQ(p.tile, FlashPolicy::Tile::wide);
+    setenv("VMONARCH_HOPPER_TILE", "sideways", 1);
+    EXPECT_EQ(vmonarch::cuda::flash_policy_from_env().tile, FlashPolicy::Tile::per_problem);
+    EXPECT_TRUE(vmonarch::cuda::flash_sm90_mode_available(2));
+}
+
+TEST(HopperFlash, PolicySwitchAndRefusals) {
     REQUIRE_SM90();
     Case c;
     Problem pr(c);
     EXPECT_TRUE(vmonarch::cuda::hopper_flash_supported(pr.p));
-    setenv("VMONARCH_DISABLE_HOPPER", "1", 1);
-    EXPECT_FALSE(vmonarch::cuda::hopper_flash_supported(pr.p));
-    setenv("VMONARCH_DISABLE_HOPPER", "0", 1);
+    {
+        const PolicyGuard guard;
+        vmonarch::cuda::FlashPolicy off = guard.saved();
+        off.sm90 = false;
+        vmonarch::cuda::set_flash_policy(off);
+        EXPECT_FALSE(vmonarch::cuda::hopper_flash_supported(pr.p));
+    }
     EXPECT_TRUE(vmonarch::cuda::hopper_flash_supported(pr.p));
-    unsetenv("VMONARCH_DISABLE_HOPPER");
     // A row stride that is not a multiple of 16 bytes cannot be a TMA tensor map: refused, and the
     // launcher throws instead of computing garbage.
     FlashParams odd = pr.p;

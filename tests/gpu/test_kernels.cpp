@@ -1,5 +1,5 @@
 // Each VMonarch kernel on its own: the R-step's aL, cL, y and the L-step's aR, cR / O, LSE against f64
-// computations written here from spec §3, on the same rounded inputs (workspace filled directly).
+// computations written here from docs/algorithm.md §3, on the same rounded inputs (workspace filled directly).
 #include <gtest/gtest.h>
 
 #include <sstream>

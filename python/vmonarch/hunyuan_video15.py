@@ -1,0 +1,115 @@
+"""VMonarch joint attention for diffusers' HunyuanVideo15Transformer3DModel (HunyuanVideo 1.5, spec §3c).
+
+    import vmonarch.hunyuan_video15
+    vmonarch.hunyuan_video15.enable(pipe, dense_steps=2, sink_frames=1)
+
+Every block of HunyuanVideo 1.5 is a dual-stream block attending over [video tokens | condition tokens],
+the condition being the image tokens, the ByT5 and the MLLM text tokens, reordered by the model so that
+the valid ones come first and the padding last. The stock HunyuanVideo15AttnProcessor2_0 builds a
+symmetric mask from the condition mask [B, L]: padded condition tokens are neither keys nor queries
+(their rows come out as zeros). VMonarchHunyuanVideo15AttnProcessor mirrors it (projections, RMS norms,
+rotary embedding on the video tokens, the condition's own projections and norms, output projections),
+calls vmonarch.joint_attention with the condition after the video and the mask's prefix lengths, and
+zeroes the padded condition rows as the stock processor does. The grid is (F / patch_size_t,
+H / patch_size, W / patch_size) of the latent.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import _joint
+from ._joint import JointProcessor, JointSchedule, zero_padded_text_rows
+
+__all__ = ["VMonarchHunyuanVideo15AttnProcessor", "JointSchedule", "enable", "disable"]
+
+
+class VMonarchHunyuanVideo15AttnProcessor(JointProcessor):
+    """Drop-in for HunyuanVideo15AttnProcessor2_0 on a HunyuanVideo15TransformerBlock's attention."""
+
+    model = "hunyuan_video15"
+
+    @staticmethod
+    def stock_processor():
+        from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
+
+        return HunyuanVideo15AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
+        args = (attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if encoder_hidden_states is None or attention_mask is None or attention_mask.dim() != 2:
+            return self.stock(*args)
+        grid = self.grid_for(hidden_states.shape[1])
+        if grid is None:
+            return self.stock(*args)
+        N, L = hidden_states.shape[1], encoder_hidden_states.shape[1]
+        # The stock processor pads the mask with True in front to the sequence length N + L.
+        if attention_mask.shape[1] > N + L:
+            return self.stock(*args)
+        full_mask = F.pad(attention_mask.bool(), (N + L - attention_mask.shape[1], 0), value=True)
+        status, text_lens = self.schedule.text_lengths(full_mask, N, source=attention_mask)
+        if status != "ok":
+            self.warn_fallback("mask", {"video": "a condition mask that masks video tokens",
+                                        "text": "a condition mask that is not a key-padding prefix"}[status])
+            return self.stock(*args)
+
+        query, key, value = (proj(hidden_states).unflatten(2, (attn.heads, -1))
+                             for proj in (attn.to_q, attn.to_k, attn.to_v))
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if image_rotary_emb is not None:
+            from diffusers.models.embeddings import apply_rotary_emb
+
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        eq, ek, ev = (proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+                      for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+        if attn.norm_added_q is not None:
+            eq = attn.norm_added_q(eq)
+        if attn.norm_added_k is not None:
+            ek = attn.norm_added_k(ek)
+        query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
+
+        out = self.schedule.joint_attention(query, key, value, grid, L, text_first=False, text_lens=text_lens,
+                                            layout="bshd")                      # [B, N + L, heads, d]
+        out = zero_padded_text_rows(out, text_lens, N, L, "bshd")
+        out = out.flatten(2, 3).to(query.dtype)
+        hidden_out, text_out = out[:, :N], out[:, N:]
+        if getattr(attn, "to_out", None) is not None:
+            hidden_out = attn.to_out[1](attn.to_out[0](hidden_out))
+        if getattr(attn, "to_add_out", None) is not None:
+            text_out = attn.to_add_out(text_out)
+        return hidden_out, text_out
+
+
+# --- enable / disable ------------------------------------------------------------------------------------
+def _transformer_class():
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    return HunyuanVideo15Transformer3DModel
+
+
+def _attention_modules(transformer):
+    return [b.attn for b in transformer.transformer_blocks]
+
+
+def _grid_of_latent(transformer, latent: torch.Tensor):
+    _, _, frames, height, width = latent.shape          # [B, C, F, H, W]
+    p, p_t = int(transformer.config.patch_size), int(transformer.config.patch_size_t)
+    return int(frames) // p_t, int(height) // p, int(width) // p
+
+
+def enable(pipe_or_transformer, schedule: Optional[JointSchedule] = None, **options) -> JointSchedule:
+    """Use VMonarch for the joint attention of every block of a HunyuanVideo 1.5 pipeline's transformer
+    or of a HunyuanVideo15Transformer3DModel. Options as vmonarch.hunyuan_video.enable."""
+    return _joint.enable(pipe_or_transformer, transformer_class=_transformer_class(), model="hunyuan_video15",
+                         attention_modules=_attention_modules, processor_class=VMonarchHunyuanVideo15AttnProcessor,
+                         grid_of_latent=_grid_of_latent, timestep_index=1, schedule=schedule, options=options)
+
+
+def disable(pipe_or_transformer) -> None:
+    """Restore the processors that were there before enable() and remove the hook."""
+    _joint.disable(pipe_or_transformer, transformer_class=_transformer_class(), model="hunyuan_video15",
+                   attention_modules=_attention_modules)

@@ -1,0 +1,120 @@
+"""VMonarch joint attention for diffusers' MochiTransformer3DModel (spec §3c).
+
+    import vmonarch.mochi
+    pipe = diffusers.MochiPipeline.from_pretrained(...)
+    vmonarch.mochi.enable(pipe, dense_steps=2)
+
+Mochi attends over [video tokens | text tokens]. Its stock MochiAttnProcessor2_0 drops each sample's
+padded text tokens (encoder_attention_mask [B, L], nonzero = valid), runs SDPA per sample over the
+video and the valid text, and pads the output with zeros. VMonarchMochiAttnProcessor mirrors it (q/k/v
+projections and RMS norms of both streams, the rotary embedding on the video tokens, output
+projections; the last block has no text output projection) and calls vmonarch.joint_attention once for
+the batch with the text after the video and per-sample valid lengths; padded text rows are zeros as in
+the stock processor. This equals the stock result when the valid text tokens are a prefix (as Mochi's
+tokenizer pads); another mask falls back to the stock processor. The grid is (F, H / patch_size,
+W / patch_size) of the latent.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _joint
+from ._joint import JointProcessor, JointSchedule, zero_padded_text_rows
+
+__all__ = ["VMonarchMochiAttnProcessor", "JointSchedule", "enable", "disable", "apply_rotary_emb"]
+
+
+def apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Mochi's rotary embedding on [B, N, heads, d]: channel pairs (2i, 2i+1) rotate by the angle whose
+    cosine and sine are freqs_cos / freqs_sin [N, heads, d / 2], computed in float32."""
+    even, odd = x[..., 0::2].float(), x[..., 1::2].float()
+    rotated = torch.stack(((even * freqs_cos - odd * freqs_sin).to(x.dtype),
+                           (even * freqs_sin + odd * freqs_cos).to(x.dtype)), dim=-1)
+    return rotated.flatten(-2)
+
+
+class VMonarchMochiAttnProcessor(JointProcessor):
+    """Drop-in for MochiAttnProcessor2_0 on a MochiTransformerBlock's attn1."""
+
+    model = "mochi"
+
+    @staticmethod
+    def stock_processor():
+        from diffusers.models.attention_processor import MochiAttnProcessor2_0
+
+        return MochiAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor, image_rotary_emb=None):
+        args = (attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        grid = self.grid_for(hidden_states.shape[1])
+        if grid is None:
+            return self.stock(*args)
+        B, N, L = hidden_states.shape[0], hidden_states.shape[1], encoder_hidden_states.shape[1]
+        if attention_mask is None or attention_mask.numel() != B * L:
+            return self.stock(*args)
+        text_mask = attention_mask.reshape(B, L).bool()
+        full_mask = torch.cat([torch.ones(B, N, dtype=torch.bool, device=text_mask.device), text_mask], dim=1)
+        status, text_lens = self.schedule.text_lengths(full_mask, N, source=attention_mask)
+        if status != "ok":
+            self.warn_fallback("mask", "a text mask that is not a key-padding prefix (the stock processor "
+                                       "compacts the valid tokens)")
+            return self.stock(*args)
+
+        query, key, value = (proj(hidden_states).unflatten(2, (attn.heads, -1))
+                             for proj in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        eq, ek, ev = (proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+                      for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+        if attn.norm_added_q is not None:
+            eq = attn.norm_added_q(eq)
+        if attn.norm_added_k is not None:
+            ek = attn.norm_added_k(ek)
+        if image_rotary_emb is not None:
+            query, key = (apply_rotary_emb(t, *image_rotary_emb) for t in (query, key))
+        query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
+
+        out = self.schedule.joint_attention(query, key, value, grid, L, text_first=False, text_lens=text_lens,
+                                            layout="bshd")                      # [B, N + L, heads, d]
+        out = zero_padded_text_rows(out, text_lens, N, L, "bshd").flatten(2, 3)
+        hidden_out, text_out = out.split_with_sizes((N, L), dim=1)
+        hidden_out = attn.to_out[1](attn.to_out[0](hidden_out))
+        if hasattr(attn, "to_add_out"):
+            text_out = attn.to_add_out(text_out)
+        return hidden_out, text_out
+
+
+# --- enable / disable ------------------------------------------------------------------------------------
+def _transformer_class():
+    from diffusers import MochiTransformer3DModel
+
+    return MochiTransformer3DModel
+
+
+def _attention_modules(transformer):
+    return [b.attn1 for b in transformer.transformer_blocks]
+
+
+def _grid_of_latent(transformer, latent: torch.Tensor):
+    _, _, frames, height, width = latent.shape          # [B, C, F, H, W]; Mochi patches space only
+    p = int(transformer.config.patch_size)
+    return int(frames), int(height) // p, int(width) // p
+
+
+def enable(pipe_or_transformer, schedule: Optional[JointSchedule] = None, **options) -> JointSchedule:
+    """Use VMonarch for the joint attention of every block of a Mochi pipeline's transformer or of a
+    MochiTransformer3DModel. Options as vmonarch.hunyuan_video.enable (dense_layers: block indices)."""
+    return _joint.enable(pipe_or_transformer, transformer_class=_transformer_class(), model="mochi",
+                         attention_modules=_attention_modules, processor_class=VMonarchMochiAttnProcessor,
+                         grid_of_latent=_grid_of_latent, timestep_index=2, schedule=schedule, options=options)
+
+
+def disable(pipe_or_transformer) -> None:
+    """Restore the processors that were there before enable() and remove the hook."""
+    _joint.disable(pipe_or_transformer, transformer_class=_transformer_class(), model="mochi",
+                   attention_modules=_attention_modules)

@@ -1,6 +1,0 @@
-// Instantiates the flash forward kernels for f16, head dim 64.
-#include "cuda/flash_launch.cuh"
-
-namespace vmonarch::cuda {
-template void launch_flash_typed<false, 64>(const FlashParams&, cudaStream_t, const char*);
-} // namespace vmonarch::cuda

@@ -1,0 +1,284 @@
+// Internal: the tensor-core L-step (docs/algorithm.md §3.2), the main one, for T ≤ 48 frames: one warp per position j, frames padded to
+// TP = 16·MT rows. Per position:
+//   z = Q_j·aL_jᵀ − cL_j (TP×TP, mma m16n8k16 over the head dim), L = row softmax (f32, masked to T),
+//   last:   O_j = L·y_j  (+ lse = logsumexp_k z)
+//   middle: aR_j = Lᵀ·Q_j (Lᵀ fragments by ldmatrix.trans from a bf16/f16 copy of L), cR_j = column sums of L.
+// Q_j, aL_j (and y_j) arrive by cp.async into swizzled shared tiles; outputs are staged in shared memory
+// and written as 16-byte row chunks. Memory-bound: the arithmetic is ~2·T²·d per row and position.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/common/kernel_params.hpp"
+#include "cuda/common/mma_ptx.cuh"
+
+namespace vmonarch::cuda {
+
+constexpr int lstep_mma_max_frames() { return 48; }
+constexpr int lstep_mma_warps(int mt) { return mt <= 2 ? 4 : 2; }
+constexpr int lstep_mma_warp_bytes(int D, bool last, int mt) {
+    const int tp = 16 * mt;
+    return (last ? 3 : 2) * tp * D * 2 + (last ? 0 : tp * (tp * 2 + 16));
+}
+
+// Rows r < T of view (b, h, frame r, position j) → swizzled tile at dst (TP rows; rows ≥ T zero-filled).
+template <bool BF16, int D, int TP>
+__device__ __forceinline__ void gather_rows_async(std::uint32_t dst, const RowView& v, int b, int h, std::int64_t j, int T, int lane) {
+    using E = typename ElemType<BF16>::T;
+    constexpr int CH = D / 8;
+#pragma unroll 4
+    for (int c = lane; c < TP * CH; c += 32) {
+        const int r = c / CH, ch = c % CH;
+        const bool ok = r < T;
+        const E* src = ok ? view_row<const E>(v, b, h, r, j) + ch * 8 : static_cast<const E*>(v.ptr);
+        cp_async_16(dst + swz<D>(r, ch), src, ok ? 16 : 0);
+    }
+}
+
+// Staged output tile rows [r0, T) → view rows (b, h, frame r, position j), 16 bytes per lane per step.
+template <bool BF16, int D>
+__device__ __forceinline__ void scatter_rows(const unsigned char* tile, const RowView& v, int b, int h, std::int64_t j, int T, int lane,
+                                             int r0 = 0) {
+    using E = typename ElemType<BF16>::T;
+    constexpr int CH = D / 8;
+    for (int c = lane + r0 * CH; c < T * CH; c += 32) {
+        const int r = c / CH, ch = c % CH;
+        const uint4 val = *reinterpret_cast<const uint4*>(tile + swz<D>(r, ch));
+        *reinterpret_cast<uint4*>(view_row<E>(v, b, h, r, j) + ch * 8) = val;
+    }
+}
+
+template <bool BF16, int D, bool LAST, int MT>
+__global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(const LStepParams p) {
+    constexpr int TP = 16 * MT, NT = TP / 8, KT = D / 16, ROWB = D * 2, LSTRIDE = TP * 2 + 16;
+    constexpr int WPB = lstep_mma_warps(MT), WARP_BYTES = lstep_mma_warp_bytes(D, LAST, MT);
+    constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f, NEG_INF = -INFINITY;
+
+    extern __shared__ __align__(128) unsigned char lsmem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const std::int64_t j = std::int64_t(blockIdx.x) * WPB + warp;
+    if (j >= p.positions) return; // warps are independent: no block-wide barrier below
+    const int h = blockIdx.y, b = blockIdx.z, T = int(p.frames);
+    unsigned char* wbase = lsmem + warp * WARP_BYTES;
+    const std::uint32_t sQ = smem_addr(wbase), sA = sQ + TP * ROWB, sY = sA + TP * ROWB, sL = sA + TP * ROWB;
+    unsigned char* const tQ = wbase;            // generic views of the same tiles for staging
+    unsigned char* const tA = wbase + TP * ROWB;
+    unsigned char* const tL = wbase + 2 * TP * ROWB;
+
+    gather_rows_async<BF16, D, TP>(sQ, p.q, b, h, j, T, lane);
+    gather_rows_async<BF16, D, TP>(sA, p.a, b, h, j, T, lane);
+    cp_async_commit();
+    if constexpr (LAST) {
+        gather_rows_async<BF16, D, TP>(sY, p.y, b, h, j, T, lane);
+        cp_async_commit();
+    }
+    // cL at this thread's columns k = nt·8 + 2·(lane%4) + e.
+    float cl[NT][2];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int k = nt * 8 + 2 * (lane & 3) + e;
+            cl[nt][e] = k < T ? *view_row<const float>(p.c, b, h, k, j) : 0.f;
+        }
+    if constexpr (LAST) cp_async_wait<1>();
+    else cp_async_wait<0>();
+    __syncwarp();
+
+    // S = Q_j · aL_jᵀ
+    float s[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) {
+        std::uint32_t qa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(qa[mt], sQ + swz<D>(mt * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+            std::uint32_t kf[4];
+            ldmatrix_x4(kf, sA + swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                mma_16816<BF16>(s[mt][2 * np], qa[mt], kf[0], kf[1]);
+                mma_16816<BF16>(s[mt][2 * np + 1], qa[mt], kf[2], kf[3]);
+            }
+        }
+    }
+    __syncwarp(); // all lanes are done reading sQ/sA as operands of S (they are reused for staging)
+
+    // L = softmax_k (z), z = S − cL, keys k ≥ T masked, padded rows i ≥ T zeroed.
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int k = nt * 8 + 2 * (lane & 3) + (e & 1);
+                const float z = k < T ? (s[mt][nt][e] - cl[nt][e & 1]) * LOG2E : NEG_INF;
+                s[mt][nt][e] = z;
+                mx[e >> 1] = fmaxf(mx[e >> 1], z);
+            }
+        float sum[2] = {0.f, 0.f};
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float w = fast_exp2(s[mt][nt][e] - mx[e >> 1]);
+                s[mt][nt][e] = w;
+                sum[e >> 1] += w;
+            }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+            sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+            const int i = mt * 16 + (lane >> 2) + 8 * r;
+            const float inv = i < T ? 1.f / sum[r] : 0.f;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                s[mt][nt][2 * r] *= inv;
+                s[mt][nt][2 * r + 1] *= inv;
+            }
+            if constexpr (LAST) // lse = logsumexp_k z: the Monarch row's objective value
+                if (p.lse.ptr != nullptr && (lane & 3) == 0 && i < T && !(p.skip_frame0 && i == 0))
+                    *view_row<float>(p.lse, b, h, i, j) = (mx[r] + __log2f(sum[r])) * LN2;
+        }
+    }
+
+    if constexpr (LAST) {
+        std::uint32_t pa[MT][MT][4]; // A-fragments of L: m-tile mt, k-slice ks (frames 16·ks..)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int ks = 0; ks < MT; ++ks) {
+                pa[mt][ks][0] = pack2<BF16>(s[mt][2 * ks][0], s[mt][2 * ks][1]);
+                pa[mt][ks][1] = pack2<BF16>(s[mt][2 * ks][2], s[mt][2 * ks][3]);
+                pa[mt][ks][2] = pack2<BF16>(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
+                pa[mt][ks][3] = pack2<BF16>(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
+            }
+        cp_async_wait<0>();
+        __syncwarp();
+        // O = L·y in 64-column chunks, staged into the Q tile.
+#pragma unroll
+        for (int dc = 0; dc < D / 64; ++dc) {
+            float acc[MT][8][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int dt = 0; dt < 8; ++dt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[mt][dt][e] = 0.f;
+#pragma unroll
+            for (int dp = 0; dp < 4; ++dp)
+#pragma unroll
+                for (int ks = 0; ks < MT; ++ks) {
+                    std::uint32_t vf[4];
+                    ldmatrix_x4_trans(vf, sY + swz<D>(ks * 16 + (lane & 15), (dc * 4 + dp) * 2 + (lane >> 4)));
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        mma_16816<BF16>(acc[mt][2 * dp], pa[mt][ks], vf[0], vf[1]);
+                        mma_16816<BF16>(acc[mt][2 * dp + 1], pa[mt][ks], vf[2], vf[3]);
+                    }
+                }
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int dt = 0; dt < 8; ++dt)
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        const int i = mt * 16 + (lane >> 2) + 8 * r, col = dc * 64 + dt * 8 + 2 * (lane & 3);
+                        *reinterpret_cast<std::uint32_t*>(tQ + swz<D>(i, col >> 3) + (col & 7) * 2) =
+                            pack2<BF16>(acc[mt][dt][2 * r], acc[mt][dt][2 * r + 1]);
+                    }
+        }
+        __syncwarp();
+        scatter_rows<BF16, D>(tQ, p.out, b, h, j, T, lane, p.skip_frame0 ? 1 : 0);
+    } else {
+        // cR = column sums of L (over rows i): within a thread, then across the 8 lanes of equal lane%4.
+        float cs[NT][2];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                float v = 0.f;
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) v += s[mt][nt][e] + s[mt][nt][2 + e];
+#pragma unroll
+                for (int o = 4; o <= 16; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+                cs[nt][e] = v;
+            }
+        if (lane < 4)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int k = nt * 8 + 2 * lane + e;
+                    if (k < T) *view_row<float>(p.cr, b, h, k, j) = cs[nt][e];
+                }
+        // L (16-bit) into its own tile, row i, column k.
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const int i = mt * 16 + (lane >> 2) + 8 * r, k = nt * 8 + 2 * (lane & 3);
+                    *reinterpret_cast<std::uint32_t*>(tL + i * LSTRIDE + k * 2) = pack2<BF16>(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]);
+                }
+        __syncwarp();
+        // A-fragments of Lᵀ (rows k, cols i) by transposed loads of L's 8×8 blocks.
+        std::uint32_t la[MT][MT][4]; // [k m-tile][i slice]
+#pragma unroll
+        for (int kt = 0; kt < MT; ++kt)
+#pragma unroll
+            for (int ks = 0; ks < MT; ++ks)
+                ldmatrix_x4_trans(la[kt][ks], sL + (ks * 16 + (lane & 7) + ((lane >> 4) << 3)) * LSTRIDE + (kt * 16 + ((lane >> 3) & 1) * 8) * 2);
+        // aR = Lᵀ·Q in 64-column chunks, staged into the (no longer needed) aL tile.
+#pragma unroll
+        for (int dc = 0; dc < D / 64; ++dc) {
+            float acc[MT][8][4];
+#pragma unroll
+            for (int kt = 0; kt < MT; ++kt)
+#pragma unroll
+                for (int dt = 0; dt < 8; ++dt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[kt][dt][e] = 0.f;
+#pragma unroll
+            for (int dp = 0; dp < 4; ++dp)
+#pragma unroll
+                for (int ks = 0; ks < MT; ++ks) {
+                    std::uint32_t qf[4];
+                    ldmatrix_x4_trans(qf, sQ + swz<D>(ks * 16 + (lane & 15), (dc * 4 + dp) * 2 + (lane >> 4)));
+#pragma unroll
+                    for (int kt = 0; kt < MT; ++kt) {
+                        mma_16816<BF16>(acc[kt][2 * dp], la[kt][ks], qf[0], qf[1]);
+                        mma_16816<BF16>(acc[kt][2 * dp + 1], la[kt][ks], qf[2], qf[3]);
+                    }
+                }
+#pragma unroll
+            for (int kt = 0; kt < MT; ++kt)
+#pragma unroll
+                for (int dt = 0; dt < 8; ++dt)
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        const int k = kt * 16 + (lane >> 2) + 8 * r, col = dc * 64 + dt * 8 + 2 * (lane & 3);
+                        *reinterpret_cast<std::uint32_t*>(tA + swz<D>(k, col >> 3) + (col & 7) * 2) =
+                            pack2<BF16>(acc[kt][dt][2 * r], acc[kt][dt][2 * r + 1]);
+                    }
+        }
+        __syncwarp();
+        scatter_rows<BF16, D>(tA, p.ar, b, h, j, T, lane);
+    }
+}
+
+} // namespace vmonarch::cuda

@@ -1,0 +1,158 @@
+// Internal: an sm90 consumer warpgroup's schedules over the key tiles (the per-tile pieces are in
+// flash_sm90_tile.cuh) and its epilogue. MODE: 0 = one tile at a time; 1 = intra-warpgroup pipelining
+// (S of tile n + 1 overlaps the softmax … P·V of tile n); 2 = 1 plus ping-pong of the two consumer
+// warpgroups' GEMM issue (named barriers).
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/common/flash_epilogue.cuh"
+#include "cuda/sm90/flash_sm90_tile.cuh"
+
+namespace vmonarch::cuda::hopper {
+
+#ifdef VMONARCH_HOPPER_DEVICE
+template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE, int BN, int MODE>
+struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
+    using Tile = Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN>;
+    using Tile::Tile;
+    using Tile::acc_k, Tile::acc_v, Tile::compute_s, Tile::fence_acc, Tile::fence_p, Tile::fence_s, Tile::issue_pv, Tile::issue_s,
+        Tile::lane, Tile::len_q, Tile::p, Tile::pack_p, Tile::q0, Tile::rescale, Tile::row, Tile::sm, Tile::softmax,
+        Tile::softmax_stale, Tile::st, Tile::wg;
+    static constexpr int NS = Tile::NS, KS = Tile::KS;
+
+    // This warp no longer reads key tile n's stage.
+    __device__ __forceinline__ void release(int n) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(sm.empty_bar(n % Tile::Ring::STAGES));
+    }
+    // Key tile n has landed in its stage (the stage's (n / STAGES)-th fill).
+    __device__ __forceinline__ void wait_full(int n) {
+        mbar_wait(sm.full_bar(n % Tile::Ring::STAGES), std::uint32_t(n / Tile::Ring::STAGES) & 1u);
+    }
+    // Ping-pong (MODE 2): the two consumer warpgroups take turns to issue their GEMMs, so that one's
+    // softmax runs while the other's GEMMs occupy the tensor cores. Named barrier 1 + w: "warpgroup w may
+    // issue"; 256 threads = the waiting warpgroup (bar.sync) + the other one (bar.arrive).
+    __device__ __forceinline__ void turn_wait() {
+        if constexpr (MODE == 2) named_bar_sync(1 + wg, 256);
+    }
+    __device__ __forceinline__ void turn_pass() {
+        if constexpr (MODE == 2) named_bar_arrive(2 - wg, 256);
+    }
+    // Softmax of tile n whose S has landed in sacc: the stale-offset update where it may (a full tile after
+    // the first, when allowed) and holds, else the exact one (after S is computed again if the stale attempt
+    // consumed it). al = 1 on the stale path (m did not move).
+    __device__ __forceinline__ void softmax_tile(float (&sacc)[NS], int n, float (&al)[2], bool stale_max) {
+        if (stale_max && n > 0 && std::int64_t(n + 1) * BN <= p.len_k) {
+            if (softmax_stale(sacc)) {
+                al[0] = al[1] = 1.f;
+                return;
+            }
+            compute_s(sacc, n);
+        }
+        softmax(sacc, n, al);
+    }
+
+    // A warpgroup whose 64 rows all lie past len_q (warpgroup 1 in the last block of a view whose length is
+    // not a multiple of BM, e.g. 64 of 128 rows at HW = 3520) computes nothing: it only keeps the ring's
+    // empty barriers and, under ping-pong, the turn order (n_tiles + 1 turns; the last one passes nothing,
+    // as in the working path), so that warpgroup 0 runs alone on the tensor cores.
+    __device__ __forceinline__ void idle(int n_tiles) {
+        if constexpr (MODE == 2) named_bar_arrive(1, 256); // only warpgroup 1 can be idle: warpgroup 0 goes first
+        for (int n = 0; n <= n_tiles; ++n) {
+            turn_wait();
+            if (n < n_tiles) {
+                turn_pass();
+                wait_full(n);
+                release(n);
+            }
+        }
+    }
+
+    // MODE 0: S, wait, softmax, P·V, wait, per tile.
+    __device__ __forceinline__ void run_serial(int n_tiles, bool stale_max) {
+        for (int n = 0; n < n_tiles; ++n) {
+            wait_full(n);
+            float sacc[NS];
+            compute_s(sacc, n);
+            float al[2];
+            softmax_tile(sacc, n, al, stale_max);
+            rescale(al);
+            std::uint32_t pa[KS][4];
+            pack_p(sacc, pa);
+            fence_acc();
+            wgmma_fence();
+            issue_pv(pa, n);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_acc();
+            fence_p(pa);
+            release(n);
+        }
+    }
+
+    // MODE 1 and 2, software-pipelined (FlashAttention-3's intra-warpgroup overlap): S of tile n is issued
+    // together with P·V of tile n − 1; the softmax of tile n runs while P·V of tile n − 1 is still on the
+    // tensor cores, and the accumulators are rescaled only once that has finished.
+    __device__ __forceinline__ void run_pipelined(int n_tiles, bool stale_max) {
+        if constexpr (MODE == 2) {
+            if (wg == 1) named_bar_arrive(1, 256); // warpgroup 0 goes first
+        }
+        float sacc[NS];
+        std::uint32_t pa[KS][4];
+        float al[2];
+        wait_full(0);
+        turn_wait();
+        wgmma_fence();
+        issue_s(sacc, 0);
+        wgmma_commit();
+        turn_pass();
+        wgmma_wait<0>();
+        fence_s(sacc);
+        softmax(sacc, 0, al); // al is 1 or 0 here and the accumulators are zero: no rescale needed
+        pack_p(sacc, pa);
+        for (int n = 1; n < n_tiles; ++n) {
+            wait_full(n);
+            turn_wait();
+            fence_acc();
+            wgmma_fence();
+            issue_s(sacc, n);
+            wgmma_commit();
+            issue_pv(pa, n - 1);
+            wgmma_commit();
+            turn_pass();
+            wgmma_wait<1>(); // S of tile n is ready; P·V of tile n − 1 may still run
+            fence_s(sacc);
+            softmax_tile(sacc, n, al, stale_max);
+            wgmma_wait<0>();
+            fence_acc();
+            fence_p(pa);
+            release(n - 1);
+            rescale(al);
+            pack_p(sacc, pa);
+        }
+        turn_wait();
+        fence_acc();
+        wgmma_fence();
+        issue_pv(pa, n_tiles - 1);
+        wgmma_commit();
+        if (wg == 0) turn_pass(); // warpgroup 1's last arrival would have no matching wait
+        wgmma_wait<0>();
+        fence_acc();
+        fence_p(pa);
+        release(n_tiles - 1);
+    }
+
+    // The whole consumer: wait for Q, run the schedule over the key tiles, store this thread's two rows
+    // (docs/algorithm.md §4.3).
+    __device__ __forceinline__ void run(int n_tiles, bool stale_max, int b, int h, int f) {
+        mbar_wait(sm.q_bar(), 0);
+        if (wg * 64 >= len_q) return idle(n_tiles);
+        if constexpr (MODE == 0) run_serial(n_tiles, stale_max);
+        else run_pipelined(n_tiles, stale_max);
+        store_flash_rows<BF16, D, K_VALUE, V_VALUE>(p, b, h, f, std::int64_t(q0), row, len_q, lane, st, acc_v(), acc_k());
+    }
+};
+#endif
+
+} // namespace vmonarch::cuda::hopper

@@ -1,0 +1,64 @@
+// Internal: the Hopper (sm_90a) flash forward kernel. It computes what flash_sm80_kernel computes (same
+// FlashParams, same variants, docs/algorithm.md §5; the online statistics of §4 from
+// common/online_softmax.cuh, here with every rounding spelled out: RoundedMath; the epilogue of
+// common/flash_epilogue.cuh), with
+//   - wgmma.mma_async for S = Q·Kᵀ (A and B from shared memory) and for O += P·V, A += P·K (P from
+//     registers, V / K from shared memory read MN-major), accumulators in registers;
+//   - TMA tile loads (cp.async.bulk.tensor, 128-byte swizzle) completing on mbarriers;
+//   - warp specialisation: warps 0–7 are two consumer warpgroups of 64 query rows each (setmaxnreg to 240
+//     registers; flash_sm90_consumer.cuh), warps 8–11 the producer warpgroup (24 registers) whose first
+//     thread streams Q once and K (and V) tiles through an STAGES-deep ring of full / empty mbarriers
+//     (flash_sm90_producer.cuh).
+// Rows past len_k arrive as zeros from TMA and are masked to −∞ before the softmax; rows past len_q are
+// computed on zeros and never stored. The kernel body exists only in the sm_90a pass.
+#pragma once
+
+#include "cuda/common/kernel_params.hpp"
+#include "cuda/sm90/flash_sm90_shape.cuh"
+
+#ifdef VMONARCH_HOPPER_DEVICE
+#include "cuda/sm90/flash_sm90_consumer.cuh"
+#include "cuda/sm90/flash_sm90_producer.cuh"
+#endif
+
+namespace vmonarch::cuda::hopper {
+
+template <bool BF16, int D, bool ROW_SCALE, bool K_VALUE, bool V_VALUE, int BN, int MODE>
+__global__ void __launch_bounds__(HopperShape::THREADS, 1)
+    flash_sm90_kernel(const FlashParams p, const HopperArgs args, const __grid_constant__ CUtensorMap tm_q,
+                      const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v) {
+#ifdef VMONARCH_HOPPER_DEVICE
+    static_assert(D == 64 || D == 128, "head dim 64 or 128");
+    static_assert(BN % 16 == 0 && BN <= 256, "key tile: whole k16 slices of P·V, one TMA box");
+    using Ring = SmemRing<D, V_VALUE, BN>;
+    extern __shared__ unsigned char smem_raw[];
+    const Ring sm(smem_raw);
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int f = blockIdx.y / p.heads, h = blockIdx.y % p.heads, b = blockIdx.z;
+    const int q0 = int(blockIdx.x) * HopperShape::BM;
+    const int n_tiles = int((p.len_k + BN - 1) / BN);
+
+    if (tid == 0) {
+#pragma unroll
+        for (int s = 0; s < Ring::STAGES; ++s) {
+            mbar_init(sm.full_bar(s), 1);
+            mbar_init(sm.empty_bar(s), 4 * HopperShape::CONSUMER_WGS); // one arrival per consumer warp
+        }
+        mbar_init(sm.q_bar(), 1);
+        fence_barrier_init();
+    }
+    __syncthreads();
+
+    if (warp >= 4 * HopperShape::CONSUMER_WGS) {
+        setmaxnreg_dec<HopperShape::PRODUCER_REGS>();
+        if (warp == 4 * HopperShape::CONSUMER_WGS && lane == 0) produce_tiles(sm, args, &tm_q, &tm_k, &tm_v, q0, n_tiles, f, h, b);
+    } else {
+        setmaxnreg_inc<HopperShape::CONSUMER_REGS>();
+        Sm90Consumer<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN, MODE> consumer(p, sm, warp, lane, q0, b, h, f);
+        consumer.run(n_tiles, args.stale_max, b, h, f);
+    }
+#endif
+}
+
+} // namespace vmonarch::cuda::hopper
