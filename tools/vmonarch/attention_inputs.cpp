@@ -1,6 +1,7 @@
 #include "attention_inputs.hpp"
 
 #include <cmath>
+#include <cstdio>
 
 namespace vmonarch::cli {
 
@@ -27,21 +28,73 @@ const char* layout_axes(Layout layout) {
     return layout == Layout::bhsd ? "[batch, heads, tokens, dim]" : "[batch, tokens, heads, dim]";
 }
 
-HostTensor read_checked(const std::string& spec, const std::string& option) {
+TensorInfo header_of(const std::string& spec, const std::string& option) {
     require_existing_file(spec, option);
     try {
-        return read_tensor(spec);
+        return read_tensor_info(spec);
     } catch (const FileFormatError& e) {
         throw FileFormatError(with_option(option, spec, e.what()));
+    } catch (const ArgumentError& e) {
+        throw ArgumentError(option, with_option(option, spec, e.what()));
     }
+}
+
+HostTensor data_of(const std::string& spec, const std::string& option, const TensorInfo& expected) {
+    HostTensor t;
+    try {
+        t = read_tensor(spec);
+    } catch (const FileFormatError& e) {
+        throw FileFormatError(with_option(option, spec, e.what()));
+    } catch (const OutOfMemoryError& e) {
+        throw OutOfMemoryError(with_option(option, spec, e.what()));
+    }
+    if (t.shape != expected.shape || t.dtype != expected.dtype)
+        throw FileFormatError(option + " " + spec + ": the file changed while it was read (shape " +
+                              format_shape(t.shape) + ", header said " + format_shape(expected.shape) + ")");
+    return t;
+}
+
+// The largest finite value of each dtype.
+double dtype_max(DType dtype) {
+    switch (dtype) {
+    case DType::f16: return 65504.0;
+    case DType::bf16: return 3.3895313892515355e38;
+    case DType::f32: return 3.4028234663852886e38;
+    case DType::f64: return 1.7976931348623157e308;
+    }
+    return 0;
+}
+
+std::string scientific(double value) {
+    char buffer[32];
+    std::snprintf(buffer, sizeof buffer, "%.6g", value);
+    return buffer;
 }
 
 } // namespace
 
-AttentionInputs load_attention_inputs(const std::string& q_spec, const std::string& k_spec,
-                                      const std::string& v_spec, const VideoGrid& grid, Layout layout,
-                                      std::int64_t text_tokens) {
-    // Existence first, so that a missing k is reported before q is read.
+std::vector<InputFile> AttentionInputs::files() const {
+    return {{"--q", q_path}, {"--k", k_path}, {"--v", v_path}};
+}
+
+HostTensor convert_checked(const HostTensor& tensor, DType dtype, const std::string& option, const std::string& source) {
+    if (tensor.dtype == dtype) return tensor;
+    const ValueStats before = tensor.value_stats();
+    HostTensor converted = tensor.converted(dtype);
+    const ValueStats after = converted.value_stats();
+    if (after.non_finite > before.non_finite)
+        throw ArgumentError(option, option + " " + to_string(dtype) + ": " + source + " holds values outside the " +
+                                        to_string(dtype) + " range (largest |x| = " + scientific(before.max_abs) +
+                                        ", " + to_string(dtype) + " holds up to " + scientific(dtype_max(dtype)) +
+                                        "): " + std::to_string(after.non_finite - before.non_finite) +
+                                        " of them would become inf; scale the data or choose a wider dtype");
+    return converted;
+}
+
+AttentionInputs inspect_attention_inputs(const std::string& q_spec, const std::string& k_spec,
+                                         const std::string& v_spec, const VideoGrid& grid, Layout layout,
+                                         std::int64_t text_tokens) {
+    // Existence first, so that a missing k is reported before q is looked at.
     require_existing_file(q_spec, "--q");
     require_existing_file(k_spec, "--k");
     require_existing_file(v_spec, "--v");
@@ -52,11 +105,11 @@ AttentionInputs load_attention_inputs(const std::string& q_spec, const std::stri
     in.q_path = q_spec;
     in.k_path = k_spec;
     in.v_path = v_spec;
-    in.q = read_checked(q_spec, "--q");
-    in.k = read_checked(k_spec, "--k");
-    in.v = read_checked(v_spec, "--v");
+    const TensorInfo q = header_of(q_spec, "--q");
+    const TensorInfo k = header_of(k_spec, "--k");
+    const TensorInfo v = header_of(v_spec, "--v");
 
-    const auto require_4d = [&](const HostTensor& t, const std::string& option, const std::string& spec) {
+    const auto require_4d = [&](const TensorInfo& t, const std::string& option, const std::string& spec) {
         if (t.shape.size() != 4)
             throw ArgumentError(option, option + " " + spec + ": expected a 4-D tensor " + layout_axes(layout) +
                                             " (--layout " + to_string(layout) + "), got shape " +
@@ -65,45 +118,68 @@ AttentionInputs load_attention_inputs(const std::string& q_spec, const std::stri
             if (extent < 1)
                 throw ArgumentError(option, option + " " + spec + ": empty tensor, shape " + format_shape(t.shape));
     };
-    require_4d(in.q, "--q", q_spec);
-    require_4d(in.k, "--k", k_spec);
-    require_4d(in.v, "--v", v_spec);
+    require_4d(q, "--q", q_spec);
+    require_4d(k, "--k", k_spec);
+    require_4d(v, "--v", v_spec);
 
-    if (in.k.shape != in.q.shape)
-        throw ArgumentError("--k", "--k " + k_spec + ": shape " + format_shape(in.k.shape) +
-                                       " differs from --q " + q_spec + " shape " + format_shape(in.q.shape) +
+    if (k.shape != q.shape)
+        throw ArgumentError("--k", "--k " + k_spec + ": shape " + format_shape(k.shape) + " differs from --q " +
+                                       q_spec + " shape " + format_shape(q.shape) +
                                        " (self-attention: q and k must have the same shape)");
-    const bool v_matches = in.v.shape[0] == in.q.shape[0] && in.v.shape[1] == in.q.shape[1] &&
-                           in.v.shape[2] == in.q.shape[2];
+    const bool v_matches = v.shape[0] == q.shape[0] && v.shape[1] == q.shape[1] && v.shape[2] == q.shape[2];
     if (!v_matches)
-        throw ArgumentError("--v", "--v " + v_spec + ": shape " + format_shape(in.v.shape) +
-                                       " must match --q " + q_spec + " shape " + format_shape(in.q.shape) +
-                                       " in all but the last axis");
-    if (in.k.dtype != in.q.dtype || in.v.dtype != in.q.dtype)
-        throw ArgumentError("--k", "q, k, v must have one dtype: --q " + q_spec + " is " + to_string(in.q.dtype) +
-                                       ", --k " + k_spec + " is " + to_string(in.k.dtype) + ", --v " + v_spec +
-                                       " is " + to_string(in.v.dtype));
+        throw ArgumentError("--v", "--v " + v_spec + ": shape " + format_shape(v.shape) + " must match --q " + q_spec +
+                                       " shape " + format_shape(q.shape) + " in all but the last axis");
+    if (k.dtype != q.dtype || v.dtype != q.dtype)
+        throw ArgumentError("--k", "q, k, v must have one dtype: --q " + q_spec + " is " + to_string(q.dtype) +
+                                       ", --k " + k_spec + " is " + to_string(k.dtype) + ", --v " + v_spec + " is " +
+                                       to_string(v.dtype));
+    in.dtype = q.dtype;
 
     AttentionShape& s = in.shape;
-    s.batch = in.q.shape[0];
-    s.heads = layout == Layout::bhsd ? in.q.shape[1] : in.q.shape[2];
-    s.tokens = layout == Layout::bhsd ? in.q.shape[2] : in.q.shape[1];
-    s.head_dim = in.q.shape[3];
-    s.value_dim = in.v.shape[3];
+    s.batch = q.shape[0];
+    s.heads = layout == Layout::bhsd ? q.shape[1] : q.shape[2];
+    s.tokens = layout == Layout::bhsd ? q.shape[2] : q.shape[1];
+    s.head_dim = q.shape[3];
+    s.value_dim = v.shape[3];
 
-    if (s.tokens != grid.tokens() + text_tokens) {
+    const std::int64_t tokens = grid.tokens() + text_tokens; // parse_grid has checked that the grid fits
+    if (s.tokens != tokens) {
         std::string hint;
-        const std::int64_t other = layout == Layout::bhsd ? in.q.shape[1] : in.q.shape[2];
+        const std::int64_t other = layout == Layout::bhsd ? q.shape[1] : q.shape[2];
         if (text_tokens > 0)
-            hint = " + --text-tokens " + std::to_string(text_tokens) + " = " + std::to_string(grid.tokens() + text_tokens);
-        else if (other == grid.tokens())
+            hint = " + --text-tokens " + std::to_string(text_tokens) + " = " + std::to_string(tokens);
+        else if (other == tokens)
             hint = "; the tensor looks like --layout " + to_string(layout == Layout::bhsd ? Layout::bshd : Layout::bhsd);
-        throw ArgumentError("--grid", "--grid " + format_grid(grid) + " gives N = T*H*W = " +
-                                          std::to_string(grid.tokens()) + " tokens but --q " + q_spec + " has " +
-                                          std::to_string(s.tokens) + " tokens (shape " + format_shape(in.q.shape) +
-                                          ", --layout " + to_string(layout) + " " + layout_axes(layout) + ")" + hint);
+        throw ArgumentError("--grid", "--grid " + format_grid(grid) + " gives N = T*H*W = " + std::to_string(grid.tokens()) +
+                                          " tokens but --q " + q_spec + " has " + std::to_string(s.tokens) +
+                                          " tokens (shape " + format_shape(q.shape) + ", --layout " +
+                                          to_string(layout) + " " + layout_axes(layout) + ")" + hint);
     }
     return in;
+}
+
+void read_attention_data(AttentionInputs& in, std::optional<DType> cast) {
+    const std::vector<std::int64_t> qk_shape =
+        file_shape(in.layout, in.shape.batch, in.shape.heads, in.shape.tokens, in.shape.head_dim);
+    const std::vector<std::int64_t> v_shape =
+        file_shape(in.layout, in.shape.batch, in.shape.heads, in.shape.tokens, in.shape.value_dim);
+    const auto read = [&](const std::string& spec, const std::string& option, const std::vector<std::int64_t>& shape) {
+        HostTensor t = data_of(spec, option, TensorInfo{in.dtype, shape});
+        if (cast && *cast != t.dtype) t = convert_checked(t, *cast, "--cast", option + " " + spec);
+        return t;
+    };
+    in.q = read(in.q_path, "--q", qk_shape);
+    in.k = read(in.k_path, "--k", qk_shape);
+    in.v = read(in.v_path, "--v", v_shape);
+}
+
+void check_output_file_header(const std::string& spec, const std::string& option, const AttentionInputs& in) {
+    const TensorInfo t = header_of(spec, option);
+    const auto expected = file_shape(in.layout, in.shape.batch, in.shape.heads, in.shape.tokens, in.shape.value_dim);
+    if (t.shape != expected)
+        throw ArgumentError(option, option + " " + spec + ": shape " + format_shape(t.shape) + " but the inputs give " +
+                                        format_shape(expected) + " (--layout " + to_string(in.layout) + ")");
 }
 
 void add_attention_file_options(CLI::App& command, AttentionFileOptions& o) {

@@ -1,4 +1,5 @@
 // vmonarch flops: per-forward TFLOPs of a video DiT with dense vs VMonarch self-attention (spec §4).
+#include <algorithm>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -47,8 +48,19 @@ ModelSpec model_from(const FlopsOptions& o) {
     if (o.ffn) m.ffn = *o.ffn;
     if (o.layers) m.layers = *o.layers;
     if (o.heads) m.heads = *o.heads;
-    if (o.head_dim) m.head_dim = *o.head_dim;
-    else if (custom || o.dim || o.heads) m.head_dim = m.heads > 0 ? m.dim / m.heads : 0;
+    if (o.head_dim) {
+        m.head_dim = *o.head_dim;
+    } else if (custom || o.dim || o.heads) {
+        // d = D / heads, which must be a whole number (or give --head-dim).
+        require_positive(m.dim, "--dim");
+        require_positive(m.heads, "--heads");
+        if (m.dim % m.heads != 0)
+            throw ArgumentError("--dim", "--dim " + std::to_string(m.dim) + " is not divisible by --heads " +
+                                             std::to_string(m.heads) + " (head dim D/heads = " +
+                                             format_fixed(double(m.dim) / double(m.heads), 2) +
+                                             "); change one of them or give --head-dim");
+        m.head_dim = m.dim / m.heads;
+    }
     if (o.text_len) m.text_len = *o.text_len;
     if (o.temporal_compression) m.temporal_compression = *o.temporal_compression;
     if (o.spatial_stride) m.spatial_stride = *o.spatial_stride;
@@ -142,14 +154,23 @@ int flops_command(const FlopsOptions& o, bool grid_from_flag) {
               << (options.sink_frames > 0 ? ", sink frames " + std::to_string(options.sink_frames) : "")
               << (options.window_radius ? ", window radius " + std::to_string(*options.window_radius) : "") << ", sparsity "
               << format_fixed(100 * f.sparsity, 2) << "% (1 - t(T+HW)/(T*HW))\n\n";
-    // TFLOPs as in the paper's Table 1; GFLOPs or MFLOPs for small custom models.
+    // TFLOPs as in the paper's Table 1; GFLOPs or MFLOPs for small custom models. The number columns are
+    // as wide as their widest value, with at least two spaces between them.
     const double unit = f.total_dense >= 1e11 ? 1e12 : (f.total_dense >= 1e8 ? 1e9 : 1e6);
     const std::string unit_name = unit == 1e12 ? "TFLOPs" : (unit == 1e9 ? "GFLOPs" : "MFLOPs");
-    std::cout << "per forward             dense    VMonarch\n";
+    const std::vector<std::pair<std::string, std::pair<double, double>>> rows = {
+        {"attention", {f.attention_dense, f.attention_vmonarch}},
+        {"linear", {f.linear, f.linear}},
+        {"total", {f.total_dense, f.total_vmonarch}}};
+    std::size_t column = 10;
+    for (const auto& [what, values] : rows)
+        column = std::max({column, format_fixed(values.first / unit, 2).size(), format_fixed(values.second / unit, 2).size()});
+    column += 2;
+    std::cout << "per forward     " << padded("dense", column) << padded("VMonarch", column) << "\n";
     const auto line = [&](const std::string& what, double dense, double vm) {
         const std::string label = what + " " + unit_name;
         std::string text = label + std::string(label.size() < 16 ? 16 - label.size() : 0, ' ') +
-                           padded(format_fixed(dense / unit, 2), 12) + padded(format_fixed(vm / unit, 2), 12);
+                           padded(format_fixed(dense / unit, 2), column) + padded(format_fixed(vm / unit, 2), column);
         if (vm > 0 && dense > vm) text += "   (" + format_fixed(dense / vm, 2) + "x fewer)";
         if (vm > dense && dense > 0) text += "   (" + format_fixed(vm / dense, 2) + "x more)";
         std::cout << text << "\n";
