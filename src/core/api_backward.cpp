@@ -214,7 +214,7 @@ void attention_training(const TensorView& q, const TensorView& k, const TensorVi
     (void)cuda;
     const std::string fn = "vmonarch::attention_training";
     detail::TrainingProblem p;
-    static_cast<detail::MonarchProblem&>(p) = detail::check_monarch_arguments(fn, q, k, v, out, grid, options, &lse);
+    static_cast<detail::MonarchProblem&>(p) = detail::check_monarch(fn, q, k, v, out, grid, options, &lse);
     const std::size_t need = state_bytes(fn, p);
     const bool owned = state.data() == nullptr || state.impl_->owned != nullptr;
     if (owned) { // memory of its own, sized (again) for these shapes
@@ -263,13 +263,13 @@ void attention_backward(const TensorView& q, const TensorView& k, const TensorVi
     (void)cuda;
     const std::string fn = "vmonarch::attention_backward";
     detail::BackwardProblem p;
-    static_cast<detail::MonarchProblem&>(p) = detail::check_monarch_arguments(fn, q, k, v, out, grid, options, &lse);
+    static_cast<detail::MonarchProblem&>(p) = detail::check_monarch(fn, q, k, v, out, grid, options, &lse);
     const std::pair<const char*, const TensorView*> grads[4] = {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}};
     const TensorView* like[4] = {&out, &q, &k, &v};
     const char* like_name[4] = {"out", "q", "k", "v"};
     for (int g = 0; g < 4; ++g) {
         detail::check_tensor_view(fn, grads[g].first, *grads[g].second);
-        detail::check_same_dtype_device(fn, grads[g].first, *grads[g].second, q, "q");
+        detail::check_same_kind(fn, grads[g].first, *grads[g].second, q, "q");
         check_shape(fn, grads[g].first, *grads[g].second, like[g]->shape, like_name[g]);
     }
     if (dlse) check_dlse(fn, *dlse, q);

@@ -63,12 +63,4 @@ struct BackwardProblem : MonarchProblem {
 void cpu_monarch_training(const TrainingProblem& p);
 void cpu_monarch_backward(const BackwardProblem& p);
 
-// Validation shared with src/core/api.cpp (defined there, over its checks): the forward's arguments.
-MonarchProblem check_monarch_arguments(const std::string& fn, const TensorView& q, const TensorView& k,
-                                       const TensorView& v, const TensorView& out, const VideoGrid& grid,
-                                       const Options& options, const LseView* lse);
-void check_tensor_view(const std::string& fn, const std::string& name, const TensorView& t);
-void check_same_dtype_device(const std::string& fn, const std::string& name, const TensorView& t,
-                             const TensorView& ref, const std::string& ref_name);
-
 } // namespace vmonarch::detail

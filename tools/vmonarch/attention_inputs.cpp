@@ -92,7 +92,8 @@ HostTensor convert_checked(const HostTensor& tensor, DType dtype, const std::str
 }
 
 AttentionInputs inspect_attention_inputs(const std::string& q_spec, const std::string& k_spec,
-                                         const std::string& v_spec, const VideoGrid& grid, Layout layout) {
+                                         const std::string& v_spec, const VideoGrid& grid, Layout layout,
+                                         std::int64_t text_tokens) {
     // Existence first, so that a missing k is reported before q is looked at.
     require_existing_file(q_spec, "--q");
     require_existing_file(k_spec, "--k");
@@ -142,13 +143,15 @@ AttentionInputs inspect_attention_inputs(const std::string& q_spec, const std::s
     s.head_dim = q.shape[3];
     s.value_dim = v.shape[3];
 
-    const std::int64_t tokens = grid.tokens(); // parse_grid has checked that it fits
+    const std::int64_t tokens = grid.tokens() + text_tokens; // parse_grid has checked that the grid fits
     if (s.tokens != tokens) {
         std::string hint;
         const std::int64_t other = layout == Layout::bhsd ? q.shape[1] : q.shape[2];
-        if (other == tokens)
+        if (text_tokens > 0)
+            hint = " + --text-tokens " + std::to_string(text_tokens) + " = " + std::to_string(tokens);
+        else if (other == tokens)
             hint = "; the tensor looks like --layout " + to_string(layout == Layout::bhsd ? Layout::bshd : Layout::bhsd);
-        throw ArgumentError("--grid", "--grid " + format_grid(grid) + " gives N = T*H*W = " + std::to_string(tokens) +
+        throw ArgumentError("--grid", "--grid " + format_grid(grid) + " gives N = T*H*W = " + std::to_string(grid.tokens()) +
                                           " tokens but --q " + q_spec + " has " + std::to_string(s.tokens) +
                                           " tokens (shape " + format_shape(q.shape) + ", --layout " +
                                           to_string(layout) + " " + layout_axes(layout) + ")" + hint);
@@ -194,6 +197,59 @@ void add_attention_file_options(CLI::App& command, AttentionFileOptions& o) {
     command.add_flag("--no-recompute", o.no_recompute, "skip the exact dense attention for frame-0 queries");
     command.add_option("--scale", o.scale, "softmax scale (default 1/sqrt(d))");
     command.add_flag("--progress", o.progress, "show progress on stderr even when it is not a terminal");
+    command.add_option("--sink-frames", o.sink_frames, "key frames 0..S-1 attended exactly by every query (spec 3b)")
+        ->capture_default_str();
+    command.add_option("--window-radius", o.window_radius, "key frames within r of the query frame attended exactly");
+    command.add_option("--text-tokens", o.text_tokens,
+                       "joint sequence: the files hold N + L tokens, L of them text (spec 3c)")->capture_default_str();
+    command.add_option("--text-position", o.text_position, "where the text tokens are: first or last")
+        ->capture_default_str();
+    command.add_option("--text-lens", o.text_lens, "valid text tokens per batch element l0,l1,... (default all)");
+}
+
+namespace {
+
+// The joint-sequence flags that do not depend on the inputs (checked before any file is read).
+void check_joint_text_flags(const AttentionFileOptions& o) {
+    if (o.text_tokens < 0)
+        throw ArgumentError("--text-tokens", "--text-tokens " + std::to_string(o.text_tokens) + ": must be >= 0");
+    if (o.text_position != "first" && o.text_position != "last")
+        throw ArgumentError("--text-position", "--text-position '" + o.text_position + "': expected first or last");
+    if (o.text_tokens == 0 && !o.text_lens.empty())
+        throw ArgumentError("--text-lens", "--text-lens needs --text-tokens L (the joint sequence's text tokens)");
+}
+
+} // namespace
+
+std::optional<JointText> joint_text_from(const AttentionFileOptions& o, std::int64_t batch) {
+    check_joint_text_flags(o);
+    if (o.text_tokens == 0) return std::nullopt;
+    JointText text;
+    text.tokens = o.text_tokens;
+    text.position = o.text_position == "first" ? TextPosition::first : TextPosition::last;
+    if (!o.text_lens.empty()) {
+        std::size_t at = 0;
+        while (at <= o.text_lens.size()) {
+            const std::size_t comma = std::min(o.text_lens.find(',', at), o.text_lens.size());
+            const std::string item = o.text_lens.substr(at, comma - at);
+            std::size_t used = 0;
+            long long value = -1;
+            try {
+                value = std::stoll(item, &used);
+            } catch (const std::exception&) {
+                used = 0;
+            }
+            if (item.empty() || used != item.size() || value < 0 || value > o.text_tokens)
+                throw ArgumentError("--text-lens", "--text-lens '" + o.text_lens + "': entry '" + item +
+                                                       "' is not an integer in 0.." + std::to_string(o.text_tokens));
+            text.lens.push_back(value);
+            at = comma + 1;
+        }
+        if (std::int64_t(text.lens.size()) != batch)
+            throw ArgumentError("--text-lens", "--text-lens '" + o.text_lens + "': " + std::to_string(text.lens.size()) +
+                                                   " entries, expected one per batch element (" + std::to_string(batch) + ")");
+    }
+    return text;
 }
 
 Options monarch_options_from(const AttentionFileOptions& o) {
@@ -208,6 +264,13 @@ Options monarch_options_from(const AttentionFileOptions& o) {
     options.cr_clamp = o.clamp;
     options.recompute_first_frame = !o.no_recompute;
     options.softmax_scale = o.scale;
+    if (o.sink_frames < 0)
+        throw ArgumentError("--sink-frames", "--sink-frames " + std::to_string(o.sink_frames) + ": must be >= 0");
+    if (o.window_radius && *o.window_radius < 0)
+        throw ArgumentError("--window-radius", "--window-radius " + std::to_string(*o.window_radius) + ": must be >= 0");
+    options.sink_frames = o.sink_frames;
+    options.window_radius = o.window_radius;
+    check_joint_text_flags(o);
     return options;
 }
 

@@ -71,7 +71,9 @@ int compare_command(const CompareOptions& o) {
     if (!o.approx.empty()) require_existing_file(o.approx, "--approx");
 
     // Every header first (inputs, then the saved outputs), then the data.
-    AttentionInputs in = inspect_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout);
+    AttentionInputs in = inspect_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout,
+                                                  o.inputs.text_tokens > 0 ? o.inputs.text_tokens : 0);
+    const std::optional<JointText> joint_text = joint_text_from(o.inputs, in.shape.batch);
     const DType compute_dtype = cast.value_or(in.dtype);
     const bool computes = o.reference.empty() || o.approx.empty();
     if (computes) require_device_dtype(device, compute_dtype, "--q " + in.q_path);
@@ -87,6 +89,7 @@ int compare_command(const CompareOptions& o) {
         read_attention_data(in, cast);
         ProgressLine progress(o.inputs.progress);
         AttentionSession session(device, in.q, in.k, in.v, layout, in.shape);
+        if (joint_text) session.set_joint_text(*joint_text);
         if (o.approx.empty()) {
             AttentionResult r = session.run(Method::vmonarch, grid, options);
             approx = std::move(r.out);
@@ -116,6 +119,9 @@ int compare_command(const CompareOptions& o) {
         j["iterations"] = options.iterations;
         j["clamp"] = options.cr_clamp;
         j["recompute_first_frame"] = options.recompute_first_frame;
+        j["sink_frames"] = options.sink_frames;
+        j["window_radius"] = options.window_radius ? nlohmann::json(*options.window_radius) : nlohmann::json(nullptr);
+        j["text_tokens"] = joint_text ? joint_text->tokens : 0;
         j["approx"] = approx_name;
         j["reference"] = reference_name;
         j["per_head"] = nlohmann::json::array();
@@ -132,7 +138,12 @@ int compare_command(const CompareOptions& o) {
                   << in.shape.head_dim << ", " << to_string(compute_dtype) << " on " << to_string(device);
         if (o.approx.empty())
             std::cout << "; VMonarch t = " << options.iterations << ", clamp " << options.cr_clamp
-                      << ", frame-0 recompute " << (options.recompute_first_frame ? "on" : "off");
+                      << ", frame-0 recompute " << (options.recompute_first_frame ? "on" : "off")
+                      << (options.sink_frames > 0 ? ", sink frames " + std::to_string(options.sink_frames) : "")
+                      << (options.window_radius ? ", window radius " + std::to_string(*options.window_radius) : "")
+                      << (joint_text ? ", " + std::to_string(joint_text->tokens) + " text tokens " +
+                                           (joint_text->position == TextPosition::first ? "first" : "last")
+                                     : "");
         std::cout << "\n\n batch  head   rel. L2     cosine     max abs\n";
         const auto row = [](const std::string& b, const std::string& h, const OutputError& e) {
             char line[200];

@@ -19,6 +19,8 @@ struct FlopsOptions {
     std::int64_t batch = 1;
     int iterations = 2;
     bool no_recompute = false, json = false;
+    std::int64_t sink_frames = 0;              // exact key groups (spec §3b)
+    std::optional<std::int64_t> window_radius;
     // Custom dimensions (override the preset, or define --model custom).
     std::optional<std::int64_t> dim, ffn, layers, heads, head_dim, text_len;
     std::optional<std::int64_t> temporal_compression, spatial_stride;
@@ -109,6 +111,11 @@ int flops_command(const FlopsOptions& o, bool grid_from_flag) {
     Options options;
     options.iterations = o.iterations;
     options.recompute_first_frame = !o.no_recompute;
+    if (o.sink_frames < 0) throw ArgumentError("--sink-frames", "--sink-frames " + std::to_string(o.sink_frames) + ": must be >= 0");
+    if (o.window_radius && *o.window_radius < 0)
+        throw ArgumentError("--window-radius", "--window-radius " + std::to_string(*o.window_radius) + ": must be >= 0");
+    options.sink_frames = o.sink_frames;
+    options.window_radius = o.window_radius;
     const ModelFlops f = model_flops(model, grid, options, o.batch);
 
     if (o.json) {
@@ -123,6 +130,8 @@ int flops_command(const FlopsOptions& o, bool grid_from_flag) {
         j["batch"] = o.batch;
         j["iterations"] = options.iterations;
         j["recompute_first_frame"] = options.recompute_first_frame;
+        j["sink_frames"] = options.sink_frames;
+        j["window_radius"] = options.window_radius ? nlohmann::json(*options.window_radius) : nlohmann::json(nullptr);
         j["dense_tflops"] = f.total_dense / 1e12;
         j["vmonarch_tflops"] = f.total_vmonarch / 1e12;
         j["attention_dense_tflops"] = f.attention_dense / 1e12;
@@ -141,7 +150,9 @@ int flops_command(const FlopsOptions& o, bool grid_from_flag) {
         std::cout << " + " << model.text_len << " text = " << format_thousands(f.sequence_tokens);
     if (o.batch > 1) std::cout << ", batch " << o.batch;
     std::cout << "\nVMonarch  t = " << options.iterations << ", frame-0 recompute "
-              << (options.recompute_first_frame ? "on" : "off (as in the paper's Table 1)") << ", sparsity "
+              << (options.recompute_first_frame ? "on" : "off (as in the paper's Table 1)")
+              << (options.sink_frames > 0 ? ", sink frames " + std::to_string(options.sink_frames) : "")
+              << (options.window_radius ? ", window radius " + std::to_string(*options.window_radius) : "") << ", sparsity "
               << format_fixed(100 * f.sparsity, 2) << "% (1 - t(T+HW)/(T*HW))\n\n";
     // TFLOPs as in the paper's Table 1; GFLOPs or MFLOPs for small custom models. The number columns are
     // as wide as their widest value, with at least two spaces between them.
@@ -202,6 +213,9 @@ Command add_flops_command(CLI::App& app) {
     grid->excludes(frames)->excludes(height)->excludes(width);
     cmd->add_option("--iterations,-t", o->iterations, "Monarch iterations t")->capture_default_str();
     cmd->add_flag("--no-recompute", o->no_recompute, "leave out the frame-0 recompute (the paper's Table 1 count)");
+    cmd->add_option("--sink-frames", o->sink_frames, "key frames 0..S-1 attended exactly by every query (spec 3b)")
+        ->capture_default_str();
+    cmd->add_option("--window-radius", o->window_radius, "key frames within r of the query frame attended exactly");
     cmd->add_option("--batch", o->batch, "batch size (CFG doubles it)")->capture_default_str();
     cmd->add_flag("--json", o->json,
                   "print JSON: dense_tflops, vmonarch_tflops, attention_dense_tflops, attention_vmonarch_tflops, "

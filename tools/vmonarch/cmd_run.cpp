@@ -42,7 +42,9 @@ int run_command(const RunOptions& o) {
     if (!o.out_dtype.empty()) out_dtype = parse_dtype(o.out_dtype, "--out-dtype");
     // Headers first, then the output paths, then the data: every check that needs no tensor data runs before
     // any data is read, so a typo costs no long read or run.
-    AttentionInputs in = inspect_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout);
+    AttentionInputs in = inspect_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout,
+                                                  o.inputs.text_tokens > 0 ? o.inputs.text_tokens : 0);
+    const std::optional<JointText> joint_text = joint_text_from(o.inputs, in.shape.batch);
     const DType input_dtype = in.dtype;
     const DType compute_dtype = cast.value_or(input_dtype);
     require_device_dtype(device, compute_dtype, "--q " + in.q_path);
@@ -62,6 +64,7 @@ int run_command(const RunOptions& o) {
     {
         ProgressLine progress(o.inputs.progress); // cleared before anything is printed
         AttentionSession session(device, in.q, in.k, in.v, layout, in.shape);
+        if (joint_text) session.set_joint_text(*joint_text);
         result = session.run(o.dense ? Method::dense : Method::vmonarch, grid, options, !o.lse.empty());
     }
     if (result.out.dtype != result_dtype)
@@ -74,10 +77,13 @@ int run_command(const RunOptions& o) {
     const std::string method =
         o.dense ? std::string("dense attention")
                 : "VMonarch t=" + std::to_string(options.iterations) +
-                      (options.recompute_first_frame ? ", frame-0 recompute" : ", no recompute");
+                      (options.recompute_first_frame ? ", frame-0 recompute" : ", no recompute") +
+                      (options.sink_frames > 0 ? ", sink frames " + std::to_string(options.sink_frames) : "") +
+                      (options.window_radius ? ", window radius " + std::to_string(*options.window_radius) : "");
+    const std::string joint = joint_text ? ", " + std::to_string(joint_text->tokens) + " text tokens" : "";
     std::cout << "wrote " << o.out << " " << format_shape(result.out.shape) << " " << to_string(result_dtype)
               << (o.lse.empty() ? "" : " and " + o.lse) << ": " << method << " on " << to_string(device) << " in "
-              << to_string(compute_dtype) << ", grid " << format_grid(grid) << ", "
+              << to_string(compute_dtype) << ", grid " << format_grid(grid) << joint << ", "
               << format_seconds(result.seconds) << kept_tensors_note(plan) << "\n";
 
     // Written, but NaN/inf in a result is never passed off as success.

@@ -142,8 +142,8 @@ ModelFlops model_flops(const ModelSpec& model, const VideoGrid& grid, const Opti
                                                   std::to_string(model.text_len) + " overflows int64");
         r.linear = L * B * n_all * D * (8 * D + 4 * F);
         r.attention_dense = L * B * heads * 4 * n_all * n_all * d;
-        const double text_parts = 4 * n_video * text * d + 4 * text * n_all * d;
-        r.attention_vmonarch = L * (video.vmonarch + B * heads * text_parts);
+        // joint_flops: the text keys join every video query's exact group, text queries are exact (spec §4).
+        r.attention_vmonarch = L * joint_flops(grid, model.text_len, model.head_dim, model.heads, batch, options).vmonarch;
     }
     r.total_dense = r.linear + r.attention_dense;
     r.total_vmonarch = r.linear + r.attention_vmonarch;
