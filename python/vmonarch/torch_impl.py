@@ -15,7 +15,7 @@ differentiates through it too (the exact gradient).
 
 Numerics (spec §5): bfloat16/float16 inputs are computed in float32 (compute_dtype overrides this, e.g.
 compute_dtype=torch.bfloat16 for an all-bf16 composition); the output has q's dtype, the LSE the compute
-dtype.
+dtype. Autocast is switched off inside (it would lower the compute dtype of the matrix products).
 
 Memory. No N×N matrix is formed. The R-step logits of one key frame are HW×HW per (batch, head); they are
 formed for a chunk of (batch, head, key frame) blocks at a time, at most max(HW², max_logits) logits per
@@ -187,6 +187,14 @@ def attention(
         raise TypeError(f"{_FN}: argument 'compute_dtype' is {compute_dtype!r}, expected None or one of "
                         "torch.bfloat16, torch.float16, torch.float32, torch.float64")
 
+    # Autocast would run the matrix products in half precision: the compute dtype is ours to choose.
+    with torch.autocast(q.device.type, enabled=False):
+        return _attention(q, k, v, grid, layout, iterations, clamp, recompute_first_frame, scale, return_lse,
+                          entropy_grad, compute_dtype, max_logits, checkpoint)
+
+
+def _attention(q, k, v, grid, layout, iterations, clamp, recompute_first_frame, scale, return_lse, entropy_grad,
+               compute_dtype, max_logits, checkpoint):
     T, H, W = grid
     HW = H * W
     tok = 1 if layout == "bshd" else 2

@@ -288,3 +288,13 @@ def test_errors():
         ti.attention(q, k, v, grid, compute_dtype=torch.int32)
     with pytest.raises(ValueError, match="k is on meta, expected cpu like q"):
         ti.attention(q, k.to("meta"), v, grid)
+
+
+def test_autocast_does_not_lower_the_compute_dtype():
+    grid = (3, 2, 2)
+    q, k, v = (x.float() for x in make_qkv("video", 1, 2, grid, 16, "bshd", seed=2))
+    want = ti.attention(q, k, v, grid)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ti.attention(q, k, v, grid)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
