@@ -57,9 +57,13 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="small CPU configuration (what CI runs)")
     p.add_argument("--device", default=None, help="cuda when available, else cpu")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds − 1")
     p.add_argument("--out-dir", default="out/finetune_tiny_dit")
     p.add_argument("--plot", metavar="JSON", default=None, help="only draw the PNG of an earlier run's JSON")
+    p.add_argument("--merge", metavar="JSON", nargs="+", default=None,
+                   help="combine the seeds of earlier runs with one configuration (e.g. one seed per process, "
+                        "--first-seed) into <out-dir>/finetune_tiny_dit.json and .png")
     for name in CONFIGS["default"]:
         kind = float if name == "lr" else int
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
@@ -326,6 +330,35 @@ def plot(report, png_path: pathlib.Path) -> bool:
     return True
 
 
+def write_report(report, out_dir: pathlib.Path):
+    json_path, png_path = out_dir / "finetune_tiny_dit.json", out_dir / "finetune_tiny_dit.png"
+    write_atomically(json_path, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(report, indent=1)))
+    for line in verdict_lines(report):
+        print(line)
+    print(f"wrote {json_path} ({report['seconds']:.0f} s in all)")
+    if plot(report, png_path):
+        print(f"wrote {png_path}")
+    else:
+        print(f"matplotlib is not installed: no PNG; draw it elsewhere with --plot {json_path}")
+
+
+def merge(paths, out_dir: pathlib.Path):
+    reports = [json.loads(pathlib.Path(p).read_text()) for p in paths]
+    for p, r in zip(paths[1:], reports[1:]):
+        if r["config"] != reports[0]["config"]:
+            sys.exit(f"finetune_tiny_dit: --merge {p} has another configuration than {paths[0]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if any((out_dir / "finetune_tiny_dit.json").resolve() == pathlib.Path(p).resolve() for p in paths):
+        sys.exit(f"finetune_tiny_dit: --merge would overwrite its input {out_dir / 'finetune_tiny_dit.json'}")
+    report = dict(reports[0])
+    report["seeds"] = sorted((s for r in reports for s in r["seeds"]), key=lambda s: s["seed"])
+    report["seconds"] = sum(r["seconds"] for r in reports)
+    report["merged_from"] = [str(p) for p in paths]
+    report["summary"] = summarise(report["seeds"], report["config"])
+    write_report(report, out_dir)
+    return 0
+
+
 def main(argv=None):
     args, cfg = parse_args(argv)
     if args.plot:
@@ -338,6 +371,8 @@ def main(argv=None):
             sys.exit("finetune_tiny_dit: --plot needs matplotlib (pip install matplotlib)")
         print(f"wrote {png}")
         return 0
+    if args.merge:
+        return merge(args.merge, pathlib.Path(args.out_dir))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit(f"finetune_tiny_dit: argument --device is {args.device!r} but torch sees no CUDA device")
@@ -370,21 +405,13 @@ def main(argv=None):
 
     held_out = HeldOut(cfg, device)
     start = time.time()
-    seeds = [run_seed(seed, cfg, device, held_out, backends, autocast, log) for seed in range(args.seeds)]
+    seeds = [run_seed(seed, cfg, device, held_out, backends, autocast, log) for seed in range(args.first_seed, args.first_seed + args.seeds)]
     report = {"config": cfg, "grid": list(grid), "parameters": params, "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
               "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "noise_levels": list(NOISE_LEVELS),
               "attention_paths": paths, "seconds": time.time() - start, "seeds": seeds}
     report["summary"] = summarise(seeds, cfg)
-    json_path, png_path = out_dir / "finetune_tiny_dit.json", out_dir / "finetune_tiny_dit.png"
-    write_atomically(json_path, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(report, indent=1)))
-    for line in verdict_lines(report):
-        log(line)
-    log(f"wrote {json_path} ({report['seconds']:.0f} s in all)")
-    if plot(report, png_path):
-        log(f"wrote {png_path}")
-    else:
-        log(f"matplotlib is not installed: no PNG; draw it elsewhere with --plot {json_path}")
+    write_report(report, out_dir)
     return 0
 
 
