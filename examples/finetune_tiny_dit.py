@@ -270,6 +270,9 @@ def verdict_lines(report):
         lines.append(f"  after {cfg['finetune_steps']} steps: {arm:15s}  {fmt(s['final'][arm]['mean'])}")
     for arm in ARMS[:2]:
         c = s["closure"][arm]
+        if not s["gap_training_free"]["mean"] > 0:
+            lines.append(f"VERDICT {arm}: no training-free gap to close (VMonarch is not worse than dense here)")
+            continue
         verdict = "PASS" if c["closes_half"] else "FAIL"
         lines.append(f"VERDICT {arm}: closes {100 * c['closed_fraction']:.0f} % of the training-free gap to the "
                      f"dense control within {c['steps']} steps (criterion >= 50 %): {verdict}"
