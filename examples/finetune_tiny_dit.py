@@ -1,286 +1,422 @@
-"""Fine-tuning a tiny video DiT with VMonarch attention (spec §7: the backward pass), on the CPU.
+#!/usr/bin/env python3
+"""Fine-tuning demonstration: a small video DiT trained with dense attention, switched to VMonarch.
 
-What it does, per seed:
-  1. trains a small video diffusion transformer with dense attention on generated moving-shape videos
-     (rectified-flow objective: predict noise - video from a noisy video and its noise level);
-  2. switches its self-attention to VMonarch without training: the training-free loss gap;
-  3. fine-tunes three copies from there: VMonarch with the paper's gradient (cL constant), VMonarch with
-     the exact gradient (entropy_grad=True), and dense attention continued (the control);
-and writes the evaluation-loss curves (mean over seeds) as a PNG and the numbers as JSON.
+Protocol, for each seed (default 3):
+  1. pretrain the TinyVideoDiT (tiny_dit.py) with dense attention (torch SDPA) as a rectified-flow
+     denoiser on generated moving-shape videos;
+  2. evaluate it on held-out videos at fixed noise levels with dense attention and, training-free, with
+     VMonarch attention: the gap;
+  3. from the same weights and optimizer state, fine-tune three arms for the same steps on the same data:
+     VMonarch with the paper's gradient (cL constant), VMonarch with the exact gradient, and dense
+     attention continued (the control).
+Success criterion (issue: at most 300 steps): the fine-tuned VMonarch model closes at least half of the
+training-free gap to dense, i.e. mean(VMonarch − dense control after fine-tuning) <= 0.5 · mean(VMonarch
+training-free − dense pretrained), means over the seeds.
 
-    python examples/finetune_tiny_dit.py --out finetune_out            # the full demonstration (CPU, long)
-    python examples/finetune_tiny_dit.py --tiny --out /tmp/ft           # seconds: what CI runs
+    python examples/finetune_tiny_dit.py                  # GPU default (cuda when available)
+    python examples/finetune_tiny_dit.py --tiny           # small CPU run (CI), well under 2 minutes
+    python examples/finetune_tiny_dit.py --plot out/finetune_tiny_dit/finetune_tiny_dit.json   # PNG again
 
-The VMonarch backward runs on the CPU only in this version (the CUDA backward is not written yet), so
-the whole demonstration runs on the CPU.
+Writes <out-dir>/finetune_tiny_dit.json (every number) and <out-dir>/finetune_tiny_dit.png (loss curves;
+needs matplotlib, else the JSON only and a note how to draw it later with --plot).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import math
 import os
-import struct
+import pathlib
+import platform
+import sys
+import tempfile
 import time
-import zlib
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-import vmonarch
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import tiny_dit  # noqa: E402
 
+NOISE_LEVELS = (0.25, 0.5, 0.75)
+ARMS = ("vmonarch_paper", "vmonarch_exact", "dense_control")
+EVAL_SEED = 987_654_321        # held-out videos: a seed no training batch uses
 
-# --- data: moving shapes ---------------------------------------------------------------------------------
-def moving_shapes(n, frames, size, generator):
-    """n videos [n, frames, 3, size, size] in [-1, 1]: 1-3 squares or discs with constant velocity."""
-    ys = torch.arange(size, dtype=torch.float32).view(1, size, 1)
-    xs = torch.arange(size, dtype=torch.float32).view(1, 1, size)
-    videos = torch.full((n, frames, 3, size, size), -1.0)
-    for b in range(n):
-        for _ in range(int(torch.randint(1, 4, (1,), generator=generator))):
-            color = torch.rand(3, generator=generator) * 2 - 1
-            radius = float(torch.rand(1, generator=generator)) * size / 6 + size / 10
-            pos = torch.rand(2, generator=generator) * size
-            vel = (torch.rand(2, generator=generator) * 2 - 1) * size / (2 * frames)
-            disc = bool(torch.rand(1, generator=generator) < 0.5)
-            for t in range(frames):
-                cy, cx = (pos + t * vel).tolist()
-                if disc:
-                    mask = (ys - cy) ** 2 + (xs - cx) ** 2 <= radius ** 2
-                else:
-                    mask = ((ys - cy).abs() <= radius) & ((xs - cx).abs() <= radius)
-                videos[b, t] = torch.where(mask, color.view(3, 1, 1), videos[b, t])
-    return videos
+# Sizes: the GPU default (grid 8×16×16 = 2048 tokens, head_dim 64 so the CUDA kernels apply) and --tiny.
+CONFIGS = {
+    "default": dict(frames=8, size=32, patch=2, dim=256, depth=4, heads=4, batch=8, pretrain_steps=1500,
+                    finetune_steps=300, eval_every=25, pretrain_evals=10, eval_videos=64, lr=5e-4),
+    "tiny": dict(frames=4, size=8, patch=2, dim=32, depth=2, heads=2, batch=8, pretrain_steps=150,
+                 finetune_steps=30, eval_every=10, pretrain_evals=3, eval_videos=16, lr=2e-3),
+}
 
 
-def patchify(video, patch):
-    """[B, T, C, H, W] -> [B, T*(H/p)*(W/p), C*p*p], tokens frame-major (n = i*h*w + y*w + x)."""
-    B, T, C, H, W = video.shape
-    h, w = H // patch, W // patch
-    x = video.reshape(B, T, C, h, patch, w, patch).permute(0, 1, 3, 5, 2, 4, 6)
-    return x.reshape(B, T * h * w, C * patch * patch)
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="small CPU configuration (what CI runs)")
+    p.add_argument("--device", default=None, help="cuda when available, else cpu")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds − 1")
+    p.add_argument("--out-dir", default="out/finetune_tiny_dit")
+    p.add_argument("--plot", metavar="JSON", default=None, help="only draw the PNG of an earlier run's JSON")
+    p.add_argument("--merge", metavar="JSON", nargs="+", default=None,
+                   help="combine the seeds of earlier runs with one configuration (e.g. one seed per process, "
+                        "--first-seed) into <out-dir>/finetune_tiny_dit.json and .png")
+    for name in CONFIGS["default"]:
+        kind = float if name == "lr" else int
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                       help=f"default {CONFIGS['default'][name]} (--tiny: {CONFIGS['tiny'][name]})")
+    p.add_argument("--finetune-lr", type=float, default=None, help="default 0.3 × lr (constant)")
+    p.add_argument("--iterations", type=int, default=2, help="VMonarch iterations t")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of torch (default: 1 with --tiny, which on a busy 2-core machine is much "
+                        "faster than 2 spinning threads; else torch's default)")
+    args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        p.error(f"argument --threads: {args.threads}, expected >= 1")
+    if args.seeds < 1:
+        p.error(f"argument --seeds: {args.seeds}, expected >= 1")
+    cfg = dict(CONFIGS["tiny" if args.tiny else "default"])
+    for name in cfg:
+        if getattr(args, name) is not None:
+            cfg[name] = getattr(args, name)
+    for name, value in cfg.items():
+        if value <= 0 and name not in ("pretrain_steps", "finetune_steps"):
+            p.error(f"argument --{name.replace('_', '-')}: {value}, expected > 0")
+        if value < 0:
+            p.error(f"argument --{name.replace('_', '-')}: {value}, expected >= 0")
+    if cfg["size"] % cfg["patch"]:
+        p.error(f"argument --size: {cfg['size']} is not a multiple of --patch {cfg['patch']}")
+    if cfg["dim"] % cfg["heads"]:
+        p.error(f"argument --dim: {cfg['dim']} is not a multiple of --heads {cfg['heads']}")
+    cfg["finetune_lr"] = args.finetune_lr if args.finetune_lr is not None else 0.3 * cfg["lr"]
+    cfg["iterations"] = args.iterations
+    return args, cfg
 
 
-# --- model ---------------------------------------------------------------------------------------------
-class Block(nn.Module):
-    def __init__(self, width, heads):
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
-        self.mod = nn.Linear(width, 2 * width)  # timestep -> scale and shift of the attention input
-
-    def forward(self, x, temb, attend):
-        B, N, D = x.shape
-        scale, shift = self.mod(temb).unsqueeze(1).chunk(2, -1)
-        h = self.norm1(x) * (1 + scale) + shift
-        q, k, v = self.qkv(h).view(B, N, 3, self.heads, D // self.heads).unbind(2)  # [B, N, heads, d] views
-        x = x + self.proj(attend(q, k, v).reshape(B, N, D))
-        return x + self.mlp(self.norm2(x))
+# --- data, loss, evaluation --------------------------------------------------------------------------
+def batch_generator(seed: int, phase: int, step: int) -> torch.Generator:
+    """Training batches are a function of (seed, phase, step): every fine-tuning arm sees the same data."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + phase) * 10_000_019 + step) % (2**63))
 
 
-class TinyDiT(nn.Module):
-    def __init__(self, tokens, patch_dim, width, depth, heads):
-        super().__init__()
-        self.embed = nn.Linear(patch_dim, width)
-        self.pos = nn.Parameter(torch.randn(1, tokens, width) * 0.02)
-        self.time = nn.Sequential(nn.Linear(64, width), nn.SiLU(), nn.Linear(width, width))
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, patch_dim))
-
-    def forward(self, x, t, attend):
-        freqs = torch.exp(-math.log(1000.0) * torch.arange(32, dtype=x.dtype) / 32)
-        temb = self.time(torch.cat([torch.sin(t[:, None] * 1000 * freqs), torch.cos(t[:, None] * 1000 * freqs)], -1))
-        h = self.embed(x) + self.pos
-        for block in self.blocks:
-            h = block(h, temb, attend)
-        return self.out(h)
+def flow_loss(model, attention, video, t, noise, autocast):
+    """Rectified flow: x_t = (1 − t)·x_0 + t·ε; the model predicts the velocity ε − x_0 (MSE)."""
+    tb = t[:, None, None, None, None]
+    with autocast():
+        pred = model((1 - tb) * video + tb * noise, t, attention)
+    return (pred.float() - (noise - video)).square().mean(dim=(1, 2, 3, 4))
 
 
-def dense_attend(q, k, v):
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+class HeldOut:
+    """Fixed held-out videos and noise: the loss at each noise level in NOISE_LEVELS."""
+
+    def __init__(self, cfg, device):
+        g = torch.Generator().manual_seed(EVAL_SEED)
+        self.videos = tiny_dit.moving_shapes(cfg["eval_videos"], cfg["frames"], cfg["size"], g).to(device)
+        self.noise = torch.randn((len(NOISE_LEVELS),) + tuple(self.videos.shape), generator=g).to(device)
+        self.batch = cfg["batch"]
+
+    @torch.no_grad()
+    def evaluate(self, model, attention, autocast):
+        model.eval()
+        levels = []
+        for i, level in enumerate(NOISE_LEVELS):
+            total = 0.0
+            for s in range(0, len(self.videos), self.batch):
+                v, n = self.videos[s:s + self.batch], self.noise[i, s:s + self.batch]
+                t = torch.full((len(v),), level, device=v.device)
+                total += float(flow_loss(model, attention, v, t, n, autocast).sum())
+            levels.append(total / len(self.videos))
+        model.train()
+        return {"mean": sum(levels) / len(levels), "levels": levels}
 
 
-def vmonarch_attend(grid, entropy_grad):
-    def attend(q, k, v):
-        return vmonarch.attention(q, k, v, grid=grid, layout="bshd", entropy_grad=entropy_grad)
-    return attend
+def train(model, opt, attention, cfg, seed, phase, steps, lr_at, device, autocast, on_eval=None, eval_every=0):
+    """`steps` AdamW steps; on_eval(step) after every eval_every steps (and at step 0)."""
+    losses = []
+    if on_eval:
+        on_eval(0)
+    for step in range(steps):
+        g = batch_generator(seed, phase, step)
+        video = tiny_dit.moving_shapes(cfg["batch"], cfg["frames"], cfg["size"], g).to(device)
+        t = torch.sigmoid(torch.randn(cfg["batch"], generator=g)).to(device)   # logit-normal times
+        noise = torch.randn(video.shape, generator=g).to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = flow_loss(model, attention, video, t, noise, autocast).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"training loss became {losses[-1]} at step {step} (phase {phase})")
+        if on_eval and eval_every and (step + 1) % eval_every == 0:
+            on_eval(step + 1)
+    return losses
 
 
-def flow_loss(model, x0, attend, t=None, noise=None, generator=None):
-    """Rectified flow: x_t = (1 - t)·x0 + t·noise; the model predicts noise - x0."""
-    if t is None:
-        t = torch.rand(x0.shape[0], generator=generator)
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator)
-    xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
-    return F.mse_loss(model(xt, t, attend), noise - x0)
+def pretrain_lr(cfg):
+    warmup, total, lr = max(1, cfg["pretrain_steps"] // 20), max(1, cfg["pretrain_steps"]), cfg["lr"]
+
+    def at(step):  # linear warm-up, then cosine decay to 0.2·lr
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+    return at
 
 
-# --- the experiment -----------------------------------------------------------------------------------
-def run_seed(seed, cfg, log):
-    g = torch.Generator().manual_seed(seed)
+# --- one seed ----------------------------------------------------------------------------------------
+def run_seed(seed, cfg, device, held_out, backends, autocast, log):
     torch.manual_seed(seed)
-    size, patch, frames = cfg["size"], cfg["patch"], cfg["frames"]
-    grid = (frames, size // patch, size // patch)
-    tokens = grid[0] * grid[1] * grid[2]
-    patch_dim = 3 * patch * patch
-    train = patchify(moving_shapes(cfg["train_videos"], frames, size, g), patch)
-    evalset = patchify(moving_shapes(cfg["eval_videos"], frames, size, g), patch)
-    eval_t = torch.rand(evalset.shape[0], generator=g)
-    eval_noise = torch.randn(evalset.shape, generator=g)
+    model = tiny_dit.TinyVideoDiT(cfg["frames"], cfg["size"], cfg["patch"], cfg["dim"], cfg["depth"],
+                                  cfg["heads"]).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
+    result = {"seed": seed, "pretrain_curve": [], "arms": {}}
+    every = max(1, cfg["pretrain_steps"] // max(1, cfg["pretrain_evals"]))
 
-    def evaluate(model, attend):
-        with torch.no_grad():
-            return float(flow_loss(model, evalset, attend, eval_t, eval_noise))
+    def pre_eval(step):
+        result["pretrain_curve"].append({"step": step, **held_out.evaluate(model, backends["dense"], autocast)})
 
-    def train_steps(model, attend, steps, lr, curve=None, label=""):
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-        for step in range(1, steps + 1):
-            idx = torch.randint(0, train.shape[0], (cfg["batch"],), generator=g)
-            loss = flow_loss(model, train[idx], attend, generator=g)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            if curve is not None and (step % cfg["eval_every"] == 0 or step == steps):
-                curve.append((step, evaluate(model, curve_attend[label])))
-        return model
-
-    model = TinyDiT(tokens, patch_dim, cfg["width"], cfg["depth"], cfg["heads"])
-    params = sum(p.numel() for p in model.parameters())
-    curve_attend = {"vmonarch": vmonarch_attend(grid, False), "vmonarch_exact": vmonarch_attend(grid, True),
-                    "dense": dense_attend}
     start = time.time()
-    train_steps(model, dense_attend, cfg["pretrain_steps"], cfg["lr"])
-    dense0 = evaluate(model, dense_attend)
-    vm0 = evaluate(model, curve_attend["vmonarch"])
-    log(f"seed {seed}: {params:,} parameters, grid {grid}; after {cfg['pretrain_steps']} dense steps "
-        f"eval loss dense {dense0:.4f}, VMonarch training-free {vm0:.4f} ({time.time() - start:.0f} s)")
-    curves = {}
-    for label in ("vmonarch", "vmonarch_exact", "dense"):
-        copy = TinyDiT(tokens, patch_dim, cfg["width"], cfg["depth"], cfg["heads"])
-        copy.load_state_dict(model.state_dict())
-        curve = [(0, vm0 if label != "dense" else dense0)]
-        train_steps(copy, curve_attend[label], cfg["finetune_steps"], cfg["finetune_lr"], curve, label)
-        curves[label] = curve
-        log(f"seed {seed}: fine-tuned {label}: eval loss {curve[-1][1]:.4f} ({time.time() - start:.0f} s)")
-    return {"seed": seed, "parameters": params, "grid": grid, "dense_pretrained": dense0,
-            "vmonarch_training_free": vm0, "curves": curves}
+    result["pretrain_train_loss"] = train(model, opt, backends["dense"], cfg, seed, 0, cfg["pretrain_steps"],
+                                          pretrain_lr(cfg), device, autocast, pre_eval, every)
+    result["pretrain_seconds"] = time.time() - start
+    if result["pretrain_curve"][-1]["step"] != cfg["pretrain_steps"]:
+        pre_eval(cfg["pretrain_steps"])
+    result["dense_pretrained"] = result["pretrain_curve"][-1]
+    result["vmonarch_training_free"] = held_out.evaluate(model, backends["vmonarch_paper"], autocast)
+    log(f"seed {seed}: pretrained {cfg['pretrain_steps']} steps in {result['pretrain_seconds']:.1f} s; eval loss "
+        f"dense {result['dense_pretrained']['mean']:.5f}, VMonarch training-free "
+        f"{result['vmonarch_training_free']['mean']:.5f}")
+
+    for arm in ARMS:
+        arm_model = copy.deepcopy(model)
+        arm_opt = torch.optim.AdamW(arm_model.parameters(), lr=cfg["finetune_lr"], betas=(0.9, 0.99),
+                                    weight_decay=0.0)
+        arm_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        attention = backends[arm]
+        curve = []
+        on_eval = lambda step: curve.append({"step": step, **held_out.evaluate(arm_model, attention, autocast)})
+        start = time.time()
+        train_loss = train(arm_model, arm_opt, attention, cfg, seed, 1, cfg["finetune_steps"],
+                           lambda step: cfg["finetune_lr"], device, autocast, on_eval, cfg["eval_every"])
+        if curve[-1]["step"] != cfg["finetune_steps"]:
+            on_eval(cfg["finetune_steps"])
+        result["arms"][arm] = {"curve": curve, "train_loss": train_loss, "seconds": time.time() - start,
+                               "final": curve[-1]}
+        log(f"seed {seed}: {arm:15s} {cfg['finetune_steps']} steps in {time.time() - start:.1f} s, eval loss "
+            f"{curve[0]['mean']:.5f} -> {curve[-1]['mean']:.5f}")
+    return result
 
 
-def gap_closed(result, label):
-    """Fraction of the training-free gap (VMonarch - dense) closed after fine-tuning, against the control."""
-    gap0 = result["vmonarch_training_free"] - result["dense_pretrained"]
-    gap = result["curves"][label][-1][1] - result["curves"]["dense"][-1][1]
-    return 1 - gap / gap0 if gap0 > 0 else float("nan")
+# --- summary -----------------------------------------------------------------------------------------
+def mean_std(values):
+    values = [float(v) for v in values]
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": m, "std": sd, "values": values}
 
 
-# --- a PNG of the curves, without plotting libraries -------------------------------------------------
-def write_png(path, rgb):
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + bytes(rgb[y].flatten().tolist()) for y in range(h))
+def summarise(seeds, cfg):
+    def stat(get):
+        return {"mean": mean_std(get(s)["mean"] for s in seeds),
+                "levels": [mean_std(get(s)["levels"][i] for s in seeds) for i in range(len(NOISE_LEVELS))]}
 
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
-                chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-
-def plot_curves(path, curves, reference_levels, width=640, height=400):
-    """Mean eval-loss curves (one colour each) with dashed horizontal reference levels."""
-    img = torch.full((height, width, 3), 255, dtype=torch.uint8)
-    pad = 40
-    values = [v for c in curves.values() for _, v in c] + list(reference_levels.values())
-    lo, hi = min(values), max(values)
-    hi = hi if hi > lo else lo + 1
-    steps = max(s for c in curves.values() for s, _ in c) or 1
-
-    def to_px(step, value):
-        x = pad + (width - 2 * pad) * step / steps
-        y = height - pad - (height - 2 * pad) * (value - lo) / (hi - lo)
-        return x, y
-
-    def line(p0, p1, color, dashed=False):
-        n = int(max(abs(p1[0] - p0[0]), abs(p1[1] - p0[1]))) + 1
-        for i in range(n + 1):
-            if dashed and (i // 6) % 2:
-                continue
-            x = round(p0[0] + (p1[0] - p0[0]) * i / n)
-            y = round(p0[1] + (p1[1] - p0[1]) * i / n)
-            img[max(0, y - 1):y + 1, max(0, x - 1):x + 1] = torch.tensor(color, dtype=torch.uint8)
-
-    line((pad, height - pad), (width - pad, height - pad), (0, 0, 0))
-    line((pad, pad), (pad, height - pad), (0, 0, 0))
-    colors = {"vmonarch": (200, 40, 40), "vmonarch_exact": (230, 140, 0), "dense": (30, 90, 200)}
-    for label, level in reference_levels.items():
-        line(to_px(0, level), to_px(steps, level), colors.get(label, (120, 120, 120)), dashed=True)
-    for label, curve in curves.items():
-        for (s0, v0), (s1, v1) in zip(curve, curve[1:]):
-            line(to_px(s0, v0), to_px(s1, v1), colors[label])
-    write_png(path, img.numpy())
+    summary = {"dense_pretrained": stat(lambda s: s["dense_pretrained"]),
+               "vmonarch_training_free": stat(lambda s: s["vmonarch_training_free"]),
+               "final": {arm: stat(lambda s, a=arm: s["arms"][a]["final"]) for arm in ARMS}}
+    gap0 = mean_std(s["vmonarch_training_free"]["mean"] - s["dense_pretrained"]["mean"] for s in seeds)
+    summary["gap_training_free"] = gap0
+    summary["closure"] = {}
+    for arm in ARMS[:2]:
+        gap = mean_std(s["arms"][arm]["final"]["mean"] - s["arms"]["dense_control"]["final"]["mean"] for s in seeds)
+        gap_pre = mean_std(s["arms"][arm]["final"]["mean"] - s["dense_pretrained"]["mean"] for s in seeds)
+        closed = 1 - gap["mean"] / gap0["mean"] if gap0["mean"] > 0 else float("nan")
+        summary["closure"][arm] = {
+            "gap_to_dense_control": gap, "gap_to_dense_pretrained": gap_pre,
+            "closed_fraction": closed,
+            "closed_fraction_vs_pretrained_dense": 1 - gap_pre["mean"] / gap0["mean"] if gap0["mean"] > 0 else float("nan"),
+            "steps": cfg["finetune_steps"], "closes_half": bool(closed >= 0.5),
+            "steps_to_half": steps_to_half(seeds, arm, gap0["mean"]),
+        }
+    return summary
 
 
-def mean_curves(results):
-    labels = results[0]["curves"].keys()
-    return {label: [(s, sum(r["curves"][label][i][1] for r in results) / len(results))
-                    for i, (s, _) in enumerate(results[0]["curves"][label])] for label in labels}
+def steps_to_half(seeds, arm, gap0):
+    """First evaluated fine-tuning step at which the mean (over seeds) gap to the dense control at the same
+    step is at most half the training-free gap; None if never."""
+    for i, point in enumerate(seeds[0]["arms"][arm]["curve"]):
+        gap = sum(s["arms"][arm]["curve"][i]["mean"] - s["arms"]["dense_control"]["curve"][i]["mean"]
+                  for s in seeds) / len(seeds)
+        if gap0 > 0 and gap <= 0.5 * gap0:
+            return point["step"]
+    return None
+
+
+def verdict_lines(report):
+    s, cfg = report["summary"], report["config"]
+    fmt = lambda x: f"{x['mean']:.5f} ± {x['std']:.5f}"
+    lines = [f"eval loss (mean over noise levels {', '.join(map(str, NOISE_LEVELS))}; mean ± std over "
+             f"{len(report['seeds'])} seeds):",
+             f"  dense, pretrained ({cfg['pretrain_steps']} steps)   {fmt(s['dense_pretrained']['mean'])}",
+             f"  VMonarch, training-free              {fmt(s['vmonarch_training_free']['mean'])}"
+             f"   gap {fmt(s['gap_training_free'])}"]
+    for arm in ARMS:
+        lines.append(f"  after {cfg['finetune_steps']} steps: {arm:15s}  {fmt(s['final'][arm]['mean'])}")
+    for arm in ARMS[:2]:
+        c = s["closure"][arm]
+        if not s["gap_training_free"]["mean"] > 0:
+            lines.append(f"VERDICT {arm}: no training-free gap to close (VMonarch is not worse than dense here)")
+            continue
+        verdict = "PASS" if c["closes_half"] else "FAIL"
+        lines.append(f"VERDICT {arm}: closes {100 * c['closed_fraction']:.0f} % of the training-free gap to the "
+                     f"dense control within {c['steps']} steps (criterion >= 50 %): {verdict}"
+                     f" [vs the pretrained dense model: {100 * c['closed_fraction_vs_pretrained_dense']:.0f} %;"
+                     f" half reached at step {c['steps_to_half']}]")
+    return lines
+
+
+# --- files -------------------------------------------------------------------------------------------
+def write_atomically(path: pathlib.Path, write):
+    """write(tmp_path) then rename: a reader never sees a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def plot(report, png_path: pathlib.Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    seeds, cfg, s = report["seeds"], report["config"], report["summary"]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for r in seeds:
+        c = r["pretrain_curve"]
+        ax0.plot([p["step"] for p in c], [p["mean"] for p in c], marker="o", ms=3, label=f"seed {r['seed']}")
+    ax0.set(title="pretraining, dense attention", xlabel="step", ylabel="held-out eval loss", yscale="log")
+    ax0.legend()
+    colours = {"vmonarch_paper": "tab:red", "vmonarch_exact": "tab:purple", "dense_control": "tab:blue"}
+    names = {"vmonarch_paper": "VMonarch, paper gradient (cL constant)", "vmonarch_exact": "VMonarch, exact gradient",
+             "dense_control": "dense, continued (control)"}
+    for arm in ARMS:
+        steps = [p["step"] for p in seeds[0]["arms"][arm]["curve"]]
+        per_seed = [[p["mean"] for p in r["arms"][arm]["curve"]] for r in seeds]
+        m = [sum(v) / len(v) for v in zip(*per_seed)]
+        sd = [mean_std(v)["std"] for v in zip(*per_seed)]
+        ax1.plot(steps, m, color=colours[arm], label=names[arm])
+        ax1.fill_between(steps, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)],
+                         color=colours[arm], alpha=0.15)
+    ax1.axhline(s["dense_pretrained"]["mean"]["mean"], color="tab:blue", ls=":", lw=1, label="dense, pretrained")
+    ax1.set(title=f"fine-tuning (mean ± std of {len(seeds)} seeds)", xlabel="fine-tuning step",
+            ylabel="held-out eval loss")
+    ax1.legend(fontsize=8)
+    closure = s["closure"]
+    fig.suptitle(f"tiny video DiT, grid {'×'.join(map(str, report['grid']))}, {report['parameters'] / 1e6:.2f} M "
+                 f"parameters, {report['device']}: gap closed {100 * closure['vmonarch_paper']['closed_fraction']:.0f} % "
+                 f"(paper gradient), {100 * closure['vmonarch_exact']['closed_fraction']:.0f} % (exact)", fontsize=10)
+    fig.tight_layout()
+    write_atomically(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return True
+
+
+def write_report(report, out_dir: pathlib.Path):
+    json_path, png_path = out_dir / "finetune_tiny_dit.json", out_dir / "finetune_tiny_dit.png"
+    write_atomically(json_path, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(report, indent=1)))
+    for line in verdict_lines(report):
+        print(line)
+    print(f"wrote {json_path} ({report['seconds']:.0f} s in all)")
+    if plot(report, png_path):
+        print(f"wrote {png_path}")
+    else:
+        print(f"matplotlib is not installed: no PNG; draw it elsewhere with --plot {json_path}")
+
+
+def merge(paths, out_dir: pathlib.Path):
+    reports = [json.loads(pathlib.Path(p).read_text()) for p in paths]
+    for p, r in zip(paths[1:], reports[1:]):
+        if r["config"] != reports[0]["config"]:
+            sys.exit(f"finetune_tiny_dit: --merge {p} has another configuration than {paths[0]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if any((out_dir / "finetune_tiny_dit.json").resolve() == pathlib.Path(p).resolve() for p in paths):
+        sys.exit(f"finetune_tiny_dit: --merge would overwrite its input {out_dir / 'finetune_tiny_dit.json'}")
+    report = dict(reports[0])
+    report["seeds"] = sorted((s for r in reports for s in r["seeds"]), key=lambda s: s["seed"])
+    report["seconds"] = sum(r["seconds"] for r in reports)
+    report["merged_from"] = [str(p) for p in paths]
+    report["summary"] = summarise(report["seeds"], report["config"])
+    write_report(report, out_dir)
+    return 0
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="finetune_out", help="folder for curves.png and results.json")
-    ap.add_argument("--tiny", action="store_true", help="a seconds-long run (CI): tiny model, few steps, 1 seed")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
-    ap.add_argument("--pretrain-steps", type=int, default=800)
-    ap.add_argument("--finetune-steps", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="override a setting of the configuration, e.g. --set width=96 depth=4 frames=5 size=16")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = dict(size=24, patch=4, frames=9, width=192, depth=6, heads=6, batch=16, lr=3e-4, finetune_lr=1e-4,
-               train_videos=512, eval_videos=64, eval_every=25, pretrain_steps=args.pretrain_steps,
-               finetune_steps=args.finetune_steps)
-    seeds = args.seeds
-    if args.tiny:
-        cfg.update(size=8, patch=4, frames=3, width=32, depth=2, heads=2, batch=4, train_videos=16, eval_videos=4,
-                   eval_every=2, pretrain_steps=4, finetune_steps=4)
-        seeds = 1
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in cfg or not value:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(cfg))}")
-        cfg[key] = type(cfg[key])(value)
-    if cfg["size"] % cfg["patch"] or cfg["width"] % cfg["heads"]:
-        raise SystemExit(f"size {cfg['size']} must be a multiple of patch {cfg['patch']} and width "
-                         f"{cfg['width']} of heads {cfg['heads']}")
-    os.makedirs(args.out, exist_ok=True)
-    log_path = os.path.join(args.out, "log.txt")
-    with open(log_path, "w") as logf:
-        def log(msg):
-            print(msg, flush=True)
-            logf.write(msg + "\n")
-            logf.flush()
+    args, cfg = parse_args(argv)
+    if args.plot:
+        path = pathlib.Path(args.plot)
+        report = json.loads(path.read_text())
+        png = path.with_suffix(".png")
+        if png.exists() and png.samefile(path):
+            sys.exit(f"finetune_tiny_dit: --plot {path} would overwrite its own input")
+        if not plot(report, png):
+            sys.exit("finetune_tiny_dit: --plot needs matplotlib (pip install matplotlib)")
+        print(f"wrote {png}")
+        return 0
+    if args.merge:
+        return merge(args.merge, pathlib.Path(args.out_dir))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"finetune_tiny_dit: argument --device is {args.device!r} but torch sees no CUDA device")
+    threads = args.threads or (1 if args.tiny else None)
+    if threads:
+        torch.set_num_threads(threads)
+    out_dir = pathlib.Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        sys.exit(f"finetune_tiny_dit: argument --out-dir is {str(out_dir)!r}, an existing file, expected a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda"
+                else contextlib.nullcontext)
+    log = lambda msg: print(msg, flush=True)
 
-        results = [run_seed(s, cfg, log) for s in range(args.first_seed, args.first_seed + seeds)]
-        closed = {label: sum(gap_closed(r, label) for r in results) / len(results)
-                  for label in ("vmonarch", "vmonarch_exact")}
-        log("mean fraction of the training-free gap closed after fine-tuning: " +
-            ", ".join(f"{k} {v:.2f}" for k, v in closed.items()))
-    curves = mean_curves(results)
-    levels = {"dense": sum(r["dense_pretrained"] for r in results) / len(results)}
-    plot_curves(os.path.join(args.out, "curves.png"), curves, levels)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"config": cfg, "seeds": results, "mean_curves": curves, "gap_closed": closed}, f, indent=1)
-    return {"results": results, "gap_closed": closed, "mean_curves": curves}
+    head_dim = cfg["dim"] // cfg["heads"]
+    backends = {"dense": tiny_dit.dense_attention, "dense_control": tiny_dit.dense_attention,
+                "vmonarch_paper": tiny_dit.VMonarchAttention(device, head_dim, False, cfg["iterations"]),
+                "vmonarch_exact": tiny_dit.VMonarchAttention(device, head_dim, True, cfg["iterations"])}
+    paths = {arm: {"training": backends[arm].training_path, "operator_backward_unavailable": backends[arm].why_not}
+             for arm in ARMS[:2]}
+    grid = (cfg["frames"], cfg["size"] // cfg["patch"], cfg["size"] // cfg["patch"])
+    probe = tiny_dit.TinyVideoDiT(cfg["frames"], cfg["size"], cfg["patch"], cfg["dim"], cfg["depth"], cfg["heads"])
+    params = tiny_dit.count_parameters(probe)
+    log(f"tiny video DiT: {params / 1e6:.2f} M parameters, grid {grid} ({grid[0] * grid[1] * grid[2]} tokens), "
+        f"{cfg['heads']} heads × {head_dim}, device {device}; VMonarch training path: "
+        + ", ".join(f"{arm} → {p['training']}" for arm, p in paths.items()))
+    for arm, p in paths.items():
+        if p["operator_backward_unavailable"]:
+            log(f"  ({arm}: the operator's backward is not available here: {p['operator_backward_unavailable']})")
+
+    held_out = HeldOut(cfg, device)
+    start = time.time()
+    seeds = [run_seed(seed, cfg, device, held_out, backends, autocast, log) for seed in range(args.first_seed, args.first_seed + args.seeds)]
+    report = {"config": cfg, "grid": list(grid), "parameters": params, "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+              "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "noise_levels": list(NOISE_LEVELS),
+              "attention_paths": paths, "seconds": time.time() - start, "seeds": seeds}
+    report["summary"] = summarise(seeds, cfg)
+    write_report(report, out_dir)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
