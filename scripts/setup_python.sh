@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up the vmonarch PyTorch package on a machine that reaches PyPI (a developer box or CI):
-#   1. torch (see "Which torch" below), numpy, pytest, scikit-build-core, diffusers;
+#   1. torch (see "Which torch" below), numpy, pytest, scikit-build-core, diffusers, matplotlib (the
+#      fine-tuning demo's loss curves);
 #   2. build and install vmonarch's Python package from this checkout (pip install --no-build-isolation).
 #
 # Usage: scripts/setup_python.sh            (idempotent: skips what is already installed)
@@ -96,8 +97,8 @@ fi
 
 # Test and build requirements. diffusers is pinned to the version whose Wan attention processor
 # vmonarch.wan mirrors (python/vmonarch/wan.py); yunchang (pure Python, needs only torch) for the test of
-# vmonarch.distributed's yunchang hook.
-"${PIP[@]}" -q numpy pytest "scikit-build-core>=0.10" "diffusers==0.42.1" "yunchang==0.6.4"
+# vmonarch.distributed's yunchang hook; matplotlib for examples/finetune_tiny_dit.py's PNG.
+"${PIP[@]}" -q numpy pytest "scikit-build-core>=0.10" "diffusers==0.42.1" "yunchang==0.6.4" matplotlib
 
 if [ "${VMONARCH_SKIP_BUILD:-0}" = 1 ]; then
     log "VMONARCH_SKIP_BUILD=1: not building vmonarch"

@@ -59,6 +59,12 @@ struct Options {
     double cr_clamp = 0.1;               // R-step divides by max(cR, clamp); 0 disables the clamp
     bool recompute_first_frame = true;   // exact dense attention for frame-0 queries (spec §3)
     std::optional<double> softmax_scale; // default 1/sqrt(head_dim of q)
+    // Exact key groups merged by log-sum-exp (spec §3b). sink_frames = S >= 0: every key of frames 0..S-1 is
+    // attended exactly by every query and the Monarch fit runs over key frames S..T-1 (S >= T: dense attention).
+    // window_radius = r >= 0: key frames k with |i - k| <= r are exact for query frame i too (none: no window).
+    // The defaults are the paper's (no exact group).
+    std::int64_t sink_frames = 0;
+    std::optional<std::int64_t> window_radius;
 };
 
 // A strided 4-D view [batch, tokens, heads, head_dim]; strides in elements, head_dim stride must be 1.
@@ -101,6 +107,18 @@ struct LseView {
                               std::int64_t tokens, int device_index = 0);
 };
 
+// Extra keys attended exactly by every video query and merged with its Monarch row by log-sum-exp (spec §3b):
+// the text tokens of joint text+video models. k: [B, L, heads, d], v: [B, L, heads, dv], any L >= 0, either
+// layout, own strides, q's dtype and device (with L = 0 the data pointers may be null). lens: host array of
+// B valid prefix lengths in 0..L (keys at positions >= lens[b] are padding and ignored); nullptr = all valid.
+struct ExtraKeys {
+    TensorView k, v;
+    const std::int64_t* lens = nullptr;
+};
+
+// Where the text tokens of a joint sequence sit: before the video (CogVideoX) or after it (HunyuanVideo, Mochi).
+enum class TextPosition { first, last };
+
 // Where CUDA work runs. stream: a cudaStream_t (nullptr = default stream). workspace: caller-owned device
 // memory of at least workspace_bytes(...) bytes, or nullptr to let the library use its own cached buffer.
 struct CudaContext {
@@ -112,9 +130,23 @@ struct CudaContext {
 // VMonarch attention: out = M·V with M the fitted Monarch matrix, frame-0 rows exact when
 // options.recompute_first_frame. q, k: [B, N, heads, d]; v, out: [B, N, heads, dv]. All on one device,
 // one dtype. Throws ArgumentError (see errors.hpp) for every invalid argument, CudaError on CUDA failure.
+// With options.sink_frames / window_radius or extra keys, each row's exact key group (its sink and window
+// key frames and the valid extra keys) is attended exactly and merged with its Monarch row by log-sum-exp
+// (spec §3b); the lse is then logaddexp(Monarch objective, exact group's lse), exact for rows with no
+// Monarch part. Not yet on CUDA: non-default exact groups on cuda throw UnsupportedError.
 void attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                const VideoGrid& grid, const Options& options = {}, const LseView* lse = nullptr,
-               const CudaContext* cuda = nullptr);
+               const CudaContext* cuda = nullptr, const ExtraKeys* extra_keys = nullptr);
+
+// MMDiT self-attention over one sequence of N = grid.tokens() video and text_tokens = L text tokens (spec §3c).
+// q, k: [B, N + L, heads, d]; v, out: [B, N + L, heads, dv]; text tokens first or last, video frame-major.
+// Video queries: VMonarch over the video keys with the valid text keys as extra keys (spec §3b); text queries:
+// exact attention over every valid key. text_lens: host array of B valid text lengths in 0..L (nullptr = all).
+// out and lse ([B, heads, N + L]) come back in the sequence's order; padded text queries are computed too.
+void joint_attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                     const VideoGrid& grid, std::int64_t text_tokens, TextPosition text_position,
+                     const std::int64_t* text_lens = nullptr, const Options& options = {},
+                     const LseView* lse = nullptr, const CudaContext* cuda = nullptr);
 
 // Exact softmax(q·kᵀ·scale)·v with optional per-row log-sum-exp. Never materialises N×N.
 void dense_attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
@@ -128,11 +160,19 @@ std::size_t workspace_bytes(const TensorView& q, const TensorView& v, const Vide
 // Forward FLOPs (spec §4), all batches and heads.
 struct FlopCount {
     double r_steps = 0, l_steps = 0, recompute = 0; // parts of the VMonarch total
+    double exact = 0;                               // exact key groups of the video queries (spec §3b)
+    double text_queries = 0;                        // exact text queries of a joint sequence (spec §3c)
     double vmonarch = 0;
     double dense = 0;
 };
+// Video queries of attention() with extra_tokens extra keys (spec §4, exact groups from options); dense =
+// 4·N·(N + extra_tokens)·d per head. R-steps count only key frames some row fits, L-steps only fitted pairs.
 FlopCount flops(const VideoGrid& grid, std::int64_t head_dim, std::int64_t heads = 1, std::int64_t batch = 1,
-                const Options& options = {});
+                const Options& options = {}, std::int64_t extra_tokens = 0);
+// A joint sequence of grid.tokens() video and text_tokens text tokens (joint_attention): flops(...) with the
+// text as extra keys plus the text queries 4·L·(N + L)·d; dense = 4·(N + L)²·d per head.
+FlopCount joint_flops(const VideoGrid& grid, std::int64_t text_tokens, std::int64_t head_dim,
+                      std::int64_t heads = 1, std::int64_t batch = 1, const Options& options = {});
 
 // Progress of long CPU runs: called with a stage name ("monarch R-step 1/2", "dense", ...) and the
 // fraction done in [0, 1]. Process-wide; pass an empty function to switch it off. Not called on CUDA.

@@ -324,3 +324,192 @@ TORCH_LIBRARY_IMPL(vmonarch, CUDA, m) {
     m.impl("attention", &attention_impl);
     m.impl("dense_attention", &dense_impl);
 }
+
+// ---- exact key groups (spec §3b) and joint text+video sequences (spec §3c) ------------------------------
+// vmonarch::attention_exact_groups: attention with sink frames, a temporal window and extra (text) keys.
+// vmonarch::joint_attention: one MMDiT sequence of video and text tokens, text first or last.
+// Valid text lengths come as an integer tensor [B] (text_lens) or a bool key-padding mask [B, L] that must be
+// a prefix (text_mask); both are read on the host.
+namespace {
+
+void check_text_tensor(const char* fn, const char* name, const at::Tensor& t, const at::Tensor& q) {
+    TORCH_CHECK_VALUE(t.dim() == 4, fn, ": ", name, " has ", t.dim(), " dimensions, expected 4 (like q)");
+    TORCH_CHECK_VALUE(t.device() == q.device(), fn, ": ", name, " is on ", t.device(), ", expected ", q.device(),
+                      " like q");
+    TORCH_CHECK_TYPE(t.scalar_type() == q.scalar_type(), fn, ": ", name, " has dtype ", t.scalar_type(),
+                     ", expected ", q.scalar_type(), " like q");
+}
+
+// Per-batch valid text lengths from text_lens ([B] integers) or text_mask ([B, L] bool prefix); none: all valid.
+std::optional<std::vector<int64_t>> text_lengths(const char* fn, const std::optional<at::Tensor>& lens,
+                                                 const std::optional<at::Tensor>& mask, int64_t batch, int64_t L) {
+    TORCH_CHECK_VALUE(!(lens && mask), fn, ": text_lens and text_mask are both given, expected at most one");
+    if (lens) {
+        TORCH_CHECK_TYPE(!at::isFloatingType(lens->scalar_type()) && lens->scalar_type() != at::kBool, fn,
+                         ": text_lens has dtype ", lens->scalar_type(), ", expected an integer tensor");
+        TORCH_CHECK_VALUE(lens->dim() == 1 && lens->size(0) == batch, fn, ": text_lens has shape ", lens->sizes(),
+                          ", expected [", batch, "] (one valid length per batch element)");
+        const at::Tensor host = lens->to(at::kCPU, at::kLong).contiguous();
+        const int64_t* p = host.data_ptr<int64_t>();
+        return std::vector<int64_t>(p, p + batch);
+    }
+    if (mask) {
+        TORCH_CHECK_TYPE(mask->scalar_type() == at::kBool, fn, ": text_mask has dtype ", mask->scalar_type(),
+                         ", expected torch.bool (True = valid key)");
+        TORCH_CHECK_VALUE(mask->dim() == 2 && mask->size(0) == batch && mask->size(1) == L, fn,
+                          ": text_mask has shape ", mask->sizes(), ", expected [", batch, ", ", L, "]");
+        const at::Tensor host = mask->to(at::kCPU).contiguous();
+        const bool* p = host.data_ptr<bool>();
+        std::vector<int64_t> out(static_cast<std::size_t>(batch));
+        for (int64_t b = 0; b < batch; ++b) {
+            int64_t n = 0;
+            while (n < L && p[b * L + n]) ++n;
+            for (int64_t i = n; i < L; ++i)
+                TORCH_CHECK_VALUE(!p[b * L + i], fn, ": text_mask[", b, "] is not a key-padding prefix (True at ", i,
+                                  " after False at ", n, "), expected the valid text tokens first");
+            out[static_cast<std::size_t>(b)] = n;
+        }
+        return out;
+    }
+    return std::nullopt;
+}
+
+vmonarch::Options exact_options_of(const char* fn, int64_t iterations, double clamp, bool recompute,
+                                   std::optional<double> scale, int64_t sink_frames,
+                                   std::optional<int64_t> window_radius) {
+    vmonarch::Options o = options_of(fn, iterations, clamp, recompute, scale);
+    o.sink_frames = sink_frames;
+    o.window_radius = window_radius;
+    return o;
+}
+
+// Calls f(ctx) with a CudaContext on torch's current stream and a workspace for `workspace_of` (CUDA), or
+// f(nullptr) on the CPU (and for CUDA tensors in builds without kernels: the library raises then).
+template <typename F>
+void with_context(const Prepared& p, const vmonarch::TensorView& video_q, const vmonarch::TensorView& video_v,
+                  const vmonarch::VideoGrid& g, const vmonarch::Options& opts, F&& f) {
+#ifdef VMONARCH_WITH_CUDA
+    if (p.q.is_cuda()) {
+        c10::cuda::CUDAGuard guard(p.q.device());
+        std::size_t ws_bytes = 0;
+        translate_errors([&] { ws_bytes = vmonarch::workspace_bytes(video_q, video_v, g, opts); });
+        at::Tensor workspace =
+            at::empty({static_cast<int64_t>(std::max<std::size_t>(ws_bytes, 1))}, p.q.options().dtype(at::kByte));
+        vmonarch::CudaContext ctx;
+        ctx.stream = at::cuda::getCurrentCUDAStream(p.q.device().index()).stream();
+        ctx.workspace = workspace.data_ptr();
+        ctx.workspace_bytes = ws_bytes;
+        translate_errors([&] { f(&ctx); });
+        return;
+    }
+#else
+    (void)video_q, (void)video_v, (void)g, (void)opts;
+#endif
+    translate_errors([&] { f(static_cast<const vmonarch::CudaContext*>(nullptr)); });
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_exact_impl(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::IntArrayRef grid, int64_t iterations,
+    double clamp, bool recompute_first_frame, std::optional<double> scale, c10::string_view layout, bool return_lse,
+    int64_t sink_frames, std::optional<int64_t> window_radius, const std::optional<at::Tensor>& text_k,
+    const std::optional<at::Tensor>& text_v, const std::optional<at::Tensor>& text_lens) {
+    const char* fn = "vmonarch.attention";
+    const Layout lay = parse_layout(layout);
+    const vmonarch::VideoGrid g = grid_of(fn, grid);
+    const vmonarch::Options opts = exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames,
+                                                    window_radius);
+    Prepared p = prepare_all(fn, q, k, v, lay, return_lse);
+    TORCH_CHECK_VALUE(text_k.has_value() == text_v.has_value(), fn, ": ", text_k ? "text_k" : "text_v",
+                      " is given without ", text_k ? "text_v" : "text_k", ", expected both or neither");
+    TORCH_CHECK_VALUE(text_k || !text_lens, fn, ": text_lens is given without text_k/text_v");
+    at::Tensor tk, tv;
+    std::optional<std::vector<int64_t>> lens;
+    vmonarch::ExtraKeys extra;
+    if (text_k) {
+        check_text_tensor(fn, "text_k", *text_k, q);
+        check_text_tensor(fn, "text_v", *text_v, q);
+        tk = prepare(*text_k);
+        tv = prepare(*text_v);
+        extra.k = view_of(tk, lay);
+        extra.v = view_of(tv, lay);
+        lens = text_lengths(fn, text_lens, std::nullopt, p.qv.batch(), extra.k.tokens());
+        extra.lens = lens ? lens->data() : nullptr;
+    }
+    const vmonarch::LseView* lse = return_lse ? &p.lv : nullptr;
+    with_context(p, p.qv, p.vv, g, opts, [&](const vmonarch::CudaContext* ctx) {
+        vmonarch::attention(p.qv, p.kv, p.vv, p.ov, g, opts, lse, ctx, text_k ? &extra : nullptr);
+    });
+    return {p.out, p.lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> joint_attention_impl(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::IntArrayRef grid, int64_t text_len,
+    bool text_first, const std::optional<at::Tensor>& text_lens, const std::optional<at::Tensor>& text_mask,
+    int64_t iterations, double clamp, bool recompute_first_frame, std::optional<double> scale,
+    c10::string_view layout, bool return_lse, int64_t sink_frames, std::optional<int64_t> window_radius) {
+    const char* fn = "vmonarch.joint_attention";
+    const Layout lay = parse_layout(layout);
+    const vmonarch::VideoGrid g = grid_of(fn, grid);
+    const vmonarch::Options opts = exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames,
+                                                    window_radius);
+    Prepared p = prepare_all(fn, q, k, v, lay, return_lse);
+    TORCH_CHECK_VALUE(text_len >= 0 && text_len <= p.qv.tokens(), fn, ": text_len is ", text_len, ", expected 0..",
+                      p.qv.tokens(), " (the sequence's tokens)");
+    const auto lens = text_lengths(fn, text_lens, text_mask, p.qv.batch(), text_len);
+    const vmonarch::LseView* lse = return_lse ? &p.lv : nullptr;
+    vmonarch::TensorView video_q = p.qv, video_v = p.vv; // the workspace covers the video part
+    video_q.shape[1] = video_v.shape[1] = p.qv.tokens() - text_len;
+    with_context(p, video_q, video_v, g, opts, [&](const vmonarch::CudaContext* ctx) {
+        vmonarch::joint_attention(p.qv, p.kv, p.vv, p.ov, g, text_len,
+                                  text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last,
+                                  lens ? lens->data() : nullptr, opts, lse, ctx);
+    });
+    return {p.out, p.lse};
+}
+
+std::vector<double> exact_flops_impl(at::IntArrayRef grid, int64_t head_dim, int64_t heads, int64_t batch,
+                                     int64_t iterations, bool recompute_first_frame, int64_t sink_frames,
+                                     std::optional<int64_t> window_radius, int64_t text_len, bool joint) {
+    const char* fn = "vmonarch.flops";
+    const vmonarch::VideoGrid g = grid_of(fn, grid);
+    const vmonarch::Options opts = exact_options_of(fn, iterations, 0.1, recompute_first_frame,
+                                                    std::nullopt, sink_frames, window_radius);
+    vmonarch::FlopCount f;
+    translate_errors([&] {
+        f = joint ? vmonarch::joint_flops(g, text_len, head_dim, heads, batch, opts)
+                  : vmonarch::flops(g, head_dim, heads, batch, opts, text_len);
+    });
+    return {f.r_steps, f.l_steps, f.recompute, f.vmonarch, f.dense, f.exact, f.text_queries};
+}
+
+} // namespace
+
+TORCH_LIBRARY_FRAGMENT(vmonarch, m) {
+    m.def("attention_exact_groups(Tensor q, Tensor k, Tensor v, int[] grid, int iterations=2, float clamp=0.1, "
+          "bool recompute_first_frame=True, float? scale=None, str layout=\"bshd\", bool return_lse=False, "
+          "int sink_frames=0, int? window_radius=None, Tensor? text_k=None, Tensor? text_v=None, "
+          "Tensor? text_lens=None) -> (Tensor out, Tensor lse)");
+    m.def("joint_attention(Tensor q, Tensor k, Tensor v, int[] grid, int text_len, bool text_first=False, "
+          "Tensor? text_lens=None, Tensor? text_mask=None, int iterations=2, float clamp=0.1, "
+          "bool recompute_first_frame=True, float? scale=None, str layout=\"bshd\", bool return_lse=False, "
+          "int sink_frames=0, int? window_radius=None) -> (Tensor out, Tensor lse)");
+    m.def("exact_flops(int[] grid, int head_dim, int heads=1, int batch=1, int iterations=2, "
+          "bool recompute_first_frame=True, int sink_frames=0, int? window_radius=None, int text_len=0, "
+          "bool joint=False) -> float[]",
+          &exact_flops_impl);
+}
+
+TORCH_LIBRARY_IMPL(vmonarch, ADInplaceOrView, m) {
+    m.impl("attention_exact_groups", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
+    m.impl("joint_attention", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
+}
+
+TORCH_LIBRARY_IMPL(vmonarch, CPU, m) {
+    m.impl("attention_exact_groups", &attention_exact_impl);
+    m.impl("joint_attention", &joint_attention_impl);
+}
+
+TORCH_LIBRARY_IMPL(vmonarch, CUDA, m) {
+    m.impl("attention_exact_groups", &attention_exact_impl);
+    m.impl("joint_attention", &joint_attention_impl);
+}

@@ -5,9 +5,10 @@
     out = vmonarch.attention(q, k, v, grid=(T, H, W), layout="bhsd")  # q, k, v: [B, heads, T*H*W, d]
 
 Tokens are frame-major (token n = i*H*W + j). CPU: bfloat16, float16, float32, float64. CUDA: bfloat16
-and float16 (head_dim 64 or 128); float32 CUDA tensors raise TypeError. Forward only: backward and
-forward-mode AD raise NotImplementedError. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original
-(Wan2.1 code base).
+and float16 (head_dim 64 or 128); float32 CUDA tensors raise TypeError. attention() is differentiable
+on the CPU (spec §7, torch.autograd); its CUDA backward, dense_attention's backward and forward-mode AD
+raise NotImplementedError. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original (Wan2.1 code
+base).
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import _ops
+from . import _exact, _ops
 from ._args import ITERATIONS, check_bool, check_float, check_grid, check_int
 
 __version__ = "0.1.0"
-__all__ = ["attention", "dense_attention", "flops", "FlopCount", "cuda_built", "cuda_available"]
+__all__ = ["attention", "joint_attention", "dense_attention", "flops", "FlopCount", "cuda_built", "cuda_available"]
 
 _LAYOUTS = ("bshd", "bhsd")
 
@@ -50,6 +51,14 @@ def attention(
     recompute_first_frame: bool = True,
     scale: Optional[float] = None,
     return_lse: bool = False,
+    sink_frames: int = 0,
+    window_radius: Optional[int] = None,
+    text_k: Optional[torch.Tensor] = None,
+    text_v: Optional[torch.Tensor] = None,
+    text_lens=None,
+    entropy_grad: bool = False,
+    deterministic: bool = False,
+    save_state: bool = False,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """VMonarch attention over a video's T*H*W tokens (spec: shared/spec/VMONARCH.md).
 
@@ -63,6 +72,17 @@ def attention(
         scale: softmax scale, default 1/sqrt(d).
         return_lse: also return the per-row log-sum-exp [B, heads, N] (float32; float64 for float64 CPU
             inputs): the Monarch row objective, exact for recomputed rows.
+        sink_frames: S >= 0; the keys of frames 0..S-1 are attended exactly by every query and merged with
+            its Monarch row by log-sum-exp (spec §3b); S >= T gives dense attention. Default 0 (the paper).
+        window_radius: r >= 0 or None; key frames within r of the query's frame are exact too (spec §3b).
+        text_k, text_v: extra keys/values [B, L, heads, d] (in `layout`, any L >= 0) attended exactly by every
+            query (text tokens); text_lens: valid prefix length per batch element (list or int tensor [B]).
+        CUDA tensors take only the defaults for now (others raise NotImplementedError).
+        entropy_grad: backward through the R-step entropy cL too (the exact gradient); default False is
+            the paper's gradient, which treats cL as a constant.
+        deterministic: bitwise repeatable backward (the CPU backward always is).
+        save_state: keep the training forward's intermediates for the backward (about 2 KB per token
+            per head at d = 128, t = 2) instead of rerunning the forward inside the backward (default).
 
     Returns out in q's layout and dtype ([B, N, heads, dv] or [B, heads, N, dv]), or (out, lse).
     Raises ValueError for invalid shapes/values (tensors on different devices among them), TypeError for
@@ -76,9 +96,63 @@ def attention(
     clamp = check_float(fn, "clamp", clamp, lo=0.0, what="a finite float >= 0 (0 disables the clamp)")
     recompute_first_frame = check_bool(fn, "recompute_first_frame", recompute_first_frame)
     return_lse = check_bool(fn, "return_lse", return_lse)
-    out, lse = _ops.ops.attention(q, k, v, list(grid), iterations, clamp, recompute_first_frame,
-                                  _check_scale(fn, scale), layout, return_lse)
+    scale = _check_scale(fn, scale)
+    entropy_grad = check_bool(fn, "entropy_grad", entropy_grad)
+    deterministic = check_bool(fn, "deterministic", deterministic)
+    save_state = check_bool(fn, "save_state", save_state)
+    if _exact.wanted(sink_frames, window_radius, text_k, text_v, text_lens):
+        return _exact.attention(q, k, v, grid, layout, iterations, clamp, recompute_first_frame, scale,
+                                return_lse, sink_frames, window_radius, text_k, text_v, text_lens)
+    if (torch.is_grad_enabled() and q.device.type == "cpu"
+            and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v))):
+        # Gradients wanted: the training forward, whose autograd rule carries the backward options.
+        out, lse, _ = _ops.ops.attention_train(q, k, v, list(grid), iterations, clamp, recompute_first_frame, scale,
+                                               layout, entropy_grad, deterministic, save_state)
+        return (out, lse) if return_lse else out
+    out, lse = _ops.ops.attention(q, k, v, list(grid), iterations, clamp, recompute_first_frame, scale, layout,
+                                  return_lse)
     return (out, lse) if return_lse else out
+
+
+def joint_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    grid: Sequence[int],
+    text_len: int,
+    text_first: bool = False,
+    text_lens=None,
+    text_mask: Optional[torch.Tensor] = None,
+    layout: str = "bshd",
+    iterations: int = 2,
+    clamp: float = 0.1,
+    recompute_first_frame: bool = True,
+    scale: Optional[float] = None,
+    return_lse: bool = False,
+    sink_frames: int = 0,
+    window_radius: Optional[int] = None,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """MMDiT self-attention over one sequence of N = T*H*W video and text_len text tokens (spec §3c).
+
+    q, k, v: [B, N + L, heads, d] ("bshd") or [B, heads, N + L, d] ("bhsd"); the text comes first
+    (text_first=True, CogVideoX) or last (HunyuanVideo, Mochi); the video part is frame-major. Video queries
+    get VMonarch over the video keys merged with the valid text keys by log-sum-exp (and sink_frames /
+    window_radius as in attention()); text queries get exact attention over every valid key. Valid text:
+    text_lens (list or int tensor [B] of prefix lengths) or text_mask (bool [B, L] key-padding mask, which
+    must be a prefix: ValueError otherwise); default all valid. Returns out (and lse [B, heads, N + L]) in the
+    sequence's order; padded text queries are computed like the others. CPU only for now when text_len > 0.
+    """
+    fn = "vmonarch.joint_attention"
+    _check_common(fn, q, k, v, layout)
+    grid = check_grid(fn, grid)
+    iterations = check_int(fn, "iterations", iterations, *ITERATIONS)
+    clamp = check_float(fn, "clamp", clamp, lo=0.0, what="a finite float >= 0 (0 disables the clamp)")
+    recompute_first_frame = check_bool(fn, "recompute_first_frame", recompute_first_frame)
+    return_lse = check_bool(fn, "return_lse", return_lse)
+    text_first = check_bool(fn, "text_first", text_first)
+    return _exact.joint_attention(q, k, v, grid, text_len, text_first, text_lens, text_mask, layout, iterations,
+                                  clamp, recompute_first_frame, _check_scale(fn, scale), return_lse, sink_frames,
+                                  window_radius)
 
 
 def dense_attention(
@@ -105,11 +179,17 @@ class FlopCount(NamedTuple):
     recompute: float
     vmonarch: float
     dense: float
+    exact: float = 0.0         # exact key groups of the video queries (spec §3b)
+    text_queries: float = 0.0  # exact text queries of a joint sequence (spec §3c)
 
 
 def flops(grid: Sequence[int], head_dim: int, heads: int, batch: int = 1, iterations: int = 2,
-          recompute_first_frame: bool = True) -> FlopCount:
-    """FLOPs of one VMonarch attention call and of dense attention on the same shapes.
+          recompute_first_frame: bool = True, sink_frames: int = 0, window_radius: Optional[int] = None,
+          text_len: int = 0, joint: bool = False) -> FlopCount:
+    """FLOPs of one VMonarch attention call and of dense attention on the same shapes (spec §4).
+
+    sink_frames, window_radius: the exact key groups; text_len: extra (text) keys of every video query;
+    joint=True: a joint sequence (joint_attention) whose text queries and dense cost cover N + text_len.
 
     Raises TypeError for arguments of the wrong type, ValueError for sizes < 1, iterations outside 1..8
     and sizes whose products (T*H*W, batch*T*H*W*heads*head_dim) overflow int64.
@@ -119,7 +199,11 @@ def flops(grid: Sequence[int], head_dim: int, heads: int, batch: int = 1, iterat
     # Ranges and size products are checked once, by the operator (the C++ library's checked sizes).
     sizes = [check_int(fn, name, value) for name, value in
              (("head_dim", head_dim), ("heads", heads), ("batch", batch), ("iterations", iterations))]
-    values = _ops.ops.flops(list(grid), *sizes, check_bool(fn, "recompute_first_frame", recompute_first_frame))
+    recompute_first_frame = check_bool(fn, "recompute_first_frame", recompute_first_frame)
+    if sink_frames != 0 or window_radius is not None or text_len != 0 or joint:
+        return FlopCount(*_exact.flops(fn, grid, sizes, recompute_first_frame, sink_frames, window_radius, text_len,
+                                       check_bool(fn, "joint", joint)))
+    values = _ops.ops.flops(list(grid), *sizes, recompute_first_frame)
     return FlopCount(*values)
 
 

@@ -110,7 +110,7 @@ def _dense_fake(q, k, v, scale=None, layout="bshd", return_lse=False):
     return _fake_outputs("vmonarch.dense_attention", q, k, v, layout, return_lse)
 
 
-# --- autograd: forward only for now -----------------------------------------------------------------
+# --- autograd: dense_attention is forward only; the rules of attention are in _backward.py ---
 def _setup_context(ctx, inputs, output):
     pass
 
@@ -126,7 +126,34 @@ def _no_backward(name):
     return backward
 
 
-torch.library.register_autograd("vmonarch::attention", _no_backward("vmonarch.attention"),
-                                setup_context=_setup_context)
 torch.library.register_autograd("vmonarch::dense_attention", _no_backward("vmonarch.dense_attention"),
                                 setup_context=_setup_context)
+
+
+# --- exact key groups (spec §3b) and joint text+video sequences (spec §3c) -----------------------------
+@torch.library.register_fake("vmonarch::attention_exact_groups")
+def _attention_exact_fake(q, k, v, grid, iterations=2, clamp=0.1, recompute_first_frame=True, scale=None,
+                          layout="bshd", return_lse=False, sink_frames=0, window_radius=None, text_k=None,
+                          text_v=None, text_lens=None):
+    return _attention_fake(q, k, v, grid, iterations, clamp, recompute_first_frame, scale, layout, return_lse)
+
+
+@torch.library.register_fake("vmonarch::joint_attention")
+def _joint_attention_fake(q, k, v, grid, text_len, text_first=False, text_lens=None, text_mask=None, iterations=2,
+                          clamp=0.1, recompute_first_frame=True, scale=None, layout="bshd", return_lse=False,
+                          sink_frames=0, window_radius=None):
+    if len(grid) != 3:
+        raise ValueError(f"vmonarch.joint_attention: grid has {len(grid)} entries, expected 3")
+    tok, _ = _axes(layout)
+    torch._check(grid[0] * grid[1] * grid[2] + text_len == q.shape[tok],
+                 lambda: f"vmonarch.joint_attention: grid {tuple(grid)} plus {text_len} text tokens does not cover "
+                         f"q's {q.shape[tok]} tokens")
+    return _fake_outputs("vmonarch.joint_attention", q, k, v, layout, return_lse)
+
+
+torch.library.register_autograd("vmonarch::attention_exact_groups", _no_backward("vmonarch.attention"),
+                                setup_context=_setup_context)
+torch.library.register_autograd("vmonarch::joint_attention", _no_backward("vmonarch.joint_attention"),
+                                setup_context=_setup_context)
+
+from . import _backward  # noqa: E402,F401  (fake kernels and autograd of the backward pass)

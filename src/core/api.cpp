@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "core/backend.hpp"
+#include "core/backward_problem.hpp"
 #include "core/host_memory.hpp"
 #include "core/progress.hpp"
 
@@ -339,6 +340,19 @@ void check_fit_options(std::string_view fn, const Options& options) {
         fail(fn, "options.cr_clamp", cat("is ", options.cr_clamp, ", expected a finite value >= 0 (0 disables the clamp)"));
 }
 
+void check_tensor_view(std::string_view fn, std::string_view name, const TensorView& t) { check_view(fn, name, t); }
+
+void check_same_kind(std::string_view fn, std::string_view name, const TensorView& t, const TensorView& ref,
+                     std::string_view ref_name) {
+    check_same(fn, name, t, ref, ref_name);
+}
+
+bool views_overlap(std::string_view fn, std::string_view a_name, const TensorView& a, std::string_view b_name,
+                   const TensorView& b) {
+    return overlaps(byte_range(fn, a_name, a.data, a.dtype, a.shape, a.strides),
+                    byte_range(fn, b_name, b.data, b.dtype, b.shape, b.strides));
+}
+
 } // namespace detail
 
 namespace {
@@ -369,9 +383,11 @@ void run_backend(std::string_view fn, const detail::AttentionProblem& p, const V
 } // namespace
 
 void attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-               const VideoGrid& grid, const Options& options, const LseView* lse, const CudaContext* cuda) {
+               const VideoGrid& grid, const Options& options, const LseView* lse, const CudaContext* cuda,
+               const ExtraKeys* extra_keys) {
     constexpr std::string_view fn = "vmonarch::attention";
-    const auto p = detail::check_monarch(fn, q, k, v, out, grid, options, lse);
+    auto p = detail::check_monarch(fn, q, k, v, out, grid, options, lse);
+    detail::attach_exact_groups(fn, options, extra_keys, p);
     run_backend(fn, p, &grid, [&] {
         if (q.device == Device::cuda) {
             detail::cuda_monarch_attention(p, cuda);
@@ -422,7 +438,7 @@ std::size_t workspace_bytes(const TensorView& q, const TensorView& v, const Vide
 }
 
 FlopCount flops(const VideoGrid& grid, std::int64_t head_dim, std::int64_t heads, std::int64_t batch,
-                const Options& options) {
+                const Options& options, std::int64_t extra_tokens) {
     constexpr std::string_view fn = "vmonarch::flops";
     const std::pair<const char*, std::int64_t> dims[3] = {{"grid.T", grid.T}, {"grid.H", grid.H}, {"grid.W", grid.W}};
     for (auto [name, value] : dims)
@@ -432,18 +448,9 @@ FlopCount flops(const VideoGrid& grid, std::int64_t head_dim, std::int64_t heads
     for (auto [name, value] : sizes)
         if (value <= 0) fail(fn, name, cat("is ", value, ", expected >= 1"));
     detail::check_fit_options(fn, options);
-    // spec §4, per head: R-steps (4t+2)·N·b·d, L-steps 4t·N·m·d, recompute 4·b·N·d, dense 4·N²·d (in double:
-    // the counts may exceed int64 even when N does not).
-    const double n = double(grid.T) * double(grid.H) * double(grid.W), b = double(grid.H) * double(grid.W);
-    const double m = double(grid.T);
-    const double d = double(head_dim), t = double(options.iterations), count = double(heads) * double(batch);
-    FlopCount f;
-    f.r_steps = (4 * t + 2) * n * b * d * count;
-    f.l_steps = 4 * t * n * m * d * count;
-    f.recompute = options.recompute_first_frame ? 4 * b * n * d * count : 0.0;
-    f.vmonarch = f.r_steps + f.l_steps + f.recompute;
-    f.dense = 4 * n * n * d * count;
-    return f;
+    detail::check_exact_options(fn, options);
+    if (extra_tokens < 0) fail(fn, "extra_tokens", cat("is ", extra_tokens, ", expected >= 0"));
+    return detail::exact_group_flops(grid, head_dim, heads, batch, options, extra_tokens); // src/core/flops.cpp
 }
 
 bool cuda_available() { return detail::cuda_device_present(); }

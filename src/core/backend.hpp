@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "vmonarch/vmonarch.hpp"
 
@@ -18,11 +19,28 @@ struct AttentionProblem {
     double scale = 0;
 };
 
+// Validated extra keys (ExtraKeys, spec §3b): present when L >= 1; lens[b] in 0..L for every batch element.
+struct ExtraKeysProblem {
+    bool present = false;
+    TensorView k, v;            // [B, L, heads, d] / [B, L, heads, dv]
+    std::int64_t tokens = 0;    // L
+    std::vector<std::int64_t> lens;
+};
+
 struct MonarchProblem : AttentionProblem {
     VideoGrid grid;             // grid.tokens() == q_tokens == kv_tokens
     int iterations = 2;
     double cr_clamp = 0.1;
     bool recompute_first_frame = true;
+    std::int64_t sink_frames = 0;    // S >= 0 (spec §3b)
+    std::int64_t window_radius = -1; // r >= 0, or -1: no window
+    ExtraKeysProblem extra;
+    bool has_exact_groups() const { return sink_frames > 0 || window_radius >= 0 || extra.present; }
+};
+
+// Text queries of a joint sequence (spec §3c): q = the text queries, k/v = the video keys, extra = the text keys.
+struct TextQueryProblem : AttentionProblem {
+    ExtraKeysProblem extra;
 };
 
 // Argument checks (src/core/api.cpp): throw ArgumentError naming the argument; `fn` is the caller shown in
@@ -36,10 +54,28 @@ AttentionProblem check_dense(std::string_view fn, const TensorView& q, const Ten
                              const TensorView& out, std::optional<double> softmax_scale, const LseView* lse);
 void check_fit_options(std::string_view fn, const Options& options); // iterations, cr_clamp
 double resolve_scale(std::string_view fn, const std::optional<double>& scale, std::int64_t head_dim);
+// Single-view checks of api.cpp, shared with src/core/exact_groups.cpp.
+void check_tensor_view(std::string_view fn, std::string_view name, const TensorView& t);
+void check_same_kind(std::string_view fn, std::string_view name, const TensorView& t, const TensorView& ref,
+                     std::string_view ref_name); // dtype and device
+bool views_overlap(std::string_view fn, std::string_view a_name, const TensorView& a, std::string_view b_name,
+                   const TensorView& b);
+
+// Exact key groups (src/core/exact_groups.cpp): checks options.sink_frames / window_radius and the extra keys
+// against p (already checked by check_monarch) and fills p's exact-group fields. CUDA problems with exact groups
+// throw UnsupportedError.
+void check_exact_options(std::string_view fn, const Options& options);
+// The explicit constructions of inspect.hpp know no exact groups: ArgumentError unless S = 0 and no window.
+void check_no_exact_groups(std::string_view fn, const Options& options);
+void attach_exact_groups(std::string_view fn, const Options& options, const ExtraKeys* extra, MonarchProblem& p);
+// FLOPs of flops() (src/core/flops.cpp), arguments already checked.
+FlopCount exact_group_flops(const VideoGrid& grid, std::int64_t head_dim, std::int64_t heads, std::int64_t batch,
+                            const Options& options, std::int64_t extra_tokens);
 
 // CPU backend (src/cpu).
 void cpu_monarch_attention(const MonarchProblem& p);
 void cpu_dense_attention(const AttentionProblem& p);
+void cpu_text_query_attention(const TextQueryProblem& p); // src/cpu/exact_groups_cpu.cpp
 
 // CUDA backend (src/cuda, or src/core/no_cuda.cc in builds without CUDA, which throws UnsupportedError).
 void cuda_monarch_attention(const MonarchProblem& p, const CudaContext* ctx);

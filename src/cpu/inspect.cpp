@@ -202,6 +202,7 @@ std::vector<double> monarch_attention_rows(const TensorView& q, const TensorView
     const char* fn = "vmonarch::monarch_attention_rows";
     check_cpu_head(fn, q, k, batch_index, head_index);
     detail::check_fit_options(fn, options);
+    detail::check_no_exact_groups(fn, options);
     check_queries(fn, query_tokens, q.tokens());
     check_grid(fn, grid, q, k);
     const std::int64_t result_size =
@@ -248,6 +249,7 @@ std::vector<double> monarch_objective_trace(const TensorView& q, const TensorVie
     const char* fn = "vmonarch::monarch_objective_trace";
     check_cpu_head(fn, q, k, batch_index, head_index);
     detail::check_fit_options(fn, options);
+    detail::check_no_exact_groups(fn, options);
     check_grid(fn, grid, q, k);
     return out_of_memory_as_error(fn, grid, q.head_dim(), [&] {
         ExplicitMonarch fit(q, k, grid, options, batch_index, head_index);

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/exact_groups_cpu.hpp"
 #include "cpu/head_ops.hpp"
 #include "cpu/parallel.hpp"
 
@@ -26,7 +27,8 @@ public:
           k_(load_head<Acc>(p.k, b, h, "vmonarch::attention (cpu): k of one head")),
           v_(load_head<Acc>(p.v, b, h, "vmonarch::attention (cpu): v of one head")),
           aL_(allocate_filled(N_ * d_, Acc(0), "vmonarch::attention (cpu): aL of one head (N x d)")),
-          cL_(allocate_filled(N_, Acc(0), "vmonarch::attention (cpu): cL of one head (N)")) {}
+          cL_(allocate_filled(N_, Acc(0), "vmonarch::attention (cpu): cL of one head (N)")),
+          exact_(p.grid.T, p.sink_frames, p.window_radius) {}
 
     // Runs the t alternating steps and the recompute; writes out[b, :, h] and lse[b, h, :].
     void run(std::int64_t b, std::int64_t h) {
@@ -38,11 +40,17 @@ public:
             r_step(it, last);
             l_step(it, last, out.data(), lse.data());
         }
+        const ExtraHead<Acc> extra = load_extra_head<Acc>(p_.extra, b, h);
+        if (p_.has_exact_groups()) // spec §3b: exact key groups merged into the Monarch rows by log-sum-exp
+            merge_exact_groups<Acc>(p_, exact_, q_.data(), k_.data(), v_.data(), extra, out.data(), lse.data());
         if (p_.recompute_first_frame) {
-            // spec §3, first-frame recompute: frame-0 queries get exact attention over all N keys.
+            // spec §3, first-frame recompute: frame-0 queries get exact attention over all N keys (and the
+            // valid extra keys, spec §3b).
             ProgressCounter progress("recompute frame 0", HW_);
             dense_rows<Acc>(q_.data(), HW_, k_.data(), v_.data(), N_, d_, dv_, scale_, out.data(), lse.data(),
                             &progress);
+            merge_exact_keys<Acc>(q_.data(), HW_, extra.keys.data(), extra.values.data(), extra.valid, d_, dv_,
+                                  scale_, out.data(), lse.data());
         }
         store_head_rows(p_.out, b, h, out.data(), 0, N_);
         if (p_.lse) store_lse_rows(*p_.lse, b, h, lse.data(), 0, N_);
@@ -68,6 +76,10 @@ private:
             for (std::int64_t blk = 0; blk < blocks; ++blk) errors.guard([&] {
                 const std::int64_t k = blk / blocks_per_frame, j0 = (blk % blocks_per_frame) * kRows;
                 const std::int64_t rows = std::min(kRows, HW_ - j0);
+                if (!exact_.fitted(k)) { // spec §3b: no query frame fits this key frame
+                    progress.add();
+                    return;
+                }
                 const Acc* keys = k_.data() + k * HW_ * d_;
                 const Acc* values = v_.data() + k * HW_ * dv_;
                 for (std::int64_t r = 0; r < rows; ++r) {
@@ -133,8 +145,17 @@ private:
                     Acc mx = -std::numeric_limits<Acc>::infinity();
                     for (std::int64_t k = 0; k < T_; ++k) {
                         const std::int64_t n = k * HW_ + j;
-                        zi[k] = dot(qi, aL_.data() + n * d_, d_) - cL_[std::size_t(n)];
+                        // spec §3b: the row's exact key frames leave its fit (z = -inf, L = 0).
+                        zi[k] = exact_.exact(i, k) ? -std::numeric_limits<Acc>::infinity()
+                                                   : dot(qi, aL_.data() + n * d_, d_) - cL_[std::size_t(n)];
                         mx = std::max(mx, zi[k]);
+                    }
+                    if (mx == -std::numeric_limits<Acc>::infinity()) { // no Monarch key frame: L row = 0
+                        if (last) {
+                            std::fill(out + (i * HW_ + j) * dv_, out + (i * HW_ + j + 1) * dv_, Acc(0));
+                            lse[i * HW_ + j] = mx;
+                        }
+                        continue; // adds nothing to cR, aR
                     }
                     Acc sum = 0;
                     for (std::int64_t k = 0; k < T_; ++k) sum += std::exp(zi[k] - mx);
@@ -165,6 +186,7 @@ private:
     std::vector<Acc> q_, k_, v_;         // this head, contiguous [N][d] (frame-major tokens)
     std::vector<Acc> aR_, cR_, aL_, cL_; // indexed by token k·HW + j of the key frame k (spec §3)
     std::vector<Acc> y_;
+    const ExactFrames exact_;            // which key frames are exact for each query frame (spec §3b)
 };
 
 template <typename Acc>

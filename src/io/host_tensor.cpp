@@ -1,6 +1,8 @@
 // HostTensor: shape bookkeeping and element-wise dtype conversion (round to nearest even).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <new>
 
 #include "io/io_common.hpp"
 #include "vmonarch/half.hpp"
@@ -63,6 +65,18 @@ std::int64_t checked_self(const HostTensor& t) {
     return n;
 }
 
+// A vector of n elements for a tensor of `shape`; OutOfMemoryError instead of std::bad_alloc.
+template <class T>
+std::vector<T> allocate_values(std::int64_t n, const std::vector<std::int64_t>& shape, const char* what) {
+    try {
+        return std::vector<T>(static_cast<std::size_t>(n));
+    } catch (const std::bad_alloc&) {
+        throw OutOfMemoryError(std::string(what) + " of a tensor of shape " + io::shape_string(shape) +
+                               ": cannot allocate " + std::to_string(std::uint64_t(n) * sizeof(T)) +
+                               " bytes of host memory");
+    }
+}
+
 } // namespace
 
 std::int64_t HostTensor::numel() const { return checked_numel(dtype, shape); }
@@ -71,8 +85,9 @@ HostTensor HostTensor::zeros(DType dtype, std::vector<std::int64_t> shape) {
     const std::int64_t n = checked_numel(dtype, shape);
     HostTensor t;
     t.dtype = dtype;
+    t.bytes = io::allocate_bytes(std::uint64_t(n) * itemsize(dtype),
+                                 "tensor of shape " + io::shape_string(shape) + " " + io::dtype_label(dtype));
     t.shape = std::move(shape);
-    t.bytes.assign(std::size_t(n) * itemsize(dtype), std::byte{0});
     return t;
 }
 
@@ -98,7 +113,7 @@ HostTensor HostTensor::from_floats(const std::vector<float>& values, std::vector
 
 std::vector<float> HostTensor::to_floats() const {
     const std::int64_t n = checked_self(*this);
-    std::vector<float> out(static_cast<std::size_t>(n));
+    std::vector<float> out = allocate_values<float>(n, shape, "HostTensor::to_floats");
     const std::size_t item = itemsize(dtype);
     for (std::size_t i = 0; i < out.size(); ++i) out[i] = float(load(dtype, bytes.data() + i * item));
     return out;
@@ -106,10 +121,32 @@ std::vector<float> HostTensor::to_floats() const {
 
 std::vector<double> HostTensor::to_doubles() const {
     const std::int64_t n = checked_self(*this);
-    std::vector<double> out(static_cast<std::size_t>(n));
-    const std::size_t item = itemsize(dtype);
-    for (std::size_t i = 0; i < out.size(); ++i) out[i] = load(dtype, bytes.data() + i * item);
+    std::vector<double> out = allocate_values<double>(n, shape, "HostTensor::to_doubles");
+    to_doubles(0, n, out.data());
     return out;
+}
+
+void HostTensor::to_doubles(std::int64_t first, std::int64_t count, double* out) const {
+    const std::int64_t n = checked_self(*this);
+    if (first < 0 || count < 0 || first > n || count > n - first)
+        throw ArgumentError("first", "HostTensor::to_doubles: elements [" + std::to_string(first) + ", " +
+                                         std::to_string(first) + " + " + std::to_string(count) +
+                                         ") are outside the tensor's " + std::to_string(n) + " elements");
+    const std::size_t item = itemsize(dtype);
+    const std::byte* base = bytes.data() + std::size_t(first) * item;
+    for (std::size_t i = 0; i < std::size_t(count); ++i) out[i] = load(dtype, base + i * item);
+}
+
+ValueStats HostTensor::value_stats() const {
+    const std::int64_t n = checked_self(*this);
+    const std::size_t item = itemsize(dtype);
+    ValueStats stats;
+    for (std::size_t i = 0; i < std::size_t(n); ++i) {
+        const double x = load(dtype, bytes.data() + i * item);
+        if (!std::isfinite(x)) ++stats.non_finite;
+        else stats.max_abs = std::max(stats.max_abs, std::fabs(x));
+    }
+    return stats;
 }
 
 HostTensor HostTensor::converted(DType to) const {

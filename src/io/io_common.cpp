@@ -1,5 +1,8 @@
 // Shape checks, byte sources (memory / file) and file writing for the tensor-file formats.
 #include <cerrno>
+#include <cstdint>
+#include <new>
+#include <stdexcept>
 #include <cstring>
 #include <filesystem>
 
@@ -78,6 +81,18 @@ void check_writable(const HostTensor& tensor, const std::string& what) {
                                           std::to_string(tensor.bytes.size()));
 }
 
+std::vector<std::byte> allocate_bytes(std::uint64_t count, const std::string& what) {
+    try {
+        if (count > std::uint64_t(PTRDIFF_MAX)) throw std::bad_alloc();
+        return std::vector<std::byte>(std::size_t(count));
+    } catch (const std::bad_alloc&) {
+        throw OutOfMemoryError(what + ": cannot allocate " + std::to_string(count) + " bytes (" +
+                               std::to_string(count >> 20) + " MiB) of host memory");
+    } catch (const std::length_error&) {
+        throw OutOfMemoryError(what + ": cannot allocate " + std::to_string(count) + " bytes of host memory");
+    }
+}
+
 void ByteSource::read(std::uint64_t offset, std::size_t count, void* dst) {
     if (offset > size() || count > size() - offset)
         throw FileFormatError("read of " + std::to_string(count) + " bytes at offset " + std::to_string(offset) +
@@ -93,7 +108,11 @@ FileSource::FileSource(const std::string& path) {
     namespace fs = std::filesystem;
     std::error_code ec;
     const fs::file_status st = fs::status(path, ec);
-    if (!fs::exists(st)) throw FileFormatError("no such file");
+    if (ec && ec != std::errc::no_such_file_or_directory) throw FileFormatError("cannot read: " + ec.message());
+    if (!fs::exists(st)) {
+        if (fs::is_symlink(fs::symlink_status(path, ec))) throw FileFormatError("is a symbolic link to a missing file");
+        throw FileFormatError("no such file");
+    }
     if (fs::is_directory(st)) throw FileFormatError("is a directory, not a tensor file");
     if (!fs::is_regular_file(st)) throw FileFormatError("not a regular file");
     const std::uintmax_t size = fs::file_size(path, ec);
@@ -113,18 +132,6 @@ void FileSource::read_raw(std::uint64_t offset, std::size_t count, void* dst) {
     if (!in_ || std::size_t(in_.gcount()) != count)
         throw FileFormatError("read of " + std::to_string(count) + " bytes at offset " + std::to_string(offset) +
                               " failed (file truncated while reading, or an I/O error)");
-}
-
-void write_file(const std::string& path, const std::string& head,
-                const std::vector<const std::vector<std::byte>*>& payloads) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    if (!out.is_open())
-        throw FileFormatError(path + ": cannot open for writing: " + std::strerror(errno));
-    out.write(head.data(), std::streamsize(head.size()));
-    for (const auto* p : payloads)
-        out.write(reinterpret_cast<const char*>(p->data()), std::streamsize(p->size()));
-    out.close();
-    if (!out) throw FileFormatError(path + ": write failed (disk full or I/O error)");
 }
 
 } // namespace vmonarch::io

@@ -109,9 +109,39 @@ auto with_path(const std::string& path, Fn&& fn) -> decltype(fn()) {
     }
 }
 
-// Writes `head` and then each payload to `path` (truncating); FileFormatError naming the path on failure.
+// `count` bytes for `what` (a tensor's data); OutOfMemoryError saying how much and for what when the
+// allocation fails, never std::bad_alloc.
+std::vector<std::byte> allocate_bytes(std::uint64_t count, const std::string& what);
+
+// Writes `head` and then each payload to `path` through a StagedFile: the file appears whole or not at all.
+// FileFormatError naming the path on failure.
 void write_file(const std::string& path, const std::string& head,
                 const std::vector<const std::vector<std::byte>*>& payloads);
+
+// An .npy header: what it holds and where its data starts (checked against the source's size).
+struct NpyHeader {
+    DType dtype = DType::f32;
+    std::vector<std::int64_t> shape;
+    bool big_endian = false;
+    std::uint64_t data_start = 0, data_bytes = 0;
+};
+NpyHeader read_npy_header(ByteSource& src);
+
+// A .safetensors header: every tensor's dtype, shape and byte range in the data buffer, checked to tile
+// the buffer exactly. Offsets are relative to data_start.
+struct SafetensorsEntry {
+    std::string name;
+    DType dtype = DType::f32;
+    std::vector<std::int64_t> shape;
+    std::uint64_t begin = 0, end = 0;
+};
+struct SafetensorsIndex {
+    std::uint64_t data_start = 0;
+    std::vector<SafetensorsEntry> entries; // in header order
+};
+SafetensorsIndex read_safetensors_index(ByteSource& src);
+// The data of one entry of `index`.
+HostTensor read_safetensors_entry(ByteSource& src, const SafetensorsIndex& index, const SafetensorsEntry& entry);
 
 // Format cores shared by the buffer and file entry points.
 HostTensor read_npy_from(ByteSource& src);

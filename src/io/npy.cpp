@@ -18,7 +18,7 @@ constexpr char kMagic[] = "\x93NUMPY";
 constexpr std::size_t kMagicLen = 6;
 constexpr std::uint32_t kMaxHeaderBytes = 1u << 20; // numpy itself refuses headers over 10000 bytes by default
 
-struct NpyHeader {
+struct HeaderDict {
     std::string descr;
     bool fortran_order = false;
     std::vector<std::int64_t> shape;
@@ -30,8 +30,8 @@ class HeaderParser {
 public:
     explicit HeaderParser(const std::string& text) : s_(text) {}
 
-    NpyHeader parse() {
-        NpyHeader h;
+    HeaderDict parse() {
+        HeaderDict h;
         bool seen_descr = false, seen_order = false, seen_shape = false;
         skip_ws();
         expect('{');
@@ -193,7 +193,7 @@ std::uint32_t load_le(const std::uint8_t* p, int n) {
 
 namespace io {
 
-HostTensor read_npy_from(ByteSource& src) {
+NpyHeader read_npy_header(ByteSource& src) {
     const std::uint64_t size = src.size();
     if (size == 0) throw FileFormatError("empty file (an .npy file starts with \\x93NUMPY)");
     std::uint8_t pre[12] = {};
@@ -222,7 +222,7 @@ HostTensor read_npy_from(ByteSource& src) {
                               std::to_string(kMaxHeaderBytes) + "-byte limit");
     std::string text(header_len, '\0');
     src.read(header_start, header_len, text.data());
-    const NpyHeader h = HeaderParser(text).parse();
+    const HeaderDict h = HeaderParser(text).parse();
 
     const NpyDtype dt = dtype_from_descr(h.descr);
     const std::size_t item = itemsize(dt.dtype);
@@ -233,18 +233,28 @@ HostTensor read_npy_from(ByteSource& src) {
         throw FileFormatError("fortran_order True (column-major) arrays are not supported; save a C-ordered array "
                               "(numpy.ascontiguousarray)");
 
-    const std::uint64_t data_start = header_start + header_len;
-    const std::uint64_t data_bytes = size - data_start;
-    if (data_bytes != std::uint64_t(ss.bytes))
+    NpyHeader header;
+    header.dtype = dt.dtype;
+    header.shape = h.shape;
+    header.big_endian = dt.big_endian;
+    header.data_start = header_start + header_len;
+    header.data_bytes = size - header.data_start;
+    if (header.data_bytes != std::uint64_t(ss.bytes))
         throw FileFormatError("header says shape " + shape_string(h.shape) + " = " + std::to_string(ss.bytes) +
-                              " bytes of " + h.descr + " but the file holds " + std::to_string(data_bytes) +
+                              " bytes of " + h.descr + " but the file holds " + std::to_string(header.data_bytes) +
                               " bytes of data");
+    return header;
+}
+
+HostTensor read_npy_from(ByteSource& src) {
+    const NpyHeader header = read_npy_header(src);
     HostTensor t;
-    t.dtype = dt.dtype;
-    t.shape = h.shape;
-    t.bytes.resize(std::size_t(ss.bytes));
-    src.read(data_start, t.bytes.size(), t.bytes.data());
-    if (dt.big_endian) byte_swap(t.bytes, item);
+    t.dtype = header.dtype;
+    t.shape = header.shape;
+    t.bytes = allocate_bytes(header.data_bytes, "tensor of shape " + shape_string(header.shape) + " " +
+                                                    dtype_label(header.dtype));
+    src.read(header.data_start, t.bytes.size(), t.bytes.data());
+    if (header.big_endian) byte_swap(t.bytes, itemsize(header.dtype));
     return t;
 }
 

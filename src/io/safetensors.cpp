@@ -22,12 +22,7 @@ using io::printable;
 
 constexpr std::uint64_t kMaxHeaderBytes = 100'000'000; // the reference implementation's limit
 
-struct Entry {
-    std::string name;
-    DType dtype;
-    std::vector<std::int64_t> shape;
-    std::uint64_t begin = 0, end = 0;
-};
+using Entry = io::SafetensorsEntry;
 
 const char* st_name(DType dt) {
     switch (dt) {
@@ -137,7 +132,7 @@ void check_metadata(const json& v) {
 
 namespace io {
 
-TensorMap read_safetensors_from(ByteSource& src) {
+SafetensorsIndex read_safetensors_index(ByteSource& src) {
     const std::uint64_t size = src.size();
     if (size == 0) throw FileFormatError("empty file (a .safetensors file starts with an 8-byte header length)");
     if (size < 8)
@@ -205,15 +200,26 @@ TensorMap read_safetensors_from(ByteSource& src) {
         throw FileFormatError("the header describes " + std::to_string(cursor) + " bytes of tensor data but the file holds " +
                               std::to_string(buffer) + " (" + std::to_string(buffer - cursor) + " trailing bytes)");
 
+    SafetensorsIndex index;
+    index.data_start = data_start;
+    index.entries = std::move(entries);
+    return index;
+}
+
+HostTensor read_safetensors_entry(ByteSource& src, const SafetensorsIndex& index, const SafetensorsEntry& e) {
+    HostTensor t;
+    t.dtype = e.dtype;
+    t.shape = e.shape;
+    t.bytes = allocate_bytes(e.end - e.begin, "tensor '" + printable(e.name) + "' of shape " + shape_string(e.shape) +
+                                                  " " + dtype_label(e.dtype));
+    src.read(index.data_start + e.begin, t.bytes.size(), t.bytes.data());
+    return t;
+}
+
+TensorMap read_safetensors_from(ByteSource& src) {
+    const SafetensorsIndex index = read_safetensors_index(src);
     TensorMap out;
-    for (const Entry& e : entries) {
-        HostTensor t;
-        t.dtype = e.dtype;
-        t.shape = e.shape;
-        t.bytes.resize(std::size_t(e.end - e.begin));
-        src.read(data_start + e.begin, t.bytes.size(), t.bytes.data());
-        out.emplace(e.name, std::move(t));
-    }
+    for (const Entry& e : index.entries) out.emplace(e.name, read_safetensors_entry(src, index, e));
     return out;
 }
 
@@ -230,6 +236,29 @@ TensorMap read_safetensors(const std::string& path) {
     return io::with_path(path, [&] {
         io::FileSource src(path);
         return io::read_safetensors_from(src);
+    });
+}
+
+HostTensor read_safetensors_tensor(const std::string& path, const std::string& name) {
+    return io::with_path(path, [&] {
+        io::FileSource src(path);
+        const io::SafetensorsIndex index = io::read_safetensors_index(src);
+        std::string names;
+        for (const Entry& e : index.entries) {
+            if (e.name == name) return io::read_safetensors_entry(src, index, e);
+            if (names.size() < 400) names += std::string(names.empty() ? "" : ", ") + "'" + printable(e.name, 80) + "'";
+        }
+        throw FileFormatError("no tensor named '" + printable(name) + "' (the file holds " +
+                              (names.empty() ? std::string("none") : names) + ")");
+    });
+}
+
+std::map<std::string, TensorInfo> read_safetensors_info(const std::string& path) {
+    return io::with_path(path, [&] {
+        io::FileSource src(path);
+        std::map<std::string, TensorInfo> out;
+        for (const Entry& e : io::read_safetensors_index(src).entries) out[e.name] = TensorInfo{e.dtype, e.shape};
+        return out;
     });
 }
 
@@ -265,6 +294,15 @@ void io::write_safetensors_refs(const std::string& path,
 void write_safetensors(const std::string& path, const TensorMap& tensors) {
     std::vector<std::pair<std::string, const HostTensor*>> refs;
     for (const auto& [name, t] : tensors) refs.emplace_back(name, &t);
+    io::write_safetensors_refs(path, refs);
+}
+
+void write_safetensors_refs(const std::string& path, const std::map<std::string, const HostTensor*>& tensors) {
+    std::vector<std::pair<std::string, const HostTensor*>> refs;
+    for (const auto& [name, t] : tensors) {
+        if (t == nullptr) throw ArgumentError("tensors", path + ": tensor '" + printable(name) + "' is null");
+        refs.emplace_back(name, t);
+    }
     io::write_safetensors_refs(path, refs);
 }
 

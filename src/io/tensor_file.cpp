@@ -33,6 +33,10 @@ PathSpec parse_spec(const std::string& spec, const char* fn) {
     const std::size_t at = lower.find(".safetensors:");
     if (at != std::string::npos) {
         const std::size_t colon = at + std::string(".safetensors").size();
+        if (colon + 1 == spec.size())
+            throw ArgumentError("path", std::string(fn) + ": '" + spec +
+                                            "': empty tensor name after ':'; write FILE.safetensors or "
+                                            "FILE.safetensors:NAME");
         return {spec.substr(0, colon), Format::safetensors, true, spec.substr(colon + 1)};
     }
     throw ArgumentError("path", std::string(fn) + ": '" + spec +
@@ -40,7 +44,8 @@ PathSpec parse_spec(const std::string& spec, const char* fn) {
                                     ".safetensors:tensor_name)");
 }
 
-std::string names_of(const TensorMap& m) {
+template <class Map>
+std::string names_of(const Map& m) {
     std::string s;
     for (const auto& [name, t] : m) {
         (void)t;
@@ -56,18 +61,34 @@ std::string names_of(const TensorMap& m) {
 HostTensor read_tensor(const std::string& path_spec) {
     PathSpec p = parse_spec(path_spec, "read_tensor");
     if (p.format == Format::npy) return read_npy(p.path);
-    TensorMap m = read_safetensors(p.path);
-    if (p.has_name) {
-        auto it = m.find(p.name);
-        if (it == m.end())
-            throw FileFormatError(p.path + ": no tensor named '" + io::printable(p.name) + "' (the file holds " +
-                                  names_of(m) + ")");
-        return std::move(it->second);
-    }
-    if (m.size() != 1)
-        throw FileFormatError(p.path + ": holds " + std::to_string(m.size()) + " tensors (" + names_of(m) +
+    if (p.has_name) return read_safetensors_tensor(p.path, p.name);
+    const std::map<std::string, TensorInfo> infos = read_safetensors_info(p.path);
+    if (infos.size() != 1)
+        throw FileFormatError(p.path + ": holds " + std::to_string(infos.size()) + " tensors (" + names_of(infos) +
                               "); pick one with '" + p.path + ":name'");
-    return std::move(m.begin()->second);
+    return read_safetensors_tensor(p.path, infos.begin()->first);
+}
+
+TensorInfo read_tensor_info(const std::string& path_spec) {
+    PathSpec p = parse_spec(path_spec, "read_tensor_info");
+    if (p.format == Format::npy)
+        return io::with_path(p.path, [&] {
+            io::FileSource src(p.path);
+            const io::NpyHeader h = io::read_npy_header(src);
+            return TensorInfo{h.dtype, h.shape};
+        });
+    const std::map<std::string, TensorInfo> infos = read_safetensors_info(p.path);
+    if (p.has_name) {
+        const auto it = infos.find(p.name);
+        if (it == infos.end())
+            throw FileFormatError(p.path + ": no tensor named '" + io::printable(p.name) + "' (the file holds " +
+                                  names_of(infos) + ")");
+        return it->second;
+    }
+    if (infos.size() != 1)
+        throw FileFormatError(p.path + ": holds " + std::to_string(infos.size()) + " tensors (" + names_of(infos) +
+                              "); pick one with '" + p.path + ":name'");
+    return infos.begin()->second;
 }
 
 void write_tensor(const std::string& path, const HostTensor& tensor, const std::string& name) {

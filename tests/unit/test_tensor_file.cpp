@@ -1,6 +1,9 @@
 // Tensor files: HostTensor conversions, .npy and .safetensors round trips and every rejected input.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <cmath>
 #include <cstring>
@@ -608,6 +611,259 @@ TEST(TensorFileDispatch, UnknownExtension) {
     EXPECT_THROW_WITH(vm::read_tensor("weights.pt"), vm::ArgumentError, ".npy, .safetensors");
     EXPECT_THROW_WITH(vm::write_tensor("out.bin", t), vm::ArgumentError, "'out.bin'");
     EXPECT_THROW_WITH(vm::read_tensor(temp_path("nope.npy")), vm::FileFormatError, "no such file");
+}
+
+
+// ------------------------------------------------------------------------------------------------
+// Failures: no partial files, the real reason, allocation failures as OutOfMemoryError
+
+// Files in `folder` whose name contains `part` (to find leftover temporaries).
+std::vector<std::string> files_containing(const std::string& folder, const std::string& part) {
+    std::vector<std::string> found;
+    for (const auto& entry : std::filesystem::directory_iterator(folder)) {
+        const std::string name = entry.path().filename().string();
+        if (name.find(part) != std::string::npos) found.push_back(name);
+    }
+    return found;
+}
+
+bool built_with_sanitizers() {
+#if defined(__SANITIZE_ADDRESS__)
+    return true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    return true;
+#else
+    return false;
+#endif
+#else
+    return false;
+#endif
+}
+
+// Sets a resource limit for the scope and restores the previous one.
+class ScopedLimit {
+public:
+    ScopedLimit(int resource, rlim_t soft) : resource_(resource) {
+        ::getrlimit(resource_, &saved_);
+        rlimit limit = saved_;
+        limit.rlim_cur = soft;
+        ok_ = ::setrlimit(resource_, &limit) == 0;
+    }
+    ~ScopedLimit() { ::setrlimit(resource_, &saved_); }
+    bool ok() const { return ok_; }
+
+private:
+    int resource_;
+    rlimit saved_{};
+    bool ok_ = false;
+};
+
+TEST(TensorFileFailures, EmptyTensorNameIsRejectedForWritingAndReading) {
+    const auto t = vm::HostTensor::from_floats(ramp(4), {4}, vm::DType::f32);
+    const std::string s = temp_path("empty_name.safetensors");
+    std::filesystem::remove(s);
+    EXPECT_THROW_WITH(vm::write_tensor(s + ":", t), vm::ArgumentError, "empty tensor name after ':'");
+    EXPECT_FALSE(std::filesystem::exists(s));
+    vm::write_tensor(s, t);
+    EXPECT_THROW_WITH(vm::read_tensor(s + ":"), vm::ArgumentError, "empty tensor name after ':'");
+    std::filesystem::remove(s);
+}
+
+TEST(TensorFileFailures, SymlinkLoopIsReportedAsALoop) {
+    const std::string a = temp_path("loop_a.npy"), b = temp_path("loop_b.npy");
+    std::filesystem::remove(a);
+    std::filesystem::remove(b);
+    std::filesystem::create_symlink(b, a);
+    std::filesystem::create_symlink(a, b);
+    EXPECT_THROW_WITH(vm::read_npy(a), vm::FileFormatError, "Too many levels of symbolic links");
+    EXPECT_THROW_WITH(vm::read_tensor(a), vm::FileFormatError, a + ": ");
+    std::filesystem::remove(a);
+    std::filesystem::remove(b);
+}
+
+// A write that fails half-way (here: past RLIMIT_FSIZE, with SIGXFSZ ignored so write() returns EFBIG) leaves
+// the previous file untouched and no temporary file behind.
+TEST(TensorFileFailures, FailedWriteKeepsTheOldFileAndLeavesNoTemporary) {
+    const std::string path = temp_path("failed_write.npy");
+    const auto old_tensor = vm::HostTensor::from_floats(ramp(8), {2, 4}, vm::DType::f32);
+    vm::write_npy(path, old_tensor);
+    const Bytes before = read_bytes(path);
+    const std::string stem = "vmonarch_tf_" + std::to_string(::getpid()) + "_failed_write.npy";
+    const std::size_t files_before = files_containing(::testing::TempDir(), stem).size();
+
+    const auto big = vm::HostTensor::from_floats(ramp(64 * 1024), {64, 1024}, vm::DType::f32); // 256 KiB
+    {
+        const auto previous = std::signal(SIGXFSZ, SIG_IGN);
+        ScopedLimit limit(RLIMIT_FSIZE, 16 * 1024);
+        ASSERT_TRUE(limit.ok());
+        EXPECT_THROW_WITH(vm::write_npy(path, big), vm::FileFormatError, "write failed");
+        EXPECT_THROW_WITH(vm::write_tensor(temp_path("failed_new.safetensors"), big), vm::FileFormatError,
+                          "write failed");
+        std::signal(SIGXFSZ, previous);
+    }
+    EXPECT_EQ(read_bytes(path), before);
+    EXPECT_EQ(files_containing(::testing::TempDir(), stem).size(), files_before);
+    EXPECT_FALSE(std::filesystem::exists(temp_path("failed_new.safetensors")));
+    EXPECT_TRUE(files_containing(::testing::TempDir(),
+                                    "vmonarch_tf_" + std::to_string(::getpid()) + "_failed_new.safetensors")
+                    .empty());
+    std::filesystem::remove(path);
+}
+
+TEST(TensorFileFailures, ImpossibleAllocationIsOutOfMemoryError) {
+    if (built_with_sanitizers()) GTEST_SKIP() << "ASan aborts on impossible allocations instead of failing them";
+    EXPECT_THROW_WITH(vm::HostTensor::zeros(vm::DType::f32, {std::int64_t(1) << 58}), vm::OutOfMemoryError,
+                      "cannot allocate 1152921504606846976 bytes");
+}
+
+// A 4 GiB tensor (a sparse file: no disk space) under a 1 GiB address-space limit: an OutOfMemoryError that
+// says what, never std::bad_alloc.
+TEST(TensorFileFailures, TensorTooLargeForMemoryIsOutOfMemoryError) {
+    if (built_with_sanitizers()) GTEST_SKIP() << "ASan needs more address space than the limit leaves";
+    const std::string path = temp_path("huge.npy");
+    std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (1073741824,), }";
+    dict.append(64 - (10 + dict.size() + 1) % 64, ' ');
+    dict += '\n';
+    write_bytes(path, npy(1, dict, {}));
+    std::filesystem::resize_file(path, 10 + dict.size() + (std::uintmax_t(1) << 32));
+
+    std::ifstream statm("/proc/self/statm");
+    std::uint64_t pages = 0;
+    statm >> pages;
+    {
+        ScopedLimit limit(RLIMIT_AS, pages * std::uint64_t(::sysconf(_SC_PAGESIZE)) + (std::uint64_t(1) << 30));
+        ASSERT_TRUE(limit.ok());
+        EXPECT_THROW_WITH(vm::read_npy(path), vm::OutOfMemoryError, "cannot allocate 4294967296 bytes");
+        EXPECT_THROW_WITH(vm::read_tensor(path), vm::OutOfMemoryError, "(1073741824,) f32");
+    }
+    std::filesystem::remove(path);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Headers without data, one tensor of a file, staged writes, value statistics
+
+TEST(TensorFileHeaders, InfoMatchesTheTensorWithoutReadingData) {
+    const auto a = vm::HostTensor::from_floats(ramp(24), {2, 3, 4}, vm::DType::f16);
+    const auto b = vm::HostTensor::from_floats(ramp(5), {5}, vm::DType::bf16);
+    const std::string n = temp_path("info.npy"), s = temp_path("info.safetensors"), one = temp_path("one.safetensors");
+    vm::write_npy(n, a);
+    vm::write_safetensors(s, {{"a", a}, {"b", b}});
+    vm::write_tensor(one, b);
+    for (const std::string& spec : {n, s + ":a", s + ":b", one}) {
+        const vm::TensorInfo info = vm::read_tensor_info(spec);
+        const vm::HostTensor t = vm::read_tensor(spec);
+        EXPECT_EQ(info.shape, t.shape) << spec;
+        EXPECT_EQ(info.dtype, t.dtype) << spec;
+    }
+    const auto infos = vm::read_safetensors_info(s);
+    ASSERT_EQ(infos.size(), 2u);
+    EXPECT_EQ(infos.at("a").shape, (std::vector<std::int64_t>{2, 3, 4}));
+    EXPECT_EQ(infos.at("b").dtype, vm::DType::bf16);
+    EXPECT_EQ(vm::read_safetensors_tensor(s, "b").bytes, b.bytes);
+    EXPECT_THROW_WITH(vm::read_tensor_info(s), vm::FileFormatError, "holds 2 tensors ('a', 'b')");
+    EXPECT_THROW_WITH(vm::read_tensor_info(s + ":c"), vm::FileFormatError, "no tensor named 'c'");
+    EXPECT_THROW_WITH(vm::read_safetensors_tensor(s, "c"), vm::FileFormatError, s + ": no tensor named 'c'");
+
+    // The header alone still has to agree with the file's size.
+    Bytes truncated = read_bytes(n);
+    truncated.resize(truncated.size() - 2);
+    write_bytes(n, truncated);
+    EXPECT_THROW_WITH(vm::read_tensor_info(n), vm::FileFormatError, "but the file holds 46 bytes of data");
+    for (const auto& p : {n, s, one}) std::filesystem::remove(p);
+}
+
+TEST(TensorFileHeaders, InfoOfAHugeFileAllocatesNothing) {
+    if (built_with_sanitizers()) GTEST_SKIP() << "ASan needs more address space than the limit leaves";
+    const std::string path = temp_path("huge_info.npy");
+    std::string dict = "{'descr': '<f2', 'fortran_order': False, 'shape': (4, 1073741824), }";
+    dict.append(64 - (10 + dict.size() + 1) % 64, ' ');
+    dict += '\n';
+    write_bytes(path, npy(1, dict, {}));
+    std::filesystem::resize_file(path, 10 + dict.size() + (std::uintmax_t(1) << 33));
+    std::ifstream statm("/proc/self/statm");
+    std::uint64_t pages = 0;
+    statm >> pages;
+    {
+        ScopedLimit limit(RLIMIT_AS, pages * std::uint64_t(::sysconf(_SC_PAGESIZE)) + (std::uint64_t(256) << 20));
+        ASSERT_TRUE(limit.ok());
+        const vm::TensorInfo info = vm::read_tensor_info(path);
+        EXPECT_EQ(info.shape, (std::vector<std::int64_t>{4, 1073741824}));
+        EXPECT_EQ(info.dtype, vm::DType::f16);
+    }
+    std::filesystem::remove(path);
+}
+
+TEST(TensorFileStaged, CommitReplacesWholeAndAbandonRemovesTheTemporary) {
+    const std::string target = temp_path("staged.bin");
+    write_bytes(target, {1, 2, 3});
+    const std::string stem = "vmonarch_tf_" + std::to_string(::getpid()) + "_staged.bin";
+    {
+        vm::StagedFile staged(target);
+        EXPECT_NE(staged.path(), target);
+        EXPECT_EQ(std::filesystem::path(staged.path()).parent_path(), std::filesystem::path(target).parent_path());
+        write_bytes(staged.path(), {9, 9});
+        EXPECT_EQ(read_bytes(target), (Bytes{1, 2, 3})); // nothing visible before commit
+    } // abandoned
+    EXPECT_EQ(read_bytes(target), (Bytes{1, 2, 3}));
+    EXPECT_EQ(files_containing(::testing::TempDir(), stem).size(), 1u); // the target only
+    {
+        vm::StagedFile staged(target);
+        write_bytes(staged.path(), {7});
+        staged.commit();
+    }
+    EXPECT_EQ(read_bytes(target), (Bytes{7}));
+    EXPECT_EQ(files_containing(::testing::TempDir(), stem).size(), 1u);
+    EXPECT_THROW_WITH(vm::StagedFile(temp_path("no_such_folder") + "/x.npy"), vm::FileFormatError,
+                      "cannot create a file in the folder");
+    std::filesystem::remove(target);
+}
+
+TEST(TensorFileStaged, WriteThroughASymlinkKeepsTheLinkAndThePermissions) {
+    const std::string file = temp_path("linked.npy"), link = temp_path("link.npy");
+    std::filesystem::remove(link);
+    vm::write_npy(file, vm::HostTensor::from_floats(ramp(4), {4}, vm::DType::f32));
+    std::filesystem::permissions(file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write |
+                                           std::filesystem::perms::group_read);
+    std::filesystem::create_symlink(file, link);
+    const auto t = vm::HostTensor::from_floats(ramp(6), {2, 3}, vm::DType::f64);
+    vm::write_npy(link, t);
+    EXPECT_TRUE(std::filesystem::is_symlink(link));
+    EXPECT_EQ(vm::read_npy(file).bytes, t.bytes);
+    EXPECT_EQ(std::filesystem::status(file).permissions() & std::filesystem::perms::all,
+              std::filesystem::perms::owner_read | std::filesystem::perms::owner_write |
+                  std::filesystem::perms::group_read);
+    std::filesystem::remove(link);
+    std::filesystem::remove(file);
+}
+
+TEST(TensorFileHost, ValueStatsCountNonFiniteInEveryDtype) {
+    const float inf = std::numeric_limits<float>::infinity();
+    const std::vector<float> values = {1.5f, -3.25f, std::nanf(""), inf, -inf, 2.0f, -0.5f};
+    for (vm::DType dt : {vm::DType::f16, vm::DType::bf16, vm::DType::f32, vm::DType::f64}) {
+        const auto t = vm::HostTensor::from_floats(values, {7}, dt);
+        const vm::ValueStats stats = t.value_stats();
+        EXPECT_EQ(stats.non_finite, 3) << vm::to_string(dt);
+        EXPECT_EQ(stats.max_abs, 3.25) << vm::to_string(dt);
+    }
+    const auto clean = vm::HostTensor::from_floats(ramp(10), {10}, vm::DType::f32);
+    EXPECT_EQ(clean.value_stats().non_finite, 0);
+    EXPECT_FLOAT_EQ(float(clean.value_stats().max_abs), 2.125f);
+    // f32 values past the f16 range become inf in the conversion: what the CLI's --cast refuses.
+    const auto big = vm::HostTensor::from_floats({70000.0f, 1.0f, -1e6f}, {3}, vm::DType::f32);
+    EXPECT_EQ(big.converted(vm::DType::f16).value_stats().non_finite, 2);
+    EXPECT_EQ(big.converted(vm::DType::bf16).value_stats().non_finite, 0);
+}
+
+TEST(TensorFileHost, RangedToDoublesMatchesTheWholeConversion) {
+    const auto t = vm::HostTensor::from_floats(ramp(20), {4, 5}, vm::DType::bf16);
+    const std::vector<double> all = t.to_doubles();
+    std::vector<double> part(7);
+    t.to_doubles(9, 7, part.data());
+    EXPECT_EQ(part, std::vector<double>(all.begin() + 9, all.begin() + 16));
+    t.to_doubles(20, 0, part.data());
+    EXPECT_THROW_WITH(t.to_doubles(15, 6, part.data()), vm::ArgumentError, "outside the tensor's 20 elements");
+    EXPECT_THROW_WITH(t.to_doubles(-1, 2, part.data()), vm::ArgumentError, "outside");
 }
 
 } // namespace

@@ -19,7 +19,15 @@ double median(std::vector<double> values) {
 }
 
 void call_attention(Method method, const TensorView& q, const TensorView& k, const TensorView& v,
-                    const TensorView& out, const VideoGrid& grid, const Options& options, const LseView* lse) {
+                    const TensorView& out, const VideoGrid& grid, const Options& options, const LseView* lse,
+                    const std::optional<JointText>& joint) {
+    if (joint) { // spec §3c; dense: every key frame exact (sink_frames = T), i.e. exact over all valid keys
+        Options o = options;
+        if (method == Method::dense) o.sink_frames = grid.T, o.window_radius = std::nullopt, o.iterations = 1;
+        joint_attention(q, k, v, out, grid, joint->tokens, joint->position, joint->lens.empty() ? nullptr : joint->lens.data(),
+                        o, lse);
+        return;
+    }
     if (method == Method::vmonarch)
         attention(q, k, v, out, grid, options, lse);
     else
@@ -139,7 +147,7 @@ AttentionResult AttentionSession::run(Method method, const VideoGrid& grid, cons
         if (want_lse) lse_view = lse_view_of(result.lse.data(), Device::cpu, shape_);
         for (int i = 0; i < warmup + repeats; ++i) {
             Stopwatch watch;
-            call_attention(method, q, k, v, out, grid, options, want_lse ? &lse_view : nullptr);
+            call_attention(method, q, k, v, out, grid, options, want_lse ? &lse_view : nullptr, joint_);
             if (i >= warmup) times.push_back(watch.seconds());
         }
         result.seconds = median(times);
@@ -159,7 +167,7 @@ AttentionResult AttentionSession::run(Method method, const VideoGrid& grid, cons
     EventPair events;
     for (int i = 0; i < warmup + repeats; ++i) {
         events.start();
-        call_attention(method, q, k, v, out, grid, options, want_lse ? &lse_view : nullptr);
+        call_attention(method, q, k, v, out, grid, options, want_lse ? &lse_view : nullptr, joint_);
         const double seconds = events.stop_seconds();
         if (i >= warmup) times.push_back(seconds);
     }

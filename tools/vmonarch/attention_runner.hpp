@@ -2,6 +2,8 @@
 #pragma once
 
 #include <memory>
+#include <optional>
+#include <vector>
 
 #include "attention_inputs.hpp"
 
@@ -31,6 +33,10 @@ public:
 
     Device device() const { return device_; }
 
+    // Treat the inputs as joint sequences: VMonarch runs joint_attention(), dense runs exact attention over
+    // every valid key (joint_attention with every key frame exact).
+    void set_joint_text(JointText text) { joint_ = std::move(text); }
+
 private:
     struct DeviceCopies;
     Device device_;
@@ -40,6 +46,7 @@ private:
     Layout layout_;
     AttentionShape shape_;
     std::unique_ptr<DeviceCopies> device_copies_;
+    std::optional<JointText> joint_;
 };
 
 } // namespace vmonarch::cli

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
+#include <limits>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -38,31 +40,43 @@ VideoGrid parse_grid(const std::string& text, const std::string& option) {
                                         "; expected three positive integers T,H,W (frames, latent height, latent "
                                         "width), e.g. 16,28,52");
     };
+    // Strictly digits and separators: no signs, spaces or other characters anywhere.
     std::vector<std::int64_t> parts;
-    std::string current;
-    const auto flush = [&]() {
-        if (current.empty()) return false;
-        if (current.size() > 9) return false;
-        parts.push_back(std::stoll(current));
-        current.clear();
-        return true;
-    };
-    for (char c : text) {
-        if (std::isdigit(static_cast<unsigned char>(c))) {
-            current += c;
-        } else if (c == ',' || c == 'x' || c == 'X') {
-            if (!flush()) return fail("empty or too long number");
-        } else if (c == ' ') {
-            continue;
-        } else {
-            return fail(std::string("unexpected character '") + c + "'");
-        }
+    std::size_t start = 0;
+    for (std::size_t i = 0; i <= text.size(); ++i) {
+        const bool end = i == text.size();
+        const char c = end ? ',' : text[i];
+        if (c >= '0' && c <= '9') continue;
+        if (c != ',' && c != 'x' && c != 'X') return fail(std::string("unexpected character '") + c + "'");
+        if (i == start) return fail("empty number");
+        std::int64_t value = 0;
+        const auto [ptr, error] = std::from_chars(text.data() + start, text.data() + i, value);
+        if (error != std::errc() || ptr != text.data() + i) return fail("number too large");
+        parts.push_back(value);
+        start = i + 1;
     }
-    if (!flush()) return fail("empty or too long number");
     if (parts.size() != 3) return fail("got " + std::to_string(parts.size()) + " number(s)");
     for (auto p : parts)
         if (p <= 0) return fail("sizes must be at least 1");
-    return VideoGrid{parts[0], parts[1], parts[2]};
+    const VideoGrid grid{parts[0], parts[1], parts[2]};
+    try {
+        (void)grid.tokens();
+    } catch (const ArgumentError&) {
+        throw ArgumentError(option, option + " '" + text + "': T*H*W = " + std::to_string(grid.T) + "*" +
+                                        std::to_string(grid.H) + "*" + std::to_string(grid.W) +
+                                        " overflows int64 (at most " +
+                                        std::to_string(std::numeric_limits<std::int64_t>::max()) + " tokens)");
+    }
+    return grid;
+}
+
+std::uint64_t parse_seed(const std::string& text, const std::string& option) {
+    std::uint64_t value = 0;
+    const auto [ptr, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (text.empty() || text[0] == '-' || text[0] == '+' || error != std::errc() || ptr != text.data() + text.size())
+        throw ArgumentError(option, option + " '" + text + "': expected an integer from 0 to " +
+                                        std::to_string(std::numeric_limits<std::uint64_t>::max()));
+    return value;
 }
 
 std::string format_grid(const VideoGrid& grid) {
@@ -151,8 +165,11 @@ std::string format_shape(const std::vector<std::int64_t>& shape) {
 }
 
 TensorPath split_tensor_path(const std::string& spec) {
+    // As read_tensor reads it: a name only when the spec does not itself end in .npy / .safetensors.
+    const std::string low = lower(spec);
+    if (ends_with(low, ".npy") || ends_with(low, ".safetensors")) return TensorPath{spec, ""};
     const std::string marker = ".safetensors:";
-    const auto at = lower(spec).rfind(marker);
+    const auto at = low.find(marker);
     if (at == std::string::npos) return TensorPath{spec, ""};
     const auto colon = at + marker.size() - 1;
     return TensorPath{spec.substr(0, colon), spec.substr(colon + 1)};
@@ -164,7 +181,13 @@ void require_tensor_extension(const std::string& spec, const std::string& option
     const TensorPath path = split_tensor_path(spec);
     const std::string file = lower(path.file);
     if (ends_with(file, ".npy") && path.name.empty()) return;
-    if (ends_with(file, ".safetensors")) return;
+    if (ends_with(file, ".safetensors")) {
+        if (path.file.size() + 1 == spec.size())
+            throw ArgumentError(option, option + " '" + spec +
+                                            "': empty tensor name after ':'; write FILE.safetensors or "
+                                            "FILE.safetensors:NAME");
+        return;
+    }
     throw ArgumentError(option, option + " '" + spec +
                                     "': expected a .npy file or a .safetensors file (optionally file.safetensors:name)");
 }
@@ -178,11 +201,30 @@ std::string with_option(const std::string& option, const std::string& spec, cons
 void require_existing_file(const std::string& spec, const std::string& option) {
     require_tensor_extension(spec, option);
     const TensorPath path = split_tensor_path(spec);
+    namespace fs = std::filesystem;
     std::error_code error;
-    if (!std::filesystem::exists(path.file, error))
+    const fs::file_status status = fs::status(path.file, error);
+    if (error && error != std::errc::no_such_file_or_directory)
+        throw ArgumentError(option, option + " " + path.file + ": " + error.message());
+    if (!fs::exists(status)) {
+        if (fs::is_symlink(fs::symlink_status(path.file, error)))
+            throw ArgumentError(option, option + " " + path.file + ": is a symbolic link to a missing file");
         throw ArgumentError(option, option + " " + path.file + ": no such file");
-    if (std::filesystem::is_directory(path.file, error))
+    }
+    if (fs::is_directory(status))
         throw ArgumentError(option, option + " " + path.file + ": is a directory, expected a tensor file");
+}
+
+std::string format_metric(double value, int digits) {
+    if (std::isnan(value)) return "nan";
+    if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+    return format_fixed(value, digits);
+}
+
+void print_warning(const std::string& command, const std::string& message) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "vmonarch %s: warning: %s\n", command.c_str(), message.c_str());
+    std::fflush(stderr);
 }
 
 // --- progress line ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 // vmonarch compare: per-head error of VMonarch against dense attention on q/k/v files.
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -21,12 +22,13 @@ struct CompareOptions {
 };
 
 HostTensor read_output_file(const std::string& spec, const std::string& option, const AttentionInputs& in) {
-    require_existing_file(spec, option);
     HostTensor t;
     try {
         t = read_tensor(spec);
     } catch (const FileFormatError& e) {
         throw FileFormatError(with_option(option, spec, e.what()));
+    } catch (const OutOfMemoryError& e) {
+        throw OutOfMemoryError(with_option(option, spec, e.what()));
     }
     const auto expected = file_shape(in.layout, in.shape.batch, in.shape.heads, in.shape.tokens, in.shape.value_dim);
     if (t.shape != expected)
@@ -35,19 +37,24 @@ HostTensor read_output_file(const std::string& spec, const std::string& option, 
     return t;
 }
 
+// A metric as JSON: the number, or null when it is not finite (JSON has no NaN/inf).
+nlohmann::json metric_json(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); }
+
 nlohmann::json error_json(const OutputError& e) {
     nlohmann::json j;
     if (e.batch >= 0) {
         j["batch"] = e.batch;
         j["head"] = e.head;
     }
-    j["rel_l2"] = e.rel_l2;
-    j["cosine"] = e.cosine;
-    j["max_abs"] = e.max_abs;
+    j["rel_l2"] = metric_json(e.rel_l2);
+    j["cosine"] = metric_json(e.cosine);
+    j["max_abs"] = metric_json(e.max_abs);
+    if (!e.finite()) j["non_finite"] = {{"approx", e.approx_non_finite}, {"reference", e.reference_non_finite}};
     return j;
 }
 
 std::string scientific(double value) {
+    if (!std::isfinite(value)) return format_metric(value, 0);
     char buffer[32];
     std::snprintf(buffer, sizeof buffer, "%.3e", value);
     return buffer;
@@ -63,10 +70,15 @@ int compare_command(const CompareOptions& o) {
     if (!o.reference.empty()) require_existing_file(o.reference, "--reference");
     if (!o.approx.empty()) require_existing_file(o.approx, "--approx");
 
-    AttentionInputs in = load_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout);
-    const DType compute_dtype = cast.value_or(in.q.dtype);
+    // Every header first (inputs, then the saved outputs), then the data.
+    AttentionInputs in = inspect_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout,
+                                                  o.inputs.text_tokens > 0 ? o.inputs.text_tokens : 0);
+    const std::optional<JointText> joint_text = joint_text_from(o.inputs, in.shape.batch);
+    const DType compute_dtype = cast.value_or(in.dtype);
     const bool computes = o.reference.empty() || o.approx.empty();
     if (computes) require_device_dtype(device, compute_dtype, "--q " + in.q_path);
+    if (!o.reference.empty()) check_output_file_header(o.reference, "--reference", in);
+    if (!o.approx.empty()) check_output_file_header(o.approx, "--approx", in);
 
     HostTensor reference, approx;
     if (!o.reference.empty()) reference = read_output_file(o.reference, "--reference", in);
@@ -74,13 +86,10 @@ int compare_command(const CompareOptions& o) {
 
     std::optional<double> vmonarch_seconds, dense_seconds;
     if (computes) {
-        if (compute_dtype != in.q.dtype) {
-            in.q = in.q.converted(compute_dtype);
-            in.k = in.k.converted(compute_dtype);
-            in.v = in.v.converted(compute_dtype);
-        }
+        read_attention_data(in, cast);
         ProgressLine progress(o.inputs.progress);
         AttentionSession session(device, in.q, in.k, in.v, layout, in.shape);
+        if (joint_text) session.set_joint_text(*joint_text);
         if (o.approx.empty()) {
             AttentionResult r = session.run(Method::vmonarch, grid, options);
             approx = std::move(r.out);
@@ -110,6 +119,9 @@ int compare_command(const CompareOptions& o) {
         j["iterations"] = options.iterations;
         j["clamp"] = options.cr_clamp;
         j["recompute_first_frame"] = options.recompute_first_frame;
+        j["sink_frames"] = options.sink_frames;
+        j["window_radius"] = options.window_radius ? nlohmann::json(*options.window_radius) : nlohmann::json(nullptr);
+        j["text_tokens"] = joint_text ? joint_text->tokens : 0;
         j["approx"] = approx_name;
         j["reference"] = reference_name;
         j["per_head"] = nlohmann::json::array();
@@ -120,32 +132,49 @@ int compare_command(const CompareOptions& o) {
         if (dense_seconds) seconds["dense"] = *dense_seconds;
         j["seconds"] = seconds;
         std::cout << j.dump(2) << "\n";
-        return 0;
+    } else {
+        std::cout << "compare " << approx_name << " against " << reference_name << ": grid " << format_grid(grid)
+                  << " (N = " << format_thousands(grid.tokens()) << "), " << in.shape.heads << " heads, d = "
+                  << in.shape.head_dim << ", " << to_string(compute_dtype) << " on " << to_string(device);
+        if (o.approx.empty())
+            std::cout << "; VMonarch t = " << options.iterations << ", clamp " << options.cr_clamp
+                      << ", frame-0 recompute " << (options.recompute_first_frame ? "on" : "off")
+                      << (options.sink_frames > 0 ? ", sink frames " + std::to_string(options.sink_frames) : "")
+                      << (options.window_radius ? ", window radius " + std::to_string(*options.window_radius) : "")
+                      << (joint_text ? ", " + std::to_string(joint_text->tokens) + " text tokens " +
+                                           (joint_text->position == TextPosition::first ? "first" : "last")
+                                     : "");
+        std::cout << "\n\n batch  head   rel. L2     cosine     max abs\n";
+        const auto row = [](const std::string& b, const std::string& h, const OutputError& e) {
+            char line[200];
+            std::snprintf(line, sizeof line, "%6s %5s  %8s  %9s  %10s%s\n", b.c_str(), h.c_str(),
+                          format_metric(e.rel_l2, 5).c_str(), format_metric(e.cosine, 6).c_str(),
+                          scientific(e.max_abs).c_str(),
+                          e.finite() ? ""
+                                     : ("   non-finite: approx " + std::to_string(e.approx_non_finite) +
+                                        ", reference " + std::to_string(e.reference_non_finite))
+                                           .c_str());
+            std::cout << line;
+        };
+        for (const OutputError& e : cmp.heads) row(std::to_string(e.batch), std::to_string(e.head), e);
+        row("all", "", cmp.overall);
+        if (vmonarch_seconds || dense_seconds) {
+            std::cout << "\ntime:";
+            if (vmonarch_seconds) std::cout << " VMonarch " << format_seconds(*vmonarch_seconds);
+            if (dense_seconds) std::cout << (vmonarch_seconds ? "," : "") << " dense " << format_seconds(*dense_seconds);
+            std::cout << "\n";
+        }
     }
 
-    std::cout << "compare " << approx_name << " against " << reference_name << ": grid " << format_grid(grid)
-              << " (N = " << format_thousands(grid.tokens()) << "), " << in.shape.heads << " heads, d = "
-              << in.shape.head_dim << ", " << to_string(compute_dtype) << " on " << to_string(device);
-    if (o.approx.empty())
-        std::cout << "; VMonarch t = " << options.iterations << ", clamp " << options.cr_clamp << ", frame-0 recompute "
-                  << (options.recompute_first_frame ? "on" : "off");
-    std::cout << "\n\n batch  head   rel. L2     cosine     max abs\n";
-    const auto row = [](const std::string& b, const std::string& h, const OutputError& e) {
-        char line[160];
-        std::snprintf(line, sizeof line, "%6s %5s  %8s  %9s  %10s\n", b.c_str(), h.c_str(),
-                      format_fixed(e.rel_l2, 5).c_str(), format_fixed(e.cosine, 6).c_str(),
-                      scientific(e.max_abs).c_str());
-        std::cout << line;
-    };
-    for (const OutputError& e : cmp.heads) row(std::to_string(e.batch), std::to_string(e.head), e);
-    row("all", "", cmp.overall);
-    if (vmonarch_seconds || dense_seconds) {
-        std::cout << "\ntime:";
-        if (vmonarch_seconds) std::cout << " VMonarch " << format_seconds(*vmonarch_seconds);
-        if (dense_seconds) std::cout << (vmonarch_seconds ? "," : "") << " dense " << format_seconds(*dense_seconds);
-        std::cout << "\n";
-    }
-    return 0;
+    if (cmp.overall.finite()) return exit_success;
+    std::int64_t bad_heads = 0;
+    for (const OutputError& e : cmp.heads) bad_heads += !e.finite();
+    print_warning("compare", "non-finite values (NaN/inf): " + approx_name + " holds " +
+                                 std::to_string(cmp.overall.approx_non_finite) + ", " + reference_name + " holds " +
+                                 std::to_string(cmp.overall.reference_non_finite) + ", in " +
+                                 std::to_string(bad_heads) + " of " + std::to_string(cmp.heads.size()) +
+                                 " heads; their errors are not numbers (exit status 5)");
+    return exit_non_finite;
 }
 
 } // namespace

@@ -1,6 +1,11 @@
 // vmonarch demo: VMonarch vs dense attention on generated video-like inputs: per-head error, FLOPs, time,
 // and a PNG of dense vs Monarch attention rows.
+#include <cctype>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -9,7 +14,9 @@
 #include "attention_inputs.hpp"
 #include "attention_runner.hpp"
 #include "commands.hpp"
+#include "generated_inputs.hpp"
 #include "head_metrics.hpp"
+#include "tensor_output.hpp"
 #include "vmonarch/extras/heatmap.hpp"
 #include "vmonarch/inspect.hpp"
 #include "vmonarch/extras/video_data.hpp"
@@ -25,7 +32,7 @@ struct DemoOptions {
     int iterations = 2;
     double clamp = 0.1;
     bool no_recompute = false;
-    std::uint64_t seed = 0;
+    std::string seed = "0";
     std::optional<int> repeats;
     std::string png = "vmonarch_demo.png";
     bool no_png = false;
@@ -64,6 +71,43 @@ std::vector<HeatmapQuery> pick_heatmap_queries(const VideoGrid& grid, const std:
     return queries;
 }
 
+// --png is checked before anything is computed: a .png name in a folder that takes a new file, and no
+// existing file there but a PNG (a typo must not replace, say, an .npy input).
+void check_png_path(const std::string& path) {
+    if (path.empty()) throw ArgumentError("--png", "--png: empty path (use --no-png to skip the PNG)");
+    std::string low = path;
+    for (char& c : low) c = char(std::tolower(static_cast<unsigned char>(c)));
+    if (low.size() < 4 || low.compare(low.size() - 4, 4, ".png") != 0)
+        throw ArgumentError("--png", "--png " + path + ": expected a .png file name (or --no-png)");
+    check_output_path(path, "--png", {});
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) return;
+    char magic[8] = {};
+    std::ifstream in(path, std::ios::binary);
+    in.read(magic, sizeof magic);
+    if (!in || std::memcmp(magic, "\x89PNG\r\n\x1a\n", 8) != 0)
+        throw ArgumentError("--png", "--png " + path + ": the existing file is not a PNG image; it is not "
+                                                       "overwritten: remove it or choose another path");
+}
+
+// Writes the PNG through a temporary file (StagedFile): it appears whole or not at all; errors name --png.
+void write_png_whole(const std::string& path, const std::function<void(const std::string&)>& write) {
+    std::string temp;
+    try {
+        StagedFile staged(path);
+        temp = staged.path();
+        write(temp);
+        staged.commit();
+    } catch (const OutOfMemoryError&) {
+        throw;
+    } catch (const std::exception& e) {
+        std::string message = e.what();
+        for (std::size_t at; !temp.empty() && (at = message.find(temp)) != std::string::npos;)
+            message.replace(at, temp.size(), path);
+        throw FileFormatError("--png " + path + ": " + message);
+    }
+}
+
 void write_demo_png(const std::string& path, const HostTensor& q, const HostTensor& k, const AttentionShape& shape,
                     const VideoGrid& grid, const Options& options, const std::vector<HeadKind>& kinds,
                     bool show_progress) {
@@ -92,7 +136,7 @@ void write_demo_png(const std::string& path, const HostTensor& q, const HostTens
             }
         }
     }
-    write_attention_heatmap_png(path, grid, rows);
+    write_png_whole(path, [&](const std::string& temp) { write_attention_heatmap_png(temp, grid, rows); });
     std::cout << "\nheat map: " << path << " (dense row above, Monarch row below, per query):\n";
     for (const HeatmapQuery& query : queries) std::cout << "  " << query.label << ", " << query.where << "\n";
 }
@@ -114,7 +158,8 @@ int demo_command(const DemoOptions& o) {
         throw ArgumentError("--iterations", "--iterations " + std::to_string(o.iterations) + ": must be 1..8");
     if (o.repeats && *o.repeats < 1) throw ArgumentError("--repeats", "--repeats must be >= 1");
     if (!(o.clamp >= 0)) throw ArgumentError("--clamp", "--clamp must be >= 0");
-    if (!o.no_png && o.png.empty()) throw ArgumentError("--png", "--png: empty path (use --no-png to skip the PNG)");
+    const std::uint64_t seed = parse_seed(o.seed);
+    if (!o.no_png) check_png_path(o.png);
 
     Options options;
     options.iterations = o.iterations;
@@ -123,24 +168,25 @@ int demo_command(const DemoOptions& o) {
     const int repeats = o.repeats.value_or(gpu ? 10 : 1);
     const int warmup = gpu ? 2 : 0;
 
-    std::cout << "vmonarch demo on " << (gpu ? "cuda: " + cuda_device_name(0) : std::string("cpu")) << "\n"
-              << "grid " << format_grid(grid) << " (T x H x W, N = " << format_thousands(grid.tokens())
-              << " tokens), " << heads << " heads, d = " << head_dim << ", " << to_string(dtype)
-              << "; VMonarch t = " << options.iterations << ", clamp " << options.cr_clamp << ", frame-0 recompute "
-              << (options.recompute_first_frame ? "on" : "off") << "\n";
-
     Stopwatch generate_watch;
     VideoDataOptions data;
     data.grid = grid;
     data.heads = heads;
     data.head_dim = head_dim;
-    data.seed = o.seed;
-    const VideoAttentionInputs inputs = make_video_attention_inputs(data);
+    data.seed = seed;
+    const VideoAttentionInputs inputs = generate_inputs(data, o.grid);
     AttentionShape shape{1, heads, grid.tokens(), head_dim, inputs.value_dim};
     const HostTensor q = HostTensor::from_floats(inputs.q, {1, heads, grid.tokens(), head_dim}, dtype);
     const HostTensor k = HostTensor::from_floats(inputs.k, {1, heads, grid.tokens(), head_dim}, dtype);
     const HostTensor v = HostTensor::from_floats(inputs.v, {1, heads, grid.tokens(), inputs.value_dim}, dtype);
-    std::cout << "inputs: make_video_attention_inputs, seed " << o.seed << " (" << format_seconds(generate_watch.seconds())
+    const double generate_seconds = generate_watch.seconds();
+
+    std::cout << "vmonarch demo on " << (gpu ? "cuda: " + cuda_device_name(0) : std::string("cpu")) << "\n"
+              << "grid " << format_grid(grid) << " (T x H x W, N = " << format_thousands(grid.tokens())
+              << " tokens), " << heads << " heads, d = " << head_dim << ", " << to_string(dtype)
+              << "; VMonarch t = " << options.iterations << ", clamp " << options.cr_clamp << ", frame-0 recompute "
+              << (options.recompute_first_frame ? "on" : "off") << "\n";
+    std::cout << "inputs: make_video_attention_inputs, seed " << seed << " (" << format_seconds(generate_seconds)
               << ")\n";
 
     AttentionResult monarch, dense;
@@ -201,9 +247,10 @@ Command add_demo_command(CLI::App& app) {
     cmd->add_option("--iterations,-t", o->iterations, "Monarch iterations t")->capture_default_str();
     cmd->add_option("--clamp", o->clamp, "R-step clamp on cR")->capture_default_str();
     cmd->add_flag("--no-recompute", o->no_recompute, "skip the exact frame-0 recompute");
-    cmd->add_option("--seed", o->seed, "seed of the generated inputs")->capture_default_str();
+    cmd->add_option("--seed", o->seed, "seed of the generated inputs (0 .. 2^64-1)")->capture_default_str();
     cmd->add_option("--repeats", o->repeats, "timed runs per method (default 1 on cpu, 10 on cuda)");
-    cmd->add_option("--png", o->png, "heat-map PNG to write")->capture_default_str();
+    cmd->add_option("--png", o->png, "heat-map PNG to write (a .png name; an existing file must be a PNG)")
+        ->capture_default_str();
     cmd->add_flag("--no-png", o->no_png, "write no PNG");
     cmd->add_flag("--progress", o->progress, "show progress on stderr even when it is not a terminal");
     return Command{cmd, [o] { return demo_command(*o); }};

@@ -1,4 +1,5 @@
 // vmonarch flops: per-forward TFLOPs of a video DiT with dense vs VMonarch self-attention (spec §4).
+#include <algorithm>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -18,6 +19,8 @@ struct FlopsOptions {
     std::int64_t batch = 1;
     int iterations = 2;
     bool no_recompute = false, json = false;
+    std::int64_t sink_frames = 0;              // exact key groups (spec §3b)
+    std::optional<std::int64_t> window_radius;
     // Custom dimensions (override the preset, or define --model custom).
     std::optional<std::int64_t> dim, ffn, layers, heads, head_dim, text_len;
     std::optional<std::int64_t> temporal_compression, spatial_stride;
@@ -45,8 +48,19 @@ ModelSpec model_from(const FlopsOptions& o) {
     if (o.ffn) m.ffn = *o.ffn;
     if (o.layers) m.layers = *o.layers;
     if (o.heads) m.heads = *o.heads;
-    if (o.head_dim) m.head_dim = *o.head_dim;
-    else if (custom || o.dim || o.heads) m.head_dim = m.heads > 0 ? m.dim / m.heads : 0;
+    if (o.head_dim) {
+        m.head_dim = *o.head_dim;
+    } else if (custom || o.dim || o.heads) {
+        // d = D / heads, which must be a whole number (or give --head-dim).
+        require_positive(m.dim, "--dim");
+        require_positive(m.heads, "--heads");
+        if (m.dim % m.heads != 0)
+            throw ArgumentError("--dim", "--dim " + std::to_string(m.dim) + " is not divisible by --heads " +
+                                             std::to_string(m.heads) + " (head dim D/heads = " +
+                                             format_fixed(double(m.dim) / double(m.heads), 2) +
+                                             "); change one of them or give --head-dim");
+        m.head_dim = m.dim / m.heads;
+    }
     if (o.text_len) m.text_len = *o.text_len;
     if (o.temporal_compression) m.temporal_compression = *o.temporal_compression;
     if (o.spatial_stride) m.spatial_stride = *o.spatial_stride;
@@ -97,6 +111,11 @@ int flops_command(const FlopsOptions& o, bool grid_from_flag) {
     Options options;
     options.iterations = o.iterations;
     options.recompute_first_frame = !o.no_recompute;
+    if (o.sink_frames < 0) throw ArgumentError("--sink-frames", "--sink-frames " + std::to_string(o.sink_frames) + ": must be >= 0");
+    if (o.window_radius && *o.window_radius < 0)
+        throw ArgumentError("--window-radius", "--window-radius " + std::to_string(*o.window_radius) + ": must be >= 0");
+    options.sink_frames = o.sink_frames;
+    options.window_radius = o.window_radius;
     const ModelFlops f = model_flops(model, grid, options, o.batch);
 
     if (o.json) {
@@ -111,6 +130,8 @@ int flops_command(const FlopsOptions& o, bool grid_from_flag) {
         j["batch"] = o.batch;
         j["iterations"] = options.iterations;
         j["recompute_first_frame"] = options.recompute_first_frame;
+        j["sink_frames"] = options.sink_frames;
+        j["window_radius"] = options.window_radius ? nlohmann::json(*options.window_radius) : nlohmann::json(nullptr);
         j["dense_tflops"] = f.total_dense / 1e12;
         j["vmonarch_tflops"] = f.total_vmonarch / 1e12;
         j["attention_dense_tflops"] = f.attention_dense / 1e12;
@@ -129,16 +150,27 @@ int flops_command(const FlopsOptions& o, bool grid_from_flag) {
         std::cout << " + " << model.text_len << " text = " << format_thousands(f.sequence_tokens);
     if (o.batch > 1) std::cout << ", batch " << o.batch;
     std::cout << "\nVMonarch  t = " << options.iterations << ", frame-0 recompute "
-              << (options.recompute_first_frame ? "on" : "off (as in the paper's Table 1)") << ", sparsity "
+              << (options.recompute_first_frame ? "on" : "off (as in the paper's Table 1)")
+              << (options.sink_frames > 0 ? ", sink frames " + std::to_string(options.sink_frames) : "")
+              << (options.window_radius ? ", window radius " + std::to_string(*options.window_radius) : "") << ", sparsity "
               << format_fixed(100 * f.sparsity, 2) << "% (1 - t(T+HW)/(T*HW))\n\n";
-    // TFLOPs as in the paper's Table 1; GFLOPs or MFLOPs for small custom models.
+    // TFLOPs as in the paper's Table 1; GFLOPs or MFLOPs for small custom models. The number columns are
+    // as wide as their widest value, with at least two spaces between them.
     const double unit = f.total_dense >= 1e11 ? 1e12 : (f.total_dense >= 1e8 ? 1e9 : 1e6);
     const std::string unit_name = unit == 1e12 ? "TFLOPs" : (unit == 1e9 ? "GFLOPs" : "MFLOPs");
-    std::cout << "per forward             dense    VMonarch\n";
+    const std::vector<std::pair<std::string, std::pair<double, double>>> rows = {
+        {"attention", {f.attention_dense, f.attention_vmonarch}},
+        {"linear", {f.linear, f.linear}},
+        {"total", {f.total_dense, f.total_vmonarch}}};
+    std::size_t column = 10;
+    for (const auto& [what, values] : rows)
+        column = std::max({column, format_fixed(values.first / unit, 2).size(), format_fixed(values.second / unit, 2).size()});
+    column += 2;
+    std::cout << "per forward     " << padded("dense", column) << padded("VMonarch", column) << "\n";
     const auto line = [&](const std::string& what, double dense, double vm) {
         const std::string label = what + " " + unit_name;
         std::string text = label + std::string(label.size() < 16 ? 16 - label.size() : 0, ' ') +
-                           padded(format_fixed(dense / unit, 2), 12) + padded(format_fixed(vm / unit, 2), 12);
+                           padded(format_fixed(dense / unit, 2), column) + padded(format_fixed(vm / unit, 2), column);
         if (vm > 0 && dense > vm) text += "   (" + format_fixed(dense / vm, 2) + "x fewer)";
         if (vm > dense && dense > 0) text += "   (" + format_fixed(vm / dense, 2) + "x more)";
         std::cout << text << "\n";
@@ -181,6 +213,9 @@ Command add_flops_command(CLI::App& app) {
     grid->excludes(frames)->excludes(height)->excludes(width);
     cmd->add_option("--iterations,-t", o->iterations, "Monarch iterations t")->capture_default_str();
     cmd->add_flag("--no-recompute", o->no_recompute, "leave out the frame-0 recompute (the paper's Table 1 count)");
+    cmd->add_option("--sink-frames", o->sink_frames, "key frames 0..S-1 attended exactly by every query (spec 3b)")
+        ->capture_default_str();
+    cmd->add_option("--window-radius", o->window_radius, "key frames within r of the query frame attended exactly");
     cmd->add_option("--batch", o->batch, "batch size (CFG doubles it)")->capture_default_str();
     cmd->add_flag("--json", o->json,
                   "print JSON: dense_tflops, vmonarch_tflops, attention_dense_tflops, attention_vmonarch_tflops, "

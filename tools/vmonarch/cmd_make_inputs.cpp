@@ -4,6 +4,7 @@
 
 #include "attention_inputs.hpp"
 #include "commands.hpp"
+#include "generated_inputs.hpp"
 #include "tensor_output.hpp"
 #include "vmonarch/extras/video_data.hpp"
 
@@ -15,7 +16,7 @@ struct MakeInputsOptions {
     std::string q, k, v;
     std::string grid = "4,8,8";
     std::int64_t batch = 1, heads = 4, head_dim = 64, value_dim = 0;
-    std::uint64_t seed = 0;
+    std::string seed = "0";
     double sharpness = 1.0;
     std::string layout = "bhsd";
     std::string dtype = "f32";
@@ -39,13 +40,14 @@ int make_inputs_command(const MakeInputsOptions& o) {
     const Layout layout = parse_layout(o.layout);
     const VideoGrid grid = parse_grid(o.grid);
     const DType dtype = parse_dtype(o.dtype, "--dtype");
+    const std::uint64_t seed = parse_seed(o.seed);
     require_positive(o.batch, "--batch");
     require_positive(o.heads, "--heads");
     require_positive(o.head_dim, "--head-dim");
     if (o.value_dim < 0) throw ArgumentError("--value-dim", "--value-dim must be >= 0 (0: same as --head-dim)");
     if (!(o.sharpness > 0)) throw ArgumentError("--sharpness", "--sharpness must be > 0");
     std::vector<TensorOutput> outputs{{o.q, "--q", "q", nullptr}, {o.k, "--k", "k", nullptr}, {o.v, "--v", "v", nullptr}};
-    check_tensor_outputs(outputs, {dtype, dtype, dtype});
+    const OutputPlan plan = check_tensor_outputs(outputs, {dtype, dtype, dtype}, {});
 
     VideoDataOptions data;
     data.grid = grid;
@@ -53,9 +55,9 @@ int make_inputs_command(const MakeInputsOptions& o) {
     data.heads = o.heads;
     data.head_dim = o.head_dim;
     data.value_dim = o.value_dim;
-    data.seed = o.seed;
+    data.seed = seed;
     data.sharpness = o.sharpness;
-    const VideoAttentionInputs in = make_video_attention_inputs(data);
+    const VideoAttentionInputs in = generate_inputs(data, o.grid);
 
     const HostTensor q = to_file_tensor(in.q, layout, dtype, in.batch, in.heads, in.tokens, in.head_dim);
     const HostTensor k = to_file_tensor(in.k, layout, dtype, in.batch, in.heads, in.tokens, in.head_dim);
@@ -63,11 +65,11 @@ int make_inputs_command(const MakeInputsOptions& o) {
     outputs[0].tensor = &q;
     outputs[1].tensor = &k;
     outputs[2].tensor = &v;
-    write_tensor_outputs(outputs);
+    write_tensor_outputs(plan, outputs);
 
     std::cout << "wrote q " << o.q << ", k " << o.k << ", v " << o.v << ": " << format_shape(q.shape) << " "
               << to_string(dtype) << " (" << to_string(layout) << "), grid " << format_grid(grid) << ", seed "
-              << o.seed << "\nhead kinds:";
+              << seed << kept_tensors_note(plan) << "\nhead kinds:";
     for (std::size_t h = 0; h < in.head_kinds.size(); ++h) std::cout << " " << h << "=" << to_string(in.head_kinds[h]);
     // How to read them back: a .safetensors spec without a name needs one when the file holds several.
     const auto read_spec = [](const std::string& spec, const std::string& name) {
@@ -96,7 +98,7 @@ Command add_make_inputs_command(CLI::App& app) {
     cmd->add_option("--heads", o->heads, "heads (kinds cycle: positional, semantic, sink, mixed)")->capture_default_str();
     cmd->add_option("--head-dim", o->head_dim, "q/k head dim d")->capture_default_str();
     cmd->add_option("--value-dim", o->value_dim, "v head dim (0: same as --head-dim)")->capture_default_str();
-    cmd->add_option("--seed", o->seed, "random seed")->capture_default_str();
+    cmd->add_option("--seed", o->seed, "random seed (0 .. 2^64-1)")->capture_default_str();
     cmd->add_option("--sharpness", o->sharpness, "logit scale multiplier (1: DiT-like attention)")->capture_default_str();
     cmd->add_option("--layout", o->layout, "bhsd [B, heads, N, d] or bshd [B, N, heads, d]")->capture_default_str();
     cmd->add_option("--dtype", o->dtype, "f16, bf16 (safetensors only), f32 or f64")->capture_default_str();

@@ -1,6 +1,7 @@
 // vmonarch run: VMonarch (or dense) attention on q/k/v files, output written in the inputs' layout and dtype.
 #include <iostream>
 #include <memory>
+#include <tuple>
 
 #include "attention_inputs.hpp"
 #include "attention_runner.hpp"
@@ -17,6 +18,20 @@ struct RunOptions {
     bool dense = false;
 };
 
+// "the inputs hold 1 non-finite value (--v v.npy)" when they do, else "".
+std::string non_finite_inputs(const AttentionInputs& in) {
+    std::int64_t count = 0;
+    std::string where;
+    for (const auto& [option, tensor, spec] : {std::tuple{"--q", &in.q, in.q_path}, std::tuple{"--k", &in.k, in.k_path},
+                                               std::tuple{"--v", &in.v, in.v_path}}) {
+        const std::int64_t n = tensor->value_stats().non_finite;
+        if (n == 0) continue;
+        count += n;
+        where += (where.empty() ? "" : ", ") + std::string(option) + " " + spec;
+    }
+    return count == 0 ? "" : "; the inputs hold " + std::to_string(count) + " (" + where + ")";
+}
+
 int run_command(const RunOptions& o) {
     const Layout layout = parse_layout(o.inputs.layout);
     const VideoGrid grid = parse_grid(o.inputs.grid);
@@ -25,12 +40,12 @@ int run_command(const RunOptions& o) {
     std::optional<DType> cast, out_dtype;
     if (!o.inputs.cast.empty()) cast = parse_dtype(o.inputs.cast, "--cast");
     if (!o.out_dtype.empty()) out_dtype = parse_dtype(o.out_dtype, "--out-dtype");
-    // Output names are checked before the inputs are read: a typo should not cost a long run.
-    require_tensor_extension(o.out, "--out");
-    if (!o.lse.empty()) require_tensor_extension(o.lse, "--lse");
-
-    AttentionInputs in = load_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout);
-    const DType input_dtype = in.q.dtype;
+    // Headers first, then the output paths, then the data: every check that needs no tensor data runs before
+    // any data is read, so a typo costs no long read or run.
+    AttentionInputs in = inspect_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout,
+                                                  o.inputs.text_tokens > 0 ? o.inputs.text_tokens : 0);
+    const std::optional<JointText> joint_text = joint_text_from(o.inputs, in.shape.batch);
+    const DType input_dtype = in.dtype;
     const DType compute_dtype = cast.value_or(input_dtype);
     require_device_dtype(device, compute_dtype, "--q " + in.q_path);
     const DType result_dtype = out_dtype.value_or(input_dtype);
@@ -41,35 +56,49 @@ int run_command(const RunOptions& o) {
         outputs.push_back({o.lse, "--lse", "lse", nullptr});
         dtypes.push_back(DType::f32);
     }
-    check_tensor_outputs(outputs, dtypes);
+    const OutputPlan plan = check_tensor_outputs(outputs, dtypes, in.files());
 
-    if (compute_dtype != input_dtype) {
-        in.q = in.q.converted(compute_dtype);
-        in.k = in.k.converted(compute_dtype);
-        in.v = in.v.converted(compute_dtype);
-    }
+    read_attention_data(in, cast);
 
     AttentionResult result;
     {
         ProgressLine progress(o.inputs.progress); // cleared before anything is printed
         AttentionSession session(device, in.q, in.k, in.v, layout, in.shape);
+        if (joint_text) session.set_joint_text(*joint_text);
         result = session.run(o.dense ? Method::dense : Method::vmonarch, grid, options, !o.lse.empty());
     }
-    if (result.out.dtype != result_dtype) result.out = result.out.converted(result_dtype);
+    if (result.out.dtype != result_dtype)
+        result.out = convert_checked(result.out, result_dtype, "--out-dtype", "the output");
 
     outputs[0].tensor = &result.out;
     if (!o.lse.empty()) outputs[1].tensor = &result.lse;
-    write_tensor_outputs(outputs);
+    write_tensor_outputs(plan, outputs);
 
     const std::string method =
         o.dense ? std::string("dense attention")
                 : "VMonarch t=" + std::to_string(options.iterations) +
-                      (options.recompute_first_frame ? ", frame-0 recompute" : ", no recompute");
+                      (options.recompute_first_frame ? ", frame-0 recompute" : ", no recompute") +
+                      (options.sink_frames > 0 ? ", sink frames " + std::to_string(options.sink_frames) : "") +
+                      (options.window_radius ? ", window radius " + std::to_string(*options.window_radius) : "");
+    const std::string joint = joint_text ? ", " + std::to_string(joint_text->tokens) + " text tokens" : "";
     std::cout << "wrote " << o.out << " " << format_shape(result.out.shape) << " " << to_string(result_dtype)
               << (o.lse.empty() ? "" : " and " + o.lse) << ": " << method << " on " << to_string(device) << " in "
-              << to_string(compute_dtype) << ", grid " << format_grid(grid) << ", "
-              << format_seconds(result.seconds) << "\n";
-    return 0;
+              << to_string(compute_dtype) << ", grid " << format_grid(grid) << joint << ", "
+              << format_seconds(result.seconds) << kept_tensors_note(plan) << "\n";
+
+    // Written, but NaN/inf in a result is never passed off as success.
+    const std::int64_t bad_out = result.out.value_stats().non_finite;
+    const std::int64_t bad_lse = o.lse.empty() ? 0 : result.lse.value_stats().non_finite;
+    if (bad_out + bad_lse == 0) return exit_success;
+    std::string message;
+    if (bad_out > 0)
+        message = "--out " + o.out + " holds " + std::to_string(bad_out) + " non-finite values (NaN/inf) of " +
+                  std::to_string(result.out.numel());
+    if (bad_lse > 0)
+        message += (message.empty() ? "" : ", ") + std::string("--lse ") + o.lse + " holds " +
+                   std::to_string(bad_lse) + " non-finite values of " + std::to_string(result.lse.numel());
+    print_warning("run", message + non_finite_inputs(in) + " (exit status 5)");
+    return exit_non_finite;
 }
 
 } // namespace

@@ -11,5 +11,6 @@ Command add_compare_command(CLI::App& app);
 Command add_flops_command(CLI::App& app);
 Command add_make_inputs_command(CLI::App& app);
 Command add_info_command(CLI::App& app);
+Command add_backward_command(CLI::App& app);
 
 } // namespace vmonarch::cli

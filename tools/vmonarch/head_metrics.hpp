@@ -1,4 +1,6 @@
 // Error of an approximate attention output against a reference, per (batch, head) and over everything.
+// Non-finite values are never hidden: where either output holds a NaN or inf, the metrics are NaN and the
+// counts say how many elements were non-finite.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +15,9 @@ struct OutputError {
     double rel_l2 = 0;                // ||approx − ref|| / ||ref||
     double cosine = 0;                // <approx, ref> / (||approx||·||ref||)
     double max_abs = 0;               // max |approx − ref|
+    std::int64_t approx_non_finite = 0, reference_non_finite = 0; // NaN/inf elements; metrics are NaN if > 0
+
+    bool finite() const { return approx_non_finite == 0 && reference_non_finite == 0; }
 };
 
 struct OutputComparison {

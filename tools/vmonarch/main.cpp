@@ -2,6 +2,7 @@
 // Every failure ends with exit status != 0 and one line "vmonarch <command>: error: <reason>" on stderr.
 #include <cstdio>
 #include <exception>
+#include <new>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -34,10 +35,13 @@ int main(int argc, char** argv) {
 
     const std::vector<Command> commands = {add_demo_command(app),  add_run_command(app),
                                            add_compare_command(app), add_flops_command(app),
-                                           add_make_inputs_command(app), add_info_command(app)};
+                                           add_make_inputs_command(app), add_info_command(app),
+                                           add_backward_command(app)};
     // Set after the subcommands exist so that they do not inherit it.
     app.footer("Exit status: 0 on success, 1 for invalid arguments or files, 2 for unsupported requests and "
-               "CUDA failures, 3 for anything else.\n");
+               "CUDA failures, 3 for anything else, 4 when memory ran out, 5 when a result holds NaN/inf (run still "
+               "writes it, compare reports it).\n"
+               "Inputs are never overwritten; outputs appear whole or not at all.\n");
 
     if (argc <= 1) {
         std::cout << app.help();
@@ -65,17 +69,19 @@ int main(int argc, char** argv) {
         try {
             return c.run();
         } catch (const vmonarch::ArgumentError& e) {
-            return report(prefix, "error: ", e.what(), 1);
+            return report(prefix, "error: ", e.what(), exit_invalid);
         } catch (const vmonarch::FileFormatError& e) {
-            return report(prefix, "error: ", e.what(), 1);
+            return report(prefix, "error: ", e.what(), exit_invalid);
         } catch (const vmonarch::UnsupportedError& e) {
-            return report(prefix, "error: unsupported: ", e.what(), 2);
+            return report(prefix, "error: unsupported: ", e.what(), exit_unsupported);
         } catch (const vmonarch::CudaError& e) {
-            return report(prefix, "error: CUDA: ", e.what(), 2);
+            return report(prefix, "error: CUDA: ", e.what(), exit_unsupported);
+        } catch (const vmonarch::OutOfMemoryError& e) {
+            return report(prefix, "error: out of memory: ", e.what(), exit_out_of_memory);
         } catch (const std::bad_alloc&) {
-            return report(prefix, "error: ", "out of host memory", 3);
+            return report(prefix, "error: out of memory: ", "a host memory allocation failed", exit_out_of_memory);
         } catch (const std::exception& e) {
-            return report(prefix, "error: ", e.what(), 3);
+            return report(prefix, "error: ", e.what(), exit_internal);
         }
     }
     return report(prefix, "error: ", "no command given (see vmonarch --help)", 1);

@@ -77,9 +77,12 @@ std::string model_preset_names() {
 
 namespace {
 
-std::string nearest_multiples(std::int64_t value, std::int64_t step) {
-    const std::int64_t below = value / step * step, above = below + step;
-    if (below < step) return std::to_string(above);
+// "k·step + offset or (k+1)·step + offset" around value (k·step <= value), leaving out what overflows.
+std::string nearest_multiples(std::int64_t value, std::int64_t step, std::int64_t offset = 0) {
+    const std::int64_t below = value / step * step + offset;
+    std::int64_t above = 0;
+    if (__builtin_add_overflow(below, step, &above)) return std::to_string(below);
+    if (below - offset < step && offset == 0) return std::to_string(above);
     return std::to_string(below) + " or " + std::to_string(above);
 }
 
@@ -96,8 +99,7 @@ VideoGrid latent_grid_from_video(const ModelSpec& model, std::int64_t frames, st
         throw ArgumentError("--frames", "--frames " + std::to_string(frames) + ": " + model.name +
                                             "'s VAE compresses time by " + std::to_string(c) +
                                             ", so the frame count must be " + std::to_string(c) +
-                                            "k+1 (e.g. " + std::to_string(below) + " or " +
-                                            std::to_string(below + c) + ")");
+                                            "k+1 (e.g. " + nearest_multiples(below - 1, c, 1) + ")");
     }
     const auto check_spatial = [&](std::int64_t px, const std::string& flag) {
         if (px % s != 0)
@@ -107,7 +109,15 @@ VideoGrid latent_grid_from_video(const ModelSpec& model, std::int64_t frames, st
     };
     check_spatial(height, "--height");
     check_spatial(width, "--width");
-    return VideoGrid{(frames - 1) / c + 1, height / s, width / s};
+    const VideoGrid grid{(frames - 1) / c + 1, height / s, width / s};
+    try {
+        (void)grid.tokens();
+    } catch (const ArgumentError&) {
+        throw ArgumentError("--frames", "--frames " + std::to_string(frames) + " --height " + std::to_string(height) +
+                                            " --width " + std::to_string(width) + ": the latent grid " +
+                                            format_grid(grid) + " has more tokens than int64 holds (T*H*W overflows)");
+    }
+    return grid;
 }
 
 ModelFlops model_flops(const ModelSpec& model, const VideoGrid& grid, const Options& options, std::int64_t batch) {
@@ -126,11 +136,14 @@ ModelFlops model_flops(const ModelSpec& model, const VideoGrid& grid, const Opti
         r.attention_vmonarch = L * video.vmonarch;
     } else {
         const double n_all = n_video + text;
-        r.sequence_tokens = r.video_tokens + model.text_len;
+        if (__builtin_add_overflow(r.video_tokens, model.text_len, &r.sequence_tokens))
+            throw ArgumentError("--text-len", "--text-len " + std::to_string(model.text_len) + ": N + text_len = " +
+                                                  std::to_string(r.video_tokens) + " + " +
+                                                  std::to_string(model.text_len) + " overflows int64");
         r.linear = L * B * n_all * D * (8 * D + 4 * F);
         r.attention_dense = L * B * heads * 4 * n_all * n_all * d;
-        const double text_parts = 4 * n_video * text * d + 4 * text * n_all * d;
-        r.attention_vmonarch = L * (video.vmonarch + B * heads * text_parts);
+        // joint_flops: the text keys join every video query's exact group, text queries are exact (spec §4).
+        r.attention_vmonarch = L * joint_flops(grid, model.text_len, model.head_dim, model.heads, batch, options).vmonarch;
     }
     r.total_dense = r.linear + r.attention_dense;
     r.total_vmonarch = r.linear + r.attention_vmonarch;

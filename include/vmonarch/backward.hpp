@@ -1,0 +1,103 @@
+// vmonarch backward pass (spec §7): gradients of VMonarch attention for training and fine-tuning.
+//
+//   // lean mode: keep only out and lse from the forward; the backward reruns the forward itself
+//   vmonarch::attention(q, k, v, out, grid, options, &lse);
+//   vmonarch::attention_backward(q, k, v, out, lse, dout, dq, dk, dv, grid, options);
+//
+//   // saved mode: the training forward keeps the intermediates (no second forward in the backward)
+//   vmonarch::SavedState state;
+//   vmonarch::attention_training(q, k, v, out, lse, grid, options, state);
+//   vmonarch::BackwardOptions bo;
+//   bo.saved = &state;
+//   vmonarch::attention_backward(q, k, v, out, lse, dout, dq, dk, dv, grid, options, nullptr, bo);
+//
+// The gradient is that of `out` (and optionally of `lse`) with respect to q, k, v for the forward as
+// configured by `options` (iterations, clamp, frame-0 recompute, scale). By default it is the paper's
+// gradient, which treats the R-step entropy cL as a constant; entropy_grad = true gives the exact one.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "vmonarch/vmonarch.hpp"
+
+namespace vmonarch {
+
+// What attention_training() keeps for attention_backward() (spec §7): per iteration aL, cL and the
+// R-step log-sum-exp; aR and cR for iterations 2..t; the last R-step's values Y. Stored in the
+// accumulation precision (f32; f64 for f64 inputs), per (batch, head):
+//   t·(d + 2) + (t − 1)·(d + 1) + dv   values per token,
+// e.g. 517 floats = 2068 bytes per token per head at d = dv = 128, t = 2 (plus a 128-byte header).
+// The state records the shapes, dtype, grid and options of its forward; attention_backward checks them.
+// Move-only. Either owns its memory (default constructor; attention_training sizes it) or lives in
+// caller memory of saved_state_bytes(...) bytes (SavedState::over), e.g. a framework's tensor.
+class SavedState {
+public:
+    SavedState();
+    ~SavedState();
+    SavedState(SavedState&&) noexcept;
+    SavedState& operator=(SavedState&&) noexcept;
+    SavedState(const SavedState&) = delete;
+    SavedState& operator=(const SavedState&) = delete;
+
+    // A state in caller-owned memory (host memory for CPU tensors), at least saved_state_bytes(...)
+    // long and 8-byte aligned. The memory must outlive every use of the state. A buffer that
+    // attention_training filled can be wrapped again later (the header inside it says what it holds).
+    static SavedState over(void* data, std::size_t bytes, Device device = Device::cpu, int device_index = 0);
+
+    bool filled() const;         // true after attention_training wrote it
+    std::size_t bytes() const;   // bytes of memory in use (0 when empty)
+    const void* data() const;
+    void* data();
+    Device device() const;
+    int device_index() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+    friend void attention_training(const TensorView&, const TensorView&, const TensorView&, const TensorView&,
+                                   const LseView&, const VideoGrid&, const Options&, SavedState&,
+                                   const CudaContext*);
+};
+
+// Bytes of saved state for a forward on these shapes (header included), as attention_training needs.
+std::size_t saved_state_bytes(const TensorView& q, const TensorView& v, const VideoGrid& grid,
+                              const Options& options = {});
+
+struct BackwardOptions {
+    // false (default): the paper's gradient, cL treated as a constant (vmonarch_reference with
+    // detach_entropy=True). true: the exact gradient, through the entropy term as well.
+    bool entropy_grad = false;
+    // Bitwise repeatable results. The CPU backward always is (ordered accumulation, independent of the
+    // thread count); the flag is accepted there and matters for the CUDA kernels.
+    bool deterministic = false;
+    // State of attention_training() on the same q, k, v, grid and options; nullptr = lean mode
+    // (the forward is rerun inside the backward, one head at a time).
+    const SavedState* saved = nullptr;
+};
+
+// Training forward: like attention() (the same out and lse up to rounding), and also fills `state` with
+// what attention_backward() needs. lse is required (the backward needs it).
+void attention_training(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                        const LseView& lse, const VideoGrid& grid, const Options& options, SavedState& state,
+                        const CudaContext* cuda = nullptr);
+
+// Gradients dq, dk, dv ([B, N, heads, d] / [B, N, heads, dv], any strides like the inputs, dtype of q)
+// of the loss given dout = dLoss/dout ([B, N, heads, dv]) and optionally dlse = dLoss/dlse
+// ([B, heads, N], f32 or f64 like lse; nullptr = 0). out and lse are what attention() returned for these
+// q, k, v, grid and options. dq, dk, dv are overwritten (not accumulated into) and must not overlap
+// each other or any input. CPU: exact, fp32 accumulation (fp64 for f64). CUDA tensors: UnsupportedError
+// (not implemented yet). Throws ArgumentError for every invalid argument.
+void attention_backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                        const LseView& lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
+                        const TensorView& dv, const VideoGrid& grid, const Options& options = {},
+                        const LseView* dlse = nullptr, const BackwardOptions& backward = {},
+                        const CudaContext* cuda = nullptr);
+
+// Backward FLOPs (spec §7), all batches and heads, without the lean mode's forward rerun:
+// (10t + 4)·N·b·d + 10t·N·m·d + 10·b·N·d per head (the last term with the recompute on).
+double backward_flops(const VideoGrid& grid, std::int64_t head_dim, std::int64_t heads = 1,
+                      std::int64_t batch = 1, const Options& options = {});
+
+} // namespace vmonarch

@@ -1,0 +1,274 @@
+// PyTorch operators of the backward pass (include/vmonarch/backward.hpp), in the same torch library as
+// python/csrc/vmonarch_ops.cpp:
+//   attention_train(q, k, v, grid, ...) -> (out, lse, saved)       forward for autograd; saved is the
+//       training forward's state as a uint8 tensor (save_state=True) or empty (lean mode)
+//   attention_backward(q, k, v, out, lse, dout, dlse, grid, ..., saved) -> (dq, dk, dv)
+// Layouts "bshd" / "bhsd" as in vmonarch_ops.cpp; gradients come back in the inputs' layout and dtype.
+// Errors: ArgumentError -> ValueError, UnsupportedError (CUDA tensors for now) -> NotImplementedError.
+// The small tensor-to-view helpers repeat those of vmonarch_ops.cpp on purpose (both files keep their
+// own anonymous namespace; they are a few lines each).
+#include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/stack.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "vmonarch/backward.hpp"
+
+namespace {
+
+using vmonarch::Layout;
+
+Layout parse_layout(c10::string_view layout) {
+    if (const auto parsed = vmonarch::layout_from_string(std::string_view(layout.data(), layout.size()))) return *parsed;
+    TORCH_CHECK_VALUE(false, "vmonarch: layout is '", std::string(layout), "', expected 'bshd' or 'bhsd'");
+}
+
+vmonarch::DType to_dtype(const at::Tensor& t) {
+    switch (t.scalar_type()) {
+    case at::kHalf: return vmonarch::DType::f16;
+    case at::kBFloat16: return vmonarch::DType::bf16;
+    case at::kFloat: return vmonarch::DType::f32;
+    case at::kDouble: return vmonarch::DType::f64;
+    default: break;
+    }
+    TORCH_CHECK_TYPE(false, "vmonarch: dtype ", t.scalar_type(),
+                     " is not supported, expected bfloat16, float16, float32 or float64");
+}
+
+void check_tensor(const char* fn, const char* name, const at::Tensor& t, const at::Tensor& q, int64_t dims) {
+    TORCH_CHECK_VALUE(t.dim() == dims, fn, ": ", name, " has ", t.dim(), " dimensions, expected ", dims);
+    TORCH_CHECK_VALUE(t.device() == q.device(), fn, ": ", name, " is on ", t.device(), ", expected ", q.device(),
+                      " like q");
+    TORCH_CHECK_VALUE(t.numel() > 0, fn, ": ", name, " is empty (shape ", t.sizes(), ")");
+}
+
+void check_qkv(const char* fn, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+    const std::pair<const char*, const at::Tensor*> all[3] = {{"q", &q}, {"k", &k}, {"v", &v}};
+    for (auto [name, t] : all) {
+        TORCH_CHECK_VALUE(t->device().is_cpu() || t->device().is_cuda(), fn, ": ", name, " is on ", t->device(),
+                          ", expected a CPU or CUDA tensor");
+        check_tensor(fn, name, *t, q, 4);
+        TORCH_CHECK_TYPE(t->scalar_type() == q.scalar_type(), fn, ": ", name, " has dtype ", t->scalar_type(),
+                         ", expected ", q.scalar_type(), " like q");
+    }
+    to_dtype(q);
+}
+
+// Contiguous in the head dim and no broadcast strides: what the C++ API views without a copy.
+at::Tensor viewable(const at::Tensor& t) {
+    bool ok = t.size(-1) <= 1 || t.stride(-1) == 1;
+    for (int a = 0; a + 1 < t.dim(); ++a) ok = ok && (t.size(a) <= 1 || t.stride(a) >= 1);
+    return ok ? t : t.contiguous();
+}
+
+vmonarch::TensorView view_of(const at::Tensor& t, Layout layout) {
+    vmonarch::TensorView view;
+    view.data = t.data_ptr();
+    view.dtype = to_dtype(t);
+    view.device = t.is_cuda() ? vmonarch::Device::cuda : vmonarch::Device::cpu;
+    view.device_index = t.is_cuda() ? t.device().index() : 0;
+    const int tok = layout == Layout::bshd ? 1 : 2;
+    const int hd = layout == Layout::bshd ? 2 : 1;
+    view.shape = {t.size(0), t.size(tok), t.size(hd), t.size(3)};
+    view.strides = {t.stride(0), t.stride(tok), t.stride(hd), 1};
+    return view;
+}
+
+vmonarch::LseView lse_view_of(const at::Tensor& t) {
+    TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+                     "vmonarch.attention_backward: lse tensors are float32 or float64, got ", t.scalar_type());
+    vmonarch::LseView view;
+    view.data = t.data_ptr();
+    view.dtype = t.scalar_type() == at::kDouble ? vmonarch::DType::f64 : vmonarch::DType::f32;
+    view.device = t.is_cuda() ? vmonarch::Device::cuda : vmonarch::Device::cpu;
+    view.device_index = t.is_cuda() ? t.device().index() : 0;
+    view.shape = {t.size(0), t.size(1), t.size(2)};
+    view.strides = {t.stride(0), t.stride(1), t.stride(2)};
+    return view;
+}
+
+at::Tensor empty_like_layout(const at::Tensor& like) {
+    return at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
+at::ScalarType lse_dtype(const at::Tensor& q) {
+    return (q.is_cpu() && q.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
+}
+
+template <typename F>
+void translate_errors(F&& f) {
+    try {
+        f();
+    } catch (const vmonarch::ArgumentError& e) {
+        TORCH_CHECK_VALUE(false, e.what());
+    } catch (const vmonarch::UnsupportedError& e) {
+        TORCH_CHECK_NOT_IMPLEMENTED(false, e.what());
+    } catch (const vmonarch::CudaError& e) {
+        TORCH_CHECK(false, "vmonarch CUDA error: ", e.what());
+    } catch (const vmonarch::OutOfMemoryError& e) {
+        TORCH_CHECK(false, "vmonarch: out of memory: ", e.what());
+    } catch (const c10::Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        TORCH_CHECK(false, "vmonarch: ", e.what());
+    }
+}
+
+vmonarch::VideoGrid grid_of(const char* fn, at::IntArrayRef grid) {
+    TORCH_CHECK_VALUE(grid.size() == 3, fn, ": grid has ", grid.size(),
+                      " entries, expected 3 (frames T, height H, width W in tokens)");
+    return vmonarch::VideoGrid{grid[0], grid[1], grid[2]};
+}
+
+vmonarch::Options options_of(const char* fn, int64_t iterations, double clamp, bool recompute,
+                             std::optional<double> scale) {
+    TORCH_CHECK_VALUE(iterations >= 1 && iterations <= 8, fn, ": iterations is ", iterations, ", expected 1..8");
+    vmonarch::Options o;
+    o.iterations = static_cast<int>(iterations);
+    o.cr_clamp = clamp;
+    o.recompute_first_frame = recompute;
+    o.softmax_scale = scale;
+    return o;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_train_impl(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, at::IntArrayRef grid, int64_t iterations,
+    double clamp, bool recompute_first_frame, std::optional<double> scale, c10::string_view layout, bool entropy_grad,
+    bool deterministic, bool save_state) {
+    (void)entropy_grad, (void)deterministic; // used by the backward (registered in vmonarch/_backward.py)
+    const char* fn = "vmonarch.attention";
+    const Layout lay = parse_layout(layout);
+    check_qkv(fn, q_in, k_in, v_in);
+    TORCH_CHECK_NOT_IMPLEMENTED(!q_in.is_cuda(), fn, ": the backward pass runs on the CPU only in this version; "
+                                "CUDA tensors have no training forward yet (use torch.no_grad() for inference)");
+    const vmonarch::VideoGrid g = grid_of(fn, grid);
+    const vmonarch::Options opts = options_of(fn, iterations, clamp, recompute_first_frame, scale);
+    const at::Tensor q = viewable(q_in), k = viewable(k_in), v = viewable(v_in);
+    const vmonarch::TensorView qv = view_of(q, lay), kv = view_of(k, lay), vv = view_of(v, lay);
+    const std::vector<int64_t> out_shape = lay == Layout::bshd
+                                               ? std::vector<int64_t>{qv.batch(), qv.tokens(), qv.heads(), vv.head_dim()}
+                                               : std::vector<int64_t>{qv.batch(), qv.heads(), qv.tokens(), vv.head_dim()};
+    at::Tensor out = at::empty(out_shape, q.options());
+    at::Tensor lse = at::empty({qv.batch(), qv.heads(), qv.tokens()}, q.options().dtype(lse_dtype(q)));
+    const vmonarch::TensorView ov = view_of(out, lay);
+    const vmonarch::LseView lv = lse_view_of(lse);
+    if (!save_state) {
+        translate_errors([&] { vmonarch::attention(qv, kv, vv, ov, g, opts, &lv, nullptr); });
+        return {out, lse, at::empty({0}, q.options().dtype(at::kByte))};
+    }
+    std::size_t bytes = 0;
+    translate_errors([&] { bytes = vmonarch::saved_state_bytes(qv, vv, g, opts); });
+    // 8-byte aligned storage, exposed as bytes.
+    at::Tensor storage = at::empty({static_cast<int64_t>((bytes + 7) / 8)}, q.options().dtype(at::kDouble));
+    at::Tensor saved = storage.view(at::kByte).narrow(0, 0, static_cast<int64_t>(bytes));
+    translate_errors([&] {
+        vmonarch::SavedState state = vmonarch::SavedState::over(saved.data_ptr(), bytes, qv.device, qv.device_index);
+        vmonarch::attention_training(qv, kv, vv, ov, lv, g, opts, state, nullptr);
+    });
+    return {out, lse, saved};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_impl(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out_in,
+    const at::Tensor& lse_in, const at::Tensor& dout_in, const std::optional<at::Tensor>& dlse_in, at::IntArrayRef grid,
+    int64_t iterations, double clamp, bool recompute_first_frame, std::optional<double> scale, c10::string_view layout,
+    bool entropy_grad, bool deterministic, const std::optional<at::Tensor>& saved_in) {
+    const char* fn = "vmonarch.attention_backward";
+    const Layout lay = parse_layout(layout);
+    check_qkv(fn, q_in, k_in, v_in);
+    check_tensor(fn, "out", out_in, q_in, 4);
+    check_tensor(fn, "dout", dout_in, q_in, 4);
+    check_tensor(fn, "lse", lse_in, q_in, 3);
+    TORCH_CHECK_TYPE(out_in.scalar_type() == q_in.scalar_type(), fn, ": out has dtype ", out_in.scalar_type(),
+                     ", expected ", q_in.scalar_type(), " like q");
+    TORCH_CHECK_TYPE(dout_in.scalar_type() == q_in.scalar_type(), fn, ": dout has dtype ", dout_in.scalar_type(),
+                     ", expected ", q_in.scalar_type(), " like q");
+    const vmonarch::VideoGrid g = grid_of(fn, grid);
+    const vmonarch::Options opts = options_of(fn, iterations, clamp, recompute_first_frame, scale);
+    const at::Tensor q = viewable(q_in), k = viewable(k_in), v = viewable(v_in), out = viewable(out_in);
+    const at::Tensor dout = viewable(dout_in);
+    const at::Tensor lse = lse_in.contiguous();
+    at::Tensor dq = empty_like_layout(q_in), dk = empty_like_layout(k_in), dv = empty_like_layout(v_in);
+    const vmonarch::TensorView qv = view_of(q, lay), kv = view_of(k, lay), vv = view_of(v, lay);
+    const vmonarch::TensorView ov = view_of(out, lay), dov = view_of(dout, lay);
+    const vmonarch::TensorView dqv = view_of(dq, lay), dkv = view_of(dk, lay), dvv = view_of(dv, lay);
+    const vmonarch::LseView lv = lse_view_of(lse);
+    at::Tensor dlse;
+    vmonarch::LseView dlv;
+    if (dlse_in.has_value() && dlse_in->defined()) {
+        check_tensor(fn, "dlse", *dlse_in, q_in, 3);
+        dlse = dlse_in->to(lse.scalar_type()).contiguous();
+        dlv = lse_view_of(dlse);
+    }
+    vmonarch::BackwardOptions bo;
+    bo.entropy_grad = entropy_grad;
+    bo.deterministic = deterministic;
+    std::optional<vmonarch::SavedState> state;
+    if (saved_in.has_value() && saved_in->defined() && saved_in->numel() > 0) {
+        const at::Tensor& s = *saved_in;
+        TORCH_CHECK_TYPE(s.scalar_type() == at::kByte, fn, ": saved has dtype ", s.scalar_type(),
+                         ", expected uint8 (the state attention_train returned)");
+        TORCH_CHECK_VALUE(s.dim() == 1 && s.is_contiguous() && s.device() == q_in.device(), fn,
+                          ": saved must be the contiguous 1-D uint8 tensor attention_train returned on ", q_in.device());
+        translate_errors([&] {
+            state.emplace(vmonarch::SavedState::over(s.data_ptr(), static_cast<std::size_t>(s.numel()), qv.device,
+                                                     qv.device_index));
+        });
+        bo.saved = &*state;
+    }
+    translate_errors([&] {
+        vmonarch::attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, g, opts, dlse.defined() ? &dlv : nullptr,
+                                     bo, nullptr);
+    });
+    return {dq, dk, dv};
+}
+
+// Forward-mode AD: like the forward operators (vmonarch_ops.cpp), these have no forward derivative; a
+// kernel below autograd refuses inputs that carry a tangent instead of returning none.
+void refuse_tangents(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+    const auto& arguments = op.schema().arguments();
+    const auto values = torch::jit::last(*stack, arguments.size());
+    for (std::size_t i = 0; i < arguments.size(); ++i) {
+        if (!values[i].isTensor()) continue;
+        const at::Tensor& t = values[i].toTensor();
+        TORCH_CHECK_NOT_IMPLEMENTED(!t.defined() || !t._fw_grad(/*level=*/0).defined(), "vmonarch.attention: "
+                                    "forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not supported: "
+                                    "argument '", arguments[i].name(), "' of ", op.operator_name().name,
+                                    " has a tangent; call it on plain tensors");
+    }
+    at::AutoDispatchBelowADInplaceOrView below;
+    op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(vmonarch, ADInplaceOrView, m) {
+    m.impl("attention_train", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
+    m.impl("attention_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
+}
+
+TORCH_LIBRARY_FRAGMENT(vmonarch, m) {
+    m.def("attention_train(Tensor q, Tensor k, Tensor v, int[] grid, int iterations=2, float clamp=0.1, "
+          "bool recompute_first_frame=True, float? scale=None, str layout=\"bshd\", bool entropy_grad=False, "
+          "bool deterministic=False, bool save_state=False) -> (Tensor out, Tensor lse, Tensor saved)");
+    m.def("attention_backward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dout, Tensor? dlse, "
+          "int[] grid, int iterations=2, float clamp=0.1, bool recompute_first_frame=True, float? scale=None, "
+          "str layout=\"bshd\", bool entropy_grad=False, bool deterministic=False, Tensor? saved=None) "
+          "-> (Tensor dq, Tensor dk, Tensor dv)");
+}
+
+TORCH_LIBRARY_IMPL(vmonarch, CPU, m) {
+    m.impl("attention_train", &attention_train_impl);
+    m.impl("attention_backward", &attention_backward_impl);
+}
+
+TORCH_LIBRARY_IMPL(vmonarch, CUDA, m) {
+    m.impl("attention_train", &attention_train_impl);
+    m.impl("attention_backward", &attention_backward_impl);
+}

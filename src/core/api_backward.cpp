@@ -1,0 +1,309 @@
+// Public entry points of the backward pass (include/vmonarch/backward.hpp): validate every argument,
+// then hand a TrainingProblem / BackwardProblem to the CPU backend (src/core/backward_problem.hpp).
+// The forward's own arguments go through the same checks as attention() (src/core/api.cpp).
+#include <cstring>
+#include <limits>
+#include <new>
+#include <sstream>
+#include <vector>
+
+#include "core/backward_problem.hpp"
+
+namespace vmonarch {
+
+struct SavedState::Impl {
+    std::unique_ptr<std::uint64_t[]> owned; // when the state owns its memory
+    void* data = nullptr;
+    std::size_t bytes = 0;
+    Device device = Device::cpu;
+    int device_index = 0;
+};
+
+SavedState::SavedState() : impl_(std::make_unique<Impl>()) {}
+SavedState::~SavedState() = default;
+SavedState::SavedState(SavedState&&) noexcept = default;
+SavedState& SavedState::operator=(SavedState&&) noexcept = default;
+
+namespace {
+
+template <typename... Parts>
+std::string cat(const Parts&... parts) {
+    std::ostringstream os;
+    (os << ... << parts);
+    return os.str();
+}
+
+[[noreturn]] void fail(const std::string& fn, const std::string& argument, const std::string& what) {
+    throw ArgumentError(argument, cat(fn, ": argument '", argument, "' ", what));
+}
+
+const char* kAxis[4] = {"batch", "tokens", "heads", "head_dim"};
+
+struct ByteRange {
+    std::uintptr_t lo = 0, hi = 0;
+};
+
+template <std::size_t R>
+ByteRange byte_range(const void* data, DType dtype, const std::array<std::int64_t, R>& shape,
+                     const std::array<std::int64_t, R>& strides) {
+    std::int64_t last = 0;
+    for (std::size_t a = 0; a < R; ++a) last += (shape[a] - 1) * strides[a];
+    const auto lo = reinterpret_cast<std::uintptr_t>(data);
+    return {lo, lo + std::uintptr_t(last + 1) * dtype_size(dtype)};
+}
+
+ByteRange range_of(const TensorView& t) { return byte_range(t.data, t.dtype, t.shape, t.strides); }
+ByteRange range_of(const LseView& t) { return byte_range(t.data, t.dtype, t.shape, t.strides); }
+bool overlaps(ByteRange a, ByteRange b) { return a.lo < b.hi && b.lo < a.hi; }
+
+void check_shape(const std::string& fn, const std::string& name, const TensorView& t,
+                 const std::array<std::int64_t, 4>& want, const std::string& like) {
+    for (int a = 0; a < 4; ++a)
+        if (t.shape[a] != want[a])
+            fail(fn, cat(name, ".shape[", a, "]"),
+                 cat("(", kAxis[a], ") is ", t.shape[a], ", expected ", want[a], " like ", like));
+}
+
+// A written view must not overlap itself: rows written by different threads would race.
+void check_rows_disjoint(const std::string& fn, const std::string& name, const TensorView& t) {
+    std::array<std::int64_t, 3> ext{}, str{};
+    for (int a = 0; a < 3; ++a) ext[a] = t.shape[a], str[a] = t.strides[a];
+    for (int x = 0; x < 3; ++x)
+        for (int y = x + 1; y < 3; ++y)
+            if (str[y] < str[x]) std::swap(str[x], str[y]), std::swap(ext[x], ext[y]);
+    std::int64_t reach = t.head_dim();
+    for (int a = 0; a < 3; ++a) {
+        if (ext[a] == 1) continue;
+        if (str[a] < reach)
+            fail(fn, name + ".strides", cat("make elements of ", name, " overlap (stride ", str[a], " < extent ", reach,
+                                            "), expected non-overlapping rows"));
+        reach = str[a] * (ext[a] - 1) + reach;
+    }
+}
+
+// dlse: [batch, heads, tokens] like the forward's lse, f32 (or f64 for f64 inputs on the CPU).
+void check_dlse(const std::string& fn, const LseView& dlse, const TensorView& q) {
+    if (dlse.data == nullptr) fail(fn, "dlse.data", "is null, expected a pointer (or pass no dlse)");
+    const bool f64_ok = q.dtype == DType::f64 && q.device == Device::cpu;
+    if (dlse.dtype != DType::f32 && !(f64_ok && dlse.dtype == DType::f64))
+        fail(fn, "dlse.dtype", cat("is ", to_string(dlse.dtype), ", expected f32", f64_ok ? " or f64" : ""));
+    if (dlse.device != q.device || dlse.device_index != q.device_index)
+        fail(fn, "dlse.device", cat("is ", to_string(dlse.device), ":", dlse.device_index, ", expected ",
+                                    to_string(q.device), ":", q.device_index, " like q"));
+    const std::array<std::int64_t, 3> want{q.batch(), q.heads(), q.tokens()};
+    const char* axis[3] = {"batch", "heads", "tokens"};
+    for (int a = 0; a < 3; ++a) {
+        if (dlse.shape[a] != want[a])
+            fail(fn, cat("dlse.shape[", a, "]"), cat("(", axis[a], ") is ", dlse.shape[a], ", expected ", want[a], " from q"));
+        if (dlse.shape[a] > 1 && dlse.strides[a] < 1)
+            fail(fn, cat("dlse.strides[", a, "]"), cat("is ", dlse.strides[a], ", expected >= 1"));
+    }
+}
+
+detail::SavedLayout layout_of(const detail::MonarchProblem& p) {
+    return detail::SavedLayout{p.q_tokens, p.head_dim, p.value_dim, p.iterations};
+}
+
+// Bytes of saved state for a validated problem; ArgumentError when it does not fit in size_t.
+std::size_t state_bytes(const std::string& fn, const detail::MonarchProblem& p) {
+    const detail::SavedLayout l = layout_of(p);
+    const std::int64_t values = checked_product({p.batch, p.heads, l.per_head()}, fn, "q.shape");
+    const std::int64_t bytes =
+        checked_product({values, std::int64_t(detail::acc_bytes_for(p.q.dtype))}, fn, "q.shape");
+    if (bytes > std::int64_t(std::numeric_limits<std::int64_t>::max() - detail::kSavedHeaderBytes))
+        fail(fn, "q.shape", "needs more saved-state bytes than fit in int64");
+    return std::size_t(bytes) + detail::kSavedHeaderBytes;
+}
+
+detail::SavedHeader header_of(const detail::MonarchProblem& p) {
+    detail::SavedHeader h;
+    h.magic = detail::kSavedMagic;
+    h.acc_bytes = std::int32_t(detail::acc_bytes_for(p.q.dtype));
+    h.dtype = std::int32_t(p.q.dtype);
+    h.iterations = p.iterations;
+    h.recompute_first_frame = p.recompute_first_frame ? 1 : 0;
+    h.batch = p.batch, h.heads = p.heads, h.tokens = p.q_tokens, h.head_dim = p.head_dim, h.value_dim = p.value_dim;
+    h.T = p.grid.T, h.H = p.grid.H, h.W = p.grid.W;
+    h.cr_clamp = p.cr_clamp, h.scale = p.scale;
+    return h;
+}
+
+// The saved state must come from a forward on the same shapes, dtype, grid and options.
+void check_saved(const std::string& fn, const SavedState& saved, const detail::MonarchProblem& p) {
+    if (saved.device() != p.q.device || saved.device_index() != p.q.device_index)
+        fail(fn, "backward.saved", cat("is on ", to_string(saved.device()), ":", saved.device_index(), ", expected ",
+                                       to_string(p.q.device), ":", p.q.device_index, " like q"));
+    if (!saved.filled())
+        fail(fn, "backward.saved", "is empty, expected the state filled by attention_training (or nullptr for lean mode)");
+    detail::SavedHeader h;
+    std::memcpy(&h, saved.data(), sizeof h);
+    const detail::SavedHeader w = header_of(p);
+    auto mismatch = [&](const char* what, auto have, auto want) {
+        fail(fn, "backward.saved", cat("was filled by a forward with ", what, " ", have, ", expected ", want,
+                                       " as in this call"));
+    };
+    if (h.dtype != w.dtype) mismatch("dtype", to_string(DType(h.dtype)), to_string(DType(w.dtype)));
+    if (h.batch != w.batch) mismatch("batch", h.batch, w.batch);
+    if (h.heads != w.heads) mismatch("heads", h.heads, w.heads);
+    if (h.head_dim != w.head_dim) mismatch("head_dim", h.head_dim, w.head_dim);
+    if (h.value_dim != w.value_dim) mismatch("value head_dim", h.value_dim, w.value_dim);
+    if (h.T != w.T || h.H != w.H || h.W != w.W)
+        mismatch("grid", cat(h.T, "x", h.H, "x", h.W), cat(w.T, "x", w.H, "x", w.W));
+    if (h.iterations != w.iterations) mismatch("iterations", h.iterations, w.iterations);
+    if (h.cr_clamp != w.cr_clamp) mismatch("cr_clamp", h.cr_clamp, w.cr_clamp);
+    if (h.recompute_first_frame != w.recompute_first_frame)
+        mismatch("recompute_first_frame", bool(h.recompute_first_frame), bool(w.recompute_first_frame));
+    if (h.scale != w.scale) mismatch("softmax scale", h.scale, w.scale);
+    const std::size_t need = state_bytes(fn, p);
+    if (saved.bytes() < need)
+        fail(fn, "backward.saved", cat("holds ", saved.bytes(), " bytes, expected ", need, " for these shapes"));
+}
+
+[[noreturn]] void no_cuda_backward(const std::string& fn) {
+    throw UnsupportedError(fn + ": CUDA tensors are not supported yet (the backward pass runs on the CPU only in "
+                                "this version); pass Device::cpu tensors");
+}
+
+} // namespace
+
+SavedState SavedState::over(void* data, std::size_t bytes, Device device, int device_index) {
+    const std::string fn = "vmonarch::SavedState::over";
+    if (data == nullptr) fail(fn, "data", "is null, expected a pointer to the state's memory");
+    if (reinterpret_cast<std::uintptr_t>(data) % 8 != 0) fail(fn, "data", "is not 8-byte aligned, expected 8-byte alignment");
+    if (bytes < detail::kSavedHeaderBytes)
+        fail(fn, "bytes", cat("is ", bytes, ", expected at least ", detail::kSavedHeaderBytes, " (see saved_state_bytes)"));
+    if (device != Device::cpu && device != Device::cuda) fail(fn, "device", cat("has value ", int(device), ", expected cpu or cuda"));
+    if (device_index < 0) fail(fn, "device_index", cat("is ", device_index, ", expected >= 0"));
+    SavedState s;
+    s.impl_->data = data;
+    s.impl_->bytes = bytes;
+    s.impl_->device = device;
+    s.impl_->device_index = device_index;
+    return s;
+}
+
+bool SavedState::filled() const {
+    if (!impl_ || !impl_->data || impl_->bytes < detail::kSavedHeaderBytes || impl_->device != Device::cpu) return false;
+    std::uint64_t magic = 0;
+    std::memcpy(&magic, impl_->data, sizeof magic);
+    return magic == detail::kSavedMagic;
+}
+std::size_t SavedState::bytes() const { return impl_ ? impl_->bytes : 0; }
+const void* SavedState::data() const { return impl_ ? impl_->data : nullptr; }
+void* SavedState::data() { return impl_ ? impl_->data : nullptr; }
+Device SavedState::device() const { return impl_ ? impl_->device : Device::cpu; }
+int SavedState::device_index() const { return impl_ ? impl_->device_index : 0; }
+
+std::size_t saved_state_bytes(const TensorView& q, const TensorView& v, const VideoGrid& grid, const Options& options) {
+    const std::string fn = "vmonarch::saved_state_bytes";
+    detail::check_fit_options(fn, options);
+    detail::check_tensor_view(fn, "q", q);
+    detail::check_tensor_view(fn, "v", v);
+    if (grid.T < 1 || grid.H < 1 || grid.W < 1 || grid.tokens() != q.tokens())
+        fail(fn, "grid", cat("is ", grid.T, "x", grid.H, "x", grid.W, ", expected T*H*W = q's tokens ", q.tokens()));
+    detail::MonarchProblem p;
+    p.q = q, p.v = v;
+    p.batch = q.batch(), p.heads = q.heads(), p.q_tokens = q.tokens(), p.head_dim = q.head_dim();
+    p.value_dim = v.head_dim(), p.iterations = options.iterations;
+    return state_bytes(fn, p);
+}
+
+void attention_training(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                        const LseView& lse, const VideoGrid& grid, const Options& options, SavedState& state,
+                        const CudaContext* cuda) {
+    (void)cuda;
+    const std::string fn = "vmonarch::attention_training";
+    detail::TrainingProblem p;
+    static_cast<detail::MonarchProblem&>(p) = detail::check_monarch(fn, q, k, v, out, grid, options, &lse);
+    const std::size_t need = state_bytes(fn, p);
+    const bool owned = state.data() == nullptr || state.impl_->owned != nullptr;
+    if (owned) { // memory of its own, sized (again) for these shapes
+        if (state.bytes() != need || state.device() != q.device) {
+            SavedState fresh;
+            try {
+                fresh.impl_->owned.reset(new std::uint64_t[(need + 7) / 8]);
+            } catch (const std::bad_alloc&) {
+                throw OutOfMemoryError(cat(fn, ": could not allocate ", need, " bytes of host memory for the saved state"));
+            }
+            fresh.impl_->data = fresh.impl_->owned.get();
+            fresh.impl_->bytes = need;
+            fresh.impl_->device = q.device, fresh.impl_->device_index = q.device_index;
+            state = std::move(fresh);
+        }
+    } else {
+        if (state.device() != q.device || state.device_index() != q.device_index)
+            fail(fn, "state", cat("is on ", to_string(state.device()), ":", state.device_index(), ", expected ",
+                                  to_string(q.device), ":", q.device_index, " like q"));
+        if (state.bytes() < need)
+            fail(fn, "state", cat("holds ", state.bytes(), " bytes, expected at least ", need,
+                                  " (saved_state_bytes for these shapes)"));
+    }
+    const std::pair<const char*, const TensorView*> tensors[4] = {{"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}};
+    const ByteRange s{reinterpret_cast<std::uintptr_t>(state.data()),
+                      reinterpret_cast<std::uintptr_t>(state.data()) + need};
+    for (auto [name, t] : tensors)
+        if (overlaps(s, range_of(*t))) fail(fn, "state", cat("overlaps the memory of ", name, ", expected a separate buffer"));
+    if (overlaps(s, range_of(lse))) fail(fn, "state", "overlaps the memory of lse, expected a separate buffer");
+    if (q.device == Device::cuda) no_cuda_backward(fn);
+
+    detail::SavedHeader header = header_of(p);
+    header.magic = 0; // marked filled only once the forward finished
+    std::memcpy(state.data(), &header, sizeof header);
+    p.saved = state.data();
+    p.layout = layout_of(p);
+    detail::cpu_monarch_training(p);
+    header.magic = detail::kSavedMagic;
+    std::memcpy(state.data(), &header, sizeof header);
+}
+
+void attention_backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                        const LseView& lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
+                        const TensorView& dv, const VideoGrid& grid, const Options& options, const LseView* dlse,
+                        const BackwardOptions& backward, const CudaContext* cuda) {
+    (void)cuda;
+    const std::string fn = "vmonarch::attention_backward";
+    detail::BackwardProblem p;
+    static_cast<detail::MonarchProblem&>(p) = detail::check_monarch(fn, q, k, v, out, grid, options, &lse);
+    const std::pair<const char*, const TensorView*> grads[4] = {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}};
+    const TensorView* like[4] = {&out, &q, &k, &v};
+    const char* like_name[4] = {"out", "q", "k", "v"};
+    for (int g = 0; g < 4; ++g) {
+        detail::check_tensor_view(fn, grads[g].first, *grads[g].second);
+        detail::check_same_kind(fn, grads[g].first, *grads[g].second, q, "q");
+        check_shape(fn, grads[g].first, *grads[g].second, like[g]->shape, like_name[g]);
+    }
+    if (dlse) check_dlse(fn, *dlse, q);
+    // The gradients are written: each must be free of self-overlap and apart from everything else.
+    std::vector<std::pair<std::string, ByteRange>> others = {{"q", range_of(q)},       {"k", range_of(k)},
+                                                             {"v", range_of(v)},       {"out", range_of(out)},
+                                                             {"lse", range_of(lse)},   {"dout", range_of(dout)}};
+    if (dlse) others.push_back({"dlse", range_of(*dlse)});
+    for (int g = 1; g < 4; ++g) {
+        const std::string name = grads[g].first;
+        check_rows_disjoint(fn, name, *grads[g].second);
+        const ByteRange r = range_of(*grads[g].second);
+        for (const auto& [other, range] : others)
+            if (overlaps(r, range)) fail(fn, name, cat("overlaps the memory of ", other, ", expected a separate buffer"));
+        others.push_back({name, r});
+    }
+    if (backward.saved) check_saved(fn, *backward.saved, p);
+    if (q.device == Device::cuda) no_cuda_backward(fn);
+
+    p.dout = dout, p.dq = dq, p.dk = dk, p.dv = dv, p.dlse = dlse;
+    p.entropy_grad = backward.entropy_grad;
+    p.deterministic = backward.deterministic;
+    p.saved = backward.saved ? backward.saved->data() : nullptr;
+    p.layout = layout_of(p);
+    detail::cpu_monarch_backward(p);
+}
+
+double backward_flops(const VideoGrid& grid, std::int64_t head_dim, std::int64_t heads, std::int64_t batch,
+                      const Options& options) {
+    // spec §7, per head: (10t + 4)·N·b·d + 10t·N·m·d + 10·b·N·d (the last with the recompute on).
+    const double n = double(grid.tokens()), b = double(grid.frame_tokens()), m = double(grid.T);
+    const double d = double(head_dim), t = double(options.iterations), count = double(heads) * double(batch);
+    const double recompute = options.recompute_first_frame ? 10 * b * n * d : 0.0;
+    return ((10 * t + 4) * n * b * d + 10 * t * n * m * d + recompute) * count;
+}
+
+} // namespace vmonarch

@@ -1,0 +1,66 @@
+// Internal: the validated backward / training-forward problems handed from src/core/api_backward.cpp to
+// a backend, and the layout of the saved state (spec §7: what a training forward keeps).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/backend.hpp"
+#include "vmonarch/backward.hpp"
+
+namespace vmonarch::detail {
+
+// First bytes of every saved-state buffer: what the forward that filled it was run on.
+struct SavedHeader {
+    std::uint64_t magic = 0;   // kSavedMagic once filled
+    std::int32_t version = 1;
+    std::int32_t acc_bytes = 0; // 4 (f32) or 8 (f64): precision of the stored values
+    std::int32_t dtype = 0, iterations = 0, recompute_first_frame = 0, reserved = 0;
+    std::int64_t batch = 0, heads = 0, tokens = 0, head_dim = 0, value_dim = 0;
+    std::int64_t T = 0, H = 0, W = 0;
+    double cr_clamp = 0, scale = 0;
+};
+constexpr std::uint64_t kSavedMagic = 0x5641564D4F4E4152ull; // "VMONARAV"-ish tag
+constexpr std::size_t kSavedHeaderBytes = 128;
+static_assert(sizeof(SavedHeader) <= kSavedHeaderBytes);
+
+// Per (batch, head) block of the saved state, in values of the accumulation type, tokens frame-major:
+//   iteration r = 0..t-1:  aL[N][d], cL[N], lse_R[N]
+//   iteration r = 1..t-1:  aR[N][d], cR[N]            (r = 0 has aR = Q, cR = 1)
+//   Y[N][dv]                                          (last R-step's values)
+struct SavedLayout {
+    std::int64_t N = 0, d = 0, dv = 0, t = 0;
+
+    std::int64_t fit_block() const { return N * d + 2 * N; }
+    std::int64_t carry_block() const { return N * d + N; }
+    std::int64_t per_head() const { return t * fit_block() + (t - 1) * carry_block() + N * dv; }
+    std::int64_t aL(int r) const { return r * fit_block(); }
+    std::int64_t cL(int r) const { return aL(r) + N * d; }
+    std::int64_t lse_r(int r) const { return cL(r) + N; }
+    std::int64_t aR(int r) const { return t * fit_block() + (r - 1) * carry_block(); } // r >= 1
+    std::int64_t cR(int r) const { return aR(r) + N * d; }
+    std::int64_t y() const { return t * fit_block() + (t - 1) * carry_block(); }
+};
+
+inline std::size_t acc_bytes_for(DType dtype) { return dtype == DType::f64 ? 8 : 4; }
+
+struct TrainingProblem : MonarchProblem {
+    void* saved = nullptr;      // saved-state buffer (header + per-head blocks), validated size
+    SavedLayout layout;
+};
+
+struct BackwardProblem : MonarchProblem {
+    // MonarchProblem::out and ::lse are the forward's results (lse is never null here).
+    TensorView dout, dq, dk, dv;
+    const LseView* dlse = nullptr;
+    bool entropy_grad = false;
+    bool deterministic = false;
+    const void* saved = nullptr; // filled saved state matching this problem, or null (lean mode)
+    SavedLayout layout;
+};
+
+// CPU backend (src/cpu/monarch_train_cpu.cpp, src/cpu/monarch_backward_cpu.cpp).
+void cpu_monarch_training(const TrainingProblem& p);
+void cpu_monarch_backward(const BackwardProblem& p);
+
+} // namespace vmonarch::detail

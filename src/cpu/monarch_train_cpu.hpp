@@ -1,0 +1,179 @@
+// The CPU training forward (spec §3 keeping what §7 needs), per (batch, head): the same R-steps,
+// L-steps and frame-0 recompute as the inference forward (src/cpu/monarch_cpu.cpp), writing every
+// iteration's aL, cL, lse_R, the next iteration's aR, cR and the last Y into a saved-state block
+// (layout: SavedLayout in src/core/backward_problem.hpp). Used by attention_training() and, into a
+// temporary block, by the lean backward (src/cpu/monarch_backward_cpu.cpp).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/backward_problem.hpp"
+#include "cpu/head_ops.hpp"
+
+namespace vmonarch::detail {
+
+// Pointers into one head's saved-state block.
+template <typename Acc>
+struct HeadState {
+    std::vector<Acc*> aL, cL, lse_r, aR, cR; // per iteration; aR[0] = cR[0] = nullptr (aR = Q, cR = 1)
+    Acc* y = nullptr;
+
+    HeadState(Acc* base, const SavedLayout& l) {
+        for (int r = 0; r < l.t; ++r) {
+            aL.push_back(base + l.aL(r));
+            cL.push_back(base + l.cL(r));
+            lse_r.push_back(base + l.lse_r(r));
+            aR.push_back(r == 0 ? nullptr : base + l.aR(r));
+            cR.push_back(r == 0 ? nullptr : base + l.cR(r));
+        }
+        y = base + l.y();
+    }
+};
+
+template <typename Acc>
+class TrainingHead {
+public:
+    // q, k, v: this head as contiguous [N][d] / [N][dv] arrays; state: its block.
+    TrainingHead(const MonarchProblem& p, const Acc* q, const Acc* k, const Acc* v, HeadState<Acc> state)
+        : p_(p), T_(p.grid.T), HW_(p.grid.frame_tokens()), N_(p.grid.tokens()), d_(p.head_dim), dv_(p.value_dim),
+          scale_(Acc(p.scale)), q_(q), k_(k), v_(v), s_(std::move(state)) {}
+
+    // Runs the t alternating steps and the recompute into out ([N][dv]) and lse ([N]).
+    void run(Acc* out, Acc* lse) {
+        const int t = p_.iterations;
+        for (int it = 0; it < t; ++it) {
+            r_step(it);
+            l_step(it, out, lse);
+        }
+        if (p_.recompute_first_frame) {
+            // spec §3, first-frame recompute: frame-0 queries get exact attention over all N keys.
+            ProgressCounter progress("training recompute frame 0", HW_);
+            dense_rows<Acc>(q_, HW_, k_, v_, N_, d_, dv_, scale_, out, lse, &progress);
+        }
+    }
+
+    // R-step row scale γ = s / max(cR, clamp) of token n (key frame k, position j) in iteration it (spec §7).
+    static Acc row_scale(const MonarchProblem& p, const HeadState<Acc>& s, int it, std::int64_t n) {
+        const Acc cr = it == 0 ? Acc(1) : s.cR[it][n];
+        return Acc(p.scale) / std::max(cr, Acc(p.cr_clamp));
+    }
+
+private:
+    // R-step (spec §3): x[l] = γ·⟨aR[k][j], K[k][l]⟩, R = softmax_l x, aL = s·Σ R·K,
+    // cL = Σ R·x − logsumexp x, y = Σ R·V on the last step; keeps lse_R = logsumexp x (spec §7).
+    void r_step(int it) {
+        const bool last = it == p_.iterations - 1;
+        const Acc* aR = it == 0 ? q_ : s_.aR[it];
+        Acc* aL = s_.aL[it];
+        Acc* cL = s_.cL[it];
+        Acc* lse_r = s_.lse_r[it];
+        ProgressCounter progress("training R-step", N_, it + 1, p_.iterations);
+        ThreadScratch<Acc> scratch(HW_ + d_, "vmonarch training forward (cpu): R-step logits (HW + d per thread)");
+#pragma omp parallel num_threads(scratch.threads())
+        {
+            Acc* const x = scratch.mine();
+            Acc* const qs = x + HW_;
+#pragma omp for schedule(dynamic, 16)
+            for (std::int64_t n = 0; n < N_; ++n) {
+                const std::int64_t k = n / HW_;
+                const Acc* keys = k_ + k * HW_ * d_;
+                const Acc* values = v_ + k * HW_ * dv_;
+                const Acc gamma = row_scale(p_, s_, it, n);
+                for (std::int64_t c = 0; c < d_; ++c) qs[c] = aR[n * d_ + c] * gamma;
+                Acc mx = -std::numeric_limits<Acc>::infinity();
+                for (std::int64_t l = 0; l < HW_; ++l) {
+                    x[l] = dot(qs, keys + l * d_, d_);
+                    mx = std::max(mx, x[l]);
+                }
+                Acc sum = 0, weighted = 0;
+                for (std::int64_t l = 0; l < HW_; ++l) {
+                    const Acc e = std::exp(x[l] - mx);
+                    sum += e;
+                    weighted += e * x[l];
+                    x[l] = e;
+                }
+                lse_r[n] = mx + std::log(sum);
+                cL[n] = weighted / sum - lse_r[n];
+                const Acc inv = Acc(1) / sum;
+                Acc* al = aL + n * d_;
+                Acc* yr = last ? s_.y + n * dv_ : nullptr;
+                std::fill(al, al + d_, Acc(0));
+                if (yr) std::fill(yr, yr + dv_, Acc(0));
+                for (std::int64_t l = 0; l < HW_; ++l) {
+                    const Acc prob = x[l] * inv;
+                    axpy(prob, keys + l * d_, al, d_);
+                    if (yr) axpy(prob, values + l * dv_, yr, dv_);
+                }
+                for (std::int64_t c = 0; c < d_; ++c) al[c] *= scale_;
+                progress.add();
+            }
+        }
+    }
+
+    // L-step (spec §3): z[k] = ⟨Q[i][j], aL[j][k]⟩ − cL[j][k], L = softmax_k z; then the next cR, aR,
+    // or O[i][j] = Σ_k L·y[k][j] and lse = logsumexp z after the last one.
+    void l_step(int it, Acc* out, Acc* lse) {
+        const bool last = it == p_.iterations - 1;
+        const std::int64_t first_frame = (last && p_.recompute_first_frame) ? 1 : 0;
+        const Acc* aL = s_.aL[it];
+        const Acc* cL = s_.cL[it];
+        Acc* aR_next = last ? nullptr : s_.aR[it + 1];
+        Acc* cR_next = last ? nullptr : s_.cR[it + 1];
+        ProgressCounter progress("training L-step", HW_, it + 1, p_.iterations);
+        ThreadScratch<Acc> z_rows(T_ * T_, "vmonarch training forward (cpu): L-step logits (T x T per thread)");
+#pragma omp parallel num_threads(z_rows.threads())
+        {
+            Acc* const z = z_rows.mine();
+#pragma omp for schedule(static)
+            for (std::int64_t j = 0; j < HW_; ++j) {
+                for (std::int64_t i = first_frame; i < T_; ++i) {
+                    const Acc* qi = q_ + (i * HW_ + j) * d_;
+                    Acc* zi = z + i * T_;
+                    Acc mx = -std::numeric_limits<Acc>::infinity();
+                    for (std::int64_t k = 0; k < T_; ++k) {
+                        const std::int64_t n = k * HW_ + j;
+                        zi[k] = dot(qi, aL + n * d_, d_) - cL[n];
+                        mx = std::max(mx, zi[k]);
+                    }
+                    Acc sum = 0;
+                    for (std::int64_t k = 0; k < T_; ++k) sum += std::exp(zi[k] - mx);
+                    const Acc inv = Acc(1) / sum;
+                    for (std::int64_t k = 0; k < T_; ++k) zi[k] = std::exp(zi[k] - mx) * inv; // z now holds L
+                    if (last) {
+                        Acc* o = out + (i * HW_ + j) * dv_;
+                        std::fill(o, o + dv_, Acc(0));
+                        for (std::int64_t k = 0; k < T_; ++k) axpy(zi[k], s_.y + (k * HW_ + j) * dv_, o, dv_);
+                        lse[i * HW_ + j] = mx + std::log(sum);
+                    }
+                }
+                if (!last) { // positions j are disjoint across threads
+                    for (std::int64_t k = 0; k < T_; ++k) {
+                        const std::int64_t n = k * HW_ + j;
+                        Acc* ar = aR_next + n * d_;
+                        std::fill(ar, ar + d_, Acc(0));
+                        Acc cr = 0;
+                        for (std::int64_t i = 0; i < T_; ++i) {
+                            const Acc w = z[std::size_t(i * T_ + k)];
+                            cr += w;
+                            axpy(w, q_ + (i * HW_ + j) * d_, ar, d_);
+                        }
+                        cR_next[n] = cr;
+                    }
+                }
+                progress.add();
+            }
+        }
+    }
+
+    const MonarchProblem& p_;
+    const std::int64_t T_, HW_, N_, d_, dv_;
+    const Acc scale_;
+    const Acc *q_, *k_, *v_;
+    HeadState<Acc> s_;
+};
+
+} // namespace vmonarch::detail

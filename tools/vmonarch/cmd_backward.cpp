@@ -1,0 +1,161 @@
+// vmonarch backward: gradients dq, dk, dv of VMonarch attention (spec §7) for q/k/v files and an output
+// gradient dout, written in the inputs' layout and dtype. The forward runs first (its out and LSE are
+// what the backward needs); --saved keeps its intermediates instead of rerunning it in the backward.
+#include <filesystem>
+#include <iostream>
+#include <memory>
+
+#include "attention_inputs.hpp"
+#include "commands.hpp"
+#include "tensor_output.hpp"
+#include "vmonarch/backward.hpp"
+
+namespace vmonarch::cli {
+
+namespace {
+
+struct BackwardCommandOptions {
+    AttentionFileOptions inputs;
+    std::string dout, dq, dk, dv;
+    bool entropy_grad = false;
+    bool saved = false;
+};
+
+std::string canonical_file(const std::string& spec) {
+    std::error_code ec;
+    const auto path = std::filesystem::weakly_canonical(split_tensor_path(spec).file, ec);
+    return ec ? split_tensor_path(spec).file : path.string();
+}
+
+// No output may name one of the input files (an input is never overwritten).
+void require_outputs_apart(const std::vector<std::pair<std::string, std::string>>& outputs,
+                           const std::vector<std::pair<std::string, std::string>>& inputs) {
+    for (const auto& [out_option, out_spec] : outputs)
+        for (const auto& [in_option, in_spec] : inputs)
+            if (canonical_file(out_spec) == canonical_file(in_spec))
+                throw ArgumentError(out_option, out_option + " " + out_spec + ": is the input file of " + in_option +
+                                                    ", expected a different file (inputs are never overwritten)");
+}
+
+HostTensor read_dout(const std::string& spec, const AttentionInputs& in, Layout layout) {
+    require_existing_file(spec, "--dout");
+    HostTensor t;
+    try {
+        t = read_tensor(spec);
+    } catch (const FileFormatError& e) {
+        throw FileFormatError(with_option("--dout", spec, e.what()));
+    }
+    const auto want = file_shape(layout, in.shape.batch, in.shape.heads, in.shape.tokens, in.shape.value_dim);
+    if (t.shape != want)
+        throw ArgumentError("--dout", "--dout " + spec + ": shape " + format_shape(t.shape) + ", expected " +
+                                          format_shape(want) + " (the output's shape: --v's shape in --layout " +
+                                          to_string(layout) + ")");
+    if (t.dtype != in.q.dtype)
+        throw ArgumentError("--dout", "--dout " + spec + ": dtype " + to_string(t.dtype) + ", expected " +
+                                          to_string(in.q.dtype) + " like --q " + in.q_path);
+    return t;
+}
+
+int backward_command(const BackwardCommandOptions& o) {
+    const Layout layout = parse_layout(o.inputs.layout);
+    const VideoGrid grid = parse_grid(o.inputs.grid);
+    const Options options = monarch_options_from(o.inputs);
+    // The backward runs on the CPU in this version: auto means cpu, cuda is refused with the reason.
+    const Device device = o.inputs.device == "auto" ? Device::cpu : resolve_device(o.inputs.device);
+    if (device == Device::cuda)
+        throw UnsupportedError("--device cuda: the backward pass runs on the CPU only in this version (the CUDA "
+                               "backward kernels are not written yet); use --device cpu");
+    std::optional<DType> cast;
+    if (!o.inputs.cast.empty()) cast = parse_dtype(o.inputs.cast, "--cast");
+    require_tensor_extension(o.dq, "--dq");
+    require_tensor_extension(o.dk, "--dk");
+    require_tensor_extension(o.dv, "--dv");
+    require_outputs_apart({{"--dq", o.dq}, {"--dk", o.dk}, {"--dv", o.dv}},
+                          {{"--q", o.inputs.q}, {"--k", o.inputs.k}, {"--v", o.inputs.v}, {"--dout", o.dout}});
+
+    AttentionInputs in = load_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout);
+    HostTensor dout = read_dout(o.dout, in, layout);
+    const DType input_dtype = in.q.dtype;
+    const DType compute_dtype = cast.value_or(input_dtype);
+
+    std::vector<TensorOutput> outputs{{o.dq, "--dq", "dq", nullptr}, {o.dk, "--dk", "dk", nullptr},
+                                      {o.dv, "--dv", "dv", nullptr}};
+    check_tensor_outputs(outputs, {input_dtype, input_dtype, input_dtype});
+
+    if (compute_dtype != input_dtype) {
+        in.q = in.q.converted(compute_dtype);
+        in.k = in.k.converted(compute_dtype);
+        in.v = in.v.converted(compute_dtype);
+        dout = dout.converted(compute_dtype);
+    }
+    const AttentionShape& s = in.shape;
+    HostTensor out = HostTensor::zeros(compute_dtype, file_shape(layout, s.batch, s.heads, s.tokens, s.value_dim));
+    HostTensor dq = HostTensor::zeros(compute_dtype, in.q.shape), dk = HostTensor::zeros(compute_dtype, in.k.shape);
+    HostTensor dv = HostTensor::zeros(compute_dtype, in.v.shape);
+    const DType lse_dtype = compute_dtype == DType::f64 ? DType::f64 : DType::f32;
+    HostTensor lse = HostTensor::zeros(lse_dtype, {s.batch, s.heads, s.tokens});
+
+    auto view = [&](HostTensor& t, std::int64_t dim) { return view_of(t.data(), compute_dtype, Device::cpu, layout, s, dim); };
+    const TensorView qv = view(in.q, s.head_dim), kv = view(in.k, s.head_dim), vv = view(in.v, s.value_dim);
+    const TensorView ov = view(out, s.value_dim), dov = view(dout, s.value_dim);
+    const TensorView dqv = view(dq, s.head_dim), dkv = view(dk, s.head_dim), dvv = view(dv, s.value_dim);
+    const LseView lv = LseView::contiguous(lse.data(), lse_dtype, Device::cpu, s.batch, s.heads, s.tokens);
+
+    BackwardOptions bo;
+    bo.entropy_grad = o.entropy_grad;
+    SavedState state;
+    Stopwatch clock;
+    {
+        ProgressLine progress(o.inputs.progress);
+        if (o.saved) {
+            attention_training(qv, kv, vv, ov, lv, grid, options, state);
+            bo.saved = &state;
+        } else {
+            attention(qv, kv, vv, ov, grid, options, &lv);
+        }
+        attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, grid, options, nullptr, bo);
+    }
+    const double seconds = clock.seconds();
+    if (compute_dtype != input_dtype) {
+        dq = dq.converted(input_dtype);
+        dk = dk.converted(input_dtype);
+        dv = dv.converted(input_dtype);
+    }
+    outputs[0].tensor = &dq;
+    outputs[1].tensor = &dk;
+    outputs[2].tensor = &dv;
+    write_tensor_outputs(outputs);
+
+    std::cout << "wrote " << o.dq << ", " << o.dk << ", " << o.dv << " " << format_shape(dq.shape) << " "
+              << to_string(input_dtype) << ": VMonarch backward t=" << options.iterations
+              << (options.recompute_first_frame ? ", frame-0 recompute" : ", no recompute")
+              << (o.entropy_grad ? ", exact gradient (entropy)" : ", paper gradient (cL constant)")
+              << (o.saved ? ", saved state (" + format_thousands(std::int64_t(state.bytes())) + " bytes)" : ", lean")
+              << " on cpu in " << to_string(compute_dtype) << ", grid " << format_grid(grid) << ", forward + backward "
+              << format_seconds(seconds) << "\n";
+    return 0;
+}
+
+} // namespace
+
+Command add_backward_command(CLI::App& app) {
+    auto o = std::make_shared<BackwardCommandOptions>();
+    CLI::App* cmd = app.add_subcommand(
+        "backward", "Gradients dq, dk, dv of VMonarch attention for q/k/v files and an output gradient --dout.");
+    cmd->footer("Inputs as for 'run'; --dout has the output's shape ([B, heads, N, dv] or [B, N, heads, dv]) and the "
+                "inputs' dtype. The gradients are written in the inputs' layout and dtype. By default the paper's "
+                "gradient (the R-step entropy cL treated as a constant); --entropy-grad gives the exact one. Runs on "
+                "the CPU (the CUDA backward is not written yet).\n"
+                "Example: vmonarch backward --q q.npy --k k.npy --v v.npy --dout g.npy --grid 4,8,8 "
+                "--dq dq.npy --dk dk.npy --dv dv.npy\n");
+    add_attention_file_options(*cmd, o->inputs);
+    cmd->add_option("--dout", o->dout, "gradient of the loss with respect to the attention output")->required();
+    cmd->add_option("--dq", o->dq, "write dq here (FILE.npy or FILE.safetensors[:NAME])")->required();
+    cmd->add_option("--dk", o->dk, "write dk here")->required();
+    cmd->add_option("--dv", o->dv, "write dv here")->required();
+    cmd->add_flag("--entropy-grad", o->entropy_grad, "exact gradient, through the R-step entropy too");
+    cmd->add_flag("--saved", o->saved, "keep the forward's intermediates (saved mode) instead of rerunning it");
+    return Command{cmd, [o] { return backward_command(*o); }};
+}
+
+} // namespace vmonarch::cli
