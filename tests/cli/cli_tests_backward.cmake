@@ -35,7 +35,7 @@ set_tests_properties(cli_backward_safetensors_bf16 PROPERTIES FIXTURES_REQUIRED 
 vmonarch_cli_error_test(backward_dout_shape "--dout q\\.npy: shape \\[1, 2, 48, 16\\], expected \\[1, 48, 3, 8\\]"
   backward --q qkv.safetensors:q --k qkv.safetensors:k --v qkv.safetensors:v --dout q.npy --grid 3,4,4 --layout bshd
   --dq x.safetensors:dq --dk x.safetensors:dk --dv x.safetensors:dv)
-vmonarch_cli_error_test(backward_never_overwrites_inputs "--dk k\\.npy: is the input file of --k"
+vmonarch_cli_error_test(backward_never_overwrites_inputs "--dk k\\.npy: is the input --k k\\.npy"
   backward ${backward_inputs} --dq x_dq.npy --dk k.npy --dv x_dv.npy)
 vmonarch_cli_error_test(backward_missing_dout "--dout nothing\\.npy: no such file"
   backward --q q.npy --k k.npy --v v.npy --dout nothing.npy --grid 3,4,4 --dq x_dq.npy --dk x_dk.npy --dv x_dv.npy)

@@ -1,7 +1,6 @@
 // vmonarch backward: gradients dq, dk, dv of VMonarch attention (spec §7) for q/k/v files and an output
 // gradient dout, written in the inputs' layout and dtype. The forward runs first (its out and LSE are
 // what the backward needs); --saved keeps its intermediates instead of rerunning it in the backward.
-#include <filesystem>
 #include <iostream>
 #include <memory>
 
@@ -21,27 +20,12 @@ struct BackwardCommandOptions {
     bool saved = false;
 };
 
-std::string canonical_file(const std::string& spec) {
-    std::error_code ec;
-    const auto path = std::filesystem::weakly_canonical(split_tensor_path(spec).file, ec);
-    return ec ? split_tensor_path(spec).file : path.string();
-}
-
-// No output may name one of the input files (an input is never overwritten).
-void require_outputs_apart(const std::vector<std::pair<std::string, std::string>>& outputs,
-                           const std::vector<std::pair<std::string, std::string>>& inputs) {
-    for (const auto& [out_option, out_spec] : outputs)
-        for (const auto& [in_option, in_spec] : inputs)
-            if (canonical_file(out_spec) == canonical_file(in_spec))
-                throw ArgumentError(out_option, out_option + " " + out_spec + ": is the input file of " + in_option +
-                                                    ", expected a different file (inputs are never overwritten)");
-}
-
-HostTensor read_dout(const std::string& spec, const AttentionInputs& in, Layout layout) {
+// Checks --dout's header against the inputs (before any data is read): the output's shape and q's dtype.
+void check_dout_header(const std::string& spec, const AttentionInputs& in, Layout layout) {
     require_existing_file(spec, "--dout");
-    HostTensor t;
+    TensorInfo t;
     try {
-        t = read_tensor(spec);
+        t = read_tensor_info(spec);
     } catch (const FileFormatError& e) {
         throw FileFormatError(with_option("--dout", spec, e.what()));
     }
@@ -50,10 +34,17 @@ HostTensor read_dout(const std::string& spec, const AttentionInputs& in, Layout 
         throw ArgumentError("--dout", "--dout " + spec + ": shape " + format_shape(t.shape) + ", expected " +
                                           format_shape(want) + " (the output's shape: --v's shape in --layout " +
                                           to_string(layout) + ")");
-    if (t.dtype != in.q.dtype)
+    if (t.dtype != in.dtype)
         throw ArgumentError("--dout", "--dout " + spec + ": dtype " + to_string(t.dtype) + ", expected " +
-                                          to_string(in.q.dtype) + " like --q " + in.q_path);
-    return t;
+                                          to_string(in.dtype) + " like --q " + in.q_path);
+}
+
+HostTensor read_dout(const std::string& spec) {
+    try {
+        return read_tensor(spec);
+    } catch (const FileFormatError& e) {
+        throw FileFormatError(with_option("--dout", spec, e.what()));
+    }
 }
 
 int backward_command(const BackwardCommandOptions& o) {
@@ -70,24 +61,21 @@ int backward_command(const BackwardCommandOptions& o) {
     require_tensor_extension(o.dq, "--dq");
     require_tensor_extension(o.dk, "--dk");
     require_tensor_extension(o.dv, "--dv");
-    require_outputs_apart({{"--dq", o.dq}, {"--dk", o.dk}, {"--dv", o.dv}},
-                          {{"--q", o.inputs.q}, {"--k", o.inputs.k}, {"--v", o.inputs.v}, {"--dout", o.dout}});
-
-    AttentionInputs in = load_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout);
-    HostTensor dout = read_dout(o.dout, in, layout);
-    const DType input_dtype = in.q.dtype;
+    // Headers first, then the output paths (never an input, --dout included), then the data.
+    AttentionInputs in = inspect_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout);
+    check_dout_header(o.dout, in, layout);
+    const DType input_dtype = in.dtype;
     const DType compute_dtype = cast.value_or(input_dtype);
 
     std::vector<TensorOutput> outputs{{o.dq, "--dq", "dq", nullptr}, {o.dk, "--dk", "dk", nullptr},
                                       {o.dv, "--dv", "dv", nullptr}};
-    check_tensor_outputs(outputs, {input_dtype, input_dtype, input_dtype});
+    std::vector<InputFile> files = in.files();
+    files.push_back({"--dout", o.dout});
+    const OutputPlan plan = check_tensor_outputs(outputs, {input_dtype, input_dtype, input_dtype}, files);
 
-    if (compute_dtype != input_dtype) {
-        in.q = in.q.converted(compute_dtype);
-        in.k = in.k.converted(compute_dtype);
-        in.v = in.v.converted(compute_dtype);
-        dout = dout.converted(compute_dtype);
-    }
+    read_attention_data(in, cast);
+    HostTensor dout = read_dout(o.dout);
+    if (compute_dtype != input_dtype) dout = convert_checked(dout, compute_dtype, "--cast", "--dout " + o.dout);
     const AttentionShape& s = in.shape;
     HostTensor out = HostTensor::zeros(compute_dtype, file_shape(layout, s.batch, s.heads, s.tokens, s.value_dim));
     HostTensor dq = HostTensor::zeros(compute_dtype, in.q.shape), dk = HostTensor::zeros(compute_dtype, in.k.shape);
@@ -117,14 +105,14 @@ int backward_command(const BackwardCommandOptions& o) {
     }
     const double seconds = clock.seconds();
     if (compute_dtype != input_dtype) {
-        dq = dq.converted(input_dtype);
-        dk = dk.converted(input_dtype);
-        dv = dv.converted(input_dtype);
+        dq = convert_checked(dq, input_dtype, "--dq", "the gradient dq");
+        dk = convert_checked(dk, input_dtype, "--dk", "the gradient dk");
+        dv = convert_checked(dv, input_dtype, "--dv", "the gradient dv");
     }
     outputs[0].tensor = &dq;
     outputs[1].tensor = &dk;
     outputs[2].tensor = &dv;
-    write_tensor_outputs(outputs);
+    write_tensor_outputs(plan, outputs);
 
     std::cout << "wrote " << o.dq << ", " << o.dk << ", " << o.dv << " " << format_shape(dq.shape) << " "
               << to_string(input_dtype) << ": VMonarch backward t=" << options.iterations
