@@ -182,7 +182,7 @@ def test_value_dim_differs(ref):
         assert_grads_close(got, want)
 
 
-def test_dv_identical_between_variants_and_lean_equals_saved():
+def test_dv_identical_between_variants_and_lean_matches_saved():
     grid = (4, 2, 3)
     q, k, v = make_qkv("video", 2, 2, grid, 8, "bshd", seed=51)
     dout = make_qkv("random", 2, 2, grid, 8, "bshd", seed=52)[1]
@@ -193,8 +193,10 @@ def test_dv_identical_between_variants_and_lean_equals_saved():
     for entropy_grad in (False, True):
         lean = vmonarch_grads(q, k, v, dout, grid, "bshd", entropy_grad=entropy_grad)
         saved = vmonarch_grads(q, k, v, dout, grid, "bshd", entropy_grad=entropy_grad, save_state=True)
+        # Lean mode reruns the training forward inside the backward but takes out and lse from the plain
+        # forward (src/cpu/monarch_cpu.cpp), whose sums run in another order: equal to fp64 round-off.
         for a, b in zip(lean, saved):
-            assert torch.equal(a, b)
+            assert float((a - b).abs().max()) <= 1e-13 * float(b.abs().max())
     again = vmonarch_grads(q, k, v, dout, grid, "bshd", deterministic=True)
     for a, b in zip(paper, again):
         assert torch.equal(a, b)
