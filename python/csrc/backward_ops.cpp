@@ -5,8 +5,7 @@
 //   attention_backward(q, k, v, out, lse, dout, dlse, grid, ..., saved) -> (dq, dk, dv)
 // Layouts "bshd" / "bhsd" as in vmonarch_ops.cpp; gradients come back in the inputs' layout and dtype.
 // Errors: ArgumentError -> ValueError, UnsupportedError (CUDA tensors for now) -> NotImplementedError.
-// The small tensor-to-view helpers repeat those of vmonarch_ops.cpp on purpose (both files keep their
-// own anonymous namespace; they are a few lines each).
+// The layout/dtype helpers and the error translation come from binding_common.hpp.
 #include <ATen/ATen.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/stack.h>
@@ -18,28 +17,15 @@
 #include <string>
 #include <tuple>
 
+#include "binding_common.hpp"
 #include "vmonarch/backward.hpp"
 
 namespace {
 
 using vmonarch::Layout;
-
-Layout parse_layout(c10::string_view layout) {
-    if (const auto parsed = vmonarch::layout_from_string(std::string_view(layout.data(), layout.size()))) return *parsed;
-    TORCH_CHECK_VALUE(false, "vmonarch: layout is '", std::string(layout), "', expected 'bshd' or 'bhsd'");
-}
-
-vmonarch::DType to_dtype(const at::Tensor& t) {
-    switch (t.scalar_type()) {
-    case at::kHalf: return vmonarch::DType::f16;
-    case at::kBFloat16: return vmonarch::DType::bf16;
-    case at::kFloat: return vmonarch::DType::f32;
-    case at::kDouble: return vmonarch::DType::f64;
-    default: break;
-    }
-    TORCH_CHECK_TYPE(false, "vmonarch: dtype ", t.scalar_type(),
-                     " is not supported, expected bfloat16, float16, float32 or float64");
-}
+using vmonarch_binding::parse_layout;
+using vmonarch_binding::to_dtype;
+using vmonarch_binding::translate_errors;
 
 void check_tensor(const char* fn, const char* name, const at::Tensor& t, const at::Tensor& q, int64_t dims) {
     TORCH_CHECK_VALUE(t.dim() == dims, fn, ": ", name, " has ", t.dim(), " dimensions, expected ", dims);
@@ -99,25 +85,6 @@ at::Tensor empty_like_layout(const at::Tensor& like) {
 
 at::ScalarType lse_dtype(const at::Tensor& q) {
     return (q.is_cpu() && q.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
-}
-
-template <typename F>
-void translate_errors(F&& f) {
-    try {
-        f();
-    } catch (const vmonarch::ArgumentError& e) {
-        TORCH_CHECK_VALUE(false, e.what());
-    } catch (const vmonarch::UnsupportedError& e) {
-        TORCH_CHECK_NOT_IMPLEMENTED(false, e.what());
-    } catch (const vmonarch::CudaError& e) {
-        TORCH_CHECK(false, "vmonarch CUDA error: ", e.what());
-    } catch (const vmonarch::OutOfMemoryError& e) {
-        TORCH_CHECK(false, "vmonarch: out of memory: ", e.what());
-    } catch (const c10::Error&) {
-        throw;
-    } catch (const std::exception& e) {
-        TORCH_CHECK(false, "vmonarch: ", e.what());
-    }
 }
 
 vmonarch::VideoGrid grid_of(const char* fn, at::IntArrayRef grid) {

@@ -29,6 +29,7 @@
 #include <tuple>
 #include <vector>
 
+#include "binding_common.hpp"
 #include "vmonarch/vmonarch.hpp"
 
 #ifdef VMONARCH_WITH_CUDA
@@ -39,23 +40,9 @@
 namespace {
 
 using vmonarch::Layout;
-
-Layout parse_layout(c10::string_view layout) {
-    if (const auto parsed = vmonarch::layout_from_string(std::string_view(layout.data(), layout.size()))) return *parsed;
-    TORCH_CHECK_VALUE(false, "vmonarch: layout is '", std::string(layout), "', expected 'bshd' or 'bhsd'");
-}
-
-vmonarch::DType to_dtype(const at::Tensor& t) {
-    switch (t.scalar_type()) {
-    case at::kHalf: return vmonarch::DType::f16;
-    case at::kBFloat16: return vmonarch::DType::bf16;
-    case at::kFloat: return vmonarch::DType::f32;
-    case at::kDouble: return vmonarch::DType::f64;
-    default: break;
-    }
-    TORCH_CHECK_TYPE(false, "vmonarch: dtype ", t.scalar_type(),
-                     " is not supported, expected bfloat16, float16, float32 or float64");
-}
+using vmonarch_binding::parse_layout;
+using vmonarch_binding::to_dtype;
+using vmonarch_binding::translate_errors;
 
 // Checks the torch-level facts the C++ API cannot see (rank, device type, one dtype and device for
 // all) and raises TypeError for dtype problems, so that `except TypeError` catches all of those.
@@ -118,27 +105,6 @@ at::Tensor empty_out(const at::Tensor& q, const at::Tensor& v, Layout layout) {
 
 at::ScalarType lse_dtype(const at::Tensor& q) {
     return (q.is_cpu() && q.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
-}
-
-// Runs f, turning the C++ library's exceptions into torch's typed errors.
-template <typename F>
-void translate_errors(F&& f) {
-    try {
-        f();
-    } catch (const vmonarch::ArgumentError& e) {
-        TORCH_CHECK_VALUE(false, e.what());
-    } catch (const vmonarch::UnsupportedError& e) {
-        TORCH_CHECK_NOT_IMPLEMENTED(false, e.what());
-    } catch (const vmonarch::OutOfMemoryError& e) {
-        // torch.OutOfMemoryError (a RuntimeError), the error torch itself raises when memory runs out.
-        TORCH_CHECK_WITH(OutOfMemoryError, false, "vmonarch: ", e.what());
-    } catch (const vmonarch::CudaError& e) {
-        TORCH_CHECK(false, "vmonarch CUDA error: ", e.what());
-    } catch (const c10::Error&) {
-        throw;
-    } catch (const std::exception& e) {
-        TORCH_CHECK(false, "vmonarch: ", e.what());
-    }
 }
 
 struct Prepared {

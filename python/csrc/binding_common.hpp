@@ -1,0 +1,55 @@
+// Pieces both operator files of the extension share (vmonarch_ops.cpp, backward_ops.cpp): the layout and
+// dtype of a tensor, and the one translation of the C++ library's exceptions into torch's typed errors
+// (ArgumentError -> ValueError, UnsupportedError -> NotImplementedError, OutOfMemoryError ->
+// torch.OutOfMemoryError, CudaError and anything else -> RuntimeError).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <string>
+#include <string_view>
+
+#include "vmonarch/vmonarch.hpp"
+
+namespace vmonarch_binding {
+
+inline vmonarch::Layout parse_layout(c10::string_view layout) {
+    if (const auto parsed = vmonarch::layout_from_string(std::string_view(layout.data(), layout.size()))) return *parsed;
+    TORCH_CHECK_VALUE(false, "vmonarch: layout is '", std::string(layout), "', expected 'bshd' or 'bhsd'");
+}
+
+inline vmonarch::DType to_dtype(const at::Tensor& t) {
+    switch (t.scalar_type()) {
+    case at::kHalf: return vmonarch::DType::f16;
+    case at::kBFloat16: return vmonarch::DType::bf16;
+    case at::kFloat: return vmonarch::DType::f32;
+    case at::kDouble: return vmonarch::DType::f64;
+    default: break;
+    }
+    TORCH_CHECK_TYPE(false, "vmonarch: dtype ", t.scalar_type(),
+                     " is not supported, expected bfloat16, float16, float32 or float64");
+}
+
+// Runs f, turning the C++ library's exceptions into torch's typed errors.
+template <typename F>
+void translate_errors(F&& f) {
+    try {
+        f();
+    } catch (const vmonarch::ArgumentError& e) {
+        TORCH_CHECK_VALUE(false, e.what());
+    } catch (const vmonarch::UnsupportedError& e) {
+        TORCH_CHECK_NOT_IMPLEMENTED(false, e.what());
+    } catch (const vmonarch::OutOfMemoryError& e) {
+        // torch.OutOfMemoryError (a RuntimeError), the error torch itself raises when memory runs out.
+        TORCH_CHECK_WITH(OutOfMemoryError, false, "vmonarch: ", e.what());
+    } catch (const vmonarch::CudaError& e) {
+        TORCH_CHECK(false, "vmonarch CUDA error: ", e.what());
+    } catch (const c10::Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        TORCH_CHECK(false, "vmonarch: ", e.what());
+    }
+}
+
+} // namespace vmonarch_binding
