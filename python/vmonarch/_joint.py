@@ -145,6 +145,18 @@ class JointProcessor:
 
 
 # --- enable / disable ------------------------------------------------------------------------------------
+def project_video_then_text(attn, out: torch.Tensor, video_tokens: int, dtype: torch.dtype):
+    """The output projections of a joint sequence with the video first: out [B, N + L, heads, d] ->
+    (attn.to_out applied to the video rows, attn.to_add_out to the text rows), each where the module has it."""
+    out = out.flatten(2, 3).to(dtype)
+    hidden_out, text_out = out[:, :video_tokens], out[:, video_tokens:]
+    if getattr(attn, "to_out", None) is not None:
+        hidden_out = attn.to_out[1](attn.to_out[0](hidden_out))
+    if getattr(attn, "to_add_out", None) is not None:
+        text_out = attn.to_add_out(text_out)
+    return hidden_out, text_out
+
+
 def set_processor(attn, processor) -> None:
     if hasattr(attn, "set_processor"):      # diffusers' Attention
         attn.set_processor(processor)

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from . import _joint
-from ._joint import JointProcessor, JointSchedule
+from ._joint import JointProcessor, JointSchedule, project_video_then_text
 
 __all__ = ["VMonarchHunyuanVideoAttnProcessor", "JointSchedule", "enable", "disable"]
 
@@ -98,13 +98,7 @@ class VMonarchHunyuanVideoAttnProcessor(JointProcessor):
 
         out = self.schedule.joint_attention(query, key, value, grid, L, text_first=False, text_lens=text_lens,
                                             layout="bshd")                      # [B, N + L, heads, d]
-        out = out.flatten(2, 3).to(query.dtype)
-        hidden_out, text_out = out[:, :N], out[:, N:]
-        if getattr(attn, "to_out", None) is not None:
-            hidden_out = attn.to_out[1](attn.to_out[0](hidden_out))
-        if getattr(attn, "to_add_out", None) is not None:
-            text_out = attn.to_add_out(text_out)
-        return hidden_out, text_out
+        return project_video_then_text(attn, out, N, query.dtype)
 
 
 # --- enable / disable ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _joint
-from ._joint import JointProcessor, JointSchedule, zero_padded_text_rows
+from ._joint import JointProcessor, JointSchedule, project_video_then_text, zero_padded_text_rows
 
 __all__ = ["VMonarchHunyuanVideo15AttnProcessor", "JointSchedule", "enable", "disable"]
 
@@ -75,13 +75,7 @@ class VMonarchHunyuanVideo15AttnProcessor(JointProcessor):
         out = self.schedule.joint_attention(query, key, value, grid, L, text_first=False, text_lens=text_lens,
                                             layout="bshd")                      # [B, N + L, heads, d]
         out = zero_padded_text_rows(out, text_lens, N, L, "bshd")
-        out = out.flatten(2, 3).to(query.dtype)
-        hidden_out, text_out = out[:, :N], out[:, N:]
-        if getattr(attn, "to_out", None) is not None:
-            hidden_out = attn.to_out[1](attn.to_out[0](hidden_out))
-        if getattr(attn, "to_add_out", None) is not None:
-            text_out = attn.to_add_out(text_out)
-        return hidden_out, text_out
+        return project_video_then_text(attn, out, N, query.dtype)
 
 
 # --- enable / disable ------------------------------------------------------------------------------------
