@@ -26,6 +26,7 @@ using vmonarch::Layout;
 using vmonarch_binding::parse_layout;
 using vmonarch_binding::to_dtype;
 using vmonarch_binding::translate_errors;
+using vmonarch_binding::view_of;
 
 void check_tensor(const char* fn, const char* name, const at::Tensor& t, const at::Tensor& q, int64_t dims) {
     TORCH_CHECK_VALUE(t.dim() == dims, fn, ": ", name, " has ", t.dim(), " dimensions, expected ", dims);
@@ -51,19 +52,6 @@ at::Tensor viewable(const at::Tensor& t) {
     bool ok = t.size(-1) <= 1 || t.stride(-1) == 1;
     for (int a = 0; a + 1 < t.dim(); ++a) ok = ok && (t.size(a) <= 1 || t.stride(a) >= 1);
     return ok ? t : t.contiguous();
-}
-
-vmonarch::TensorView view_of(const at::Tensor& t, Layout layout) {
-    vmonarch::TensorView view;
-    view.data = t.data_ptr();
-    view.dtype = to_dtype(t);
-    view.device = t.is_cuda() ? vmonarch::Device::cuda : vmonarch::Device::cpu;
-    view.device_index = t.is_cuda() ? t.device().index() : 0;
-    const int tok = layout == Layout::bshd ? 1 : 2;
-    const int hd = layout == Layout::bshd ? 2 : 1;
-    view.shape = {t.size(0), t.size(tok), t.size(hd), t.size(3)};
-    view.strides = {t.stride(0), t.stride(tok), t.stride(hd), 1};
-    return view;
 }
 
 vmonarch::LseView lse_view_of(const at::Tensor& t) {

@@ -1,5 +1,5 @@
 // Pieces both operator files of the extension share (vmonarch_ops.cpp, backward_ops.cpp): the layout and
-// dtype of a tensor, and the one translation of the C++ library's exceptions into torch's typed errors
+// dtype of a tensor, its view for the C++ API, and the one translation of the C++ library's exceptions into torch's typed errors
 // (ArgumentError -> ValueError, UnsupportedError -> NotImplementedError, OutOfMemoryError ->
 // torch.OutOfMemoryError, CudaError and anything else -> RuntimeError).
 #pragma once
@@ -29,6 +29,21 @@ inline vmonarch::DType to_dtype(const at::Tensor& t) {
     }
     TORCH_CHECK_TYPE(false, "vmonarch: dtype ", t.scalar_type(),
                      " is not supported, expected bfloat16, float16, float32 or float64");
+}
+
+// A tensor [B, N, heads, d] ("bshd") or [B, heads, N, d] ("bhsd") as the C++ API's [batch, tokens, heads,
+// head_dim] view, through its strides (the caller makes the head dim contiguous first).
+inline vmonarch::TensorView view_of(const at::Tensor& t, vmonarch::Layout layout) {
+    vmonarch::TensorView view;
+    view.data = t.data_ptr();
+    view.dtype = to_dtype(t);
+    view.device = t.is_cuda() ? vmonarch::Device::cuda : vmonarch::Device::cpu;
+    view.device_index = t.is_cuda() ? t.device().index() : 0;
+    const int tok = layout == vmonarch::Layout::bshd ? 1 : 2;
+    const int hd = layout == vmonarch::Layout::bshd ? 2 : 1;
+    view.shape = {t.size(0), t.size(tok), t.size(hd), t.size(3)};
+    view.strides = {t.stride(0), t.stride(tok), t.stride(hd), 1};
+    return view;
 }
 
 // Runs f, turning the C++ library's exceptions into torch's typed errors.

@@ -43,6 +43,7 @@ using vmonarch::Layout;
 using vmonarch_binding::parse_layout;
 using vmonarch_binding::to_dtype;
 using vmonarch_binding::translate_errors;
+using vmonarch_binding::view_of;
 
 // Checks the torch-level facts the C++ API cannot see (rank, device type, one dtype and device for
 // all) and raises TypeError for dtype problems, so that `except TypeError` catches all of those.
@@ -81,20 +82,6 @@ bool viewable(const at::Tensor& t) {
 }
 
 at::Tensor prepare(const at::Tensor& t) { return viewable(t) ? t : t.contiguous(); }
-
-vmonarch::TensorView view_of(const at::Tensor& t, Layout layout) {
-    vmonarch::TensorView view;
-    view.data = t.data_ptr();
-    view.dtype = to_dtype(t);
-    view.device = t.is_cuda() ? vmonarch::Device::cuda : vmonarch::Device::cpu;
-    view.device_index = t.is_cuda() ? t.device().index() : 0;
-    // view axes: batch, tokens, heads, head_dim
-    const int tok = layout == Layout::bshd ? 1 : 2;
-    const int hd = layout == Layout::bshd ? 2 : 1;
-    view.shape = {t.size(0), t.size(tok), t.size(hd), t.size(3)};
-    view.strides = {t.stride(0), t.stride(tok), t.stride(hd), 1};
-    return view;
-}
 
 at::Tensor empty_out(const at::Tensor& q, const at::Tensor& v, Layout layout) {
     const int tok = layout == Layout::bshd ? 1 : 2;
