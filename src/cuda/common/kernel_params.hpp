@@ -55,7 +55,29 @@ struct LStepParams {
     bool skip_frame0 = false;               // last: leave frame 0's out/lse rows alone (recompute owns them)
     std::int64_t frames = 1, positions = 1; // T, HW
     int heads = 1, batch = 1;
+    // Exact key groups (spec §3b). Key frame k is left out of query frame i's fit (z = −inf, its a/c rows are
+    // not read) when k < sink_frames or |i − k| <= window_radius (window_radius < 0: no window). A row with no
+    // fitted key frame has no Monarch part (F = −inf; out 0 unless merged).
+    std::int64_t sink_frames = 0, window_radius = -1;
+    // last, exact_lse set: on entry out holds O_E and exact_lse LSE_E of each row (f32, indexed like lse);
+    // the row's result is the log-sum-exp merge of §3b: tot = logaddexp(F, LSE_E),
+    // out = e^{F−tot}·O_M + e^{LSE_E−tot}·O_E, lse = tot (both −inf: out 0, lse −inf). exact_lse may be lse.
+    RowView exact_lse;
 };
+
+// Log-sum-exp merge of a partial attention result into an accumulator (spec §3b), per row (b, h, f, r) with
+// f < segments, r < rows:  tot = logaddexp(acc_lse, part_lse);
+//   acc_o = e^{acc_lse−tot}·acc_o + e^{part_lse−tot}·part_o;  acc_lse = tot   (both −inf: acc_o 0, acc_lse −inf).
+// acc_o / part_o are input-dtype rows of value_dim elements; acc_lse / part_lse f32.
+struct LseMergeParams {
+    Elem elem = Elem::bf16;
+    int value_dim = 128;
+    RowView acc_o, acc_lse, part_o, part_lse;
+    std::int64_t segments = 1, rows = 1;
+    int heads = 1, batch = 1;
+};
+// acc ⊕= part as above; with clear = true instead sets acc_o = 0, acc_lse = −inf (an empty group; part unused).
+void launch_lse_merge(const LseMergeParams& p, bool clear, void* stream, const char* what);
 
 // Launchers: check the configuration, launch on `stream` (a cudaStream_t, null = default stream) and
 // check the launch; throw vmonarch::CudaError naming the kernel and shapes on any failure.
