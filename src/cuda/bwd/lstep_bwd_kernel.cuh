@@ -14,7 +14,10 @@
 // values per thread), so every chunk read from shared memory and widened to f32 feeds two products.
 // Every input row is read from global memory once (16-byte chunks of consecutive elements); the only
 // repeated global traffic is the f32 dQ row (read-modify-write, twice in the earlier L-steps) and D_L,
-// parked in the drow_r rows between two passes (they are overwritten with D_R at the end).
+// parked in the drow_r rows between two passes (they are overwritten with D_R at the end); the per-frame
+// scalars cL and D are loaded at each use (L1 hits).
+// With the frame-0 recompute on, the caller passes dO and D with frame-0 rows zeroed (§7.2): those rows then
+// give dZ = 0 and no dY.
 // Shared memory is (2·T·d + T² + T)·4 bytes, the forward L-step's own bound (lstep_smem_bytes), so every
 // T the forward takes, the backward takes too.
 #pragma once
