@@ -2,6 +2,7 @@
 // workspace (caller's or a cached per-(device, stream) buffer), then MonarchPlan / the dense kernel.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -109,7 +110,7 @@ void cuda_text_query_attention(const TextQueryProblem& p, const CudaContext* ctx
         ws = ctx->workspace;
         bytes = ctx->workspace_bytes;
     } else {
-        bytes = cuda::text_query_workspace_bytes(p, p.q_tokens);
+        bytes = cuda::text_query_workspace_bytes(p, std::min(p.q_tokens, p.kv_tokens)); // one chunk's
         ws = cached_workspace(p.q.device_index, stream, bytes, "vmonarch::joint_attention text queries");
     }
     cuda::run_text_queries(p, ws, bytes, stream);

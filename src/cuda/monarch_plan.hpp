@@ -72,7 +72,8 @@ RowView shift_batch(RowView v, std::int64_t n, std::size_t elem_bytes);
 
 // Exact text queries of a joint sequence (spec §3c) over the workspace bytes [ws, ws + ws_bytes): dense
 // over the video keys, then the valid text keys of each batch element merged by log-sum-exp, in chunks of
-// query rows that fit the workspace. text_query_workspace_bytes(p, rows): the bytes for chunks of `rows`.
+// min(L, N) query rows (fewer only when the workspace is smaller than that needs).
+// text_query_workspace_bytes(p, rows): the bytes for chunks of `rows`.
 std::size_t text_query_workspace_bytes(const detail::TextQueryProblem& p, std::int64_t rows);
 void run_text_queries(const detail::TextQueryProblem& p, void* ws, std::size_t ws_bytes, void* stream);
 

@@ -1,9 +1,9 @@
 // Exact text queries of a joint sequence on the GPU (spec §3c): softmax attention of each text query over
 // every video key and the valid text keys of its batch element, as a dense flash launch over the video keys
 // (which writes the user's out and an LSE) and, per batch element with lens[b] > 0, a dense launch over its
-// text keys into a workspace partial merged in by log-sum-exp (spec §3b's merge). Query rows go in chunks
-// that fit the workspace: per (batch, head) and chunk row, a dv-vector partial output, its LSE and, when the
-// caller asks for no lse, the accumulator's LSE.
+// text keys into a workspace partial merged in by log-sum-exp (spec §3b's merge). Query rows go in chunks of
+// min(L, N) rows: per (batch, head) and chunk row, a dv-vector partial output, its LSE and, when the caller
+// asks for no lse, the accumulator's LSE.
 #include <algorithm>
 #include <string>
 
@@ -59,11 +59,16 @@ std::size_t text_query_workspace_bytes(const detail::TextQueryProblem& p, std::i
 void run_text_queries(const detail::TextQueryProblem& p, void* ws, std::size_t ws_bytes, void* stream) {
     const std::int64_t L = p.q_tokens, N = p.kv_tokens, B = p.batch;
     if (L <= 0 || B <= 0 || p.heads <= 0) return;
-    // The largest chunk of query rows whose buffers fit ws_bytes (bytes grow linearly with rows, plus padding).
-    const std::size_t per_row = std::size_t(B) * std::size_t(p.heads) * (std::size_t(p.value_dim) * 2 + 8);
-    std::int64_t chunk = ws_bytes > 3 * kAlign ? std::int64_t((ws_bytes - 3 * kAlign) / per_row) : 0;
-    chunk = std::min(chunk, L);
-    while (chunk > 0 && chunk_layout(p, chunk).total > ws_bytes) --chunk;
+    // Chunks of min(L, N) query rows: the video part's workspace always holds them (its y, cL and LSE_E regions
+    // alone are that size), and the same chunks with the library's workspace or the caller's give the same bits
+    // (on the GPU, chunkings of 254 + 2 and of 256 rows gave different low bits). A smaller workspace than that
+    // takes the largest chunk that fits.
+    std::int64_t chunk = std::min(L, N);
+    if (chunk_layout(p, chunk).total > ws_bytes) {
+        const std::size_t per_row = std::size_t(B) * std::size_t(p.heads) * (std::size_t(p.value_dim) * 2 + 8);
+        chunk = std::min<std::int64_t>(chunk, std::int64_t(ws_bytes / per_row)); // bytes(c) >= c·per_row
+        while (chunk > 0 && chunk_layout(p, chunk).total > ws_bytes) --chunk;
+    }
     if (chunk < 1)
         throw CudaError("vmonarch::joint_attention (text queries): CudaContext::workspace has " + std::to_string(ws_bytes) +
                         " bytes, needs at least " + std::to_string(chunk_layout(p, 1).total) +
