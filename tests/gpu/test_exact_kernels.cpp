@@ -152,6 +152,8 @@ std::string case_name(const XCase& c) {
     return os.str();
 }
 
+void PrintTo(const XCase& c, std::ostream* os) { *os << case_name(c); }
+
 // spec §3b: key frame k is exact for query frame i when k < S or |i − k| <= r (r < 0: no window).
 bool exact(const XCase& c, std::int64_t i, std::int64_t k) {
     return k < c.S || (c.r >= 0 && std::abs(i - k) <= c.r);
@@ -485,6 +487,8 @@ std::string case_name(const MCase& c) {
        << vmonarch::to_string(c.dtype);
     return os.str();
 }
+
+void PrintTo(const MCase& c, std::ostream* os) { *os << case_name(c); }
 
 class ExactLseMerge : public ::testing::TestWithParam<MCase> {};
 
