@@ -10,7 +10,7 @@ import torch.distributed as dist
 import vmonarch
 import vmonarch.distributed as vd
 from conftest import load_reference, make_qkv, rel_l2
-from distributed_joint_jobs import joint_grad_cases, joint_op_cases  # noqa: F401  (run_job looks jobs up here)
+from distributed_joint_jobs import joint_grad_cases, joint_model_cases, joint_op_cases  # noqa: F401  (run_job looks jobs up here)
 
 # diffusers 0.42.1's context-parallel hook logs through Logger.warning_once, a method that only transformers
 # adds to logging.Logger when it is imported; these tiny models import no transformers (real pipelines do).
@@ -204,6 +204,7 @@ def all_jobs(rank: int, world: int):
                    joint_grad=joint_grad_cases(rank, world))
     if importlib.util.find_spec("diffusers") is not None:
         results["wan"] = wan_cases(rank, world)
+        results["joint_models"] = joint_model_cases(rank, world)
     if importlib.util.find_spec("yunchang") is not None:
         results["yunchang"] = yunchang_case(rank, world)
     return results

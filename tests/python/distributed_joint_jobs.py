@@ -3,6 +3,8 @@ rank by distributed_helpers.run_job (through distributed_jobs.all_jobs): each co
 with the single-process vmonarch.joint_attention for its own rows and returns the numbers."""
 from __future__ import annotations
 
+import time
+
 import torch
 
 import vmonarch
@@ -92,7 +94,8 @@ def joint_op_cases(rank: int, world: int):
         text_shards = explicit_shards(L, world) if text_shards == "explicit" else text_shards
         split, text_split = _splits(N, L, world, shards, text_shards)
         g = torch.Generator().manual_seed(100 + rank)
-        local = [local_rows(x, layout, rank, N, L, text_first, split, text_split, text_shards is None, g) for x in (q, k, v)]
+        local = [local_rows(x, layout, rank, N, L, text_first, split, text_split, text_shards is None, g)
+                 for x in (q, k, v)]
         got = vd.ulysses_joint_attention(*local, grid, L, text_first=text_first, text_lens=text_lens, layout=layout,
                                          shards=shards, text_shards=text_shards, **options)
         got, got_lse = got if options.get("return_lse") else (got, None)
@@ -147,7 +150,8 @@ def joint_grad_cases(rank: int, world: int):
         (out * weight).sum().backward()
         split, text_split = _splits(N, L, world, shards, text_shards)
         g = torch.Generator().manual_seed(100 + rank)
-        local = [local_rows(x, layout, rank, N, L, text_first, split, text_split, text_shards is None, g).requires_grad_()
+        replicated = text_shards is None
+        local = [local_rows(x, layout, rank, N, L, text_first, split, text_split, replicated, g).requires_grad_()
                  for x in (q, k, v)]
         w_local = local_rows(weight, layout, rank, N, L, text_first, split, text_split, text_shards is None, g)
         got = vd.ulysses_joint_attention(*local, grid, L, text_first=text_first, text_lens=text_lens, layout=layout,
@@ -159,4 +163,72 @@ def joint_grad_cases(rank: int, world: int):
         errs = [rel_l2(pick(xl.grad, loc), pick(xf.grad, glob)) for xf, xl in zip(full, local)]
         results.append(dict(case=index, out_err=rel_l2(pick(got, loc), pick(out, glob)), grad_errs=errs,
                             pad_grad_zero=all(bool((pick(x.grad, pad) == 0).all()) for x in local)))
+    return results
+
+
+# --- the joint processors under diffusers' context parallelism -------------------------------------------
+def _joint_models():
+    """(name, vmonarch module, tiny model factory, inputs, enable options) at 4 x 3 x 5 = 60 video tokens
+    (diffusers' even shards need P | N), 2 heads (at P = 4 two ranks have none)."""
+    import vmonarch.cogvideox
+    import vmonarch.hunyuan_video
+    import vmonarch.hunyuan_video15
+    import vmonarch.mochi
+    import joint_helpers as jh
+
+    return [
+        ("hunyuan_video", vmonarch.hunyuan_video, jh.tiny_hunyuan, jh.hunyuan_inputs(frames=4),
+         dict(sink_frames=1, dense_layers=[1])),                  # text last, lens (5, 3) of 5; a dense block
+        ("hunyuan_video15", vmonarch.hunyuan_video15, jh.tiny_hunyuan15, jh.hunyuan15_inputs(frames=4),
+         dict(iterations=3)),                                     # condition tokens after the video, padded
+        ("cogvideox", vmonarch.cogvideox, jh.tiny_cogvideox, jh.cogvideox_inputs(frames=4),
+         dict(dense_layers=[0])),                                 # text first, a dense block
+        ("mochi", vmonarch.mochi, jh.tiny_mochi, jh.mochi_inputs(frames=4), {}),   # text last, lens (5, 2) of 5
+    ]
+
+
+def joint_model_cases(rank: int, world: int):
+    """Each tiny random-weight joint model with vmonarch enabled, under ContextParallelConfig(ulysses_degree=P)
+    and the module's context_parallel_plan(), against the same model in one process; the stock model for
+    scale (VMonarch ran); ring_degree > 1 raises."""
+    from diffusers import ContextParallelConfig
+    from diffusers.utils import logging as dlogging
+    from joint_helpers import run
+
+    dlogging.set_verbosity_error()
+    results = []
+    for index, (name, module, factory, inputs, options) in enumerate(_joint_models()):
+        start = time.perf_counter()
+        single = factory(seed=index)
+        stock_out = run(single, inputs)
+        module.enable(single, **options)
+        want = run(single, inputs)
+        model = factory(seed=index)
+        calls = []
+
+        def counting(q, k, v, grid, text_len, **kw):
+            calls.append((q.shape[1], q.shape[2], text_len))
+            return vmonarch.joint_attention(q, k, v, grid, text_len, **kw)
+
+        options = dict(options, attention_fn=counting)
+        if index % 2:   # both orders: enable_parallelism after and before vmonarch's enable()
+            module.enable(model, **options)
+            model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world),
+                                     cp_plan=module.context_parallel_plan())
+        else:
+            model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world),
+                                     cp_plan=module.context_parallel_plan())
+            module.enable(model, **options)
+        got = run(model, inputs)
+        results.append(dict(model=name, err=rel_l2(got, want), vs_stock=rel_l2(got, stock_out), calls=calls,
+                            seconds=time.perf_counter() - start))
+    name, module, factory, inputs, _ = _joint_models()[0]
+    model = factory()
+    module.enable(model)
+    model.enable_parallelism(config=ContextParallelConfig(ring_degree=world), cp_plan=module.context_parallel_plan())
+    try:
+        run(model, inputs)
+        results.append(dict(ring_error=None))
+    except ValueError as e:
+        results.append(dict(ring_error=str(e)))
     return results

@@ -117,6 +117,26 @@ def test_wan_under_context_parallelism(results, world):
         assert "ring_degree" in rows[3]["ring_error"] and "every key of a head" in rows[3]["ring_error"]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="needs diffusers")
+def test_joint_models_under_context_parallelism(results, world):
+    """HunyuanVideo (text last, padded text, a dense block, a sink frame), HunyuanVideo 1.5 (condition tokens),
+    CogVideoX (text first, a dense block) and Mochi (padded text) under ContextParallelConfig(ulysses_degree=P)
+    with vmonarch's context_parallel_plan(): the output equals the same model's in one process, and each
+    VMonarch call sees all N + L tokens of its share of the heads (2 heads: at P = 4 two ranks have none)."""
+    vmonarch_layers = {"hunyuan_video": 2, "hunyuan_video15": 2, "cogvideox": 1, "mochi": 2}
+    text = {"hunyuan_video": 5, "hunyuan_video15": 9, "cogvideox": 6, "mochi": 5}
+    for rank, rows in enumerate(r["joint_models"] for r in results):
+        assert [row["model"] for row in rows[:4]] == list(vmonarch_layers)
+        share = vd.head_split(2, world)[rank]
+        for row in rows[:4]:
+            name = row["model"]
+            assert row["err"] < 1e-10, (world, rank, row)
+            assert row["vs_stock"] > 1e-6, (world, rank, row)       # VMonarch ran (not dense attention)
+            want_calls = [(60 + text[name], share, text[name])] * (vmonarch_layers[name] if share else 0)
+            assert row["calls"] == want_calls, (world, rank, row)
+        assert "ring_degree" in rows[4]["ring_error"] and "every key of a head" in rows[4]["ring_error"]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("yunchang") is None, reason="needs yunchang (pip install yunchang)")
 def test_yunchang_ulysses_with_vmonarch_local_attention(results):
     for row in (r["yunchang"] for r in results):
