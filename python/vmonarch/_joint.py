@@ -162,10 +162,9 @@ class JointProcessor:
         """The stock processor's result, with any attention backend set on this processor. Under context
         parallelism: ValueError (the stock processors cannot attend over the sharded joint sequence)."""
         if self.ulysses_group() is not None:
-            raise ValueError(f"vmonarch.{self.model}: under context parallelism this call (see the warning above, or "
-                             "a call without text) would need the stock processor, which cannot attend over the "
-                             "sharded joint sequence; only key-padding text masks and the latent grid of the "
-                             "transformer's forward are supported there")
+            raise ValueError(f"vmonarch.{self.model}: this call (e.g. one without text) would need the stock "
+                             "processor, and under context parallelism it cannot attend over the sharded joint "
+                             "sequence")
         fb = self.fallback
         if self._attention_backend is not None and hasattr(fb, "_attention_backend"):
             fb._attention_backend = self._attention_backend
@@ -222,7 +221,11 @@ class JointProcessor:
         return grid, group, not self.schedule.use_vmonarch(self.layer)
 
     def warn_fallback(self, key: str, message: str) -> None:
-        """One warning per schedule and kind of input (key, message) that VMonarch does not take."""
+        """One warning per schedule and kind of input (key, message) that VMonarch does not take; under
+        context parallelism a ValueError naming it (the stock processor cannot run there)."""
+        if self.ulysses_group() is not None:
+            raise ValueError(f"vmonarch.{self.model}: {message}: the stock processor would be needed, and under "
+                             "context parallelism it cannot attend over the sharded joint sequence")
         self.schedule.warn_once(f"{key}:{message}", f"vmonarch.{self.model}: {message}; using the stock processor "
                                                     "for such calls (warned once)")
 

@@ -21,6 +21,9 @@ Shards (`shards=`, the same on every rank):
 Heads are split into contiguous blocks of heads // P + (r < heads % P); with heads % P != 0 the ranks with
 one more head set the pace, so the attention runs at heads / (P * ceil(heads / P)) of the even split's
 efficiency (12 heads on 8 GPUs: 75%; 40 on 16: 83%); a rank with no heads only relays data.
+
+ulysses_joint_attention (module _ulysses_joint) is the joint text+video form (spec §3c): the video tokens
+sharded as here, the text replicated or sharded, vmonarch.joint_attention run locally.
 """
 from __future__ import annotations
 

@@ -122,7 +122,8 @@ def test_joint_models_under_context_parallelism(results, world):
     """HunyuanVideo (text last, padded text, a dense block, a sink frame), HunyuanVideo 1.5 (condition tokens),
     CogVideoX (text first, a dense block) and Mochi (padded text) under ContextParallelConfig(ulysses_degree=P)
     with vmonarch's context_parallel_plan(): the output equals the same model's in one process, and each
-    VMonarch call sees all N + L tokens of its share of the heads (2 heads: at P = 4 two ranks have none)."""
+    VMonarch call sees all N + L tokens of its share of the heads (2 heads: at P = 4 two ranks have none); a mask
+    that would need the stock processor and ring degree > 1 raise clear errors."""
     vmonarch_layers = {"hunyuan_video": 2, "hunyuan_video15": 2, "cogvideox": 1, "mochi": 2}
     text = {"hunyuan_video": 5, "hunyuan_video15": 9, "cogvideox": 6, "mochi": 5}
     for rank, rows in enumerate(r["joint_models"] for r in results):
@@ -134,7 +135,8 @@ def test_joint_models_under_context_parallelism(results, world):
             assert row["vs_stock"] > 1e-6, (world, rank, row)       # VMonarch ran (not dense attention)
             want_calls = [(60 + text[name], share, text[name])] * (vmonarch_layers[name] if share else 0)
             assert row["calls"] == want_calls, (world, rank, row)
-        assert "ring_degree" in rows[4]["ring_error"] and "every key of a head" in rows[4]["ring_error"]
+        assert "not a key-padding prefix" in rows[4]["mask_error"] and "context parallelism" in rows[4]["mask_error"]
+        assert "ring_degree" in rows[5]["ring_error"] and "every key of a head" in rows[5]["ring_error"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("yunchang") is None, reason="needs yunchang (pip install yunchang)")
