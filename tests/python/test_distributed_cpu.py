@@ -207,6 +207,43 @@ def test_joint_argument_errors(single_rank_group):
         f(q, k, v, (3, 7), L)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="needs diffusers")
+def test_joint_processor_routing_under_a_parallel_config(single_rank_group):
+    """The joint processors' decision under a (stand-in) ContextParallelConfig: the Ulysses group, VMonarch or
+    exact for a dense layer, and clear errors for a wrong token count, a missing grid and ring degree > 1."""
+    from vmonarch._joint import JointSchedule
+    from vmonarch.mochi import VMonarchMochiAttnProcessor
+
+    class Mesh:
+        @staticmethod
+        def get_group():
+            return dist.group.WORLD
+
+    class Config:   # the fields of diffusers' ContextParallelConfig that matter
+        ring_degree, ulysses_degree, _ulysses_mesh = 1, 2, Mesh()
+
+    schedule = JointSchedule(dense_layers=[1])
+    schedule.grid = (3, 2, 5)
+    processors = [VMonarchMochiAttnProcessor(schedule, layer=i) for i in (0, 1)]
+    for p in processors:
+        p._parallel_config = Config()
+    assert processors[0].route(30) == ((3, 2, 5), dist.group.WORLD, False)
+    assert processors[1].route(30) == ((3, 2, 5), dist.group.WORLD, True)      # a dense layer: exact, via Ulysses
+    with pytest.raises(ValueError, match="vmonarch.mochi: attention on rank 0 of 1 .* 29 video tokens, expected 30"):
+        processors[0].route(29)
+    with pytest.raises(ValueError, match="a text mask with a hole: the stock processor would be needed"):
+        processors[0].warn_fallback("mask", "a text mask with a hole")
+    schedule.grid = None
+    with pytest.raises(ValueError, match="no latent grid under context parallelism"):
+        processors[0].route(30)
+    Config.ring_degree = 2
+    with pytest.raises(ValueError, match="vmonarch.mochi: ContextParallelConfig has ring_degree 2"):
+        processors[0].route(30)
+    processors[0]._parallel_config = None                                          # no parallelism: as before
+    schedule.grid = (3, 2, 5)
+    assert processors[0].route(30) == ((3, 2, 5), None, False)
+
+
 def test_argument_errors(single_rank_group):
     q, k, v = make_qkv("random", 1, 2, (3, 1, 7), 8, "bshd")
     f = vd.ulysses_attention
