@@ -23,7 +23,8 @@ import torch
 from . import _joint
 from ._joint import JointProcessor, JointSchedule, zero_padded_text_rows
 
-__all__ = ["VMonarchMochiAttnProcessor", "JointSchedule", "enable", "disable", "context_parallel_plan", "apply_rotary_emb"]
+__all__ = ["VMonarchMochiAttnProcessor", "JointSchedule", "enable", "disable", "context_parallel_plan",
+           "apply_rotary_emb"]
 
 
 def apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:

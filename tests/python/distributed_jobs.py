@@ -10,7 +10,8 @@ import torch.distributed as dist
 import vmonarch
 import vmonarch.distributed as vd
 from conftest import load_reference, make_qkv, rel_l2
-from distributed_joint_jobs import joint_grad_cases, joint_model_cases, joint_op_cases  # noqa: F401  (run_job looks jobs up here)
+# run_job looks jobs up in this module
+from distributed_joint_jobs import joint_grad_cases, joint_model_cases, joint_op_cases  # noqa: F401
 
 # diffusers 0.42.1's context-parallel hook logs through Logger.warning_once, a method that only transformers
 # adds to logging.Logger when it is imported; these tiny models import no transformers (real pipelines do).
