@@ -77,6 +77,7 @@ def attention(
         window_radius: r >= 0 or None; key frames within r of the query's frame are exact too (spec §3b).
         text_k, text_v: extra keys/values [B, L, heads, d] (in `layout`, any L >= 0) attended exactly by every
             query (text tokens); text_lens: valid prefix length per batch element (list or int tensor [B]).
+            All of these are differentiable on the CPU (text_k and text_v get gradients too).
         CUDA tensors take only the defaults for now (others raise NotImplementedError).
         entropy_grad: backward through the R-step entropy cL too (the exact gradient); default False is
             the paper's gradient, which treats cL as a constant.

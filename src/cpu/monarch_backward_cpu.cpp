@@ -301,7 +301,7 @@ private:
     void exact_frames_backward() {
         const std::int64_t first = p_.recompute_first_frame ? 1 : 0;
         const FlashRows<Acc> rows = video_rows();
-        ProgressCounter progress("backward exact key frames", 2 * T_);
+        ProgressCounter progress("backward exact key frames", 2 * T_ - first);
         std::vector<std::pair<std::int64_t, std::int64_t>> row_ranges;
         for (std::int64_t k = 0; k < T_; ++k) {
             row_ranges.clear();
