@@ -69,6 +69,7 @@ CASES = [
     (2, 2, (4, 1, 5), 8, 0, None, 3, [3, 0], 2, True),       # text only, lens = L and 0
     (2, 1, (1, 3, 5), 8, 1, None, 2, [1, 2], 1, False),      # T = 1
     (2, 2, (5, 1, 7), 8, 1, 0, 4, [2, 4], 1, True),          # t = 1, odd T, prime HW
+    (1, 2, (3, 2, 3), 64, 1, 1, 5, [3], 2, True),            # d = 64
 ]
 
 
@@ -87,6 +88,20 @@ def test_grads_match_reference(B, heads, grid, d, S, r, L, lens, t, recompute, l
     want = reference_grads(ref, q, k, v, tk, tv, lens, dout, dlse, grid, layout, entropy_grad, t=t,
                            recompute_first_frame=recompute, sink_frames=S, window_radius=r)
     assert_grads_close(got, want)
+
+
+def test_float32_close_to_float64():
+    grid = (4, 2, 3)
+    q, k, v = make_qkv("video", 2, 2, grid, 16, "bshd", seed=61)
+    tk, tv = text_tensors(2, 2, 5, 16, "bshd", 62)
+    dout = make_qkv("random", 2, 2, grid, 16, "bshd", seed=63)[0]
+    opts = dict(S=1, r=1)
+    g64 = vmonarch_grads(q, k, v, tk, tv, [5, 2], dout, None, grid, "bshd", False, **opts)
+    g32 = vmonarch_grads(*(x.float() for x in (q, k, v, tk, tv)), [5, 2], dout.float(), None, grid, "bshd", False,
+                         **opts)
+    for a, b in zip(g32, g64):
+        assert a.dtype == torch.float32
+        assert float((a.double() - b).norm() / b.norm()) < 1e-4
 
 
 @pytest.mark.parametrize("entropy_grad", [False, True])
