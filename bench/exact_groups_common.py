@@ -148,3 +148,53 @@ def environment(device: torch.device) -> dict:
         env["vmonarch"] = f"unavailable: {e}"
     env["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return env
+
+
+def find_cli(explicit: Optional[str] = None) -> str:
+    """The `vmonarch` CLI binary: explicit, $VMONARCH_CLI, $VMONARCH_BIN/vmonarch, the newest build*/vmonarch
+    of the checkout, .devcarry/*/vmonarch, then `vmonarch` on the PATH. Raises FileNotFoundError naming
+    every place looked at."""
+    import glob
+    import shutil
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    candidates = [explicit] if explicit else []
+    if not explicit:
+        candidates += [os.environ.get("VMONARCH_CLI")]
+        if os.environ.get("VMONARCH_BIN"):
+            candidates.append(os.path.join(os.environ["VMONARCH_BIN"], "vmonarch"))
+        candidates += sorted(glob.glob(os.path.join(repo, "build*", "vmonarch")), key=os.path.getmtime, reverse=True)
+        candidates += sorted(glob.glob(os.path.join(repo, ".devcarry", "*", "vmonarch")))
+        candidates.append(shutil.which("vmonarch"))
+    for c in candidates:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    looked = ", ".join(c for c in candidates if c) or "(nothing found)"
+    raise FileNotFoundError("no executable vmonarch CLI binary (it generates the video-like inputs: `vmonarch "
+                            f"make-inputs`); looked at: {looked}; pass --cli or set VMONARCH_CLI")
+
+
+def video_inputs(cli: str, grid, heads: int, head_dim: int, seed: int, folder: str):
+    """(q, k, v, kinds): `vmonarch make-inputs` data, float32 [1, heads, T*H*W, head_dim] each, and the head
+    kinds the CLI prints (positional, semantic, sink, mixed, cycling over the heads)."""
+    import subprocess
+
+    import numpy as np
+
+    paths = [os.path.join(folder, f"{n}.npy") for n in "qkv"]
+    for p in paths:
+        if os.path.exists(p):
+            raise FileExistsError(f"{p} exists; the inputs are written to a fresh folder")
+    cmd = [cli, "make-inputs", "--q", paths[0], "--k", paths[1], "--v", paths[2], "--grid",
+           ",".join(map(str, grid)), "--heads", str(heads), "--head-dim", str(head_dim), "--seed", str(seed)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("head kinds:")), None)
+    if line is None:
+        raise RuntimeError(f"{' '.join(cmd)} printed no 'head kinds:' line:\n{proc.stdout}")
+    kinds = [item.split("=", 1)[1] for item in line.split()[2:]]
+    q, k, v = (torch.from_numpy(np.load(p)) for p in paths)
+    for p in paths:
+        os.unlink(p)
+    return q, k, v, kinds
