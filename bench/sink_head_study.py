@@ -30,7 +30,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from exact_groups_common import find_cli, video_inputs, write_json  # noqa: E402
+from exact_groups_common import check_output_path, find_cli, video_inputs, write_json  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,27 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ours", action="store_true", help="skip vmonarch.attention (reference only)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    grid = tuple(int(x) for x in args.grid.split(","))
+    try:
+        grid = tuple(int(x) for x in args.grid.split(","))
+    except ValueError:
+        grid = ()
+    if len(grid) != 3 or min(grid) < 1:
+        ap.error(f"--grid is {args.grid!r}, expected T,H,W (three ints >= 1)")
+    if args.heads < 1:
+        ap.error(f"--heads is {args.heads}, expected an int >= 1")
+    if args.only_head is not None and not 0 <= args.only_head < args.heads:
+        ap.error(f"--only-head is {args.only_head}, expected 0..{args.heads - 1} (--heads is {args.heads})")
+    try:
+        shares = [float(x) for x in args.shares.split(",")]
+    except ValueError:
+        shares = []
+    if not shares or not all(0 < x < 1 for x in shares):
+        ap.error(f"--shares is {args.shares!r}, expected comma-separated fractions in (0, 1)")
+    if args.json:
+        try:
+            check_output_path("--json", args.json)
+        except ValueError as e:
+            ap.error(str(e))
     T, HW = grid[0], grid[1] * grid[2]
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     ref = load_reference()
@@ -163,7 +183,7 @@ def main(argv=None) -> int:
         print(f"sink sweep on head {sink} ({kinds[sink]}): frame-0 keys lifted along the mean query")
         print(f"{'target share':>12s} {'gain':>8s} {'share':>6s} {'S=0 ref':>8s} {'S=1 ref':>8s}")
         qh, kh, vh = q[0, sink], k[0, sink], v[0, sink]
-        for target in (float(x) for x in args.shares.split(",")):
+        for target in shares:
             gain = gain_for_share(qh, kh, HW, target)
             k2 = strengthen(qh, kh, HW, gain)
             dense, mass = dense_and_frame0_mass(qh, k2, vh, HW)

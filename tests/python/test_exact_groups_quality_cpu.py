@@ -102,3 +102,25 @@ def test_missing_cli_is_reported(tmp_path):
                            str(tmp_path / "nope")], capture_output=True, text=True, timeout=300, cwd=str(REPO_ROOT))
     assert proc.returncode == 1 and "no executable vmonarch CLI binary" in proc.stderr
     assert not (tmp_path / "q.json").exists()
+
+
+def test_sink_head_study(tmp_path):
+    # The study's claims at a small shape: our op equals the reference (float64) on every head kind, the
+    # sink head holds more of frame 0's mass than the others, and lifting its frame-0 keys reaches each
+    # share asked for while S = 1 gains more the stronger the sink.
+    out = tmp_path / "study.json"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "sink_head_study.py"), "--cli", CLI, "--grid",
+                           "4,6,8", "--heads", "4", "--head-dim", "64", "--shares", "0.5,0.9,0.99", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=str(REPO_ROOT))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    heads = {h["kind"]: h for h in data["heads"]}
+    for h in data["heads"]:
+        for s in ("s0", "s1"):
+            assert h[s]["ours"] == pytest.approx(h[s]["reference"], rel=1e-10)
+            assert h[s]["ours_vs_reference"] < 1e-10
+    assert heads["sink"]["frame0_share"] > max(heads[k]["frame0_share"] for k in ("positional", "semantic", "mixed"))
+    sweep = data["sweep"]
+    assert [x["share"] for x in sweep] == pytest.approx([0.5, 0.9, 0.99], abs=1e-6)
+    gains = [x["s0"] / x["s1"] for x in sweep]
+    assert gains == sorted(gains) and gains[-1] > 10
