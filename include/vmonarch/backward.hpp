@@ -52,15 +52,16 @@ public:
     // A state in caller-owned memory (host memory for CPU tensors, device memory for CUDA tensors), at least
     // saved_state_bytes(...) long and 8-byte aligned. The memory must outlive every use of the state. A
     // buffer that attention_training filled can be wrapped again later (the header inside it says what it
-    // holds). CUDA: the header is read once here with a synchronous cudaMemcpy (after the filling forward's
-    // stream work is complete), unless `header` is given: a host copy of it (SavedState::header() of the
-    // filled state, or saved_state_header(...) for the forward that filled it); then no device memory is
-    // read, which keeps the call legal during CUDA graph capture. CPU states ignore `header`.
+    // holds). CUDA: a host copy of the header is kept; `header` gives it (SavedState::header() of the filled
+    // state, or saved_state_header(...) for the forward that filled it), else it is read once, on the first
+    // header() / filled() call, with a synchronous cudaMemcpy (after the filling forward's stream work is
+    // complete). With `header` no device memory is ever read from the host, which keeps attention_backward
+    // legal during CUDA graph capture. attention_training on the state replaces the copy. CPU states ignore it.
     static SavedState over(void* data, std::size_t bytes, Device device = Device::cpu, int device_index = 0,
                            const void* header = nullptr);
 
-    bool filled() const;         // true after attention_training wrote it (never reads device memory)
-    // Host copy of the first kSavedStateHeaderBytes bytes (the header), or nullptr when not known.
+    bool filled() const;         // true after attention_training wrote it (see over() for CUDA states)
+    // The header (its first kSavedStateHeaderBytes bytes) in host memory; nullptr when there is none.
     const void* header() const;
     std::size_t bytes() const;   // bytes of memory in use (0 when empty)
     const void* data() const;

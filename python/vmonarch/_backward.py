@@ -4,7 +4,7 @@ torch.ops.vmonarch.attention_train is the forward used when gradients are needed
 LSE and, with save_state=True, the training forward's saved state as a uint8 tensor. Its autograd rule
 calls torch.ops.vmonarch.attention_backward, which returns dq, dk, dv in the inputs' layout and dtype.
 The plain torch.ops.vmonarch.attention op gets an autograd rule too (paper gradient, lean mode).
-CUDA tensors: the backward is CPU-only in this version and raises NotImplementedError.
+CPU and CUDA tensors (CUDA: bfloat16 / float16, head dim 64 or 128); exact key groups have no backward.
 """
 from __future__ import annotations
 
@@ -21,10 +21,21 @@ def _layout_axes(layout):
     raise ValueError(f"vmonarch: layout is {layout!r}, expected 'bshd' or 'bhsd'")
 
 
+def _align(x, to=256):
+    return (x + to - 1) // to * to
+
+
 def saved_state_bytes(q, v, iterations, layout="bshd"):
-    """Bytes of the saved state of one training forward (header included), as the C++ library computes."""
+    """Bytes of the saved state of one training forward (header included), as the C++ library computes.
+
+    CPU: per (batch, head) blocks in the accumulation precision. CUDA: whole-tensor regions (256-byte
+    aligned) with 2-byte vectors and f32 scalars (src/core/backward_problem.hpp, CudaSavedLayout)."""
     tok, hd = _layout_axes(layout)
     B, N, H, d, dv, t = q.shape[0], q.shape[tok], q.shape[hd], q.shape[3], v.shape[3], int(iterations)
+    if q.device.type == "cuda":
+        rows = B * H * N
+        vec_d, vec_dv, scalar = _align(rows * d * 2), _align(rows * dv * 2), _align(rows * 4)
+        return _HEADER_BYTES + t * (vec_d + 2 * scalar) + (t - 1) * (vec_d + scalar) + vec_dv
     per_head = t * (N * d + 2 * N) + (t - 1) * (N * d + N) + N * dv
     acc = 8 if q.dtype == torch.float64 else 4
     return _HEADER_BYTES + B * H * per_head * acc
@@ -51,13 +62,6 @@ def _attention_backward_fake(q, k, v, out, lse, dout, dlse, grid, iterations=2, 
         torch.empty_like(v, memory_format=torch.contiguous_format)
 
 
-def _cuda_not_yet(q):
-    if q.device.type == "cuda":
-        raise NotImplementedError(
-            "vmonarch.attention: the backward pass runs on the CPU only in this version (the CUDA backward "
-            "kernels are not written yet); run inference under torch.no_grad(), or train on CPU tensors")
-
-
 # --- attention_train: the forward of training --------------------------------------------------------
 def _train_setup(ctx, inputs, output):
     q, k, v, grid, iterations, clamp, recompute, scale, layout, entropy_grad, deterministic, _save = inputs
@@ -70,7 +74,6 @@ def _train_setup(ctx, inputs, output):
 
 def _train_backward(ctx, dout, dlse, _dsaved):
     q, k, v, out, lse, saved = ctx.saved_tensors
-    _cuda_not_yet(q)
     grid, iterations, clamp, recompute, scale, layout, entropy_grad, deterministic = ctx.args
     if dout is None:
         dout = torch.zeros_like(out)
@@ -93,7 +96,6 @@ def _attention_setup(ctx, inputs, output):
 
 def _attention_backward(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    _cuda_not_yet(q)
     grid, iterations, clamp, recompute, scale, layout = ctx.args
     if lse.numel() == 0:  # the forward was asked for no LSE: the backward needs it, so rerun
         out, lse = torch.ops.vmonarch.attention(q, k, v, grid, iterations, clamp, recompute, scale, layout, True)

@@ -218,9 +218,8 @@ SavedState SavedState::over(void* data, std::size_t bytes, Device device, int de
     s.impl_->bytes = bytes;
     s.impl_->device = device;
     s.impl_->device_index = device_index;
-    if (device == Device::cuda) { // keep a host copy: filled() and the backward's checks never read device memory
-        if (header != nullptr) std::memcpy(s.impl_->header.data(), header, kSavedStateHeaderBytes);
-        else detail::cuda_copy_to_host(s.impl_->header.data(), data, kSavedStateHeaderBytes, device_index, fn + " (header)");
+    if (device == Device::cuda && header != nullptr) { // the host copy filled() and the backward's checks read
+        std::memcpy(s.impl_->header.data(), header, kSavedStateHeaderBytes);
         s.impl_->header_known = true;
     }
     return s;
@@ -229,7 +228,12 @@ SavedState SavedState::over(void* data, std::size_t bytes, Device device, int de
 const void* SavedState::header() const {
     if (!impl_ || !impl_->data || impl_->bytes < detail::kSavedHeaderBytes) return nullptr;
     if (impl_->device == Device::cpu) return impl_->data;
-    return impl_->header_known ? impl_->header.data() : nullptr;
+    if (!impl_->header_known) { // a CUDA buffer wrapped without a header: read it once (synchronous copy)
+        detail::cuda_copy_to_host(impl_->header.data(), impl_->data, kSavedStateHeaderBytes, impl_->device_index,
+                                  "vmonarch::SavedState::header");
+        impl_->header_known = true;
+    }
+    return impl_->header.data();
 }
 
 bool SavedState::filled() const {
