@@ -50,7 +50,7 @@ public:
     SavedState& operator=(const SavedState&) = delete;
 
     // A state in caller-owned memory (host memory for CPU tensors, device memory for CUDA tensors), at least
-    // saved_state_bytes(...) long and 8-byte aligned. The memory must outlive every use of the state. A
+    // saved_state_bytes(...) long and 8-byte aligned (16-byte for CUDA states). The memory must outlive every use of the state. A
     // buffer that attention_training filled can be wrapped again later (the header inside it says what it
     // holds). CUDA: a host copy of the header is kept; `header` gives it (SavedState::header() of the filled
     // state, or saved_state_header(...) for the forward that filled it), else it is read once, on the first

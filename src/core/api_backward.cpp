@@ -212,6 +212,8 @@ SavedState SavedState::over(void* data, std::size_t bytes, Device device, int de
     if (bytes < detail::kSavedHeaderBytes)
         fail(fn, "bytes", cat("is ", bytes, ", expected at least ", detail::kSavedHeaderBytes, " (see saved_state_bytes)"));
     if (device != Device::cpu && device != Device::cuda) fail(fn, "device", cat("has value ", int(device), ", expected cpu or cuda"));
+    if (device == Device::cuda && reinterpret_cast<std::uintptr_t>(data) % 16 != 0)
+        fail(fn, "data", "is not 16-byte aligned, expected 16-byte alignment for a CUDA state (the kernels' vector loads)");
     if (device_index < 0) fail(fn, "device_index", cat("is ", device_index, ", expected >= 0"));
     SavedState s;
     s.impl_->data = data;
@@ -320,8 +322,9 @@ void attention_training(const TensorView& q, const TensorView& k, const TensorVi
     for (auto [name, t] : tensors)
         if (overlaps(s, range_of(*t))) fail(fn, "state", cat("overlaps the memory of ", name, ", expected a separate buffer"));
     if (overlaps(s, range_of(lse))) fail(fn, "state", "overlaps the memory of lse, expected a separate buffer");
-    if (reinterpret_cast<std::uintptr_t>(state.data()) % 8 != 0)
-        fail(fn, "state", "is not 8-byte aligned, expected 8-byte aligned memory");
+    if (reinterpret_cast<std::uintptr_t>(state.data()) % (q.device == Device::cuda ? 16 : 8) != 0)
+        fail(fn, "state", q.device == Device::cuda ? "is not 16-byte aligned, expected 16-byte aligned device memory"
+                                                   : "is not 8-byte aligned, expected 8-byte aligned memory");
 
     detail::SavedHeader header = header_of(p);
     p.saved = state.data();
