@@ -1,0 +1,6 @@
+// The flash backward kernels' instances for f16, head dim 128 (one file per group: they compile in parallel).
+#include "cuda/bwd/flash_bwd_launch.cuh"
+
+namespace vmonarch::cuda {
+template void launch_flash_bwd_typed<false, 128>(const FlashBwdParams&, void*, const char*);
+} // namespace vmonarch::cuda

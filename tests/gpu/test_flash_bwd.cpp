@@ -1,0 +1,326 @@
+// The flash backward kernel (launch_flash_bwd, spec §7.5 and the dense backward of §7.2) on its own, against an
+// f64 computation written here of exactly the formulas of cuda/bwd/backward_params.hpp, on the same rounded
+// inputs: lse computed in f64 on the host from the rounded q, k, γ and stored as f32, drow a row constant near
+// Σ_l P·dP. Gradients are added (+=) onto nonzero initial accumulators; what the kernel added is compared.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <sstream>
+
+#include "cuda/bwd/backward_params.hpp"
+#include "gpu_test_util.hpp"
+
+namespace gputest {
+namespace {
+
+using vmonarch::cuda::Elem;
+using vmonarch::cuda::FlashBwdParams;
+using vmonarch::cuda::RowView;
+
+struct BwdCase {
+    std::int64_t batch, heads, segments, len_q, len_k, d;
+    DType dtype;
+    bool rs, da, dy, dent;
+};
+
+std::string case_name(const BwdCase& c) {
+    std::ostringstream os;
+    os << "B" << c.batch << "h" << c.heads << "_S" << c.segments << "_q" << c.len_q << "_k" << c.len_k << "_d" << c.d << "_"
+       << vmonarch::to_string(c.dtype) << (c.rs ? "_rs" : "") << (c.da ? "_da" : "") << (c.dy ? "_dy" : "") << (c.dent ? "_dent" : "");
+    return os.str();
+}
+
+// Element strides of a [batch, heads, segments, rows] grid of `width`-element rows: queries-like in (b, h, f, r)
+// order, keys-like in (b, f, r, h) order (the user's BSHD), so that both stride patterns are exercised.
+struct Grid {
+    std::int64_t sb, sh, sf, sr, total;
+    std::int64_t at(std::int64_t b, std::int64_t h, std::int64_t f, std::int64_t r) const { return b * sb + h * sh + f * sf + r * sr; }
+    RowView view(void* ptr) const { return RowView{ptr, sb, sh, sf, sr}; }
+};
+Grid bhsr(const BwdCase& c, std::int64_t rows, std::int64_t width) {
+    return {c.heads * c.segments * rows * width, c.segments * rows * width, rows * width, width, c.batch * c.heads * c.segments * rows * width};
+}
+Grid bsrh(const BwdCase& c, std::int64_t rows, std::int64_t width) {
+    return {c.segments * rows * c.heads * width, width, rows * c.heads * width, c.heads * width, c.batch * c.segments * rows * c.heads * width};
+}
+
+// A 16-bit operand: device buffer plus its rounded values (same storage order).
+struct Half16 {
+    DeviceBuffer buf;
+    std::vector<double> val;
+    Half16(const std::vector<double>& x, DType t) : buf(x.size() * 2), val(x.size()) {
+        std::vector<std::uint16_t> bits(x.size());
+        for (std::size_t i = 0; i < x.size(); ++i) {
+            bits[i] = to_bits(x[i], t);
+            val[i] = from_bits(bits[i], t);
+        }
+        buf.upload(bits.data(), bits.size() * 2);
+    }
+};
+// An f32 operand or accumulator.
+struct F32 {
+    DeviceBuffer buf;
+    std::vector<double> val; // as stored (f32-rounded)
+    explicit F32(const std::vector<double>& x) : buf(x.size() * 4), val(x.size()) {
+        std::vector<float> f(x.begin(), x.end());
+        val.assign(f.begin(), f.end());
+        buf.upload(f.data(), f.size() * 4);
+    }
+    void restore() const { // the initial contents again
+        std::vector<float> f(val.begin(), val.end());
+        buf.upload(f.data(), f.size() * 4);
+    }
+    std::vector<float> raw() const { return buf.read<float>(val.size()); }
+};
+
+struct Problem {
+    BwdCase c;
+    double scale, qk_scale, clamp = 0.1;
+    Grid gq, gk, gs; // query rows, key rows, per-row scalars
+    std::vector<double> q, k, v, da, dy, lse, rs, dent, drow; // rounded as uploaded
+    std::vector<double> ref_dq, ref_dk, ref_dv;                // what the kernel must add
+    std::unique_ptr<Half16> hq, hk, hv, hda, hdy;
+    std::unique_ptr<F32> flse, frs, fdent, fdrow, fdq, fdk, fdv;
+
+    explicit Problem(const BwdCase& bc, std::uint64_t seed) : c(bc) {
+        const std::int64_t d = c.d;
+        scale = 1.0 / std::sqrt(double(d));
+        qk_scale = c.rs ? scale : 0.9 * scale; // without rs the logits use qk_scale, which differs from s
+        gq = bhsr(c, c.len_q, d);
+        gk = bsrh(c, c.len_k, d);
+        gs = bhsr(c, c.len_q, 1);
+        // Logits γ·⟨q, k⟩ with std about 2 (10× larger on clamped rows), values and gradients of std 1.
+        hq = std::make_unique<Half16>(random_normal(std::size_t(gq.total), seed + 1, std::sqrt(2.0)), c.dtype);
+        hk = std::make_unique<Half16>(random_normal(std::size_t(gk.total), seed + 2, 1.0), c.dtype);
+        q = hq->val;
+        k = hk->val;
+        if (c.dy) {
+            hv = std::make_unique<Half16>(random_normal(std::size_t(gk.total), seed + 3, 1.0), c.dtype);
+            hdy = std::make_unique<Half16>(random_normal(std::size_t(gq.total), seed + 4, 1.0), c.dtype);
+            v = hv->val;
+            dy = hdy->val;
+        }
+        if (c.da) {
+            hda = std::make_unique<Half16>(random_normal(std::size_t(gq.total), seed + 5, 1.0), c.dtype);
+            da = hda->val;
+        }
+        const std::size_t nrows = std::size_t(gs.total);
+        if (c.rs) { // cR in [0.02, 3]: the clamp 0.1 bites on some rows
+            std::mt19937_64 gen(seed + 6);
+            std::uniform_real_distribution<double> ud(0.02, 3.0);
+            std::vector<double> x(nrows);
+            for (auto& r : x) r = ud(gen);
+            frs = std::make_unique<F32>(x);
+            rs = frs->val;
+        }
+        if (c.dent) {
+            fdent = std::make_unique<F32>(random_normal(nrows, seed + 7, 0.5));
+            dent = fdent->val;
+        }
+        compute_reference(seed);
+        const auto init = [&](std::size_t n, std::uint64_t s) { return std::make_unique<F32>(random_normal(n, s, 0.3)); };
+        fdq = init(std::size_t(gq.total), seed + 8);
+        fdk = init(std::size_t(gk.total), seed + 9);
+        if (c.dy) fdv = init(std::size_t(gk.total), seed + 10);
+    }
+
+    double gamma(std::int64_t row_index) const { return c.rs ? scale / std::max(rs[std::size_t(row_index)], clamp) : qk_scale; }
+
+    // f64 of exactly the documented formulas; lse and drow are made here (then rounded to f32 and used as such).
+    void compute_reference(std::uint64_t seed) {
+        const std::int64_t d = c.d, Lq = c.len_q, Lk = c.len_k;
+        lse.assign(std::size_t(gs.total), 0.0);
+        drow.assign(std::size_t(gs.total), 0.0);
+        ref_dq.assign(std::size_t(gq.total), 0.0);
+        ref_dk.assign(std::size_t(gk.total), 0.0);
+        if (c.dy) ref_dv.assign(std::size_t(gk.total), 0.0);
+        const auto noise = random_normal(std::size_t(gs.total), seed + 11, 0.3);
+        const auto dot = [&](const std::vector<double>& a, std::int64_t ia, const std::vector<double>& b, std::int64_t ib) {
+            double s = 0;
+            for (std::int64_t e = 0; e < d; ++e) s += a[std::size_t(ia + e)] * b[std::size_t(ib + e)];
+            return s;
+        };
+        std::vector<double> X(std::size_t(Lq * Lk)), dP(std::size_t(Lq * Lk));
+        for (std::int64_t b = 0; b < c.batch; ++b)
+            for (std::int64_t h = 0; h < c.heads; ++h)
+                for (std::int64_t f = 0; f < c.segments; ++f) {
+                    for (std::int64_t i = 0; i < Lq; ++i) {
+                        const std::int64_t si = gs.at(b, h, f, i), qi = gq.at(b, h, f, i);
+                        const double g = gamma(si);
+                        double mx = -INFINITY;
+                        for (std::int64_t l = 0; l < Lk; ++l) {
+                            const std::int64_t kl = gk.at(b, h, f, l);
+                            double x = g * dot(q, qi, k, kl);
+                            X[std::size_t(i * Lk + l)] = x;
+                            mx = std::max(mx, x);
+                            double p = 0;
+                            if (c.da) p += scale * dot(da, qi, k, kl);
+                            if (c.dy) p += dot(dy, qi, v, kl);
+                            dP[std::size_t(i * Lk + l)] = p;
+                        }
+                        double sum = 0;
+                        for (std::int64_t l = 0; l < Lk; ++l) sum += std::exp(X[std::size_t(i * Lk + l)] - mx);
+                        lse[std::size_t(si)] = double(float(mx + std::log(sum))); // stored as f32
+                        const double ls = lse[std::size_t(si)];
+                        double pdp = 0;
+                        for (std::int64_t l = 0; l < Lk; ++l) {
+                            const std::size_t il = std::size_t(i * Lk + l);
+                            if (c.dent) dP[il] += dent[std::size_t(si)] * (X[il] - ls);
+                            pdp += std::exp(X[il] - ls) * dP[il];
+                        }
+                        drow[std::size_t(si)] = double(float(pdp + noise[std::size_t(si)]));
+                    }
+                    for (std::int64_t i = 0; i < Lq; ++i) {
+                        const std::int64_t si = gs.at(b, h, f, i), qi = gq.at(b, h, f, i);
+                        const double g = gamma(si), ls = lse[std::size_t(si)], dr = drow[std::size_t(si)];
+                        for (std::int64_t l = 0; l < Lk; ++l) {
+                            const std::size_t il = std::size_t(i * Lk + l);
+                            const std::int64_t kl = gk.at(b, h, f, l);
+                            const double P = std::exp(X[il] - ls);
+                            const double dS = g * P * (dP[il] - dr); // γ·dX
+                            for (std::int64_t e = 0; e < d; ++e) {
+                                const std::size_t qe = std::size_t(qi + e), ke = std::size_t(kl + e);
+                                ref_dq[qe] += dS * k[ke];
+                                double dk = dS * q[qe];
+                                if (c.da) dk += scale * P * da[qe];
+                                ref_dk[ke] += dk;
+                                if (c.dy) ref_dv[ke] += P * dy[qe];
+                            }
+                        }
+                    }
+                }
+        flse = std::make_unique<F32>(lse);
+        fdrow = std::make_unique<F32>(drow);
+    }
+
+    FlashBwdParams params(bool deterministic) const {
+        FlashBwdParams p;
+        p.elem = c.dtype == DType::bf16 ? Elem::bf16 : Elem::f16;
+        p.head_dim = int(c.d);
+        p.q = gq.view(hq->buf.get());
+        p.k = gk.view(hk->buf.get());
+        if (c.dy) {
+            p.v = gk.view(hv->buf.get());
+            p.dy = gq.view(hdy->buf.get());
+            p.dv = gk.view(fdv->buf.get());
+        }
+        if (c.da) p.da = gq.view(hda->buf.get());
+        p.lse = gs.view(flse->buf.get());
+        if (c.rs) p.rs = gs.view(frs->buf.get());
+        if (c.dent) p.dent = gs.view(fdent->buf.get());
+        p.drow = gs.view(fdrow->buf.get());
+        p.dq = gq.view(fdq->buf.get());
+        p.dk = gk.view(fdk->buf.get());
+        p.len_q = c.len_q;
+        p.len_k = c.len_k;
+        p.segments = int(c.segments);
+        p.heads = int(c.heads);
+        p.batch = int(c.batch);
+        p.scale = float(scale);
+        p.qk_scale = float(qk_scale);
+        p.clamp = float(clamp);
+        p.deterministic = deterministic;
+        return p;
+    }
+
+    struct Result {
+        std::vector<float> dq, dk, dv;
+    };
+    Result run(bool deterministic) const {
+        fdq->restore();
+        fdk->restore();
+        if (fdv) fdv->restore();
+        vmonarch::cuda::launch_flash_bwd(params(deterministic), nullptr, "test flash backward");
+        if (cudaDeviceSynchronize() != cudaSuccess) throw std::runtime_error("flash backward failed");
+        Result r{fdq->raw(), fdk->raw(), fdv ? fdv->raw() : std::vector<float>{}};
+        return r;
+    }
+};
+
+// What the kernel added: got − initial.
+std::vector<double> added(const std::vector<float>& got, const std::vector<double>& init) {
+    std::vector<double> out(got.size());
+    for (std::size_t i = 0; i < got.size(); ++i) out[i] = double(got[i]) - init[i];
+    return out;
+}
+
+void check(const char* what, const BwdCase& c, bool det, const std::vector<float>& got, const std::vector<double>& init,
+           const std::vector<double>& ref) {
+    const auto add = added(got, init);
+    EXPECT_EQ(count_nonfinite(add), 0u) << what;
+    const double err = rel_l2(add, ref), tol = tolerance(c.dtype);
+    EXPECT_LE(err, tol) << what << " " << case_name(c) << (det ? " deterministic" : "");
+    std::printf("[ flashbwd ] %-44s %-3s %s rel-L2 %.2e (tol %.0e)\n", case_name(c).c_str(), what, det ? "det" : "   ", err, tol);
+}
+
+bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+class FlashBwd : public ::testing::TestWithParam<BwdCase> {};
+
+// Both modes against the f64 formulas; deterministic mode twice, bitwise equal.
+TEST_P(FlashBwd, MatchesF64Formulas) {
+    REQUIRE_GPU();
+    const BwdCase c = GetParam();
+    const Problem pr(c, 1000 + std::uint64_t(c.len_q * 7 + c.len_k + c.d));
+    for (bool det : {false, true}) {
+        const auto r = pr.run(det);
+        check("dq", c, det, r.dq, pr.fdq->val, pr.ref_dq);
+        check("dk", c, det, r.dk, pr.fdk->val, pr.ref_dk);
+        if (c.dy) check("dv", c, det, r.dv, pr.fdv->val, pr.ref_dv);
+        if (det) {
+            const auto again = pr.run(true);
+            EXPECT_TRUE(bitwise_equal(r.dq, again.dq)) << "dq not repeatable " << case_name(c);
+            EXPECT_TRUE(bitwise_equal(r.dk, again.dk)) << "dk not repeatable " << case_name(c);
+            EXPECT_TRUE(bitwise_equal(r.dv, again.dv)) << "dv not repeatable " << case_name(c);
+        }
+    }
+}
+
+const DType bf = DType::bf16, hf = DType::f16;
+INSTANTIATE_TEST_SUITE_P(
+    Kernel, FlashBwd,
+    ::testing::Values(
+        // R-step-like: segments = key frames, len_q = len_k = HW (prime), row scale with the clamp active.
+        BwdCase{2, 2, 3, 37, 37, 128, bf, true, true, true, false},   // last iteration: K and V values
+        BwdCase{1, 3, 5, 61, 61, 64, bf, true, true, false, true},    // earlier iteration, exact (entropy) gradient
+        BwdCase{2, 1, 3, 61, 61, 128, hf, false, true, true, true},   // t = 1: no row scale, both values, entropy
+        BwdCase{1, 2, 2, 293, 293, 64, hf, true, true, true, true},   // several key and query tiles
+        BwdCase{1, 2, 1, 151, 151, 128, bf, true, true, false, false},
+        // Dense-like (frame-0 recompute): len_q = HW queries over all N keys, dy = dO, no row scale.
+        BwdCase{2, 2, 1, 37, 185, 128, bf, false, false, true, false},
+        BwdCase{1, 3, 1, 61, 305, 64, hf, false, false, true, false},
+        BwdCase{1, 1, 1, 200, 333, 128, hf, false, false, true, false},
+        BwdCase{2, 1, 1, 97, 131, 64, bf, false, false, true, false}),
+    [](const auto& info) { return case_name(info.param); });
+
+// Bad configurations are refused with the kernel's context, before any launch.
+TEST(FlashBwdErrors, RefusesBadConfigurations) {
+    REQUIRE_GPU();
+    const BwdCase c{1, 1, 1, 17, 17, 64, bf, false, false, true, false};
+    const Problem pr(c, 5);
+    auto p = pr.params(false);
+    p.head_dim = 96;
+    EXPECT_THROW(vmonarch::cuda::launch_flash_bwd(p, nullptr, "bad head dim"), vmonarch::CudaError);
+    p = pr.params(false);
+    p.dy = RowView{};
+    EXPECT_THROW(vmonarch::cuda::launch_flash_bwd(p, nullptr, "no value gradient"), vmonarch::CudaError);
+    p = pr.params(false);
+    p.dv = RowView{};
+    EXPECT_THROW(vmonarch::cuda::launch_flash_bwd(p, nullptr, "dy without dv"), vmonarch::CudaError);
+    p = pr.params(false);
+    p.q.sr = 60;
+    EXPECT_THROW(vmonarch::cuda::launch_flash_bwd(p, nullptr, "misaligned rows"), vmonarch::CudaError);
+    p = pr.params(false);
+    p.len_k = 0; // nothing to add: the accumulators stay as they were
+    EXPECT_NO_THROW(vmonarch::cuda::launch_flash_bwd(p, nullptr, "no keys"));
+    ASSERT_EQ(cudaSuccess, cudaDeviceSynchronize());
+    const auto dq = pr.fdq->raw();
+    EXPECT_TRUE(bitwise_equal(dq, std::vector<float>(pr.fdq->val.begin(), pr.fdq->val.end())));
+}
+
+} // namespace
+} // namespace gputest
