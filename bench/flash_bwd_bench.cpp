@@ -1,0 +1,120 @@
+// flash_bwd_bench [--reps N]: CUDA-event timings of the flash backward kernel (launch_flash_bwd, spec §7.5 and
+// §7.2) on its own, bf16, d = 128, batch 1, random inputs, at 16 × 28 × 52 × 12 heads (HW = 1456, N = 23296):
+//   R-step backward, last iteration (row scale, K and V values: dA and dY), middle iteration (row scale, dA),
+//   each with and without the entropy term; the dense frame-0 recompute backward (1456 queries over all N keys,
+//   dy = dO); each also in deterministic mode.
+// Prints ms and TFLOP/s of the matrix products the kernel does: 2·d per (query, key) pair and product, i.e.
+// S, dP's ⟨dA, K⟩ and ⟨dY, V⟩, dV, dK's two, dq (7 products with both values, 5 with one).
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cuda/bwd/backward_params.hpp"
+#include "cuda_timing.hpp"
+#include "vmonarch/half.hpp"
+
+namespace {
+
+using vmbench::check;
+using vmbench::time_ms;
+using vmonarch::cuda::FlashBwdParams;
+using vmonarch::cuda::RowView;
+
+struct DeviceArray {
+    void* ptr = nullptr;
+    explicit DeviceArray(std::size_t bytes) { check(cudaMalloc(&ptr, bytes), "cudaMalloc"); }
+    ~DeviceArray() { cudaFree(ptr); }
+    DeviceArray(const DeviceArray&) = delete;
+    DeviceArray& operator=(const DeviceArray&) = delete;
+};
+
+std::uint64_t g_state = 0x9e3779b97f4a7c15ull;
+double uniform01() {
+    g_state ^= g_state << 13; g_state ^= g_state >> 7; g_state ^= g_state << 17;
+    return (double(g_state >> 11) + 0.5) / 9007199254740992.0;
+}
+void fill_bf16(const DeviceArray& a, std::size_t count, double scale) {
+    std::vector<std::uint16_t> h(count);
+    for (auto& x : h) x = vmonarch::float_to_bf16(float((2 * uniform01() - 1) * 1.7320508 * scale));
+    check(cudaMemcpy(a.ptr, h.data(), count * 2, cudaMemcpyHostToDevice), "upload");
+}
+void fill_f32(const DeviceArray& a, std::size_t count, double lo, double hi) {
+    std::vector<float> h(count);
+    for (auto& x : h) x = float(lo + (hi - lo) * uniform01());
+    check(cudaMemcpy(a.ptr, h.data(), count * 4, cudaMemcpyHostToDevice), "upload");
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    int reps = 20;
+    for (int i = 1; i < argc; ++i)
+        if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
+    const int T = 16, HW = 28 * 52, H = 12, d = 128;
+    const std::int64_t N = std::int64_t(T) * HW;
+    const std::size_t vec = std::size_t(N) * H * d, rows = std::size_t(N) * H;
+    DeviceArray q(vec * 2), k(vec * 2), v(vec * 2), da(vec * 2), dy(vec * 2);
+    DeviceArray lse(rows * 4), rs(rows * 4), dent(rows * 4), drow(rows * 4), dq(vec * 4), dk(vec * 4), dv(vec * 4);
+    fill_bf16(q, vec, 1.0); fill_bf16(k, vec, 1.0); fill_bf16(v, vec, 1.0); fill_bf16(da, vec, 1.0); fill_bf16(dy, vec, 1.0);
+    fill_f32(lse, rows, 6.0, 8.0); fill_f32(rs, rows, 0.05, 2.0); fill_f32(dent, rows, -0.5, 0.5); fill_f32(drow, rows, -1.0, 1.0);
+    check(cudaMemset(dq.ptr, 0, vec * 4), "memset");
+    check(cudaMemset(dk.ptr, 0, vec * 4), "memset");
+    check(cudaMemset(dv.ptr, 0, vec * 4), "memset");
+
+    std::printf("flash backward, bf16, d=%d, %dx28x52 x %d heads (HW=%d, N=%lld)\n", d, T, H, HW, (long long)N);
+    std::printf("%-40s %10s %10s\n", "case", "ms", "TFLOP/s");
+    // Views in [b, h, frame, row] order: 16-bit operands BSHD (the user's layout), f32 rows [h][n].
+    const auto vec_view = [&](void* p, bool dense) {
+        return dense ? RowView{p, std::int64_t(vec), d, 0, std::int64_t(H) * d}
+                     : RowView{p, std::int64_t(vec), d, std::int64_t(HW) * H * d, std::int64_t(H) * d};
+    };
+    const auto row_view = [&](void* p, bool dense) { return RowView{p, std::int64_t(rows), N, dense ? 0 : HW, 1}; };
+    struct Case {
+        const char* name;
+        bool dense, rs, da, dy, dent;
+    };
+    const Case cases[] = {
+        {"R-step last (rs, dA, dY)", false, true, true, true, false},
+        {"R-step last + entropy", false, true, true, true, true},
+        {"R-step middle (rs, dA)", false, true, true, false, false},
+        {"R-step middle + entropy", false, true, true, false, true},
+        {"R-step first (dA)", false, false, true, false, false},
+        {"dense frame-0 recompute (dY = dO)", true, false, false, true, false},
+    };
+    for (const Case& c : cases)
+        for (bool det : {false, true}) {
+            FlashBwdParams p;
+            p.head_dim = d;
+            p.q = vec_view(q.ptr, c.dense);
+            p.k = vec_view(k.ptr, c.dense);
+            if (c.dy) {
+                p.v = vec_view(v.ptr, c.dense);
+                p.dy = vec_view(dy.ptr, c.dense);
+                p.dv = vec_view(dv.ptr, c.dense);
+            }
+            if (c.da) p.da = vec_view(da.ptr, c.dense);
+            p.lse = row_view(lse.ptr, c.dense);
+            if (c.rs) p.rs = row_view(rs.ptr, c.dense);
+            if (c.dent) p.dent = row_view(dent.ptr, c.dense);
+            p.drow = row_view(drow.ptr, c.dense);
+            p.dq = vec_view(dq.ptr, c.dense);
+            p.dk = vec_view(dk.ptr, c.dense);
+            p.len_q = HW;
+            p.len_k = c.dense ? N : HW;
+            p.segments = c.dense ? 1 : T;
+            p.heads = H;
+            p.scale = p.qk_scale = float(1.0 / std::sqrt(double(d)));
+            p.clamp = 0.1f;
+            p.deterministic = det;
+            const double ms = time_ms([&] { vmonarch::cuda::launch_flash_bwd(p, nullptr, "flash_bwd_bench"); }, 3, reps);
+            const int products = 3 + 2 * c.da + 2 * c.dy;
+            const double flops = 2.0 * d * products * double(p.len_q) * double(p.len_k) * p.segments * H;
+            std::printf("%-40s %10.3f %10.1f%s\n", c.name, ms, flops / ms * 1e-9, det ? "  deterministic" : "");
+        }
+    return 0;
+}
