@@ -100,7 +100,9 @@ struct BackwardOptions {
 };
 
 // Training forward: like attention() (the same out and lse up to rounding), and also fills `state` with
-// what attention_backward() needs. lse is required (the backward needs it).
+// what attention_backward() needs. lse is required (the backward needs it). CUDA tensors: the forward's
+// kernels on cuda->stream (default stream when null), writing into the state's device memory (no workspace);
+// the state is complete once that stream's work is. Exact key groups: UnsupportedError (no backward yet).
 void attention_training(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                         const LseView& lse, const VideoGrid& grid, const Options& options, SavedState& state,
                         const CudaContext* cuda = nullptr);
