@@ -133,7 +133,7 @@ struct CudaContext {
 // With options.sink_frames / window_radius or extra keys, each row's exact key group (its sink and window
 // key frames and the valid extra keys) is attended exactly and merged with its Monarch row by log-sum-exp
 // (spec §3b); the lse is then logaddexp(Monarch objective, exact group's lse), exact for rows with no
-// Monarch part. Not yet on CUDA: non-default exact groups on cuda throw UnsupportedError.
+// Monarch part. CPU and CUDA (workspace_bytes covers the exact groups, extra keys included).
 void attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                const VideoGrid& grid, const Options& options = {}, const LseView* lse = nullptr,
                const CudaContext* cuda = nullptr, const ExtraKeys* extra_keys = nullptr);
@@ -143,6 +143,7 @@ void attention(const TensorView& q, const TensorView& k, const TensorView& v, co
 // Video queries: VMonarch over the video keys with the valid text keys as extra keys (spec §3b); text queries:
 // exact attention over every valid key. text_lens: host array of B valid text lengths in 0..L (nullptr = all).
 // out and lse ([B, heads, N + L]) come back in the sequence's order; padded text queries are computed too.
+// On CUDA a caller's cuda->workspace sized by workspace_bytes for the video part ([B, N, heads, d]) suffices.
 void joint_attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                      const VideoGrid& grid, std::int64_t text_tokens, TextPosition text_position,
                      const std::int64_t* text_lens = nullptr, const Options& options = {},
@@ -153,7 +154,8 @@ void dense_attention(const TensorView& q, const TensorView& k, const TensorView&
                      std::optional<double> softmax_scale = std::nullopt, const LseView* lse = nullptr,
                      const CudaContext* cuda = nullptr);
 
-// Bytes of device workspace attention() needs for these shapes (0 on the CPU).
+// Bytes of device workspace attention() needs for these shapes (0 on the CPU), with any exact groups and
+// extra keys (their count does not change it).
 std::size_t workspace_bytes(const TensorView& q, const TensorView& v, const VideoGrid& grid,
                             const Options& options = {});
 

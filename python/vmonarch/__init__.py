@@ -77,7 +77,6 @@ def attention(
         window_radius: r >= 0 or None; key frames within r of the query's frame are exact too (spec §3b).
         text_k, text_v: extra keys/values [B, L, heads, d] (in `layout`, any L >= 0) attended exactly by every
             query (text tokens); text_lens: valid prefix length per batch element (list or int tensor [B]).
-        CUDA tensors take only the defaults for now (others raise NotImplementedError).
         entropy_grad: backward through the R-step entropy cL too (the exact gradient); default False is
             the paper's gradient, which treats cL as a constant.
         deterministic: bitwise repeatable backward (the CPU backward always is).
@@ -141,7 +140,7 @@ def joint_attention(
     window_radius as in attention()); text queries get exact attention over every valid key. Valid text:
     text_lens (list or int tensor [B] of prefix lengths) or text_mask (bool [B, L] key-padding mask, which
     must be a prefix: ValueError otherwise); default all valid. Returns out (and lse [B, heads, N + L]) in the
-    sequence's order; padded text queries are computed like the others. CPU only for now when text_len > 0.
+    sequence's order; padded text queries are computed like the others. CPU and CUDA.
     """
     fn = "vmonarch.joint_attention"
     _check_common(fn, q, k, v, layout)

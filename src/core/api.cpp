@@ -221,11 +221,11 @@ void check_lse(std::string_view fn, const LseView& lse, const TensorView& q) {
 }
 
 // The CUDA workspace (src/cuda/monarch_plan.cu) holds, per row of batch·heads·tokens, aR and aL (d
-// half-precision values each), y (dv), cR and cL (f32), each region padded to 256 bytes: its byte count
-// must fit in int64 so that the backend's size_t sums cannot wrap.
+// half-precision values each), y (dv), cR, cL and the exact groups' LSE (f32), each region padded to 256
+// bytes: its byte count must fit in int64 so that the backend's size_t sums cannot wrap.
 void check_cuda_workspace_size(std::string_view fn, std::int64_t batch, std::int64_t heads, std::int64_t tokens,
                                std::int64_t d, std::int64_t dv) {
-    const std::int64_t row_bytes = 2 * (2 * d + dv) + 2 * 4, padding = 5 * 256;
+    const std::int64_t row_bytes = 2 * (2 * d + dv) + 3 * 4, padding = 6 * 256;
     std::int64_t bytes = 0;
     if (__builtin_mul_overflow(batch, heads, &bytes) || __builtin_mul_overflow(bytes, tokens, &bytes) ||
         __builtin_mul_overflow(bytes, row_bytes, &bytes) || __builtin_add_overflow(bytes, padding, &bytes))

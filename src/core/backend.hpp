@@ -62,8 +62,7 @@ bool views_overlap(std::string_view fn, std::string_view a_name, const TensorVie
                    const TensorView& b);
 
 // Exact key groups (src/core/exact_groups.cpp): checks options.sink_frames / window_radius and the extra keys
-// against p (already checked by check_monarch) and fills p's exact-group fields. CUDA problems with exact groups
-// throw UnsupportedError.
+// against p (already checked by check_monarch) and fills p's exact-group fields.
 void check_exact_options(std::string_view fn, const Options& options);
 // The explicit constructions of inspect.hpp know no exact groups: ArgumentError unless S = 0 and no window.
 void check_no_exact_groups(std::string_view fn, const Options& options);
@@ -80,6 +79,9 @@ void cpu_text_query_attention(const TextQueryProblem& p); // src/cpu/exact_group
 // CUDA backend (src/cuda, or src/core/no_cuda.cc in builds without CUDA, which throws UnsupportedError).
 void cuda_monarch_attention(const MonarchProblem& p, const CudaContext* ctx);
 void cuda_dense_attention(const AttentionProblem& p, const CudaContext* ctx);
+// Text queries of a joint sequence (src/cuda/text_queries.cu); the caller's workspace, when given, is the one
+// sized for the video part by cuda_monarch_workspace_bytes, which always covers it.
+void cuda_text_query_attention(const TextQueryProblem& p, const CudaContext* ctx);
 std::size_t cuda_monarch_workspace_bytes(const MonarchProblem& p);
 // Backward pass (spec §7; problems in src/core/backward_problem.hpp, kernels' orchestration in src/cuda/bwd).
 struct TrainingProblem;

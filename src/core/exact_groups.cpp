@@ -113,11 +113,6 @@ void attach_exact_groups(std::string_view fn, const Options& options, const Extr
     p.sink_frames = options.sink_frames;
     p.window_radius = options.window_radius ? *options.window_radius : -1;
     if (extra) p.extra = check_extra_keys(fn, *extra, p);
-    if (p.q.device == Device::cuda && p.has_exact_groups())
-        throw UnsupportedError(cat(fn, ": exact key groups (options.sink_frames = ", p.sink_frames,
-                                   ", options.window_radius = ", options.window_radius ? cat(p.window_radius) : "none",
-                                   ", ", p.extra.tokens, " extra keys) are not implemented on cuda yet; run them on "
-                                   "Device::cpu tensors, or use sink_frames = 0, no window and no extra keys on cuda"));
 }
 
 } // namespace detail
@@ -173,9 +168,10 @@ void joint_attention(const TensorView& q, const TensorView& k, const TensorView&
     t.extra.v = text_keys.v;
     t.extra.tokens = L;
     t.extra.lens = lens;
-    if (q.device == Device::cuda)
-        throw UnsupportedError(std::string(fn) + ": the text queries of a joint sequence are not implemented on cuda yet; run on "
-                               "Device::cpu tensors (text_tokens = 0 runs on cuda)");
+    if (q.device == Device::cuda) {
+        detail::cuda_text_query_attention(t, cuda);
+        return;
+    }
     detail::cpu_text_query_attention(t);
 }
 

@@ -13,6 +13,7 @@ namespace {
 
 void cuda_monarch_attention(const MonarchProblem&, const CudaContext*) { no_cuda("vmonarch::attention"); }
 void cuda_dense_attention(const AttentionProblem&, const CudaContext*) { no_cuda("vmonarch::dense_attention"); }
+void cuda_text_query_attention(const TextQueryProblem&, const CudaContext*) { no_cuda("vmonarch::joint_attention"); }
 std::size_t cuda_monarch_workspace_bytes(const MonarchProblem&) { return 0; }
 void cuda_monarch_training(const TrainingProblem&, const CudaContext*) { no_cuda("vmonarch::attention_training"); }
 void cuda_monarch_backward(const BackwardProblem&, const CudaContext*) { no_cuda("vmonarch::attention_backward"); }

@@ -2,6 +2,7 @@
 // workspace (caller's or a cached per-(device, stream) buffer), then MonarchPlan / the dense kernel.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -93,6 +94,22 @@ void cuda_monarch_attention(const MonarchProblem& p, const CudaContext* ctx) {
     }
     cudaStream_t side = p.recompute_first_frame ? side_stream(p.q.device_index, stream, what) : nullptr;
     cuda::MonarchPlan(p, ws).run(stream, side);
+}
+
+void cuda_text_query_attention(const TextQueryProblem& p, const CudaContext* ctx) {
+    if (p.batch == 0 || p.heads == 0 || p.q_tokens == 0) return;
+    DeviceScope scope(p.q.device_index);
+    auto stream = static_cast<cudaStream_t>(ctx != nullptr ? ctx->stream : nullptr);
+    void* ws = nullptr;
+    std::size_t bytes = 0;
+    if (ctx != nullptr && ctx->workspace != nullptr) { // the caller's, sized for the joint call's video part
+        ws = ctx->workspace;
+        bytes = ctx->workspace_bytes;
+    } else {
+        bytes = cuda::text_query_workspace_bytes(p, std::min(p.q_tokens, p.kv_tokens)); // one chunk's
+        ws = cached_workspace(p.q.device_index, stream, bytes, "vmonarch::joint_attention text queries");
+    }
+    cuda::run_text_queries(p, ws, bytes, stream);
 }
 
 void cuda_dense_attention(const AttentionProblem& p, const CudaContext* ctx) {

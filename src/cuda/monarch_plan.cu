@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/common/cuda_check.hpp"
+#include "cuda/common/scoped_event.hpp"
 
 namespace vmonarch::cuda {
 
@@ -13,6 +14,10 @@ namespace {
 
 constexpr std::size_t kAlign = 256;
 std::size_t align_up(std::size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+void* at(void* base, std::size_t off) { return static_cast<char*>(base) + off; }
+
+} // namespace
 
 // A user view [B, N, heads, d] seen as (b, h, frame, position) rows of `seg` tokens per frame.
 RowView user_rows(const TensorView& t, std::int64_t seg) {
@@ -23,10 +28,6 @@ RowView user_lse(const LseView* l, std::int64_t seg) {
     if (l == nullptr) return RowView{};
     return RowView{l->data, l->strides[0], l->strides[1], seg * l->strides[2], l->strides[2]};
 }
-
-void* at(void* base, std::size_t off) { return static_cast<char*>(base) + off; }
-
-} // namespace
 
 Elem elem_of(DType t) {
     if (t == DType::bf16) return Elem::bf16;
@@ -46,6 +47,8 @@ WorkspaceLayout monarch_workspace_layout(const detail::MonarchProblem& p) {
     w.al = off; off = align_up(off + rows * p.head_dim * es);
     w.cl = off; off = align_up(off + rows * 4);
     w.y = off;  off = align_up(off + rows * p.value_dim * es);
+    // Always present (4 bytes a row), so that workspace_bytes, which sees no extra keys, covers every problem.
+    w.exact_lse = off; off = align_up(off + rows * 4);
     w.total = off;
     return w;
 }
@@ -66,6 +69,25 @@ MonarchPlan::MonarchPlan(const detail::MonarchProblem& p, void* ws) : p_(p), ele
     al_ = RowView{at(ws, w.al), H * N * d, N * d, d, T * d};       // [b][h][j][k][d], indexed (k, j)
     cl_ = RowView{at(ws, w.cl), H * N, N, 1, T};                   // [b][h][j][k]
     y_ = RowView{at(ws, w.y), H * N * dv, N * dv, dv, T * dv};     // [b][h][j][k][dv]
+    if (p.has_exact_groups()) {
+        exact_lse_ = lse_.ptr ? lse_ : RowView{at(ws, w.exact_lse), H * N, N, HW, 1}; // [b][h][i][j]
+        part_o_ = RowView{at(ws, w.y), H * N * dv, N * dv, HW * dv, dv};               // [b][h][i][j][dv]
+        part_lse_ = RowView{at(ws, w.cl), H * N, N, HW, 1};                            // [b][h][i][j]
+        if (p.extra.present) {
+            text_k_ = user_rows(p.extra.k, p.extra.tokens);
+            text_v_ = user_rows(p.extra.v, p.extra.tokens);
+        }
+    }
+}
+
+RowView shift_frames(RowView v, std::int64_t n, std::size_t elem_bytes) {
+    if (v.ptr != nullptr) v.ptr = static_cast<char*>(v.ptr) + n * v.sf * std::int64_t(elem_bytes);
+    return v;
+}
+
+RowView shift_batch(RowView v, std::int64_t n, std::size_t elem_bytes) {
+    if (v.ptr != nullptr) v.ptr = static_cast<char*>(v.ptr) + n * v.sb * std::int64_t(elem_bytes);
+    return v;
 }
 
 FlashParams MonarchPlan::rstep_params(int it) const {
@@ -73,17 +95,19 @@ FlashParams MonarchPlan::rstep_params(int it) const {
     f.elem = elem_;
     f.head_dim = int(p_.head_dim);
     const bool first = it == 0, last = it == p_.iterations - 1;
-    f.q = first ? q_ : ar_;   // first R-step: L = identity, aR = Q read in place, cR = 1
-    if (!first) f.rs = cr_;
-    f.k = k_;
-    f.a = al_;
-    f.ent = cl_;
+    // Sink frames (spec §3b) are fitted by no row: the R-steps cover key frames S..T-1 only.
+    const std::int64_t S = std::min(p_.sink_frames, p_.grid.T);
+    f.q = shift_frames(first ? q_ : ar_, S, 2); // first R-step: L = identity, aR = Q read in place, cR = 1
+    if (!first) f.rs = shift_frames(cr_, S, 4);
+    f.k = shift_frames(k_, S, 2);
+    f.a = shift_frames(al_, S, 2);
+    f.ent = shift_frames(cl_, S, 4);
     if (last) {
-        f.v = v_;
-        f.o = y_;
+        f.v = shift_frames(v_, S, 2);
+        f.o = shift_frames(y_, S, 2);
     }
     f.len_q = f.len_k = p_.grid.frame_tokens();
-    f.segments = int(p_.grid.T);
+    f.segments = int(p_.grid.T - S);
     f.heads = int(p_.heads);
     f.batch = int(p_.batch);
     f.scale = float(p_.scale);
@@ -113,6 +137,11 @@ LStepParams MonarchPlan::lstep_params(int it, bool skip_frame0) const {
     l.positions = p_.grid.frame_tokens();
     l.heads = int(p_.heads);
     l.batch = int(p_.batch);
+    if (p_.has_exact_groups()) { // spec §3b: exact key frames masked out of the fit, the groups merged at the end
+        l.sink_frames = std::min(p_.sink_frames, p_.grid.T);
+        l.window_radius = p_.window_radius < 0 ? -1 : std::min(p_.window_radius, p_.grid.T);
+        if (l.last) l.exact_lse = exact_lse_;
+    }
     return l;
 }
 
@@ -126,7 +155,7 @@ FlashParams MonarchPlan::recompute_params() const {
     f.k = user_rows(p_.k, N);
     f.v = user_rows(p_.v, N);
     f.o = user_rows(p_.out, N);
-    f.lse = user_lse(p_.lse, N);
+    f.lse = p_.has_exact_groups() ? exact_lse_ : user_lse(p_.lse, N); // exact groups: the accumulator's LSE
     f.len_q = p_.grid.frame_tokens();
     f.len_k = N;
     f.segments = 1;
@@ -136,16 +165,11 @@ FlashParams MonarchPlan::recompute_params() const {
     return f;
 }
 
-namespace {
-// A CUDA event that is destroyed with its scope (destroying a recorded event is safe).
-struct ScopedEvent {
-    cudaEvent_t e = nullptr;
-    ScopedEvent() { check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate"); }
-    ~ScopedEvent() { cudaEventDestroy(e); }
-};
-} // namespace
-
 void MonarchPlan::run(void* stream, void* side_stream) const {
+    if (p_.has_exact_groups()) {
+        run_exact(stream, side_stream);
+        return;
+    }
     auto st = static_cast<cudaStream_t>(stream), side = static_cast<cudaStream_t>(side_stream);
     const bool concurrent = p_.recompute_first_frame && side != nullptr;
     ScopedEvent fork, join;

@@ -1,4 +1,5 @@
 // BackwardPlan (backward_plan.hpp): the operand views of every backward kernel (spec §7) and their order.
+// User tensors are viewed through MonarchPlan's user_rows / user_lse (monarch_plan.hpp).
 #include "cuda/bwd/backward_plan.hpp"
 
 #include <cuda_runtime.h>
@@ -12,14 +13,6 @@ namespace {
 
 constexpr std::size_t kAlign = 256;
 std::size_t align_up(std::size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
-
-// A user view [B, N, heads, d] seen as (b, h, frame, position) rows of `seg` tokens per frame.
-RowView user_rows(const TensorView& t, std::int64_t seg) {
-    return RowView{t.data, t.strides[0], t.strides[2], seg * t.strides[1], t.strides[1]};
-}
-RowView user_lse(const LseView& l, std::int64_t seg) {
-    return RowView{l.data, l.strides[0], l.strides[1], seg * l.strides[2], l.strides[2]};
-}
 
 void* regions_of(const detail::BackwardProblem& p, const BackwardWorkspaceLayout& w, void* ws) {
     if (p.saved != nullptr) return const_cast<char*>(static_cast<const char*>(p.saved)) + detail::kSavedHeaderBytes;
@@ -76,7 +69,7 @@ FlashBwdParams BackwardPlan::recompute_params() const {
     b.elem = f.elem;
     b.head_dim = f.head_dim;
     b.q = f.q, b.k = f.k, b.v = f.v;
-    b.lse = user_lse(*p_.lse, N);
+    b.lse = user_lse(p_.lse, N);
     b.dy = user_rows(p_.dout, N);
     b.drow = RowView{ws_ + w_.d_full, H * N, N, N, 1};
     b.dq = RowView{ws_ + w_.dq, H * N * d, N * d, N * d, d};
@@ -182,7 +175,7 @@ void BackwardPlan::run(void* stream) const {
     pre.value_dim = int(dv);
     pre.o = user_rows(p_.out, HW);
     pre.dout = user_rows(p_.dout, HW);
-    if (p_.dlse != nullptr) pre.dlse = user_lse(*p_.dlse, HW);
+    if (p_.dlse != nullptr) pre.dlse = user_lse(p_.dlse, HW);
     pre.d_full = RowView{ws_ + w_.d_full, H * N, N, HW, 1};
     pre.mask_frame0 = p_.recompute_first_frame;
     if (pre.mask_frame0) {

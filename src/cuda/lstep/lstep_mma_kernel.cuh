@@ -5,12 +5,21 @@
 //   middle: aR_j = Lᵀ·Q_j (Lᵀ fragments by ldmatrix.trans from a bf16/f16 copy of L), cR_j = column sums of L.
 // Q_j, aL_j (and y_j) arrive by cp.async into swizzled shared tiles; outputs are staged in shared memory
 // and written as 16-byte row chunks. Memory-bound: the arithmetic is ~2·T²·d per row and position.
+//
+// Exact key groups (spec §3b, lstep_exact_mask.cuh): z[i][k] = −inf for the key frames exact for query frame i,
+// so L[i][k] = 0 and the middle outputs only sum over the rows that fit k; a row with no fitted key frame has
+// L = 0 and F = logsumexp_k z = −inf. The rows of key frames no query frame fits are zero-filled, never read.
+// With exact_lse the last step merges its row (O_M, F) with the exact group's (O_E, LSE_E), read from out and
+// exact_lse, by log-sum-exp (common/lse_merge.cuh) before writing out and lse. Both exist only in the EXACT
+// instantiations; the others are the plain L-step of spec §3.
 #pragma once
 
 #include <cstdint>
 
 #include "cuda/common/kernel_params.hpp"
+#include "cuda/common/lse_merge.cuh"
 #include "cuda/common/mma_ptx.cuh"
+#include "cuda/lstep/lstep_exact_mask.cuh"
 
 namespace vmonarch::cuda {
 
@@ -21,15 +30,20 @@ constexpr int lstep_mma_warp_bytes(int D, bool last, int mt) {
     return (last ? 3 : 2) * tp * D * 2 + (last ? 0 : tp * (tp * 2 + 16));
 }
 
-// Rows r < T of view (b, h, frame r, position j) → swizzled tile at dst (TP rows; rows ≥ T zero-filled).
-template <bool BF16, int D, int TP>
-__device__ __forceinline__ void gather_rows_async(std::uint32_t dst, const RowView& v, int b, int h, std::int64_t j, int T, int lane) {
+// Rows r < T of view (b, h, frame r, position j) → swizzled tile at dst (TP rows; rows ≥ T and rows for
+// which keep(r) is false zero-filled, their source not read).
+struct KeepAllRows {
+    __device__ __forceinline__ bool operator()(int) const { return true; }
+};
+template <bool BF16, int D, int TP, typename Keep = KeepAllRows>
+__device__ __forceinline__ void gather_rows_async(std::uint32_t dst, const RowView& v, int b, int h, std::int64_t j, int T, int lane,
+                                                  Keep keep = {}) {
     using E = typename ElemType<BF16>::T;
     constexpr int CH = D / 8;
 #pragma unroll 4
     for (int c = lane; c < TP * CH; c += 32) {
         const int r = c / CH, ch = c % CH;
-        const bool ok = r < T;
+        const bool ok = r < T && keep(r);
         const E* src = ok ? view_row<const E>(v, b, h, r, j) + ch * 8 : static_cast<const E*>(v.ptr);
         cp_async_16(dst + swz<D>(r, ch), src, ok ? 16 : 0);
     }
@@ -48,17 +62,74 @@ __device__ __forceinline__ void scatter_rows(const unsigned char* tile, const Ro
     }
 }
 
-template <bool BF16, int D, bool LAST, int MT>
+// L = softmax_k z for this thread's rows i = mt·16 + lane/4 + 8r of S (the m16n8 accumulator layout),
+// z = S − cL in base 2; keys k ≥ T masked, padded rows i ≥ T zeroed; F[mt][r] = logsumexp_k z (natural log).
+// MASKED also masks the key frames exact for row i (spec §3b); a row left without keys gets L = 0, F = −inf.
+template <bool MASKED, int MT, int NT>
+__device__ __forceinline__ void lstep_softmax(float (&s)[MT][NT][4], const float (&cl)[NT][2], int T, const LStepMask& mask,
+                                              int lane, float (&F)[MT][2]) {
+    constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f, NEG_INF = -INFINITY;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int k = nt * 8 + 2 * (lane & 3) + (e & 1);
+                bool keep = k < T;
+                if constexpr (MASKED) keep = keep && !mask.exact(mt * 16 + (lane >> 2) + 8 * (e >> 1), k);
+                const float z = keep ? (s[mt][nt][e] - cl[nt][e & 1]) * LOG2E : NEG_INF; // select: S may be junk there
+                s[mt][nt][e] = z;
+                mx[e >> 1] = fmaxf(mx[e >> 1], z);
+            }
+        float sum[2] = {0.f, 0.f};
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            if constexpr (MASKED)
+                if (mx[r] == NEG_INF) mx[r] = 0.f; // no key: every e^{z − mx} is e^{−inf} = 0, not NaN
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float w = fast_exp2(s[mt][nt][e] - mx[e >> 1]);
+                s[mt][nt][e] = w;
+                sum[e >> 1] += w;
+            }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+            sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+            const int i = mt * 16 + (lane >> 2) + 8 * r;
+            float inv = i < T ? 1.f / sum[r] : 0.f;
+            if constexpr (MASKED) inv = i < T && sum[r] > 0.f ? 1.f / sum[r] : 0.f;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                s[mt][nt][2 * r] *= inv;
+                s[mt][nt][2 * r + 1] *= inv;
+            }
+            F[mt][r] = (mx[r] + __log2f(sum[r])) * LN2; // the Monarch row's objective value
+            if constexpr (MASKED)
+                if (!(sum[r] > 0.f)) F[mt][r] = NEG_INF;
+        }
+    }
+}
+
+template <bool BF16, int D, bool LAST, int MT, bool EXACT>
 __global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(const LStepParams p) {
     constexpr int TP = 16 * MT, NT = TP / 8, KT = D / 16, ROWB = D * 2, LSTRIDE = TP * 2 + 16;
     constexpr int WPB = lstep_mma_warps(MT), WARP_BYTES = lstep_mma_warp_bytes(D, LAST, MT);
-    constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f, NEG_INF = -INFINITY;
 
     extern __shared__ __align__(128) unsigned char lsmem[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const std::int64_t j = std::int64_t(blockIdx.x) * WPB + warp;
     if (j >= p.positions) return; // warps are independent: no block-wide barrier below
     const int h = blockIdx.y, b = blockIdx.z, T = int(p.frames);
+    [[maybe_unused]] const LStepMask mask = lstep_mask(p);
+    [[maybe_unused]] const auto fitted = [&](int k) { return mask.fitted(k, T); };
     unsigned char* wbase = lsmem + warp * WARP_BYTES;
     const std::uint32_t sQ = smem_addr(wbase), sA = sQ + TP * ROWB, sY = sA + TP * ROWB, sL = sA + TP * ROWB;
     unsigned char* const tQ = wbase;            // generic views of the same tiles for staging
@@ -66,10 +137,12 @@ __global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(con
     unsigned char* const tL = wbase + 2 * TP * ROWB;
 
     gather_rows_async<BF16, D, TP>(sQ, p.q, b, h, j, T, lane);
-    gather_rows_async<BF16, D, TP>(sA, p.a, b, h, j, T, lane);
+    if constexpr (EXACT) gather_rows_async<BF16, D, TP>(sA, p.a, b, h, j, T, lane, fitted);
+    else gather_rows_async<BF16, D, TP>(sA, p.a, b, h, j, T, lane);
     cp_async_commit();
     if constexpr (LAST) {
-        gather_rows_async<BF16, D, TP>(sY, p.y, b, h, j, T, lane);
+        if constexpr (EXACT) gather_rows_async<BF16, D, TP>(sY, p.y, b, h, j, T, lane, fitted);
+        else gather_rows_async<BF16, D, TP>(sY, p.y, b, h, j, T, lane);
         cp_async_commit();
     }
     // cL at this thread's columns k = nt·8 + 2·(lane%4) + e.
@@ -79,8 +152,22 @@ __global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(con
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
             const int k = nt * 8 + 2 * (lane & 3) + e;
-            cl[nt][e] = k < T ? *view_row<const float>(p.c, b, h, k, j) : 0.f;
+            cl[nt][e] = k < T && (!EXACT || fitted(k)) ? *view_row<const float>(p.c, b, h, k, j) : 0.f;
         }
+    // Last step, merging: LSE_E of this thread's rows i = mt·16 + lane/4 + 8r, read before any lane writes lse
+    // (exact_lse may be lse). Rows the step leaves alone (i = 0 with skip_frame0, i ≥ T) are not read.
+    [[maybe_unused]] const bool merge = EXACT && LAST && p.exact_lse.ptr != nullptr; // uniform
+    [[maybe_unused]] const int r0 = LAST && p.skip_frame0 ? 1 : 0;
+    [[maybe_unused]] float lse_e[MT][2];
+    if constexpr (EXACT && LAST)
+        if (merge)
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const int i = mt * 16 + (lane >> 2) + 8 * r;
+                    lse_e[mt][r] = i < T && i >= r0 ? *view_row<const float>(p.exact_lse, b, h, i, j) : -INFINITY;
+                }
     if constexpr (LAST) cp_async_wait<1>();
     else cp_async_wait<0>();
     __syncwarp();
@@ -111,51 +198,39 @@ __global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(con
     }
     __syncwarp(); // all lanes are done reading sQ/sA as operands of S (they are reused for staging)
 
-    // L = softmax_k (z), z = S − cL, keys k ≥ T masked, padded rows i ≥ T zeroed.
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-        float mx[2] = {NEG_INF, NEG_INF};
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int k = nt * 8 + 2 * (lane & 3) + (e & 1);
-                const float z = k < T ? (s[mt][nt][e] - cl[nt][e & 1]) * LOG2E : NEG_INF;
-                s[mt][nt][e] = z;
-                mx[e >> 1] = fmaxf(mx[e >> 1], z);
-            }
-        float sum[2] = {0.f, 0.f};
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    if constexpr (EXACT && LAST)
+        if (merge) { // O_E rows (the exact group's output, in out on entry) into the free aL tile
+            gather_rows_async<BF16, D, TP>(sA, p.out, b, h, j, T, lane, [&](int r) { return r >= r0; });
+            cp_async_commit();
         }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float w = fast_exp2(s[mt][nt][e] - mx[e >> 1]);
-                s[mt][nt][e] = w;
-                sum[e >> 1] += w;
-            }
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
-            sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
-            const int i = mt * 16 + (lane >> 2) + 8 * r;
-            const float inv = i < T ? 1.f / sum[r] : 0.f;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                s[mt][nt][2 * r] *= inv;
-                s[mt][nt][2 * r + 1] *= inv;
-            }
-            if constexpr (LAST) // lse = logsumexp_k z: the Monarch row's objective value
-                if (p.lse.ptr != nullptr && (lane & 3) == 0 && i < T && !(p.skip_frame0 && i == 0))
-                    *view_row<float>(p.lse, b, h, i, j) = (mx[r] + __log2f(sum[r])) * LN2;
-        }
-    }
+
+    // L = softmax_k (z), z = S − cL; F = logsumexp_k z.
+    float F[MT][2];
+    lstep_softmax<EXACT>(s, cl, T, mask, lane, F);
 
     if constexpr (LAST) {
+        // lse = F, or with the exact group tot = logaddexp(F, LSE_E) and the weights of O_M and O_E (spec §3b).
+        [[maybe_unused]] float wm[MT][2], we[MT][2];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int i = mt * 16 + (lane >> 2) + 8 * r;
+                float lse_out = F[mt][r];
+                if constexpr (EXACT) {
+                    wm[mt][r] = 1.f;
+                    we[mt][r] = 0.f;
+                }
+                if constexpr (EXACT)
+                    if (merge) {
+                        const LseMergeWeights w = lse_merge_weights(F[mt][r], lse_e[mt][r]);
+                        lse_out = w.tot;
+                        wm[mt][r] = w.wa;
+                        we[mt][r] = w.wb;
+                    }
+                if (p.lse.ptr != nullptr && (lane & 3) == 0 && i < T && i >= r0) *view_row<float>(p.lse, b, h, i, j) = lse_out;
+            }
+
         std::uint32_t pa[MT][MT][4]; // A-fragments of L: m-tile mt, k-slice ks (frames 16·ks..)
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
@@ -168,7 +243,7 @@ __global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(con
             }
         cp_async_wait<0>();
         __syncwarp();
-        // O = L·y in 64-column chunks, staged into the Q tile.
+        // O = L·y in 64-column chunks, staged into the Q tile (merged with O_E from the aL tile).
 #pragma unroll
         for (int dc = 0; dc < D / 64; ++dc) {
             float acc[MT][8][4];
@@ -197,12 +272,20 @@ __global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(con
 #pragma unroll
                     for (int r = 0; r < 2; ++r) {
                         const int i = mt * 16 + (lane >> 2) + 8 * r, col = dc * 64 + dt * 8 + 2 * (lane & 3);
-                        *reinterpret_cast<std::uint32_t*>(tQ + swz<D>(i, col >> 3) + (col & 7) * 2) =
-                            pack2<BF16>(acc[mt][dt][2 * r], acc[mt][dt][2 * r + 1]);
+                        const std::uint32_t at = swz<D>(i, col >> 3) + (col & 7) * 2;
+                        float o0 = acc[mt][dt][2 * r], o1 = acc[mt][dt][2 * r + 1];
+                        if constexpr (EXACT)
+                            if (merge) {
+                                const LseMergeWeights w{0.f, wm[mt][r], we[mt][r]};
+                                const float2 oe = unpack2<BF16>(*reinterpret_cast<const std::uint32_t*>(tA + at));
+                                o0 = lse_merge_mix(w, o0, oe.x);
+                                o1 = lse_merge_mix(w, o1, oe.y);
+                            }
+                        *reinterpret_cast<std::uint32_t*>(tQ + at) = pack2<BF16>(o0, o1);
                     }
         }
         __syncwarp();
-        scatter_rows<BF16, D>(tQ, p.out, b, h, j, T, lane, p.skip_frame0 ? 1 : 0);
+        scatter_rows<BF16, D>(tQ, p.out, b, h, j, T, lane, r0);
     } else {
         // cR = column sums of L (over rows i): within a thread, then across the 8 lanes of equal lane%4.
         float cs[NT][2];
