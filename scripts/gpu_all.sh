@@ -9,7 +9,9 @@
 #           GPU test (torchrun, one process per GPU)
 #   extra   --image-cxx-check: builds the extension with the image's $CXX into its own folder and smoke-tests
 #           it (must either work or stop with the build's message naming the compiler; never crash)
-#   --bench adds vmonarch_bench + torch baselines (gpu_suite.sh) and bench/ulysses_bench.py.
+#   --bench adds vmonarch_bench + torch baselines (gpu_suite.sh), bench/ulysses_bench.py and, on one GPU,
+#           bench/exact_groups_bench.py and bench/exact_groups_quality.py (JSON and markdown into $OUT; the
+#           quality script needs the CLI binary $VMONARCH_BIN/vmonarch for its inputs)
 # Logs: $OUT/gpu_all_logs.tgz (all logs) and $OUT/gpu_all_summary.txt.
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -70,6 +72,13 @@ if [ "$ONLY" = all ] || [ "$ONLY" = python ]; then
     phase "backward bench" backward_bench.log python3 bench/backward_bench.py --json "$LOGS/backward_bench.json"
     phase "Ulysses bench ($NG GPU)" ulysses_bench.log python3 -m torch.distributed.run --standalone \
       --nproc-per-node="$NG" bench/ulysses_bench.py --json "$LOGS/ulysses_bench.json"
+    # Exact key groups and joint attention against cuDNN SDPA (one GPU; about a minute on an H200), then the
+    # README's quality table (inputs from the CLI's make-inputs: $VMONARCH_BIN/vmonarch). Each is cut at 4 min.
+    phase "exact groups bench" exact_groups_bench.log timeout 240 \
+      python3 bench/exact_groups_bench.py --warmup 2 --reps 5 --out "$FINAL_OUT/exact_groups_bench.json"
+    phase "exact groups quality" exact_groups_quality.log timeout 240 \
+      python3 bench/exact_groups_quality.py --json "$FINAL_OUT/exact_groups_quality.json" \
+      --md "$FINAL_OUT/exact_groups_quality.md"
   fi
 fi
 

@@ -14,6 +14,8 @@
 // The gradient is that of `out` (and optionally of `lse`) with respect to q, k, v for the forward as
 // configured by `options` (iterations, clamp, frame-0 recompute, scale). By default it is the paper's
 // gradient, which treats the R-step entropy cL as a constant; entropy_grad = true gives the exact one.
+// Exact key groups (options.sink_frames, window_radius, ExtraKeys; spec §3b) and joint sequences (spec §3c)
+// are covered on the CPU: their exact part is a FlashAttention backward with the merged LSE (§7).
 #pragma once
 
 #include <cstddef>
@@ -74,7 +76,7 @@ private:
     std::unique_ptr<Impl> impl_;
     friend void attention_training(const TensorView&, const TensorView&, const TensorView&, const TensorView&,
                                    const LseView&, const VideoGrid&, const Options&, SavedState&,
-                                   const CudaContext*);
+                                   const CudaContext*, const ExtraKeys*);
 };
 
 // Bytes of saved state for a forward on these shapes (header included), as attention_training needs; the
@@ -99,13 +101,22 @@ struct BackwardOptions {
     const SavedState* saved = nullptr;
 };
 
+// Gradients of the extra keys of attention() (ExtraKeys, spec §3b): dk [B, L, heads, d] and dv [B, L, heads, dv]
+// like extra_keys.k / .v (any strides, either layout, q's dtype and device). Overwritten; positions at or past
+// lens[b] (padding) get 0.
+struct ExtraKeyGrads {
+    TensorView dk, dv;
+};
+
 // Training forward: like attention() (the same out and lse up to rounding), and also fills `state` with
-// what attention_backward() needs. lse is required (the backward needs it). CUDA tensors: the forward's
-// kernels on cuda->stream (default stream when null), writing into the state's device memory (no workspace);
-// the state is complete once that stream's work is. Exact key groups: UnsupportedError (no backward yet).
+// what attention_backward() needs. lse is required (the backward needs it). extra_keys as in attention();
+// the state does not depend on them (only out and lse do), but the backward needs the same ones again.
+// CUDA tensors: the forward's kernels on cuda->stream (default stream when null), writing into the state's
+// device memory (no workspace); the state is complete once that stream's work is. Exact key groups on CUDA
+// tensors: UnsupportedError (no CUDA backward for them yet).
 void attention_training(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                         const LseView& lse, const VideoGrid& grid, const Options& options, SavedState& state,
-                        const CudaContext* cuda = nullptr);
+                        const CudaContext* cuda = nullptr, const ExtraKeys* extra_keys = nullptr);
 
 // Gradients dq, dk, dv ([B, N, heads, d] / [B, N, heads, dv], any strides like the inputs, dtype of q)
 // of the loss given dout = dLoss/dout ([B, N, heads, dv]) and optionally dlse = dLoss/dlse
@@ -113,14 +124,31 @@ void attention_training(const TensorView& q, const TensorView& k, const TensorVi
 // q, k, v, grid and options. dq, dk, dv are overwritten (not accumulated into) and must not overlap
 // each other or any input. CPU: exact, fp32 accumulation (fp64 for f64). CUDA (bf16/f16, head_dim 64 or
 // 128): fp32 accumulators, work on cuda->stream (default stream when null), workspace cuda->workspace or the
-// library's cached buffer; deterministic = true gives bitwise repeatable gradients. Exact key groups
-// (options.sink_frames > 0 or a window) have no backward yet: UnsupportedError. Throws ArgumentError for
-// every invalid argument.
+// library's cached buffer; deterministic = true gives bitwise repeatable gradients; exact key groups and
+// extra keys: UnsupportedError (CPU only for now). Throws ArgumentError for every invalid argument.
+// Exact key groups (spec §3b): options.sink_frames / window_radius as in the forward, and extra_keys the same
+// extra keys the forward had; with L >= 1 extra keys, extra_grads is required and receives their gradients.
+// The merge O = w_M·O_M + w_E·O_E (w = softmax over the Monarch objective and the exact group's LSE) is
+// differentiated exactly: the exact group gets a FlashAttention backward with P = exp(s·q·k − lse) of the
+// merged lse, the Monarch part its backward with the last L-step's weights exp(z − lse) (spec §7).
 void attention_backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                         const LseView& lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
                         const TensorView& dv, const VideoGrid& grid, const Options& options = {},
                         const LseView* dlse = nullptr, const BackwardOptions& backward = {},
-                        const CudaContext* cuda = nullptr);
+                        const CudaContext* cuda = nullptr, const ExtraKeys* extra_keys = nullptr,
+                        const ExtraKeyGrads* extra_grads = nullptr);
+
+// Backward of joint_attention() (spec §3c) over one MMDiT sequence of N video and L = text_tokens text tokens:
+// dq, dk, dv ([B, N + L, heads, d] / dv, the sequence's order, overwritten) of the loss given dout (and dlse,
+// [B, heads, N + L], optional). out and lse are what joint_attention() returned for these arguments (lse is
+// required). Video queries: the backward of attention() with the text keys as extra keys; text queries: a
+// FlashAttention backward over every valid key. Lean mode only (backward.saved must be null). CPU only.
+void joint_attention_backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                              const LseView& lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
+                              const TensorView& dv, const VideoGrid& grid, std::int64_t text_tokens,
+                              TextPosition text_position, const std::int64_t* text_lens = nullptr,
+                              const Options& options = {}, const LseView* dlse = nullptr,
+                              const BackwardOptions& backward = {}, const CudaContext* cuda = nullptr);
 
 // Device memory attention_backward needs as CudaContext::workspace for CUDA tensors (0 for CPU tensors):
 // f32 gradient accumulators, the L-steps' gradients, the row constants and, in lean mode

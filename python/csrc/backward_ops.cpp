@@ -3,6 +3,10 @@
 //   attention_train(q, k, v, grid, ...) -> (out, lse, saved)       forward for autograd; saved is the
 //       training forward's state as a uint8 tensor (save_state=True) or empty (lean mode)
 //   attention_backward(q, k, v, out, lse, dout, dlse, grid, ..., saved) -> (dq, dk, dv)
+//   attention_exact_train / attention_exact_backward: the same with sink frames, a window and text keys
+//       (spec §3b); the backward also returns the text keys' gradients (empty without text keys)
+//   joint_attention_train(...) -> (out, lse), joint_attention_backward(...) -> (dq, dk, dv): joint
+//       sequences (spec §3c), lean mode; valid text lengths as an integer tensor [B] (or None: all valid)
 // Layouts "bshd" / "bhsd" as in vmonarch_ops.cpp; gradients come back in the inputs' layout and dtype.
 // CUDA: work runs on torch's current stream, the workspace and the saved state come from torch's caching
 // allocator, and the saved state's header is passed from the host (SavedState::over with the header of
@@ -19,6 +23,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #ifdef VMONARCH_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -228,6 +233,230 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_impl(
     return {dq, dk, dv};
 }
 
+// ---- exact key groups (spec §3b) and joint sequences (spec §3c) ------------------------------------------
+vmonarch::Options exact_options_of(const char* fn, int64_t iterations, double clamp, bool recompute,
+                                   std::optional<double> scale, int64_t sink_frames,
+                                   std::optional<int64_t> window_radius) {
+    vmonarch::Options o = options_of(fn, iterations, clamp, recompute, scale);
+    o.sink_frames = sink_frames;
+    o.window_radius = window_radius;
+    return o;
+}
+
+// text_lens ([B] integers; the library checks the range) as a host vector, or nullopt.
+std::optional<std::vector<int64_t>> lens_of(const char* fn, const std::optional<at::Tensor>& lens, int64_t batch) {
+    if (!lens.has_value() || !lens->defined()) return std::nullopt;
+    TORCH_CHECK_TYPE(!at::isFloatingType(lens->scalar_type()) && lens->scalar_type() != at::kBool, fn,
+                     ": text_lens has dtype ", lens->scalar_type(), ", expected an integer tensor");
+    TORCH_CHECK_VALUE(lens->dim() == 1 && lens->size(0) == batch, fn, ": text_lens has shape ", lens->sizes(),
+                      ", expected [", batch, "] (one valid length per batch element)");
+    const at::Tensor host = lens->to(at::kCPU, at::kLong).contiguous();
+    const int64_t* p = host.data_ptr<int64_t>();
+    return std::vector<int64_t>(p, p + batch);
+}
+
+// The text keys of attention() as ExtraKeys over prepared (viewable) tensors kept alive by the caller.
+struct TextKeys {
+    at::Tensor k, v;
+    std::optional<std::vector<int64_t>> lens;
+    vmonarch::ExtraKeys extra;
+    bool present = false;
+};
+
+TextKeys text_keys_of(const char* fn, const std::optional<at::Tensor>& text_k, const std::optional<at::Tensor>& text_v,
+                      const std::optional<at::Tensor>& text_lens, const at::Tensor& q, Layout lay) {
+    TextKeys t;
+    const bool has_k = text_k.has_value() && text_k->defined(), has_v = text_v.has_value() && text_v->defined();
+    TORCH_CHECK_VALUE(has_k == has_v, fn, ": ", has_k ? "text_k" : "text_v", " is given without ",
+                      has_k ? "text_v" : "text_k", ", expected both or neither");
+    TORCH_CHECK_VALUE(has_k || !(text_lens.has_value() && text_lens->defined()), fn,
+                      ": text_lens is given without text_k/text_v");
+    if (!has_k) return t;
+    const std::pair<const char*, const at::Tensor*> both[2] = {{"text_k", &*text_k}, {"text_v", &*text_v}};
+    for (auto [name, x] : both) {
+        TORCH_CHECK_VALUE(x->dim() == 4, fn, ": ", name, " has ", x->dim(), " dimensions, expected 4 (like q)");
+        TORCH_CHECK_VALUE(x->device() == q.device(), fn, ": ", name, " is on ", x->device(), ", expected ", q.device(),
+                          " like q");
+        TORCH_CHECK_TYPE(x->scalar_type() == q.scalar_type(), fn, ": ", name, " has dtype ", x->scalar_type(),
+                         ", expected ", q.scalar_type(), " like q");
+    }
+    t.k = viewable(*text_k), t.v = viewable(*text_v);
+    t.extra.k = view_of(t.k, lay), t.extra.v = view_of(t.v, lay);
+    t.lens = lens_of(fn, text_lens, q.size(0));
+    t.extra.lens = t.lens ? t.lens->data() : nullptr;
+    t.present = true;
+    return t;
+}
+
+std::vector<int64_t> out_shape_of(const vmonarch::TensorView& qv, const vmonarch::TensorView& vv, Layout lay) {
+    return lay == Layout::bshd ? std::vector<int64_t>{qv.batch(), qv.tokens(), qv.heads(), vv.head_dim()}
+                               : std::vector<int64_t>{qv.batch(), qv.heads(), qv.tokens(), vv.head_dim()};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_exact_train_impl(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, at::IntArrayRef grid, int64_t iterations,
+    double clamp, bool recompute_first_frame, std::optional<double> scale, c10::string_view layout, int64_t sink_frames,
+    std::optional<int64_t> window_radius, const std::optional<at::Tensor>& text_k,
+    const std::optional<at::Tensor>& text_v, const std::optional<at::Tensor>& text_lens, bool entropy_grad,
+    bool deterministic, bool save_state) {
+    (void)entropy_grad, (void)deterministic; // used by the backward (registered in vmonarch/_backward.py)
+    const char* fn = "vmonarch.attention";
+    const Layout lay = parse_layout(layout);
+    check_qkv(fn, q_in, k_in, v_in);
+    TORCH_CHECK_NOT_IMPLEMENTED(!q_in.is_cuda(), fn, ": the backward pass of exact key groups runs on the CPU only in "
+                                "this version; use torch.no_grad() for inference on CUDA");
+    const vmonarch::VideoGrid g = grid_of(fn, grid);
+    const vmonarch::Options opts =
+        exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames, window_radius);
+    const at::Tensor q = viewable(q_in), k = viewable(k_in), v = viewable(v_in);
+    const TextKeys text = text_keys_of(fn, text_k, text_v, text_lens, q_in, lay);
+    const vmonarch::TensorView qv = view_of(q, lay), kv = view_of(k, lay), vv = view_of(v, lay);
+    at::Tensor out = at::empty(out_shape_of(qv, vv, lay), q.options());
+    at::Tensor lse = at::empty({qv.batch(), qv.heads(), qv.tokens()}, q.options().dtype(lse_dtype(q)));
+    const vmonarch::TensorView ov = view_of(out, lay);
+    const vmonarch::LseView lv = lse_view_of(lse);
+    const vmonarch::ExtraKeys* extra = text.present ? &text.extra : nullptr;
+    if (!save_state) {
+        translate_errors([&] { vmonarch::attention(qv, kv, vv, ov, g, opts, &lv, nullptr, extra); });
+        return {out, lse, at::empty({0}, q.options().dtype(at::kByte))};
+    }
+    std::size_t bytes = 0;
+    translate_errors([&] { bytes = vmonarch::saved_state_bytes(qv, vv, g, opts); });
+    at::Tensor storage = at::empty({static_cast<int64_t>((bytes + 7) / 8)}, q.options().dtype(at::kDouble));
+    at::Tensor saved = storage.view(at::kByte).narrow(0, 0, static_cast<int64_t>(bytes));
+    translate_errors([&] {
+        vmonarch::SavedState state = vmonarch::SavedState::over(saved.data_ptr(), bytes, qv.device, qv.device_index);
+        vmonarch::attention_training(qv, kv, vv, ov, lv, g, opts, state, nullptr, extra);
+    });
+    return {out, lse, saved};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_exact_backward_impl(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out_in,
+    const at::Tensor& lse_in, const at::Tensor& dout_in, const std::optional<at::Tensor>& dlse_in, at::IntArrayRef grid,
+    int64_t iterations, double clamp, bool recompute_first_frame, std::optional<double> scale, c10::string_view layout,
+    int64_t sink_frames, std::optional<int64_t> window_radius, const std::optional<at::Tensor>& text_k,
+    const std::optional<at::Tensor>& text_v, const std::optional<at::Tensor>& text_lens, bool entropy_grad,
+    bool deterministic, const std::optional<at::Tensor>& saved_in) {
+    const char* fn = "vmonarch.attention_backward";
+    const Layout lay = parse_layout(layout);
+    check_qkv(fn, q_in, k_in, v_in);
+    check_tensor(fn, "out", out_in, q_in, 4);
+    check_tensor(fn, "dout", dout_in, q_in, 4);
+    check_tensor(fn, "lse", lse_in, q_in, 3);
+    TORCH_CHECK_TYPE(dout_in.scalar_type() == q_in.scalar_type(), fn, ": dout has dtype ", dout_in.scalar_type(),
+                     ", expected ", q_in.scalar_type(), " like q");
+    const vmonarch::VideoGrid g = grid_of(fn, grid);
+    const vmonarch::Options opts =
+        exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames, window_radius);
+    const at::Tensor q = viewable(q_in), k = viewable(k_in), v = viewable(v_in), out = viewable(out_in);
+    const at::Tensor dout = viewable(dout_in), lse = lse_in.contiguous();
+    const TextKeys text = text_keys_of(fn, text_k, text_v, text_lens, q_in, lay);
+    at::Tensor dq = empty_like_layout(q_in), dk = empty_like_layout(k_in), dv = empty_like_layout(v_in);
+    at::Tensor dtk = text.present ? empty_like_layout(*text_k) : at::empty({0}, q_in.options());
+    at::Tensor dtv = text.present ? empty_like_layout(*text_v) : at::empty({0}, q_in.options());
+    vmonarch::ExtraKeyGrads extra_grads;
+    if (text.present) extra_grads.dk = view_of(dtk, lay), extra_grads.dv = view_of(dtv, lay);
+    at::Tensor dlse;
+    vmonarch::LseView dlv;
+    if (dlse_in.has_value() && dlse_in->defined()) {
+        check_tensor(fn, "dlse", *dlse_in, q_in, 3);
+        dlse = dlse_in->to(lse.scalar_type()).contiguous();
+        dlv = lse_view_of(dlse);
+    }
+    vmonarch::BackwardOptions bo;
+    bo.entropy_grad = entropy_grad;
+    bo.deterministic = deterministic;
+    std::optional<vmonarch::SavedState> state;
+    if (saved_in.has_value() && saved_in->defined() && saved_in->numel() > 0) {
+        const at::Tensor& s = *saved_in;
+        TORCH_CHECK_VALUE(s.scalar_type() == at::kByte && s.dim() == 1 && s.is_contiguous() && s.device() == q_in.device(),
+                          fn, ": saved must be the contiguous 1-D uint8 tensor attention_exact_train returned on ",
+                          q_in.device());
+        translate_errors([&] {
+            state.emplace(vmonarch::SavedState::over(s.data_ptr(), static_cast<std::size_t>(s.numel()),
+                                                     q_in.is_cuda() ? vmonarch::Device::cuda : vmonarch::Device::cpu));
+        });
+        bo.saved = &*state;
+    }
+    translate_errors([&] {
+        vmonarch::attention_backward(view_of(q, lay), view_of(k, lay), view_of(v, lay), view_of(out, lay),
+                                     lse_view_of(lse), view_of(dout, lay), view_of(dq, lay), view_of(dk, lay),
+                                     view_of(dv, lay), g, opts, dlse.defined() ? &dlv : nullptr, bo, nullptr,
+                                     text.present ? &text.extra : nullptr, text.present ? &extra_grads : nullptr);
+    });
+    return {dq, dk, dv, dtk, dtv};
+}
+
+std::tuple<at::Tensor, at::Tensor> joint_attention_train_impl(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, at::IntArrayRef grid, int64_t text_len,
+    bool text_first, const std::optional<at::Tensor>& text_lens, int64_t iterations, double clamp,
+    bool recompute_first_frame, std::optional<double> scale, c10::string_view layout, int64_t sink_frames,
+    std::optional<int64_t> window_radius, bool entropy_grad, bool deterministic) {
+    (void)entropy_grad, (void)deterministic; // used by the backward (registered in vmonarch/_backward.py)
+    const char* fn = "vmonarch.joint_attention";
+    const Layout lay = parse_layout(layout);
+    check_qkv(fn, q_in, k_in, v_in);
+    TORCH_CHECK_NOT_IMPLEMENTED(!q_in.is_cuda(), fn, ": the backward pass of joint sequences runs on the CPU only in "
+                                "this version; use torch.no_grad() for inference on CUDA");
+    const vmonarch::VideoGrid g = grid_of(fn, grid);
+    const vmonarch::Options opts =
+        exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames, window_radius);
+    const at::Tensor q = viewable(q_in), k = viewable(k_in), v = viewable(v_in);
+    const auto lens = lens_of(fn, text_lens, q_in.size(0));
+    const vmonarch::TensorView qv = view_of(q, lay), kv = view_of(k, lay), vv = view_of(v, lay);
+    at::Tensor out = at::empty(out_shape_of(qv, vv, lay), q.options());
+    at::Tensor lse = at::empty({qv.batch(), qv.heads(), qv.tokens()}, q.options().dtype(lse_dtype(q)));
+    const vmonarch::LseView lv = lse_view_of(lse);
+    translate_errors([&] {
+        vmonarch::joint_attention(qv, kv, vv, view_of(out, lay), g, text_len,
+                                  text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last,
+                                  lens ? lens->data() : nullptr, opts, &lv, nullptr);
+    });
+    return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> joint_attention_backward_impl(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& out_in,
+    const at::Tensor& lse_in, const at::Tensor& dout_in, const std::optional<at::Tensor>& dlse_in, at::IntArrayRef grid,
+    int64_t text_len, bool text_first, const std::optional<at::Tensor>& text_lens, int64_t iterations, double clamp,
+    bool recompute_first_frame, std::optional<double> scale, c10::string_view layout, int64_t sink_frames,
+    std::optional<int64_t> window_radius, bool entropy_grad, bool deterministic) {
+    const char* fn = "vmonarch.joint_attention_backward";
+    const Layout lay = parse_layout(layout);
+    check_qkv(fn, q_in, k_in, v_in);
+    check_tensor(fn, "out", out_in, q_in, 4);
+    check_tensor(fn, "dout", dout_in, q_in, 4);
+    check_tensor(fn, "lse", lse_in, q_in, 3);
+    TORCH_CHECK_TYPE(dout_in.scalar_type() == q_in.scalar_type(), fn, ": dout has dtype ", dout_in.scalar_type(),
+                     ", expected ", q_in.scalar_type(), " like q");
+    const vmonarch::VideoGrid g = grid_of(fn, grid);
+    const vmonarch::Options opts =
+        exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames, window_radius);
+    const at::Tensor q = viewable(q_in), k = viewable(k_in), v = viewable(v_in), out = viewable(out_in);
+    const at::Tensor dout = viewable(dout_in), lse = lse_in.contiguous();
+    const auto lens = lens_of(fn, text_lens, q_in.size(0));
+    at::Tensor dq = empty_like_layout(q_in), dk = empty_like_layout(k_in), dv = empty_like_layout(v_in);
+    at::Tensor dlse;
+    vmonarch::LseView dlv;
+    if (dlse_in.has_value() && dlse_in->defined()) {
+        check_tensor(fn, "dlse", *dlse_in, q_in, 3);
+        dlse = dlse_in->to(lse.scalar_type()).contiguous();
+        dlv = lse_view_of(dlse);
+    }
+    vmonarch::BackwardOptions bo;
+    bo.entropy_grad = entropy_grad;
+    bo.deterministic = deterministic;
+    translate_errors([&] {
+        vmonarch::joint_attention_backward(
+            view_of(q, lay), view_of(k, lay), view_of(v, lay), view_of(out, lay), lse_view_of(lse), view_of(dout, lay),
+            view_of(dq, lay), view_of(dk, lay), view_of(dv, lay), g, text_len,
+            text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last, lens ? lens->data() : nullptr,
+            opts, dlse.defined() ? &dlv : nullptr, bo, nullptr);
+    });
+    return {dq, dk, dv};
+}
+
 // Forward-mode AD: like the forward operators (vmonarch_ops.cpp), these have no forward derivative; a
 // kernel below autograd refuses inputs that carry a tangent instead of returning none.
 void refuse_tangents(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
@@ -250,6 +479,10 @@ void refuse_tangents(const c10::OperatorHandle& op, c10::DispatchKeySet keys, to
 TORCH_LIBRARY_IMPL(vmonarch, ADInplaceOrView, m) {
     m.impl("attention_train", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
     m.impl("attention_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
+    m.impl("attention_exact_train", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
+    m.impl("attention_exact_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
+    m.impl("joint_attention_train", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
+    m.impl("joint_attention_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
 }
 
 TORCH_LIBRARY_FRAGMENT(vmonarch, m) {
@@ -260,14 +493,41 @@ TORCH_LIBRARY_FRAGMENT(vmonarch, m) {
           "int[] grid, int iterations=2, float clamp=0.1, bool recompute_first_frame=True, float? scale=None, "
           "str layout=\"bshd\", bool entropy_grad=False, bool deterministic=False, Tensor? saved=None) "
           "-> (Tensor dq, Tensor dk, Tensor dv)");
+    m.def("attention_exact_train(Tensor q, Tensor k, Tensor v, int[] grid, int iterations=2, float clamp=0.1, "
+          "bool recompute_first_frame=True, float? scale=None, str layout=\"bshd\", int sink_frames=0, "
+          "int? window_radius=None, Tensor? text_k=None, Tensor? text_v=None, Tensor? text_lens=None, "
+          "bool entropy_grad=False, bool deterministic=False, bool save_state=False) "
+          "-> (Tensor out, Tensor lse, Tensor saved)");
+    m.def("attention_exact_backward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dout, Tensor? dlse, "
+          "int[] grid, int iterations=2, float clamp=0.1, bool recompute_first_frame=True, float? scale=None, "
+          "str layout=\"bshd\", int sink_frames=0, int? window_radius=None, Tensor? text_k=None, Tensor? text_v=None, "
+          "Tensor? text_lens=None, bool entropy_grad=False, bool deterministic=False, Tensor? saved=None) "
+          "-> (Tensor dq, Tensor dk, Tensor dv, Tensor dtext_k, Tensor dtext_v)");
+    m.def("joint_attention_train(Tensor q, Tensor k, Tensor v, int[] grid, int text_len, bool text_first=False, "
+          "Tensor? text_lens=None, int iterations=2, float clamp=0.1, bool recompute_first_frame=True, "
+          "float? scale=None, str layout=\"bshd\", int sink_frames=0, int? window_radius=None, "
+          "bool entropy_grad=False, bool deterministic=False) -> (Tensor out, Tensor lse)");
+    m.def("joint_attention_backward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dout, Tensor? dlse, "
+          "int[] grid, int text_len, bool text_first=False, Tensor? text_lens=None, int iterations=2, "
+          "float clamp=0.1, bool recompute_first_frame=True, float? scale=None, str layout=\"bshd\", "
+          "int sink_frames=0, int? window_radius=None, bool entropy_grad=False, bool deterministic=False) "
+          "-> (Tensor dq, Tensor dk, Tensor dv)");
 }
 
 TORCH_LIBRARY_IMPL(vmonarch, CPU, m) {
     m.impl("attention_train", &attention_train_impl);
     m.impl("attention_backward", &attention_backward_impl);
+    m.impl("attention_exact_train", &attention_exact_train_impl);
+    m.impl("attention_exact_backward", &attention_exact_backward_impl);
+    m.impl("joint_attention_train", &joint_attention_train_impl);
+    m.impl("joint_attention_backward", &joint_attention_backward_impl);
 }
 
 TORCH_LIBRARY_IMPL(vmonarch, CUDA, m) {
     m.impl("attention_train", &attention_train_impl);
     m.impl("attention_backward", &attention_backward_impl);
+    m.impl("attention_exact_train", &attention_exact_train_impl);
+    m.impl("attention_exact_backward", &attention_exact_backward_impl);
+    m.impl("joint_attention_train", &joint_attention_train_impl);
+    m.impl("joint_attention_backward", &joint_attention_backward_impl);
 }

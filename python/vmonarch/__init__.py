@@ -6,8 +6,9 @@
 
 Tokens are frame-major (token n = i*H*W + j). CPU: bfloat16, float16, float32, float64. CUDA: bfloat16
 and float16 (head_dim 64 or 128); float32 CUDA tensors raise TypeError. attention() is differentiable
-on the CPU and on CUDA (spec §7, torch.autograd); dense_attention's backward, the backward of exact key
-groups and forward-mode AD raise NotImplementedError. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original (Wan2.1 code
+on the CPU and on CUDA (spec §7, torch.autograd), with exact key groups and joint sequences too on the CPU;
+dense_attention's backward, the CUDA backward of exact key groups and forward-mode AD raise
+NotImplementedError. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original (Wan2.1 code
 base).
 """
 from __future__ import annotations
@@ -77,6 +78,8 @@ def attention(
         window_radius: r >= 0 or None; key frames within r of the query's frame are exact too (spec §3b).
         text_k, text_v: extra keys/values [B, L, heads, d] (in `layout`, any L >= 0) attended exactly by every
             query (text tokens); text_lens: valid prefix length per batch element (list or int tensor [B]).
+            All of these run on CPU and CUDA; they are differentiable on the CPU (text_k and text_v get
+            gradients too).
         entropy_grad: backward through the R-step entropy cL too (the exact gradient); default False is
             the paper's gradient, which treats cL as a constant.
         deterministic: bitwise repeatable backward (the CPU backward always is).
@@ -102,7 +105,8 @@ def attention(
     save_state = check_bool(fn, "save_state", save_state)
     if _exact.wanted(sink_frames, window_radius, text_k, text_v, text_lens):
         return _exact.attention(q, k, v, grid, layout, iterations, clamp, recompute_first_frame, scale,
-                                return_lse, sink_frames, window_radius, text_k, text_v, text_lens)
+                                return_lse, sink_frames, window_radius, text_k, text_v, text_lens, entropy_grad,
+                                deterministic, save_state)
     if (torch.is_grad_enabled() and q.device.type == "cpu"
             and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v))):
         # Gradients wanted: the training forward, whose autograd rule carries the backward options.
@@ -131,6 +135,8 @@ def joint_attention(
     return_lse: bool = False,
     sink_frames: int = 0,
     window_radius: Optional[int] = None,
+    entropy_grad: bool = False,
+    deterministic: bool = False,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """MMDiT self-attention over one sequence of N = T*H*W video and text_len text tokens (spec §3c).
 
@@ -141,6 +147,7 @@ def joint_attention(
     text_lens (list or int tensor [B] of prefix lengths) or text_mask (bool [B, L] key-padding mask, which
     must be a prefix: ValueError otherwise); default all valid. Returns out (and lse [B, heads, N + L]) in the
     sequence's order; padded text queries are computed like the others. CPU and CUDA.
+    Differentiable on the CPU (spec §7; entropy_grad and deterministic as in attention(), lean mode).
     """
     fn = "vmonarch.joint_attention"
     _check_common(fn, q, k, v, layout)
@@ -150,9 +157,11 @@ def joint_attention(
     recompute_first_frame = check_bool(fn, "recompute_first_frame", recompute_first_frame)
     return_lse = check_bool(fn, "return_lse", return_lse)
     text_first = check_bool(fn, "text_first", text_first)
+    entropy_grad = check_bool(fn, "entropy_grad", entropy_grad)
+    deterministic = check_bool(fn, "deterministic", deterministic)
     return _exact.joint_attention(q, k, v, grid, text_len, text_first, text_lens, text_mask, layout, iterations,
                                   clamp, recompute_first_frame, _check_scale(fn, scale), return_lse, sink_frames,
-                                  window_radius)
+                                  window_radius, entropy_grad, deterministic)
 
 
 def dense_attention(

@@ -4,7 +4,11 @@ torch.ops.vmonarch.attention_train is the forward used when gradients are needed
 LSE and, with save_state=True, the training forward's saved state as a uint8 tensor. Its autograd rule
 calls torch.ops.vmonarch.attention_backward, which returns dq, dk, dv in the inputs' layout and dtype.
 The plain torch.ops.vmonarch.attention op gets an autograd rule too (paper gradient, lean mode).
-CPU and CUDA tensors (CUDA: bfloat16 / float16, head dim 64 or 128); exact key groups have no backward.
+Exact key groups (spec §3b) have attention_exact_train / attention_exact_backward (which also returns the
+text keys' gradients), joint sequences (spec §3c) joint_attention_train / joint_attention_backward (lean
+mode); the plain attention_exact_groups and joint_attention ops are differentiable the same way.
+CUDA tensors: attention_train / attention_backward run on CUDA (bfloat16 / float16, head dim 64 or 128);
+the exact-group and joint backward are CPU-only in this version and raise NotImplementedError.
 """
 from __future__ import annotations
 
@@ -39,6 +43,15 @@ def saved_state_bytes(q, v, iterations, layout="bshd"):
     per_head = t * (N * d + 2 * N) + (t - 1) * (N * d + N) + N * dv
     acc = 8 if q.dtype == torch.float64 else 4
     return _HEADER_BYTES + B * H * per_head * acc
+
+
+def _cuda_not_yet(q):
+    """The exact-group and joint backward have no CUDA kernels yet (plain attention's backward does)."""
+    if q.device.type == "cuda":
+        raise NotImplementedError(
+            "vmonarch: the backward of exact key groups (sink_frames, window_radius, text keys) and of joint "
+            "sequences runs on the CPU only in this version; plain vmonarch.attention trains on CUDA, or train "
+            "these on CPU tensors")
 
 
 @torch.library.register_fake("vmonarch::attention_train")
@@ -108,3 +121,162 @@ def _attention_backward(ctx, dout, dlse):
 
 
 torch.library.register_autograd("vmonarch::attention", _attention_backward, setup_context=_attention_setup)
+
+
+# --- exact key groups (spec §3b): attention_exact_train and the plain attention_exact_groups op -------------
+@torch.library.register_fake("vmonarch::attention_exact_train")
+def _attention_exact_train_fake(q, k, v, grid, iterations=2, clamp=0.1, recompute_first_frame=True, scale=None,
+                                layout="bshd", sink_frames=0, window_radius=None, text_k=None, text_v=None,
+                                text_lens=None, entropy_grad=False, deterministic=False, save_state=False):
+    return _attention_train_fake(q, k, v, grid, iterations, clamp, recompute_first_frame, scale, layout,
+                                 entropy_grad, deterministic, save_state)
+
+
+@torch.library.register_fake("vmonarch::attention_exact_backward")
+def _attention_exact_backward_fake(q, k, v, out, lse, dout, dlse, grid, iterations=2, clamp=0.1,
+                                   recompute_first_frame=True, scale=None, layout="bshd", sink_frames=0,
+                                   window_radius=None, text_k=None, text_v=None, text_lens=None, entropy_grad=False,
+                                   deterministic=False, saved=None):
+    dq, dk, dv = _attention_backward_fake(q, k, v, out, lse, dout, dlse, grid)
+    if text_k is None:
+        return dq, dk, dv, q.new_empty((0,)), q.new_empty((0,))
+    return dq, dk, dv, torch.empty_like(text_k, memory_format=torch.contiguous_format), \
+        torch.empty_like(text_v, memory_format=torch.contiguous_format)
+
+
+def _text_grads(text_k, dtk, dtv):
+    """The text keys' gradients as autograd returns them (None without text keys)."""
+    return (dtk, dtv) if text_k is not None else (None, None)
+
+
+def _exact_train_setup(ctx, inputs, output):
+    (q, k, v, grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius, text_k, text_v, text_lens,
+     entropy_grad, deterministic, _save) = inputs
+    out, lse, saved = output
+    ctx.save_for_backward(q, k, v, out, lse, saved, text_k, text_v, text_lens)
+    ctx.args = (list(grid), int(iterations), float(clamp), bool(recompute), scale, layout, int(sink_frames),
+                window_radius, bool(entropy_grad), bool(deterministic))
+    ctx.mark_non_differentiable(saved)
+
+
+def _exact_train_backward(ctx, dout, dlse, _dsaved):
+    q, k, v, out, lse, saved, text_k, text_v, text_lens = ctx.saved_tensors
+    _cuda_not_yet(q)
+    grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius, entropy_grad, deterministic = ctx.args
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv, dtk, dtv = torch.ops.vmonarch.attention_exact_backward(
+        q, k, v, out, lse, dout, dlse, grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius,
+        text_k, text_v, text_lens, entropy_grad, deterministic, saved if saved.numel() > 0 else None)
+    return (dq, dk, dv) + (None,) * 8 + _text_grads(text_k, dtk, dtv) + (None,) * 4
+
+
+torch.library.register_autograd("vmonarch::attention_exact_train", _exact_train_backward,
+                                setup_context=_exact_train_setup)
+
+
+def _exact_setup(ctx, inputs, output):
+    (q, k, v, grid, iterations, clamp, recompute, scale, layout, _return_lse, sink_frames, window_radius, text_k,
+     text_v, text_lens) = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, text_k, text_v, text_lens)
+    ctx.args = (list(grid), int(iterations), float(clamp), bool(recompute), scale, layout, int(sink_frames),
+                window_radius)
+
+
+def _exact_backward(ctx, dout, dlse):
+    q, k, v, out, lse, text_k, text_v, text_lens = ctx.saved_tensors
+    _cuda_not_yet(q)
+    grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius = ctx.args
+    if lse.numel() == 0:  # the forward was asked for no LSE: the backward needs it, so rerun
+        out, lse = torch.ops.vmonarch.attention_exact_groups(q, k, v, grid, iterations, clamp, recompute, scale, layout,
+                                                             True, sink_frames, window_radius, text_k, text_v,
+                                                             text_lens)
+        dlse = None
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv, dtk, dtv = torch.ops.vmonarch.attention_exact_backward(
+        q, k, v, out, lse, dout, dlse, grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius,
+        text_k, text_v, text_lens, False, False, None)
+    return (dq, dk, dv) + (None,) * 9 + _text_grads(text_k, dtk, dtv) + (None,)
+
+
+torch.library.register_autograd("vmonarch::attention_exact_groups", _exact_backward, setup_context=_exact_setup)
+
+
+# --- joint text+video sequences (spec §3c): joint_attention_train and the plain joint_attention op ---------
+@torch.library.register_fake("vmonarch::joint_attention_train")
+def _joint_train_fake(q, k, v, grid, text_len, text_first=False, text_lens=None, iterations=2, clamp=0.1,
+                      recompute_first_frame=True, scale=None, layout="bshd", sink_frames=0, window_radius=None,
+                      entropy_grad=False, deterministic=False):
+    from ._ops import _joint_attention_fake
+
+    return _joint_attention_fake(q, k, v, grid, text_len, text_first, text_lens, None, iterations, clamp,
+                                 recompute_first_frame, scale, layout, True, sink_frames, window_radius)
+
+
+@torch.library.register_fake("vmonarch::joint_attention_backward")
+def _joint_backward_fake(q, k, v, out, lse, dout, dlse, grid, text_len, text_first=False, text_lens=None,
+                         iterations=2, clamp=0.1, recompute_first_frame=True, scale=None, layout="bshd", sink_frames=0,
+                         window_radius=None, entropy_grad=False, deterministic=False):
+    return _attention_backward_fake(q, k, v, out, lse, dout, dlse, grid)
+
+
+def _joint_train_setup(ctx, inputs, output):
+    (q, k, v, grid, text_len, text_first, text_lens, iterations, clamp, recompute, scale, layout, sink_frames,
+     window_radius, entropy_grad, deterministic) = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, text_lens)
+    ctx.args = (list(grid), int(text_len), bool(text_first), int(iterations), float(clamp), bool(recompute), scale,
+                layout, int(sink_frames), window_radius, bool(entropy_grad), bool(deterministic))
+
+
+def _joint_train_backward(ctx, dout, dlse):
+    q, k, v, out, lse, text_lens = ctx.saved_tensors
+    _cuda_not_yet(q)
+    grid, text_len, text_first, iterations, clamp, recompute, scale, layout, sink_frames, window_radius, \
+        entropy_grad, deterministic = ctx.args
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = torch.ops.vmonarch.joint_attention_backward(
+        q, k, v, out, lse, dout, dlse, grid, text_len, text_first, text_lens, iterations, clamp, recompute, scale,
+        layout, sink_frames, window_radius, entropy_grad, deterministic)
+    return (dq, dk, dv) + (None,) * 13
+
+
+torch.library.register_autograd("vmonarch::joint_attention_train", _joint_train_backward,
+                                setup_context=_joint_train_setup)
+
+
+def prefix_lengths(text_mask):
+    """Valid lengths [B] of a key-padding prefix mask (the forward operator checked that it is a prefix)."""
+    return None if text_mask is None else text_mask.sum(dim=1).to(torch.int64)
+
+
+def _joint_setup(ctx, inputs, output):
+    (q, k, v, grid, text_len, text_first, text_lens, text_mask, iterations, clamp, recompute, scale, layout,
+     _return_lse, sink_frames, window_radius) = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, text_lens if text_lens is not None else prefix_lengths(text_mask))
+    ctx.args = (list(grid), int(text_len), bool(text_first), int(iterations), float(clamp), bool(recompute), scale,
+                layout, int(sink_frames), window_radius)
+
+
+def _joint_backward(ctx, dout, dlse):
+    q, k, v, out, lse, text_lens = ctx.saved_tensors
+    _cuda_not_yet(q)
+    grid, text_len, text_first, iterations, clamp, recompute, scale, layout, sink_frames, window_radius = ctx.args
+    if lse.numel() == 0:  # the forward was asked for no LSE: the backward needs it, so rerun
+        out, lse = torch.ops.vmonarch.joint_attention_train(q, k, v, grid, text_len, text_first, text_lens, iterations,
+                                                            clamp, recompute, scale, layout, sink_frames,
+                                                            window_radius)
+        dlse = None
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = torch.ops.vmonarch.joint_attention_backward(
+        q, k, v, out, lse, dout, dlse, grid, text_len, text_first, text_lens, iterations, clamp, recompute, scale,
+        layout, sink_frames, window_radius, False, False)
+    return (dq, dk, dv) + (None,) * 13
+
+
+torch.library.register_autograd("vmonarch::joint_attention", _joint_backward, setup_context=_joint_setup)

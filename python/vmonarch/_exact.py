@@ -2,7 +2,9 @@
 
 vmonarch.attention(..., sink_frames=, window_radius=, text_k=, text_v=, text_lens=) and
 vmonarch.joint_attention(...) call into here; the operators are torch.ops.vmonarch.attention_exact_groups
-and torch.ops.vmonarch.joint_attention (fake kernels in _ops.py, so torch.compile traces them).
+and torch.ops.vmonarch.joint_attention (fake kernels in _ops.py, so torch.compile traces them). When gradients
+are wanted on the CPU, the training operators attention_exact_train / joint_attention_train run instead: their
+autograd rules (_backward.py) carry entropy_grad, deterministic and save_state to the backward (spec §7).
 """
 from __future__ import annotations
 
@@ -43,9 +45,32 @@ def _lens_tensor(fn: str, name: str, lens) -> Optional[torch.Tensor]:
     return torch.tensor(values, dtype=torch.int64)
 
 
+def _wants_grad(*tensors) -> bool:
+    """Gradients are wanted through a CPU call: grad mode on and some input requires grad."""
+    return (torch.is_grad_enabled() and tensors[0].device.type == "cpu"
+            and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors))
+
+
+def _mask_lengths(fn: str, mask: torch.Tensor, batch: int, L: int) -> torch.Tensor:
+    """Valid lengths [B] of a bool key-padding mask [B, L] that must be a prefix (as the forward operator checks)."""
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{fn}: text_mask has dtype {mask.dtype}, expected torch.bool (True = valid key)")
+    if mask.dim() != 2 or tuple(mask.shape) != (batch, L):
+        raise ValueError(f"{fn}: text_mask has shape {list(mask.shape)}, expected [{batch}, {L}]")
+    mask = mask.cpu()
+    lens = mask.sum(dim=1).to(torch.int64)
+    prefix = torch.arange(L)[None, :] < lens[:, None]
+    bad = (prefix != mask).any(dim=1).nonzero().flatten()
+    if bad.numel() > 0:
+        b = int(bad[0])
+        raise ValueError(f"{fn}: text_mask[{b}] is not a key-padding prefix, expected the valid text tokens first")
+    return lens
+
+
 def attention(q, k, v, grid: Sequence[int], layout: str, iterations: int, clamp: float, recompute_first_frame: bool,
               scale: Optional[float], return_lse: bool, sink_frames: int, window_radius: Optional[int],
-              text_k, text_v, text_lens):
+              text_k, text_v, text_lens, entropy_grad: bool = False, deterministic: bool = False,
+              save_state: bool = False):
     fn = "vmonarch.attention"
     sink_frames = _sink_frames(fn, sink_frames)
     window_radius = _window_radius(fn, window_radius)
@@ -57,16 +82,22 @@ def attention(q, k, v, grid: Sequence[int], layout: str, iterations: int, clamp:
                          f"{'text_v' if text_k is not None else 'text_k'}, expected both or neither")
     if text_k is None and text_lens is not None:
         raise ValueError(f"{fn}: text_lens is given without text_k/text_v")
+    lens = _lens_tensor(fn, "text_lens", text_lens)
+    if _wants_grad(q, k, v, text_k, text_v):
+        out, lse, _ = _ops.ops.attention_exact_train(
+            q, k, v, list(grid), iterations, clamp, recompute_first_frame, scale, layout, sink_frames, window_radius,
+            text_k, text_v, lens, entropy_grad, deterministic, save_state)
+        return (out, lse) if return_lse else out
     out, lse = _ops.ops.attention_exact_groups(
         q, k, v, list(grid), iterations, clamp, recompute_first_frame, scale, layout, return_lse, sink_frames,
-        window_radius, text_k, text_v, _lens_tensor(fn, "text_lens", text_lens))
+        window_radius, text_k, text_v, lens)
     return (out, lse) if return_lse else out
 
 
 def joint_attention(q, k, v, grid: Sequence[int], text_len: int, text_first: bool, text_lens,
                     text_mask: Optional[torch.Tensor], layout: str, iterations: int, clamp: float,
                     recompute_first_frame: bool, scale: Optional[float], return_lse: bool, sink_frames: int,
-                    window_radius: Optional[int]):
+                    window_radius: Optional[int], entropy_grad: bool = False, deterministic: bool = False):
     fn = "vmonarch.joint_attention"
     text_len = check_int(fn, "text_len", text_len, 0)
     sink_frames = _sink_frames(fn, sink_frames)
@@ -75,8 +106,16 @@ def joint_attention(q, k, v, grid: Sequence[int], text_len: int, text_first: boo
         raise ValueError(f"{fn}: text_lens and text_mask are both given, expected at most one")
     if text_mask is not None and not isinstance(text_mask, torch.Tensor):
         raise TypeError(f"{fn}: text_mask is a {type(text_mask).__name__}, expected a bool tensor [B, L] or None")
+    lens = _lens_tensor(fn, "text_lens", text_lens)
+    if _wants_grad(q, k, v):
+        if text_mask is not None:
+            lens = _mask_lengths(fn, text_mask, q.shape[0], text_len)
+        out, lse = _ops.ops.joint_attention_train(
+            q, k, v, list(grid), text_len, text_first, lens, iterations, clamp, recompute_first_frame, scale, layout,
+            sink_frames, window_radius, entropy_grad, deterministic)
+        return (out, lse) if return_lse else out
     out, lse = _ops.ops.joint_attention(
-        q, k, v, list(grid), text_len, text_first, _lens_tensor(fn, "text_lens", text_lens), text_mask, iterations,
+        q, k, v, list(grid), text_len, text_first, lens, text_mask, iterations,
         clamp, recompute_first_frame, scale, layout, return_lse, sink_frames, window_radius)
     return (out, lse) if return_lse else out
 

@@ -9,6 +9,13 @@ exact attention over the valid text keys; text queries get exact attention over 
 This module holds what they share: the schedule (VMonarchSchedule plus the joint call), the key-padding
 mask analysis, the base processor (dense layers/steps, grid check, fallback to the stock processor with a
 one-time warning) and enable()/disable() with the forward pre-hook that reads the latent grid.
+
+Under diffusers' context parallelism (enable_parallelism with ContextParallelConfig(ulysses_degree=P) and
+the model module's context_parallel_plan(): the video tokens sharded, the text replicated) every call runs
+through vmonarch.distributed.ulysses_joint_attention: VMonarch for VMonarch steps and layers, exact
+attention (torch's SDPA, what the stock processors compute) for dense ones. The stock processors cannot
+run over the sharded joint sequence, so what would fall back to them raises ValueError instead, and so
+does ring_degree > 1.
 """
 from __future__ import annotations
 
@@ -36,9 +43,19 @@ class JointSchedule(VMonarchSchedule):
         self._mask_cache = None   # (mask, its _version, video tokens, analysis): one mask serves a forward's blocks
 
     def joint_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: Sequence[int], text_len: int,
-                        text_first: bool, text_lens: Optional[torch.Tensor], layout: str) -> torch.Tensor:
-        """The joint sequence's attention output in q's layout and dtype (spec §3c)."""
+                        text_first: bool, text_lens: Optional[torch.Tensor], layout: str, group=None,
+                        dense: bool = False) -> torch.Tensor:
+        """The joint sequence's attention output in q's layout and dtype (spec §3c). With a Ulysses `group`,
+        q, k, v hold this rank's video tokens and all text tokens (ulysses_joint_attention's replicated text);
+        dense=True (only with a group) attends exactly instead of by VMonarch."""
         dtype = q.dtype
+        if dense:
+            from .distributed import ulysses_joint_attention
+
+            out = ulysses_joint_attention(q, k, v, tuple(grid), int(text_len), text_first=bool(text_first),
+                                          text_lens=text_lens, group=group, layout=layout,
+                                          attention_fn=dense_joint_attention)
+            return out.to(dtype)
         if q.is_cuda and dtype == torch.float32 and self.attention_fn is None and self.cast_float32_on_cuda:
             self.warn_once("cast", f"vmonarch: float32 activations on CUDA are cast to {self.cast_float32_on_cuda} "
                                    "for the VMonarch kernels (which take bfloat16/float16)")
@@ -47,13 +64,23 @@ class JointSchedule(VMonarchSchedule):
                        clamp=self.clamp, recompute_first_frame=self.recompute_first_frame)
         if self.sink_frames:
             options["sink_frames"] = self.sink_frames
-        if self.attention_fn is not None:
-            out = self.attention_fn(q, k, v, grid=tuple(grid), text_len=int(text_len), **options)
-        else:
-            import vmonarch
+        if group is not None:
+            from .distributed import ulysses_joint_attention
 
-            out = vmonarch.joint_attention(q, k, v, tuple(grid), int(text_len), **options)
+            options.pop("layout")
+            local = self._local_joint_attention
+            out = ulysses_joint_attention(q, k, v, tuple(grid), int(text_len), group=group, layout=layout,
+                                          attention_fn=local, **options)
+        else:
+            out = self._local_joint_attention(q, k, v, tuple(grid), int(text_len), **options)
         return out.to(dtype)
+
+    def _local_joint_attention(self, q, k, v, grid, text_len, **options):
+        if self.attention_fn is not None:
+            return self.attention_fn(q, k, v, grid=grid, text_len=text_len, **options)
+        import vmonarch
+
+        return vmonarch.joint_attention(q, k, v, grid, text_len, **options)
 
     def text_lengths(self, full_mask: torch.Tensor, video_tokens: int, source: Optional[torch.Tensor] = None):
         """Analyses a key mask over the joint sequence [video | text] (bool [B, N + L], True = attend).
@@ -81,6 +108,22 @@ class JointSchedule(VMonarchSchedule):
                 result = ("ok", lens.to(torch.int64))
         self._mask_cache = (source, source._version, video_tokens, result)
         return result
+
+
+def dense_joint_attention(q, k, v, grid, text_len: int, text_first: bool = False, text_lens=None, layout: str = "bshd",
+                          **unused) -> torch.Tensor:
+    """Exact attention over every valid key of a joint sequence (torch's SDPA with the key-padding mask):
+    what the stock processors compute, as a local attention of ulysses_joint_attention."""
+    qb, kb, vb = (x.transpose(1, 2) if layout == "bshd" else x for x in (q, k, v))     # [B, h, N + L, d]
+    mask = None
+    if text_lens is not None:
+        B, video = qb.shape[0], qb.shape[2] - text_len
+        lens = torch.as_tensor(text_lens, device=q.device)
+        text_ok = torch.arange(text_len, device=q.device)[None, :] < lens[:, None]
+        video_ok = torch.ones(B, video, dtype=torch.bool, device=q.device)
+        mask = torch.cat([text_ok, video_ok] if text_first else [video_ok, text_ok], dim=1)[:, None, None, :]
+    out = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)
+    return out.transpose(1, 2) if layout == "bshd" else out
 
 
 def zero_padded_text_rows(out: torch.Tensor, text_lens: Optional[torch.Tensor], text_start: int, text_len: int,
@@ -116,7 +159,12 @@ class JointProcessor:
         raise NotImplementedError
 
     def stock(self, attn, *args, **kwargs):
-        """The stock processor's result, with any attention backend set on this processor."""
+        """The stock processor's result, with any attention backend set on this processor. Under context
+        parallelism: ValueError (the stock processors cannot attend over the sharded joint sequence)."""
+        if self.ulysses_group() is not None:
+            raise ValueError(f"vmonarch.{self.model}: this call (e.g. one without text) would need the stock "
+                             "processor, and under context parallelism it cannot attend over the sharded joint "
+                             "sequence")
         fb = self.fallback
         if self._attention_backend is not None and hasattr(fb, "_attention_backend"):
             fb._attention_backend = self._attention_backend
@@ -138,8 +186,46 @@ class JointProcessor:
             return None
         return grid
 
+    def ulysses_group(self):
+        """The Ulysses group under diffusers' context parallelism, else None (ValueError for ring_degree > 1)."""
+        config = self._parallel_config
+        if config is None:
+            config = getattr(self.fallback, "_parallel_config", None)
+        if config is None:
+            return None
+        from .distributed import context_parallel_group
+
+        return context_parallel_group(config, caller=f"vmonarch.{self.model}")
+
+    def route(self, video_tokens: int):
+        """(grid, group, dense) for one call: grid None -> the stock processor; group the Ulysses group under
+        context parallelism (video_tokens is then this rank's share of T*H*W, checked), where dense says the
+        step or layer attends exactly; without context parallelism group is None and dense False."""
+        group = self.ulysses_group()
+        if group is None:
+            return self.grid_for(video_tokens), None, False
+        import torch.distributed as dist
+        from .distributed import token_split
+
+        grid = self.schedule.grid
+        if grid is None:
+            raise ValueError(f"vmonarch.{self.model}: no latent grid under context parallelism (is the transformer's "
+                             "forward hook installed, i.e. was enable() called on this transformer?)")
+        N = grid[0] * grid[1] * grid[2]
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        held, _ = token_split(N, world)
+        if video_tokens != held[rank]:
+            raise ValueError(f"vmonarch.{self.model}: attention on rank {rank} of {world} (context parallelism) has "
+                             f"{video_tokens} video tokens, expected {held[rank]} (its share of N = T*H*W = {N} for "
+                             f"the latent grid {grid}; is the model's context_parallel_plan() in use?)")
+        return grid, group, not self.schedule.use_vmonarch(self.layer)
+
     def warn_fallback(self, key: str, message: str) -> None:
-        """One warning per schedule and kind of input (key, message) that VMonarch does not take."""
+        """One warning per schedule and kind of input (key, message) that VMonarch does not take; under
+        context parallelism a ValueError naming it (the stock processor cannot run there)."""
+        if self.ulysses_group() is not None:
+            raise ValueError(f"vmonarch.{self.model}: {message}: the stock processor would be needed, and under "
+                             "context parallelism it cannot attend over the sharded joint sequence")
         self.schedule.warn_once(f"{key}:{message}", f"vmonarch.{self.model}: {message}; using the stock processor "
                                                     "for such calls (warned once)")
 
@@ -204,6 +290,12 @@ def enable(pipe_or_transformer, *, transformer_class, model: str, attention_modu
             saved.append(attn.processor)
             fallback = None if isinstance(attn.processor, JointProcessor) else attn.processor
             set_processor(attn, processor_class(schedule, layer=index, fallback=fallback))
+        # enable_parallelism() before enable() left its config on the model (the stock processors of CogVideoX
+        # and Mochi have no _parallel_config for it to be set on)
+        config = getattr(transformer, "_parallel_config", None)
+        if config is not None and getattr(config, "context_parallel_config", None) is not None:
+            for attn in attention_modules(transformer):
+                attn.processor._parallel_config = config
         hook = grid_hook(schedule, lambda latent, t=transformer: grid_of_latent(t, latent), timestep_index)
         handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
         transformer._vmonarch_joint_state = (schedule, saved, handle)

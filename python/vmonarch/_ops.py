@@ -110,7 +110,8 @@ def _dense_fake(q, k, v, scale=None, layout="bshd", return_lse=False):
     return _fake_outputs("vmonarch.dense_attention", q, k, v, layout, return_lse)
 
 
-# --- autograd: dense_attention is forward only; the rules of attention are in _backward.py ---
+# --- autograd: dense_attention is forward only; the rules of attention (exact groups and joint too) are in
+# _backward.py ---
 def _setup_context(ctx, inputs, output):
     pass
 
@@ -150,10 +151,5 @@ def _joint_attention_fake(q, k, v, grid, text_len, text_first=False, text_lens=N
                          f"q's {q.shape[tok]} tokens")
     return _fake_outputs("vmonarch.joint_attention", q, k, v, layout, return_lse)
 
-
-torch.library.register_autograd("vmonarch::attention_exact_groups", _no_backward("vmonarch.attention"),
-                                setup_context=_setup_context)
-torch.library.register_autograd("vmonarch::joint_attention", _no_backward("vmonarch.joint_attention"),
-                                setup_context=_setup_context)
 
 from . import _backward  # noqa: E402,F401  (fake kernels and autograd of the backward pass)

@@ -23,7 +23,7 @@ import torch
 from . import _joint
 from ._joint import JointProcessor, JointSchedule
 
-__all__ = ["VMonarchCogVideoXAttnProcessor", "JointSchedule", "enable", "disable"]
+__all__ = ["VMonarchCogVideoXAttnProcessor", "JointSchedule", "enable", "disable", "context_parallel_plan"]
 
 
 class VMonarchCogVideoXAttnProcessor(JointProcessor):
@@ -40,7 +40,7 @@ class VMonarchCogVideoXAttnProcessor(JointProcessor):
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                  attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
         args = (attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        grid = self.grid_for(hidden_states.shape[1])
+        grid, group, dense = self.route(hidden_states.shape[1])
         if grid is None:
             return self.stock(*args)
         if attention_mask is not None:
@@ -67,12 +67,27 @@ class VMonarchCogVideoXAttnProcessor(JointProcessor):
             if not attn.is_cross_attention:
                 key = torch.cat([key[:, :, :L], apply_rotary_emb(key[:, :, L:], image_rotary_emb)], dim=2)
 
+        # [B, heads, L + N, d]
         out = self.schedule.joint_attention(query, key, value, grid, L, text_first=True, text_lens=None,
-                                            layout="bhsd")                      # [B, heads, L + N, d]
+                                            layout="bhsd", group=group, dense=dense)
         out = out.transpose(1, 2).reshape(B, -1, attn.heads * head_dim)
         out = attn.to_out[1](attn.to_out[0](out))
         text_out, hidden_out = out.split([L, out.shape[1] - L], dim=1)
         return hidden_out, text_out
+
+
+# --- context parallelism ---------------------------------------------------------------------------------
+def context_parallel_plan():
+    """diffusers' cp_plan for CogVideoXTransformer3DModel (diffusers 0.42 has none, and its stock processor
+    calls SDPA directly, so only vmonarch's processor runs under it): the video tokens entering the first
+    block and the rotary table (image_rotary_emb) sharded along the sequence, the model output gathered, the
+    text replicated. model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=P),
+    cp_plan=context_parallel_plan()) with vmonarch.cogvideox.enable()."""
+    from diffusers.models._modeling_parallel import ContextParallelInput as Split, ContextParallelOutput as Gather
+
+    return {"": {"image_rotary_emb": (Split(split_dim=0, expected_dims=2), Split(split_dim=0, expected_dims=2))},
+            "transformer_blocks.0": {"hidden_states": Split(split_dim=1, expected_dims=3)},
+            "proj_out": Gather(gather_dim=1, expected_dims=3)}
 
 
 # --- enable / disable ------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ Shards (`shards=`, the same on every rank):
 Heads are split into contiguous blocks of heads // P + (r < heads % P); with heads % P != 0 the ranks with
 one more head set the pace, so the attention runs at heads / (P * ceil(heads / P)) of the even split's
 efficiency (12 heads on 8 GPUs: 75%; 40 on 16: 83%); a rank with no heads only relays data.
+
+ulysses_joint_attention (module _ulysses_joint) is the joint text+video form (spec §3c): the video tokens
+sharded as here, the text replicated or sharded, vmonarch.joint_attention run locally.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.distributed as dist
 
-__all__ = ["ulysses_attention", "head_split", "token_split", "context_parallel_group", "xfuser_attention",
+__all__ = ["ulysses_attention", "ulysses_joint_attention", "head_split", "token_split", "context_parallel_group", "xfuser_attention",
            "install_xfuser", "uninstall_xfuser", "yunchang_local_attention"]
 
 _FN = "vmonarch.distributed.ulysses_attention"
@@ -45,9 +48,11 @@ def head_split(heads: int, world: int) -> List[int]:
     return [base + (r < extra) for r in range(world)]
 
 
-def token_split(tokens: int, world: int, shards: Union[str, Sequence[int]] = "split") -> Tuple[List[int], List[int]]:
+def token_split(tokens: int, world: int, shards: Union[str, Sequence[int]] = "split", fn: str = _FN,
+                argument: str = "shards", total: str = "N = T*H*W") -> Tuple[List[int], List[int]]:
     """(held, valid) token counts per rank for a shard convention (see the module docstring): `held` is the
-    length of each rank's tensors, `valid` how many of those rows are real tokens (the rest is padding)."""
+    length of each rank's tensors, `valid` how many of those rows are real tokens (the rest is padding).
+    fn, argument, total: how an error names the caller, the argument and the token count."""
     if isinstance(shards, str):
         if shards == "split":
             held = head_split(tokens, world)
@@ -55,12 +60,12 @@ def token_split(tokens: int, world: int, shards: Union[str, Sequence[int]] = "sp
         if shards == "padded":
             size = -(-tokens // world)
             return [size] * world, [max(0, min(size, tokens - r * size)) for r in range(world)]
-        raise ValueError(f"{_FN}: argument 'shards' is {shards!r}, expected 'split', 'padded' or a sequence of {world} "
-                         "token counts")
+        raise ValueError(f"{fn}: argument '{argument}' is {shards!r}, expected 'split', 'padded' or a sequence of "
+                         f"{world} token counts")
     counts = [int(c) for c in shards]
     if len(counts) != world or any(c < 0 for c in counts) or sum(counts) != tokens:
-        raise ValueError(f"{_FN}: argument 'shards' is {list(shards)!r}, expected {world} non-negative token counts (one per "
-                         f"rank) summing to N = T*H*W = {tokens}")
+        raise ValueError(f"{fn}: argument '{argument}' is {list(shards)!r}, expected {world} non-negative token counts "
+                         f"(one per rank) summing to {total} = {tokens}")
     return counts, list(counts)
 
 
@@ -113,42 +118,42 @@ def _default_attention(q, k, v, grid, **options):
     return vmonarch.attention(q, k, v, grid=grid, layout="bshd", **options)
 
 
-def _check(q, k, v, grid, layout, chunks):
+def _check(q, k, v, grid, layout, chunks, fn=_FN):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{_FN}: argument '{name}' is a {type(t).__name__}, expected a torch.Tensor")
+            raise TypeError(f"{fn}: argument '{name}' is a {type(t).__name__}, expected a torch.Tensor")
         if t.dim() != 4:
-            raise ValueError(f"{_FN}: argument '{name}' has {t.dim()} dimensions (shape {list(t.shape)}), expected 4")
+            raise ValueError(f"{fn}: argument '{name}' has {t.dim()} dimensions (shape {list(t.shape)}), expected 4")
     if not isinstance(layout, str) or layout not in _LAYOUTS:
-        raise ValueError(f"{_FN}: argument 'layout' is {layout!r}, expected 'bshd' ([batch, tokens, heads, head_dim]) or "
+        raise ValueError(f"{fn}: argument 'layout' is {layout!r}, expected 'bshd' ([batch, tokens, heads, head_dim]) or "
                          "'bhsd' ([batch, heads, tokens, head_dim])")
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype or t.device != q.device:
-            raise TypeError(f"{_FN}: argument '{name}' is {t.dtype} on {t.device}, expected {q.dtype} on {q.device} like q")
+            raise TypeError(f"{fn}: argument '{name}' is {t.dtype} on {t.device}, expected {q.dtype} on {q.device} like q")
     tok, hd = (1, 2) if layout == "bshd" else (2, 1)
     want = (q.shape[0], q.shape[tok], q.shape[hd])
     for name, t in (("k", k), ("v", v)):
         got = (t.shape[0], t.shape[tok], t.shape[hd])
         if got != want:
-            raise ValueError(f"{_FN}: argument '{name}' has (batch, tokens, heads) = {got} (shape {list(t.shape)}, layout "
+            raise ValueError(f"{fn}: argument '{name}' has (batch, tokens, heads) = {got} (shape {list(t.shape)}, layout "
                              f"{layout!r}), expected {want} like q")
     if k.shape[3] != q.shape[3]:
-        raise ValueError(f"{_FN}: argument 'k' has head_dim {k.shape[3]}, expected {q.shape[3]} like q")
+        raise ValueError(f"{fn}: argument 'k' has head_dim {k.shape[3]}, expected {q.shape[3]} like q")
     given = grid
     try:
         grid = tuple(operator.index(g) for g in grid)
     except TypeError:
         grid = None
     if grid is None or len(grid) != 3 or any(isinstance(g, bool) or g <= 0 for g in given):
-        raise ValueError(f"{_FN}: argument 'grid' is {given!r}, expected (T, H, W), three positive ints")
+        raise ValueError(f"{fn}: argument 'grid' is {given!r}, expected (T, H, W), three positive ints")
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
-        raise ValueError(f"{_FN}: argument 'chunks' is {chunks!r}, expected an int >= 1")
+        raise ValueError(f"{fn}: argument 'chunks' is {chunks!r}, expected an int >= 1")
     return grid, tok, hd
 
 
-def _group_of(group):
+def _group_of(group, fn=_FN):
     if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError(f"{_FN}: torch.distributed is not initialized; call "
+        raise RuntimeError(f"{fn}: torch.distributed is not initialized; call "
                            "torch.distributed.init_process_group first")
     return dist.group.WORLD if group is None else group
 
@@ -331,6 +336,10 @@ def _ulysses(q, k, v, grid, group, layout, held, valid, chunks, fn, options):
                                                            .permute(1, 2, 0))
                 offset += size
     return (result, result_lse) if return_lse else result
+
+
+# --- the joint text+video form (spec §3c), in its own module ---------------------------------------------
+from ._ulysses_joint import ulysses_joint_attention  # noqa: E402  (it builds on the exchange above)
 
 
 # --- diffusers ------------------------------------------------------------------------------------------

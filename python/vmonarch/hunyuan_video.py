@@ -25,7 +25,7 @@ import torch
 from . import _joint
 from ._joint import JointProcessor, JointSchedule, project_video_then_text
 
-__all__ = ["VMonarchHunyuanVideoAttnProcessor", "JointSchedule", "enable", "disable"]
+__all__ = ["VMonarchHunyuanVideoAttnProcessor", "JointSchedule", "enable", "disable", "context_parallel_plan"]
 
 
 def _rotary(x: torch.Tensor, rotary_emb) -> torch.Tensor:
@@ -65,7 +65,7 @@ class VMonarchHunyuanVideoAttnProcessor(JointProcessor):
         args = (attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if encoder_hidden_states is None:
             return self.stock(*args)
-        grid = self.grid_for(hidden_states.shape[1])
+        grid, group, dense = self.route(hidden_states.shape[1])
         if grid is None:
             return self.stock(*args)
         B, N, L = hidden_states.shape[0], hidden_states.shape[1], encoder_hidden_states.shape[1]
@@ -96,9 +96,26 @@ class VMonarchHunyuanVideoAttnProcessor(JointProcessor):
                 ek = attn.norm_added_k(ek)
             query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
 
+        # [B, N + L, heads, d]
         out = self.schedule.joint_attention(query, key, value, grid, L, text_first=False, text_lens=text_lens,
-                                            layout="bshd")                      # [B, N + L, heads, d]
+                                            layout="bshd", group=group, dense=dense)
         return project_video_then_text(attn, out, N, query.dtype)
+
+
+# --- context parallelism ---------------------------------------------------------------------------------
+def context_parallel_plan():
+    """diffusers' cp_plan for HunyuanVideoTransformer3DModel (diffusers 0.42 has none): the video tokens (the
+    x_embedder's output and the rotary table, both frame-major) are sharded along the sequence and the model
+    output gathered; the text stays replicated, as ulysses_joint_attention's default takes it. Use with
+    vmonarch.hunyuan_video.enable(): model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=P),
+    cp_plan=context_parallel_plan()). Text-to-video only (image_condition_type "token_replace" treats the
+    first frame's tokens by position, which the shards do not keep)."""
+    from diffusers.models._modeling_parallel import ContextParallelInput as Split, ContextParallelOutput as Gather
+
+    return {"x_embedder": {0: Split(split_dim=1, expected_dims=3, split_output=True)},
+            "rope": {0: Split(split_dim=0, expected_dims=2, split_output=True),
+                     1: Split(split_dim=0, expected_dims=2, split_output=True)},
+            "proj_out": Gather(gather_dim=1, expected_dims=3)}
 
 
 # --- enable / disable ------------------------------------------------------------------------------------

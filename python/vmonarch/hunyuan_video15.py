@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import _joint
 from ._joint import JointProcessor, JointSchedule, project_video_then_text, zero_padded_text_rows
 
-__all__ = ["VMonarchHunyuanVideo15AttnProcessor", "JointSchedule", "enable", "disable"]
+__all__ = ["VMonarchHunyuanVideo15AttnProcessor", "JointSchedule", "enable", "disable", "context_parallel_plan"]
 
 
 class VMonarchHunyuanVideo15AttnProcessor(JointProcessor):
@@ -42,7 +42,7 @@ class VMonarchHunyuanVideo15AttnProcessor(JointProcessor):
         args = (attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if encoder_hidden_states is None or attention_mask is None or attention_mask.dim() != 2:
             return self.stock(*args)
-        grid = self.grid_for(hidden_states.shape[1])
+        grid, group, dense = self.route(hidden_states.shape[1])
         if grid is None:
             return self.stock(*args)
         N, L = hidden_states.shape[1], encoder_hidden_states.shape[1]
@@ -72,10 +72,25 @@ class VMonarchHunyuanVideo15AttnProcessor(JointProcessor):
             ek = attn.norm_added_k(ek)
         query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
 
+        # [B, N + L, heads, d]
         out = self.schedule.joint_attention(query, key, value, grid, L, text_first=False, text_lens=text_lens,
-                                            layout="bshd")                      # [B, N + L, heads, d]
+                                            layout="bshd", group=group, dense=dense)
         out = zero_padded_text_rows(out, text_lens, N, L, "bshd")
         return project_video_then_text(attn, out, N, query.dtype)
+
+
+# --- context parallelism ---------------------------------------------------------------------------------
+def context_parallel_plan():
+    """diffusers' cp_plan for HunyuanVideo15Transformer3DModel (diffusers 0.42 has none): the video tokens (the
+    x_embedder's output and the rotary table) sharded along the sequence, the model output gathered, the
+    condition tokens replicated. model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=P),
+    cp_plan=context_parallel_plan()) with vmonarch.hunyuan_video15.enable()."""
+    from diffusers.models._modeling_parallel import ContextParallelInput as Split, ContextParallelOutput as Gather
+
+    return {"x_embedder": {0: Split(split_dim=1, expected_dims=3, split_output=True)},
+            "rope": {0: Split(split_dim=0, expected_dims=2, split_output=True),
+                     1: Split(split_dim=0, expected_dims=2, split_output=True)},
+            "proj_out": Gather(gather_dim=1, expected_dims=3)}
 
 
 # --- enable / disable ------------------------------------------------------------------------------------

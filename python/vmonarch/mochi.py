@@ -23,7 +23,8 @@ import torch
 from . import _joint
 from ._joint import JointProcessor, JointSchedule, zero_padded_text_rows
 
-__all__ = ["VMonarchMochiAttnProcessor", "JointSchedule", "enable", "disable", "apply_rotary_emb"]
+__all__ = ["VMonarchMochiAttnProcessor", "JointSchedule", "enable", "disable", "context_parallel_plan",
+           "apply_rotary_emb"]
 
 
 def apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -49,7 +50,7 @@ class VMonarchMochiAttnProcessor(JointProcessor):
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                  attention_mask: torch.Tensor, image_rotary_emb=None):
         args = (attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        grid = self.grid_for(hidden_states.shape[1])
+        grid, group, dense = self.route(hidden_states.shape[1])
         if grid is None:
             return self.stock(*args)
         B, N, L = hidden_states.shape[0], hidden_states.shape[1], encoder_hidden_states.shape[1]
@@ -79,14 +80,30 @@ class VMonarchMochiAttnProcessor(JointProcessor):
             query, key = (apply_rotary_emb(t, *image_rotary_emb) for t in (query, key))
         query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
 
+        # [B, N + L, heads, d]
         out = self.schedule.joint_attention(query, key, value, grid, L, text_first=False, text_lens=text_lens,
-                                            layout="bshd")                      # [B, N + L, heads, d]
+                                            layout="bshd", group=group, dense=dense)
         out = zero_padded_text_rows(out, text_lens, N, L, "bshd").flatten(2, 3)
         hidden_out, text_out = out.split_with_sizes((N, L), dim=1)
         hidden_out = attn.to_out[1](attn.to_out[0](hidden_out))
         if hasattr(attn, "to_add_out"):
             text_out = attn.to_add_out(text_out)
         return hidden_out, text_out
+
+
+# --- context parallelism ---------------------------------------------------------------------------------
+def context_parallel_plan():
+    """diffusers' cp_plan for MochiTransformer3DModel (diffusers 0.42 has none, and its stock processor calls
+    SDPA per sample, so only vmonarch's processor runs under it): the video tokens entering the first block
+    and the rotary table sharded along the sequence, the model output gathered, the text replicated.
+    model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=P), cp_plan=context_parallel_plan())
+    with vmonarch.mochi.enable()."""
+    from diffusers.models._modeling_parallel import ContextParallelInput as Split, ContextParallelOutput as Gather
+
+    return {"transformer_blocks.0": {"hidden_states": Split(split_dim=1, expected_dims=3)},
+            "rope": {0: Split(split_dim=0, expected_dims=3, split_output=True),
+                     1: Split(split_dim=0, expected_dims=3, split_output=True)},
+            "proj_out": Gather(gather_dim=1, expected_dims=3)}
 
 
 # --- enable / disable ------------------------------------------------------------------------------------

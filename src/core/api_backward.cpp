@@ -137,6 +137,7 @@ detail::SavedHeader header_of(const detail::MonarchProblem& p) {
     h.batch = p.batch, h.heads = p.heads, h.tokens = p.q_tokens, h.head_dim = p.head_dim, h.value_dim = p.value_dim;
     h.T = p.grid.T, h.H = p.grid.H, h.W = p.grid.W;
     h.cr_clamp = p.cr_clamp, h.scale = p.scale;
+    h.sink_frames = p.sink_frames, h.window_radius = p.window_radius;
     return h;
 }
 
@@ -167,20 +168,29 @@ void check_saved(const std::string& fn, const SavedState& saved, const detail::M
     if (h.recompute_first_frame != w.recompute_first_frame)
         mismatch("recompute_first_frame", bool(h.recompute_first_frame), bool(w.recompute_first_frame));
     if (h.scale != w.scale) mismatch("softmax scale", h.scale, w.scale);
+    if (h.sink_frames != w.sink_frames) mismatch("sink_frames", h.sink_frames, w.sink_frames);
+    if (h.window_radius != w.window_radius)
+        mismatch("window_radius", h.window_radius < 0 ? std::string("none") : cat(h.window_radius),
+                 w.window_radius < 0 ? std::string("none") : cat(w.window_radius));
     const std::size_t need = state_bytes(fn, p);
     if (saved.bytes() < need)
         fail(fn, "backward.saved", cat("holds ", saved.bytes(), " bytes, expected ", need, " for these shapes"));
 }
 
-// Exact key groups (spec §3b) have no backward pass yet, on either device: refuse them rather than return
-// the gradient of a forward without them.
-void check_no_exact_groups_backward(const std::string& fn, const Options& options) {
-    detail::check_exact_options(fn, options);
-    if (options.sink_frames > 0 || options.window_radius.has_value())
-        throw UnsupportedError(cat(fn, ": options.sink_frames is ", options.sink_frames, " and options.window_radius is ",
-                                   options.window_radius ? std::to_string(*options.window_radius) : "unset",
-                                   ", but exact key groups (sink frames, windows) have no backward pass yet; "
-                                   "expected sink_frames 0 and no window_radius"));
+[[noreturn]] void no_cuda_backward(const std::string& fn) {
+    throw UnsupportedError(fn + ": CUDA tensors are not supported yet (this backward runs on the CPU only in this "
+                                "version); pass Device::cpu tensors");
+}
+
+// Exact key groups (spec §3b) have no CUDA backward yet (the CPU has one): refuse them on CUDA tensors rather
+// than return the gradient of a forward without them.
+void check_no_cuda_exact_groups(const std::string& fn, const detail::MonarchProblem& p) {
+    if (p.q.device != Device::cuda || !p.has_exact_groups()) return;
+    throw UnsupportedError(cat(fn, ": options.sink_frames is ", p.sink_frames, ", options.window_radius is ",
+                               p.window_radius < 0 ? std::string("unset") : std::to_string(p.window_radius),
+                               " and there are ", p.extra.present ? p.extra.tokens : 0,
+                               " extra keys, but exact key groups have no CUDA backward yet; expected sink_frames 0, "
+                               "no window_radius and no extra keys on cuda (the CPU backward takes them)"));
 }
 
 // The partial problem saved_state_bytes / saved_state_header / backward_workspace_bytes describe: the
@@ -200,6 +210,9 @@ detail::MonarchProblem shape_problem(const std::string& fn, const TensorView& q,
     p.cr_clamp = options.cr_clamp;
     p.recompute_first_frame = options.recompute_first_frame;
     p.scale = detail::resolve_scale(fn, options.softmax_scale, q.head_dim());
+    detail::check_exact_options(fn, options);
+    p.sink_frames = options.sink_frames;
+    p.window_radius = options.window_radius.value_or(-1);
     return p;
 }
 
@@ -280,11 +293,12 @@ std::size_t backward_workspace_bytes(const TensorView& q, const TensorView& v, c
 
 void attention_training(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                         const LseView& lse, const VideoGrid& grid, const Options& options, SavedState& state,
-                        const CudaContext* cuda) {
+                        const CudaContext* cuda, const ExtraKeys* extra_keys) {
     const std::string fn = "vmonarch::attention_training";
     detail::TrainingProblem p;
     static_cast<detail::MonarchProblem&>(p) = detail::check_monarch(fn, q, k, v, out, grid, options, &lse);
-    check_no_exact_groups_backward(fn, options);
+    detail::attach_exact_groups(fn, options, extra_keys, p);
+    check_no_cuda_exact_groups(fn, p);
     const std::size_t need = state_bytes(fn, p);
     const bool owned = state.data() == nullptr || state.impl_->owned != nullptr || state.impl_->device_owned != nullptr;
     if (owned) { // memory of its own, sized (again) for these shapes
@@ -349,11 +363,13 @@ void attention_training(const TensorView& q, const TensorView& k, const TensorVi
 void attention_backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                         const LseView& lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
                         const TensorView& dv, const VideoGrid& grid, const Options& options, const LseView* dlse,
-                        const BackwardOptions& backward, const CudaContext* cuda) {
+                        const BackwardOptions& backward, const CudaContext* cuda, const ExtraKeys* extra_keys,
+                        const ExtraKeyGrads* extra_grads) {
     const std::string fn = "vmonarch::attention_backward";
     detail::BackwardProblem p;
     static_cast<detail::MonarchProblem&>(p) = detail::check_monarch(fn, q, k, v, out, grid, options, &lse);
-    check_no_exact_groups_backward(fn, options);
+    detail::attach_exact_groups(fn, options, extra_keys, p);
+    check_no_cuda_exact_groups(fn, p);
     const std::pair<const char*, const TensorView*> grads[4] = {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}};
     const TensorView* like[4] = {&out, &q, &k, &v};
     const char* like_name[4] = {"out", "q", "k", "v"};
@@ -368,10 +384,28 @@ void attention_backward(const TensorView& q, const TensorView& k, const TensorVi
                                                              {"v", range_of(v)},       {"out", range_of(out)},
                                                              {"lse", range_of(lse)},   {"dout", range_of(dout)}};
     if (dlse) others.push_back({"dlse", range_of(*dlse)});
-    for (int g = 1; g < 4; ++g) {
-        const std::string name = grads[g].first;
-        check_rows_disjoint(fn, name, *grads[g].second);
-        const ByteRange r = range_of(*grads[g].second);
+    std::vector<std::pair<std::string, const TensorView*>> written = {{"dq", &dq}, {"dk", &dk}, {"dv", &dv}};
+    if (p.extra.present) { // the extra keys' gradients (spec §3b), shaped like the extra keys
+        if (!extra_grads)
+            fail(fn, "extra_grads", cat("is null, expected the gradient views dk, dv of the ", p.extra.tokens,
+                                        " extra keys"));
+        const std::pair<const char*, const TensorView*> eg[2] = {{"extra_grads.dk", &extra_grads->dk},
+                                                                 {"extra_grads.dv", &extra_grads->dv}};
+        const TensorView* elike[2] = {&p.extra.k, &p.extra.v};
+        const char* elike_name[2] = {"extra_keys.k", "extra_keys.v"};
+        for (int g = 0; g < 2; ++g) {
+            detail::check_tensor_view(fn, eg[g].first, *eg[g].second);
+            detail::check_same_kind(fn, eg[g].first, *eg[g].second, q, "q");
+            check_shape(fn, eg[g].first, *eg[g].second, elike[g]->shape, elike_name[g]);
+            written.push_back({eg[g].first, eg[g].second});
+        }
+        others.push_back({"extra_keys.k", range_of(p.extra.k)});
+        others.push_back({"extra_keys.v", range_of(p.extra.v)});
+        p.dk_extra = extra_grads->dk, p.dv_extra = extra_grads->dv;
+    }
+    for (const auto& [name, view] : written) {
+        check_rows_disjoint(fn, name, *view);
+        const ByteRange r = range_of(*view);
         for (const auto& [other, range] : others)
             if (overlaps(r, range)) fail(fn, name, cat("overlaps the memory of ", other, ", expected a separate buffer"));
         others.push_back({name, r});
@@ -394,6 +428,91 @@ void attention_backward(const TensorView& q, const TensorView& k, const TensorVi
         detail::cuda_monarch_backward(p, cuda);
         return;
     }
+    detail::cpu_monarch_backward(p);
+}
+
+void joint_attention_backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                              const LseView& lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
+                              const TensorView& dv, const VideoGrid& grid, std::int64_t text_tokens,
+                              TextPosition text_position, const std::int64_t* text_lens, const Options& options,
+                              const LseView* dlse, const BackwardOptions& backward, const CudaContext* cuda) {
+    (void)cuda;
+    const std::string fn = "vmonarch::joint_attention_backward";
+    if (text_position != TextPosition::first && text_position != TextPosition::last)
+        fail(fn, "text_position", cat("has value ", int(text_position), ", expected TextPosition::first or last"));
+    const std::pair<const char*, std::int64_t> dims[3] = {{"grid.T", grid.T}, {"grid.H", grid.H}, {"grid.W", grid.W}};
+    for (auto [name, value] : dims)
+        if (value <= 0) fail(fn, name, cat("is ", value, ", expected >= 1"));
+    const std::int64_t N = grid.tokens(), L = text_tokens;
+    if (L < 0) fail(fn, "text_tokens", cat("is ", L, ", expected >= 0"));
+    detail::check_exact_options(fn, options);
+    // Whole-sequence checks first, so that errors name the joint arguments.
+    detail::AttentionProblem whole;
+    detail::check_attention(fn, q, k, v, out, &lse, whole);
+    if (q.tokens() != k.tokens())
+        fail(fn, "k.shape[1]", cat("(tokens) is ", k.tokens(), ", expected ", q.tokens(), " (q's tokens)"));
+    if (q.tokens() - L != N)
+        fail(fn, "q.shape[1]", cat("(tokens) is ", q.tokens(), ", expected N + L = ", N, " + ", L, " (grid ", grid.T,
+                                   "x", grid.H, "x", grid.W, " video tokens and text_tokens)"));
+    std::vector<std::int64_t> lens(std::size_t(whole.batch), L);
+    for (std::int64_t b = 0; text_lens && b < whole.batch; ++b) {
+        if (text_lens[b] < 0 || text_lens[b] > L)
+            fail(fn, cat("text_lens[", b, "]"), cat("is ", text_lens[b], ", expected 0..", L, " (text_tokens)"));
+        lens[std::size_t(b)] = text_lens[b];
+    }
+    const std::pair<const char*, const TensorView*> grads[4] = {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}};
+    const TensorView* like[4] = {&out, &q, &k, &v};
+    const char* like_name[4] = {"out", "q", "k", "v"};
+    for (int g = 0; g < 4; ++g) {
+        detail::check_tensor_view(fn, grads[g].first, *grads[g].second);
+        detail::check_same_kind(fn, grads[g].first, *grads[g].second, q, "q");
+        check_shape(fn, grads[g].first, *grads[g].second, like[g]->shape, like_name[g]);
+    }
+    if (dlse) check_dlse(fn, *dlse, q);
+    std::vector<std::pair<std::string, ByteRange>> others = {{"q", range_of(q)},     {"k", range_of(k)},
+                                                             {"v", range_of(v)},     {"out", range_of(out)},
+                                                             {"lse", range_of(lse)}, {"dout", range_of(dout)}};
+    if (dlse) others.push_back({"dlse", range_of(*dlse)});
+    for (int g = 1; g < 4; ++g) {
+        const std::string name = grads[g].first;
+        check_rows_disjoint(fn, name, *grads[g].second);
+        const ByteRange r = range_of(*grads[g].second);
+        for (const auto& [other, range] : others)
+            if (overlaps(r, range)) fail(fn, name, cat("overlaps the memory of ", other, ", expected a separate buffer"));
+        others.push_back({name, r});
+    }
+    if (backward.saved)
+        fail(fn, "backward.saved", "is set, expected nullptr (joint_attention_backward reruns the forward: lean mode only)");
+    if (q.device == Device::cuda) no_cuda_backward(fn);
+
+    // The video part (spec §3c): attention() with the text keys as extra keys; then the text queries.
+    using detail::lse_slice;
+    using detail::token_slice;
+    const std::int64_t video0 = text_position == TextPosition::first ? L : 0;
+    const std::int64_t text0 = text_position == TextPosition::first ? 0 : N;
+    const ExtraKeys text_keys{token_slice(k, text0, L), token_slice(v, text0, L), lens.data()};
+    const LseView lse_video = lse_slice(lse, video0, N);
+    LseView dlse_video, dlse_text;
+    if (dlse) dlse_video = lse_slice(*dlse, video0, N), dlse_text = lse_slice(*dlse, text0, L);
+    detail::BackwardProblem p;
+    static_cast<detail::MonarchProblem&>(p) =
+        detail::check_monarch(fn, token_slice(q, video0, N), token_slice(k, video0, N), token_slice(v, video0, N),
+                              token_slice(out, video0, N), grid, options, &lse_video);
+    detail::attach_exact_groups(fn, options, L > 0 ? &text_keys : nullptr, p);
+    p.dout = token_slice(dout, video0, N), p.dq = token_slice(dq, video0, N);
+    p.dk = token_slice(dk, video0, N), p.dv = token_slice(dv, video0, N);
+    p.dlse = dlse ? &dlse_video : nullptr;
+    if (L > 0) {
+        p.dk_extra = token_slice(dk, text0, L), p.dv_extra = token_slice(dv, text0, L);
+        p.text.present = true;
+        p.text.q = token_slice(q, text0, L), p.text.out = token_slice(out, text0, L);
+        p.text.dout = token_slice(dout, text0, L), p.text.dq = token_slice(dq, text0, L);
+        p.text.lse = lse_slice(lse, text0, L);
+        p.text.dlse = dlse ? &dlse_text : nullptr;
+    }
+    p.entropy_grad = backward.entropy_grad;
+    p.deterministic = backward.deterministic;
+    p.layout = layout_of(p);
     detail::cpu_monarch_backward(p);
 }
 

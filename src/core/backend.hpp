@@ -67,6 +67,10 @@ void check_exact_options(std::string_view fn, const Options& options);
 // The explicit constructions of inspect.hpp know no exact groups: ArgumentError unless S = 0 and no window.
 void check_no_exact_groups(std::string_view fn, const Options& options);
 void attach_exact_groups(std::string_view fn, const Options& options, const ExtraKeys* extra, MonarchProblem& p);
+// Rows [begin, begin + count) along the token axis of a [B, tokens, heads, d] view / of an lse [B, heads, tokens]
+// (src/core/exact_groups.cpp): the video and text parts of a joint sequence.
+TensorView token_slice(const TensorView& t, std::int64_t begin, std::int64_t count);
+LseView lse_slice(const LseView& l, std::int64_t begin, std::int64_t count);
 // FLOPs of flops() (src/core/flops.cpp), arguments already checked.
 FlopCount exact_group_flops(const VideoGrid& grid, std::int64_t head_dim, std::int64_t heads, std::int64_t batch,
                             const Options& options, std::int64_t extra_tokens);

@@ -19,6 +19,7 @@ struct SavedHeader {
     std::int64_t batch = 0, heads = 0, tokens = 0, head_dim = 0, value_dim = 0;
     std::int64_t T = 0, H = 0, W = 0;
     double cr_clamp = 0, scale = 0;
+    std::int64_t sink_frames = 0, window_radius = -1; // exact key groups of the fit (spec §3b; -1: no window)
 };
 constexpr std::uint64_t kSavedMagic = 0x5641564D4F4E4152ull; // "VMONARAV"-ish tag
 constexpr std::size_t kSavedHeaderBytes = 128;
@@ -78,9 +79,20 @@ struct TrainingProblem : MonarchProblem {
     const SavedHeader* header = nullptr; // CUDA: written (magic included) at `saved` after the forward's kernels
 };
 
+// Text queries of a joint sequence (spec §3c) in a backward: their rows of q, out, dout, lse, dlse and dq; their
+// keys are the video keys and MonarchProblem::extra (the text keys), whose gradients they add to.
+struct TextQueryGrads {
+    bool present = false;
+    TensorView q, out, dout, dq;   // [B, L, heads, d] / dv
+    LseView lse;
+    const LseView* dlse = nullptr; // or null
+};
+
 struct BackwardProblem : MonarchProblem {
     // MonarchProblem::out and ::lse are the forward's results (lse is never null here).
     TensorView dout, dq, dk, dv;
+    TensorView dk_extra, dv_extra; // gradients of MonarchProblem::extra's k and v when extra.present
+    TextQueryGrads text;           // joint_attention_backward: the text queries
     const LseView* dlse = nullptr;
     bool entropy_grad = false;
     bool deterministic = false;

@@ -72,7 +72,10 @@ detail::ExtraKeysProblem check_extra_keys(std::string_view fn, const ExtraKeys& 
     return x;
 }
 
-// Rows [begin, begin + count) of a [B, tokens, heads, d] view along the token axis.
+} // namespace
+
+namespace detail {
+
 TensorView token_slice(const TensorView& t, std::int64_t begin, std::int64_t count) {
     TensorView s = t;
     if (count > 0) s.data = static_cast<char*>(t.data) + begin * t.strides[1] * std::int64_t(dtype_size(t.dtype));
@@ -87,10 +90,6 @@ LseView lse_slice(const LseView& l, std::int64_t begin, std::int64_t count) {
     s.shape[2] = count;
     return s;
 }
-
-} // namespace
-
-namespace detail {
 
 void check_exact_options(std::string_view fn, const Options& options) {
     if (options.sink_frames < 0)
@@ -116,6 +115,9 @@ void attach_exact_groups(std::string_view fn, const Options& options, const Extr
 }
 
 } // namespace detail
+
+using detail::lse_slice;
+using detail::token_slice;
 
 void joint_attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                      const VideoGrid& grid, std::int64_t text_tokens, TextPosition text_position,

@@ -3,12 +3,16 @@
 // accumulator has one owner, so the result does not depend on the thread count (bitwise repeatable).
 // Memory per head: the saved state (or, in lean mode, a temporary one from rerunning the training
 // forward, src/cpu/monarch_train_cpu.hpp) plus O(N·d) gradients; no N×N or HW×HW matrix is stored.
+// Exact key groups (spec §3b) and the text queries of a joint sequence (spec §3c) add FlashAttention backwards
+// against the merged lse (src/cpu/exact_backward_cpu.hpp); the Monarch part's last L-step then weighs its
+// rows by exp(z − lse) instead of softmax(z), which folds the merge weights' gradient in.
 #include <algorithm>
 #include <cmath>
 #include <new>
 #include <string>
 #include <vector>
 
+#include "cpu/exact_backward_cpu.hpp"
 #include "cpu/monarch_train_cpu.hpp"
 
 namespace vmonarch::detail {
@@ -38,21 +42,42 @@ public:
           lse_(load_lse_head<Acc>(*p.lse, b, h, N_)),
           dlse_(p.dlse ? load_lse_head<Acc>(*p.dlse, b, h, N_) : std::vector<Acc>(std::size_t(N_), Acc(0))),
           block_(saved_block ? std::vector<Acc>() : std::vector<Acc>(std::size_t(p.layout.per_head()))),
-          s_(saved_block ? saved_block : block_.data(), p.layout) {
-        if (!saved_block) { // lean mode: rerun the training forward into the temporary block
+          s_(saved_block ? saved_block : block_.data(), p.layout), exact_(p.grid.T, p.sink_frames, p.window_radius),
+          extra_(load_extra_head<Acc>(p.extra, b, h)) {
+        if (!saved_block) { // lean mode: rerun the training forward's fit into the temporary block
             std::vector<Acc> out(static_cast<std::size_t>(N_ * dv_)), lse(static_cast<std::size_t>(N_));
-            TrainingHead<Acc>(p, q_.data(), k_.data(), v_.data(), s_).run(out.data(), lse.data());
+            TrainingHead<Acc>(p, q_.data(), k_.data(), v_.data(), s_).run(out.data(), lse.data(), nullptr, true);
         }
         const auto nd = std::size_t(N_ * d_), ndv = std::size_t(N_ * dv_);
         dq_.assign(nd, Acc(0)), dk_.assign(nd, Acc(0)), dv_acc_.assign(ndv, Acc(0));
         delta_.assign(std::size_t(N_), Acc(0));
         daL_.assign(nd, Acc(0)), dcL_.assign(std::size_t(N_), Acc(0)), dY_.assign(ndv, Acc(0));
         daR_.assign(nd, Acc(0)), dcR_.assign(std::size_t(N_), Acc(0));
+        if (p.extra.present) { // all L rows: the padded ones stay 0
+            dk_extra_.assign(std::size_t(p.extra.tokens * d_), Acc(0));
+            dv_extra_.assign(std::size_t(p.extra.tokens * dv_), Acc(0));
+        }
+        if (p.text.present) {
+            const std::int64_t L = p.text.q.tokens();
+            tq_ = load_head<Acc>(p.text.q, b, h, "vmonarch backward (cpu): text queries of one head");
+            tdo_ = load_head<Acc>(p.text.dout, b, h, "vmonarch backward (cpu): text queries' dout of one head");
+            tlse_ = load_lse_head<Acc>(p.text.lse, b, h, L);
+            const std::vector<Acc> to = load_head<Acc>(p.text.out, b, h, "vmonarch backward (cpu): text queries' out");
+            const std::vector<Acc> tdlse =
+                p.text.dlse ? load_lse_head<Acc>(*p.text.dlse, b, h, L) : std::vector<Acc>(std::size_t(L), Acc(0));
+            tdelta_.assign(std::size_t(L), Acc(0));
+            for (std::int64_t r = 0; r < L; ++r)
+                tdelta_[std::size_t(r)] = dot(tdo_.data() + r * dv_, to.data() + r * dv_, dv_) - tdlse[std::size_t(r)];
+            tdq_.assign(std::size_t(L * d_), Acc(0));
+        }
     }
 
     void run(std::int64_t b, std::int64_t h) {
         preprocess();
         if (p_.recompute_first_frame) recompute_backward();
+        if (exact_.any()) exact_frames_backward();
+        if (extra_.valid > 0) extra_keys_backward();
+        if (p_.text.present) text_queries_backward();
         for (int it = t_ - 1; it >= 0; --it) {
             if (it == t_ - 1) {
                 last_l_step_backward();
@@ -101,14 +126,27 @@ private:
             for (std::int64_t kf = 0; kf < T_; ++kf) axpy(Acc(1), dq_part.data() + (kf * HW_ + j) * d_, dq_.data() + j * d_, d_);
     }
 
-    // L = softmax_k z of query (i, j) in iteration it, z[k] = ⟨Q[i][j], aL[k][j]⟩ − cL[k][j] (spec §3).
-    void l_row(int it, std::int64_t i, std::int64_t j, Acc* l) const {
+    // L = softmax_k z of query (i, j) in iteration it, z[k] = ⟨Q[i][j], aL[k][j]⟩ − cL[k][j] (spec §3); the row's
+    // exact key frames have z = −inf and a row without Monarch key frames gets L = 0 (spec §3b). merged: the
+    // last L-step with exact groups, whose rows are weighed by w_M: w_M·L[k] = exp(z[k] − lse) with the
+    // merged lse (see exact_backward_cpu.hpp).
+    void l_row(int it, std::int64_t i, std::int64_t j, Acc* l, bool merged = false) const {
+        constexpr Acc kNegInf = -std::numeric_limits<Acc>::infinity();
         const Acc* qi = q_.data() + (i * HW_ + j) * d_;
-        Acc mx = -std::numeric_limits<Acc>::infinity();
+        Acc mx = kNegInf;
         for (std::int64_t k = 0; k < T_; ++k) {
             const std::int64_t n = k * HW_ + j;
-            l[k] = dot(qi, s_.aL[it] + n * d_, d_) - s_.cL[it][n];
+            l[k] = exact_.exact(i, k) ? kNegInf : dot(qi, s_.aL[it] + n * d_, d_) - s_.cL[it][n];
             mx = std::max(mx, l[k]);
+        }
+        const Acc row_lse = lse_[std::size_t(i * HW_ + j)];
+        if (mx == kNegInf || (merged && row_lse == kNegInf)) {
+            std::fill(l, l + T_, Acc(0));
+            return;
+        }
+        if (merged) {
+            for (std::int64_t k = 0; k < T_; ++k) l[k] = std::exp(l[k] - row_lse);
+            return;
         }
         Acc sum = 0;
         for (std::int64_t k = 0; k < T_; ++k) sum += (l[k] = std::exp(l[k] - mx));
@@ -117,10 +155,12 @@ private:
     }
 
     // §7 step 3 (last L-step, position j): dL = ⟨dO_i, Y_k⟩, dY_k = Σ_i L·dO_i, dZ = L∘(dL − D); then step 4.
-    // Frame-0 queries are skipped when the recompute replaced their Monarch output.
+    // Frame-0 queries are skipped when the recompute replaced their Monarch output. With exact groups L is
+    // w_M·L = exp(z − lse): dO_M = w_M·dO and D_M = ⟨dO_M, O_M⟩ − dF = w_M·D (spec §3b, §7).
     void last_l_step_backward() {
         const int it = t_ - 1;
         const std::int64_t first = p_.recompute_first_frame ? 1 : 0;
+        const bool merged = p_.has_exact_groups();
         ProgressCounter progress("backward L-step", HW_, it + 1, t_);
         ThreadScratch<Acc> dz_rows(T_ * T_, "vmonarch backward (cpu): L-step dZ (T x T per thread)");
 #pragma omp parallel num_threads(dz_rows.threads())
@@ -132,7 +172,7 @@ private:
                 std::fill(dz, dz + T_ * T_, Acc(0));
                 for (std::int64_t i = first; i < T_; ++i) {
                     Acc* l = dz + i * T_;
-                    l_row(it, i, j, l);
+                    l_row(it, i, j, l, merged);
                     const Acc* doi = do_.data() + (i * HW_ + j) * dv_;
                     for (std::int64_t k = 0; k < T_; ++k) {
                         const std::int64_t n = k * HW_ + j;
@@ -210,6 +250,10 @@ private:
         ProgressCounter progress("backward R-step", T_, it + 1, t_);
 #pragma omp parallel for schedule(dynamic)
         for (std::int64_t k = 0; k < T_; ++k) {
+            if (!exact_.fitted(k)) { // spec §3b: no row fits key frame k, nothing flows through its R-steps
+                progress.add();
+                continue;
+            }
             const Acc* keys = k_.data() + k * HW_ * d_;
             const Acc* values = v_.data() + k * HW_ * dv_;
             Acc* dkeys = dk_.data() + k * HW_ * d_;
@@ -249,11 +293,75 @@ private:
         }
     }
 
+    FlashRows<Acc> video_rows() const { return {q_.data(), do_.data(), lse_.data(), delta_.data()}; }
+
+    // Exact key frames (spec §3b): rows of query frames i >= first (frame 0 is recomputed over all keys when the
+    // recompute is on) against the keys of their exact frames E(i), a FlashAttention backward with the merged
+    // lse. Key side per key frame k (rows of every query frame that has k exact), then the query side per frame.
+    void exact_frames_backward() {
+        const std::int64_t first = p_.recompute_first_frame ? 1 : 0;
+        const FlashRows<Acc> rows = video_rows();
+        ProgressCounter progress("backward exact key frames", 2 * T_ - first);
+        std::vector<std::pair<std::int64_t, std::int64_t>> row_ranges;
+        for (std::int64_t k = 0; k < T_; ++k) {
+            row_ranges.clear();
+            for (std::int64_t i = first; i < T_; ++i) {
+                if (!exact_.exact(i, k)) continue;
+                if (!row_ranges.empty() && row_ranges.back().second == i * HW_) {
+                    row_ranges.back().second += HW_;
+                } else {
+                    row_ranges.push_back({i * HW_, (i + 1) * HW_});
+                }
+            }
+            flash_backward_keys<Acc>(rows, row_ranges, k_.data() + k * HW_ * d_, v_.data() + k * HW_ * dv_, HW_, d_,
+                                     dv_, scale_, dk_.data() + k * HW_ * d_, dv_acc_.data() + k * HW_ * dv_);
+            progress.add();
+        }
+        std::vector<KeyBlock<Acc>> blocks;
+        for (std::int64_t i = first; i < T_; ++i) {
+            std::pair<std::int64_t, std::int64_t> ranges[2];
+            blocks.clear();
+            for (int a = 0, n = exact_.ranges(i, ranges); a < n; ++a)
+                blocks.push_back({k_.data() + ranges[a].first * HW_ * d_, v_.data() + ranges[a].first * HW_ * dv_,
+                                  (ranges[a].second - ranges[a].first) * HW_});
+            flash_backward_queries<Acc>(rows, i * HW_, (i + 1) * HW_, blocks, d_, dv_, scale_, dq_.data());
+            progress.add();
+        }
+    }
+
+    // Extra (text) keys (spec §3b): in the exact group of every video query row (frame 0's included, also when
+    // the recompute is on, which attends them too).
+    void extra_keys_backward() {
+        const FlashRows<Acc> rows = video_rows();
+        flash_backward_keys<Acc>(rows, {{0, N_}}, extra_.keys.data(), extra_.values.data(), extra_.valid, d_, dv_,
+                                 scale_, dk_extra_.data(), dv_extra_.data());
+        flash_backward_queries<Acc>(rows, 0, N_, {{extra_.keys.data(), extra_.values.data(), extra_.valid}}, d_, dv_,
+                                    scale_, dq_.data());
+    }
+
+    // Text queries of a joint sequence (spec §3c): exact attention over every video key and the valid text keys,
+    // their FlashAttention backward adding to the video keys' and the text keys' gradients.
+    void text_queries_backward() {
+        const std::int64_t L = p_.text.q.tokens();
+        const FlashRows<Acc> rows{tq_.data(), tdo_.data(), tlse_.data(), tdelta_.data()};
+        flash_backward_keys<Acc>(rows, {{0, L}}, k_.data(), v_.data(), N_, d_, dv_, scale_, dk_.data(), dv_acc_.data());
+        flash_backward_keys<Acc>(rows, {{0, L}}, extra_.keys.data(), extra_.values.data(), extra_.valid, d_, dv_,
+                                 scale_, dk_extra_.data(), dv_extra_.data());
+        flash_backward_queries<Acc>(rows, 0, L,
+                                    {{k_.data(), v_.data(), N_}, {extra_.keys.data(), extra_.values.data(), extra_.valid}},
+                                    d_, dv_, scale_, tdq_.data());
+    }
+
     // §7 finalize: the gradients in the caller's views and dtype.
     void finalize(std::int64_t b, std::int64_t h) {
         store_head_rows(p_.dq, b, h, dq_.data(), 0, N_);
         store_head_rows(p_.dk, b, h, dk_.data(), 0, N_);
         store_head_rows(p_.dv, b, h, dv_acc_.data(), 0, N_);
+        if (p_.extra.present) {
+            store_head_rows(p_.dk_extra, b, h, dk_extra_.data(), 0, p_.extra.tokens);
+            store_head_rows(p_.dv_extra, b, h, dv_extra_.data(), 0, p_.extra.tokens);
+        }
+        if (p_.text.present) store_head_rows(p_.text.dq, b, h, tdq_.data(), 0, p_.text.q.tokens());
     }
 
     const BackwardProblem& p_;
@@ -263,6 +371,10 @@ private:
     std::vector<Acc> q_, k_, v_, o_, do_, lse_, dlse_; // this head, contiguous, frame-major tokens
     std::vector<Acc> block_;                            // lean mode: the rerun forward's state
     HeadState<Acc> s_;
+    const ExactFrames exact_;                           // exact key frames of each query frame (spec §3b)
+    const ExtraHead<Acc> extra_;                        // this head's valid extra keys
+    std::vector<Acc> dk_extra_, dv_extra_;              // their gradients, all L rows
+    std::vector<Acc> tq_, tdo_, tlse_, tdelta_, tdq_;   // joint sequences: the text queries
     std::vector<Acc> dq_, dk_, dv_acc_, delta_;
     std::vector<Acc> daL_, dcL_, dY_, daR_, dcR_;       // per token of the key frame (k·HW + j)
 };

@@ -1,5 +1,6 @@
 // attention_training() on the CPU: the training forward of every (batch, head) into its saved-state
-// block (src/cpu/monarch_train_cpu.hpp), then out and lse into the caller's views.
+// block (src/cpu/monarch_train_cpu.hpp), exact key groups merged (spec §3b), then out and lse into the caller's
+// views.
 #include "cpu/monarch_train_cpu.hpp"
 
 namespace vmonarch::detail {
@@ -15,8 +16,9 @@ void run_training(const TrainingProblem& p) {
             const auto v = load_head<Acc>(p.v, b, h, "vmonarch training forward (cpu): v of one head");
             std::vector<Acc> out = allocate_filled(p.q_tokens * p.value_dim, Acc(0), "vmonarch training forward (cpu): out");
             std::vector<Acc> lse = allocate_filled(p.q_tokens, Acc(0), "vmonarch training forward (cpu): lse");
+            const ExtraHead<Acc> extra = load_extra_head<Acc>(p.extra, b, h);
             HeadState<Acc> state(blocks + (b * p.heads + h) * p.layout.per_head(), p.layout);
-            TrainingHead<Acc>(p, q.data(), k.data(), v.data(), state).run(out.data(), lse.data());
+            TrainingHead<Acc>(p, q.data(), k.data(), v.data(), state).run(out.data(), lse.data(), &extra);
             store_head_rows(p.out, b, h, out.data(), 0, p.q_tokens);
             store_lse_rows(*p.lse, b, h, lse.data(), 0, p.q_tokens);
             report_progress("heads", double(b * p.heads + h + 1) / double(p.batch * p.heads));

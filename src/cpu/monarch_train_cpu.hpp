@@ -2,7 +2,9 @@
 // L-steps and frame-0 recompute as the inference forward (src/cpu/monarch_cpu.cpp), writing every
 // iteration's aL, cL, lse_R, the next iteration's aR, cR and the last Y into a saved-state block
 // (layout: SavedLayout in src/core/backward_problem.hpp). Used by attention_training() and, into a
-// temporary block, by the lean backward (src/cpu/monarch_backward_cpu.cpp).
+// temporary block, by the lean backward (src/cpu/monarch_backward_cpu.cpp). Exact key groups (spec §3b): the
+// L-steps mask each row's exact key frames, R-steps of key frames no row fits are skipped (their state is 0),
+// and the exact groups are merged into out and lse as in the inference forward.
 #pragma once
 
 #include <algorithm>
@@ -12,6 +14,8 @@
 #include <vector>
 
 #include "core/backward_problem.hpp"
+#include "core/exact_frames.hpp"
+#include "cpu/exact_groups_cpu.hpp"
 #include "cpu/head_ops.hpp"
 
 namespace vmonarch::detail {
@@ -40,19 +44,29 @@ public:
     // q, k, v: this head as contiguous [N][d] / [N][dv] arrays; state: its block.
     TrainingHead(const MonarchProblem& p, const Acc* q, const Acc* k, const Acc* v, HeadState<Acc> state)
         : p_(p), T_(p.grid.T), HW_(p.grid.frame_tokens()), N_(p.grid.tokens()), d_(p.head_dim), dv_(p.value_dim),
-          scale_(Acc(p.scale)), q_(q), k_(k), v_(v), s_(std::move(state)) {}
+          scale_(Acc(p.scale)), q_(q), k_(k), v_(v), s_(std::move(state)),
+          exact_(p.grid.T, p.sink_frames, p.window_radius) {}
 
-    // Runs the t alternating steps and the recompute into out ([N][dv]) and lse ([N]).
-    void run(Acc* out, Acc* lse) {
+    // Runs the t alternating steps, the exact groups' merge (spec §3b) and the recompute into out ([N][dv])
+    // and lse ([N]); extra: this head's valid extra keys (or null for none). fit_only: only the state is
+    // wanted (the lean backward), so the merge and the recompute are skipped and out, lse hold the Monarch part.
+    void run(Acc* out, Acc* lse, const ExtraHead<Acc>* extra = nullptr, bool fit_only = false) {
         const int t = p_.iterations;
         for (int it = 0; it < t; ++it) {
             r_step(it);
             l_step(it, out, lse);
         }
+        if (fit_only) return;
+        const ExtraHead<Acc> none;
+        if (!extra) extra = &none;
+        if (p_.has_exact_groups()) merge_exact_groups<Acc>(p_, exact_, q_, k_, v_, *extra, out, lse);
         if (p_.recompute_first_frame) {
-            // spec §3, first-frame recompute: frame-0 queries get exact attention over all N keys.
+            // spec §3, first-frame recompute: frame-0 queries get exact attention over all N keys and the valid
+            // extra keys (spec §3b).
             ProgressCounter progress("training recompute frame 0", HW_);
             dense_rows<Acc>(q_, HW_, k_, v_, N_, d_, dv_, scale_, out, lse, &progress);
+            merge_exact_keys<Acc>(q_, HW_, extra->keys.data(), extra->values.data(), extra->valid, d_, dv_, scale_,
+                                  out, lse);
         }
     }
 
@@ -80,6 +94,13 @@ private:
 #pragma omp for schedule(dynamic, 16)
             for (std::int64_t n = 0; n < N_; ++n) {
                 const std::int64_t k = n / HW_;
+                if (!exact_.fitted(k)) { // spec §3b: no row fits key frame k; its state is never read
+                    std::fill_n(aL + n * d_, d_, Acc(0));
+                    cL[n] = lse_r[n] = Acc(0);
+                    if (last) std::fill_n(s_.y + n * dv_, dv_, Acc(0));
+                    progress.add();
+                    continue;
+                }
                 const Acc* keys = k_ + k * HW_ * d_;
                 const Acc* values = v_ + k * HW_ * dv_;
                 const Acc gamma = row_scale(p_, s_, it, n);
@@ -115,7 +136,8 @@ private:
     }
 
     // L-step (spec §3): z[k] = ⟨Q[i][j], aL[j][k]⟩ − cL[j][k], L = softmax_k z; then the next cR, aR,
-    // or O[i][j] = Σ_k L·y[k][j] and lse = logsumexp z after the last one.
+    // or O[i][j] = Σ_k L·y[k][j] and lse = logsumexp z after the last one. Row i's exact key frames have
+    // z = −inf (L = 0); a row without Monarch key frames has L = 0, O = 0 and lse = −inf (spec §3b).
     void l_step(int it, Acc* out, Acc* lse) {
         const bool last = it == p_.iterations - 1;
         const std::int64_t first_frame = (last && p_.recompute_first_frame) ? 1 : 0;
@@ -133,11 +155,20 @@ private:
                 for (std::int64_t i = first_frame; i < T_; ++i) {
                     const Acc* qi = q_ + (i * HW_ + j) * d_;
                     Acc* zi = z + i * T_;
-                    Acc mx = -std::numeric_limits<Acc>::infinity();
+                    constexpr Acc kNegInf = -std::numeric_limits<Acc>::infinity();
+                    Acc mx = kNegInf;
                     for (std::int64_t k = 0; k < T_; ++k) {
                         const std::int64_t n = k * HW_ + j;
-                        zi[k] = dot(qi, aL + n * d_, d_) - cL[n];
+                        zi[k] = exact_.exact(i, k) ? kNegInf : dot(qi, aL + n * d_, d_) - cL[n];
                         mx = std::max(mx, zi[k]);
+                    }
+                    if (mx == kNegInf) { // no Monarch key frame in this row
+                        std::fill(zi, zi + T_, Acc(0));
+                        if (last) {
+                            std::fill_n(out + (i * HW_ + j) * dv_, dv_, Acc(0));
+                            lse[i * HW_ + j] = kNegInf;
+                        }
+                        continue;
                     }
                     Acc sum = 0;
                     for (std::int64_t k = 0; k < T_; ++k) sum += std::exp(zi[k] - mx);
@@ -174,6 +205,7 @@ private:
     const Acc scale_;
     const Acc *q_, *k_, *v_;
     HeadState<Acc> s_;
+    const ExactFrames exact_; // which key frames are exact for each query frame (spec §3b)
 };
 
 } // namespace vmonarch::detail

@@ -46,3 +46,13 @@ vmonarch_cli_error_test(backward_cuda_not_yet "--device cuda: "
   --device cuda)
 set_tests_properties(cli_error_backward_dout_shape PROPERTIES
   FIXTURES_REQUIRED "cli_inputs_npy;cli_inputs_safetensors")
+
+# Exact key groups (spec §3b): the flags of `run` reach the backward; joint sequences run in lean mode only.
+vmonarch_cli_test(backward_sink_window "VMonarch backward t=2, frame-0 recompute, sink frames 1, window radius 0, paper gradient"
+  backward ${backward_inputs} --dq bs_dq.npy --dk bs_dk.npy --dv bs_dv.npy --sink-frames 1 --window-radius 0)
+set_tests_properties(cli_backward_sink_window PROPERTIES FIXTURES_REQUIRED cli_inputs_npy)
+vmonarch_cli_error_test(backward_joint_saved "--saved: a joint sequence \\(--text-tokens 16\\) runs in lean mode only"
+  backward --q q.npy --k k.npy --v v.npy --dout v.npy --grid 2,4,4 --text-tokens 16 --saved
+  --dq x_dq.npy --dk x_dk.npy --dv x_dv.npy)
+vmonarch_cli_error_test(backward_bad_sink_frames "--sink-frames -1: must be >= 0"
+  backward ${backward_inputs} --dq x_dq.npy --dk x_dk.npy --dv x_dv.npy --sink-frames -1)

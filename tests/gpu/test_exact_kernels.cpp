@@ -152,6 +152,8 @@ std::string case_name(const XCase& c) {
     return os.str();
 }
 
+void PrintTo(const XCase& c, std::ostream* os) { *os << case_name(c); }
+
 // spec §3b: key frame k is exact for query frame i when k < S or |i − k| <= r (r < 0: no window).
 bool exact(const XCase& c, std::int64_t i, std::int64_t k) {
     return k < c.S || (c.r >= 0 && std::abs(i - k) <= c.r);
@@ -389,7 +391,8 @@ INSTANTIATE_TEST_SUITE_P(
         XCase{1, 2, 9, 7, 64, DType::bf16, 0, 9, Merge::none, false},       // r = T: aR = cR = 0
         XCase{1, 1, 9, 7, 128, DType::f16, 1, 20, Merge::alias, false},     // r > T
         XCase{1, 2, 33, 5, 128, DType::bf16, 1, 1, Merge::separate, true},  // three 16-frame tiles
-        XCase{2, 1, 21, 17, 64, DType::f16, 2, -1, Merge::none, true},
+        XCase{2, 1, 21, 17, 64, DType::f16, 2, -1, Merge::none, true},      // two 16-frame tiles
+        XCase{2, 2, 24, 5, 128, DType::bf16, 1, 2, Merge::alias, false},
         XCase{1, 1, 48, 3, 64, DType::bf16, 1, 2, Merge::separate, false},
         XCase{1, 1, 16, 9, 128, DType::f16, 3, 0, Merge::separate, false},
         // CUDA-core fallback
@@ -400,6 +403,12 @@ INSTANTIATE_TEST_SUITE_P(
         XCase{1, 2, 57, 5, 128, DType::f16, 0, -1, Merge::out_only, true},
         XCase{1, 1, 61, 2, 64, DType::bf16, 2, 3, Merge::separate, true}),
     [](const ::testing::TestParamInfo<XCase>& i) { return case_name(i.param); });
+
+std::size_t count_differing(const std::vector<std::uint32_t>& a, const std::vector<std::uint32_t>& b) {
+    std::size_t n = a.size() == b.size() ? 0 : std::max(a.size(), b.size());
+    for (std::size_t i = 0; i < std::min(a.size(), b.size()); ++i) n += a[i] != b[i];
+    return n;
+}
 
 // Merging with an exact group that is empty in every row (LSE_E = −inf, O_E NaN) reproduces the unmerged last
 // step bit for bit; and with every key frame exact (S ≥ T) the merged rows are the exact group's, bit for bit.
@@ -416,8 +425,8 @@ TEST(ExactLStepBits, EmptyExactGroupIsTheIdentityAndAllExactRowsCopyIt) {
             merged.reset_outputs();
             vmonarch::cuda::launch_lstep(merged.params(true), nullptr, "test L-step (last, empty exact groups)");
             CUDA_OK(cudaDeviceSynchronize());
-            EXPECT_EQ(plain.out.raw(), merged.out.raw()) << case_name(c);
-            EXPECT_EQ(plain.lse.raw(), merged.lse.raw()) << case_name(c);
+            EXPECT_EQ(count_differing(plain.out.raw(), merged.out.raw()), 0u) << case_name(c);
+            EXPECT_EQ(count_differing(plain.lse.raw(), merged.lse.raw()), 0u) << case_name(c);
 
             c.S = T; // every row exact: out = O_E, lse = LSE_E
             LStepFixture all(c);
@@ -436,7 +445,7 @@ TEST(ExactLStepBits, EmptyExactGroupIsTheIdentityAndAllExactRowsCopyIt) {
                 }
             });
             EXPECT_EQ(differ, 0u) << case_name(c);
-            EXPECT_EQ(lb, le) << case_name(c);
+            EXPECT_EQ(count_differing(lb, le), 0u) << case_name(c);
         }
     }
 }
@@ -478,6 +487,8 @@ std::string case_name(const MCase& c) {
        << vmonarch::to_string(c.dtype);
     return os.str();
 }
+
+void PrintTo(const MCase& c, std::ostream* os) { *os << case_name(c); }
 
 class ExactLseMerge : public ::testing::TestWithParam<MCase> {};
 

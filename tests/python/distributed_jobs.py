@@ -10,6 +10,8 @@ import torch.distributed as dist
 import vmonarch
 import vmonarch.distributed as vd
 from conftest import load_reference, make_qkv, rel_l2
+# run_job looks jobs up in this module
+from distributed_joint_jobs import joint_grad_cases, joint_model_cases, joint_op_cases  # noqa: F401
 
 # diffusers 0.42.1's context-parallel hook logs through Logger.warning_once, a method that only transformers
 # adds to logging.Logger when it is imported; these tiny models import no transformers (real pipelines do).
@@ -199,9 +201,11 @@ def all_jobs(rank: int, world: int):
     """Every job in one process group (starting processes and importing diffusers dominates the test time)."""
     import importlib.util
 
-    results = dict(op=op_cases(rank, world), grad=grad_cases(rank, world))
+    results = dict(op=op_cases(rank, world), grad=grad_cases(rank, world), joint_op=joint_op_cases(rank, world),
+                   joint_grad=joint_grad_cases(rank, world))
     if importlib.util.find_spec("diffusers") is not None:
         results["wan"] = wan_cases(rank, world)
+        results["joint_models"] = joint_model_cases(rank, world)
     if importlib.util.find_spec("yunchang") is not None:
         results["yunchang"] = yunchang_case(rank, world)
     return results

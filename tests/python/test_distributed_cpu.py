@@ -14,6 +14,7 @@ import vmonarch.distributed as vd
 from conftest import make_qkv, rel_l2
 from distributed_helpers import free_port, run_job
 from distributed_jobs import GRAD_CASES, OP_CASES
+from distributed_joint_jobs import JOINT_CASES, JOINT_GRAD_CASES
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 ROUND_OFF = 1e-12
@@ -67,6 +68,35 @@ def test_gradients_flow_through_the_exchange(results, world):
             assert row["pad_grad_zero"]
 
 
+def test_joint_form_matches_single_process(results, world):
+    """ulysses_joint_attention against vmonarch.joint_attention: text last and first, replicated and sharded
+    text (split, padded, explicit counts with empty shards), uneven video shards and heads (ranks without
+    heads at P = 4), odd T, prime HW, T = 1, text lens < L (one 0), sink frames and a window, dv != d, no
+    text; every rank's rows, zeros (lse -inf) on padding rows."""
+    for rank, rows in enumerate(r["joint_op"] for r in results):
+        assert len(rows) == len(JOINT_CASES) + 1
+        for row in rows[:len(JOINT_CASES)]:
+            assert row["rows"] > 0 or row["pad_rows"] > 0, row
+            assert row["err"] < ROUND_OFF, (world, rank, row)
+            assert row["dtype"] == torch.float64 and row["pad_zero"], (world, rank, row)
+            if "lse_err" in row:
+                assert row["lse_err"] < ROUND_OFF and row["lse_pad_inf"], (world, rank, row)
+        message = rows[-1]["error"]
+        assert message is not None and f"on rank {rank} of {world}" in message and "text_shards=None" in message
+    # padded shards really padded something somewhere
+    assert sum(row["pad_rows"] for r in results for row in r["joint_op"][:len(JOINT_CASES)]) > 0
+
+
+def test_joint_form_gradients(results, world):
+    """With the differentiable fp64 reference as the local attention: sharded text exactly; replicated text by
+    the replicated convention (whole text gradient on every rank); video gradients as in one process."""
+    for rank, rows in enumerate(r["joint_grad"] for r in results):
+        assert len(rows) == len(JOINT_GRAD_CASES)
+        for row in rows:
+            assert row["out_err"] < ROUND_OFF and max(row["grad_errs"]) < ROUND_OFF, (world, rank, row)
+            assert row["pad_grad_zero"], (world, rank, row)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="needs diffusers")
 def test_wan_under_context_parallelism(results, world):
     """enable_parallelism(ContextParallelConfig(ulysses_degree=P)): the model's output equals the same model's
@@ -85,6 +115,28 @@ def test_wan_under_context_parallelism(results, world):
             assert len(calls) == (blocks if share else 0), (world, rank, row)   # a rank may have no heads
             assert all(c[1] == expected_tokens[case] and c[2] == share for c in calls), (world, rank, row)
         assert "ring_degree" in rows[3]["ring_error"] and "every key of a head" in rows[3]["ring_error"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="needs diffusers")
+def test_joint_models_under_context_parallelism(results, world):
+    """HunyuanVideo (text last, padded text, a dense block, a sink frame), HunyuanVideo 1.5 (condition tokens),
+    CogVideoX (text first, a dense block) and Mochi (padded text) under ContextParallelConfig(ulysses_degree=P)
+    with vmonarch's context_parallel_plan(): the output equals the same model's in one process, and each
+    VMonarch call sees all N + L tokens of its share of the heads (2 heads: at P = 4 two ranks have none); a mask
+    that would need the stock processor and ring degree > 1 raise clear errors."""
+    vmonarch_layers = {"hunyuan_video": 2, "hunyuan_video15": 2, "cogvideox": 1, "mochi": 2}
+    text = {"hunyuan_video": 5, "hunyuan_video15": 9, "cogvideox": 6, "mochi": 5}
+    for rank, rows in enumerate(r["joint_models"] for r in results):
+        assert [row["model"] for row in rows[:4]] == list(vmonarch_layers)
+        share = vd.head_split(2, world)[rank]
+        for row in rows[:4]:
+            name = row["model"]
+            assert row["err"] < 1e-10, (world, rank, row)
+            assert row["vs_stock"] > 1e-6, (world, rank, row)       # VMonarch ran (not dense attention)
+            want_calls = [(60 + text[name], share, text[name])] * (vmonarch_layers[name] if share else 0)
+            assert row["calls"] == want_calls, (world, rank, row)
+        assert "not a key-padding prefix" in rows[4]["mask_error"] and "context parallelism" in rows[4]["mask_error"]
+        assert "ring_degree" in rows[5]["ring_error"] and "every key of a head" in rows[5]["ring_error"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("yunchang") is None, reason="needs yunchang (pip install yunchang)")
@@ -113,6 +165,83 @@ def test_world_size_one_is_the_operator(single_rank_group):
             got = vd._ulysses(q, k, v, grid, dist.group.WORLD, layout, held, valid, chunks, vd._default_attention,
                               dict(iterations=3))
             assert rel_l2(got, want) < ROUND_OFF
+
+
+def test_joint_world_size_one(single_rank_group):
+    """At one rank the joint form is vmonarch.joint_attention; the exchange itself (what the GPU test runs on
+    one device) gives the same, for replicated and sharded text."""
+    from vmonarch._ulysses_joint import _default_joint_attention, _ulysses_joint
+
+    grid, L = (3, 1, 5), 4
+    for layout, text_first in (("bshd", False), ("bhsd", True)):
+        q, k, v = make_qkv("video", 2, 3, (1, 1, 15 + L), 8, layout, seed=5)
+        options = dict(text_first=text_first, text_lens=[4, 1], layout=layout, iterations=3)
+        want = vmonarch.joint_attention(q, k, v, grid, L, **options)
+        assert torch.equal(vd.ulysses_joint_attention(q, k, v, grid, L, **options), want)
+        call = dict(text_first=text_first, text_lens=[4, 1], iterations=3)
+        for replicated in (True, False):
+            got = _ulysses_joint(q, k, v, grid, L, dist.group.WORLD, layout, [15], [15], [L], [L], replicated,
+                                 _default_joint_attention, call)
+            assert rel_l2(got, want) < ROUND_OFF
+
+
+def test_joint_argument_errors(single_rank_group):
+    grid, L = (3, 1, 7), 4
+    q, k, v = make_qkv("random", 1, 2, (1, 1, 21 + L), 8, "bshd")
+    f = vd.ulysses_joint_attention
+    with pytest.raises(ValueError, match="ulysses_joint_attention: argument 'text_len' is -1, expected an int >= 0"):
+        f(q, k, v, grid, -1)
+    with pytest.raises(TypeError, match="argument 'text_len' is a float"):
+        f(q, k, v, grid, 4.0)
+    with pytest.raises(TypeError, match="argument 'text_first' is 1, expected a bool"):
+        f(q, k, v, grid, L, text_first=1)
+    with pytest.raises(ValueError, match="argument 'text_shards' is 'even'"):
+        f(q, k, v, grid, L, text_shards="even")
+    with pytest.raises(ValueError, match=r"argument 'text_shards' is \[3\], expected 1 non-negative token counts.*L = "
+                                         "text_len = 4"):
+        f(q, k, v, grid, L, text_shards=[3])
+    with pytest.raises(ValueError, match="ulysses_joint_attention: argument 'q' has 25 tokens on rank 0 of 1, expected "
+                                         "26 = 21 video"):
+        f(q, k, v, grid, L + 1)
+    with pytest.raises(ValueError, match="ulysses_joint_attention: argument 'grid' is"):
+        f(q, k, v, (3, 7), L)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="needs diffusers")
+def test_joint_processor_routing_under_a_parallel_config(single_rank_group):
+    """The joint processors' decision under a (stand-in) ContextParallelConfig: the Ulysses group, VMonarch or
+    exact for a dense layer, and clear errors for a wrong token count, a missing grid and ring degree > 1."""
+    from vmonarch._joint import JointSchedule
+    from vmonarch.mochi import VMonarchMochiAttnProcessor
+
+    class Mesh:
+        @staticmethod
+        def get_group():
+            return dist.group.WORLD
+
+    class Config:   # the fields of diffusers' ContextParallelConfig that matter
+        ring_degree, ulysses_degree, _ulysses_mesh = 1, 2, Mesh()
+
+    schedule = JointSchedule(dense_layers=[1])
+    schedule.grid = (3, 2, 5)
+    processors = [VMonarchMochiAttnProcessor(schedule, layer=i) for i in (0, 1)]
+    for p in processors:
+        p._parallel_config = Config()
+    assert processors[0].route(30) == ((3, 2, 5), dist.group.WORLD, False)
+    assert processors[1].route(30) == ((3, 2, 5), dist.group.WORLD, True)      # a dense layer: exact, via Ulysses
+    with pytest.raises(ValueError, match="vmonarch.mochi: attention on rank 0 of 1 .* 29 video tokens, expected 30"):
+        processors[0].route(29)
+    with pytest.raises(ValueError, match="a text mask with a hole: the stock processor would be needed"):
+        processors[0].warn_fallback("mask", "a text mask with a hole")
+    schedule.grid = None
+    with pytest.raises(ValueError, match="no latent grid under context parallelism"):
+        processors[0].route(30)
+    Config.ring_degree = 2
+    with pytest.raises(ValueError, match="vmonarch.mochi: ContextParallelConfig has ring_degree 2"):
+        processors[0].route(30)
+    processors[0]._parallel_config = None                                          # no parallelism: as before
+    schedule.grid = (3, 2, 5)
+    assert processors[0].route(30) == ((3, 2, 5), None, False)
 
 
 def test_argument_errors(single_rank_group):

@@ -328,27 +328,3 @@ TEST(BackwardCpu, CudaSavedStateSizeAndHeader) {
                                                  vmonarch::TensorView::bshd(fake, DType::f32, vmonarch::Device::cpu, 1, 60, 1, 4), grid),
               0u);
 }
-
-// Exact key groups have no backward: both the training forward and the backward refuse them instead of
-// returning the gradient of a forward without them.
-TEST(BackwardCpu, ExactKeyGroupsAreUnsupported) {
-    ErrorFixture f;
-    Options sink;
-    sink.sink_frames = 1;
-    Options window;
-    window.window_radius = 0;
-    for (const Options* o : {&sink, &window}) {
-        try {
-            f.call(f.dout.view, f.dq.view, *o);
-            ADD_FAILURE() << "no error";
-        } catch (const vmonarch::UnsupportedError& e) {
-            EXPECT_NE(std::string(e.what()).find("exact key groups"), std::string::npos) << e.what();
-        }
-        SavedState state;
-        EXPECT_THROW(vmonarch::attention_training(f.q.view, f.k.view, f.v.view, f.out.view, f.lse, f.grid, *o, state),
-                     vmonarch::UnsupportedError);
-    }
-    Options negative;
-    negative.sink_frames = -1;
-    expect_error([&] { f.call(f.dout.view, f.dq.view, negative); }, "options.sink_frames", {"-1"});
-}

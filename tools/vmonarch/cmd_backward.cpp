@@ -1,6 +1,8 @@
 // vmonarch backward: gradients dq, dk, dv of VMonarch attention (spec §7) for q/k/v files and an output
 // gradient dout, written in the inputs' layout and dtype. The forward runs first (its out and LSE are
 // what the backward needs); --saved keeps its intermediates instead of rerunning it in the backward.
+// Exact key groups (--sink-frames, --window-radius, spec §3b) and joint text+video sequences (--text-tokens,
+// --text-position, --text-lens, spec §3c) as for `run`; the gradients of a joint sequence cover all N + L tokens.
 #include <iostream>
 #include <memory>
 
@@ -62,7 +64,12 @@ int backward_command(const BackwardCommandOptions& o) {
     require_tensor_extension(o.dk, "--dk");
     require_tensor_extension(o.dv, "--dv");
     // Headers first, then the output paths (never an input, --dout included), then the data.
-    AttentionInputs in = inspect_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout);
+    AttentionInputs in = inspect_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout,
+                                                  o.inputs.text_tokens > 0 ? o.inputs.text_tokens : 0);
+    const std::optional<JointText> joint = joint_text_from(o.inputs, in.shape.batch);
+    if (joint && o.saved)
+        throw ArgumentError("--saved", "--saved: a joint sequence (--text-tokens " + std::to_string(joint->tokens) +
+                                           ") runs in lean mode only; leave out --saved");
     check_dout_header(o.dout, in, layout);
     const DType input_dtype = in.dtype;
     const DType compute_dtype = cast.value_or(input_dtype);
@@ -95,13 +102,19 @@ int backward_command(const BackwardCommandOptions& o) {
     Stopwatch clock;
     {
         ProgressLine progress(o.inputs.progress);
-        if (o.saved) {
+        if (joint) {
+            const std::int64_t* lens = joint->lens.empty() ? nullptr : joint->lens.data();
+            joint_attention(qv, kv, vv, ov, grid, joint->tokens, joint->position, lens, options, &lv);
+            joint_attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, grid, joint->tokens, joint->position, lens,
+                                     options, nullptr, bo);
+        } else if (o.saved) {
             attention_training(qv, kv, vv, ov, lv, grid, options, state);
             bo.saved = &state;
+            attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, grid, options, nullptr, bo);
         } else {
             attention(qv, kv, vv, ov, grid, options, &lv);
+            attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, grid, options, nullptr, bo);
         }
-        attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, grid, options, nullptr, bo);
     }
     const double seconds = clock.seconds();
     if (compute_dtype != input_dtype) {
@@ -117,6 +130,11 @@ int backward_command(const BackwardCommandOptions& o) {
     std::cout << "wrote " << o.dq << ", " << o.dk << ", " << o.dv << " " << format_shape(dq.shape) << " "
               << to_string(input_dtype) << ": VMonarch backward t=" << options.iterations
               << (options.recompute_first_frame ? ", frame-0 recompute" : ", no recompute")
+              << (options.sink_frames > 0 ? ", sink frames " + std::to_string(options.sink_frames) : "")
+              << (options.window_radius ? ", window radius " + std::to_string(*options.window_radius) : "")
+              << (joint ? ", " + std::to_string(joint->tokens) + " text tokens " +
+                              (joint->position == TextPosition::first ? "first" : "last")
+                        : "")
               << (o.entropy_grad ? ", exact gradient (entropy)" : ", paper gradient (cL constant)")
               << (o.saved ? ", saved state (" + format_thousands(std::int64_t(state.bytes())) + " bytes)" : ", lean")
               << " on cpu in " << to_string(compute_dtype) << ", grid " << format_grid(grid) << ", forward + backward "
@@ -133,7 +151,8 @@ Command add_backward_command(CLI::App& app) {
     cmd->footer("Inputs as for 'run'; --dout has the output's shape ([B, heads, N, dv] or [B, N, heads, dv]) and the "
                 "inputs' dtype. The gradients are written in the inputs' layout and dtype. By default the paper's "
                 "gradient (the R-step entropy cL treated as a constant); --entropy-grad gives the exact one. Runs on "
-                "the CPU (the CUDA backward is not written yet).\n"
+                "the CPU (the CUDA backward is not written yet). --sink-frames, --window-radius and the joint "
+                "flags (--text-tokens, --text-position, --text-lens; lean mode only) as for 'run'.\n"
                 "Example: vmonarch backward --q q.npy --k k.npy --v v.npy --dout g.npy --grid 4,8,8 "
                 "--dq dq.npy --dk dk.npy --dv dv.npy\n");
     add_attention_file_options(*cmd, o->inputs);
