@@ -172,7 +172,7 @@ def probe_operator_backward(device: torch.device, head_dim: int, entropy_grad: b
     try:
         out = vmonarch.attention(q, k, v, (2, 1, 2), layout="bhsd", **options)
         out.float().square().sum().backward()
-    except (NotImplementedError, TypeError) as e:   # no backward on this device / no such option yet
+    except (NotImplementedError, TypeError, ValueError) as e:   # no backward here / no such option / size
         return False, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     if not all(x.grad is not None and torch.isfinite(x.grad).all() for x in (q, k, v)):
         return False, "the operator's backward gave no or non-finite gradients"

@@ -5,8 +5,8 @@
 #   cpp     scripts/gpu_suite.sh --skip-bench: the C++ GPU tests, narrow tiles, the portable peer,
 #           compute-sanitizer (binaries from $VMONARCH_BIN, default .devcarry/main; see the README's GPU section)
 #   python  scripts/gpu_python_suite.sh: builds the extension from source there (system g++), smoke test,
-#           tests/python/test_gpu.py; then the joint processors' GPU tests and the Ulysses GPU test (torchrun,
-#           one process per GPU)
+#           tests/python/test_gpu.py; then the joint processors' and the backward's GPU tests and the Ulysses
+#           GPU test (torchrun, one process per GPU)
 #   extra   --image-cxx-check: builds the extension with the image's $CXX into its own folder and smoke-tests
 #           it (must either work or stop with the build's message naming the compiler; never crash)
 #   --bench adds vmonarch_bench + torch baselines (gpu_suite.sh), bench/ulysses_bench.py and, on one GPU,
@@ -64,10 +64,12 @@ if [ "$ONLY" = all ] || [ "$ONLY" = python ]; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   export VMONARCH_REFERENCE_DIR=${VMONARCH_REFERENCE_DIR:-$PWD/.whl/reference}
   phase "joint processors (GPU)" joint.log python3 -m pytest tests/python/test_gpu_joint.py -q -rs -p no:cacheprovider
+  phase "backward (GPU)" backward.log python3 -m pytest tests/python/test_gpu_backward.py -q -rs -p no:cacheprovider
   NG=$(python3 -c 'import torch; print(torch.cuda.device_count())')
   phase "Ulysses ($NG GPU)" ulysses.log python3 -m torch.distributed.run --standalone --nproc-per-node="$NG" \
     -m pytest tests/python/test_gpu_distributed.py -q -rs -p no:cacheprovider
   if [ $BENCH -eq 1 ]; then
+    phase "backward bench" backward_bench.log python3 bench/backward_bench.py --json "$LOGS/backward_bench.json"
     phase "Ulysses bench ($NG GPU)" ulysses_bench.log python3 -m torch.distributed.run --standalone \
       --nproc-per-node="$NG" bench/ulysses_bench.py --json "$LOGS/ulysses_bench.json"
     # Exact key groups and joint attention against cuDNN SDPA (one GPU; about a minute on an H200), then the

@@ -8,7 +8,10 @@
 //   joint_attention_train(...) -> (out, lse), joint_attention_backward(...) -> (dq, dk, dv): joint
 //       sequences (spec §3c), lean mode; valid text lengths as an integer tensor [B] (or None: all valid)
 // Layouts "bshd" / "bhsd" as in vmonarch_ops.cpp; gradients come back in the inputs' layout and dtype.
-// Errors: ArgumentError -> ValueError, UnsupportedError (CUDA tensors for now) -> NotImplementedError.
+// CUDA: work runs on torch's current stream, the workspace and the saved state come from torch's caching
+// allocator, and the saved state's header is passed from the host (SavedState::over with the header of
+// saved_state_header), so neither op synchronizes or reads device memory: both are CUDA-graph-safe.
+// Errors: ArgumentError -> ValueError, UnsupportedError -> NotImplementedError.
 // The layout/dtype helpers and the error translation come from binding_common.hpp.
 #include <ATen/ATen.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -21,6 +24,13 @@
 #include <string>
 #include <tuple>
 #include <vector>
+
+#ifdef VMONARCH_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+#include <algorithm>
 
 #include "binding_common.hpp"
 #include "vmonarch/backward.hpp"
@@ -52,11 +62,48 @@ void check_qkv(const char* fn, const at::Tensor& q, const at::Tensor& k, const a
     to_dtype(q);
 }
 
-// Contiguous in the head dim and no broadcast strides: what the C++ API views without a copy.
+// Contiguous in the head dim and no broadcast strides: what the C++ API views without a copy. CUDA views
+// also need 16-byte aligned data and strides that are multiples of 8 elements.
 at::Tensor viewable(const at::Tensor& t) {
     bool ok = t.size(-1) <= 1 || t.stride(-1) == 1;
     for (int a = 0; a + 1 < t.dim(); ++a) ok = ok && (t.size(a) <= 1 || t.stride(a) >= 1);
+    if (t.is_cuda()) {
+        ok = ok && reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0;
+        for (int a = 0; a + 1 < t.dim(); ++a) ok = ok && (t.size(a) <= 1 || t.stride(a) % 8 == 0);
+    }
     return ok ? t : t.contiguous();
+}
+
+// Calls f(ctx) with a CudaContext on torch's current stream and a workspace of `ws_bytes()` bytes from
+// torch's caching allocator (stream-ordered and graph-safe) for CUDA tensors; f(nullptr) otherwise (CPU,
+// or CUDA tensors in a build without CUDA kernels, where the library raises UnsupportedError).
+template <typename Bytes, typename F>
+void with_cuda_context(const at::Tensor& q, Bytes&& ws_bytes, F&& f) {
+#ifdef VMONARCH_WITH_CUDA
+    if (q.is_cuda()) {
+        c10::cuda::CUDAGuard guard(q.device());
+        std::size_t bytes = 0;
+        translate_errors([&] { bytes = ws_bytes(); });
+        at::Tensor workspace = at::empty({static_cast<int64_t>(std::max<std::size_t>(bytes, 1))}, q.options().dtype(at::kByte));
+        vmonarch::CudaContext ctx;
+        ctx.stream = at::cuda::getCurrentCUDAStream(q.device().index()).stream();
+        ctx.workspace = workspace.data_ptr();
+        ctx.workspace_bytes = bytes;
+        translate_errors([&] { f(&ctx); });
+        return;
+    }
+#endif
+    (void)ws_bytes;
+    translate_errors([&] { f(static_cast<const vmonarch::CudaContext*>(nullptr)); });
+}
+
+// SavedState over a torch tensor. CUDA: with the header a forward with these arguments writes, given from the
+// host (the tensor is the one attention_train returned for them, the autograd rule guarantees it).
+vmonarch::SavedState state_over(const at::Tensor& s, std::size_t bytes, const vmonarch::TensorView& qv,
+                                const vmonarch::TensorView& vv, const vmonarch::VideoGrid& g, const vmonarch::Options& o) {
+    if (qv.device != vmonarch::Device::cuda) return vmonarch::SavedState::over(s.data_ptr(), bytes, qv.device, qv.device_index);
+    const auto header = vmonarch::saved_state_header(qv, vv, g, o);
+    return vmonarch::SavedState::over(s.data_ptr(), bytes, qv.device, qv.device_index, header.data());
 }
 
 vmonarch::LseView lse_view_of(const at::Tensor& t) {
@@ -105,8 +152,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_train_impl(
     const char* fn = "vmonarch.attention";
     const Layout lay = parse_layout(layout);
     check_qkv(fn, q_in, k_in, v_in);
-    TORCH_CHECK_NOT_IMPLEMENTED(!q_in.is_cuda(), fn, ": the backward pass runs on the CPU only in this version; "
-                                "CUDA tensors have no training forward yet (use torch.no_grad() for inference)");
     const vmonarch::VideoGrid g = grid_of(fn, grid);
     const vmonarch::Options opts = options_of(fn, iterations, clamp, recompute_first_frame, scale);
     const at::Tensor q = viewable(q_in), k = viewable(k_in), v = viewable(v_in);
@@ -119,7 +164,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_train_impl(
     const vmonarch::TensorView ov = view_of(out, lay);
     const vmonarch::LseView lv = lse_view_of(lse);
     if (!save_state) {
-        translate_errors([&] { vmonarch::attention(qv, kv, vv, ov, g, opts, &lv, nullptr); });
+        with_cuda_context(q, [&] { return vmonarch::workspace_bytes(qv, vv, g, opts); },
+                          [&](const vmonarch::CudaContext* ctx) { vmonarch::attention(qv, kv, vv, ov, g, opts, &lv, ctx); });
         return {out, lse, at::empty({0}, q.options().dtype(at::kByte))};
     }
     std::size_t bytes = 0;
@@ -127,9 +173,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_train_impl(
     // 8-byte aligned storage, exposed as bytes.
     at::Tensor storage = at::empty({static_cast<int64_t>((bytes + 7) / 8)}, q.options().dtype(at::kDouble));
     at::Tensor saved = storage.view(at::kByte).narrow(0, 0, static_cast<int64_t>(bytes));
-    translate_errors([&] {
-        vmonarch::SavedState state = vmonarch::SavedState::over(saved.data_ptr(), bytes, qv.device, qv.device_index);
-        vmonarch::attention_training(qv, kv, vv, ov, lv, g, opts, state, nullptr);
+    with_cuda_context(q, [] { return std::size_t(0); }, [&](const vmonarch::CudaContext* ctx) {
+        vmonarch::SavedState state = state_over(saved, bytes, qv, vv, g, opts);
+        vmonarch::attention_training(qv, kv, vv, ov, lv, g, opts, state, ctx);
     });
     return {out, lse, saved};
 }
@@ -176,16 +222,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_impl(
                          ", expected uint8 (the state attention_train returned)");
         TORCH_CHECK_VALUE(s.dim() == 1 && s.is_contiguous() && s.device() == q_in.device(), fn,
                           ": saved must be the contiguous 1-D uint8 tensor attention_train returned on ", q_in.device());
-        translate_errors([&] {
-            state.emplace(vmonarch::SavedState::over(s.data_ptr(), static_cast<std::size_t>(s.numel()), qv.device,
-                                                     qv.device_index));
-        });
+        translate_errors([&] { state.emplace(state_over(s, static_cast<std::size_t>(s.numel()), qv, vv, g, opts)); });
         bo.saved = &*state;
     }
-    translate_errors([&] {
-        vmonarch::attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, g, opts, dlse.defined() ? &dlv : nullptr,
-                                     bo, nullptr);
-    });
+    with_cuda_context(q, [&] { return vmonarch::backward_workspace_bytes(qv, vv, g, opts, bo); },
+                      [&](const vmonarch::CudaContext* ctx) {
+                          vmonarch::attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, g, opts,
+                                                       dlse.defined() ? &dlv : nullptr, bo, ctx);
+                      });
     return {dq, dk, dv};
 }
 

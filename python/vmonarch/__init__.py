@@ -6,8 +6,9 @@
 
 Tokens are frame-major (token n = i*H*W + j). CPU: bfloat16, float16, float32, float64. CUDA: bfloat16
 and float16 (head_dim 64 or 128); float32 CUDA tensors raise TypeError. attention() is differentiable
-on the CPU (spec §7, torch.autograd), with exact key groups and joint sequences too; its CUDA backward, dense_attention's backward and forward-mode AD
-raise NotImplementedError. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original (Wan2.1 code
+on the CPU and on CUDA (spec §7, torch.autograd), with exact key groups and joint sequences too on the CPU;
+dense_attention's backward, the CUDA backward of exact key groups and forward-mode AD raise
+NotImplementedError. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original (Wan2.1 code
 base).
 """
 from __future__ import annotations
@@ -82,8 +83,9 @@ def attention(
         entropy_grad: backward through the R-step entropy cL too (the exact gradient); default False is
             the paper's gradient, which treats cL as a constant.
         deterministic: bitwise repeatable backward (the CPU backward always is).
-        save_state: keep the training forward's intermediates for the backward (about 2 KB per token
-            per head at d = 128, t = 2) instead of rerunning the forward inside the backward (default).
+        save_state: keep the training forward's intermediates for the backward (per token per head at
+            d = 128, t = 2: about 2 KB on the CPU, 1 KB on CUDA) instead of rerunning the forward inside the
+            backward (default).
 
     Returns out in q's layout and dtype ([B, N, heads, dv] or [B, heads, N, dv]), or (out, lse).
     Raises ValueError for invalid shapes/values (tensors on different devices among them), TypeError for

@@ -7,7 +7,8 @@ The plain torch.ops.vmonarch.attention op gets an autograd rule too (paper gradi
 Exact key groups (spec §3b) have attention_exact_train / attention_exact_backward (which also returns the
 text keys' gradients), joint sequences (spec §3c) joint_attention_train / joint_attention_backward (lean
 mode); the plain attention_exact_groups and joint_attention ops are differentiable the same way.
-CUDA tensors: the backward is CPU-only in this version and raises NotImplementedError.
+CUDA tensors: attention_train / attention_backward run on CUDA (bfloat16 / float16, head dim 64 or 128);
+the exact-group and joint backward are CPU-only in this version and raise NotImplementedError.
 """
 from __future__ import annotations
 
@@ -24,13 +25,33 @@ def _layout_axes(layout):
     raise ValueError(f"vmonarch: layout is {layout!r}, expected 'bshd' or 'bhsd'")
 
 
+def _align(x, to=256):
+    return (x + to - 1) // to * to
+
+
 def saved_state_bytes(q, v, iterations, layout="bshd"):
-    """Bytes of the saved state of one training forward (header included), as the C++ library computes."""
+    """Bytes of the saved state of one training forward (header included), as the C++ library computes.
+
+    CPU: per (batch, head) blocks in the accumulation precision. CUDA: whole-tensor regions (256-byte
+    aligned) with 2-byte vectors and f32 scalars (src/core/backward_problem.hpp, CudaSavedLayout)."""
     tok, hd = _layout_axes(layout)
     B, N, H, d, dv, t = q.shape[0], q.shape[tok], q.shape[hd], q.shape[3], v.shape[3], int(iterations)
+    if q.device.type == "cuda":
+        rows = B * H * N
+        vec_d, vec_dv, scalar = _align(rows * d * 2), _align(rows * dv * 2), _align(rows * 4)
+        return _HEADER_BYTES + t * (vec_d + 2 * scalar) + (t - 1) * (vec_d + scalar) + vec_dv
     per_head = t * (N * d + 2 * N) + (t - 1) * (N * d + N) + N * dv
     acc = 8 if q.dtype == torch.float64 else 4
     return _HEADER_BYTES + B * H * per_head * acc
+
+
+def _cuda_not_yet(q):
+    """The exact-group and joint backward have no CUDA kernels yet (plain attention's backward does)."""
+    if q.device.type == "cuda":
+        raise NotImplementedError(
+            "vmonarch: the backward of exact key groups (sink_frames, window_radius, text keys) and of joint "
+            "sequences runs on the CPU only in this version; plain vmonarch.attention trains on CUDA, or train "
+            "these on CPU tensors")
 
 
 @torch.library.register_fake("vmonarch::attention_train")
@@ -54,13 +75,6 @@ def _attention_backward_fake(q, k, v, out, lse, dout, dlse, grid, iterations=2, 
         torch.empty_like(v, memory_format=torch.contiguous_format)
 
 
-def _cuda_not_yet(q):
-    if q.device.type == "cuda":
-        raise NotImplementedError(
-            "vmonarch.attention: the backward pass runs on the CPU only in this version (the CUDA backward "
-            "kernels are not written yet); run inference under torch.no_grad(), or train on CPU tensors")
-
-
 # --- attention_train: the forward of training --------------------------------------------------------
 def _train_setup(ctx, inputs, output):
     q, k, v, grid, iterations, clamp, recompute, scale, layout, entropy_grad, deterministic, _save = inputs
@@ -73,7 +87,6 @@ def _train_setup(ctx, inputs, output):
 
 def _train_backward(ctx, dout, dlse, _dsaved):
     q, k, v, out, lse, saved = ctx.saved_tensors
-    _cuda_not_yet(q)
     grid, iterations, clamp, recompute, scale, layout, entropy_grad, deterministic = ctx.args
     if dout is None:
         dout = torch.zeros_like(out)
@@ -96,7 +109,6 @@ def _attention_setup(ctx, inputs, output):
 
 def _attention_backward(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    _cuda_not_yet(q)
     grid, iterations, clamp, recompute, scale, layout = ctx.args
     if lse.numel() == 0:  # the forward was asked for no LSE: the backward needs it, so rerun
         out, lse = torch.ops.vmonarch.attention(q, k, v, grid, iterations, clamp, recompute, scale, layout, True)

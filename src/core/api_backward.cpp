@@ -1,5 +1,5 @@
 // Public entry points of the backward pass (include/vmonarch/backward.hpp): validate every argument,
-// then hand a TrainingProblem / BackwardProblem to the CPU backend (src/core/backward_problem.hpp).
+// then hand a TrainingProblem / BackwardProblem to the CPU or CUDA backend (src/core/backward_problem.hpp).
 // The forward's own arguments go through the same checks as attention() (src/core/api.cpp).
 #include <cstring>
 #include <limits>
@@ -12,7 +12,10 @@
 namespace vmonarch {
 
 struct SavedState::Impl {
-    std::unique_ptr<std::uint64_t[]> owned; // when the state owns its memory
+    std::unique_ptr<std::uint64_t[]> owned; // when the state owns host memory
+    std::shared_ptr<void> device_owned;     // when the state owns device memory (cudaMalloc)
+    std::array<unsigned char, kSavedStateHeaderBytes> header{}; // host copy of a CUDA state's header
+    bool header_known = false;
     void* data = nullptr;
     std::size_t bytes = 0;
     Device device = Device::cpu;
@@ -106,6 +109,15 @@ detail::SavedLayout layout_of(const detail::MonarchProblem& p) {
 
 // Bytes of saved state for a validated problem; ArgumentError when it does not fit in size_t.
 std::size_t state_bytes(const std::string& fn, const detail::MonarchProblem& p) {
+    if (p.q.device == Device::cuda) { // detail::CudaSavedLayout: 2-byte vectors, f32 scalars, padded regions
+        const std::int64_t t = p.iterations;
+        const std::int64_t row_bytes = 2 * ((2 * t - 1) * p.head_dim + p.value_dim) + 4 * (3 * t - 1);
+        const std::int64_t bytes = checked_product({p.batch, p.heads, p.q_tokens, row_bytes}, fn, "q.shape");
+        const std::int64_t padding = std::int64_t(4 * t) * std::int64_t(detail::CudaSavedLayout::kAlign);
+        if (bytes > std::numeric_limits<std::int64_t>::max() - padding - std::int64_t(detail::kSavedHeaderBytes))
+            fail(fn, "q.shape", "needs more saved-state bytes than fit in int64");
+        return detail::kSavedHeaderBytes + detail::cuda_layout_of(p).total();
+    }
     const detail::SavedLayout l = layout_of(p);
     const std::int64_t values = checked_product({p.batch, p.heads, l.per_head()}, fn, "q.shape");
     const std::int64_t bytes =
@@ -118,7 +130,7 @@ std::size_t state_bytes(const std::string& fn, const detail::MonarchProblem& p) 
 detail::SavedHeader header_of(const detail::MonarchProblem& p) {
     detail::SavedHeader h;
     h.magic = detail::kSavedMagic;
-    h.acc_bytes = std::int32_t(detail::acc_bytes_for(p.q.dtype));
+    h.acc_bytes = p.q.device == Device::cuda ? 2 : std::int32_t(detail::acc_bytes_for(p.q.dtype));
     h.dtype = std::int32_t(p.q.dtype);
     h.iterations = p.iterations;
     h.recompute_first_frame = p.recompute_first_frame ? 1 : 0;
@@ -137,13 +149,14 @@ void check_saved(const std::string& fn, const SavedState& saved, const detail::M
     if (!saved.filled())
         fail(fn, "backward.saved", "is empty, expected the state filled by attention_training (or nullptr for lean mode)");
     detail::SavedHeader h;
-    std::memcpy(&h, saved.data(), sizeof h);
+    std::memcpy(&h, saved.header(), sizeof h);
     const detail::SavedHeader w = header_of(p);
     auto mismatch = [&](const char* what, auto have, auto want) {
         fail(fn, "backward.saved", cat("was filled by a forward with ", what, " ", have, ", expected ", want,
                                        " as in this call"));
     };
     if (h.dtype != w.dtype) mismatch("dtype", to_string(DType(h.dtype)), to_string(DType(w.dtype)));
+    if (h.acc_bytes != w.acc_bytes) mismatch("value precision (bytes)", h.acc_bytes, w.acc_bytes);
     if (h.batch != w.batch) mismatch("batch", h.batch, w.batch);
     if (h.heads != w.heads) mismatch("heads", h.heads, w.heads);
     if (h.head_dim != w.head_dim) mismatch("head_dim", h.head_dim, w.head_dim);
@@ -165,32 +178,84 @@ void check_saved(const std::string& fn, const SavedState& saved, const detail::M
 }
 
 [[noreturn]] void no_cuda_backward(const std::string& fn) {
-    throw UnsupportedError(fn + ": CUDA tensors are not supported yet (the backward pass runs on the CPU only in "
-                                "this version); pass Device::cpu tensors");
+    throw UnsupportedError(fn + ": CUDA tensors are not supported yet (this backward runs on the CPU only in this "
+                                "version); pass Device::cpu tensors");
+}
+
+// Exact key groups (spec §3b) have no CUDA backward yet (the CPU has one): refuse them on CUDA tensors rather
+// than return the gradient of a forward without them.
+void check_no_cuda_exact_groups(const std::string& fn, const detail::MonarchProblem& p) {
+    if (p.q.device != Device::cuda || !p.has_exact_groups()) return;
+    throw UnsupportedError(cat(fn, ": options.sink_frames is ", p.sink_frames, ", options.window_radius is ",
+                               p.window_radius < 0 ? std::string("unset") : std::to_string(p.window_radius),
+                               " and there are ", p.extra.present ? p.extra.tokens : 0,
+                               " extra keys, but exact key groups have no CUDA backward yet; expected sink_frames 0, "
+                               "no window_radius and no extra keys on cuda (the CPU backward takes them)"));
+}
+
+// The partial problem saved_state_bytes / saved_state_header / backward_workspace_bytes describe: the
+// shapes and options of a forward, without its other tensors.
+detail::MonarchProblem shape_problem(const std::string& fn, const TensorView& q, const TensorView& v,
+                                     const VideoGrid& grid, const Options& options) {
+    detail::check_fit_options(fn, options);
+    detail::check_tensor_view(fn, "q", q);
+    detail::check_tensor_view(fn, "v", v);
+    if (grid.T < 1 || grid.H < 1 || grid.W < 1 || grid.tokens() != q.tokens())
+        fail(fn, "grid", cat("is ", grid.T, "x", grid.H, "x", grid.W, ", expected T*H*W = q's tokens ", q.tokens()));
+    detail::MonarchProblem p;
+    p.q = q, p.v = v;
+    p.batch = q.batch(), p.heads = q.heads(), p.q_tokens = p.kv_tokens = q.tokens(), p.head_dim = q.head_dim();
+    p.value_dim = v.head_dim(), p.iterations = options.iterations;
+    p.grid = grid;
+    p.cr_clamp = options.cr_clamp;
+    p.recompute_first_frame = options.recompute_first_frame;
+    p.scale = detail::resolve_scale(fn, options.softmax_scale, q.head_dim());
+    detail::check_exact_options(fn, options);
+    p.sink_frames = options.sink_frames;
+    p.window_radius = options.window_radius.value_or(-1);
+    return p;
 }
 
 } // namespace
 
-SavedState SavedState::over(void* data, std::size_t bytes, Device device, int device_index) {
+SavedState SavedState::over(void* data, std::size_t bytes, Device device, int device_index, const void* header) {
     const std::string fn = "vmonarch::SavedState::over";
     if (data == nullptr) fail(fn, "data", "is null, expected a pointer to the state's memory");
     if (reinterpret_cast<std::uintptr_t>(data) % 8 != 0) fail(fn, "data", "is not 8-byte aligned, expected 8-byte alignment");
     if (bytes < detail::kSavedHeaderBytes)
         fail(fn, "bytes", cat("is ", bytes, ", expected at least ", detail::kSavedHeaderBytes, " (see saved_state_bytes)"));
     if (device != Device::cpu && device != Device::cuda) fail(fn, "device", cat("has value ", int(device), ", expected cpu or cuda"));
+    if (device == Device::cuda && reinterpret_cast<std::uintptr_t>(data) % 16 != 0)
+        fail(fn, "data", "is not 16-byte aligned, expected 16-byte alignment for a CUDA state (the kernels' vector loads)");
     if (device_index < 0) fail(fn, "device_index", cat("is ", device_index, ", expected >= 0"));
     SavedState s;
     s.impl_->data = data;
     s.impl_->bytes = bytes;
     s.impl_->device = device;
     s.impl_->device_index = device_index;
+    if (device == Device::cuda && header != nullptr) { // the host copy filled() and the backward's checks read
+        std::memcpy(s.impl_->header.data(), header, kSavedStateHeaderBytes);
+        s.impl_->header_known = true;
+    }
     return s;
 }
 
+const void* SavedState::header() const {
+    if (!impl_ || !impl_->data || impl_->bytes < detail::kSavedHeaderBytes) return nullptr;
+    if (impl_->device == Device::cpu) return impl_->data;
+    if (!impl_->header_known) { // a CUDA buffer wrapped without a header: read it once (synchronous copy)
+        detail::cuda_copy_to_host(impl_->header.data(), impl_->data, kSavedStateHeaderBytes, impl_->device_index,
+                                  "vmonarch::SavedState::header");
+        impl_->header_known = true;
+    }
+    return impl_->header.data();
+}
+
 bool SavedState::filled() const {
-    if (!impl_ || !impl_->data || impl_->bytes < detail::kSavedHeaderBytes || impl_->device != Device::cpu) return false;
+    const void* h = header();
+    if (h == nullptr) return false;
     std::uint64_t magic = 0;
-    std::memcpy(&magic, impl_->data, sizeof magic);
+    std::memcpy(&magic, h, sizeof magic);
     return magic == detail::kSavedMagic;
 }
 std::size_t SavedState::bytes() const { return impl_ ? impl_->bytes : 0; }
@@ -201,37 +266,58 @@ int SavedState::device_index() const { return impl_ ? impl_->device_index : 0; }
 
 std::size_t saved_state_bytes(const TensorView& q, const TensorView& v, const VideoGrid& grid, const Options& options) {
     const std::string fn = "vmonarch::saved_state_bytes";
-    detail::check_fit_options(fn, options);
-    detail::check_tensor_view(fn, "q", q);
-    detail::check_tensor_view(fn, "v", v);
-    if (grid.T < 1 || grid.H < 1 || grid.W < 1 || grid.tokens() != q.tokens())
-        fail(fn, "grid", cat("is ", grid.T, "x", grid.H, "x", grid.W, ", expected T*H*W = q's tokens ", q.tokens()));
-    detail::MonarchProblem p;
-    p.q = q, p.v = v;
-    p.batch = q.batch(), p.heads = q.heads(), p.q_tokens = q.tokens(), p.head_dim = q.head_dim();
-    p.value_dim = v.head_dim(), p.iterations = options.iterations;
-    return state_bytes(fn, p);
+    return state_bytes(fn, shape_problem(fn, q, v, grid, options));
+}
+
+std::array<unsigned char, kSavedStateHeaderBytes> saved_state_header(const TensorView& q, const TensorView& v,
+                                                                     const VideoGrid& grid, const Options& options) {
+    const std::string fn = "vmonarch::saved_state_header";
+    const detail::SavedHeader h = header_of(shape_problem(fn, q, v, grid, options));
+    std::array<unsigned char, kSavedStateHeaderBytes> out{};
+    std::memcpy(out.data(), &h, sizeof h);
+    return out;
+}
+
+std::size_t backward_workspace_bytes(const TensorView& q, const TensorView& v, const VideoGrid& grid,
+                                     const Options& options, const BackwardOptions& backward) {
+    const std::string fn = "vmonarch::backward_workspace_bytes";
+    if (q.device != Device::cuda) return 0;
+    detail::BackwardProblem p;
+    static_cast<detail::MonarchProblem&>(p) = shape_problem(fn, q, v, grid, options);
+    state_bytes(fn, p); // the size checks of the (lean mode's) state
+    p.entropy_grad = backward.entropy_grad;
+    p.deterministic = backward.deterministic;
+    p.saved = backward.saved != nullptr ? backward.saved->data() : nullptr;
+    return detail::cuda_backward_workspace_bytes(p);
 }
 
 void attention_training(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                         const LseView& lse, const VideoGrid& grid, const Options& options, SavedState& state,
                         const CudaContext* cuda, const ExtraKeys* extra_keys) {
-    (void)cuda;
     const std::string fn = "vmonarch::attention_training";
     detail::TrainingProblem p;
     static_cast<detail::MonarchProblem&>(p) = detail::check_monarch(fn, q, k, v, out, grid, options, &lse);
     detail::attach_exact_groups(fn, options, extra_keys, p);
+    check_no_cuda_exact_groups(fn, p);
     const std::size_t need = state_bytes(fn, p);
-    const bool owned = state.data() == nullptr || state.impl_->owned != nullptr;
+    const bool owned = state.data() == nullptr || state.impl_->owned != nullptr || state.impl_->device_owned != nullptr;
     if (owned) { // memory of its own, sized (again) for these shapes
-        if (state.bytes() != need || state.device() != q.device) {
+        if (state.bytes() != need || state.device() != q.device || state.device_index() != q.device_index) {
             SavedState fresh;
-            try {
-                fresh.impl_->owned.reset(new std::uint64_t[(need + 7) / 8]);
-            } catch (const std::bad_alloc&) {
-                throw OutOfMemoryError(cat(fn, ": could not allocate ", need, " bytes of host memory for the saved state"));
+            if (q.device == Device::cuda) {
+                const int index = q.device_index;
+                fresh.impl_->device_owned = std::shared_ptr<void>(
+                    detail::cuda_allocate(need, index, fn + ": device memory for the saved state"),
+                    [index](void* ptr) { detail::cuda_release(ptr, index); });
+                fresh.impl_->data = fresh.impl_->device_owned.get();
+            } else {
+                try {
+                    fresh.impl_->owned.reset(new std::uint64_t[(need + 7) / 8]);
+                } catch (const std::bad_alloc&) {
+                    throw OutOfMemoryError(cat(fn, ": could not allocate ", need, " bytes of host memory for the saved state"));
+                }
+                fresh.impl_->data = fresh.impl_->owned.get();
             }
-            fresh.impl_->data = fresh.impl_->owned.get();
             fresh.impl_->bytes = need;
             fresh.impl_->device = q.device, fresh.impl_->device_index = q.device_index;
             state = std::move(fresh);
@@ -250,12 +336,24 @@ void attention_training(const TensorView& q, const TensorView& k, const TensorVi
     for (auto [name, t] : tensors)
         if (overlaps(s, range_of(*t))) fail(fn, "state", cat("overlaps the memory of ", name, ", expected a separate buffer"));
     if (overlaps(s, range_of(lse))) fail(fn, "state", "overlaps the memory of lse, expected a separate buffer");
-    if (q.device == Device::cuda) no_cuda_backward(fn);
+    if (reinterpret_cast<std::uintptr_t>(state.data()) % (q.device == Device::cuda ? 16 : 8) != 0)
+        fail(fn, "state", q.device == Device::cuda ? "is not 16-byte aligned, expected 16-byte aligned device memory"
+                                                   : "is not 8-byte aligned, expected 8-byte aligned memory");
 
     detail::SavedHeader header = header_of(p);
+    p.saved = state.data();
+    if (q.device == Device::cuda) {
+        // The kernels write the regions and then the header (magic included) on the stream; the host copy
+        // is what filled() and the backward's checks read.
+        state.impl_->header_known = false;
+        p.header = &header;
+        detail::cuda_monarch_training(p, cuda);
+        std::memcpy(state.impl_->header.data(), &header, sizeof header);
+        state.impl_->header_known = true;
+        return;
+    }
     header.magic = 0; // marked filled only once the forward finished
     std::memcpy(state.data(), &header, sizeof header);
-    p.saved = state.data();
     p.layout = layout_of(p);
     detail::cpu_monarch_training(p);
     header.magic = detail::kSavedMagic;
@@ -267,11 +365,11 @@ void attention_backward(const TensorView& q, const TensorView& k, const TensorVi
                         const TensorView& dv, const VideoGrid& grid, const Options& options, const LseView* dlse,
                         const BackwardOptions& backward, const CudaContext* cuda, const ExtraKeys* extra_keys,
                         const ExtraKeyGrads* extra_grads) {
-    (void)cuda;
     const std::string fn = "vmonarch::attention_backward";
     detail::BackwardProblem p;
     static_cast<detail::MonarchProblem&>(p) = detail::check_monarch(fn, q, k, v, out, grid, options, &lse);
     detail::attach_exact_groups(fn, options, extra_keys, p);
+    check_no_cuda_exact_groups(fn, p);
     const std::pair<const char*, const TensorView*> grads[4] = {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}};
     const TensorView* like[4] = {&out, &q, &k, &v};
     const char* like_name[4] = {"out", "q", "k", "v"};
@@ -312,14 +410,24 @@ void attention_backward(const TensorView& q, const TensorView& k, const TensorVi
             if (overlaps(r, range)) fail(fn, name, cat("overlaps the memory of ", other, ", expected a separate buffer"));
         others.push_back({name, r});
     }
-    if (backward.saved) check_saved(fn, *backward.saved, p);
-    if (q.device == Device::cuda) no_cuda_backward(fn);
+    if (backward.saved) {
+        check_saved(fn, *backward.saved, p);
+        const auto base = reinterpret_cast<std::uintptr_t>(backward.saved->data());
+        const ByteRange state{base, base + state_bytes(fn, p)};
+        for (int g = 1; g < 4; ++g)
+            if (overlaps(state, range_of(*grads[g].second)))
+                fail(fn, "backward.saved", cat("overlaps the memory of ", grads[g].first, ", expected a separate buffer"));
+    }
 
     p.dout = dout, p.dq = dq, p.dk = dk, p.dv = dv, p.dlse = dlse;
     p.entropy_grad = backward.entropy_grad;
     p.deterministic = backward.deterministic;
     p.saved = backward.saved ? backward.saved->data() : nullptr;
     p.layout = layout_of(p);
+    if (q.device == Device::cuda) {
+        detail::cuda_monarch_backward(p, cuda);
+        return;
+    }
     detail::cpu_monarch_backward(p);
 }
 

@@ -87,6 +87,15 @@ void cuda_dense_attention(const AttentionProblem& p, const CudaContext* ctx);
 // sized for the video part by cuda_monarch_workspace_bytes, which always covers it.
 void cuda_text_query_attention(const TextQueryProblem& p, const CudaContext* ctx);
 std::size_t cuda_monarch_workspace_bytes(const MonarchProblem& p);
+// Backward pass (spec §7; problems in src/core/backward_problem.hpp, kernels' orchestration in src/cuda/bwd).
+struct TrainingProblem;
+struct BackwardProblem;
+void cuda_monarch_training(const TrainingProblem& p, const CudaContext* ctx); // fills p.saved (device memory)
+void cuda_monarch_backward(const BackwardProblem& p, const CudaContext* ctx);
+std::size_t cuda_backward_workspace_bytes(const BackwardProblem& p);          // p.saved null: lean mode
+void* cuda_allocate(std::size_t bytes, int device_index, const std::string& what); // OutOfMemoryError on failure
+void cuda_release(void* ptr, int device_index) noexcept;
+void cuda_copy_to_host(void* host, const void* device, std::size_t bytes, int device_index, const std::string& what);
 bool cuda_device_present();
 std::string cuda_device_name_of(int device_index);
 

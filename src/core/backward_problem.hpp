@@ -45,9 +45,38 @@ struct SavedLayout {
 
 inline std::size_t acc_bytes_for(DType dtype) { return dtype == DType::f64 ? 8 : 4; }
 
+// The saved state of CUDA tensors (spec §7, what a training forward keeps), after the header: whole-tensor
+// regions spanning every (batch, head), each 256-byte aligned, vectors in the input dtype (2 bytes, as the
+// forward kernels write them) and scalars f32, laid out as the forward's workspace (src/cuda/monarch_plan.hpp):
+//   iteration r = 0..t-1:  aL_r [B][H][HW][T][d], cL_r [B][H][HW][T] (position-major), lse_R_r [B][H][T][HW]
+//   iteration r = 1..t-1:  aR_r [B][H][T][HW][d], cR_r [B][H][T][HW]           (frame-major; r = 0: aR = Q)
+//   Y [B][H][HW][T][dv]
+// The header records acc_bytes = 2 (the vectors' precision) and the dtype. Offsets are bytes from the
+// first region (the buffer + kSavedHeaderBytes). rows = batch·heads·tokens.
+struct CudaSavedLayout {
+    static constexpr std::size_t kAlign = 256;
+    static constexpr std::size_t kElem = 2;
+    std::size_t rows = 0, d = 0, dv = 0;
+    int t = 1;
+
+    static std::size_t align_up(std::size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+    std::size_t vec(std::size_t dim) const { return align_up(rows * dim * kElem); }
+    std::size_t scalar() const { return align_up(rows * 4); }
+    std::size_t fit_block() const { return vec(d) + 2 * scalar(); }
+    std::size_t carry_block() const { return vec(d) + scalar(); }
+    std::size_t aL(int r) const { return std::size_t(r) * fit_block(); }
+    std::size_t cL(int r) const { return aL(r) + vec(d); }
+    std::size_t lse_r(int r) const { return cL(r) + scalar(); }
+    std::size_t aR(int r) const { return std::size_t(t) * fit_block() + std::size_t(r - 1) * carry_block(); } // r >= 1
+    std::size_t cR(int r) const { return aR(r) + vec(d); }
+    std::size_t y() const { return std::size_t(t) * fit_block() + std::size_t(t - 1) * carry_block(); }
+    std::size_t total() const { return y() + vec(dv); }
+};
+
 struct TrainingProblem : MonarchProblem {
     void* saved = nullptr;      // saved-state buffer (header + per-head blocks), validated size
     SavedLayout layout;
+    const SavedHeader* header = nullptr; // CUDA: written (magic included) at `saved` after the forward's kernels
 };
 
 // Text queries of a joint sequence (spec §3c) in a backward: their rows of q, out, dout, lse, dlse and dq; their
@@ -70,6 +99,13 @@ struct BackwardProblem : MonarchProblem {
     const void* saved = nullptr; // filled saved state matching this problem, or null (lean mode)
     SavedLayout layout;
 };
+
+inline CudaSavedLayout cuda_layout_of(const MonarchProblem& p) {
+    CudaSavedLayout l;
+    l.rows = std::size_t(p.batch) * std::size_t(p.heads) * std::size_t(p.q_tokens);
+    l.d = std::size_t(p.head_dim), l.dv = std::size_t(p.value_dim), l.t = p.iterations;
+    return l;
+}
 
 // CPU backend (src/cpu/monarch_train_cpu.cpp, src/cpu/monarch_backward_cpu.cpp).
 void cpu_monarch_training(const TrainingProblem& p);

@@ -10,31 +10,23 @@
 
 #include "core/backend.hpp"
 #include "cuda/common/cuda_check.hpp"
+#include "cuda/cuda_resources.hpp"
 #include "cuda/monarch_plan.hpp"
 
 namespace vmonarch::detail {
 
-namespace {
-
 using cuda::check_cuda;
 
-// Makes `device` current for the scope, restoring the previous device afterwards.
-class DeviceScope {
-public:
-    explicit DeviceScope(int device) {
-        check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
-        if (previous_ != device) check_cuda(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
-    }
-    ~DeviceScope() {
-        int now = 0;
-        if (cudaGetDevice(&now) == cudaSuccess && now != previous_) cudaSetDevice(previous_);
-    }
-    DeviceScope(const DeviceScope&) = delete;
-    DeviceScope& operator=(const DeviceScope&) = delete;
+DeviceScope::DeviceScope(int device) {
+    check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (previous_ != device) check_cuda(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
+}
+DeviceScope::~DeviceScope() {
+    int now = 0;
+    if (cudaGetDevice(&now) == cudaSuccess && now != previous_) cudaSetDevice(previous_);
+}
 
-private:
-    int previous_ = 0;
-};
+namespace {
 
 // Library-owned workspace, one buffer per (device, stream), grown on demand and never shrunk. Work queued
 // on one stream runs in order, so reusing that stream's buffer is safe; different streams get different
@@ -46,6 +38,8 @@ struct StreamResources {
 };
 std::mutex resources_mu;
 std::map<std::pair<int, cudaStream_t>, StreamResources> resources;
+
+} // namespace
 
 void* cached_workspace(int device, cudaStream_t stream, std::size_t bytes, const std::string& what) {
     std::lock_guard<std::mutex> lock(resources_mu);
@@ -59,6 +53,8 @@ void* cached_workspace(int device, cudaStream_t stream, std::size_t bytes, const
     }
     return buf.ptr;
 }
+
+namespace {
 
 // One helper stream per (device, caller stream): calls on one caller stream are ordered, so they may
 // share it; calls on different caller streams get different helpers.

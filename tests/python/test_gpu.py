@@ -223,12 +223,3 @@ def test_wan_frames_match_reference_bf16(i2v, ref):
     assert rel_l2(ours, want) < 2e-2
     # (No check of ours - stock against want - stock here: in this tiny model VMonarch moves the output by
     # less than bf16's resolution; test_wan_cpu.py checks that difference at float64.)
-
-
-def test_backward_on_cuda_raises_not_implemented_for_now():
-    needs_kernels()
-    q, k, v = (x.requires_grad_(True) for x in make_qkv("random", 1, 2, (3, 4, 5), 64, "bshd", dtype=torch.bfloat16,
-                                                           device=DEV, seed=1))
-    out = vmonarch.attention(q, k, v, grid=(3, 4, 5))
-    with pytest.raises(NotImplementedError, match="CPU only"):
-        out.float().sum().backward()

@@ -2,6 +2,7 @@
 // the paper's gradient, lean vs saved mode, and argument errors.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <functional>
 
 #include "support/expect_error.hpp"
@@ -268,7 +269,12 @@ TEST(BackwardCpu, SavedStateErrors) {
     expect_error([&] { SavedState::over(nullptr, 1024); }, "data", {"is null"});
 }
 
-TEST(BackwardCpu, CudaTensorsAreUnsupportedForNow) {
+// In a build without CUDA kernels CUDA tensors get UnsupportedError (from the backend stubs) after the
+// argument checks. With CUDA kernels, tests/gpu/test_backward_gpu.cpp covers them.
+TEST(BackwardCpu, CudaTensorsWithoutCudaKernelsAreUnsupported) {
+#ifdef VMONARCH_WITH_CUDA
+    GTEST_SKIP() << "this build has CUDA kernels (tests/gpu/test_backward_gpu.cpp)";
+#else
     const VideoGrid grid{2, 2, 2};
     // Host memory labelled cuda: the call stops after validation and never dereferences it.
     std::vector<std::uint16_t> mem(std::size_t(8) * 2 * 8 * 2 * 64 + 64);
@@ -278,10 +284,47 @@ TEST(BackwardCpu, CudaTensorsAreUnsupportedForNow) {
     };
     std::vector<float> lse(2 * 2 * 8);
     const LseView lv = LseView::contiguous(lse.data(), DType::f32, vmonarch::Device::cuda, 2, 2, 8);
-    try {
-        vmonarch::attention_backward(view(0), view(1), view(2), view(3), lv, view(4), view(5), view(6), view(7), grid);
-        ADD_FAILURE() << "no error";
-    } catch (const vmonarch::UnsupportedError& e) {
-        EXPECT_NE(std::string(e.what()).find("CPU only"), std::string::npos) << e.what();
+    for (int which = 0; which < 2; ++which) {
+        try {
+            if (which == 0) {
+                vmonarch::attention_backward(view(0), view(1), view(2), view(3), lv, view(4), view(5), view(6), view(7), grid);
+            } else {
+                SavedState state;
+                vmonarch::attention_training(view(0), view(1), view(2), view(3), lv, grid, {}, state);
+            }
+            ADD_FAILURE() << "no error";
+        } catch (const vmonarch::UnsupportedError& e) {
+            EXPECT_NE(std::string(e.what()).find("no CUDA kernels"), std::string::npos) << e.what();
+        }
     }
+#endif
+}
+
+// The CUDA saved state's size (2-byte vectors, f32 scalars, 256-byte aligned whole-tensor regions) is known
+// without a device; its header is the one attention_training writes.
+TEST(BackwardCpu, CudaSavedStateSizeAndHeader) {
+    const VideoGrid grid{3, 4, 5};
+    const std::int64_t B = 2, N = 60, H = 3, d = 64;
+    auto view = [&](void* p) { return vmonarch::TensorView::bshd(p, DType::bf16, vmonarch::Device::cuda, B, N, H, d); };
+    alignas(16) static std::uint16_t fake[16];
+    const auto q = view(fake), v = view(fake);
+    const std::size_t rows = std::size_t(B * N * H);
+    auto align = [](std::size_t x) { return (x + 255) / 256 * 256; };
+    for (int t : {1, 2, 3}) {
+        Options o;
+        o.iterations = t;
+        const std::size_t vec = align(rows * d * 2), scalar = align(rows * 4);
+        EXPECT_EQ(vmonarch::saved_state_bytes(q, v, grid, o),
+                  128 + std::size_t(t) * (vec + 2 * scalar) + std::size_t(t - 1) * (vec + scalar) + vec) << t;
+        const auto header = vmonarch::saved_state_header(q, v, grid, o);
+        std::uint64_t magic = 0;
+        std::memcpy(&magic, header.data(), 8);
+        EXPECT_NE(magic, 0u);
+        std::int32_t acc_bytes = 0;
+        std::memcpy(&acc_bytes, header.data() + 12, 4);
+        EXPECT_EQ(acc_bytes, 2);
+    }
+    EXPECT_EQ(vmonarch::backward_workspace_bytes(vmonarch::TensorView::bshd(fake, DType::f32, vmonarch::Device::cpu, 1, 60, 1, 4),
+                                                 vmonarch::TensorView::bshd(fake, DType::f32, vmonarch::Device::cpu, 1, 60, 1, 4), grid),
+              0u);
 }
