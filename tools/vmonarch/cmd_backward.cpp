@@ -53,11 +53,11 @@ int backward_command(const BackwardCommandOptions& o) {
     const Layout layout = parse_layout(o.inputs.layout);
     const VideoGrid grid = parse_grid(o.inputs.grid);
     const Options options = monarch_options_from(o.inputs);
-    // The backward runs on the CPU in this version: auto means cpu, cuda is refused with the reason.
+    // The CLI's backward runs on the CPU in this version: auto means cpu, cuda is refused with the reason.
     const Device device = o.inputs.device == "auto" ? Device::cpu : resolve_device(o.inputs.device);
     if (device == Device::cuda)
-        throw UnsupportedError("--device cuda: the backward pass runs on the CPU only in this version (the CUDA "
-                               "backward kernels are not written yet); use --device cpu");
+        throw UnsupportedError("--device cuda: the CLI's backward runs on the CPU only in this version (CUDA "
+                               "gradients come through the C++ attention_backward and PyTorch autograd); use --device cpu");
     std::optional<DType> cast;
     if (!o.inputs.cast.empty()) cast = parse_dtype(o.inputs.cast, "--cast");
     require_tensor_extension(o.dq, "--dq");
@@ -151,7 +151,7 @@ Command add_backward_command(CLI::App& app) {
     cmd->footer("Inputs as for 'run'; --dout has the output's shape ([B, heads, N, dv] or [B, N, heads, dv]) and the "
                 "inputs' dtype. The gradients are written in the inputs' layout and dtype. By default the paper's "
                 "gradient (the R-step entropy cL treated as a constant); --entropy-grad gives the exact one. Runs on "
-                "the CPU (the CUDA backward is not written yet). --sink-frames, --window-radius and the joint "
+                "the CPU (CUDA gradients: the C++ API and PyTorch autograd). --sink-frames, --window-radius and the joint "
                 "flags (--text-tokens, --text-position, --text-lens; lean mode only) as for 'run'.\n"
                 "Example: vmonarch backward --q q.npy --k k.npy --v v.npy --dout g.npy --grid 4,8,8 "
                 "--dq dq.npy --dk dk.npy --dv dv.npy\n");
