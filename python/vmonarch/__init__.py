@@ -107,12 +107,22 @@ def attention(
         return _exact.attention(q, k, v, grid, layout, iterations, clamp, recompute_first_frame, scale,
                                 return_lse, sink_frames, window_radius, text_k, text_v, text_lens, entropy_grad,
                                 deterministic, save_state)
-    if (torch.is_grad_enabled() and q.device.type == "cpu"
-            and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v))):
+    wants_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v))
+    if wants_grad and q.device.type == "cpu":
         # Gradients wanted: the training forward, whose autograd rule carries the backward options.
         out, lse, _ = _ops.ops.attention_train(q, k, v, list(grid), iterations, clamp, recompute_first_frame, scale,
                                                layout, entropy_grad, deterministic, save_state)
         return (out, lse) if return_lse else out
+    if wants_grad:
+        # CUDA: the inference op's autograd rule (the paper's gradient, lean mode). The other backward options
+        # exist in the C++ API on CUDA but are not wired into this package yet: refuse rather than ignore them.
+        for name, value in (("entropy_grad", entropy_grad), ("deterministic", deterministic),
+                            ("save_state", save_state)):
+            if value:
+                raise NotImplementedError(
+                    f"{fn}: {name}=True with CUDA tensors that require grad is not available from Python in this "
+                    f"version (on CUDA the backward is the paper's gradient in lean mode); expected {name}=False, "
+                    f"or CPU tensors")
     out, lse = _ops.ops.attention(q, k, v, list(grid), iterations, clamp, recompute_first_frame, scale, layout,
                                   return_lse)
     return (out, lse) if return_lse else out

@@ -53,19 +53,28 @@ SHAPES = [
 @pytest.mark.parametrize("B,heads,grid,d", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["bshd", "bhsd"])
-@pytest.mark.parametrize("entropy_grad", [False, True])
-def test_grads_match_cpu_float64(B, heads, grid, d, dtype, layout, entropy_grad):
+def test_grads_match_cpu_float64(B, heads, grid, d, dtype, layout):
     needs_kernels()
     q, k, v, dout, dlse = inputs(B, heads, grid, d, layout, dtype, "random", seed=B * 100 + d + grid[0])
-    opts = dict(iterations=2, clamp=0.5, entropy_grad=entropy_grad)
+    opts = dict(iterations=2, clamp=0.5)
     want = grads(*(x.double().cpu() for x in (q, k, v, dout)), grid, layout, dlse.double().cpu(), **opts)
-    for save_state in (False, True):
-        got = grads(q, k, v, dout, grid, layout, dlse, save_state=save_state, **opts)
-        for name, g, w in zip("qkv", got, want):
-            assert g.dtype == dtype and g.device.type == "cuda" and g.shape == w.shape
-            assert torch.isfinite(g).all(), f"d{name}"
-            err = rel_l2(g.double().cpu(), w)
-            assert err < BOUND[dtype], f"d{name} (save_state={save_state}): rel L2 {err:.3e}"
+    got = grads(q, k, v, dout, grid, layout, dlse, **opts)
+    for name, g, w in zip("qkv", got, want):
+        assert g.dtype == dtype and g.device.type == "cuda" and g.shape == w.shape
+        assert torch.isfinite(g).all(), f"d{name}"
+        err = rel_l2(g.double().cpu(), w)
+        assert err < BOUND[dtype], f"d{name}: rel L2 {err:.3e}"
+
+
+@pytest.mark.parametrize("option", ["entropy_grad", "deterministic", "save_state"])
+def test_cuda_training_options_not_wired_raise(option):
+    # The C++ API has them on CUDA (tests/gpu/test_backward_gpu.cpp); this package does not pass them yet, and
+    # must refuse rather than silently return the paper's lean gradient.
+    needs_kernels()
+    q, k, v, _, _ = inputs(1, 1, (3, 4, 5), 64, "bshd", torch.bfloat16, "random", seed=3)
+    q.requires_grad_(True)
+    with pytest.raises(NotImplementedError, match=option):
+        vmonarch.attention(q, k, v, grid=(3, 4, 5), **{option: True})
 
 
 @pytest.mark.parametrize("iterations,recompute", [(1, True), (2, False), (3, True)])
@@ -80,29 +89,15 @@ def test_iterations_and_recompute(iterations, recompute):
         assert rel_l2(g.double().cpu(), w) < BOUND[torch.bfloat16], f"d{name}"
 
 
-def test_dv_equal_between_variants_and_deterministic_repeatable():
-    needs_kernels()
-    grid = (4, 5, 6)
-    q, k, v, dout, dlse = inputs(2, 2, grid, 64, "bhsd", torch.float16, "random", seed=7)
-    paper = grads(q, k, v, dout, grid, "bhsd", dlse, deterministic=True)
-    exact = grads(q, k, v, dout, grid, "bhsd", dlse, deterministic=True, entropy_grad=True)
-    assert torch.equal(paper[2], exact[2])
-    again = grads(q, k, v, dout, grid, "bhsd", dlse, deterministic=True)
-    lean_vs_saved = grads(q, k, v, dout, grid, "bhsd", dlse, deterministic=True, save_state=True)
-    for a, b, c in zip(paper, again, lean_vs_saved):
-        assert torch.equal(a, b)
-        assert torch.equal(a, c)
-
-
 def test_plain_op_and_compile_and_checkpoint():
     needs_kernels()
     grid = (3, 4, 5)
     q0, k0, v0, dout, _ = inputs(1, 2, grid, 64, "bshd", torch.bfloat16, "random", seed=11)
 
     def attend(q, k, v):
-        return vmonarch.attention(q, k, v, grid=grid, save_state=True)
+        return vmonarch.attention(q, k, v, grid=grid)
 
-    want = grads(q0, k0, v0, dout, grid, "bshd", deterministic=True)
+    want = grads(q0, k0, v0, dout, grid, "bshd")
     compiled = torch.compile(attend, fullgraph=True)
     q, k, v = (x.clone().requires_grad_(True) for x in (q0, k0, v0))
     got = torch.autograd.grad((compiled(q, k, v).double() * dout.double()).sum(), (q, k, v))
@@ -124,7 +119,7 @@ def test_cuda_graph_capture_of_forward_and_backward():
     def step():
         for x in static:
             x.grad = None
-        out = vmonarch.attention(*static, grid=grid, save_state=True, deterministic=True)
+        out = vmonarch.attention(*static, grid=grid)
         (out.float() * dout.float()).sum().backward()
 
     side = torch.cuda.Stream()
