@@ -103,6 +103,41 @@ void check_dlse(const std::string& fn, const LseView& dlse, const TensorView& q)
     }
 }
 
+using NamedRange = std::pair<std::string, ByteRange>;
+
+// The gradient views of a backward call: dout, dq, dk, dv valid, of q's kind and shaped like out, q, k, v; dlse
+// (when given) like the lse. Returns the memory the written gradients must stay apart from (the inputs).
+std::vector<NamedRange> check_gradient_views(const std::string& fn, const TensorView& q, const TensorView& k,
+                                             const TensorView& v, const TensorView& out, const LseView& lse,
+                                             const TensorView& dout, const TensorView& dq, const TensorView& dk,
+                                             const TensorView& dv, const LseView* dlse) {
+    const std::pair<const char*, const TensorView*> grads[4] = {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}};
+    const TensorView* like[4] = {&out, &q, &k, &v};
+    const char* like_name[4] = {"out", "q", "k", "v"};
+    for (int g = 0; g < 4; ++g) {
+        detail::check_tensor_view(fn, grads[g].first, *grads[g].second);
+        detail::check_same_kind(fn, grads[g].first, *grads[g].second, q, "q");
+        check_shape(fn, grads[g].first, *grads[g].second, like[g]->shape, like_name[g]);
+    }
+    if (dlse) check_dlse(fn, *dlse, q);
+    std::vector<NamedRange> inputs = {{"q", range_of(q)},     {"k", range_of(k)},     {"v", range_of(v)},
+                                      {"out", range_of(out)}, {"lse", range_of(lse)}, {"dout", range_of(dout)}};
+    if (dlse) inputs.push_back({"dlse", range_of(*dlse)});
+    return inputs;
+}
+
+// The written gradients, in order: each free of self-overlap and apart from `others` and from those before it.
+void check_written_apart(const std::string& fn, const std::vector<std::pair<std::string, const TensorView*>>& written,
+                         std::vector<NamedRange> others) {
+    for (const auto& [name, view] : written) {
+        check_rows_disjoint(fn, name, *view);
+        const ByteRange r = range_of(*view);
+        for (const auto& [other, range] : others)
+            if (overlaps(r, range)) fail(fn, name, cat("overlaps the memory of ", other, ", expected a separate buffer"));
+        others.push_back({name, r});
+    }
+}
+
 detail::SavedLayout layout_of(const detail::MonarchProblem& p) {
     return detail::SavedLayout{p.q_tokens, p.head_dim, p.value_dim, p.iterations};
 }
@@ -370,20 +405,8 @@ void attention_backward(const TensorView& q, const TensorView& k, const TensorVi
     static_cast<detail::MonarchProblem&>(p) = detail::check_monarch(fn, q, k, v, out, grid, options, &lse);
     detail::attach_exact_groups(fn, options, extra_keys, p);
     check_no_cuda_exact_groups(fn, p);
-    const std::pair<const char*, const TensorView*> grads[4] = {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}};
-    const TensorView* like[4] = {&out, &q, &k, &v};
-    const char* like_name[4] = {"out", "q", "k", "v"};
-    for (int g = 0; g < 4; ++g) {
-        detail::check_tensor_view(fn, grads[g].first, *grads[g].second);
-        detail::check_same_kind(fn, grads[g].first, *grads[g].second, q, "q");
-        check_shape(fn, grads[g].first, *grads[g].second, like[g]->shape, like_name[g]);
-    }
-    if (dlse) check_dlse(fn, *dlse, q);
     // The gradients are written: each must be free of self-overlap and apart from everything else.
-    std::vector<std::pair<std::string, ByteRange>> others = {{"q", range_of(q)},       {"k", range_of(k)},
-                                                             {"v", range_of(v)},       {"out", range_of(out)},
-                                                             {"lse", range_of(lse)},   {"dout", range_of(dout)}};
-    if (dlse) others.push_back({"dlse", range_of(*dlse)});
+    std::vector<NamedRange> others = check_gradient_views(fn, q, k, v, out, lse, dout, dq, dk, dv, dlse);
     std::vector<std::pair<std::string, const TensorView*>> written = {{"dq", &dq}, {"dk", &dk}, {"dv", &dv}};
     if (p.extra.present) { // the extra keys' gradients (spec §3b), shaped like the extra keys
         if (!extra_grads)
@@ -403,20 +426,14 @@ void attention_backward(const TensorView& q, const TensorView& k, const TensorVi
         others.push_back({"extra_keys.v", range_of(p.extra.v)});
         p.dk_extra = extra_grads->dk, p.dv_extra = extra_grads->dv;
     }
-    for (const auto& [name, view] : written) {
-        check_rows_disjoint(fn, name, *view);
-        const ByteRange r = range_of(*view);
-        for (const auto& [other, range] : others)
-            if (overlaps(r, range)) fail(fn, name, cat("overlaps the memory of ", other, ", expected a separate buffer"));
-        others.push_back({name, r});
-    }
+    check_written_apart(fn, written, std::move(others));
     if (backward.saved) {
         check_saved(fn, *backward.saved, p);
         const auto base = reinterpret_cast<std::uintptr_t>(backward.saved->data());
         const ByteRange state{base, base + state_bytes(fn, p)};
-        for (int g = 1; g < 4; ++g)
-            if (overlaps(state, range_of(*grads[g].second)))
-                fail(fn, "backward.saved", cat("overlaps the memory of ", grads[g].first, ", expected a separate buffer"));
+        for (std::size_t g = 0; g < 3; ++g) // dq, dk, dv
+            if (overlaps(state, range_of(*written[g].second)))
+                fail(fn, "backward.saved", cat("overlaps the memory of ", written[g].first, ", expected a separate buffer"));
     }
 
     p.dout = dout, p.dq = dq, p.dk = dk, p.dv = dv, p.dlse = dlse;
@@ -460,27 +477,8 @@ void joint_attention_backward(const TensorView& q, const TensorView& k, const Te
             fail(fn, cat("text_lens[", b, "]"), cat("is ", text_lens[b], ", expected 0..", L, " (text_tokens)"));
         lens[std::size_t(b)] = text_lens[b];
     }
-    const std::pair<const char*, const TensorView*> grads[4] = {{"dout", &dout}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}};
-    const TensorView* like[4] = {&out, &q, &k, &v};
-    const char* like_name[4] = {"out", "q", "k", "v"};
-    for (int g = 0; g < 4; ++g) {
-        detail::check_tensor_view(fn, grads[g].first, *grads[g].second);
-        detail::check_same_kind(fn, grads[g].first, *grads[g].second, q, "q");
-        check_shape(fn, grads[g].first, *grads[g].second, like[g]->shape, like_name[g]);
-    }
-    if (dlse) check_dlse(fn, *dlse, q);
-    std::vector<std::pair<std::string, ByteRange>> others = {{"q", range_of(q)},     {"k", range_of(k)},
-                                                             {"v", range_of(v)},     {"out", range_of(out)},
-                                                             {"lse", range_of(lse)}, {"dout", range_of(dout)}};
-    if (dlse) others.push_back({"dlse", range_of(*dlse)});
-    for (int g = 1; g < 4; ++g) {
-        const std::string name = grads[g].first;
-        check_rows_disjoint(fn, name, *grads[g].second);
-        const ByteRange r = range_of(*grads[g].second);
-        for (const auto& [other, range] : others)
-            if (overlaps(r, range)) fail(fn, name, cat("overlaps the memory of ", other, ", expected a separate buffer"));
-        others.push_back({name, r});
-    }
+    check_written_apart(fn, {{"dq", &dq}, {"dk", &dk}, {"dv", &dv}},
+                        check_gradient_views(fn, q, k, v, out, lse, dout, dq, dk, dv, dlse));
     if (backward.saved)
         fail(fn, "backward.saved", "is set, expected nullptr (joint_attention_backward reruns the forward: lean mode only)");
     if (q.device == Device::cuda) no_cuda_backward(fn);
