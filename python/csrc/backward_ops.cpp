@@ -119,6 +119,24 @@ vmonarch::LseView lse_view_of(const at::Tensor& t) {
     return view;
 }
 
+// The optional gradient of the LSE output: checked like lse, converted to lse's dtype, kept alive with its view.
+struct OptionalLse {
+    at::Tensor tensor;
+    vmonarch::LseView view;
+    const vmonarch::LseView* view_or_null() const { return tensor.defined() ? &view : nullptr; }
+};
+
+OptionalLse optional_lse_of(const char* fn, const std::optional<at::Tensor>& dlse_in, const at::Tensor& q,
+                            const at::Tensor& lse) {
+    OptionalLse d;
+    if (dlse_in.has_value() && dlse_in->defined()) {
+        check_tensor(fn, "dlse", *dlse_in, q, 3);
+        d.tensor = dlse_in->to(lse.scalar_type()).contiguous();
+        d.view = lse_view_of(d.tensor);
+    }
+    return d;
+}
+
 at::Tensor empty_like_layout(const at::Tensor& like) {
     return at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
 }
@@ -205,13 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_impl(
     const vmonarch::TensorView ov = view_of(out, lay), dov = view_of(dout, lay);
     const vmonarch::TensorView dqv = view_of(dq, lay), dkv = view_of(dk, lay), dvv = view_of(dv, lay);
     const vmonarch::LseView lv = lse_view_of(lse);
-    at::Tensor dlse;
-    vmonarch::LseView dlv;
-    if (dlse_in.has_value() && dlse_in->defined()) {
-        check_tensor(fn, "dlse", *dlse_in, q_in, 3);
-        dlse = dlse_in->to(lse.scalar_type()).contiguous();
-        dlv = lse_view_of(dlse);
-    }
+    const OptionalLse dlse = optional_lse_of(fn, dlse_in, q_in, lse);
     vmonarch::BackwardOptions bo;
     bo.entropy_grad = entropy_grad;
     bo.deterministic = deterministic;
@@ -228,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_impl(
     with_cuda_context(q, [&] { return vmonarch::backward_workspace_bytes(qv, vv, g, opts, bo); },
                       [&](const vmonarch::CudaContext* ctx) {
                           vmonarch::attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, g, opts,
-                                                       dlse.defined() ? &dlv : nullptr, bo, ctx);
+                                                       dlse.view_or_null(), bo, ctx);
                       });
     return {dq, dk, dv};
 }
@@ -357,13 +369,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
     at::Tensor dtv = text.present ? empty_like_layout(*text_v) : at::empty({0}, q_in.options());
     vmonarch::ExtraKeyGrads extra_grads;
     if (text.present) extra_grads.dk = view_of(dtk, lay), extra_grads.dv = view_of(dtv, lay);
-    at::Tensor dlse;
-    vmonarch::LseView dlv;
-    if (dlse_in.has_value() && dlse_in->defined()) {
-        check_tensor(fn, "dlse", *dlse_in, q_in, 3);
-        dlse = dlse_in->to(lse.scalar_type()).contiguous();
-        dlv = lse_view_of(dlse);
-    }
+    const OptionalLse dlse = optional_lse_of(fn, dlse_in, q_in, lse);
     vmonarch::BackwardOptions bo;
     bo.entropy_grad = entropy_grad;
     bo.deterministic = deterministic;
@@ -382,7 +388,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
     translate_errors([&] {
         vmonarch::attention_backward(view_of(q, lay), view_of(k, lay), view_of(v, lay), view_of(out, lay),
                                      lse_view_of(lse), view_of(dout, lay), view_of(dq, lay), view_of(dk, lay),
-                                     view_of(dv, lay), g, opts, dlse.defined() ? &dlv : nullptr, bo, nullptr,
+                                     view_of(dv, lay), g, opts, dlse.view_or_null(), bo, nullptr,
                                      text.present ? &text.extra : nullptr, text.present ? &extra_grads : nullptr);
     });
     return {dq, dk, dv, dtk, dtv};
@@ -437,13 +443,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> joint_attention_backward_impl(
     const at::Tensor dout = viewable(dout_in), lse = lse_in.contiguous();
     const auto lens = lens_of(fn, text_lens, q_in.size(0));
     at::Tensor dq = empty_like_layout(q_in), dk = empty_like_layout(k_in), dv = empty_like_layout(v_in);
-    at::Tensor dlse;
-    vmonarch::LseView dlv;
-    if (dlse_in.has_value() && dlse_in->defined()) {
-        check_tensor(fn, "dlse", *dlse_in, q_in, 3);
-        dlse = dlse_in->to(lse.scalar_type()).contiguous();
-        dlv = lse_view_of(dlse);
-    }
+    const OptionalLse dlse = optional_lse_of(fn, dlse_in, q_in, lse);
     vmonarch::BackwardOptions bo;
     bo.entropy_grad = entropy_grad;
     bo.deterministic = deterministic;
@@ -452,7 +452,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> joint_attention_backward_impl(
             view_of(q, lay), view_of(k, lay), view_of(v, lay), view_of(out, lay), lse_view_of(lse), view_of(dout, lay),
             view_of(dq, lay), view_of(dk, lay), view_of(dv, lay), g, text_len,
             text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last, lens ? lens->data() : nullptr,
-            opts, dlse.defined() ? &dlv : nullptr, bo, nullptr);
+            opts, dlse.view_or_null(), bo, nullptr);
     });
     return {dq, dk, dv};
 }
