@@ -2,7 +2,8 @@
 // §7.2) on its own, bf16, d = 128, batch 1, random inputs, at 16 × 28 × 52 × 12 heads (HW = 1456, N = 23296):
 //   R-step backward, last iteration (row scale, K and V values: dA and dY), middle iteration (row scale, dA),
 //   each with and without the entropy term; the dense frame-0 recompute backward (1456 queries over all N keys,
-//   dy = dO); each also in deterministic mode.
+//   dy = dO); each also in deterministic mode; each on both peers: the portable kernels (the flash policy's
+//   sm90 peer off) and the Hopper kernel (sm90/flash_bwd_sm90.hpp) where the device and the build have it.
 // Prints ms and TFLOP/s of the matrix products the kernel does: 2·d per (query, key) pair and product, i.e.
 // S, dP's ⟨dA, K⟩ and ⟨dY, V⟩, dV, dK's two, dq (7 products with both values, 5 with one).
 #include <cuda_runtime.h>
@@ -15,6 +16,8 @@
 #include <vector>
 
 #include "cuda/bwd/backward_params.hpp"
+#include "cuda/bwd/sm90/flash_bwd_sm90.hpp"
+#include "cuda/flash_policy.hpp"
 #include "cuda_timing.hpp"
 #include "vmonarch/half.hpp"
 
@@ -67,7 +70,8 @@ int main(int argc, char** argv) {
     check(cudaMemset(dv.ptr, 0, vec * 4), "memset");
 
     std::printf("flash backward, bf16, d=%d, %dx28x52 x %d heads (HW=%d, N=%lld)\n", d, T, H, HW, (long long)N);
-    std::printf("%-40s %10s %10s\n", "case", "ms", "TFLOP/s");
+    std::printf("%-40s %-9s %10s %10s\n", "case", "peer", "ms", "TFLOP/s");
+    const vmonarch::cuda::FlashPolicy env_policy = vmonarch::cuda::flash_policy();
     // Views in [b, h, frame, row] order: 16-bit operands BSHD (the user's layout), f32 rows [h][n].
     const auto vec_view = [&](void* p, bool dense) {
         return dense ? RowView{p, std::int64_t(vec), d, 0, std::int64_t(H) * d}
@@ -87,7 +91,11 @@ int main(int argc, char** argv) {
         {"dense frame-0 recompute (dY = dO)", true, false, false, true, false},
     };
     for (const Case& c : cases)
+        for (bool sm90 : {false, true})
         for (bool det : {false, true}) {
+            vmonarch::cuda::FlashPolicy pol = env_policy;
+            pol.sm90 = sm90 && env_policy.sm90;
+            vmonarch::cuda::set_flash_policy(pol);
             FlashBwdParams p;
             p.head_dim = d;
             p.q = vec_view(q.ptr, c.dense);
@@ -111,10 +119,13 @@ int main(int argc, char** argv) {
             p.scale = p.qk_scale = float(1.0 / std::sqrt(double(d)));
             p.clamp = 0.1f;
             p.deterministic = det;
+            const bool hopper = vmonarch::cuda::flash_bwd_sm90_supported(p);
+            if (sm90 && !hopper) continue; // no Hopper kernel here: the portable row already stands
             const double ms = time_ms([&] { vmonarch::cuda::launch_flash_bwd(p, nullptr, "flash_bwd_bench"); }, 3, reps);
             const int products = 3 + 2 * c.da + 2 * c.dy;
             const double flops = 2.0 * d * products * double(p.len_q) * double(p.len_k) * p.segments * H;
-            std::printf("%-40s %10.3f %10.1f%s\n", c.name, ms, flops / ms * 1e-9, det ? "  deterministic" : "");
+            std::printf("%-40s %-9s %10.3f %10.1f%s\n", c.name, hopper ? "sm90" : "portable", ms, flops / ms * 1e-9,
+                        det ? "  deterministic" : "");
         }
     return 0;
 }
