@@ -1,5 +1,6 @@
-// flash_bwd_bench [--reps N]: CUDA-event timings of the flash backward kernel (launch_flash_bwd, spec §7.5 and
-// §7.2) on its own, bf16, d = 128, batch 1, random inputs, at 16 × 28 × 52 × 12 heads (HW = 1456, N = 23296):
+// flash_bwd_bench [--reps N] [--big]: CUDA-event timings of the flash backward kernel (launch_flash_bwd, spec
+// §7.5 and §7.2) on its own, bf16, d = 128, batch 1, random inputs, at 16 × 28 × 52 × 12 heads (HW = 1456,
+// N = 23296; with --big 24 × 44 × 80 × 40 heads: HW = 3520, N = 84480):
 //   R-step backward, last iteration (row scale, K and V values: dA and dY), middle iteration (row scale, dA),
 //   each with and without the entropy term; the dense frame-0 recompute backward (1456 queries over all N keys,
 //   dy = dO); each also in deterministic mode; each on both peers: the portable kernels (the flash policy's
@@ -56,9 +57,12 @@ void fill_f32(const DeviceArray& a, std::size_t count, double lo, double hi) {
 
 int main(int argc, char** argv) {
     int reps = 20;
-    for (int i = 1; i < argc; ++i)
+    bool big = false;
+    for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
-    const int T = 16, HW = 28 * 52, H = 12, d = 128;
+        else if (!std::strcmp(argv[i], "--big")) big = true;
+    }
+    const int T = big ? 24 : 16, Hh = big ? 44 : 28, Ww = big ? 80 : 52, HW = Hh * Ww, H = big ? 40 : 12, d = 128;
     const std::int64_t N = std::int64_t(T) * HW;
     const std::size_t vec = std::size_t(N) * H * d, rows = std::size_t(N) * H;
     DeviceArray q(vec * 2), k(vec * 2), v(vec * 2), da(vec * 2), dy(vec * 2);
@@ -69,7 +73,7 @@ int main(int argc, char** argv) {
     check(cudaMemset(dk.ptr, 0, vec * 4), "memset");
     check(cudaMemset(dv.ptr, 0, vec * 4), "memset");
 
-    std::printf("flash backward, bf16, d=%d, %dx28x52 x %d heads (HW=%d, N=%lld)\n", d, T, H, HW, (long long)N);
+    std::printf("flash backward, bf16, d=%d, %dx%dx%d x %d heads (HW=%d, N=%lld)\n", d, T, Hh, Ww, H, HW, (long long)N);
     std::printf("%-40s %-9s %10s %10s\n", "case", "peer", "ms", "TFLOP/s");
     const vmonarch::cuda::FlashPolicy env_policy = vmonarch::cuda::flash_policy();
     // Views in [b, h, frame, row] order: 16-bit operands BSHD (the user's layout), f32 rows [h][n].

@@ -345,8 +345,8 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& info) { return case_name(info.param); });
 
 // The route: on an sm_90 device with the 90a kernel launch_flash_bwd takes the Hopper kernel (every variant,
-// both element types and head dims, also deterministic), unless the policy turns the sm90 peer off; on any
-// other device never.
+// both element types and head dims, also deterministic), unless the policy turns the sm90 peer off or the
+// operands are ones it does not take; on any other device never.
 TEST(FlashBwdRoute, HopperKernelOnSm90Only) {
     REQUIRE_GPU();
     const bool present = sm90_kernel_present() && vmonarch::cuda::flash_policy().sm90;
@@ -354,6 +354,20 @@ TEST(FlashBwdRoute, HopperKernelOnSm90Only) {
                              BwdCase{1, 1, 1, 17, 40, 128, bf, false, false, true, false}}) {
         const Problem pr(c, 11);
         for (bool det : {false, true}) EXPECT_EQ(vmonarch::cuda::flash_bwd_sm90_supported(pr.params(det)), present) << case_name(c);
+        if (present) {
+            // dq rows that bulk reduce-adds cannot take (not 16-byte aligned) keep the portable kernel, unless
+            // deterministic (the Hopper kernel then leaves dq to the portable query-tile kernel).
+            auto p = pr.params(false);
+            p.dq.ptr = static_cast<char*>(p.dq.ptr) + 4;
+            EXPECT_FALSE(vmonarch::cuda::flash_bwd_sm90_supported(p)) << case_name(c);
+            p.deterministic = true;
+            EXPECT_TRUE(vmonarch::cuda::flash_bwd_sm90_supported(p)) << case_name(c);
+            if (c.da) { // dK and dQ are accumulated divided by s
+                p = pr.params(false);
+                p.scale = 0.f;
+                EXPECT_FALSE(vmonarch::cuda::flash_bwd_sm90_supported(p)) << case_name(c);
+            }
+        }
         const PeerGuard off(false);
         EXPECT_FALSE(vmonarch::cuda::flash_bwd_sm90_supported(pr.params(false))) << case_name(c);
     }

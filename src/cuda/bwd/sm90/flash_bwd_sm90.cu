@@ -39,9 +39,9 @@ bool device_runs_sm90_binary() {
     return ok;
 }
 
-// dq += takes float2 atomics: 8-byte-aligned rows, even column pairs.
-bool dq_takes_vector_atomics(const RowView& v) {
-    return reinterpret_cast<std::uintptr_t>(v.ptr) % 8 == 0 && v.sb % 2 == 0 && v.sh % 2 == 0 && v.sf % 2 == 0 && v.sr % 2 == 0;
+// dq += takes bulk reduce-adds of 64-float row pieces: 16-byte-aligned rows (pointer, strides multiples of 4).
+bool dq_takes_bulk_adds(const RowView& v) {
+    return reinterpret_cast<std::uintptr_t>(v.ptr) % 16 == 0 && v.sb % 4 == 0 && v.sh % 4 == 0 && v.sf % 4 == 0 && v.sr % 4 == 0;
 }
 
 } // namespace
@@ -50,7 +50,7 @@ bool flash_bwd_sm90_supported(const FlashBwdParams& p) {
     if (!flash_policy().sm90) return false;
     if (p.head_dim != 64 && p.head_dim != 128) return false;
     if (!p.da.ptr && !p.dy.ptr) return false;
-    if (!p.deterministic && !dq_takes_vector_atomics(p.dq)) return false;
+    if (!p.deterministic && !dq_takes_bulk_adds(p.dq)) return false;
     // With dA the kernel accumulates dK/s and dQ/s: s must be a positive normal number with a normal inverse.
     if (p.da.ptr && !(p.scale > 1e-30f && p.scale < 1e30f)) return false;
     return device_runs_sm90_binary();

@@ -10,7 +10,7 @@ namespace vmonarch::cuda {
 
 // True when the current device is compute capability 9.0, the library carries the sm_90a kernel, the flash
 // policy lets the sm90 peer run (VMONARCH_DISABLE_HOPPER unset or "0", or set_flash_policy; flash_policy.hpp)
-// p's dq accumulator takes 8-byte vector atomics (pointer 8-byte aligned, strides even) unless deterministic,
+// p's dq accumulator takes bulk reduce-adds (pointer 16-byte aligned, strides multiples of 4) unless deterministic,
 // and with da the scale s is in (1e-30, 1e30) (dK and dQ are accumulated divided by s). p must already
 // have passed launch_flash_bwd's checks. Host-only; nothing is launched.
 bool flash_bwd_sm90_supported(const FlashBwdParams& p);

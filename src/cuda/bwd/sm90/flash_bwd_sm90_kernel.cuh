@@ -17,7 +17,8 @@
 //   dQ = dS·K                                       wgmma ss, m64n64, B (K) read MN-major: at d = 128
 //                                                   warpgroup w takes head-dim columns [64w, 64w + 64) over
 //                                                   all 128 keys, at d = 64 all columns over its own 64 keys;
-//   dq += dQ by f32 atomics (skipped when deterministic: the portable query-tile kernel adds dq then).
+//   dq += dQ through shared memory by bulk reduce-adds (cp.reduce.async.bulk .add.f32, one 256-byte row
+//   each), skipped when deterministic: the portable query-tile kernel adds dq then.
 // dK, dV stay in registers and are added to the f32 accumulators once (the block owns its keys).
 //
 // Masking (spec §7.5): a query row at or past len_q (zero-filled) gets γ = 0 and lse = +∞, a key at or past
@@ -62,6 +63,46 @@ __device__ __forceinline__ void bwd_sm90_load_rows(std::uint32_t dst, const T* b
     }
 }
 
+// 4-byte cp.async (zero-filled when src_bytes = 0).
+__device__ __forceinline__ void cp_async_4(std::uint32_t dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
+// dst[0, bytes) += src[0, bytes) in f32, done by the bulk-copy engine (16-byte aligned, bytes a multiple of
+// 16); completes in this thread's bulk group.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, std::uint32_t src, std::uint32_t bytes) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// This thread's bulk operations have read their shared-memory sources (the buffer may be rewritten).
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// This thread's bulk operations have completed.
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
+// The scalars of query row i from its raw operands in shared memory (lse, cR, drow, dent: what
+// bwd_row_scalars computes from global memory, with γ = s·(1 / max(cR, clamp)), the reciprocal correctly
+// rounded: within an ulp of the quotient, and cheap enough for every thread to take per column): rows past
+// len_q and rows whose lse is not finite get γ = 0, lse = +∞.
+__device__ __forceinline__ FlashBwdRowScalars bwd_sm90_row_scalars(const FlashBwdParams& p, const float* raw, int col, std::int64_t i,
+                                                                   bool has_rs, bool has_dent) {
+    constexpr int BM = BwdSm90Shape::BM;
+    FlashBwdRowScalars v{0.f, INFINITY, 0.f, 0.f};
+    const float lse = raw[col];
+    if (i >= p.len_q || !isfinite(lse)) return v;
+    if (has_rs) {
+        float c = fmaxf(raw[BM + col], p.clamp);
+        c = c > 0.f ? c : FLT_MIN;
+        v.gamma = p.scale * __frcp_rn(c);
+    } else {
+        v.gamma = p.qk_scale;
+    }
+    v.lse = lse;
+    v.drow = raw[2 * BM + col];
+    v.dent = has_dent ? raw[3 * BM + col] : 0.f;
+    return v;
+}
+
 template <int N> __device__ __forceinline__ void bwd_sm90_fence(float (&r)[N]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) reg_fence(r[i]);
@@ -91,8 +132,11 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
     const std::uint32_t raw = smem_addr(smem_raw);
     const std::uint32_t base = (raw + 1023u) & ~1023u;
     const std::uint32_t sK = base, sV = base + L::OFF_V, sDS = base + L::OFF_DS;
-    float* const srows = reinterpret_cast<float*>(smem_raw + (base - raw) + L::OFF_ROWS);
+    const float* const srows = reinterpret_cast<const float*>(smem_raw + (base - raw) + L::OFF_ROWS);
+    const std::uint32_t srows_addr = base + L::OFF_ROWS;
     unsigned char* const ds_bytes = smem_raw + (base - raw) + L::OFF_DS;
+    float* const sdq = reinterpret_cast<float*>(smem_raw + (base - raw) + L::OFF_DQ + (threadIdx.x >> 7) * L::DQ_WG_BYTES);
+    const std::uint32_t sdq_addr = base + L::OFF_DQ + (threadIdx.x >> 7) * L::DQ_WG_BYTES;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int wg = warp >> 2, wq = warp & 3;
@@ -108,7 +152,9 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
     const int n_q = int((p.len_q + BM - 1) / BM);
 
     const auto stage = [&](int t) { return base + L::OFF_STAGES + std::uint32_t(t % Shape::STAGES) * L::STAGE; };
-    // One query tile: Q (, dA, dY) by cp.async, the row scalars by plain loads (visible after the next barrier).
+    const bool has_rs = rows.rs != nullptr, has_dent = rows.dent != nullptr;
+    // One query tile: Q (, dA, dY) and the raw row operands lse, cR, drow, dent, all by cp.async (zero-filled
+    // past len_q).
     const auto load_query_tile = [&](int t) {
         const std::uint32_t st = stage(t);
         const std::int64_t q0 = std::int64_t(t) * BM;
@@ -116,12 +162,13 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
         if constexpr (HAS_DA) bwd_sm90_load_rows<D, BM>(st + L::OFF_DA, dab, p.da.sr, q0, p.len_q, tid);
         if constexpr (HAS_DY) bwd_sm90_load_rows<D, BM>(st + L::OFF_DY, dyb, p.dy.sr, q0, p.len_q, tid);
         if (tid < BM) {
-            const FlashBwdRowScalars r = bwd_row_scalars(p, rows, q0 + tid);
-            float* dst = srows + (t % Shape::STAGES) * L::ROWS_STAGE;
-            dst[tid] = r.gamma;
-            dst[BM + tid] = r.lse;
-            dst[2 * BM + tid] = r.drow;
-            dst[3 * BM + tid] = r.dent;
+            const std::int64_t i = q0 + tid;
+            const bool ok = i < p.len_q;
+            const std::uint32_t dst = srows_addr + std::uint32_t((t % Shape::STAGES) * L::ROWS_STAGE + tid) * 4u;
+            cp_async_4(dst, ok ? rows.lse + i * p.lse.sr : rows.lse, ok ? 4 : 0);
+            if (has_rs) cp_async_4(dst + BM * 4, ok ? rows.rs + i * p.rs.sr : rows.rs, ok ? 4 : 0);
+            cp_async_4(dst + 2 * BM * 4, ok ? rows.drow + i * p.drow.sr : rows.drow, ok ? 4 : 0);
+            if (has_dent) cp_async_4(dst + 3 * BM * 4, ok ? rows.dent + i * p.dent.sr : rows.dent, ok ? 4 : 0);
         }
     };
 
@@ -149,32 +196,33 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
     const std::uint32_t sKw = sK + std::uint32_t(wg) * 64u * 128u, sVw = sV + std::uint32_t(wg) * 64u * 128u;
 
     for (int t = 0; t < n_q; ++t) {
-        if (t + 1 < n_q) { // prefetch the next query tile into the other stage
-            load_query_tile(t + 1);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        // Tile t is the only group in flight. After the barrier every thread is done with tile t − 1, whose
+        // stage, dS tile and raw row operands may then be refilled: the next tile's loads go out now.
+        cp_async_wait<0>();
         fence_proxy_async_smem();
         __syncthreads();
+        if (t + 1 < n_q) {
+            load_query_tile(t + 1);
+            cp_async_commit();
+        }
         const std::uint32_t sQ = stage(t), sDA = sQ + L::OFF_DA, sDY = sQ + L::OFF_DY;
         const float* rv = srows + (t % Shape::STAGES) * L::ROWS_STAGE;
 
-        // Sᵀ = K_w·Qᵀ; dPᵀ = s·K_w·dAᵀ (+ V_w·dYᵀ, after the scaling) without the entropy term.
+        // Sᵀ = K_w·Qᵀ; dPᵀ = s·K_w·dAᵀ (+ V_w·dYᵀ, after the scaling) without the entropy term. With both
+        // values, K_w·dAᵀ goes first in its own group and is scaled while Sᵀ runs.
         float s[NS], dp[NS];
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-            Wgmma<BM, BF16>::ss(s, desc_k_major(sKw, BN, kk * 16), desc_k_major(sQ, BM, kk * 16), kk != 0);
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
             if constexpr (HAS_DA) Wgmma<BM, BF16>::ss(dp, desc_k_major(sKw, BN, kk * 16), desc_k_major(sDA, BM, kk * 16), kk != 0);
             else Wgmma<BM, BF16>::ss(dp, desc_k_major(sVw, BN, kk * 16), desc_k_major(sDY, BM, kk * 16), kk != 0);
         }
         wgmma_commit();
-        wgmma_wait<0>();
-        bwd_sm90_fence(s);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+            Wgmma<BM, BF16>::ss(s, desc_k_major(sKw, BN, kk * 16), desc_k_major(sQ, BM, kk * 16), kk != 0);
+        wgmma_commit();
+        wgmma_wait<1>(); // dPᵀ's first part
         bwd_sm90_fence(dp);
         if constexpr (HAS_DA) {
 #pragma unroll
@@ -186,9 +234,10 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
             for (int kk = 0; kk < D / 16; ++kk)
                 Wgmma<BM, BF16>::ss(dp, desc_k_major(sVw, BN, kk * 16), desc_k_major(sDY, BM, kk * 16), 1);
             wgmma_commit();
-            wgmma_wait<0>();
-            bwd_sm90_fence(dp);
         }
+        wgmma_wait<0>();
+        bwd_sm90_fence(s);
+        bwd_sm90_fence(dp);
 
         // P (in s) and dS (in dp); the query (column) scalars from shared memory, once per column.
 #pragma unroll
@@ -196,7 +245,7 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
                 const int col = c_frag_col(4 * nt + j, lane);
-                const FlashBwdRowScalars r{rv[col], rv[BM + col], rv[2 * BM + col], rv[3 * BM + col]};
+                const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
 #pragma unroll
                 for (int e = j; e < 4; e += 2) { // registers j and j + 2: keys lane/4 and lane/4 + 8
                     float pr;
@@ -244,6 +293,7 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
                         *reinterpret_cast<std::uint16_t*>(ds_bytes + off) = std::uint16_t(hf ? v >> 16 : v & 0xffffu);
                     }
                 }
+            bulk_wait_read(); // the previous tile's dQ rows have left this warpgroup's dQ tile
             fence_proxy_async_smem();
             __syncthreads();
             wgmma_wait<0>(); // dK, dV: their A registers are free after this
@@ -270,19 +320,25 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
             bwd_sm90_fence(acc_k);
             bwd_sm90_fence(acc_v);
 
-            float* dqb = view_row<float>(p.dq, b, h, f);
-            const std::int64_t q0 = std::int64_t(t) * BM;
-            const int cbase = D == 128 ? 64 * wg : 0;
+            // dQ (times s with dA) → this warpgroup's dQ tile, then one bulk reduce-add per existing query row.
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
-                const std::int64_t row = q0 + 16 * wq + (lane >> 2) + 8 * hf;
-                if (row >= p.len_q) continue;
-                float* dst = dqb + row * p.dq.sr + cbase;
+                const int row = 16 * wq + (lane >> 2) + 8 * hf;
 #pragma unroll
                 for (int nt = 0; nt < 8; ++nt) {
                     const int i = 4 * nt + 2 * hf;
-                    atomicAdd(reinterpret_cast<float2*>(dst + c_frag_col(i, lane)), make_float2(dq[i] * out_s, dq[i + 1] * out_s));
+                    *reinterpret_cast<float2*>(sdq + row * Shape::DQ_ROW_FLOATS + c_frag_col(i, lane)) = make_float2(dq[i] * out_s, dq[i + 1] * out_s);
                 }
+            }
+            fence_proxy_async_smem();
+            named_bar_sync(1 + wg, 128);
+            const int r = tid & 127;
+            const std::int64_t row = std::int64_t(t) * BM + r;
+            if (r < BM && row < p.len_q) {
+                float* dqb = view_row<float>(p.dq, b, h, f);
+                bulk_reduce_add_f32(dqb + row * p.dq.sr + (D == 128 ? 64 * wg : 0), sdq_addr + std::uint32_t(r * Shape::DQ_ROW_FLOATS * 4),
+                                    Shape::DQ_COLS * 4);
+                bulk_commit();
             }
         } else {
             wgmma_wait<0>();
@@ -291,8 +347,9 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
             bwd_sm90_fence(pa);
             bwd_sm90_fence(dsa);
         }
-        __syncthreads(); // the stage and the dS tile are refilled next
     }
+
+    bulk_wait(); // every dQ row has been added
 
     // dk += acc_k, dv += acc_v for the keys that exist (this block owns them: a plain read-modify-write).
     float* dkb = view_row<float>(p.dk, b, h, f);
