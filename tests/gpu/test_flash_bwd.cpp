@@ -47,7 +47,7 @@ bool sm90_kernel_present() {
     cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
     cudaFuncAttributes fa{};
     const bool ok = major == 9 && minor == 0 && cudaFuncGetAttributes(&fa, vmonarch::cuda::flash_bwd_sm90_probe_kernel()) == cudaSuccess &&
-                    fa.binaryVersion == 90;
+                    fa.binaryVersion == 90 && fa.numRegs >= 128; // not the empty stub of a plain sm_90 build
     cudaGetLastError();
     return ok;
 }

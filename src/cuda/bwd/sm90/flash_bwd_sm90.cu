@@ -15,7 +15,8 @@ namespace vmonarch::cuda {
 
 namespace {
 
-// The current device is 9.0 and the loaded binary of the kernel is sm_90 (the library was built for 90a).
+// The current device is 9.0 and the loaded binary of the kernel is the sm_90a one (the library was built
+// for 90a).
 bool device_runs_sm90_binary() {
     static std::mutex mu;
     static std::set<int> good, bad;
@@ -32,7 +33,9 @@ bool device_runs_sm90_binary() {
               cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 && minor == 0;
     if (ok) {
         cudaFuncAttributes fa{};
-        ok = cudaFuncGetAttributes(&fa, flash_bwd_sm90_probe_kernel()) == cudaSuccess && fa.binaryVersion == 90;
+        // binaryVersion 90 is also what a plain sm_90 (not 90a) build loads, whose kernel is the empty stub:
+        // the real body holds its accumulators in registers (over 200), the stub a handful.
+        ok = cudaFuncGetAttributes(&fa, flash_bwd_sm90_probe_kernel()) == cudaSuccess && fa.binaryVersion == 90 && fa.numRegs >= 128;
     }
     cudaGetLastError();
     (ok ? good : bad).insert(dev);
