@@ -1,5 +1,5 @@
 // Internal: the host launcher of the Hopper flash backward kernel (flash_bwd_sm90_kernel.cuh) for one (element
-// type, head dim) group: the key-tile kernel (dk, dv, and dq by atomics unless deterministic), then in
+// type, head dim) group: the key-tile kernel (dk, dv, and dq by bulk reduce-adds unless deterministic), then in
 // deterministic mode the portable query-tile kernel for dq (flash_bwd_kernel.cuh), whose order is fixed.
 // Included only by instances/flash_bwd_sm90_*.cu.
 #pragma once
