@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import math
 import sys
 from types import SimpleNamespace
@@ -179,7 +180,8 @@ def measure_shape(grid, heads, d, dtype, device):
             out, total, extra, saved = saved_tensor_bytes(forward, inputs)
             del out
             row.update(saved_bytes=total, saved_extra_bytes=extra, saved_tensors=saved,
-                       saved_minus_fa_bytes=total - fa_set, saved_minus_fa_floats_per_row=(total - fa_set) / 4 / rows_bh,
+                       saved_minus_fa_bytes=total - fa_set,
+                       saved_minus_fa_floats_per_row=(total - fa_set) / 4 / rows_bh,
                        saved_bytes_per_token_head=total / rows_bh)
             if device.type == "cuda":
                 ws, beyond = backward_workspace(forward, inputs, dout)
@@ -218,6 +220,14 @@ def print_table(rows):
               f"{mib(r.get('formula_workspace_bytes'))}")
 
 
+def write_json(path, data):
+    """Writes data to path through a temporary file, so that an interrupted run leaves no half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -241,9 +251,8 @@ def main() -> int:
     print_table(rows)
     if args.json:
         name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-        with open(args.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "dtype": args.dtype, "iterations": ITERATIONS,
-                       "rows": rows}, f, indent=1)
+        write_json(args.json, {"device": name, "torch": torch.__version__, "dtype": args.dtype,
+                               "iterations": ITERATIONS, "rows": rows})
     return 0
 
 
