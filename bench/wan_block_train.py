@@ -276,7 +276,9 @@ def run_shape(label, grid, args, device, dtype):
     base = next((r for r in rows if "step_ms" in r), None)
     for r in rows:
         if base is not None and "step_ms" in r:
-            r["step_speedup_vs_" + base["mode"]] = base["step_ms"] / r["step_ms"]
+            r["baseline"] = base["mode"]
+            r["step_speedup"] = base["step_ms"] / r["step_ms"]
+            r["self_attention_speedup"] = base["self_attention_ms"] / r["self_attention_ms"]
     del block, inputs, grad_out
     return rows
 
@@ -339,6 +341,10 @@ def main() -> int:
     rows = []
     for label, grid in shapes:
         rows += run_shape(label, grid, args, device, dtype)
+    print("speedups over the first stock row (step / self-attention forward + backward):")
+    for r in rows:
+        if "step_speedup" in r:
+            print(f"{r['shape']:>10} {r['mode']:>26} {r['step_speedup']:6.2f}x {r['self_attention_speedup']:6.2f}x")
     if args.json:
         write_json(args.json, {"device": name, "torch": torch.__version__, "dtype": args.dtype,
                                "config": TINY_CONFIG if args.tiny_block else CONFIG, "rows": rows})
