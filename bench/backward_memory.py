@@ -228,6 +228,17 @@ def write_json(path, data):
     os.replace(tmp, path)
 
 
+def print_lean_claim(rows, floats_per_row=2):
+    """The lean mode's claim per shape: saved <= FlashAttention's set + floats_per_row floats per row."""
+    for r in rows:
+        if r["name"] != "vmonarch lean" or "skipped" in r:
+            continue
+        bound = r["fa_set_bytes"] + floats_per_row * 4 * r["heads"] * r["tokens"]
+        verdict = "holds" if r["saved_bytes"] <= bound else "FAILS"
+        print(f"{r['shape']}: lean saved {r['saved_bytes']} B <= FA set {r['fa_set_bytes']} B + {floats_per_row} "
+              f"floats per row: {verdict} ({r['saved_minus_fa_floats_per_row']:+.3f} floats per row)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -249,6 +260,7 @@ def main() -> int:
     for grid, heads, d in shapes:
         rows += measure_shape(grid, heads, d, dtype, device)
     print_table(rows)
+    print_lean_claim(rows)
     if args.json:
         name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
         write_json(args.json, {"device": name, "torch": torch.__version__, "dtype": args.dtype,
