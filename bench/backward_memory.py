@@ -220,12 +220,16 @@ def print_table(rows):
               f"{mib(r.get('formula_workspace_bytes'))}")
 
 
-def write_json(path, data):
-    """Writes data to path through a temporary file, so that an interrupted run leaves no half-written file."""
+def write_text(path, text):
+    """Writes text to path through a temporary file, so that an interrupted run leaves no half-written file."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path, data):
+    write_text(path, json.dumps(data, indent=1))
 
 
 def print_lean_claim(rows, floats_per_row=2):
@@ -239,12 +243,32 @@ def print_lean_claim(rows, floats_per_row=2):
               f"floats per row: {verdict} ({r['saved_minus_fa_floats_per_row']:+.3f} floats per row)")
 
 
+def markdown(rows, dtype_name):
+    """The README's table (Training: memory) for these rows."""
+    lines = [f"| shape ({dtype_name}) | variant | saved for backward | beyond FA's set | "
+             "backward workspace (measured / formula) |", "|---|---|---|---|---|"]
+
+    def m(x):
+        return "—" if x is None else f"{x / 2**20:.2f} MiB"
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['shape']} | {r['name']} | skipped: {r['skipped']} | | |")
+            continue
+        beyond = f"{m(r['saved_minus_fa_bytes'])} ({r['saved_minus_fa_floats_per_row']:+.2f} floats per row)"
+        ws = f"{m(r.get('workspace_bytes'))} (beyond dq, dk, dv: {m(r.get('workspace_beyond_grads_bytes'))})"
+        if r.get("formula_workspace_bytes") is not None:
+            ws += f" / {m(r['formula_workspace_bytes'])}"
+        lines.append(f"| {r['shape']} | {r['name']} | {m(r['saved_bytes'])} | {beyond} | {ws} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--quick", action="store_true", help="CUDA: the small shape only; CPU: tiny grids")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--md", help="write the README's markdown table here")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not (torch.cuda.is_available() and vmonarch.cuda_built()):
@@ -261,6 +285,8 @@ def main() -> int:
         rows += measure_shape(grid, heads, d, dtype, device)
     print_table(rows)
     print_lean_claim(rows)
+    if args.md:
+        write_text(args.md, markdown(rows, args.dtype))
     if args.json:
         name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
         write_json(args.json, {"device": name, "torch": torch.__version__, "dtype": args.dtype,

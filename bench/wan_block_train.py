@@ -295,12 +295,32 @@ def format_row(r):
             f"{100 * r['self_attention_share']:6.1f}% {peak:>9} {r['saved_activations_bytes'] / 2**20:9.1f}")
 
 
-def write_json(path, data):
-    """Writes data to path through a temporary file, so that an interrupted run leaves no half-written file."""
+def write_text(path, text):
+    """Writes text to path through a temporary file, so that an interrupted run leaves no half-written file."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path, data):
+    write_text(path, json.dumps(data, indent=1))
+
+
+def markdown(rows):
+    """The README's table (Training: Wan block step) for these rows."""
+    lines = ["| grid | mode | step | forward | self-attention (share) | peak memory | saved activations | "
+             "step speedup vs the first stock row |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        grid = f"{r['shape']} {'x'.join(str(g) for g in r['grid'])}"
+        if "skipped" in r:
+            lines.append(f"| {grid} | {r['mode']} | skipped: {r['skipped']} | | | | | |")
+            continue
+        peak = "—" if r["peak_mib"] is None else f"{r['peak_mib']:.0f} MiB"
+        lines.append(f"| {grid} | {r['mode']} | {r['step_ms']:.2f} ms | {r['fwd_ms']:.2f} ms | "
+                     f"{r['self_attention_ms']:.2f} ms ({100 * r['self_attention_share']:.0f} %) | {peak} | "
+                     f"{r['saved_activations_bytes'] / 2**20:.0f} MiB | {r.get('step_speedup', float('nan')):.2f}x |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -316,6 +336,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--md", help="write the README's markdown table here")
     args = ap.parse_args()
     device = torch.device(args.device)
     import vmonarch
@@ -348,6 +369,8 @@ def main() -> int:
     if args.json:
         write_json(args.json, {"device": name, "torch": torch.__version__, "dtype": args.dtype,
                                "config": TINY_CONFIG if args.tiny_block else CONFIG, "rows": rows})
+    if args.md:
+        write_text(args.md, markdown(rows))
     return 0
 
 
