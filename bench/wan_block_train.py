@@ -17,11 +17,11 @@ every parameter; the parameter gradients are reset to None before each step).
 Per mode: the step time (median of --reps, CUDA events after warm-up), the forward alone, peak memory of a
 step above the steady state (parameters and inputs; the parameter gradients it allocates are included), the
 activations autograd saves for the backward (torch.autograd.graph.saved_tensors_hooks, each storage once, the
-parameters and inputs left out: "act. MiB"), and the
-self-attention's share: its core op alone (SDPA on [1, 12, N, 128], or vmonarch.attention with the mode's
-options) forward + backward timed the same way, divided by the step time. The cross-attention and the vmonarch
-rows run with torch SDPA restricted to the first --stock backend (cuDNN by default), so the rows differ only in
-the self-attention.
+parameters and inputs left out: "act. MiB"), and the self-attention's share: its core op alone (SDPA on
+[1, 12, N, 128], or vmonarch.attention with the mode's options) forward + backward timed the same way, divided
+by the step time. Stock rows restrict torch SDPA to their backend; the vmonarch rows' cross-attention prefers
+the first --stock backend (cuDNN by default; the others as fallbacks), so the rows differ only in the
+self-attention.
 
 Modes: vmonarch lean (the paper's gradient, the forward rerun inside the backward), saved (save_state=True),
 lean exact-grad (entropy_grad=True). A mode the installed package refuses (NotImplementedError) or that runs
@@ -206,13 +206,19 @@ def attention_core(grid, heads, device, dtype, options):
     return fn
 
 
-def sdpa_context(backend_name):
+def sdpa_context(backend_name, strict=True):
+    """torch SDPA restricted to one backend (strict: the stock rows, so their label is what ran), or preferring
+    it with the others as fallbacks (the cross-attention of the vmonarch rows)."""
     if backend_name == "default":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel({"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-                        "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[backend_name])
+    backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    first = backends[backend_name]
+    if strict:
+        return sdpa_kernel(first)
+    return sdpa_kernel([first] + [b for b in backends.values() if b != first], set_priority=True)
 
 
 def measure_mode(block, inputs, grad_out, grid, options, backend, args, device, dtype):
@@ -231,7 +237,7 @@ def measure_mode(block, inputs, grad_out, grid, options, backend, args, device, 
         with torch.no_grad():
             block(**inputs)
 
-    with sdpa_context(backend):
+    with sdpa_context(backend, strict=options is None):
         step()   # a refused mode raises here
         reset()
         row = dict(step_ms=clock.median_ms(step, args.warmup, args.reps, before=reset),
