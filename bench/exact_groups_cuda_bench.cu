@@ -2,7 +2,7 @@
 // groups (spec §3b) and joint text+video sequences (spec §3c) from C++, with the shapes of
 // bench/exact_groups_bench.py (bf16, batch 1, BHSD, no lse, frame-0 recompute on), each setting timed under the
 // default schedule and under VMONARCH_EXACT_SCHEDULE=serial (the groups in order with partials) in alternating
-// rounds, then each launch of the paper-setting-plus-sink (video t=2, S=1) and CogVideoX (t=2) forwards alone.
+// rounds, then each launch of the video forward at t = 2 with S = 0 and 1 and of CogVideoX's (t = 2) alone.
 // CUDA-event medians after warm-up; the time does not depend on the values. Prints a table naming the card and
 // writes JSON. cuDNN's times come from the Python bench (same run on the GPU machine).
 #include <cuda_runtime.h>
@@ -161,15 +161,19 @@ int main(int argc, char** argv) {
                 }
         unsetenv("VMONARCH_EXACT_SCHEDULE");
 
-        // Each launch alone: video at t = 2, S = 1; CogVideoX at t = 2, S = 0 (text first, all valid).
-        if (std::string(c.name) != "hunyuan") {
+        // Each launch alone: video at t = 2 with S = 0 (the paper) and S = 1; CogVideoX at t = 2, S = 0 (text
+        // first, all valid).
+        std::vector<std::int64_t> sinks;
+        if (std::string(c.name) == "video") sinks = {0, 1};
+        if (std::string(c.name) == "cogvideox") sinks = {0};
+        for (const std::int64_t sink : sinks) {
             const std::int64_t video0 = c.text_first ? c.L : 0, text0 = c.text_first ? 0 : N;
             vmonarch::detail::MonarchProblem p;
             p.q = slice(qv, video0, N), p.k = slice(kv, video0, N), p.v = slice(vv, video0, N), p.out = slice(ov, video0, N);
             p.batch = 1, p.heads = c.heads, p.q_tokens = p.kv_tokens = N, p.head_dim = p.value_dim = c.d;
             p.scale = 1.0 / std::sqrt(double(c.d));
             p.grid = g, p.iterations = 2, p.cr_clamp = 0.1, p.recompute_first_frame = true;
-            p.sink_frames = c.L > 0 ? 0 : 1;
+            p.sink_frames = sink;
             if (c.L > 0) {
                 p.extra.present = true;
                 p.extra.k = slice(kv, text0, c.L), p.extra.v = slice(vv, text0, c.L);
@@ -183,11 +187,11 @@ int main(int argc, char** argv) {
             check(cudaDeviceSynchronize(), "plan");
             using vmonarch::cuda::launch_flash;
             using vmonarch::cuda::launch_lstep;
-            const std::string tag = c.L > 0 ? "t=2 S=0" : "t=2 S=1";
+            const std::string tag = "t=2 S=" + std::to_string(sink);
             add(c.name, tag + ": R-step 1", "alone", time_ms([&] { launch_flash(plan.rstep_params(0), nullptr, "bench"); }, warm, reps));
             add(c.name, tag + ": L-step 1", "alone", time_ms([&] { launch_lstep(plan.lstep_params(0), nullptr, "bench"); }, warm, reps));
             add(c.name, tag + ": R-step 2", "alone", time_ms([&] { launch_flash(plan.rstep_params(1), nullptr, "bench"); }, warm, reps));
-            add(c.name, tag + ": L-step 2 (merge)", "alone",
+            add(c.name, tag + (p.has_exact_groups() ? ": L-step 2 (merge)" : ": L-step 2"), "alone",
                 time_ms([&] { launch_lstep(plan.lstep_params(1, true), nullptr, "bench"); }, warm, reps));
             using vmonarch::cuda::user_rows;
             const auto rows = [&](const TensorView& t, std::int64_t t0, std::int64_t n) { return user_rows(slice(t, t0, n), 1); };
@@ -200,9 +204,10 @@ int main(int argc, char** argv) {
                                            nullptr, "bench"); }, warm, reps));
             // The other frames' exact group: the sink frame's keys (video) or the text keys (CogVideoX).
             const std::int64_t g0 = c.L > 0 ? text0 : 0, glen = c.L > 0 ? c.L : HW;
-            add(c.name, tag + (c.L > 0 ? ": frames 1.. over text keys" : ": frames 1.. over sink keys"), "alone",
-                time_ms([&] { launch_flash(dense_rows(rows(qv, video0 + HW, N - HW), N - HW, rows(kv, g0, glen), rows(vv, g0, glen), glen,
-                                                      rows(ov, video0 + HW, N - HW), lse, c), nullptr, "bench"); }, warm, reps));
+            if (p.has_exact_groups())
+                add(c.name, tag + (c.L > 0 ? ": frames 1.. over text keys" : ": frames 1.. over sink keys"), "alone",
+                    time_ms([&] { launch_flash(dense_rows(rows(qv, video0 + HW, N - HW), N - HW, rows(kv, g0, glen), rows(vv, g0, glen), glen,
+                                                          rows(ov, video0 + HW, N - HW), lse, c), nullptr, "bench"); }, warm, reps));
             if (c.L > 0)
                 add(c.name, tag + ": text queries over all keys", "alone",
                     time_ms([&] { launch_flash(dense_rows(rows(qv, text0, c.L), c.L, rows(kv, 0, M), rows(vv, 0, M), M, rows(ov, text0, c.L), {}, c),
