@@ -36,9 +36,9 @@ KeyJoin key_join(const TensorView& video, const TensorView& text);
 // Both k and v joined the same way, else apart.
 KeyJoin key_join(const TensorView& video_k, const TensorView& video_v, const TensorView& text_k, const TensorView& text_v);
 
-// VMONARCH_EXACT_SCHEDULE=serial: the exact key groups and a joint sequence's text queries in order on the
-// caller's stream with partials merged by log-sum-exp, as the plan ran them before it ran them beside the
-// Monarch steps (an A/B switch for benchmarks; read at every call).
+// VMONARCH_EXACT_SCHEDULE=serial: every exact key group and a joint sequence's text queries run in order on
+// the caller's stream, partials merged by log-sum-exp (exact_group_plan.cu, text_queries.cu), also where one key
+// range per row would let them run beside the Monarch steps (an A/B switch for benchmarks; read at every call).
 bool exact_schedule_serial();
 
 class MonarchPlan {
@@ -60,8 +60,9 @@ public:
     int iterations() const { return p_.iterations; }
 
 private:
-    // Exact key groups (src/cuda/exact_group_plan.cu, spec §3b): the groups into (out, exact_lse), then the
-    // Monarch steps with the merge fused into the last L-step.
+    // Exact key groups (spec §3b): the groups into (out, exact_lse) and the Monarch steps with the merge fused
+    // into the last L-step; beside the steps where every row's group is one key range (exact_group_beside.cu),
+    // otherwise in order (exact_group_plan.cu).
     void run_exact(void* stream, void* side_stream) const;
     void run_exact_in_order(void* stream, void* side_stream) const;
     // The schedule beside the Monarch steps (src/cuda/exact_group_beside.cu): each exact-group row attends one
