@@ -18,7 +18,13 @@ Cases (batch 1, bf16, bhsd, random normal q/k/v; the time does not depend on the
 SDPA backends are forced one at a time with torch.nn.attention.sdpa_kernel, cuDNN first; the first that
 accepts the inputs runs and the row says which (and why the ones before it refused).
 
-Reports per row the median time (CUDA events, after warm-up), FLOPs from vmonarch.flops (spec §4), the
+Timing is fair between the rows of a case: every row is first checked (its output, memory), then the rows are
+timed in --rounds interleaved rounds, round i starting at the case's row i (mod the row count) so that no row
+always follows the same one (cuDNN's long calls heat the card; a fixed order gave one setting the hot slot
+every time). Each round gives each row the same warm-up and `reps` timed calls.
+
+Reports per row the median time over every timed call of every round (CUDA events), the median of each round,
+FLOPs from vmonarch.flops (spec §4), the
 effective TFLOP/s, the peak allocated memory of one call and the part above what was allocated before it,
 the speedup over the case's SDPA row, the relative L2 distance to SDPA's output (a sanity check: finite and
 < 1 on these inputs), and the issue's targets:
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 from typing import List, Optional
 
@@ -36,7 +43,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from exact_groups_common import (check_output_path, environment, peak_extra_bytes, positive_int, rel_l2,  # noqa: E402
-                                 sdpa_call, time_ms, write_json)
+                                 sdpa_call, times_ms, write_json)
 
 # (t, S, r) of the video case; the first is the baseline of the ratios.
 VIDEO_SETTINGS = [(2, 0, None), (1, 1, None), (2, 1, None), (2, 1, 1)]
@@ -66,8 +73,9 @@ def setting_name(t: int, s: int, r: Optional[int]) -> str:
     return f"vmonarch t={t} S={s}" + ("" if r is None else f" r={r}")
 
 
-def run_row(row: dict, fn, device, warmup: int, reps: int, reference=None) -> dict:
-    """Fills row's ms, memory, rel_l2_vs_sdpa and status by running fn; failures become the status."""
+def check_row(row: dict, fn, device, reference=None) -> bool:
+    """Runs fn once and fills row's memory, rel_l2_vs_sdpa, finite and status; False (status saying why) when
+    fn failed, so the row is not timed."""
     try:
         out = fn()
         if reference is not None:
@@ -75,22 +83,39 @@ def run_row(row: dict, fn, device, warmup: int, reps: int, reference=None) -> di
         row["finite"] = bool(torch.isfinite(out).all())
         del out
         row["peak_bytes"], row["extra_bytes"] = peak_extra_bytes(fn, device)
-        row["ms"] = time_ms(fn, device, warmup, reps)
         row["status"] = "ok" if row["finite"] else "non-finite output"
+        return True
     except NotImplementedError as e:
         row["status"] = f"unsupported: {str(e).splitlines()[0] if str(e) else 'NotImplementedError'}"
     except torch.OutOfMemoryError as e:
         row["status"] = f"out of memory: {str(e).splitlines()[0]}"
     except (RuntimeError, ValueError, TypeError) as e:
         row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    if "ms" in row and row.get("flops"):
-        row["tflops"] = row["flops"] / (row["ms"] * 1e-3) / 1e12
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return row
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return False
 
 
-def bench_case(case: dict, device, dtype, warmup: int, reps: int) -> List[dict]:
+def time_rows(timed: List[tuple], device, warmup: int, reps: int, rounds: int) -> None:
+    """Times the (row, fn) pairs in `rounds` interleaved rounds, round i starting at pair i mod len(timed);
+    fills each row's ms (median of every timed call), round_ms (median per round) and tflops."""
+    calls = {id(row): [] for row, _ in timed}
+    for row, _ in timed:
+        row["round_ms"] = []
+    for i in range(rounds):
+        for j in range(len(timed)):
+            row, fn = timed[(i + j) % len(timed)]
+            t = times_ms(fn, device, warmup, reps)
+            calls[id(row)] += t
+            row["round_ms"].append(statistics.median(t))
+    for row, _ in timed:
+        row["ms"] = statistics.median(calls[id(row)])
+        if row.get("flops"):
+            row["tflops"] = row["flops"] / (row["ms"] * 1e-3) / 1e12
+
+
+def bench_case(case: dict, device, dtype, warmup: int, reps: int, rounds: int) -> List[dict]:
     import vmonarch
 
     T, H, W = case["grid"]
@@ -100,6 +125,7 @@ def bench_case(case: dict, device, dtype, warmup: int, reps: int) -> List[dict]:
     base = dict(case=case["name"], shape=f"{T}x{H}x{W}", heads=heads, d=d, text_len=L,
                 text_valid=case.get("text_valid", 0), text_first=case.get("text_first"), dtype=str(dtype))
     rows = []
+    timed = []  # (row, fn) of the rows that ran once, timed together at the end
 
     # SDPA over the whole sequence, padded text keys masked out (None when every key is valid).
     mask = None
@@ -118,15 +144,16 @@ def bench_case(case: dict, device, dtype, warmup: int, reps: int) -> List[dict]:
         sdpa["status"] = "no SDPA backend accepted the inputs"
     else:
         reference = fn()
-        run_row(sdpa, fn, device, warmup, reps)
+        if check_row(sdpa, fn, device):
+            timed.append((sdpa, fn))
     rows.append(sdpa)
     if mask is not None:   # cuDNN without the mask: what the masked call would cost if cuDNN took masks
         name2, fn2, notes2 = sdpa_call(q, k, v, None, device, prefer=("cudnn",))
         row = dict(base, what="sdpa (no mask)", backend=name2, refused=notes2, flops=dense_flops)
         if fn2 is None:
             row["status"] = "cuDNN refused the inputs"
-        else:
-            run_row(row, fn2, device, warmup, reps)
+        elif check_row(row, fn2, device):
+            timed.append((row, fn2))
         rows.append(row)
 
     for t, s, r in (JOINT_SETTINGS if L else VIDEO_SETTINGS):
@@ -143,12 +170,16 @@ def bench_case(case: dict, device, dtype, warmup: int, reps: int) -> List[dict]:
             def fn(t=t, s=s, r=r):
                 return vmonarch.attention(q, k, v, case["grid"], layout="bhsd", iterations=t, sink_frames=s,
                                           window_radius=r)
-        run_row(row, fn, device, warmup, reps, reference)
-        if "ms" in row and "ms" in sdpa:
+        if check_row(row, fn, device, reference):
+            timed.append((row, fn))
+        rows.append(row)
+    del reference
+    time_rows(timed, device, warmup, reps, rounds)
+    for row in rows:
+        if "iterations" in row and "ms" in row and "ms" in sdpa:
             row["speedup_vs_sdpa"] = sdpa["ms"] / row["ms"]
             row["speedup_vs"] = sdpa["backend"]
-        rows.append(row)
-    del q, k, v, reference
+    del timed, q, k, v
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
@@ -191,6 +222,8 @@ def print_table(rows: List[dict], goals: List[dict], tiny: bool) -> None:
         print(f"{r['case']:10s} {r['shape']:9s} {r['what']:26s} {str(r.get('backend') or ''):9s} {ms} "
               f"{r['flops']:9.3g} {tf} {sp} {fmt_bytes(r.get('peak_bytes')):>8s} {fmt_bytes(r.get('extra_bytes')):>6s} "
               f"{l2}  {r.get('status', '')}")
+        if len(r.get("round_ms") or []) > 1:
+            print(f"{'':10s} rounds: " + " / ".join(f"{t:.3f}" for t in r["round_ms"]) + " ms")
         for note in r.get("refused") or []:
             print(f"{'':10s} refused by {note}")
     print("targets" + (" (tiny shapes: not meaningful)" if tiny else "") + ":")
@@ -207,7 +240,10 @@ def parse_args(argv=None):
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (CPU in seconds; a smoke test)")
     ap.add_argument("--device", default=None, help="cuda (default) or cpu (default with --tiny)")
     ap.add_argument("--warmup", type=positive_int("--warmup", 0), default=None, help="warm-up calls (default 3, tiny 1)")
-    ap.add_argument("--reps", type=positive_int("--reps"), default=None, help="timed calls (default 10, tiny 3)")
+    ap.add_argument("--reps", type=positive_int("--reps"), default=None,
+                    help="timed calls per row and round (default 10, tiny 3)")
+    ap.add_argument("--rounds", type=positive_int("--rounds"), default=None,
+                    help="interleaved timing rounds over a case's rows (default 3, tiny 1)")
     ap.add_argument("--cases", default=None,
                     help="comma-separated subset of video,hunyuan,cogvideox (default all)")
     args = ap.parse_args(argv)
@@ -222,6 +258,7 @@ def parse_args(argv=None):
         ap.error("--device is 'cuda' but torch sees no CUDA device (use --tiny or --device cpu)")
     args.warmup = (1 if args.tiny else 3) if args.warmup is None else args.warmup
     args.reps = (3 if args.tiny else 10) if args.reps is None else args.reps
+    args.rounds = (1 if args.tiny else 3) if args.rounds is None else args.rounds
     known = [c["name"] for c in FULL_CASES]
     args.cases = known if args.cases is None else [c for c in args.cases.split(",") if c]
     bad = [c for c in args.cases if c not in known]
@@ -236,15 +273,15 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16
     env = environment(device)
     print(f"exact-groups bench on {env.get('card', 'cpu')}, torch {env['torch']}, cuDNN {env.get('cudnn')}, "
-          f"vmonarch {env.get('vmonarch')}, warm-up {args.warmup}, reps {args.reps}", flush=True)
+          f"vmonarch {env.get('vmonarch')}, warm-up {args.warmup}, reps {args.reps}, rounds {args.rounds}", flush=True)
     rows = []
     for case in (TINY_CASES if args.tiny else FULL_CASES):
         if case["name"] in args.cases:
-            rows += bench_case(case, device, dtype, args.warmup, args.reps)
+            rows += bench_case(case, device, dtype, args.warmup, args.reps, args.rounds)
     goals = targets(rows)
     print_table(rows, goals, args.tiny)
     write_json(args.out, dict(environment=env, tiny=args.tiny, warmup=args.warmup, reps=args.reps,
-                              rows=rows, targets=goals))
+                              rounds=args.rounds, rows=rows, targets=goals))
     print(f"wrote {args.out}")
     return 0 if all(r.get("status") == "ok" for r in rows) else 1
 

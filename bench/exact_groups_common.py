@@ -30,8 +30,8 @@ def positive_int(name: str, lo: int = 1):
     return parse
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
-    """Median milliseconds of fn() over `reps` calls after `warmup` calls."""
+def times_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> List[float]:
+    """Milliseconds of each of `reps` calls of fn() after `warmup` calls."""
     for _ in range(warmup):
         fn()
     times: List[float] = []
@@ -49,7 +49,12 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: i
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
+    """Median milliseconds of fn() over `reps` calls after `warmup` calls."""
+    return statistics.median(times_ms(fn, device, warmup, reps))
 
 
 def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> Tuple[Optional[int], Optional[int]]:

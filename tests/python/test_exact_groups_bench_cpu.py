@@ -25,7 +25,7 @@ def _run(*args, timeout=600):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "tiny.json"
-    proc = _run("--tiny", "--out", str(out), "--reps", "2")
+    proc = _run("--tiny", "--out", str(out), "--reps", "2", "--rounds", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text()), proc.stdout
 
@@ -43,6 +43,17 @@ def test_every_row_runs(tiny):
     # The masked joint case has the masked SDPA row and the unmasked one; CogVideoX masks nothing.
     assert [r["what"] for r in rows if r["case"] == "hunyuan"][:2] == ["sdpa (key-padding mask)", "sdpa (no mask)"]
     assert [r["what"] for r in rows if r["case"] == "cogvideox"][0] == "sdpa"
+
+
+def test_rows_are_timed_in_rounds(tiny):
+    # Every timed row has one median per round; the row's time, the median of all its calls, lies between
+    # the rounds' medians.
+    data, stdout = tiny
+    assert data["rounds"] == 2 and data["reps"] == 2
+    for r in data["rows"]:
+        assert len(r["round_ms"]) == 2 and all(t > 0 for t in r["round_ms"])
+        assert min(r["round_ms"]) * (1 - 1e-9) <= r["ms"] <= max(r["round_ms"]) * (1 + 1e-9)
+    assert "rounds: " in stdout
 
 
 def test_flops_come_from_vmonarch_flops(tiny):
@@ -90,6 +101,7 @@ def test_targets_are_ratios_of_the_rows(tiny):
 
 @pytest.mark.parametrize("args,needle", [
     (["--reps", "0"], "--reps is 0, expected an int >= 1"),
+    (["--rounds", "0"], "--rounds is 0, expected an int >= 1"),
     (["--warmup", "x"], "--warmup is 'x', expected an int >= 0"),
     (["--cases", "video,wan"], "--cases is 'video,wan'"),
     (["--device", "tpu"], "--device is 'tpu'"),
