@@ -3,6 +3,8 @@
 // bench/exact_groups_bench.py (bf16, batch 1, BHSD, no lse, frame-0 recompute on), each setting timed under the
 // default schedule and under VMONARCH_EXACT_SCHEDULE=serial (the groups in order with partials) in alternating
 // rounds, then each launch of the video forward at t = 2 with S = 0 and 1 and of CogVideoX's (t = 2) alone.
+// CogVideoX (d = 64, where the sm90 flash peer has one key-tile width only) also runs with every flash problem
+// on the portable sm80 peer ("sm80 peer": the policy's other choice), whole forwards and each launch alone.
 // CUDA-event medians after warm-up; the time does not depend on the values. Prints a table naming the card and
 // writes JSON. cuDNN's times come from the Python bench (same run on the GPU machine).
 #include <cuda_runtime.h>
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "core/backend.hpp"
+#include "cuda/flash_policy.hpp"
 #include "cuda/monarch_plan.hpp"
 #include "cuda_timing.hpp"
 #include "vmonarch/vmonarch.hpp"
@@ -137,10 +140,17 @@ int main(int argc, char** argv) {
         // Whole forwards, default schedule and serial, alternating.
         const Setting* settings = c.L > 0 ? kJointSettings : kVideoSettings;
         const int n_settings = c.L > 0 ? 2 : 4;
+        const bool peers = std::string(c.name) == "cogvideox";
+        const vmonarch::cuda::FlashPolicy policy0 = vmonarch::cuda::flash_policy();
+        vmonarch::cuda::FlashPolicy sm80_policy = policy0;
+        sm80_policy.sm90 = false;
+        std::vector<const char*> schedules = {"default", "serial"};
+        if (peers) schedules.push_back("sm80 peer");
         for (int round = 0; round < rounds; ++round)
             for (int si = 0; si < n_settings; ++si)
-                for (const char* schedule : {"default", "serial"}) {
+                for (const char* schedule : schedules) {
                     const Setting s = settings[si];
+                    vmonarch::cuda::set_flash_policy(std::string(schedule) == "sm80 peer" ? sm80_policy : policy0);
                     vmonarch::Options opt;
                     opt.iterations = s.t;
                     opt.sink_frames = s.S;
@@ -160,13 +170,17 @@ int main(int argc, char** argv) {
                     add(c.name, setting_name(s) + " (round " + std::to_string(round + 1) + ")", schedule, ms);
                 }
         unsetenv("VMONARCH_EXACT_SCHEDULE");
+        vmonarch::cuda::set_flash_policy(policy0);
 
         // Each launch alone: video at t = 2 with S = 0 (the paper) and S = 1; CogVideoX at t = 2, S = 0 (text
         // first, all valid).
         std::vector<std::int64_t> sinks;
         if (std::string(c.name) == "video") sinks = {0, 1};
         if (std::string(c.name) == "cogvideox") sinks = {0};
-        for (const std::int64_t sink : sinks) {
+        for (const std::int64_t sink : sinks)
+        for (const bool sm80 : peers ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
+            vmonarch::cuda::set_flash_policy(sm80 ? sm80_policy : policy0);
+            const char* alone = sm80 ? "sm80 alone" : "alone";
             const std::int64_t video0 = c.text_first ? c.L : 0, text0 = c.text_first ? 0 : N;
             vmonarch::detail::MonarchProblem p;
             p.q = slice(qv, video0, N), p.k = slice(kv, video0, N), p.v = slice(vv, video0, N), p.out = slice(ov, video0, N);
@@ -188,10 +202,10 @@ int main(int argc, char** argv) {
             using vmonarch::cuda::launch_flash;
             using vmonarch::cuda::launch_lstep;
             const std::string tag = "t=2 S=" + std::to_string(sink);
-            add(c.name, tag + ": R-step 1", "alone", time_ms([&] { launch_flash(plan.rstep_params(0), nullptr, "bench"); }, warm, reps));
-            add(c.name, tag + ": L-step 1", "alone", time_ms([&] { launch_lstep(plan.lstep_params(0), nullptr, "bench"); }, warm, reps));
-            add(c.name, tag + ": R-step 2", "alone", time_ms([&] { launch_flash(plan.rstep_params(1), nullptr, "bench"); }, warm, reps));
-            add(c.name, tag + (p.has_exact_groups() ? ": L-step 2 (merge)" : ": L-step 2"), "alone",
+            add(c.name, tag + ": R-step 1", alone, time_ms([&] { launch_flash(plan.rstep_params(0), nullptr, "bench"); }, warm, reps));
+            add(c.name, tag + ": L-step 1", alone, time_ms([&] { launch_lstep(plan.lstep_params(0), nullptr, "bench"); }, warm, reps));
+            add(c.name, tag + ": R-step 2", alone, time_ms([&] { launch_flash(plan.rstep_params(1), nullptr, "bench"); }, warm, reps));
+            add(c.name, tag + (p.has_exact_groups() ? ": L-step 2 (merge)" : ": L-step 2"), alone,
                 time_ms([&] { launch_lstep(plan.lstep_params(1, true), nullptr, "bench"); }, warm, reps));
             using vmonarch::cuda::user_rows;
             const auto rows = [&](const TensorView& t, std::int64_t t0, std::int64_t n) { return user_rows(slice(t, t0, n), 1); };
@@ -199,23 +213,24 @@ int main(int argc, char** argv) {
             check(cudaMalloc(&lse_buf, std::size_t(M) * c.heads * 4), "malloc lse");
             const vmonarch::cuda::RowView lse{lse_buf, c.heads * M, M, 0, 1};
             // Frame 0 over every key (the joint sequence's keys with text).
-            add(c.name, tag + ": frame 0 over all keys", "alone",
+            add(c.name, tag + ": frame 0 over all keys", alone,
                 time_ms([&] { launch_flash(dense_rows(rows(qv, video0, HW), HW, rows(kv, 0, M), rows(vv, 0, M), M, rows(ov, video0, HW), {}, c),
                                            nullptr, "bench"); }, warm, reps));
             // The other frames' exact group: the sink frame's keys (video) or the text keys (CogVideoX).
             const std::int64_t g0 = c.L > 0 ? text0 : 0, glen = c.L > 0 ? c.L : HW;
             if (p.has_exact_groups())
-                add(c.name, tag + (c.L > 0 ? ": frames 1.. over text keys" : ": frames 1.. over sink keys"), "alone",
+                add(c.name, tag + (c.L > 0 ? ": frames 1.. over text keys" : ": frames 1.. over sink keys"), alone,
                     time_ms([&] { launch_flash(dense_rows(rows(qv, video0 + HW, N - HW), N - HW, rows(kv, g0, glen), rows(vv, g0, glen), glen,
                                                           rows(ov, video0 + HW, N - HW), lse, c), nullptr, "bench"); }, warm, reps));
             if (c.L > 0)
-                add(c.name, tag + ": text queries over all keys", "alone",
+                add(c.name, tag + ": text queries over all keys", alone,
                     time_ms([&] { launch_flash(dense_rows(rows(qv, text0, c.L), c.L, rows(kv, 0, M), rows(vv, 0, M), M, rows(ov, text0, c.L), {}, c),
                                                nullptr, "bench"); }, warm, reps));
             check(cudaDeviceSynchronize(), "launches alone");
             cudaFree(lse_buf);
             cudaFree(ws);
         }
+        vmonarch::cuda::set_flash_policy(policy0);
         check(cudaDeviceSynchronize(), "case done");
         cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o);
     }
