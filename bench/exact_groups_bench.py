@@ -19,9 +19,9 @@ SDPA backends are forced one at a time with torch.nn.attention.sdpa_kernel, cuDN
 accepts the inputs runs and the row says which (and why the ones before it refused).
 
 Timing is fair between the rows of a case: every row is first checked (its output, memory), then the rows are
-timed in --rounds interleaved rounds, round i starting at the case's row i (mod the row count) so that no row
-always follows the same one (cuDNN's long calls heat the card; a fixed order gave one setting the hot slot
-every time). Each round gives each row the same warm-up and `reps` timed calls.
+timed in --rounds interleaved rounds, round i starting at the case's row i (mod the row count), so that no row
+always follows the same one and the card's clock and heat states fall on every row alike. Each round gives
+each row the same warm-up and `reps` timed calls.
 
 Reports per row the median time over every timed call of every round (CUDA events), the median of each round,
 FLOPs from vmonarch.flops (spec §4), the
