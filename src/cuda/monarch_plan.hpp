@@ -43,11 +43,16 @@ public:
     void run(void* stream, void* side_stream = nullptr) const;
     int iterations() const { return p_.iterations; }
 
-private:
-    // Exact key groups (src/cuda/exact_group_plan.cu, spec §3b): the groups into (out, exact_lse), then the
-    // Monarch steps with the merge fused into the last L-step.
-    void run_exact(void* stream, void* side_stream) const;
+    // Exact key groups only: the recompute and the groups into (out, exact_lse) on `stream`, without the
+    // Monarch steps (the training forward runs its own, whose last L-step must then skip frame 0 when the
+    // recompute is on).
+    void run_exact_groups(void* stream) const { run_exact(stream, nullptr, false); }
     bool monarch_needed() const;              // some query row (outside recomputed frame 0) fits a key frame
+
+private:
+    // Exact key groups (src/cuda/exact_group_plan.cu, spec §3b): the groups into (out, exact_lse), then (with
+    // monarch_steps) the Monarch steps with the merge fused into the last L-step.
+    void run_exact(void* stream, void* side_stream, bool monarch_steps = true) const;
     FlashParams dense_over(const RowView& q, std::int64_t len_q, int segments, int batch, const RowView& k,
                            const RowView& v, std::int64_t len_k, const RowView& o, const RowView& lse) const;
     void merge(const RowView& acc_o, const RowView& acc_lse, const RowView& part_o, const RowView& part_lse,
