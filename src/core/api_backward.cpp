@@ -301,10 +301,10 @@ std::size_t backward_workspace_bytes(const TensorView& q, const TensorView& v, c
                                      const Options& options, const BackwardOptions& backward,
                                      std::int64_t extra_tokens, bool text_queries) {
     const std::string fn = "vmonarch::backward_workspace_bytes";
-    if (q.device != Device::cuda) return 0;
     if (extra_tokens < 0) fail(fn, "extra_tokens", cat("is ", extra_tokens, ", expected >= 0"));
     if (text_queries && extra_tokens == 0)
         fail(fn, "text_queries", "is true with extra_tokens 0, expected the joint sequence's text tokens as extra_tokens");
+    if (q.device != Device::cuda) return 0;
     detail::BackwardProblem p;
     static_cast<detail::MonarchProblem&>(p) = shape_problem(fn, q, v, grid, options);
     if (extra_tokens > 0) { // only the sizes matter: the extra keys' (and text queries') gradient accumulators
