@@ -275,7 +275,7 @@ def test_fake_kernel_matches_the_cuda_op():
             assert x.shape == f.shape and x.dtype == f.dtype
 
 
-@pytest.mark.parametrize("options", [dict(), dict(entropy_grad=True, save_state=True), dict(deterministic=True)])
+@pytest.mark.parametrize("options", [dict(), dict(entropy_grad=True, save_state=True, deterministic=True)])
 def test_compile_fullgraph_with_backward(options, ref):
     needs_kernels()
     grid = (3, 4, 5)
