@@ -1,8 +1,10 @@
-// flash_bwd_bench [--reps N]: CUDA-event timings of the flash backward kernel (launch_flash_bwd, spec §7.5 and
-// §7.2) on its own, bf16, d = 128, batch 1, random inputs, at 16 × 28 × 52 × 12 heads (HW = 1456, N = 23296):
+// flash_bwd_bench [--reps N] [--big]: CUDA-event timings of the flash backward kernel (launch_flash_bwd, spec
+// §7.5 and §7.2) on its own, bf16, d = 128, batch 1, random inputs, at 16 × 28 × 52 × 12 heads (HW = 1456,
+// N = 23296; with --big 24 × 44 × 80 × 40 heads: HW = 3520, N = 84480):
 //   R-step backward, last iteration (row scale, K and V values: dA and dY), middle iteration (row scale, dA),
 //   each with and without the entropy term; the dense frame-0 recompute backward (1456 queries over all N keys,
-//   dy = dO); each also in deterministic mode.
+//   dy = dO); each also in deterministic mode; each on both peers: the portable kernels (the flash policy's
+//   sm90 peer off) and the Hopper kernel (sm90/flash_bwd_sm90.hpp) where the device and the build have it.
 // Prints ms and TFLOP/s of the matrix products the kernel does: 2·d per (query, key) pair and product, i.e.
 // S, dP's ⟨dA, K⟩ and ⟨dY, V⟩, dV, dK's two, dq (7 products with both values, 5 with one).
 #include <cuda_runtime.h>
@@ -15,6 +17,8 @@
 #include <vector>
 
 #include "cuda/bwd/backward_params.hpp"
+#include "cuda/bwd/sm90/flash_bwd_sm90.hpp"
+#include "cuda/flash_policy.hpp"
 #include "cuda_timing.hpp"
 #include "vmonarch/half.hpp"
 
@@ -53,9 +57,12 @@ void fill_f32(const DeviceArray& a, std::size_t count, double lo, double hi) {
 
 int main(int argc, char** argv) {
     int reps = 20;
-    for (int i = 1; i < argc; ++i)
+    bool big = false;
+    for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
-    const int T = 16, HW = 28 * 52, H = 12, d = 128;
+        else if (!std::strcmp(argv[i], "--big")) big = true;
+    }
+    const int T = big ? 24 : 16, Hh = big ? 44 : 28, Ww = big ? 80 : 52, HW = Hh * Ww, H = big ? 40 : 12, d = 128;
     const std::int64_t N = std::int64_t(T) * HW;
     const std::size_t vec = std::size_t(N) * H * d, rows = std::size_t(N) * H;
     DeviceArray q(vec * 2), k(vec * 2), v(vec * 2), da(vec * 2), dy(vec * 2);
@@ -66,8 +73,9 @@ int main(int argc, char** argv) {
     check(cudaMemset(dk.ptr, 0, vec * 4), "memset");
     check(cudaMemset(dv.ptr, 0, vec * 4), "memset");
 
-    std::printf("flash backward, bf16, d=%d, %dx28x52 x %d heads (HW=%d, N=%lld)\n", d, T, H, HW, (long long)N);
-    std::printf("%-40s %10s %10s\n", "case", "ms", "TFLOP/s");
+    std::printf("flash backward, bf16, d=%d, %dx%dx%d x %d heads (HW=%d, N=%lld)\n", d, T, Hh, Ww, H, HW, (long long)N);
+    std::printf("%-40s %-9s %10s %10s\n", "case", "peer", "ms", "TFLOP/s");
+    const vmonarch::cuda::FlashPolicy env_policy = vmonarch::cuda::flash_policy();
     // Views in [b, h, frame, row] order: 16-bit operands BSHD (the user's layout), f32 rows [h][n].
     const auto vec_view = [&](void* p, bool dense) {
         return dense ? RowView{p, std::int64_t(vec), d, 0, std::int64_t(H) * d}
@@ -87,7 +95,11 @@ int main(int argc, char** argv) {
         {"dense frame-0 recompute (dY = dO)", true, false, false, true, false},
     };
     for (const Case& c : cases)
+        for (bool sm90 : {false, true})
         for (bool det : {false, true}) {
+            vmonarch::cuda::FlashPolicy pol = env_policy;
+            pol.sm90 = sm90 && env_policy.sm90;
+            vmonarch::cuda::set_flash_policy(pol);
             FlashBwdParams p;
             p.head_dim = d;
             p.q = vec_view(q.ptr, c.dense);
@@ -111,10 +123,13 @@ int main(int argc, char** argv) {
             p.scale = p.qk_scale = float(1.0 / std::sqrt(double(d)));
             p.clamp = 0.1f;
             p.deterministic = det;
+            const bool hopper = vmonarch::cuda::flash_bwd_sm90_supported(p);
+            if (sm90 && !hopper) continue; // no Hopper kernel here: the portable row already stands
             const double ms = time_ms([&] { vmonarch::cuda::launch_flash_bwd(p, nullptr, "flash_bwd_bench"); }, 3, reps);
             const int products = 3 + 2 * c.da + 2 * c.dy;
             const double flops = 2.0 * d * products * double(p.len_q) * double(p.len_k) * p.segments * H;
-            std::printf("%-40s %10.3f %10.1f%s\n", c.name, ms, flops / ms * 1e-9, det ? "  deterministic" : "");
+            std::printf("%-40s %-9s %10.3f %10.1f%s\n", c.name, hopper ? "sm90" : "portable", ms, flops / ms * 1e-9,
+                        det ? "  deterministic" : "");
         }
     return 0;
 }

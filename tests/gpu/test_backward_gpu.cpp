@@ -2,11 +2,14 @@
 // for iterations 1..3, clamp active, recompute on and off, T = 1, odd T, prime HW, d 64 and 128, bf16 and
 // f16, batch and heads > 1, both layouts, dlse, both gradient variants; plus properties: dv bitwise equal
 // between the variants, deterministic mode bitwise repeatable, saved and lean mode equal, and the errors.
+// The comparisons run on the default route (the Hopper kernels on an sm_90 device) and again with the flash
+// policy's sm90 peer off (the portable kernels everywhere).
 #include <gtest/gtest.h>
 
 #include <optional>
 #include <sstream>
 
+#include "cuda/flash_policy.hpp"
 #include "gpu_test_util.hpp"
 #include "vmonarch/backward.hpp"
 
@@ -124,10 +127,23 @@ double grad_tolerance(DType t) { return t == DType::bf16 ? 2e-2 : 5e-3; }
 
 class Backward : public ::testing::TestWithParam<Case> {};
 
-TEST_P(Backward, MatchesCpuF64BothVariants) {
-    REQUIRE_GPU();
-    const Case c = GetParam();
-    const Problem p(c);
+// Replaces the process's flash policy for one scope: the sm90 peer off (portable kernels only).
+class PortableOnly {
+public:
+    PortableOnly() : saved_(vmonarch::cuda::flash_policy()) {
+        vmonarch::cuda::FlashPolicy p = saved_;
+        p.sm90 = false;
+        vmonarch::cuda::set_flash_policy(p);
+    }
+    ~PortableOnly() { vmonarch::cuda::set_flash_policy(saved_); }
+    PortableOnly(const PortableOnly&) = delete;
+    PortableOnly& operator=(const PortableOnly&) = delete;
+
+private:
+    vmonarch::cuda::FlashPolicy saved_;
+};
+
+void expect_matches_cpu(const Problem& p, const Case& c) {
     const double tol = grad_tolerance(c.dtype);
     std::optional<Grads> paper;
     for (bool entropy : {false, true}) {
@@ -141,6 +157,21 @@ TEST_P(Backward, MatchesCpuF64BothVariants) {
         if (!entropy) paper = got;
         else EXPECT_EQ(got.raw_dv, paper->raw_dv) << "dv must not depend on the entropy term";
     }
+}
+
+TEST_P(Backward, MatchesCpuF64BothVariants) {
+    REQUIRE_GPU();
+    const Case c = GetParam();
+    const Problem p(c);
+    expect_matches_cpu(p, c);
+}
+
+TEST_P(Backward, PortableKernelsMatchCpuF64) {
+    REQUIRE_GPU();
+    const Case c = GetParam();
+    const Problem p(c);
+    const PortableOnly portable;
+    expect_matches_cpu(p, c);
 }
 
 TEST_P(Backward, DeterministicRepeatableAndLeanEqualsSaved) {

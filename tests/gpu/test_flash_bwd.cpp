@@ -2,6 +2,8 @@
 // f64 computation written here of exactly the formulas of cuda/bwd/backward_params.hpp, on the same rounded
 // inputs: lse computed in f64 on the host from the rounded q, k, γ and stored as f32, drow a row constant near
 // Σ_l P·dP. Gradients are added (+=) onto nonzero initial accumulators; what the kernel added is compared.
+// Every case runs on both peers: the portable kernels (the flash policy's sm90 peer off) and whatever
+// launch_flash_bwd routes to (the Hopper kernel on an sm_90 device with a 90a build).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,6 +12,8 @@
 #include <sstream>
 
 #include "cuda/bwd/backward_params.hpp"
+#include "cuda/bwd/sm90/flash_bwd_sm90.hpp"
+#include "cuda/flash_policy.hpp"
 #include "gpu_test_util.hpp"
 
 namespace gputest {
@@ -18,6 +22,35 @@ namespace {
 using vmonarch::cuda::Elem;
 using vmonarch::cuda::FlashBwdParams;
 using vmonarch::cuda::RowView;
+
+// Replaces the process's flash policy for one scope (also when an assertion throws): the sm90 peer on or off.
+class PeerGuard {
+public:
+    explicit PeerGuard(bool sm90) : saved_(vmonarch::cuda::flash_policy()) {
+        vmonarch::cuda::FlashPolicy p = saved_;
+        p.sm90 = sm90 && saved_.sm90; // never turns on what the environment turned off
+        vmonarch::cuda::set_flash_policy(p);
+    }
+    ~PeerGuard() { vmonarch::cuda::set_flash_policy(saved_); }
+    PeerGuard(const PeerGuard&) = delete;
+    PeerGuard& operator=(const PeerGuard&) = delete;
+
+private:
+    vmonarch::cuda::FlashPolicy saved_;
+};
+
+// The device is 9.0 and the library carries the sm_90a backward kernel.
+bool sm90_kernel_present() {
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    cudaFuncAttributes fa{};
+    const bool ok = major == 9 && minor == 0 && cudaFuncGetAttributes(&fa, vmonarch::cuda::flash_bwd_sm90_probe_kernel()) == cudaSuccess &&
+                    fa.binaryVersion == 90 && fa.numRegs >= 128; // not the empty stub of a plain sm_90 build
+    cudaGetLastError();
+    return ok;
+}
 
 struct BwdCase {
     std::int64_t batch, heads, segments, len_q, len_k, d;
@@ -246,13 +279,13 @@ std::vector<double> added(const std::vector<float>& got, const std::vector<doubl
     return out;
 }
 
-void check(const char* what, const BwdCase& c, bool det, const std::vector<float>& got, const std::vector<double>& init,
+void check(const char* what, const BwdCase& c, const char* peer, bool det, const std::vector<float>& got, const std::vector<double>& init,
            const std::vector<double>& ref) {
     const auto add = added(got, init);
-    EXPECT_EQ(count_nonfinite(add), 0u) << what;
+    EXPECT_EQ(count_nonfinite(add), 0u) << what << " " << peer;
     const double err = rel_l2(add, ref), tol = tolerance(c.dtype);
-    EXPECT_LE(err, tol) << what << " " << case_name(c) << (det ? " deterministic" : "");
-    std::printf("[ flashbwd ] %-44s %-3s %s rel-L2 %.2e (tol %.0e)\n", case_name(c).c_str(), what, det ? "det" : "   ", err, tol);
+    EXPECT_LE(err, tol) << what << " " << case_name(c) << " " << peer << (det ? " deterministic" : "");
+    std::printf("[ flashbwd ] %-44s %-8s %-3s %s rel-L2 %.2e (tol %.0e)\n", case_name(c).c_str(), peer, what, det ? "det" : "   ", err, tol);
 }
 
 bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
@@ -261,21 +294,27 @@ bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
 
 class FlashBwd : public ::testing::TestWithParam<BwdCase> {};
 
-// Both modes against the f64 formulas; deterministic mode twice, bitwise equal.
+// Both modes on both peers against the f64 formulas; deterministic mode twice, bitwise equal.
 TEST_P(FlashBwd, MatchesF64Formulas) {
     REQUIRE_GPU();
     const BwdCase c = GetParam();
     const Problem pr(c, 1000 + std::uint64_t(c.len_q * 7 + c.len_k + c.d));
-    for (bool det : {false, true}) {
-        const auto r = pr.run(det);
-        check("dq", c, det, r.dq, pr.fdq->val, pr.ref_dq);
-        check("dk", c, det, r.dk, pr.fdk->val, pr.ref_dk);
-        if (c.dy) check("dv", c, det, r.dv, pr.fdv->val, pr.ref_dv);
-        if (det) {
-            const auto again = pr.run(true);
-            EXPECT_TRUE(bitwise_equal(r.dq, again.dq)) << "dq not repeatable " << case_name(c);
-            EXPECT_TRUE(bitwise_equal(r.dk, again.dk)) << "dk not repeatable " << case_name(c);
-            EXPECT_TRUE(bitwise_equal(r.dv, again.dv)) << "dv not repeatable " << case_name(c);
+    for (bool sm90 : {false, true}) {
+        const PeerGuard peer(sm90);
+        const bool routed = vmonarch::cuda::flash_bwd_sm90_supported(pr.params(false));
+        if (sm90 && !routed) continue; // no Hopper kernel here: the routed run is the portable one again
+        const char* name = routed ? "sm90" : "portable";
+        for (bool det : {false, true}) {
+            const auto r = pr.run(det);
+            check("dq", c, name, det, r.dq, pr.fdq->val, pr.ref_dq);
+            check("dk", c, name, det, r.dk, pr.fdk->val, pr.ref_dk);
+            if (c.dy) check("dv", c, name, det, r.dv, pr.fdv->val, pr.ref_dv);
+            if (det) {
+                const auto again = pr.run(true);
+                EXPECT_TRUE(bitwise_equal(r.dq, again.dq)) << "dq not repeatable " << case_name(c) << " " << name;
+                EXPECT_TRUE(bitwise_equal(r.dk, again.dk)) << "dk not repeatable " << case_name(c) << " " << name;
+                EXPECT_TRUE(bitwise_equal(r.dv, again.dv)) << "dv not repeatable " << case_name(c) << " " << name;
+            }
         }
     }
 }
@@ -294,8 +333,45 @@ INSTANTIATE_TEST_SUITE_P(
         BwdCase{2, 2, 1, 37, 185, 128, bf, false, false, true, false},
         BwdCase{1, 3, 1, 61, 305, 64, hf, false, false, true, false},
         BwdCase{1, 1, 1, 200, 333, 128, hf, false, false, true, false},
-        BwdCase{2, 1, 1, 97, 131, 64, bf, false, false, true, false}),
+        BwdCase{2, 1, 1, 97, 131, 64, bf, false, false, true, false},
+        // Awkward shapes for the 128-key / 64-query tiles: a key tail of 1 and of 2, len_q below one tile
+        // (and of 1), several full and partial tiles, f16 at d 64 with every operand.
+        BwdCase{1, 2, 2, 129, 129, 128, bf, true, true, true, true},
+        BwdCase{2, 1, 1, 5, 258, 128, bf, false, false, true, false},
+        BwdCase{1, 2, 3, 1, 130, 64, hf, true, true, false, true},
+        BwdCase{1, 1, 2, 300, 300, 128, hf, true, true, true, true},
+        BwdCase{2, 3, 1, 70, 383, 64, hf, true, true, true, false},
+        BwdCase{1, 1, 4, 64, 128, 64, bf, false, true, true, true}),
     [](const auto& info) { return case_name(info.param); });
+
+// The route: on an sm_90 device with the 90a kernel launch_flash_bwd takes the Hopper kernel (every variant,
+// both element types and head dims, also deterministic), unless the policy turns the sm90 peer off or the
+// operands are ones it does not take; on any other device never.
+TEST(FlashBwdRoute, HopperKernelOnSm90Only) {
+    REQUIRE_GPU();
+    const bool present = sm90_kernel_present() && vmonarch::cuda::flash_policy().sm90;
+    for (const BwdCase& c : {BwdCase{1, 1, 1, 17, 17, 64, bf, true, true, true, true}, BwdCase{1, 1, 1, 17, 17, 128, hf, false, true, false, false},
+                             BwdCase{1, 1, 1, 17, 40, 128, bf, false, false, true, false}}) {
+        const Problem pr(c, 11);
+        for (bool det : {false, true}) EXPECT_EQ(vmonarch::cuda::flash_bwd_sm90_supported(pr.params(det)), present) << case_name(c);
+        if (present) {
+            // dq rows that bulk reduce-adds cannot take (not 16-byte aligned) keep the portable kernel, unless
+            // deterministic (the Hopper kernel then leaves dq to the portable query-tile kernel).
+            auto p = pr.params(false);
+            p.dq.ptr = static_cast<char*>(p.dq.ptr) + 4;
+            EXPECT_FALSE(vmonarch::cuda::flash_bwd_sm90_supported(p)) << case_name(c);
+            p.deterministic = true;
+            EXPECT_TRUE(vmonarch::cuda::flash_bwd_sm90_supported(p)) << case_name(c);
+            if (c.da) { // dK and dQ are accumulated divided by s
+                p = pr.params(false);
+                p.scale = 0.f;
+                EXPECT_FALSE(vmonarch::cuda::flash_bwd_sm90_supported(p)) << case_name(c);
+            }
+        }
+        const PeerGuard off(false);
+        EXPECT_FALSE(vmonarch::cuda::flash_bwd_sm90_supported(pr.params(false))) << case_name(c);
+    }
+}
 
 // Bad configurations are refused with the kernel's context, before any launch.
 TEST(FlashBwdErrors, RefusesBadConfigurations) {

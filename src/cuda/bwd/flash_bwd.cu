@@ -1,9 +1,11 @@
-// launch_flash_bwd (backward_params.hpp): the flash backward's checks and its (element type, head dim) dispatch
-// to the instance groups (instances/flash_bwd_*.cu).
+// launch_flash_bwd (backward_params.hpp): the flash backward's checks, the route to the Hopper kernel
+// (sm90/flash_bwd_sm90.hpp) where it takes the problem, else the (element type, head dim) dispatch to the
+// portable instance groups (instances/flash_bwd_*.cu).
 #include <cstdint>
 #include <sstream>
 
 #include "cuda/bwd/flash_bwd.hpp"
+#include "cuda/bwd/sm90/flash_bwd_sm90.hpp"
 #include "cuda/common/cuda_check.hpp"
 
 namespace vmonarch::cuda {
@@ -38,6 +40,7 @@ void launch_flash_bwd(const FlashBwdParams& p, void* stream, const char* what) {
         if (v->ptr && !rows_aligned16(*v)) fail("16-bit operand rows must be 16-byte aligned (pointer and strides multiples of 8 elements)");
     if (std::int64_t(p.segments) * p.heads > 65535 || p.batch > 65535) fail("grid too large (segments·heads and batch must be ≤ 65535)");
     if (p.len_q > 0x7fffffff || p.len_k > 0x7fffffff) fail("len_q and len_k must be < 2³¹");
+    if (try_launch_flash_bwd_sm90(p, stream, what)) return;
     const bool bf = p.elem == Elem::bf16;
     if (p.head_dim == 64) bf ? launch_flash_bwd_typed<true, 64>(p, stream, what) : launch_flash_bwd_typed<false, 64>(p, stream, what);
     else bf ? launch_flash_bwd_typed<true, 128>(p, stream, what) : launch_flash_bwd_typed<false, 128>(p, stream, what);

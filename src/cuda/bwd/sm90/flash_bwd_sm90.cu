@@ -1,0 +1,70 @@
+// The Hopper peer of launch_flash_bwd, host side (flash_bwd_sm90.hpp): whether it may take a problem, and the
+// (element type, head dim) dispatch to the instances (instances/flash_bwd_sm90_*.cu). The kernel body exists
+// only in the sm_90a pass; a library without it, or a device that is not 9.0, keeps the portable kernels.
+#include "cuda/bwd/sm90/flash_bwd_sm90.hpp"
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <mutex>
+#include <set>
+
+#include "cuda/flash_policy.hpp"
+
+namespace vmonarch::cuda {
+
+namespace {
+
+// The current device is 9.0 and the loaded binary of the kernel is the sm_90a one (the library was built
+// for 90a).
+bool device_runs_sm90_binary() {
+    static std::mutex mu;
+    static std::set<int> good, bad;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    if (good.count(dev)) return true;
+    if (bad.count(dev)) return false;
+    int major = 0, minor = 0;
+    bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+              cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 && minor == 0;
+    if (ok) {
+        cudaFuncAttributes fa{};
+        // binaryVersion 90 is also what a plain sm_90 (not 90a) build loads, whose kernel is the empty stub:
+        // the real body holds its accumulators in registers (over 200), the stub a handful.
+        ok = cudaFuncGetAttributes(&fa, flash_bwd_sm90_probe_kernel()) == cudaSuccess && fa.binaryVersion == 90 && fa.numRegs >= 128;
+    }
+    cudaGetLastError();
+    (ok ? good : bad).insert(dev);
+    return ok;
+}
+
+// dq += takes bulk reduce-adds of 64-float row pieces: 16-byte-aligned rows (pointer, strides multiples of 4).
+bool dq_takes_bulk_adds(const RowView& v) {
+    return reinterpret_cast<std::uintptr_t>(v.ptr) % 16 == 0 && v.sb % 4 == 0 && v.sh % 4 == 0 && v.sf % 4 == 0 && v.sr % 4 == 0;
+}
+
+} // namespace
+
+bool flash_bwd_sm90_supported(const FlashBwdParams& p) {
+    if (!flash_policy().sm90) return false;
+    if (p.head_dim != 64 && p.head_dim != 128) return false;
+    if (!p.da.ptr && !p.dy.ptr) return false;
+    if (!p.deterministic && !dq_takes_bulk_adds(p.dq)) return false;
+    // With dA the kernel accumulates dK/s and dQ/s: s must be a positive normal number with a normal inverse.
+    if (p.da.ptr && !(p.scale > 1e-30f && p.scale < 1e30f)) return false;
+    return device_runs_sm90_binary();
+}
+
+bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char* what) {
+    if (!flash_bwd_sm90_supported(p)) return false;
+    const bool bf = p.elem == Elem::bf16;
+    if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_typed<true, 64>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 64>(p, stream, what);
+    else bf ? launch_flash_bwd_sm90_typed<true, 128>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 128>(p, stream, what);
+    return true;
+}
+
+} // namespace vmonarch::cuda

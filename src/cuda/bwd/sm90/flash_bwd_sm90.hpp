@@ -1,0 +1,28 @@
+// Internal: the Hopper (sm_90a) peer of launch_flash_bwd (backward_params.hpp): wgmma flash backward kernel
+// (flash_bwd_sm90_kernel.cuh) computing what the portable kernels compute for the same FlashBwdParams.
+#pragma once
+
+#include <string>
+
+#include "cuda/bwd/backward_params.hpp"
+
+namespace vmonarch::cuda {
+
+// True when the current device is compute capability 9.0, the library carries the sm_90a kernel, the flash
+// policy lets the sm90 peer run (VMONARCH_DISABLE_HOPPER unset or "0", or set_flash_policy; flash_policy.hpp)
+// p's dq accumulator takes bulk reduce-adds (pointer 16-byte aligned, strides multiples of 4) unless deterministic,
+// and with da the scale s is in (1e-30, 1e30) (dK and dQ are accumulated divided by s). p must already
+// have passed launch_flash_bwd's checks. Host-only; nothing is launched.
+bool flash_bwd_sm90_supported(const FlashBwdParams& p);
+
+// launch_flash_bwd's route: when flash_bwd_sm90_supported(p), launch on `stream` and return true; otherwise
+// launch nothing and return false. Throws vmonarch::CudaError when the launch fails.
+bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char* what);
+
+// One (element type, head dim) group, instantiated by instances/flash_bwd_sm90_*.cu.
+template <bool BF16, int D> void launch_flash_bwd_sm90_typed(const FlashBwdParams& p, void* stream, const char* what);
+
+// A kernel of the group bf16/d128, whose binary version tells whether the library carries sm_90a code.
+const void* flash_bwd_sm90_probe_kernel();
+
+} // namespace vmonarch::cuda

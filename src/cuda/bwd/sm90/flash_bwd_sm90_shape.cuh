@@ -1,0 +1,52 @@
+// Internal: the block shape and shared-memory layout of the Hopper (sm_90a) flash backward kernel
+// (flash_bwd_sm90_kernel.cuh), used by the kernel and by its host launcher.
+//
+// A block owns BN = 128 keys of one (segment, head, batch): two consumer warpgroups of 64 keys each, 256
+// threads, no producer warpgroup (every thread issues the cp.async loads). It loops over query tiles of
+// BM = 64 rows, double-buffered.
+//
+// Shared memory (from a 1024-byte-aligned base; every tile in the 128-byte-swizzled layout of
+// sm90/hopper_ptx.cuh, a head dim of 128 being two 64-element column blocks):
+//   K tile (BN rows), V tile (BN rows, with dY) — resident;
+//   STAGES stages of Q, dA (with dA), dY (with dY): BM rows each;
+//   the dS tile: BM query rows × BN keys (two 64-key column blocks), the A operand of dQ = dS·K;
+//   per warpgroup a dQ tile: BM rows of 64 f32 (padded to 72 against bank conflicts), the source of the
+//   bulk reduce-add into dq;
+//   STAGES stages of the query tile's raw row operands lse, cR, drow, dent (BM floats each).
+#pragma once
+
+#include <cstdint>
+
+namespace vmonarch::cuda::hopper {
+
+struct BwdSm90Shape {
+    static constexpr int THREADS = 256;  // two warpgroups
+    static constexpr int BN = 128;       // keys per block (64 per warpgroup)
+    static constexpr int BM = 64;        // query rows per step
+    static constexpr int STAGES = 2;
+    static constexpr int ROW_SCALARS = 4; // lse, cR, drow, dent
+    static constexpr int DQ_COLS = 64;    // dQ columns per warpgroup
+    static constexpr int DQ_ROW_FLOATS = 72; // padded row (288 bytes: 16-byte aligned, 2-way float2 stores)
+};
+
+template <int D, bool HAS_DA, bool HAS_DY> struct BwdSm90Layout {
+    using S = BwdSm90Shape;
+    static constexpr int KTILE = S::BN * D * 2;
+    static constexpr int QTILE = S::BM * D * 2;
+    static constexpr int STAGE = (1 + HAS_DA + HAS_DY) * QTILE;
+    static constexpr int OFF_V = KTILE;
+    static constexpr int OFF_STAGES = (HAS_DY ? 2 : 1) * KTILE;
+    static constexpr int OFF_DA = QTILE;                      // inside a stage
+    static constexpr int OFF_DY = (1 + HAS_DA) * QTILE;       // inside a stage
+    static constexpr int OFF_DS = OFF_STAGES + S::STAGES * STAGE;
+    static constexpr int DS_BYTES = S::BM * S::BN * 2;
+    static constexpr int OFF_DQ = OFF_DS + DS_BYTES;
+    static constexpr int DQ_WG_BYTES = S::BM * S::DQ_ROW_FLOATS * 4;
+    static constexpr int OFF_ROWS = OFF_DQ + 2 * DQ_WG_BYTES;
+    static constexpr int ROWS_STAGE = S::ROW_SCALARS * S::BM; // floats
+    static constexpr int BYTES = OFF_ROWS + S::STAGES * ROWS_STAGE * 4;
+    static constexpr int SMEM = 1024 /*alignment slack*/ + BYTES;
+    static_assert(SMEM <= 227 * 1024, "sm_90 shared memory");
+};
+
+} // namespace vmonarch::cuda::hopper

@@ -1,0 +1,7 @@
+// The Hopper flash backward's instances for bf16, head dim 128 (one file per group: they compile in parallel).
+#include "cuda/bwd/sm90/flash_bwd_sm90_launch.cuh"
+
+namespace vmonarch::cuda {
+template void launch_flash_bwd_sm90_typed<true, 128>(const FlashBwdParams&, void*, const char*);
+const void* flash_bwd_sm90_probe_kernel() { return reinterpret_cast<const void*>(hopper::flash_bwd_sm90_kernel<true, 128, true, true>); }
+} // namespace vmonarch::cuda
