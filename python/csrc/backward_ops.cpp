@@ -60,6 +60,9 @@ void check_qkv(const char* fn, const at::Tensor& q, const at::Tensor& k, const a
                          ", expected ", q.scalar_type(), " like q");
     }
     to_dtype(q);
+    TORCH_CHECK_TYPE(!q.is_cuda() || q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, fn,
+                     ": the CUDA kernels take bfloat16 or float16, got ", q.scalar_type(),
+                     " (use bfloat16/float16 CUDA tensors, or CPU tensors)");
 }
 
 // Contiguous in the head dim and no broadcast strides: what the C++ API views without a copy. CUDA views
