@@ -73,3 +73,23 @@ def test_float32_without_cast_is_refused(tmp_path):
     assert proc.returncode == 1
     assert "--cast" in proc.stderr and "bf16" in proc.stderr
     assert not (tmp_path / "dq.npy").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("flags,ref_kw", [(("--sink-frames", "1"), dict(sink_frames=1)),
+                                          (("--sink-frames", "1", "--window-radius", "1"),
+                                           dict(sink_frames=1, window_radius=1))])
+def test_exact_key_groups_on_cuda(tmp_path, flags, ref_kw, ref):
+    """--sink-frames / --window-radius: the exact groups' backward (spec §3b, §7) through the CLI on cuda."""
+    grid, layout = (5, 4, 7), "bshd"
+    q, k, v = make_qkv("video", 2, 2, grid, 64, layout, dtype=torch.float16, seed=11)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64).half()
+    proc, got = run_backward(tmp_path, dict(q=q, k=k, v=v, dout=dout), grid, layout, *flags)
+    assert proc.returncode == 0, proc.stderr
+    qb, kb, vb = (x.double().transpose(1, 2).clone().requires_grad_(True) for x in (q, k, v))
+    out = ref.vmonarch_reference(qb, kb, vb, frames=grid[0], t=2, clamp=0.1, recompute_first_frame=True,
+                                 detach_entropy=True, **ref_kw)
+    want = torch.autograd.grad((out * dout.double().transpose(1, 2)).sum(), (qb, kb, vb))
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        w = w.transpose(1, 2)
+        assert g.dtype == torch.float16 and g.shape == w.shape
+        assert rel_l2(g, w) <= 5e-3, f"{name}: rel L2 {rel_l2(g, w):.3e}"
