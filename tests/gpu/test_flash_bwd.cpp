@@ -10,6 +10,8 @@
 #include <cstring>
 #include <memory>
 #include <sstream>
+#include <string>
+#include <utility>
 
 #include "cuda/bwd/backward_params.hpp"
 #include "cuda/bwd/sm90/flash_bwd_sm90.hpp"
@@ -37,6 +39,20 @@ public:
 
 private:
     vmonarch::cuda::FlashPolicy saved_;
+};
+
+// Sets the Hopper kernel's schedule for one scope (also when an assertion throws).
+class ScheduleGuard {
+public:
+    explicit ScheduleGuard(vmonarch::cuda::FlashBwdSm90Schedule s) : saved_(vmonarch::cuda::flash_bwd_sm90_schedule()) {
+        vmonarch::cuda::set_flash_bwd_sm90_schedule(s);
+    }
+    ~ScheduleGuard() { vmonarch::cuda::set_flash_bwd_sm90_schedule(saved_); }
+    ScheduleGuard(const ScheduleGuard&) = delete;
+    ScheduleGuard& operator=(const ScheduleGuard&) = delete;
+
+private:
+    vmonarch::cuda::FlashBwdSm90Schedule saved_;
 };
 
 // The device is 9.0 and the library carries the sm_90a backward kernel.
@@ -294,16 +310,22 @@ bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
 
 class FlashBwd : public ::testing::TestWithParam<BwdCase> {};
 
-// Both modes on both peers against the f64 formulas; deterministic mode twice, bitwise equal.
+// Both modes on both peers (the Hopper kernel under each of its schedules) against the f64 formulas;
+// deterministic mode twice, bitwise equal.
 TEST_P(FlashBwd, MatchesF64Formulas) {
     REQUIRE_GPU();
     const BwdCase c = GetParam();
     const Problem pr(c, 1000 + std::uint64_t(c.len_q * 7 + c.len_k + c.d));
-    for (bool sm90 : {false, true}) {
+    using vmonarch::cuda::FlashBwdSm90Schedule;
+    const std::pair<bool, FlashBwdSm90Schedule> peers[] = {
+        {false, FlashBwdSm90Schedule::cooperative}, {true, FlashBwdSm90Schedule::cooperative}, {true, FlashBwdSm90Schedule::specialized}};
+    for (const auto& [sm90, schedule] : peers) {
         const PeerGuard peer(sm90);
+        const ScheduleGuard sched(schedule);
         const bool routed = vmonarch::cuda::flash_bwd_sm90_supported(pr.params(false));
         if (sm90 && !routed) continue; // no Hopper kernel here: the routed run is the portable one again
-        const char* name = routed ? "sm90" : "portable";
+        const std::string name_s = routed ? std::string("sm90 ") + vmonarch::cuda::to_string(schedule) : std::string("portable");
+        const char* name = name_s.c_str();
         for (bool det : {false, true}) {
             const auto r = pr.run(det);
             check("dq", c, name, det, r.dq, pr.fdq->val, pr.ref_dq);

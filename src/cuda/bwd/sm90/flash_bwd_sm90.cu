@@ -5,7 +5,10 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <set>
 
@@ -47,7 +50,26 @@ bool dq_takes_bulk_adds(const RowView& v) {
     return reinterpret_cast<std::uintptr_t>(v.ptr) % 16 == 0 && v.sb % 4 == 0 && v.sh % 4 == 0 && v.sf % 4 == 0 && v.sr % 4 == 0;
 }
 
+// The schedule launches take: the environment's at the first call (kDefaultSchedule when unset or not a
+// schedule's name), or the last set_flash_bwd_sm90_schedule.
+constexpr FlashBwdSm90Schedule kDefaultSchedule = FlashBwdSm90Schedule::cooperative;
+std::atomic<int>& schedule_slot() {
+    static std::atomic<int> slot{[] {
+        const char* e = std::getenv("VMONARCH_HOPPER_BWD");
+        if (e && std::strcmp(e, "cooperative") == 0) return int(FlashBwdSm90Schedule::cooperative);
+        if (e && std::strcmp(e, "specialized") == 0) return int(FlashBwdSm90Schedule::specialized);
+        return int(kDefaultSchedule);
+    }()};
+    return slot;
+}
+
 } // namespace
+
+FlashBwdSm90Schedule flash_bwd_sm90_schedule() { return FlashBwdSm90Schedule(schedule_slot().load()); }
+void set_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule) { schedule_slot().store(int(schedule)); }
+const char* to_string(FlashBwdSm90Schedule schedule) {
+    return schedule == FlashBwdSm90Schedule::specialized ? "specialized" : "cooperative";
+}
 
 bool flash_bwd_sm90_supported(const FlashBwdParams& p) {
     if (!flash_policy().sm90) return false;
@@ -62,6 +84,11 @@ bool flash_bwd_sm90_supported(const FlashBwdParams& p) {
 bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char* what) {
     if (!flash_bwd_sm90_supported(p)) return false;
     const bool bf = p.elem == Elem::bf16;
+    if (flash_bwd_sm90_schedule() == FlashBwdSm90Schedule::specialized) {
+        if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_ws_typed<true, 64>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 64>(p, stream, what);
+        else bf ? launch_flash_bwd_sm90_ws_typed<true, 128>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 128>(p, stream, what);
+        return true;
+    }
     if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_typed<true, 64>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 64>(p, stream, what);
     else bf ? launch_flash_bwd_sm90_typed<true, 128>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 128>(p, stream, what);
     return true;

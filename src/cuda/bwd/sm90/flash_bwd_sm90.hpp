@@ -19,8 +19,21 @@ bool flash_bwd_sm90_supported(const FlashBwdParams& p);
 // launch nothing and return false. Throws vmonarch::CudaError when the launch fails.
 bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char* what);
 
+// The consumer schedule of the Hopper kernel (flash_bwd_sm90_kernel.cuh, flash_bwd_sm90_ws_kernel.cuh):
+//   cooperative  every thread of two warpgroups loads and computes, block barriers per query tile;
+//   specialized  a producer warpgroup feeds a ring of query tiles through mbarriers, two consumer
+//                warpgroups compute (registers moved to them by setmaxnreg).
+// The environment's VMONARCH_HOPPER_BWD=cooperative|specialized at the first call, else the default; tests
+// and benchmarks that compare the two in one process set it with set_flash_bwd_sm90_schedule.
+enum class FlashBwdSm90Schedule { cooperative, specialized };
+FlashBwdSm90Schedule flash_bwd_sm90_schedule();
+void set_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule);
+const char* to_string(FlashBwdSm90Schedule schedule);
+
 // One (element type, head dim) group, instantiated by instances/flash_bwd_sm90_*.cu.
 template <bool BF16, int D> void launch_flash_bwd_sm90_typed(const FlashBwdParams& p, void* stream, const char* what);
+// The same for the specialized schedule, instantiated by instances/flash_bwd_sm90_ws_*.cu.
+template <bool BF16, int D> void launch_flash_bwd_sm90_ws_typed(const FlashBwdParams& p, void* stream, const char* what);
 
 // A kernel of the group bf16/d128, whose binary version tells whether the library carries sm_90a code.
 const void* flash_bwd_sm90_probe_kernel();
