@@ -6,9 +6,10 @@
 //     mbarrier (cp.async.mbarrier.arrive), and a stage is refilled once its "empty" mbarrier says both
 //     consumer warpgroups are done with it;
 //   two consumer warpgroups (the freed registers): keys [64w, 64w + 64) each, per query tile
-//     Sᵀ, dPᵀ (wgmma ss) → P, dS (registers) → dV, dK (wgmma rs, in flight while dS goes to shared memory)
-//     → dQ = dS·K (wgmma ss, issued as soon as both halves of dS are there, behind dK and dV) → bulk
-//     reduce-adds into dq (skipped when deterministic: the portable query-tile kernel adds dq then).
+//     Sᵀ, dPᵀ (wgmma ss) → P (registers, while the last dPᵀ product runs) → dV, Pᵀ·dA (wgmma rs) → dS
+//     (registers, while those run) → dSᵀ·Q (wgmma rs, in flight while dS goes to shared memory) → dQ =
+//     dS·K (wgmma ss, issued as soon as both halves of dS are there, behind dK and dV) → bulk reduce-adds
+//     into dq (skipped when deterministic: the portable query-tile kernel adds dq then).
 // No block barrier inside the query loop: the consumers meet on named barriers only where they share the
 // dS tile (it is written once the other warpgroup has finished reading the previous one, and read once both
 // halves are written), and the producer runs ahead by up to STAGES tiles.
@@ -63,6 +64,30 @@ __device__ __forceinline__ void bwd_ws_load_rows(std::uint32_t dst, const T* bas
     }
 }
 
+// P = exp(x − lse) from the raw score qk, x = γ·qk, exactly as bwd_ds (flash_bwd_kernel.cuh) forms it: 0 for
+// a masked key or row.
+__device__ __forceinline__ float bwd_ws_p(float qk, const FlashBwdRowScalars& r, bool key_ok) {
+    const float xl = key_ok ? fmaf(qk, r.gamma, -r.lse) : -INFINITY;
+    return fast_exp2(xl * kLog2e);
+}
+
+// dV += Pᵀ·dY (with dY), dK' += Pᵀ·dA (with dA): wgmma rs from the P operand, one commit group.
+template <bool BF16, int D, bool HAS_DA, bool HAS_DY, int NA, int NV, int KS>
+__device__ __forceinline__ void bwd_ws_issue_p_products(float (&acc_k)[NA], float (&acc_v)[NV], const std::uint32_t (&pa)[KS][4],
+                                                        std::uint32_t sDA, std::uint32_t sDY) {
+    constexpr int BM = BwdSm90Shape::BM;
+    wgmma_fence();
+    if constexpr (HAS_DY) {
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) Wgmma<D, BF16>::rs_tb(acc_v, pa[ks], desc_mn_major(sDY, BM, ks * 16));
+    }
+    if constexpr (HAS_DA) {
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) Wgmma<D, BF16>::rs_tb(acc_k, pa[ks], desc_mn_major(sDA, BM, ks * 16));
+    }
+    wgmma_commit();
+}
+
 // One arrival on the mbarrier once every cp.async this thread has issued so far has completed (the arrival
 // is one of the barrier's expected count: .noinc).
 __device__ __forceinline__ void cp_async_mbar_arrive(std::uint32_t bar) {
@@ -84,6 +109,9 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     constexpr int NS = BM / 2;  // Sᵀ / dPᵀ accumulator registers (m64n64)
     constexpr int KS = BM / 16; // k16 slices of the query reduction (dK, dV)
     constexpr int NA = D / 2;   // dK / dV accumulator registers (m64nD)
+    // P formed before dPᵀ is complete, so that dV and Pᵀ·dA run while dS is formed: needs the raw scores,
+    // dPᵀ and Pᵀ in registers at once besides dK and dV, too many with both values at d = 128.
+    constexpr bool SPLIT = D == 64 || !(HAS_DA && HAS_DY);
 
     extern __shared__ unsigned char smem_raw[];
     const std::uint32_t raw = smem_addr(smem_raw);
@@ -181,68 +209,110 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
         const std::uint32_t sQ = stage(s_idx), sDA = sQ + L::OFF_DA, sDY = sQ + L::OFF_DY;
         const float* rv = srows + s_idx * L::ROWS_STAGE;
 
-        // Sᵀ = K_w·Qᵀ; dPᵀ = s·K_w·dAᵀ (+ V_w·dYᵀ, after the scaling) without the entropy term.
+        // Sᵀ = K_w·Qᵀ; dPᵀ = s·K_w·dAᵀ (+ V_w·dYᵀ) without the entropy term. With SPLIT each elementwise phase
+        // runs while the next products are on the tensor cores:
+        //   with dA and dY:  K_w·dAᵀ | Sᵀ (while dPᵀ is scaled) | V_w·dYᵀ (while P is formed) | dV, Pᵀ·dA
+        //                    (while dS is formed) | dK += dSᵀ·Q;
+        //   with one value:  Sᵀ | dPᵀ (while P is formed) | Pᵀ·… (while dS is formed) | dK += dSᵀ·Q;
+        // without, P and dS are formed in one pass once Sᵀ and dPᵀ are complete.
         float s[NS], dp[NS];
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            if constexpr (HAS_DA) Wgmma<BM, BF16>::ss(dp, desc_k_major(sKw, BN, kk * 16), desc_k_major(sDA, BM, kk * 16), kk != 0);
-            else Wgmma<BM, BF16>::ss(dp, desc_k_major(sVw, BN, kk * 16), desc_k_major(sDY, BM, kk * 16), kk != 0);
-        }
-        wgmma_commit();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-            Wgmma<BM, BF16>::ss(s, desc_k_major(sKw, BN, kk * 16), desc_k_major(sQ, BM, kk * 16), kk != 0);
-        wgmma_commit();
-        wgmma_wait<1>();
-        bwd_sm90_fence(dp);
-        if constexpr (HAS_DA) {
-#pragma unroll
-            for (int i = 0; i < NS; ++i) dp[i] *= p.scale;
-        }
         if constexpr (HAS_DA && HAS_DY) {
-            wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk)
-                Wgmma<BM, BF16>::ss(dp, desc_k_major(sVw, BN, kk * 16), desc_k_major(sDY, BM, kk * 16), 1);
+            for (int kk = 0; kk < D / 16; ++kk) Wgmma<BM, BF16>::ss(dp, desc_k_major(sKw, BN, kk * 16), desc_k_major(sDA, BM, kk * 16), kk != 0);
             wgmma_commit();
         }
-        wgmma_wait<0>();
-        bwd_sm90_fence(s);
-        bwd_sm90_fence(dp);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) Wgmma<BM, BF16>::ss(s, desc_k_major(sKw, BN, kk * 16), desc_k_major(sQ, BM, kk * 16), kk != 0);
+        wgmma_commit();
+        if constexpr (HAS_DA && HAS_DY) {
+            wgmma_wait<1>(); // K_w·dAᵀ
+            bwd_sm90_fence(dp);
+#pragma unroll
+            for (int i = 0; i < NS; ++i) dp[i] *= p.scale;
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) Wgmma<BM, BF16>::ss(dp, desc_k_major(sVw, BN, kk * 16), desc_k_major(sDY, BM, kk * 16), 1);
+            wgmma_commit();
+        } else {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                if constexpr (HAS_DA) Wgmma<BM, BF16>::ss(dp, desc_k_major(sKw, BN, kk * 16), desc_k_major(sDA, BM, kk * 16), kk != 0);
+                else Wgmma<BM, BF16>::ss(dp, desc_k_major(sVw, BN, kk * 16), desc_k_major(sDY, BM, kk * 16), kk != 0);
+            }
+            wgmma_commit();
+        }
+        std::uint32_t pa[KS][4], dsa[KS][4];
+        if constexpr (SPLIT) {
+            wgmma_wait<1>(); // Sᵀ (the last dPᵀ product still runs)
+            bwd_sm90_fence(s);
 
-        // P (in s) and dS (in dp), the query (column) scalars from the stage's raw row operands.
+            // P → the A operand pa (s keeps the raw scores: the dS phase forms the same P again), the query
+            // (column) scalars from the stage's raw row operands. Registers 4nt + {0, 1} and 4nt + {2, 3} are
+            // the pairs pa[nt / 2][2·(nt % 2) + {0, 1}].
 #pragma unroll
-        for (int nt = 0; nt < NS / 4; ++nt)
+            for (int nt = 0; nt < NS / 4; ++nt) {
+                float pr[4];
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                const int col = c_frag_col(4 * nt + j, lane);
-                const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
+                for (int j = 0; j < 2; ++j) {
+                    const int col = c_frag_col(4 * nt + j, lane);
+                    const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
 #pragma unroll
-                for (int e = j; e < 4; e += 2) {
-                    float pr;
-                    dp[4 * nt + e] = bwd_ds(s[4 * nt + e], dp[4 * nt + e], r, key_ok[c_frag_half(e)], pr);
-                    s[4 * nt + e] = pr;
+                    for (int e = j; e < 4; e += 2) pr[e] = bwd_ws_p(s[4 * nt + e], r, key_ok[c_frag_half(e)]);
                 }
+                pa[nt >> 1][2 * (nt & 1)] = pack2<BF16>(pr[0], pr[1]);
+                pa[nt >> 1][2 * (nt & 1) + 1] = pack2<BF16>(pr[2], pr[3]);
+            }
+            bwd_ws_issue_p_products<BF16, D, HAS_DA, HAS_DY>(acc_k, acc_v, pa, sDA, sDY);
+            wgmma_wait<1>(); // dPᵀ
+            bwd_sm90_fence(dp);
+            if constexpr (HAS_DA && !HAS_DY) {
+#pragma unroll
+                for (int i = 0; i < NS; ++i) dp[i] *= p.scale;
             }
 
-        // dV += Pᵀ·dY;  dK' += Pᵀ·dA + (dS/s)ᵀ·Q.
-        std::uint32_t pa[KS][4], dsa[KS][4];
-        pack_c_to_a<BF16, KS>(s, pa);
+            // dS (in dp), bwd_ds forming P as above.
+#pragma unroll
+            for (int nt = 0; nt < NS / 4; ++nt)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const int col = c_frag_col(4 * nt + j, lane);
+                    const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
+#pragma unroll
+                    for (int e = j; e < 4; e += 2) {
+                        float pr;
+                        dp[4 * nt + e] = bwd_ds(s[4 * nt + e], dp[4 * nt + e], r, key_ok[c_frag_half(e)], pr);
+                    }
+                }
+        } else {
+            // Both values at d = 128: no registers for P and the raw scores at once; P and dS in one pass.
+            wgmma_wait<0>();
+            bwd_sm90_fence(s);
+            bwd_sm90_fence(dp);
+#pragma unroll
+            for (int nt = 0; nt < NS / 4; ++nt)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const int col = c_frag_col(4 * nt + j, lane);
+                    const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
+#pragma unroll
+                    for (int e = j; e < 4; e += 2) {
+                        float pr;
+                        dp[4 * nt + e] = bwd_ds(s[4 * nt + e], dp[4 * nt + e], r, key_ok[c_frag_half(e)], pr);
+                        s[4 * nt + e] = pr;
+                    }
+                }
+            pack_c_to_a<BF16, KS>(s, pa);
+            bwd_ws_issue_p_products<BF16, D, HAS_DA, HAS_DY>(acc_k, acc_v, pa, sDA, sDY);
+        }
+
+        // dK' += (dS/s)ᵀ·Q.
         if constexpr (HAS_DA) {
 #pragma unroll
             for (int i = 0; i < NS; ++i) dp[i] *= inv_s;
         }
         pack_c_to_a<BF16, KS>(dp, dsa);
         wgmma_fence();
-        if constexpr (HAS_DY) {
-#pragma unroll
-            for (int ks = 0; ks < KS; ++ks) Wgmma<D, BF16>::rs_tb(acc_v, pa[ks], desc_mn_major(sDY, BM, ks * 16));
-        }
-        if constexpr (HAS_DA) {
-#pragma unroll
-            for (int ks = 0; ks < KS; ++ks) Wgmma<D, BF16>::rs_tb(acc_k, pa[ks], desc_mn_major(sDA, BM, ks * 16));
-        }
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks) Wgmma<D, BF16>::rs_tb(acc_k, dsa[ks], desc_mn_major(sQ, BM, ks * 16));
         wgmma_commit();
