@@ -395,6 +395,28 @@ TEST(FlashBwdRoute, HopperKernelOnSm90Only) {
     }
 }
 
+// The Hopper kernel's schedule: an explicit one is taken as set; per_problem picks the specialized schedule
+// exactly for head dim 128 with both dA and dY (every element type, row scale, entropy, determinism).
+TEST(FlashBwdRoute, SchedulePerProblem) {
+    REQUIRE_GPU();
+    using vmonarch::cuda::FlashBwdSm90Schedule;
+    using vmonarch::cuda::resolve_flash_bwd_sm90_schedule;
+    for (const BwdCase& c : {BwdCase{1, 1, 1, 17, 17, 128, bf, true, true, true, true}, BwdCase{1, 1, 1, 17, 17, 128, hf, false, true, true, false},
+                             BwdCase{1, 1, 1, 17, 17, 64, bf, true, true, true, false}, BwdCase{1, 1, 1, 17, 17, 128, bf, true, true, false, false},
+                             BwdCase{1, 1, 1, 17, 40, 128, hf, false, false, true, false}}) {
+        const Problem pr(c, 13);
+        for (bool det : {false, true}) {
+            const FlashBwdParams p = pr.params(det);
+            const bool spec = c.d == 128 && c.da && c.dy;
+            EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::per_problem, p),
+                      spec ? FlashBwdSm90Schedule::specialized : FlashBwdSm90Schedule::cooperative)
+                << case_name(c);
+            EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::cooperative, p), FlashBwdSm90Schedule::cooperative) << case_name(c);
+            EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::specialized, p), FlashBwdSm90Schedule::specialized) << case_name(c);
+        }
+    }
+}
+
 // Bad configurations are refused with the kernel's context, before any launch.
 TEST(FlashBwdErrors, RefusesBadConfigurations) {
     REQUIRE_GPU();

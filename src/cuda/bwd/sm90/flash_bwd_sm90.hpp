@@ -22,12 +22,17 @@ bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char
 // The consumer schedule of the Hopper kernel (flash_bwd_sm90_kernel.cuh, flash_bwd_sm90_ws_kernel.cuh):
 //   cooperative  every thread of two warpgroups loads and computes, block barriers per query tile;
 //   specialized  a producer warpgroup feeds a ring of query tiles through mbarriers, two consumer
-//                warpgroups compute (registers moved to them by setmaxnreg).
-// The environment's VMONARCH_HOPPER_BWD=cooperative|specialized at the first call, else the default; tests
-// and benchmarks that compare the two in one process set it with set_flash_bwd_sm90_schedule.
-enum class FlashBwdSm90Schedule { cooperative, specialized };
+//                warpgroups compute (registers moved to them by setmaxnreg);
+//   per_problem  (the default) the one measured faster for the problem's variant on an H200
+//                (bench/RESULTS.md): specialized for head dim 128 with both dA and dY, else cooperative.
+// The environment's VMONARCH_HOPPER_BWD=cooperative|specialized|per_problem at the first call (unset or
+// another value: per_problem), or the last set_flash_bwd_sm90_schedule (tests and benchmarks that compare
+// the schedules in one process).
+enum class FlashBwdSm90Schedule { per_problem, cooperative, specialized };
 FlashBwdSm90Schedule flash_bwd_sm90_schedule();
 void set_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule);
+// The schedule a launch of p takes under `schedule` (never per_problem).
+FlashBwdSm90Schedule resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule, const FlashBwdParams& p);
 const char* to_string(FlashBwdSm90Schedule schedule);
 
 // One (element type, head dim) group, instantiated by instances/flash_bwd_sm90_*.cu.
