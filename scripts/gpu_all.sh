@@ -10,6 +10,7 @@
 #   extra   --image-cxx-check: builds the extension with the image's $CXX into its own folder and smoke-tests
 #           it (must either work or stop with the build's message naming the compiler; never crash)
 #   --bench adds vmonarch_bench + torch baselines (gpu_suite.sh), bench/ulysses_bench.py and, on one GPU,
+#           bench/backward_memory.py, bench/wan_block_train.py (their JSON and markdown in the logs tarball),
 #           bench/exact_groups_bench.py and bench/exact_groups_quality.py (JSON and markdown into $OUT; the
 #           quality script needs the CLI binary $VMONARCH_BIN/vmonarch for its inputs)
 # Logs: $OUT/gpu_all_logs.tgz (all logs) and $OUT/gpu_all_summary.txt.
@@ -70,6 +71,13 @@ if [ "$ONLY" = all ] || [ "$ONLY" = python ]; then
     -m pytest tests/python/test_gpu_distributed.py -q -rs -p no:cacheprovider
   if [ $BENCH -eq 1 ]; then
     phase "backward bench" backward_bench.log python3 bench/backward_bench.py --json "$LOGS/backward_bench.json"
+    # The backward's memory (saved bytes per layer, workspace) and one Wan2.1-1.3B block's training step at
+    # 480p and 720p (estimated: under a minute and one to two minutes on an H200); cut at 4 min each.
+    phase "backward memory" backward_memory.log timeout 240 \
+      python3 bench/backward_memory.py --json "$LOGS/backward_memory.json" --md "$LOGS/backward_memory.md"
+    phase "Wan block train step" wan_block_train.log timeout 240 \
+      python3 bench/wan_block_train.py --shape 480p,720p --json "$LOGS/wan_block_train.json" \
+      --md "$LOGS/wan_block_train.md"
     phase "Ulysses bench ($NG GPU)" ulysses_bench.log python3 -m torch.distributed.run --standalone \
       --nproc-per-node="$NG" bench/ulysses_bench.py --json "$LOGS/ulysses_bench.json"
     # Exact key groups and joint attention against cuDNN SDPA (one GPU; about a minute on an H200), then the

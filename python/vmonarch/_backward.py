@@ -45,15 +45,6 @@ def saved_state_bytes(q, v, iterations, layout="bshd"):
     return _HEADER_BYTES + B * H * per_head * acc
 
 
-def _cuda_not_yet(q):
-    """The exact-group and joint backward have no CUDA kernels yet (plain attention's backward does)."""
-    if q.device.type == "cuda":
-        raise NotImplementedError(
-            "vmonarch: the backward of exact key groups (sink_frames, window_radius, text keys) and of joint "
-            "sequences runs on the CPU only in this version; plain vmonarch.attention trains on CUDA, or train "
-            "these on CPU tensors")
-
-
 @torch.library.register_fake("vmonarch::attention_train")
 def _attention_train_fake(q, k, v, grid, iterations=2, clamp=0.1, recompute_first_frame=True, scale=None,
                           layout="bshd", entropy_grad=False, deterministic=False, save_state=False):
@@ -161,7 +152,6 @@ def _exact_train_setup(ctx, inputs, output):
 
 def _exact_train_backward(ctx, dout, dlse, _dsaved):
     q, k, v, out, lse, saved, text_k, text_v, text_lens = ctx.saved_tensors
-    _cuda_not_yet(q)
     grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius, entropy_grad, deterministic = ctx.args
     if dout is None:
         dout = torch.zeros_like(out)
@@ -186,7 +176,6 @@ def _exact_setup(ctx, inputs, output):
 
 def _exact_backward(ctx, dout, dlse):
     q, k, v, out, lse, text_k, text_v, text_lens = ctx.saved_tensors
-    _cuda_not_yet(q)
     grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius = ctx.args
     if lse.numel() == 0:  # the forward was asked for no LSE: the backward needs it, so rerun
         out, lse = torch.ops.vmonarch.attention_exact_groups(q, k, v, grid, iterations, clamp, recompute, scale, layout,
@@ -233,7 +222,6 @@ def _joint_train_setup(ctx, inputs, output):
 
 def _joint_train_backward(ctx, dout, dlse):
     q, k, v, out, lse, text_lens = ctx.saved_tensors
-    _cuda_not_yet(q)
     grid, text_len, text_first, iterations, clamp, recompute, scale, layout, sink_frames, window_radius, \
         entropy_grad, deterministic = ctx.args
     if dout is None:
@@ -264,7 +252,6 @@ def _joint_setup(ctx, inputs, output):
 
 def _joint_backward(ctx, dout, dlse):
     q, k, v, out, lse, text_lens = ctx.saved_tensors
-    _cuda_not_yet(q)
     grid, text_len, text_first, iterations, clamp, recompute, scale, layout, sink_frames, window_radius = ctx.args
     if lse.numel() == 0:  # the forward was asked for no LSE: the backward needs it, so rerun
         out, lse = torch.ops.vmonarch.joint_attention_train(q, k, v, grid, text_len, text_first, text_lens, iterations,

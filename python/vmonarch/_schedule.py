@@ -32,12 +32,19 @@ class VMonarchSchedule:
             experiments, e.g. the executable reference.
         cast_float32_on_cuda: float32 CUDA activations are cast to this dtype for the VMonarch kernels
             (which take bfloat16/float16) and back; None raises the operator's TypeError instead.
+        entropy_grad, save_state: the backward options of vmonarch.attention for training (spec §7): the
+            exact gradient through the R-step entropy, and keeping the training forward's state instead of
+            rerunning the forward inside the backward. Passed to the operator (and to attention_fn) only
+            when True; they change nothing without gradients.
     """
 
     def __init__(self, iterations: int = 2, clamp: float = 0.1, recompute_first_frame: bool = True,
                  dense_steps: int = 0, dense_layers: Iterable[int] = (), attention_fn: Optional[AttentionFn] = None,
-                 cast_float32_on_cuda: Optional[torch.dtype] = torch.bfloat16, sink_frames: int = 0):
+                 cast_float32_on_cuda: Optional[torch.dtype] = torch.bfloat16, sink_frames: int = 0,
+                 entropy_grad: bool = False, save_state: bool = False):
         fn = "vmonarch.VMonarchSchedule"
+        self.entropy_grad = check_bool(fn, "entropy_grad", entropy_grad)
+        self.save_state = check_bool(fn, "save_state", save_state)
         self.sink_frames = check_int(fn, "sink_frames", sink_frames, 0, what="an int >= 0 (0: the paper's method)")
         self.iterations = check_int(fn, "iterations", iterations, *ITERATIONS)
         self.clamp = check_float(fn, "clamp", clamp, lo=0.0, what="a finite float >= 0 (0 disables the clamp)")
@@ -118,15 +125,16 @@ class VMonarchSchedule:
             self.warn_once("cast", f"vmonarch: float32 activations on CUDA are cast to {self.cast_float32_on_cuda} "
                                    "for the VMonarch kernels (which take bfloat16/float16)")
             q, k, v = (x.to(self.cast_float32_on_cuda) for x in (q, k, v))
-        sink = {"sink_frames": self.sink_frames} if self.sink_frames else {}
+        options = {"sink_frames": self.sink_frames} if self.sink_frames else {}
+        options.update({name: True for name in ("entropy_grad", "save_state") if getattr(self, name)})
         if self.attention_fn is not None:
             extra = {} if scale is None else {"scale": float(scale)}
             out = self.attention_fn(q, k, v, grid=tuple(grid), iterations=self.iterations, clamp=self.clamp,
-                                    recompute_first_frame=self.recompute_first_frame, **sink, **extra)
+                                    recompute_first_frame=self.recompute_first_frame, **options, **extra)
         else:
             import vmonarch
 
             out = vmonarch.attention(q, k, v, grid=tuple(grid), layout="bshd", iterations=self.iterations,
                                      clamp=self.clamp, recompute_first_frame=self.recompute_first_frame,
-                                     scale=None if scale is None else float(scale), **sink)
+                                     scale=None if scale is None else float(scale), **options)
         return out.to(dtype)

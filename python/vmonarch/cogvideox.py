@@ -20,8 +20,8 @@ from typing import Optional
 
 import torch
 
-from . import _joint
 from ._joint import JointProcessor, JointSchedule
+from ._joint_model import JointModel, split, video_sharded_plan
 
 __all__ = ["VMonarchCogVideoXAttnProcessor", "JointSchedule", "enable", "disable", "context_parallel_plan"]
 
@@ -83,11 +83,8 @@ def context_parallel_plan():
     block and the rotary table (image_rotary_emb) sharded along the sequence, the model output gathered, the
     text replicated. model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=P),
     cp_plan=context_parallel_plan()) with vmonarch.cogvideox.enable()."""
-    from diffusers.models._modeling_parallel import ContextParallelInput as Split, ContextParallelOutput as Gather
-
-    return {"": {"image_rotary_emb": (Split(split_dim=0, expected_dims=2), Split(split_dim=0, expected_dims=2))},
-            "transformer_blocks.0": {"hidden_states": Split(split_dim=1, expected_dims=3)},
-            "proj_out": Gather(gather_dim=1, expected_dims=3)}
+    return video_sharded_plan({"": {"image_rotary_emb": (split(0, 2), split(0, 2))},
+                               "transformer_blocks.0": {"hidden_states": split(1, 3)}}, rope_dims=None)
 
 
 # --- enable / disable ------------------------------------------------------------------------------------
@@ -97,25 +94,22 @@ def _transformer_class():
     return CogVideoXTransformer3DModel
 
 
-def _attention_modules(transformer):
-    return [b.attn1 for b in transformer.transformer_blocks]
-
-
 def _grid_of_latent(transformer, latent: torch.Tensor):
     _, frames, _, height, width = latent.shape           # [B, F, C, H, W]
     p, p_t = int(transformer.config.patch_size), transformer.config.patch_size_t
     return int(frames) // (1 if p_t is None else int(p_t)), int(height) // p, int(width) // p
 
 
+_MODEL = JointModel("cogvideox", _transformer_class, lambda t: [b.attn1 for b in t.transformer_blocks],
+                    VMonarchCogVideoXAttnProcessor, _grid_of_latent, timestep_index=2)
+
+
 def enable(pipe_or_transformer, schedule: Optional[JointSchedule] = None, **options) -> JointSchedule:
     """Use VMonarch for the joint attention of every block of a CogVideoX pipeline's transformer or of a
     CogVideoXTransformer3DModel. Options as vmonarch.hunyuan_video.enable (dense_layers: block indices)."""
-    return _joint.enable(pipe_or_transformer, transformer_class=_transformer_class(), model="cogvideox",
-                         attention_modules=_attention_modules, processor_class=VMonarchCogVideoXAttnProcessor,
-                         grid_of_latent=_grid_of_latent, timestep_index=2, schedule=schedule, options=options)
+    return _MODEL.enable(pipe_or_transformer, schedule, options)
 
 
 def disable(pipe_or_transformer) -> None:
     """Restore the processors that were there before enable() and remove the hook."""
-    _joint.disable(pipe_or_transformer, transformer_class=_transformer_class(), model="cogvideox",
-                   attention_modules=_attention_modules)
+    _MODEL.disable(pipe_or_transformer)

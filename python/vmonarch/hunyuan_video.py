@@ -22,8 +22,8 @@ from typing import Optional
 
 import torch
 
-from . import _joint
 from ._joint import JointProcessor, JointSchedule, project_video_then_text
+from ._joint_model import JointModel, grid_of_bcfhw_latent, heads_of, split, text_heads, video_sharded_plan
 
 __all__ = ["VMonarchHunyuanVideoAttnProcessor", "JointSchedule", "enable", "disable", "context_parallel_plan"]
 
@@ -76,11 +76,7 @@ class VMonarchHunyuanVideoAttnProcessor(JointProcessor):
 
         joint_input = attn.add_q_proj is None          # single-stream block: one projection for both streams
         x = torch.cat([hidden_states, encoder_hidden_states], dim=1) if joint_input else hidden_states
-        query, key, value = (proj(x).unflatten(2, (attn.heads, -1)) for proj in (attn.to_q, attn.to_k, attn.to_v))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = heads_of(attn, x, ("to_q", "to_k", "to_v"), ("norm_q", "norm_k"))
         if image_rotary_emb is not None:                # rotary embedding on the video tokens only
             if joint_input:
                 query = torch.cat([_rotary(query[:, :N], image_rotary_emb), query[:, N:]], dim=1)
@@ -88,12 +84,7 @@ class VMonarchHunyuanVideoAttnProcessor(JointProcessor):
             else:
                 query, key = _rotary(query, image_rotary_emb), _rotary(key, image_rotary_emb)
         if not joint_input:
-            eq, ek, ev = (proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-                          for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
-            if attn.norm_added_q is not None:
-                eq = attn.norm_added_q(eq)
-            if attn.norm_added_k is not None:
-                ek = attn.norm_added_k(ek)
+            eq, ek, ev = text_heads(attn, encoder_hidden_states)
             query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
 
         # [B, N + L, heads, d]
@@ -110,12 +101,7 @@ def context_parallel_plan():
     vmonarch.hunyuan_video.enable(): model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=P),
     cp_plan=context_parallel_plan()). Text-to-video only (image_condition_type "token_replace" treats the
     first frame's tokens by position, which the shards do not keep)."""
-    from diffusers.models._modeling_parallel import ContextParallelInput as Split, ContextParallelOutput as Gather
-
-    return {"x_embedder": {0: Split(split_dim=1, expected_dims=3, split_output=True)},
-            "rope": {0: Split(split_dim=0, expected_dims=2, split_output=True),
-                     1: Split(split_dim=0, expected_dims=2, split_output=True)},
-            "proj_out": Gather(gather_dim=1, expected_dims=3)}
+    return video_sharded_plan({"x_embedder": {0: split(1, 3, split_output=True)}}, rope_dims=2)
 
 
 # --- enable / disable ------------------------------------------------------------------------------------
@@ -125,14 +111,9 @@ def _transformer_class():
     return HunyuanVideoTransformer3DModel
 
 
-def _attention_modules(transformer):
-    return [b.attn for b in transformer.transformer_blocks] + [b.attn for b in transformer.single_transformer_blocks]
-
-
-def _grid_of_latent(transformer, latent: torch.Tensor):
-    _, _, frames, height, width = latent.shape          # [B, C, F, H, W]
-    p, p_t = int(transformer.config.patch_size), int(transformer.config.patch_size_t)
-    return int(frames) // p_t, int(height) // p, int(width) // p
+_MODEL = JointModel("hunyuan_video", _transformer_class,
+                    lambda t: [b.attn for b in t.transformer_blocks] + [b.attn for b in t.single_transformer_blocks],
+                    VMonarchHunyuanVideoAttnProcessor, grid_of_bcfhw_latent, timestep_index=1)
 
 
 def enable(pipe_or_transformer, schedule: Optional[JointSchedule] = None, **options) -> JointSchedule:
@@ -143,12 +124,9 @@ def enable(pipe_or_transformer, schedule: Optional[JointSchedule] = None, **opti
     dense_layers=() (dual-stream blocks first, then single-stream), attention_fn=None,
     cast_float32_on_cuda=bf16 (see vmonarch.wan.VMonarchSchedule). Returns the shared schedule.
     """
-    return _joint.enable(pipe_or_transformer, transformer_class=_transformer_class(), model="hunyuan_video",
-                         attention_modules=_attention_modules, processor_class=VMonarchHunyuanVideoAttnProcessor,
-                         grid_of_latent=_grid_of_latent, timestep_index=1, schedule=schedule, options=options)
+    return _MODEL.enable(pipe_or_transformer, schedule, options)
 
 
 def disable(pipe_or_transformer) -> None:
     """Restore the processors that were there before enable() and remove the hook."""
-    _joint.disable(pipe_or_transformer, transformer_class=_transformer_class(), model="hunyuan_video",
-                   attention_modules=_attention_modules)
+    _MODEL.disable(pipe_or_transformer)

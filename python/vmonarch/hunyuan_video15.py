@@ -20,8 +20,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import _joint
 from ._joint import JointProcessor, JointSchedule, project_video_then_text, zero_padded_text_rows
+from ._joint_model import JointModel, grid_of_bcfhw_latent, split, text_heads, video_sharded_plan
 
 __all__ = ["VMonarchHunyuanVideo15AttnProcessor", "JointSchedule", "enable", "disable", "context_parallel_plan"]
 
@@ -64,12 +64,7 @@ class VMonarchHunyuanVideo15AttnProcessor(JointProcessor):
 
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        eq, ek, ev = (proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-                      for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
-        if attn.norm_added_q is not None:
-            eq = attn.norm_added_q(eq)
-        if attn.norm_added_k is not None:
-            ek = attn.norm_added_k(ek)
+        eq, ek, ev = text_heads(attn, encoder_hidden_states)
         query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
 
         # [B, N + L, heads, d]
@@ -85,12 +80,7 @@ def context_parallel_plan():
     x_embedder's output and the rotary table) sharded along the sequence, the model output gathered, the
     condition tokens replicated. model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=P),
     cp_plan=context_parallel_plan()) with vmonarch.hunyuan_video15.enable()."""
-    from diffusers.models._modeling_parallel import ContextParallelInput as Split, ContextParallelOutput as Gather
-
-    return {"x_embedder": {0: Split(split_dim=1, expected_dims=3, split_output=True)},
-            "rope": {0: Split(split_dim=0, expected_dims=2, split_output=True),
-                     1: Split(split_dim=0, expected_dims=2, split_output=True)},
-            "proj_out": Gather(gather_dim=1, expected_dims=3)}
+    return video_sharded_plan({"x_embedder": {0: split(1, 3, split_output=True)}}, rope_dims=2)
 
 
 # --- enable / disable ------------------------------------------------------------------------------------
@@ -100,25 +90,16 @@ def _transformer_class():
     return HunyuanVideo15Transformer3DModel
 
 
-def _attention_modules(transformer):
-    return [b.attn for b in transformer.transformer_blocks]
-
-
-def _grid_of_latent(transformer, latent: torch.Tensor):
-    _, _, frames, height, width = latent.shape          # [B, C, F, H, W]
-    p, p_t = int(transformer.config.patch_size), int(transformer.config.patch_size_t)
-    return int(frames) // p_t, int(height) // p, int(width) // p
+_MODEL = JointModel("hunyuan_video15", _transformer_class, lambda t: [b.attn for b in t.transformer_blocks],
+                    VMonarchHunyuanVideo15AttnProcessor, grid_of_bcfhw_latent, timestep_index=1)
 
 
 def enable(pipe_or_transformer, schedule: Optional[JointSchedule] = None, **options) -> JointSchedule:
     """Use VMonarch for the joint attention of every block of a HunyuanVideo 1.5 pipeline's transformer
     or of a HunyuanVideo15Transformer3DModel. Options as vmonarch.hunyuan_video.enable."""
-    return _joint.enable(pipe_or_transformer, transformer_class=_transformer_class(), model="hunyuan_video15",
-                         attention_modules=_attention_modules, processor_class=VMonarchHunyuanVideo15AttnProcessor,
-                         grid_of_latent=_grid_of_latent, timestep_index=1, schedule=schedule, options=options)
+    return _MODEL.enable(pipe_or_transformer, schedule, options)
 
 
 def disable(pipe_or_transformer) -> None:
     """Restore the processors that were there before enable() and remove the hook."""
-    _joint.disable(pipe_or_transformer, transformer_class=_transformer_class(), model="hunyuan_video15",
-                   attention_modules=_attention_modules)
+    _MODEL.disable(pipe_or_transformer)

@@ -20,8 +20,8 @@ from typing import Optional
 
 import torch
 
-from . import _joint
 from ._joint import JointProcessor, JointSchedule, zero_padded_text_rows
+from ._joint_model import JointModel, grid_of_bcfhw_latent, heads_of, split, text_heads, video_sharded_plan
 
 __all__ = ["VMonarchMochiAttnProcessor", "JointSchedule", "enable", "disable", "context_parallel_plan",
            "apply_rotary_emb"]
@@ -64,18 +64,8 @@ class VMonarchMochiAttnProcessor(JointProcessor):
                                        "compacts the valid tokens)")
             return self.stock(*args)
 
-        query, key, value = (proj(hidden_states).unflatten(2, (attn.heads, -1))
-                             for proj in (attn.to_q, attn.to_k, attn.to_v))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        eq, ek, ev = (proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-                      for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
-        if attn.norm_added_q is not None:
-            eq = attn.norm_added_q(eq)
-        if attn.norm_added_k is not None:
-            ek = attn.norm_added_k(ek)
+        query, key, value = heads_of(attn, hidden_states, ("to_q", "to_k", "to_v"), ("norm_q", "norm_k"))
+        eq, ek, ev = text_heads(attn, encoder_hidden_states)
         if image_rotary_emb is not None:
             query, key = (apply_rotary_emb(t, *image_rotary_emb) for t in (query, key))
         query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
@@ -98,12 +88,7 @@ def context_parallel_plan():
     and the rotary table sharded along the sequence, the model output gathered, the text replicated.
     model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=P), cp_plan=context_parallel_plan())
     with vmonarch.mochi.enable()."""
-    from diffusers.models._modeling_parallel import ContextParallelInput as Split, ContextParallelOutput as Gather
-
-    return {"transformer_blocks.0": {"hidden_states": Split(split_dim=1, expected_dims=3)},
-            "rope": {0: Split(split_dim=0, expected_dims=3, split_output=True),
-                     1: Split(split_dim=0, expected_dims=3, split_output=True)},
-            "proj_out": Gather(gather_dim=1, expected_dims=3)}
+    return video_sharded_plan({"transformer_blocks.0": {"hidden_states": split(1, 3)}}, rope_dims=3)
 
 
 # --- enable / disable ------------------------------------------------------------------------------------
@@ -113,25 +98,16 @@ def _transformer_class():
     return MochiTransformer3DModel
 
 
-def _attention_modules(transformer):
-    return [b.attn1 for b in transformer.transformer_blocks]
-
-
-def _grid_of_latent(transformer, latent: torch.Tensor):
-    _, _, frames, height, width = latent.shape          # [B, C, F, H, W]; Mochi patches space only
-    p = int(transformer.config.patch_size)
-    return int(frames), int(height) // p, int(width) // p
+_MODEL = JointModel("mochi", _transformer_class, lambda t: [b.attn1 for b in t.transformer_blocks],
+                    VMonarchMochiAttnProcessor, grid_of_bcfhw_latent, timestep_index=2)
 
 
 def enable(pipe_or_transformer, schedule: Optional[JointSchedule] = None, **options) -> JointSchedule:
     """Use VMonarch for the joint attention of every block of a Mochi pipeline's transformer or of a
     MochiTransformer3DModel. Options as vmonarch.hunyuan_video.enable (dense_layers: block indices)."""
-    return _joint.enable(pipe_or_transformer, transformer_class=_transformer_class(), model="mochi",
-                         attention_modules=_attention_modules, processor_class=VMonarchMochiAttnProcessor,
-                         grid_of_latent=_grid_of_latent, timestep_index=2, schedule=schedule, options=options)
+    return _MODEL.enable(pipe_or_transformer, schedule, options)
 
 
 def disable(pipe_or_transformer) -> None:
     """Restore the processors that were there before enable() and remove the hook."""
-    _joint.disable(pipe_or_transformer, transformer_class=_transformer_class(), model="mochi",
-                   attention_modules=_attention_modules)
+    _MODEL.disable(pipe_or_transformer)

@@ -162,8 +162,9 @@ def enable(pipe_or_transformer, schedule: Optional[VMonarchSchedule] = None, **o
     """Use VMonarch for the self-attention of a Wan pipeline's transformer(s) or of a WanTransformer3DModel.
 
     options: iterations=2, clamp=0.1, recompute_first_frame=True, sink_frames=0, dense_steps=0 (first K
-    denoising steps dense), dense_layers=() (block indices kept dense), attention_fn=None, cast_float32_on_cuda=bf16 —
-    see VMonarchSchedule. Returns the schedule (shared by all transformers): change its fields, call
+    denoising steps dense), dense_layers=() (block indices kept dense), attention_fn=None, cast_float32_on_cuda=bf16,
+    entropy_grad=False and save_state=False (training: vmonarch.attention's backward options) — see
+    VMonarchSchedule. Returns the schedule (shared by all transformers): change its fields, call
     reset() or set_step() at run time. Calling enable() again replaces the previous setting.
     """
     if schedule is None:

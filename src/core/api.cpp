@@ -382,12 +382,14 @@ void run_backend(std::string_view fn, const detail::AttentionProblem& p, const V
 
 } // namespace
 
-void attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-               const VideoGrid& grid, const Options& options, const LseView* lse, const CudaContext* cuda,
-               const ExtraKeys* extra_keys) {
+void detail::monarch_attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                               const VideoGrid& grid, const Options& options, const LseView* lse,
+                               const CudaContext* cuda, const ExtraKeys* extra_keys,
+                               const TextQueryProblem* text_queries) {
     constexpr std::string_view fn = "vmonarch::attention";
     auto p = detail::check_monarch(fn, q, k, v, out, grid, options, lse);
     detail::attach_exact_groups(fn, options, extra_keys, p);
+    p.text_queries = q.device == Device::cuda ? text_queries : nullptr;
     run_backend(fn, p, &grid, [&] {
         if (q.device == Device::cuda) {
             detail::cuda_monarch_attention(p, cuda);
@@ -395,6 +397,12 @@ void attention(const TensorView& q, const TensorView& k, const TensorView& v, co
             detail::cpu_monarch_attention(p);
         }
     });
+}
+
+void attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+               const VideoGrid& grid, const Options& options, const LseView* lse, const CudaContext* cuda,
+               const ExtraKeys* extra_keys) {
+    detail::monarch_attention(q, k, v, out, grid, options, lse, cuda, extra_keys, nullptr);
 }
 
 void dense_attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,

@@ -27,6 +27,8 @@ struct ExtraKeysProblem {
     std::vector<std::int64_t> lens;
 };
 
+struct TextQueryProblem;
+
 struct MonarchProblem : AttentionProblem {
     VideoGrid grid;             // grid.tokens() == q_tokens == kv_tokens
     int iterations = 2;
@@ -35,6 +37,10 @@ struct MonarchProblem : AttentionProblem {
     std::int64_t sink_frames = 0;    // S >= 0 (spec §3b)
     std::int64_t window_radius = -1; // r >= 0, or -1: no window
     ExtraKeysProblem extra;
+    // The text queries of the joint sequence this is the video part of (vmonarch::joint_attention on CUDA, or
+    // null): the CUDA backend runs them with the video part, beside it when they need no workspace. Their
+    // scale is this problem's (the same options and head dim).
+    const TextQueryProblem* text_queries = nullptr;
     bool has_exact_groups() const { return sink_frames > 0 || window_radius >= 0 || extra.present; }
 };
 
@@ -60,6 +66,12 @@ void check_same_kind(std::string_view fn, std::string_view name, const TensorVie
                      std::string_view ref_name); // dtype and device
 bool views_overlap(std::string_view fn, std::string_view a_name, const TensorView& a, std::string_view b_name,
                    const TensorView& b);
+
+// vmonarch::attention with a joint sequence's text queries attached to the problem (src/core/api.cpp): the
+// same checks (named as vmonarch::attention's) and backend call; text_queries only with CUDA tensors.
+void monarch_attention(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                       const VideoGrid& grid, const Options& options, const LseView* lse, const CudaContext* cuda,
+                       const ExtraKeys* extra_keys, const TextQueryProblem* text_queries);
 
 // Exact key groups (src/core/exact_groups.cpp): checks options.sink_frames / window_radius and the extra keys
 // against p (already checked by check_monarch) and fills p's exact-group fields.

@@ -150,11 +150,9 @@ void joint_attention(const TensorView& q, const TensorView& k, const TensorView&
     const TensorView qv = token_slice(q, video0, N), kv = token_slice(k, video0, N), vv = token_slice(v, video0, N);
     LseView lse_video, lse_text;
     if (lse) lse_video = lse_slice(*lse, video0, N), lse_text = lse_slice(*lse, text0, L);
-    attention(qv, kv, vv, token_slice(out, video0, N), grid, options, lse ? &lse_video : nullptr, cuda,
-              L > 0 ? &text_keys : nullptr);
-    if (L == 0) return;
 
-    // Text queries: exact attention over every video key and the valid text keys (spec §3c).
+    // Text queries: exact attention over every video key and the valid text keys (spec §3c). On CUDA they run
+    // with the video part (beside it when they need no workspace); their scale is the video part's.
     detail::TextQueryProblem t;
     static_cast<detail::AttentionProblem&>(t) = whole;
     t.q = token_slice(q, text0, L);
@@ -164,16 +162,16 @@ void joint_attention(const TensorView& q, const TensorView& k, const TensorView&
     t.lse = lse ? &lse_text : nullptr;
     t.q_tokens = L;
     t.kv_tokens = N;
-    t.scale = detail::resolve_scale(fn, options.softmax_scale, q.head_dim());
     t.extra.present = true;
     t.extra.k = text_keys.k;
     t.extra.v = text_keys.v;
     t.extra.tokens = L;
     t.extra.lens = lens;
-    if (q.device == Device::cuda) {
-        detail::cuda_text_query_attention(t, cuda);
-        return;
-    }
+    const bool on_cuda = q.device == Device::cuda;
+    detail::monarch_attention(qv, kv, vv, token_slice(out, video0, N), grid, options, lse ? &lse_video : nullptr, cuda,
+                              L > 0 ? &text_keys : nullptr, on_cuda && L > 0 ? &t : nullptr);
+    if (L == 0 || on_cuda) return;
+    t.scale = detail::resolve_scale(fn, options.softmax_scale, q.head_dim());
     detail::cpu_text_query_attention(t);
 }
 

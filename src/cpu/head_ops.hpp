@@ -115,6 +115,39 @@ inline void axpy(Acc alpha, const Acc* x, Acc* y, std::int64_t n) {
     for (std::int64_t c = 0; c < n; ++c) y[c] += alpha * x[c];
 }
 
+// One query row of an R-step (spec §3, step R) over one key frame's hw keys: x_l = ⟨qs, k_l⟩ (qs already
+// carries the row scale), P = softmax x; writes al = scale·Σ_l P·k_l and, when yr is set, yr = Σ_l P·v_l.
+// Returns lse = logsumexp x and cl = Σ_l P·x_l − lse (the negative entropy of P). x: hw scratch values.
+template <typename Acc> struct RowFit {
+    Acc lse, cl;
+};
+template <typename Acc>
+RowFit<Acc> fit_row(const Acc* qs, const Acc* keys, const Acc* values, std::int64_t hw, std::int64_t d,
+                    std::int64_t dv, Acc scale, Acc* x, Acc* al, Acc* yr) {
+    Acc mx = -std::numeric_limits<Acc>::infinity();
+    for (std::int64_t l = 0; l < hw; ++l) {
+        x[l] = dot(qs, keys + l * d, d);
+        mx = std::max(mx, x[l]);
+    }
+    Acc sum = 0, weighted = 0;
+    for (std::int64_t l = 0; l < hw; ++l) {
+        const Acc e = std::exp(x[l] - mx);
+        sum += e;
+        weighted += e * x[l];
+        x[l] = e;
+    }
+    const Acc lse = mx + std::log(sum), inv = Acc(1) / sum;
+    std::fill(al, al + d, Acc(0));
+    if (yr) std::fill(yr, yr + dv, Acc(0));
+    for (std::int64_t l = 0; l < hw; ++l) {
+        const Acc prob = x[l] * inv;
+        axpy(prob, keys + l * d, al, d);
+        if (yr) axpy(prob, values + l * dv, yr, dv);
+    }
+    for (std::int64_t c = 0; c < d; ++c) al[c] *= scale;
+    return {lse, weighted / sum - lse};
+}
+
 // Exact attention of nq query rows against nk keys, tiled with an online softmax (never nq×nk in
 // memory): out[r] = softmax(q[r]·kᵀ·scale)·v, lse[r] = logsumexp(q[r]·kᵀ·scale) (lse may be null).
 template <typename Acc>

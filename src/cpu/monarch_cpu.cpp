@@ -89,32 +89,9 @@ private:
                     for (std::int64_t c = 0; c < d_; ++c) qs[r * d_ + c] = aR[n * d_ + c] * row_scale;
                 }
                 for (std::int64_t r = 0; r < rows; ++r) {
-                    const Acc* qr = qs + r * d_;
-                    Acc* xr = x + r * HW_;
-                    Acc mx = -std::numeric_limits<Acc>::infinity();
-                    for (std::int64_t l = 0; l < HW_; ++l) {
-                        xr[l] = dot(qr, keys + l * d_, d_);
-                        mx = std::max(mx, xr[l]);
-                    }
-                    Acc sum = 0, weighted = 0;
-                    for (std::int64_t l = 0; l < HW_; ++l) {
-                        const Acc e = std::exp(xr[l] - mx);
-                        sum += e;
-                        weighted += e * xr[l];
-                        xr[l] = e;
-                    }
                     const std::int64_t n = k * HW_ + j0 + r;
-                    cL_[std::size_t(n)] = weighted / sum - (mx + std::log(sum));
-                    const Acc inv = Acc(1) / sum;
-                    Acc* al = aL_.data() + n * d_;
-                    Acc* yr = last ? y_.data() + n * dv_ : nullptr;
-                    std::fill(al, al + d_, Acc(0));
-                    for (std::int64_t l = 0; l < HW_; ++l) {
-                        const Acc prob = xr[l] * inv;
-                        axpy(prob, keys + l * d_, al, d_);
-                        if (yr) axpy(prob, values + l * dv_, yr, dv_);
-                    }
-                    for (std::int64_t c = 0; c < d_; ++c) al[c] *= scale_;
+                    cL_[std::size_t(n)] = fit_row(qs + r * d_, keys, values, HW_, d_, dv_, scale_, x + r * HW_,
+                                                  aL_.data() + n * d_, last ? y_.data() + n * dv_ : nullptr).cl;
                 }
                 progress.add();
             });

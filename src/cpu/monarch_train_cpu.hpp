@@ -105,31 +105,10 @@ private:
                 const Acc* values = v_ + k * HW_ * dv_;
                 const Acc gamma = row_scale(p_, s_, it, n);
                 for (std::int64_t c = 0; c < d_; ++c) qs[c] = aR[n * d_ + c] * gamma;
-                Acc mx = -std::numeric_limits<Acc>::infinity();
-                for (std::int64_t l = 0; l < HW_; ++l) {
-                    x[l] = dot(qs, keys + l * d_, d_);
-                    mx = std::max(mx, x[l]);
-                }
-                Acc sum = 0, weighted = 0;
-                for (std::int64_t l = 0; l < HW_; ++l) {
-                    const Acc e = std::exp(x[l] - mx);
-                    sum += e;
-                    weighted += e * x[l];
-                    x[l] = e;
-                }
-                lse_r[n] = mx + std::log(sum);
-                cL[n] = weighted / sum - lse_r[n];
-                const Acc inv = Acc(1) / sum;
-                Acc* al = aL + n * d_;
-                Acc* yr = last ? s_.y + n * dv_ : nullptr;
-                std::fill(al, al + d_, Acc(0));
-                if (yr) std::fill(yr, yr + dv_, Acc(0));
-                for (std::int64_t l = 0; l < HW_; ++l) {
-                    const Acc prob = x[l] * inv;
-                    axpy(prob, keys + l * d_, al, d_);
-                    if (yr) axpy(prob, values + l * dv_, yr, dv_);
-                }
-                for (std::int64_t c = 0; c < d_; ++c) al[c] *= scale_;
+                const RowFit<Acc> fit = fit_row(qs, keys, values, HW_, d_, dv_, scale_, x, aL + n * d_,
+                                                last ? s_.y + n * dv_ : nullptr);
+                lse_r[n] = fit.lse;
+                cL[n] = fit.cl;
                 progress.add();
             }
         }

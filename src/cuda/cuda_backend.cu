@@ -92,8 +92,20 @@ void cuda_monarch_attention(const MonarchProblem& p, const CudaContext* ctx) {
     } else {
         ws = cached_workspace(p.q.device_index, stream, need, what);
     }
-    cudaStream_t side = p.recompute_first_frame ? side_stream(p.q.device_index, stream, what) : nullptr;
-    cuda::MonarchPlan(p, ws).run(stream, side);
+    // The side stream takes the first-frame recompute and, with exact key groups, the groups and a joint
+    // sequence's text queries (monarch_plan.hpp).
+    const bool beside = p.recompute_first_frame || p.has_exact_groups();
+    cudaStream_t side = beside ? side_stream(p.q.device_index, stream, what) : nullptr;
+    if (p.text_queries == nullptr) {
+        cuda::MonarchPlan(p, ws).run(stream, side);
+        return;
+    }
+    TextQueryProblem text = *p.text_queries;
+    text.scale = p.scale; // the same options and head dim
+    MonarchProblem video = p;
+    video.text_queries = &text;
+    cuda::MonarchPlan(video, ws).run(stream, side); // with the text queries when they need no workspace
+    if (!cuda::text_queries_direct(text)) cuda_text_query_attention(text, ctx);
 }
 
 void cuda_text_query_attention(const TextQueryProblem& p, const CudaContext* ctx) {

@@ -1,7 +1,9 @@
-// MonarchPlan with exact key groups (spec §3b): each video query row's exact group — the sink key frames
-// [0, S), its window frames W(i) = [max(S, i - r), min(T, i + r + 1)) and the valid extra (text) keys — is
-// attended by dense flash launches into the accumulator (O_E in the user's out, LSE_E in exact_lse), one
-// group after another merged by log-sum-exp. Then the Monarch steps fit the remaining key frames and the
+// MonarchPlan with exact key groups (spec §3b), the in-order schedule for groups that need partials (a window,
+// or text keys apart from the other exact keys; the rest run beside the Monarch steps, exact_group_beside.cu):
+// each video query row's exact group — the sink key frames [0, S), its window frames
+// W(i) = [max(S, i - r), min(T, i + r + 1)) and the valid extra (text) keys — is attended by dense flash
+// launches into the accumulator (O_E in the user's out, LSE_E in exact_lse), one group after another merged by
+// log-sum-exp. Then the Monarch steps fit the remaining key frames and the
 // last L-step merges its rows with the accumulator in place (no extra pass over O).
 //
 // Launch order (one stream unless noted):
@@ -72,7 +74,7 @@ bool MonarchPlan::monarch_needed() const {
     return false;
 }
 
-void MonarchPlan::run_exact(void* stream, void* side_stream) const {
+void MonarchPlan::run_exact_in_order(void* stream, void* side_stream, bool monarch_steps) const {
     auto st = static_cast<cudaStream_t>(stream), side = static_cast<cudaStream_t>(side_stream);
     const std::int64_t T = p_.grid.T, HW = p_.grid.frame_tokens(), B = p_.batch;
     const std::int64_t S = std::min(p_.sink_frames, T);
@@ -145,7 +147,7 @@ void MonarchPlan::run_exact(void* stream, void* side_stream) const {
         }
     }
 
-    if (monarch_needed()) {
+    if (monarch_steps && monarch_needed()) {
         for (int it = 0; it < p_.iterations; ++it) {
             launch_flash(rstep_params(it), st, "vmonarch R-step");
             launch_lstep(lstep_params(it, recompute), st, "vmonarch L-step");

@@ -2,6 +2,8 @@
 #include "cuda/monarch_plan.hpp"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include <cuda_runtime.h>
 
@@ -27,6 +29,29 @@ RowView user_rows(const TensorView& t, std::int64_t seg) {
 RowView user_lse(const LseView* l, std::int64_t seg) {
     if (l == nullptr) return RowView{};
     return RowView{l->data, l->strides[0], l->strides[1], seg * l->strides[2], l->strides[2]};
+}
+
+KeyJoin key_join(const TensorView& video, const TensorView& text) {
+    const auto& a = video.strides;
+    const auto& b = text.strides;
+    if (video.dtype != text.dtype || a[0] != b[0] || a[1] != b[1] || a[2] != b[2] || a[3] != b[3] || a[1] <= 0)
+        return KeyJoin::apart;
+    const std::int64_t row_bytes = a[1] * std::int64_t(dtype_size(video.dtype));
+    const auto* v = static_cast<const char*>(video.data);
+    const auto* t = static_cast<const char*>(text.data);
+    if (t + text.tokens() * row_bytes == v) return KeyJoin::text_then_video;
+    if (v + video.tokens() * row_bytes == t) return KeyJoin::video_then_text;
+    return KeyJoin::apart;
+}
+
+KeyJoin key_join(const TensorView& video_k, const TensorView& video_v, const TensorView& text_k, const TensorView& text_v) {
+    const KeyJoin j = key_join(video_k, text_k);
+    return key_join(video_v, text_v) == j ? j : KeyJoin::apart;
+}
+
+bool exact_schedule_serial() {
+    const char* e = std::getenv("VMONARCH_EXACT_SCHEDULE");
+    return e != nullptr && std::strcmp(e, "serial") == 0;
 }
 
 Elem elem_of(DType t) {
@@ -76,6 +101,7 @@ MonarchPlan::MonarchPlan(const detail::MonarchProblem& p, void* ws) : p_(p), ele
         if (p.extra.present) {
             text_k_ = user_rows(p.extra.k, p.extra.tokens);
             text_v_ = user_rows(p.extra.v, p.extra.tokens);
+            join_ = key_join(p.k, p.v, p.extra.k, p.extra.v);
         }
     }
 }

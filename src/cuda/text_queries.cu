@@ -3,7 +3,8 @@
 // (which writes the user's out and an LSE) and, per batch element with lens[b] > 0, a dense launch over its
 // text keys into a workspace partial merged in by log-sum-exp (spec §3b's merge). Query rows go in chunks of
 // min(L, N) rows: per (batch, head) and chunk row, a dv-vector partial output, its LSE and, when the caller
-// asks for no lse, the accumulator's LSE.
+// asks for no lse, the accumulator's LSE. When the keys of every batch element are one contiguous range of
+// the key sequence (see text_queries_direct), one launch per run of equal batch elements replaces all that.
 #include <algorithm>
 #include <string>
 
@@ -50,7 +51,58 @@ FlashParams dense(const detail::TextQueryProblem& p, Elem elem, const RowView& q
     return f;
 }
 
+// The keys of batch element b's text queries as one contiguous range: rows [0, *len) of the video keys
+// (no valid text) or of the joint key sequence starting at *k / *v; false when they are not one range.
+bool direct_keys(const detail::TextQueryProblem& p, KeyJoin join, std::int64_t b, RowView* k, RowView* v,
+                 std::int64_t* len) {
+    const std::int64_t N = p.kv_tokens, L = p.extra.present ? p.extra.tokens : 0;
+    const std::int64_t valid = p.extra.present ? p.extra.lens[std::size_t(b)] : 0;
+    if (valid == 0) {
+        *k = user_rows(p.k, N), *v = user_rows(p.v, N), *len = N;
+    } else if (join == KeyJoin::video_then_text) { // video keys, then the valid text prefix
+        *k = user_rows(p.k, N), *v = user_rows(p.v, N), *len = N + valid;
+    } else if (join == KeyJoin::text_then_video && valid == L) { // all text keys, then the video keys
+        *k = user_rows(p.extra.k, L), *v = user_rows(p.extra.v, L), *len = L + N;
+    } else {
+        return false;
+    }
+    return true;
+}
+
+KeyJoin join_of(const detail::TextQueryProblem& p) {
+    return p.extra.present ? key_join(p.k, p.v, p.extra.k, p.extra.v) : KeyJoin::apart;
+}
+
 } // namespace
+
+bool text_queries_direct(const detail::TextQueryProblem& p) {
+    if (exact_schedule_serial()) return false;
+    const KeyJoin join = join_of(p);
+    RowView k, v;
+    std::int64_t len = 0;
+    for (std::int64_t b = 0; b < p.batch; ++b)
+        if (!direct_keys(p, join, b, &k, &v, &len)) return false;
+    return true;
+}
+
+void launch_text_queries_direct(const detail::TextQueryProblem& p, void* stream) {
+    const std::int64_t L = p.q_tokens, B = p.batch;
+    if (L <= 0 || B <= 0 || p.heads <= 0) return;
+    const Elem elem = elem_of(p.q.dtype);
+    const KeyJoin join = join_of(p);
+    const RowView q = user_rows(p.q, L), out = user_rows(p.out, L), lse = user_lse(p.lse, L);
+    for (std::int64_t b0 = 0, b1 = 0; b0 < B; b0 = b1) {
+        RowView k, v, k1, v1;
+        std::int64_t len = 0, len1 = 0;
+        if (!direct_keys(p, join, b0, &k, &v, &len))
+            throw CudaError("vmonarch::joint_attention text queries: batch element " + std::to_string(b0) +
+                            "'s keys are not one range (text_queries_direct was not asked)");
+        for (b1 = b0 + 1; b1 < B && direct_keys(p, join, b1, &k1, &v1, &len1) && k1.ptr == k.ptr && len1 == len;) ++b1;
+        launch_flash(dense(p, elem, shift_batch(q, b0, 2), L, int(b1 - b0), shift_batch(k, b0, 2), shift_batch(v, b0, 2), len,
+                           shift_batch(out, b0, 2), shift_batch(lse, b0, 4)),
+                     stream, "vmonarch::joint_attention text queries over their key range");
+    }
+}
 
 std::size_t text_query_workspace_bytes(const detail::TextQueryProblem& p, std::int64_t rows) {
     return chunk_layout(p, rows).total;

@@ -244,8 +244,57 @@ INSTANTIATE_TEST_SUITE_P(
                       JointCase{2, 1, 2, 4, 4, 64, false, fp, SH, 50, false, {3, 50}, 2},   // S >= T
                       JointCase{1, 2, 2, 4, 5, 128, true, bf, SH, 2000, false, {1500}},     // L > N: chunked text queries
                       JointCase{1, 2, 1, 7, 9, 64, true, bf, HS, 17, false, {}},            // T = 1
-                      JointCase{1, 2, 3, 1, 1, 64, true, bf, SH, 0, true, {}}),             // no text
+                      JointCase{1, 2, 3, 1, 1, 64, true, bf, SH, 0, true, {}},              // no text
+                      // Key ranges in one launch each, beside the Monarch steps (exact_group_beside.cu):
+                      JointCase{2, 2, 5, 3, 7, 128, true, bf, SH, 33, false, {10, 33}},     // text last, two lens
+                      JointCase{2, 3, 4, 5, 9, 64, true, fp, HS, 226, true, {}},            // text first, B = 2
+                      JointCase{2, 2, 5, 3, 7, 128, true, bf, HS, 24, true, {}, 1},         // text first, S = 1
+                      JointCase{3, 2, 4, 3, 5, 64, true, bf, SH, 19, true, {19, 0, 19}},    // an empty group, B runs
+                      JointCase{2, 2, 4, 3, 5, 128, false, fp, SH, 40, true, {}},           // no recompute
+                      JointCase{2, 2, 3, 4, 5, 64, false, bf, SH, 21, false, {0, 21}},      // no recompute, lens 0
+                      JointCase{2, 2, 5, 3, 7, 128, true, bf, SH, 30, false, {7, 30}, 1},   // text last + S: in order
+                      JointCase{2, 1, 4, 3, 5, 64, true, fp, HS, 16, true, {5, 16}}),       // text first, lens < L
     [](const ::testing::TestParamInfo<JointCase>& i) { return joint_name(i.param); });
+
+// The schedule beside the Monarch steps on a caller's non-blocking stream (its side stream is another one):
+// poisoned outputs, the call repeated, every repetition the same bits and close to the f64 CPU result.
+TEST(JointGpuStreams, RepeatsBitwiseOnCallerStream) {
+    REQUIRE_GPU();
+    const vmonarch::VideoGrid g{5, 4, 7};
+    const std::int64_t B = 3, heads = 3, d = 128, L = 45, N = g.tokens(), M = N + L;
+    for (const bool text_first : {true, false}) {
+        const std::vector<std::int64_t> lens = text_first ? std::vector<std::int64_t>{L, L, L}
+                                                          : std::vector<std::int64_t>{45, 3, 20};
+        const std::size_t count = std::size_t(B * M * heads * d);
+        GpuTensor q(random_normal(count, 71, std::sqrt(3.0)), bf, SH, B, M, heads, d),
+            k(random_normal(count, 72, std::sqrt(3.0)), bf, SH, B, M, heads, d), v(random_normal(count, 73, 1.0), bf, SH, B, M, heads, d);
+        const vmonarch::Options o = options_of(2, true, text_first ? 1 : 0, kNone);
+        const auto pos = text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last;
+        cudaStream_t stream = nullptr;
+        ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+        vmonarch::CudaContext ctx;
+        ctx.stream = stream;
+        std::vector<GpuResult> runs;
+        for (int rep = 0; rep < 3; ++rep) {
+            auto out = GpuTensor::poisoned(bf, SH, B, M, heads, d);
+            GpuLse lse(B, heads, M, true);
+            vmonarch::joint_attention(q.view, k.view, v.view, out.view, g, L, pos, lens.data(), o, rep == 2 ? nullptr : &lse.view,
+                                      &ctx);
+            ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+            runs.push_back(GpuResult{out.read(), rep == 2 ? std::vector<double>{} : lse.read(), out.raw()});
+        }
+        cudaStreamDestroy(stream);
+        std::vector<double> sq, sk, sv, so(q.values.size()), sl(std::size_t(B * heads * M));
+        const auto co = TensorView::bshd(so.data(), DType::f64, Device::cpu, B, M, heads, d);
+        const auto cl = vmonarch::LseView::contiguous(sl.data(), DType::f64, Device::cpu, B, heads, M);
+        vmonarch::joint_attention(q.cpu_view(sq), k.cpu_view(sk), v.cpu_view(sv), co, g, L, pos, lens.data(), o, &cl);
+        EXPECT_EQ(count_nonfinite(runs[0].out), 0u);
+        EXPECT_LE(rel_l2(runs[0].out, so), tolerance(bf)) << (text_first ? "text first" : "text last");
+        EXPECT_LE(rel_l2(runs[0].lse, sl), tolerance(bf)) << (text_first ? "text first" : "text last");
+        EXPECT_TRUE(runs[1].raw == runs[0].raw) << "a repetition gave different bits";
+        EXPECT_TRUE(runs[2].raw == runs[0].raw) << "no lse requested gave different bits";
+    }
+}
 
 } // namespace
 } // namespace gputest

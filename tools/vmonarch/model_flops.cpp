@@ -7,57 +7,31 @@
 
 namespace vmonarch::cli {
 
+// One row per model: name, --help line, dim, ffn, layers, heads, head dim, text tokens and how they attend,
+// VAE temporal compression, spatial stride (VAE × patch), default video frames × height × width.
 const std::vector<ModelSpec>& model_presets() {
-    static const std::vector<ModelSpec> presets = [] {
-        std::vector<ModelSpec> p;
-        ModelSpec m;
-
-        m = ModelSpec{};
-        m.name = "wan2.1-1.3b";
-        m.summary = "Wan2.1 T2V 1.3B: dim 1536, ffn 8960, 30 layers, 12x128 heads, 512 text tokens in "
-                    "cross-attention; T = (F-1)/4+1, H = px/16, W = px/16";
-        m.dim = 1536, m.ffn = 8960, m.layers = 30, m.heads = 12, m.head_dim = 128, m.text_len = 512;
-        m.text_mode = TextMode::cross, m.temporal_compression = 4, m.spatial_stride = 16;
-        m.default_frames = 81, m.default_height = 480, m.default_width = 832;
-        p.push_back(m);
-
-        m = ModelSpec{};
-        m.name = "wan2.1-14b";
-        m.summary = "Wan2.1 T2V 14B: dim 5120, ffn 13824, 40 layers, 40x128 heads, 512 text tokens in "
-                    "cross-attention; T = (F-1)/4+1, H = px/16, W = px/16";
-        m.dim = 5120, m.ffn = 13824, m.layers = 40, m.heads = 40, m.head_dim = 128, m.text_len = 512;
-        m.text_mode = TextMode::cross, m.temporal_compression = 4, m.spatial_stride = 16;
-        m.default_frames = 81, m.default_height = 720, m.default_width = 1280;
-        p.push_back(m);
-
-        m = ModelSpec{};
-        m.name = "wan2.2-5b";
-        m.summary = "Wan2.2 TI2V 5B: dim 3072, ffn 14336, 30 layers, 24x128 heads, 512 text tokens in "
-                    "cross-attention; VAE 4x16x16 and patch 2: T = (F-1)/4+1, H = px/32, W = px/32";
-        m.dim = 3072, m.ffn = 14336, m.layers = 30, m.heads = 24, m.head_dim = 128, m.text_len = 512;
-        m.text_mode = TextMode::cross, m.temporal_compression = 4, m.spatial_stride = 32;
-        m.default_frames = 121, m.default_height = 704, m.default_width = 1280;
-        p.push_back(m);
-
-        m = ModelSpec{};
-        m.name = "hunyuanvideo";
-        m.summary = "HunyuanVideo 13B: dim 3072, ffn 12288, 60 layers (20 dual- + 40 single-stream), 24x128 "
-                    "heads, 256 text tokens joined to the sequence; T = (F-1)/4+1, H = px/16, W = px/16";
-        m.dim = 3072, m.ffn = 12288, m.layers = 60, m.heads = 24, m.head_dim = 128, m.text_len = 256;
-        m.text_mode = TextMode::joint, m.temporal_compression = 4, m.spatial_stride = 16;
-        m.default_frames = 129, m.default_height = 720, m.default_width = 1280;
-        p.push_back(m);
-
-        m = ModelSpec{};
-        m.name = "cogvideox-5b";
-        m.summary = "CogVideoX 5B: dim 3072, ffn 12288, 42 layers, 48x64 heads, 226 text tokens joined to the "
-                    "sequence; T = (F-1)/4+1, H = px/16, W = px/16";
-        m.dim = 3072, m.ffn = 12288, m.layers = 42, m.heads = 48, m.head_dim = 64, m.text_len = 226;
-        m.text_mode = TextMode::joint, m.temporal_compression = 4, m.spatial_stride = 16;
-        m.default_frames = 49, m.default_height = 480, m.default_width = 720;
-        p.push_back(m);
-        return p;
-    }();
+    static const std::vector<ModelSpec> presets{
+        {"wan2.1-1.3b",
+         "Wan2.1 T2V 1.3B: dim 1536, ffn 8960, 30 layers, 12x128 heads, 512 text tokens in cross-attention; "
+         "T = (F-1)/4+1, H = px/16, W = px/16",
+         1536, 8960, 30, 12, 128, 512, TextMode::cross, 4, 16, 81, 480, 832},
+        {"wan2.1-14b",
+         "Wan2.1 T2V 14B: dim 5120, ffn 13824, 40 layers, 40x128 heads, 512 text tokens in cross-attention; "
+         "T = (F-1)/4+1, H = px/16, W = px/16",
+         5120, 13824, 40, 40, 128, 512, TextMode::cross, 4, 16, 81, 720, 1280},
+        {"wan2.2-5b",
+         "Wan2.2 TI2V 5B: dim 3072, ffn 14336, 30 layers, 24x128 heads, 512 text tokens in cross-attention; "
+         "VAE 4x16x16 and patch 2: T = (F-1)/4+1, H = px/32, W = px/32",
+         3072, 14336, 30, 24, 128, 512, TextMode::cross, 4, 32, 121, 704, 1280},
+        {"hunyuanvideo",
+         "HunyuanVideo 13B: dim 3072, ffn 12288, 60 layers (20 dual- + 40 single-stream), 24x128 heads, 256 text "
+         "tokens joined to the sequence; T = (F-1)/4+1, H = px/16, W = px/16",
+         3072, 12288, 60, 24, 128, 256, TextMode::joint, 4, 16, 129, 720, 1280},
+        {"cogvideox-5b",
+         "CogVideoX 5B: dim 3072, ffn 12288, 42 layers, 48x64 heads, 226 text tokens joined to the sequence; "
+         "T = (F-1)/4+1, H = px/16, W = px/16",
+         3072, 12288, 42, 48, 64, 226, TextMode::joint, 4, 16, 49, 480, 720},
+    };
     return presets;
 }
 

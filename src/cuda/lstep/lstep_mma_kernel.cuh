@@ -49,6 +49,17 @@ __device__ __forceinline__ void gather_rows_async(std::uint32_t dst, const RowVi
     }
 }
 
+// View rows [r0, T) at position j into L2 only (prefetch.L2, one request per 128-byte line of a row),
+// so that a gather issued later finds them there instead of making a second trip to DRAM.
+template <int D>
+__device__ __forceinline__ void prefetch_rows_l2(const RowView& v, int b, int h, std::int64_t j, int T, int lane, int r0) {
+    constexpr int LINES = (D * 2 + 127) / 128;
+    for (int c = lane + r0 * LINES; c < T * LINES; c += 32) {
+        const char* line = reinterpret_cast<const char*>(view_row<const std::uint16_t>(v, b, h, c / LINES, j)) + (c % LINES) * 128;
+        asm volatile("prefetch.L2 [%0];\n" ::"l"(line));
+    }
+}
+
 // Staged output tile rows [r0, T) → view rows (b, h, frame r, position j), 16 bytes per lane per step.
 template <bool BF16, int D>
 __device__ __forceinline__ void scatter_rows(const unsigned char* tile, const RowView& v, int b, int h, std::int64_t j, int T, int lane,
@@ -158,6 +169,9 @@ __global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(con
     // (exact_lse may be lse). Rows the step leaves alone (i = 0 with skip_frame0, i ≥ T) are not read.
     [[maybe_unused]] const bool merge = EXACT && LAST && p.exact_lse.ptr != nullptr; // uniform
     [[maybe_unused]] const int r0 = LAST && p.skip_frame0 ? 1 : 0;
+    // O_E (in out) is gathered only once S has freed the aL tile: bring it into L2 now, beside the other gathers.
+    if constexpr (EXACT && LAST)
+        if (merge) prefetch_rows_l2<D>(p.out, b, h, j, T, lane, r0);
     [[maybe_unused]] float lse_e[MT][2];
     if constexpr (EXACT && LAST)
         if (merge)

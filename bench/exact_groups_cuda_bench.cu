@@ -1,0 +1,239 @@
+// exact_groups_cuda_bench [--json FILE] [--rounds R] [--reps N] [--cases video,hunyuan,cogvideox]: the exact key
+// groups (spec §3b) and joint text+video sequences (spec §3c) from C++, with the shapes of
+// bench/exact_groups_bench.py (bf16, batch 1, BHSD, no lse, frame-0 recompute on), each setting timed under the
+// default schedule and under VMONARCH_EXACT_SCHEDULE=serial (the groups in order with partials) in alternating
+// rounds, then each launch of the video forward at t = 2 with S = 0 and 1 and of CogVideoX's (t = 2) alone.
+// CUDA-event medians after warm-up; the time does not depend on the values. Prints a table naming the card and
+// writes JSON. cuDNN's times come from the Python bench (same run on the GPU machine).
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <string>
+#include <vector>
+
+#include "core/backend.hpp"
+#include "cuda/monarch_plan.hpp"
+#include "cuda_timing.hpp"
+#include "vmonarch/vmonarch.hpp"
+
+namespace {
+
+using vmbench::check;
+using vmbench::time_ms;
+
+// Uniform random bf16 of unit variance from a counter hash.
+__global__ void fill_random_bf16(std::uint16_t* p, std::size_t n, std::uint32_t seed) {
+    for (std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * blockDim.x) {
+        std::uint32_t h = std::uint32_t(i) * 2654435761u ^ (seed * 0x9e3779b9u) ^ std::uint32_t(i >> 32);
+        h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+        const float u = (float(h & 0xffffff) + 0.5f) / 16777216.f;
+        std::uint32_t bits = __float_as_uint((2.f * u - 1.f) * 1.7320508f);
+        bits += 0x7fffu + ((bits >> 16) & 1u);
+        p[i] = std::uint16_t(bits >> 16);
+    }
+}
+
+struct Case {
+    const char* name;
+    std::int64_t T, H, W, heads, d, L, valid;
+    bool text_first;
+};
+const Case kCases[] = {{"video", 24, 44, 80, 40, 128, 0, 0, false},
+                       {"hunyuan", 33, 45, 80, 24, 128, 256, 200, false},
+                       {"cogvideox", 13, 30, 45, 48, 64, 226, 226, true}};
+
+struct Setting {
+    int t;
+    std::int64_t S, r; // r < 0: no window
+};
+const Setting kVideoSettings[] = {{2, 0, -1}, {1, 1, -1}, {2, 1, -1}, {2, 1, 1}};
+const Setting kJointSettings[] = {{2, 0, -1}, {1, 1, -1}};
+
+std::string setting_name(const Setting& s) {
+    return "t=" + std::to_string(s.t) + " S=" + std::to_string(s.S) + (s.r >= 0 ? " r=" + std::to_string(s.r) : "");
+}
+
+struct Row {
+    std::string which, what, schedule;
+    double ms;
+};
+
+// Tokens [t0, t0 + n) of a [B, M, heads, d] view.
+vmonarch::TensorView slice(vmonarch::TensorView v, std::int64_t t0, std::int64_t n) {
+    v.data = static_cast<char*>(v.data) + t0 * v.strides[1] * 2;
+    v.shape[1] = n;
+    return v;
+}
+
+vmonarch::cuda::FlashParams dense_rows(const vmonarch::cuda::RowView& q, std::int64_t len_q, const vmonarch::cuda::RowView& k,
+                                       const vmonarch::cuda::RowView& v, std::int64_t len_k, const vmonarch::cuda::RowView& o,
+                                       const vmonarch::cuda::RowView& lse, const Case& c) {
+    vmonarch::cuda::FlashParams f;
+    f.head_dim = int(c.d);
+    f.q = q, f.k = k, f.v = v, f.o = o, f.lse = lse;
+    f.len_q = len_q;
+    f.len_k = len_k;
+    f.heads = int(c.heads);
+    f.scale = f.qk_scale = float(1.0 / std::sqrt(double(c.d)));
+    return f;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    std::string json_path = "exact_groups_cuda_bench.json", only;
+    int rounds = 2, reps = 7;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--json" && i + 1 < argc) json_path = argv[++i];
+        else if (a == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
+        else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
+        else if (a == "--cases" && i + 1 < argc) only = argv[++i];
+        else {
+            std::fprintf(stderr, "usage: exact_groups_cuda_bench [--json FILE] [--rounds R] [--reps N] [--cases a,b]\n");
+            return 2;
+        }
+    }
+    if (rounds < 1 || reps < 1) {
+        std::fprintf(stderr, "exact_groups_cuda_bench: --rounds and --reps must be >= 1\n");
+        return 2;
+    }
+    if (!vmonarch::cuda_available()) {
+        std::fprintf(stderr, "no CUDA device\n");
+        return 1;
+    }
+    const std::string card = vmonarch::cuda_device_name(0);
+    std::printf("exact_groups_cuda_bench on %s, %d rounds, median of %d\n", card.c_str(), rounds, reps);
+    std::vector<Row> rows;
+    const auto add = [&](const std::string& which, const std::string& what, const std::string& schedule, double ms) {
+        rows.push_back({which, what, schedule, ms});
+        std::printf("%-10s %-34s %-8s %10.3f ms\n", which.c_str(), what.c_str(), schedule.c_str(), ms);
+        std::fflush(stdout);
+    };
+
+    for (const Case& c : kCases) {
+        if (!only.empty() && ("," + only + ",").find("," + std::string(c.name) + ",") == std::string::npos) continue;
+        const vmonarch::VideoGrid g{c.T, c.H, c.W};
+        const std::int64_t N = g.tokens(), HW = g.frame_tokens(), M = N + c.L;
+        const std::size_t elems = std::size_t(M) * c.heads * c.d;
+        std::uint16_t *q, *k, *v, *o;
+        check(cudaMalloc(&q, elems * 2), "malloc q");
+        check(cudaMalloc(&k, elems * 2), "malloc k");
+        check(cudaMalloc(&v, elems * 2), "malloc v");
+        check(cudaMalloc(&o, elems * 2), "malloc o");
+        fill_random_bf16<<<1024, 256>>>(q, elems, 1);
+        fill_random_bf16<<<1024, 256>>>(k, elems, 2);
+        fill_random_bf16<<<1024, 256>>>(v, elems, 3);
+        check(cudaGetLastError(), "fill");
+        using vmonarch::TensorView;
+        const auto view = [&](void* p) { return TensorView::bhsd(p, vmonarch::DType::bf16, vmonarch::Device::cuda, 1, c.heads, M, c.d); };
+        const TensorView qv = view(q), kv = view(k), vv = view(v), ov = view(o);
+        const std::int64_t lens[1] = {c.valid};
+        const int warm = 2;
+
+        // Whole forwards, default schedule and serial, alternating.
+        const Setting* settings = c.L > 0 ? kJointSettings : kVideoSettings;
+        const int n_settings = c.L > 0 ? 2 : 4;
+        for (int round = 0; round < rounds; ++round)
+            for (int si = 0; si < n_settings; ++si)
+                for (const char* schedule : {"default", "serial"}) {
+                    const Setting s = settings[si];
+                    vmonarch::Options opt;
+                    opt.iterations = s.t;
+                    opt.sink_frames = s.S;
+                    if (s.r >= 0) opt.window_radius = s.r;
+                    if (std::string(schedule) == "serial") setenv("VMONARCH_EXACT_SCHEDULE", "serial", 1);
+                    else unsetenv("VMONARCH_EXACT_SCHEDULE");
+                    const double ms = time_ms(
+                        [&] {
+                            if (c.L > 0)
+                                vmonarch::joint_attention(qv, kv, vv, ov, g, c.L,
+                                                          c.text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last,
+                                                          lens, opt, nullptr, nullptr);
+                            else
+                                vmonarch::attention(qv, kv, vv, ov, g, opt, nullptr, nullptr);
+                        },
+                        warm, reps);
+                    add(c.name, setting_name(s) + " (round " + std::to_string(round + 1) + ")", schedule, ms);
+                }
+        unsetenv("VMONARCH_EXACT_SCHEDULE");
+
+        // Each launch alone: video at t = 2 with S = 0 (the paper) and S = 1; CogVideoX at t = 2, S = 0 (text
+        // first, all valid).
+        std::vector<std::int64_t> sinks;
+        if (std::string(c.name) == "video") sinks = {0, 1};
+        if (std::string(c.name) == "cogvideox") sinks = {0};
+        for (const std::int64_t sink : sinks) {
+            const std::int64_t video0 = c.text_first ? c.L : 0, text0 = c.text_first ? 0 : N;
+            vmonarch::detail::MonarchProblem p;
+            p.q = slice(qv, video0, N), p.k = slice(kv, video0, N), p.v = slice(vv, video0, N), p.out = slice(ov, video0, N);
+            p.batch = 1, p.heads = c.heads, p.q_tokens = p.kv_tokens = N, p.head_dim = p.value_dim = c.d;
+            p.scale = 1.0 / std::sqrt(double(c.d));
+            p.grid = g, p.iterations = 2, p.cr_clamp = 0.1, p.recompute_first_frame = true;
+            p.sink_frames = sink;
+            if (c.L > 0) {
+                p.extra.present = true;
+                p.extra.k = slice(kv, text0, c.L), p.extra.v = slice(vv, text0, c.L);
+                p.extra.tokens = c.L;
+                p.extra.lens = {c.valid};
+            }
+            void* ws = nullptr;
+            check(cudaMalloc(&ws, vmonarch::cuda::monarch_workspace_layout(p).total), "malloc ws");
+            vmonarch::cuda::MonarchPlan plan(p, ws);
+            plan.run(nullptr); // realistic intermediates in the workspace
+            check(cudaDeviceSynchronize(), "plan");
+            using vmonarch::cuda::launch_flash;
+            using vmonarch::cuda::launch_lstep;
+            const std::string tag = "t=2 S=" + std::to_string(sink);
+            add(c.name, tag + ": R-step 1", "alone", time_ms([&] { launch_flash(plan.rstep_params(0), nullptr, "bench"); }, warm, reps));
+            add(c.name, tag + ": L-step 1", "alone", time_ms([&] { launch_lstep(plan.lstep_params(0), nullptr, "bench"); }, warm, reps));
+            add(c.name, tag + ": R-step 2", "alone", time_ms([&] { launch_flash(plan.rstep_params(1), nullptr, "bench"); }, warm, reps));
+            add(c.name, tag + (p.has_exact_groups() ? ": L-step 2 (merge)" : ": L-step 2"), "alone",
+                time_ms([&] { launch_lstep(plan.lstep_params(1, true), nullptr, "bench"); }, warm, reps));
+            using vmonarch::cuda::user_rows;
+            const auto rows = [&](const TensorView& t, std::int64_t t0, std::int64_t n) { return user_rows(slice(t, t0, n), 1); };
+            float* lse_buf = nullptr; // [heads][M] f32
+            check(cudaMalloc(&lse_buf, std::size_t(M) * c.heads * 4), "malloc lse");
+            const vmonarch::cuda::RowView lse{lse_buf, c.heads * M, M, 0, 1};
+            // Frame 0 over every key (the joint sequence's keys with text).
+            add(c.name, tag + ": frame 0 over all keys", "alone",
+                time_ms([&] { launch_flash(dense_rows(rows(qv, video0, HW), HW, rows(kv, 0, M), rows(vv, 0, M), M, rows(ov, video0, HW), {}, c),
+                                           nullptr, "bench"); }, warm, reps));
+            // The other frames' exact group: the sink frame's keys (video) or the text keys (CogVideoX).
+            const std::int64_t g0 = c.L > 0 ? text0 : 0, glen = c.L > 0 ? c.L : HW;
+            if (p.has_exact_groups())
+                add(c.name, tag + (c.L > 0 ? ": frames 1.. over text keys" : ": frames 1.. over sink keys"), "alone",
+                    time_ms([&] { launch_flash(dense_rows(rows(qv, video0 + HW, N - HW), N - HW, rows(kv, g0, glen), rows(vv, g0, glen), glen,
+                                                          rows(ov, video0 + HW, N - HW), lse, c), nullptr, "bench"); }, warm, reps));
+            if (c.L > 0)
+                add(c.name, tag + ": text queries over all keys", "alone",
+                    time_ms([&] { launch_flash(dense_rows(rows(qv, text0, c.L), c.L, rows(kv, 0, M), rows(vv, 0, M), M, rows(ov, text0, c.L), {}, c),
+                                               nullptr, "bench"); }, warm, reps));
+            check(cudaDeviceSynchronize(), "launches alone");
+            cudaFree(lse_buf);
+            cudaFree(ws);
+        }
+        check(cudaDeviceSynchronize(), "case done");
+        cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o);
+    }
+
+    FILE* f = std::fopen(json_path.c_str(), "w");
+    if (f == nullptr) {
+        std::fprintf(stderr, "cannot write %s\n", json_path.c_str());
+        return 1;
+    }
+    const std::time_t now = std::time(nullptr);
+    char date[32];
+    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+    std::fprintf(f, "{\n  \"card\": \"%s\",\n  \"date\": \"%s\",\n  \"reps\": %d,\n  \"rows\": [\n", card.c_str(), date, reps);
+    for (std::size_t i = 0; i < rows.size(); ++i)
+        std::fprintf(f, "    {\"case\": \"%s\", \"what\": \"%s\", \"schedule\": \"%s\", \"ms\": %.4f}%s\n", rows[i].which.c_str(),
+                     rows[i].what.c_str(), rows[i].schedule.c_str(), rows[i].ms, i + 1 < rows.size() ? "," : "");
+    std::fprintf(f, "  ]\n}\n");
+    std::fclose(f);
+    std::printf("wrote %s\n", json_path.c_str());
+    return 0;
+}
