@@ -68,7 +68,8 @@ if [ "$ONLY" = all ] || [ "$ONLY" = python ]; then
   # The CLI's CUDA backward runs with a prebuilt CUDA `vmonarch` binary (.devcarry/vmonarch or $VMONARCH_CLI).
   [ -z "${VMONARCH_CLI:-}" ] && [ -x .devcarry/vmonarch ] && export VMONARCH_CLI=$PWD/.devcarry/vmonarch
   phase "backward (GPU)" backward.log python3 -m pytest tests/python/test_gpu_backward.py \
-    tests/python/test_backward_reruns_cpu.py tests/python/test_gpu_cli_backward.py -q -rs -p no:cacheprovider
+    tests/python/test_backward_reruns_cpu.py tests/python/test_gpu_cli_backward.py \
+    tests/python/test_gpu_exact_backward.py -q -rs -p no:cacheprovider
   NG=$(python3 -c 'import torch; print(torch.cuda.device_count())')
   phase "Ulysses ($NG GPU)" ulysses.log python3 -m torch.distributed.run --standalone --nproc-per-node="$NG" \
     -m pytest tests/python/test_gpu_distributed.py -q -rs -p no:cacheprovider
