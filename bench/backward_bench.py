@@ -1,8 +1,11 @@
-"""Backward-pass benchmark on one CUDA device (spec §7): VMonarch forward + backward and backward alone, in
-lean mode, paper gradient (what the package runs on CUDA), against torch SDPA's cuDNN and flash backward, with the
-peak memory of each (torch.cuda.max_memory_allocated over one forward + backward).
+"""Backward-pass benchmark on one CUDA device (spec §7): VMonarch forward (with autograd recording), forward +
+backward and backward alone through vmonarch.attention's autograd, in lean mode (the forward rerun inside the
+backward; also with the exact gradient), saved mode (save_state=True), saved with the exact gradient (entropy_grad=True) and deterministic
+(lean, deterministic=True), against torch SDPA's cuDNN and flash backward, with the peak memory of each
+(torch.cuda.max_memory_allocated over one forward + backward) and the saved state's bytes per token per head.
+Lean minus saved backward time is what one forward rerun costs (the lean backward runs the forward once).
 
-    python3 bench/backward_bench.py [--quick] [--json FILE]
+    python3 bench/backward_bench.py [--quick] [--reps N] [--json FILE]
 
 Shapes (batch 1, bf16, d = 128, t = 2 with the frame-0 recompute): 16x28x52 with 12 heads and 24x44x80
 with 40 heads. Times are medians of CUDA-event timings after warm-up. No assertions: numbers only.
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import vmonarch
+from vmonarch._backward import saved_state_bytes
 
 SHAPES = [((16, 28, 52), 12), ((24, 44, 80), 40)]
 
@@ -67,7 +71,8 @@ def measure(name, forward, q, k, v, dout, reps):
     def bwd():
         torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
 
-    row = {"name": name, "fwd_bwd_ms": timed(fwd_bwd, reps), "bwd_ms": timed(bwd, reps)}
+    row = {"name": name, "fwd_ms": timed(lambda: forward(q, k, v), reps), "fwd_bwd_ms": timed(fwd_bwd, reps),
+           "bwd_ms": timed(bwd, reps)}
     del out
     row["peak_mib"] = peak_bytes(fwd_bwd) / 2**20
     return row
@@ -87,44 +92,67 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the small shape only, fewer repetitions")
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--reps", type=int, help="timed repetitions per figure (default 20; 5 with --quick)")
     args = parser.parse_args()
     from torch.nn.attention import SDPBackend
 
-    reps = 5 if args.quick else 20
+    reps = args.reps if args.reps is not None else (5 if args.quick else 20)
+    if reps < 1:
+        parser.error(f"--reps is {reps}, expected >= 1")
     rows = []
+    header = (f"{'shape':>16} {'variant':>22} {'fwd ms':>8} {'fwd+bwd ms':>11} {'bwd ms':>9} {'peak MiB':>9} "
+              f"{'bwd vs cuDNN':>12} {'saved B/tok/head':>16}")
+
+    def line(row):
+        if "error" in row:
+            return f"{row['shape']:>16} {row['name']:>22}  unavailable: {row['error']}"
+        saved = f"{row['saved_bytes_per_token_head']:16.1f}" if "saved_bytes_per_token_head" in row else f"{'-':>16}"
+        return (f"{row['shape']:>16} {row['name']:>22} {row['fwd_ms']:8.3f} {row['fwd_bwd_ms']:11.3f} "
+                f"{row['bwd_ms']:9.3f} {row['peak_mib']:9.1f} {row.get('bwd_speedup_vs_cudnn', float('nan')):11.2f}x "
+                f"{saved}")
+
+    def write_json():
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"device": torch.cuda.get_device_name(), "reps": reps, "rows": rows}, f, indent=1)
+
+    def report(row):  # printed and saved as soon as measured: a run cut short keeps what it measured
+        rows.append(row)
+        print(line(row), flush=True)
+        write_json()
+
+    print(header, flush=True)
     for grid, heads in SHAPES[:1] if args.quick else SHAPES:
         label = f"{grid[0]}x{grid[1]}x{grid[2]}x{heads}h"
         q, k, v, dout = leaves(grid, heads, 128, torch.bfloat16, "bshd")
-        # The Python package's CUDA backward: the inference op's autograd (paper gradient, lean mode, the forward
-        # rerun inside the backward). Saved state, the exact gradient and deterministic mode exist on CUDA in the
-        # C++ API only (the package refuses them on CUDA).
-        variants = [("vmonarch lean", dict())]
+        N = grid[0] * grid[1] * grid[2]
+        variants = [("vmonarch lean", dict()), ("vmonarch lean exact", dict(entropy_grad=True)),
+                    ("vmonarch saved", dict(save_state=True)),
+                    ("vmonarch saved exact", dict(save_state=True, entropy_grad=True)),
+                    ("vmonarch deterministic", dict(deterministic=True))]
         for name, opts in variants:
             fwd = (lambda o: lambda q, k, v: vmonarch.attention(q, k, v, grid=grid, iterations=2, **o))(opts)
-            rows.append({"shape": label, **measure(name, fwd, q, k, v, dout, reps)})
+            row = {"shape": label, **measure(name, fwd, q, k, v, dout, reps)}
+            if opts.get("save_state"):
+                row["saved_bytes_per_token_head"] = saved_state_bytes(q, v, 2, "bshd") / (N * heads)
+            report(row)
         qt, kt, vt, dt = (x.detach().transpose(1, 2).contiguous() for x in (q, k, v, dout))
         qt, kt, vt = (x.requires_grad_(True) for x in (qt, kt, vt))
         for name, backend in (("sdpa cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa flash", SDPBackend.FLASH_ATTENTION)):
             try:
-                rows.append({"shape": label, **measure(name, sdpa_backend(backend), qt, kt, vt, dt, reps)})
+                report({"shape": label, **measure(name, sdpa_backend(backend), qt, kt, vt, dt, reps)})
             except RuntimeError as e:  # backend unavailable on this device / build
-                rows.append({"shape": label, "name": name, "error": str(e).splitlines()[0]})
+                report({"shape": label, "name": name, "error": str(e).splitlines()[0]})
         del q, k, v, dout, qt, kt, vt, dt
         torch.cuda.empty_cache()
-    ref = {r["shape"]: r for r in rows if r.get("name") == "sdpa cudnn" and "bwd_ms" in r}
-    print(f"{'shape':>16} {'variant':>22} {'fwd+bwd ms':>11} {'bwd ms':>9} {'peak MiB':>9} {'bwd vs cuDNN':>12}")
+    cudnn = {r["shape"]: r["bwd_ms"] for r in rows if r.get("name") == "sdpa cudnn" and "bwd_ms" in r}
     for r in rows:
-        if "error" in r:
-            print(f"{r['shape']:>16} {r['name']:>22}  unavailable: {r['error']}")
-            continue
-        speed = ref[r["shape"]]["bwd_ms"] / r["bwd_ms"] if r["shape"] in ref else float("nan")
-        r["bwd_speedup_vs_cudnn"] = speed
-        print(f"{r['shape']:>16} {r['name']:>22} {r['fwd_bwd_ms']:11.3f} {r['bwd_ms']:9.3f} {r['peak_mib']:9.1f} "
-              f"{speed:11.2f}x")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
-
+        if "bwd_ms" in r and r["shape"] in cudnn:
+            r["bwd_speedup_vs_cudnn"] = cudnn[r["shape"]] / r["bwd_ms"]
+    write_json()
+    print("\nbackward against cuDNN's (same run):\n" + header)
+    for r in rows:
+        print(line(r))
 
 if __name__ == "__main__":
     main()

@@ -65,7 +65,11 @@ if [ "$ONLY" = all ] || [ "$ONLY" = python ]; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   export VMONARCH_REFERENCE_DIR=${VMONARCH_REFERENCE_DIR:-$PWD/.whl/reference}
   phase "joint processors (GPU)" joint.log python3 -m pytest tests/python/test_gpu_joint.py -q -rs -p no:cacheprovider
-  phase "backward (GPU)" backward.log python3 -m pytest tests/python/test_gpu_backward.py -q -rs -p no:cacheprovider
+  # The CLI's CUDA backward runs with a prebuilt CUDA `vmonarch` binary (.devcarry/vmonarch or $VMONARCH_CLI).
+  [ -z "${VMONARCH_CLI:-}" ] && [ -x .devcarry/vmonarch ] && export VMONARCH_CLI=$PWD/.devcarry/vmonarch
+  phase "backward (GPU)" backward.log python3 -m pytest tests/python/test_gpu_backward.py \
+    tests/python/test_backward_reruns_cpu.py tests/python/test_gpu_cli_backward.py \
+    tests/python/test_gpu_exact_backward.py -q -rs -p no:cacheprovider
   NG=$(python3 -c 'import torch; print(torch.cuda.device_count())')
   phase "Ulysses ($NG GPU)" ulysses.log python3 -m torch.distributed.run --standalone --nproc-per-node="$NG" \
     -m pytest tests/python/test_gpu_distributed.py -q -rs -p no:cacheprovider

@@ -15,7 +15,7 @@
 // configured by `options` (iterations, clamp, frame-0 recompute, scale). By default it is the paper's
 // gradient, which treats the R-step entropy cL as a constant; entropy_grad = true gives the exact one.
 // Exact key groups (options.sink_frames, window_radius, ExtraKeys; spec §3b) and joint sequences (spec §3c)
-// are covered on the CPU: their exact part is a FlashAttention backward with the merged LSE (§7).
+// are covered on the CPU and on CUDA: their exact part is a FlashAttention backward with the merged LSE (§7).
 #pragma once
 
 #include <cstddef>
@@ -112,8 +112,8 @@ struct ExtraKeyGrads {
 // what attention_backward() needs. lse is required (the backward needs it). extra_keys as in attention();
 // the state does not depend on them (only out and lse do), but the backward needs the same ones again.
 // CUDA tensors: the forward's kernels on cuda->stream (default stream when null), writing into the state's
-// device memory (no workspace); the state is complete once that stream's work is. Exact key groups on CUDA
-// tensors: UnsupportedError (no CUDA backward for them yet).
+// device memory (no workspace); the state is complete once that stream's work is. Exact key groups (spec §3b)
+// as in attention(): the groups first, then the Monarch steps whose last L-step merges.
 void attention_training(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                         const LseView& lse, const VideoGrid& grid, const Options& options, SavedState& state,
                         const CudaContext* cuda = nullptr, const ExtraKeys* extra_keys = nullptr);
@@ -124,8 +124,8 @@ void attention_training(const TensorView& q, const TensorView& k, const TensorVi
 // q, k, v, grid and options. dq, dk, dv are overwritten (not accumulated into) and must not overlap
 // each other or any input. CPU: exact, fp32 accumulation (fp64 for f64). CUDA (bf16/f16, head_dim 64 or
 // 128): fp32 accumulators, work on cuda->stream (default stream when null), workspace cuda->workspace or the
-// library's cached buffer; deterministic = true gives bitwise repeatable gradients; exact key groups and
-// extra keys: UnsupportedError (CPU only for now). Throws ArgumentError for every invalid argument.
+// library's cached buffer; deterministic = true gives bitwise repeatable gradients (exact key groups included:
+// their flash backwards accumulate in launch order). Throws ArgumentError for every invalid argument.
 // Exact key groups (spec §3b): options.sink_frames / window_radius as in the forward, and extra_keys the same
 // extra keys the forward had; with L >= 1 extra keys, extra_grads is required and receives their gradients.
 // The merge O = w_M·O_M + w_E·O_E (w = softmax over the Monarch objective and the exact group's LSE) is
@@ -142,7 +142,9 @@ void attention_backward(const TensorView& q, const TensorView& k, const TensorVi
 // dq, dk, dv ([B, N + L, heads, d] / dv, the sequence's order, overwritten) of the loss given dout (and dlse,
 // [B, heads, N + L], optional). out and lse are what joint_attention() returned for these arguments (lse is
 // required). Video queries: the backward of attention() with the text keys as extra keys; text queries: a
-// FlashAttention backward over every valid key. Lean mode only (backward.saved must be null). CPU only.
+// FlashAttention backward over every valid key. Lean mode only (backward.saved must be null). CPU and CUDA
+// (CUDA: workspace as attention_backward's, backward_workspace_bytes of the video part with
+// extra_tokens = L and text_queries = true).
 void joint_attention_backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                               const LseView& lse, const TensorView& dout, const TensorView& dq, const TensorView& dk,
                               const TensorView& dv, const VideoGrid& grid, std::int64_t text_tokens,
@@ -154,8 +156,11 @@ void joint_attention_backward(const TensorView& q, const TensorView& k, const Te
 // f32 gradient accumulators, the L-steps' gradients, the row constants and, in lean mode
 // (backward.saved == nullptr; only its presence matters here), room for the rerun forward's state. Without a
 // caller workspace the library uses its cached per-(device, stream) buffer, as the forward does.
+// extra_tokens: L of the call's extra keys (their f32 gradient accumulators); text_queries: the call is
+// joint_attention_backward's video part (q, v of the N video tokens) with L = extra_tokens text queries.
 std::size_t backward_workspace_bytes(const TensorView& q, const TensorView& v, const VideoGrid& grid,
-                                     const Options& options = {}, const BackwardOptions& backward = {});
+                                     const Options& options = {}, const BackwardOptions& backward = {},
+                                     std::int64_t extra_tokens = 0, bool text_queries = false);
 
 // Backward FLOPs (spec §7), all batches and heads, without the lean mode's forward rerun:
 // (10t + 4)·N·b·d + 10t·N·m·d + 10·b·N·d per head (the last term with the recompute on).

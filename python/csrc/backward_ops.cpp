@@ -60,6 +60,9 @@ void check_qkv(const char* fn, const at::Tensor& q, const at::Tensor& k, const a
                          ", expected ", q.scalar_type(), " like q");
     }
     to_dtype(q);
+    TORCH_CHECK_TYPE(!q.is_cuda() || q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, fn,
+                     ": the CUDA kernels take bfloat16 or float16, got ", q.scalar_type(),
+                     " (use bfloat16/float16 CUDA tensors, or CPU tensors)");
 }
 
 // Contiguous in the head dim and no broadcast strides: what the C++ API views without a copy. CUDA views
@@ -315,8 +318,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_exact_train_impl(
     const char* fn = "vmonarch.attention";
     const Layout lay = parse_layout(layout);
     check_qkv(fn, q_in, k_in, v_in);
-    TORCH_CHECK_NOT_IMPLEMENTED(!q_in.is_cuda(), fn, ": the backward pass of exact key groups runs on the CPU only in "
-                                "this version; use torch.no_grad() for inference on CUDA");
     const vmonarch::VideoGrid g = grid_of(fn, grid);
     const vmonarch::Options opts =
         exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames, window_radius);
@@ -329,16 +330,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_exact_train_impl(
     const vmonarch::LseView lv = lse_view_of(lse);
     const vmonarch::ExtraKeys* extra = text.present ? &text.extra : nullptr;
     if (!save_state) {
-        translate_errors([&] { vmonarch::attention(qv, kv, vv, ov, g, opts, &lv, nullptr, extra); });
+        with_cuda_context(q, [&] { return vmonarch::workspace_bytes(qv, vv, g, opts); },
+                          [&](const vmonarch::CudaContext* ctx) { vmonarch::attention(qv, kv, vv, ov, g, opts, &lv, ctx, extra); });
         return {out, lse, at::empty({0}, q.options().dtype(at::kByte))};
     }
     std::size_t bytes = 0;
     translate_errors([&] { bytes = vmonarch::saved_state_bytes(qv, vv, g, opts); });
     at::Tensor storage = at::empty({static_cast<int64_t>((bytes + 7) / 8)}, q.options().dtype(at::kDouble));
     at::Tensor saved = storage.view(at::kByte).narrow(0, 0, static_cast<int64_t>(bytes));
-    translate_errors([&] {
-        vmonarch::SavedState state = vmonarch::SavedState::over(saved.data_ptr(), bytes, qv.device, qv.device_index);
-        vmonarch::attention_training(qv, kv, vv, ov, lv, g, opts, state, nullptr, extra);
+    with_cuda_context(q, [] { return std::size_t(0); }, [&](const vmonarch::CudaContext* ctx) {
+        vmonarch::SavedState state = state_over(saved, bytes, qv, vv, g, opts);
+        vmonarch::attention_training(qv, kv, vv, ov, lv, g, opts, state, ctx, extra);
     });
     return {out, lse, saved};
 }
@@ -380,17 +382,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
                           fn, ": saved must be the contiguous 1-D uint8 tensor attention_exact_train returned on ",
                           q_in.device());
         translate_errors([&] {
-            state.emplace(vmonarch::SavedState::over(s.data_ptr(), static_cast<std::size_t>(s.numel()),
-                                                     q_in.is_cuda() ? vmonarch::Device::cuda : vmonarch::Device::cpu));
+            state.emplace(state_over(s, static_cast<std::size_t>(s.numel()), view_of(q, lay), view_of(v, lay), g, opts));
         });
         bo.saved = &*state;
     }
-    translate_errors([&] {
-        vmonarch::attention_backward(view_of(q, lay), view_of(k, lay), view_of(v, lay), view_of(out, lay),
-                                     lse_view_of(lse), view_of(dout, lay), view_of(dq, lay), view_of(dk, lay),
-                                     view_of(dv, lay), g, opts, dlse.view_or_null(), bo, nullptr,
-                                     text.present ? &text.extra : nullptr, text.present ? &extra_grads : nullptr);
-    });
+    const std::int64_t text_tokens = text.present ? text.extra.k.tokens() : 0;
+    with_cuda_context(
+        q, [&] { return vmonarch::backward_workspace_bytes(view_of(q, lay), view_of(v, lay), g, opts, bo, text_tokens); },
+        [&](const vmonarch::CudaContext* ctx) {
+            vmonarch::attention_backward(view_of(q, lay), view_of(k, lay), view_of(v, lay), view_of(out, lay),
+                                         lse_view_of(lse), view_of(dout, lay), view_of(dq, lay), view_of(dk, lay),
+                                         view_of(dv, lay), g, opts, dlse.view_or_null(), bo, ctx,
+                                         text.present ? &text.extra : nullptr, text.present ? &extra_grads : nullptr);
+        });
     return {dq, dk, dv, dtk, dtv};
 }
 
@@ -403,8 +407,6 @@ std::tuple<at::Tensor, at::Tensor> joint_attention_train_impl(
     const char* fn = "vmonarch.joint_attention";
     const Layout lay = parse_layout(layout);
     check_qkv(fn, q_in, k_in, v_in);
-    TORCH_CHECK_NOT_IMPLEMENTED(!q_in.is_cuda(), fn, ": the backward pass of joint sequences runs on the CPU only in "
-                                "this version; use torch.no_grad() for inference on CUDA");
     const vmonarch::VideoGrid g = grid_of(fn, grid);
     const vmonarch::Options opts =
         exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames, window_radius);
@@ -414,11 +416,18 @@ std::tuple<at::Tensor, at::Tensor> joint_attention_train_impl(
     at::Tensor out = at::empty(out_shape_of(qv, vv, lay), q.options());
     at::Tensor lse = at::empty({qv.batch(), qv.heads(), qv.tokens()}, q.options().dtype(lse_dtype(q)));
     const vmonarch::LseView lv = lse_view_of(lse);
-    translate_errors([&] {
-        vmonarch::joint_attention(qv, kv, vv, view_of(out, lay), g, text_len,
-                                  text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last,
-                                  lens ? lens->data() : nullptr, opts, &lv, nullptr);
-    });
+    vmonarch::TensorView video_q = qv, video_v = vv; // the workspace covers the video part
+    video_q.shape[1] = video_v.shape[1] = std::max<int64_t>(0, qv.tokens() - text_len);
+    with_cuda_context(q,
+                      [&] { // a sequence that does not split into N + text_len gets joint_attention's own error
+                          if (text_len < 0 || video_q.tokens() != g.tokens()) return std::size_t(0);
+                          return vmonarch::workspace_bytes(video_q, video_v, g, opts);
+                      },
+                      [&](const vmonarch::CudaContext* ctx) {
+                          vmonarch::joint_attention(qv, kv, vv, view_of(out, lay), g, text_len,
+                                                    text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last,
+                                                    lens ? lens->data() : nullptr, opts, &lv, ctx);
+                      });
     return {out, lse};
 }
 
@@ -447,13 +456,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> joint_attention_backward_impl(
     vmonarch::BackwardOptions bo;
     bo.entropy_grad = entropy_grad;
     bo.deterministic = deterministic;
-    translate_errors([&] {
-        vmonarch::joint_attention_backward(
-            view_of(q, lay), view_of(k, lay), view_of(v, lay), view_of(out, lay), lse_view_of(lse), view_of(dout, lay),
-            view_of(dq, lay), view_of(dk, lay), view_of(dv, lay), g, text_len,
-            text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last, lens ? lens->data() : nullptr,
-            opts, dlse.view_or_null(), bo, nullptr);
-    });
+    vmonarch::TensorView video_q = view_of(q, lay), video_v = view_of(v, lay); // the workspace: the video part's
+    video_q.shape[1] = video_v.shape[1] = std::max<int64_t>(0, video_q.tokens() - text_len);
+    with_cuda_context(
+        q,
+        [&] { // a sequence that does not split into N + text_len gets joint_attention_backward's own error
+            if (text_len < 0 || video_q.tokens() != g.tokens()) return std::size_t(0);
+            return vmonarch::backward_workspace_bytes(video_q, video_v, g, opts, bo, text_len, text_len > 0);
+        },
+        [&](const vmonarch::CudaContext* ctx) {
+            vmonarch::joint_attention_backward(
+                view_of(q, lay), view_of(k, lay), view_of(v, lay), view_of(out, lay), lse_view_of(lse),
+                view_of(dout, lay), view_of(dq, lay), view_of(dk, lay), view_of(dv, lay), g, text_len,
+                text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last,
+                lens ? lens->data() : nullptr, opts, dlse.view_or_null(), bo, ctx);
+        });
     return {dq, dk, dv};
 }
 

@@ -6,8 +6,8 @@
 
 Tokens are frame-major (token n = i*H*W + j). CPU: bfloat16, float16, float32, float64. CUDA: bfloat16
 and float16 (head_dim 64 or 128); float32 CUDA tensors raise TypeError. attention() is differentiable
-on the CPU and on CUDA (spec §7, torch.autograd), with exact key groups and joint sequences too on the CPU;
-dense_attention's backward, the CUDA backward of exact key groups and forward-mode AD raise
+on the CPU and on CUDA (spec §7, torch.autograd; entropy_grad, deterministic and save_state on both), exact
+key groups and joint sequences included; dense_attention's backward and forward-mode AD raise
 NotImplementedError. Integrations: vmonarch.wan (diffusers), vmonarch.wan_original (Wan2.1 code
 base).
 """
@@ -78,8 +78,7 @@ def attention(
         window_radius: r >= 0 or None; key frames within r of the query's frame are exact too (spec §3b).
         text_k, text_v: extra keys/values [B, L, heads, d] (in `layout`, any L >= 0) attended exactly by every
             query (text tokens); text_lens: valid prefix length per batch element (list or int tensor [B]).
-            All of these run on CPU and CUDA; they are differentiable on the CPU (text_k and text_v get
-            gradients too).
+            All of these run on CPU and CUDA, forward and backward (text_k and text_v get gradients too).
         entropy_grad: backward through the R-step entropy cL too (the exact gradient); default False is
             the paper's gradient, which treats cL as a constant.
         deterministic: bitwise repeatable backward (the CPU backward always is).
@@ -108,21 +107,12 @@ def attention(
                                 return_lse, sink_frames, window_radius, text_k, text_v, text_lens, entropy_grad,
                                 deterministic, save_state)
     wants_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v))
-    if wants_grad and q.device.type == "cpu":
-        # Gradients wanted: the training forward, whose autograd rule carries the backward options.
+    if wants_grad:
+        # Gradients wanted (CPU and CUDA): the training forward, which always returns the LSE the backward
+        # needs and whose autograd rule carries the backward options (spec §7).
         out, lse, _ = _ops.ops.attention_train(q, k, v, list(grid), iterations, clamp, recompute_first_frame, scale,
                                                layout, entropy_grad, deterministic, save_state)
         return (out, lse) if return_lse else out
-    if wants_grad:
-        # CUDA: the inference op's autograd rule (the paper's gradient, lean mode). The other backward options
-        # exist in the C++ API on CUDA but are not wired into this package yet: refuse rather than ignore them.
-        for name, value in (("entropy_grad", entropy_grad), ("deterministic", deterministic),
-                            ("save_state", save_state)):
-            if value:
-                raise NotImplementedError(
-                    f"{fn}: {name}=True with CUDA tensors that require grad is not available from Python in this "
-                    f"version (on CUDA the backward is the paper's gradient in lean mode); expected {name}=False, "
-                    f"or CPU tensors")
     out, lse = _ops.ops.attention(q, k, v, list(grid), iterations, clamp, recompute_first_frame, scale, layout,
                                   return_lse)
     return (out, lse) if return_lse else out
@@ -157,7 +147,7 @@ def joint_attention(
     text_lens (list or int tensor [B] of prefix lengths) or text_mask (bool [B, L] key-padding mask, which
     must be a prefix: ValueError otherwise); default all valid. Returns out (and lse [B, heads, N + L]) in the
     sequence's order; padded text queries are computed like the others. CPU and CUDA.
-    Differentiable on the CPU (spec §7; entropy_grad and deterministic as in attention(), lean mode).
+    Differentiable on CPU and CUDA (spec §7; entropy_grad and deterministic as in attention(), lean mode).
     """
     fn = "vmonarch.joint_attention"
     _check_common(fn, q, k, v, layout)

@@ -3,12 +3,15 @@
 torch.ops.vmonarch.attention_train is the forward used when gradients are needed: it returns out, the
 LSE and, with save_state=True, the training forward's saved state as a uint8 tensor. Its autograd rule
 calls torch.ops.vmonarch.attention_backward, which returns dq, dk, dv in the inputs' layout and dtype.
-The plain torch.ops.vmonarch.attention op gets an autograd rule too (paper gradient, lean mode).
+The plain torch.ops.vmonarch.attention op gets an autograd rule too (paper gradient; without its LSE output
+the backward reruns the forward once, as the training forward with the state kept). Either way the forward runs
+at most twice per step (lean mode: once more inside the backward; saved mode: never again).
 Exact key groups (spec §3b) have attention_exact_train / attention_exact_backward (which also returns the
 text keys' gradients), joint sequences (spec §3c) joint_attention_train / joint_attention_backward (lean
 mode); the plain attention_exact_groups and joint_attention ops are differentiable the same way.
-CUDA tensors: attention_train / attention_backward run on CUDA (bfloat16 / float16, head dim 64 or 128);
-the exact-group and joint backward are CPU-only in this version and raise NotImplementedError.
+CUDA tensors: attention_train / attention_backward run on CUDA (bfloat16 / float16, head dim 64 or 128, every
+option: entropy_grad, deterministic, save_state; no host synchronization, so capturable in a CUDA graph),
+and so do the exact-group and joint ones.
 """
 from __future__ import annotations
 
@@ -43,15 +46,6 @@ def saved_state_bytes(q, v, iterations, layout="bshd"):
     per_head = t * (N * d + 2 * N) + (t - 1) * (N * d + N) + N * dv
     acc = 8 if q.dtype == torch.float64 else 4
     return _HEADER_BYTES + B * H * per_head * acc
-
-
-def _cuda_not_yet(q):
-    """The exact-group and joint backward have no CUDA kernels yet (plain attention's backward does)."""
-    if q.device.type == "cuda":
-        raise NotImplementedError(
-            "vmonarch: the backward of exact key groups (sink_frames, window_radius, text keys) and of joint "
-            "sequences runs on the CPU only in this version; plain vmonarch.attention trains on CUDA, or train "
-            "these on CPU tensors")
 
 
 @torch.library.register_fake("vmonarch::attention_train")
@@ -110,13 +104,17 @@ def _attention_setup(ctx, inputs, output):
 def _attention_backward(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
     grid, iterations, clamp, recompute, scale, layout = ctx.args
-    if lse.numel() == 0:  # the forward was asked for no LSE: the backward needs it, so rerun
-        out, lse = torch.ops.vmonarch.attention(q, k, v, grid, iterations, clamp, recompute, scale, layout, True)
+    saved = None
+    if lse.numel() == 0:
+        # The forward was asked for no LSE, which the backward needs: rerun it once as the training forward
+        # with its state kept, so the backward does not rerun it a second time (lean mode would).
+        out, lse, saved = torch.ops.vmonarch.attention_train(q, k, v, grid, iterations, clamp, recompute, scale,
+                                                             layout, False, False, True)
         dlse = None
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = torch.ops.vmonarch.attention_backward(
-        q, k, v, out, lse, dout, dlse, grid, iterations, clamp, recompute, scale, layout, False, False, None)
+        q, k, v, out, lse, dout, dlse, grid, iterations, clamp, recompute, scale, layout, False, False, saved)
     return (dq, dk, dv) + (None,) * 7
 
 
@@ -161,7 +159,6 @@ def _exact_train_setup(ctx, inputs, output):
 
 def _exact_train_backward(ctx, dout, dlse, _dsaved):
     q, k, v, out, lse, saved, text_k, text_v, text_lens = ctx.saved_tensors
-    _cuda_not_yet(q)
     grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius, entropy_grad, deterministic = ctx.args
     if dout is None:
         dout = torch.zeros_like(out)
@@ -186,7 +183,6 @@ def _exact_setup(ctx, inputs, output):
 
 def _exact_backward(ctx, dout, dlse):
     q, k, v, out, lse, text_k, text_v, text_lens = ctx.saved_tensors
-    _cuda_not_yet(q)
     grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius = ctx.args
     if lse.numel() == 0:  # the forward was asked for no LSE: the backward needs it, so rerun
         out, lse = torch.ops.vmonarch.attention_exact_groups(q, k, v, grid, iterations, clamp, recompute, scale, layout,
@@ -233,7 +229,6 @@ def _joint_train_setup(ctx, inputs, output):
 
 def _joint_train_backward(ctx, dout, dlse):
     q, k, v, out, lse, text_lens = ctx.saved_tensors
-    _cuda_not_yet(q)
     grid, text_len, text_first, iterations, clamp, recompute, scale, layout, sink_frames, window_radius, \
         entropy_grad, deterministic = ctx.args
     if dout is None:
@@ -264,7 +259,6 @@ def _joint_setup(ctx, inputs, output):
 
 def _joint_backward(ctx, dout, dlse):
     q, k, v, out, lse, text_lens = ctx.saved_tensors
-    _cuda_not_yet(q)
     grid, text_len, text_first, iterations, clamp, recompute, scale, layout, sink_frames, window_radius = ctx.args
     if lse.numel() == 0:  # the forward was asked for no LSE: the backward needs it, so rerun
         out, lse = torch.ops.vmonarch.joint_attention_train(q, k, v, grid, text_len, text_first, text_lens, iterations,

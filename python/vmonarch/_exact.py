@@ -3,8 +3,9 @@
 vmonarch.attention(..., sink_frames=, window_radius=, text_k=, text_v=, text_lens=) and
 vmonarch.joint_attention(...) call into here; the operators are torch.ops.vmonarch.attention_exact_groups
 and torch.ops.vmonarch.joint_attention (fake kernels in _ops.py, so torch.compile traces them). When gradients
-are wanted on the CPU, the training operators attention_exact_train / joint_attention_train run instead: their
-autograd rules (_backward.py) carry entropy_grad, deterministic and save_state to the backward (spec §7).
+are wanted (CPU or CUDA tensors), the training operators attention_exact_train / joint_attention_train run
+instead: their autograd rules (_backward.py) carry entropy_grad, deterministic and save_state to the backward
+(spec §7).
 """
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def _lens_tensor(fn: str, name: str, lens) -> Optional[torch.Tensor]:
 
 
 def _wants_grad(*tensors) -> bool:
-    """Gradients are wanted through a CPU call: grad mode on and some input requires grad."""
-    return (torch.is_grad_enabled() and tensors[0].device.type == "cpu"
+    """Gradients are wanted through a CPU or CUDA call: grad mode on and some input requires grad."""
+    return (torch.is_grad_enabled() and tensors[0].device.type in ("cpu", "cuda")
             and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors))
 
 

@@ -212,22 +212,6 @@ void check_saved(const std::string& fn, const SavedState& saved, const detail::M
         fail(fn, "backward.saved", cat("holds ", saved.bytes(), " bytes, expected ", need, " for these shapes"));
 }
 
-[[noreturn]] void no_cuda_backward(const std::string& fn) {
-    throw UnsupportedError(fn + ": CUDA tensors are not supported yet (this backward runs on the CPU only in this "
-                                "version); pass Device::cpu tensors");
-}
-
-// Exact key groups (spec §3b) have no CUDA backward yet (the CPU has one): refuse them on CUDA tensors rather
-// than return the gradient of a forward without them.
-void check_no_cuda_exact_groups(const std::string& fn, const detail::MonarchProblem& p) {
-    if (p.q.device != Device::cuda || !p.has_exact_groups()) return;
-    throw UnsupportedError(cat(fn, ": options.sink_frames is ", p.sink_frames, ", options.window_radius is ",
-                               p.window_radius < 0 ? std::string("unset") : std::to_string(p.window_radius),
-                               " and there are ", p.extra.present ? p.extra.tokens : 0,
-                               " extra keys, but exact key groups have no CUDA backward yet; expected sink_frames 0, "
-                               "no window_radius and no extra keys on cuda (the CPU backward takes them)"));
-}
-
 // The partial problem saved_state_bytes / saved_state_header / backward_workspace_bytes describe: the
 // shapes and options of a forward, without its other tensors.
 detail::MonarchProblem shape_problem(const std::string& fn, const TensorView& q, const TensorView& v,
@@ -314,11 +298,22 @@ std::array<unsigned char, kSavedStateHeaderBytes> saved_state_header(const Tenso
 }
 
 std::size_t backward_workspace_bytes(const TensorView& q, const TensorView& v, const VideoGrid& grid,
-                                     const Options& options, const BackwardOptions& backward) {
+                                     const Options& options, const BackwardOptions& backward,
+                                     std::int64_t extra_tokens, bool text_queries) {
     const std::string fn = "vmonarch::backward_workspace_bytes";
+    if (extra_tokens < 0) fail(fn, "extra_tokens", cat("is ", extra_tokens, ", expected >= 0"));
+    if (text_queries && extra_tokens == 0)
+        fail(fn, "text_queries", "is true with extra_tokens 0, expected the joint sequence's text tokens as extra_tokens");
     if (q.device != Device::cuda) return 0;
     detail::BackwardProblem p;
     static_cast<detail::MonarchProblem&>(p) = shape_problem(fn, q, v, grid, options);
+    if (extra_tokens > 0) { // only the sizes matter: the extra keys' (and text queries') gradient accumulators
+        checked_product({q.batch(), q.heads(), extra_tokens, std::max(q.head_dim(), v.head_dim()), 4}, fn, "extra_tokens");
+        p.extra.present = true;
+        p.extra.tokens = extra_tokens;
+        p.text.present = text_queries;
+        p.text.q.shape = {q.batch(), extra_tokens, q.heads(), q.head_dim()};
+    }
     state_bytes(fn, p); // the size checks of the (lean mode's) state
     p.entropy_grad = backward.entropy_grad;
     p.deterministic = backward.deterministic;
@@ -333,7 +328,6 @@ void attention_training(const TensorView& q, const TensorView& k, const TensorVi
     detail::TrainingProblem p;
     static_cast<detail::MonarchProblem&>(p) = detail::check_monarch(fn, q, k, v, out, grid, options, &lse);
     detail::attach_exact_groups(fn, options, extra_keys, p);
-    check_no_cuda_exact_groups(fn, p);
     const std::size_t need = state_bytes(fn, p);
     const bool owned = state.data() == nullptr || state.impl_->owned != nullptr || state.impl_->device_owned != nullptr;
     if (owned) { // memory of its own, sized (again) for these shapes
@@ -404,7 +398,6 @@ void attention_backward(const TensorView& q, const TensorView& k, const TensorVi
     detail::BackwardProblem p;
     static_cast<detail::MonarchProblem&>(p) = detail::check_monarch(fn, q, k, v, out, grid, options, &lse);
     detail::attach_exact_groups(fn, options, extra_keys, p);
-    check_no_cuda_exact_groups(fn, p);
     // The gradients are written: each must be free of self-overlap and apart from everything else.
     std::vector<NamedRange> others = check_gradient_views(fn, q, k, v, out, lse, dout, dq, dk, dv, dlse);
     std::vector<std::pair<std::string, const TensorView*>> written = {{"dq", &dq}, {"dk", &dk}, {"dv", &dv}};
@@ -453,7 +446,6 @@ void joint_attention_backward(const TensorView& q, const TensorView& k, const Te
                               const TensorView& dv, const VideoGrid& grid, std::int64_t text_tokens,
                               TextPosition text_position, const std::int64_t* text_lens, const Options& options,
                               const LseView* dlse, const BackwardOptions& backward, const CudaContext* cuda) {
-    (void)cuda;
     const std::string fn = "vmonarch::joint_attention_backward";
     if (text_position != TextPosition::first && text_position != TextPosition::last)
         fail(fn, "text_position", cat("has value ", int(text_position), ", expected TextPosition::first or last"));
@@ -481,7 +473,6 @@ void joint_attention_backward(const TensorView& q, const TensorView& k, const Te
                         check_gradient_views(fn, q, k, v, out, lse, dout, dq, dk, dv, dlse));
     if (backward.saved)
         fail(fn, "backward.saved", "is set, expected nullptr (joint_attention_backward reruns the forward: lean mode only)");
-    if (q.device == Device::cuda) no_cuda_backward(fn);
 
     // The video part (spec §3c): attention() with the text keys as extra keys; then the text queries.
     using detail::lse_slice;
@@ -511,6 +502,10 @@ void joint_attention_backward(const TensorView& q, const TensorView& k, const Te
     p.entropy_grad = backward.entropy_grad;
     p.deterministic = backward.deterministic;
     p.layout = layout_of(p);
+    if (q.device == Device::cuda) {
+        detail::cuda_monarch_backward(p, cuda);
+        return;
+    }
     detail::cpu_monarch_backward(p);
 }
 

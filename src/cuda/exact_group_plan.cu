@@ -74,7 +74,7 @@ bool MonarchPlan::monarch_needed() const {
     return false;
 }
 
-void MonarchPlan::run_exact_in_order(void* stream, void* side_stream) const {
+void MonarchPlan::run_exact_in_order(void* stream, void* side_stream, bool monarch_steps) const {
     auto st = static_cast<cudaStream_t>(stream), side = static_cast<cudaStream_t>(side_stream);
     const std::int64_t T = p_.grid.T, HW = p_.grid.frame_tokens(), B = p_.batch;
     const std::int64_t S = std::min(p_.sink_frames, T);
@@ -147,7 +147,7 @@ void MonarchPlan::run_exact_in_order(void* stream, void* side_stream) const {
         }
     }
 
-    if (monarch_needed()) {
+    if (monarch_steps && monarch_needed()) {
         for (int it = 0; it < p_.iterations; ++it) {
             launch_flash(rstep_params(it), st, "vmonarch R-step");
             launch_lstep(lstep_params(it, recompute), st, "vmonarch L-step");

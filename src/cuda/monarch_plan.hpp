@@ -59,12 +59,18 @@ public:
     void run(void* stream, void* side_stream = nullptr) const;
     int iterations() const { return p_.iterations; }
 
+    // Exact key groups only: the recompute and the groups into (out, exact_lse) on `stream`, in order, without
+    // the Monarch steps (the training forward runs its own, whose last L-step must then skip frame 0 when the
+    // recompute is on).
+    void run_exact_groups(void* stream) const { run_exact_in_order(stream, nullptr, false); }
+    bool monarch_needed() const;              // some query row (outside recomputed frame 0) fits a key frame
+
 private:
     // Exact key groups (spec §3b): the groups into (out, exact_lse) and the Monarch steps with the merge fused
     // into the last L-step; beside the steps where every row's group is one key range (exact_group_beside.cu),
-    // otherwise in order (exact_group_plan.cu).
+    // otherwise in order (exact_group_plan.cu; monarch_steps false: the groups only).
     void run_exact(void* stream, void* side_stream) const;
-    void run_exact_in_order(void* stream, void* side_stream) const;
+    void run_exact_in_order(void* stream, void* side_stream, bool monarch_steps = true) const;
     // The schedule beside the Monarch steps (src/cuda/exact_group_beside.cu): each exact-group row attends one
     // contiguous key range, written straight into (out, exact_lse) on the side stream.
     struct KeySpan;
@@ -72,7 +78,6 @@ private:
     bool groups_beside() const;                                       // every row's group is one span
     void launch_groups_beside(void* stream) const;
     void launch_spans(bool frame0, void* stream) const;
-    bool monarch_needed() const;              // some query row (outside recomputed frame 0) fits a key frame
     FlashParams dense_over(const RowView& q, std::int64_t len_q, int segments, int batch, const RowView& k,
                            const RowView& v, std::int64_t len_k, const RowView& o, const RowView& lse) const;
     void merge(const RowView& acc_o, const RowView& acc_lse, const RowView& part_o, const RowView& part_lse,

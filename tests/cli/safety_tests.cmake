@@ -119,6 +119,9 @@ set_tests_properties(cli_safety_compare_nan_reference cli_safety_compare_nan_aga
   FIXTURES_REQUIRED cli_safety_inputs)
 vmonarch_safety_status_test(run_nan_input_warns 5 EXPECT_STDERR "warning: --out nan_out\\.npy holds [0-9]+ non-finite"
   EXISTS nan_out.npy ARGS run --q q.npy --k k.npy --v v_nan.npy --grid 3,4,4 --device cpu --out nan_out.npy)
+vmonarch_safety_status_test(backward_nan_input_warns 5 EXPECT_STDERR "warning: --dq nan_dq\\.npy holds [0-9]+ non-finite"
+  EXISTS nan_dv.npy ARGS backward --q q.npy --k k.npy --v v_nan.npy --dout v.npy --grid 3,4,4 --device cpu
+  --dq nan_dq.npy --dk nan_dk.npy --dv nan_dv.npy)
 vmonarch_safety_error_test(cast_f16_overflow "--cast f16: .*--q q_big\\.npy.*outside the f16 range" EXIT_CODE 1
   ABSENT cast.npy ARGS run --q q_big.npy --k k.npy --v v.npy --grid 3,4,4 --device cpu --cast f16 --out cast.npy)
 vmonarch_safety_error_test(out_dtype_f16_overflow "--out-dtype f16: .*outside the f16 range" EXIT_CODE 1

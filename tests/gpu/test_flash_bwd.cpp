@@ -10,6 +10,8 @@
 #include <cstring>
 #include <memory>
 #include <sstream>
+#include <string>
+#include <utility>
 
 #include "cuda/bwd/backward_params.hpp"
 #include "cuda/bwd/sm90/flash_bwd_sm90.hpp"
@@ -37,6 +39,20 @@ public:
 
 private:
     vmonarch::cuda::FlashPolicy saved_;
+};
+
+// Sets the Hopper kernel's schedule for one scope (also when an assertion throws).
+class ScheduleGuard {
+public:
+    explicit ScheduleGuard(vmonarch::cuda::FlashBwdSm90Schedule s) : saved_(vmonarch::cuda::flash_bwd_sm90_schedule()) {
+        vmonarch::cuda::set_flash_bwd_sm90_schedule(s);
+    }
+    ~ScheduleGuard() { vmonarch::cuda::set_flash_bwd_sm90_schedule(saved_); }
+    ScheduleGuard(const ScheduleGuard&) = delete;
+    ScheduleGuard& operator=(const ScheduleGuard&) = delete;
+
+private:
+    vmonarch::cuda::FlashBwdSm90Schedule saved_;
 };
 
 // The device is 9.0 and the library carries the sm_90a backward kernel.
@@ -294,16 +310,22 @@ bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
 
 class FlashBwd : public ::testing::TestWithParam<BwdCase> {};
 
-// Both modes on both peers against the f64 formulas; deterministic mode twice, bitwise equal.
+// Both modes on both peers (the Hopper kernel under each of its schedules) against the f64 formulas;
+// deterministic mode twice, bitwise equal.
 TEST_P(FlashBwd, MatchesF64Formulas) {
     REQUIRE_GPU();
     const BwdCase c = GetParam();
     const Problem pr(c, 1000 + std::uint64_t(c.len_q * 7 + c.len_k + c.d));
-    for (bool sm90 : {false, true}) {
+    using vmonarch::cuda::FlashBwdSm90Schedule;
+    const std::pair<bool, FlashBwdSm90Schedule> peers[] = {
+        {false, FlashBwdSm90Schedule::cooperative}, {true, FlashBwdSm90Schedule::cooperative}, {true, FlashBwdSm90Schedule::specialized}};
+    for (const auto& [sm90, schedule] : peers) {
         const PeerGuard peer(sm90);
+        const ScheduleGuard sched(schedule);
         const bool routed = vmonarch::cuda::flash_bwd_sm90_supported(pr.params(false));
         if (sm90 && !routed) continue; // no Hopper kernel here: the routed run is the portable one again
-        const char* name = routed ? "sm90" : "portable";
+        const std::string name_s = routed ? std::string("sm90 ") + vmonarch::cuda::to_string(schedule) : std::string("portable");
+        const char* name = name_s.c_str();
         for (bool det : {false, true}) {
             const auto r = pr.run(det);
             check("dq", c, name, det, r.dq, pr.fdq->val, pr.ref_dq);
@@ -370,6 +392,28 @@ TEST(FlashBwdRoute, HopperKernelOnSm90Only) {
         }
         const PeerGuard off(false);
         EXPECT_FALSE(vmonarch::cuda::flash_bwd_sm90_supported(pr.params(false))) << case_name(c);
+    }
+}
+
+// The Hopper kernel's schedule: an explicit one is taken as set; per_problem picks the specialized schedule
+// exactly for head dim 128 with both dA and dY (every element type, row scale, entropy, determinism).
+TEST(FlashBwdRoute, SchedulePerProblem) {
+    REQUIRE_GPU();
+    using vmonarch::cuda::FlashBwdSm90Schedule;
+    using vmonarch::cuda::resolve_flash_bwd_sm90_schedule;
+    for (const BwdCase& c : {BwdCase{1, 1, 1, 17, 17, 128, bf, true, true, true, true}, BwdCase{1, 1, 1, 17, 17, 128, hf, false, true, true, false},
+                             BwdCase{1, 1, 1, 17, 17, 64, bf, true, true, true, false}, BwdCase{1, 1, 1, 17, 17, 128, bf, true, true, false, false},
+                             BwdCase{1, 1, 1, 17, 40, 128, hf, false, false, true, false}}) {
+        const Problem pr(c, 13);
+        for (bool det : {false, true}) {
+            const FlashBwdParams p = pr.params(det);
+            const bool spec = c.d == 128 && c.da && c.dy;
+            EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::per_problem, p),
+                      spec ? FlashBwdSm90Schedule::specialized : FlashBwdSm90Schedule::cooperative)
+                << case_name(c);
+            EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::cooperative, p), FlashBwdSm90Schedule::cooperative) << case_name(c);
+            EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::specialized, p), FlashBwdSm90Schedule::specialized) << case_name(c);
+        }
     }
 }
 

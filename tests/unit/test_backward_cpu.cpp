@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <functional>
+#include <tuple>
 
 #include "support/expect_error.hpp"
 #include "support/test_tensors.hpp"
@@ -327,4 +328,16 @@ TEST(BackwardCpu, CudaSavedStateSizeAndHeader) {
     EXPECT_EQ(vmonarch::backward_workspace_bytes(vmonarch::TensorView::bshd(fake, DType::f32, vmonarch::Device::cpu, 1, 60, 1, 4),
                                                  vmonarch::TensorView::bshd(fake, DType::f32, vmonarch::Device::cpu, 1, 60, 1, 4), grid),
               0u);
+    // The extra keys' count (exact key groups, spec §3b) is checked on every device.
+    const auto cpu_view = vmonarch::TensorView::bshd(fake, DType::f32, vmonarch::Device::cpu, 1, 60, 1, 4);
+    for (auto [extra, text, argument] : {std::tuple<std::int64_t, bool, const char*>{-1, false, "extra_tokens"},
+                                         std::tuple<std::int64_t, bool, const char*>{0, true, "text_queries"}}) {
+        try {
+            vmonarch::backward_workspace_bytes(cpu_view, cpu_view, grid, {}, {}, extra, text);
+            ADD_FAILURE() << "no error for " << argument;
+        } catch (const vmonarch::ArgumentError& e) {
+            EXPECT_EQ(e.argument(), argument) << e.what();
+        }
+    }
+    EXPECT_EQ(vmonarch::backward_workspace_bytes(cpu_view, cpu_view, grid, {}, {}, 5, true), 0u);
 }

@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <vector>
 
-#ifdef VMONARCH_WITH_CUDA
-#include <cuda_runtime.h>
-#endif
+#include "device_buffer.hpp"
 
 namespace vmonarch::cli {
 
@@ -39,34 +37,6 @@ void call_attention(Method method, const TensorView& q, const TensorView& k, con
 #ifdef VMONARCH_WITH_CUDA
 
 namespace {
-
-void check_cuda(cudaError_t status, const std::string& what) {
-    if (status != cudaSuccess) throw CudaError(what + ": " + cudaGetErrorString(status));
-}
-
-class DeviceBuffer {
-public:
-    explicit DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
-        if (bytes_ > 0) check_cuda(cudaMalloc(&data_, bytes_), "cudaMalloc of " + std::to_string(bytes_) + " bytes");
-    }
-    ~DeviceBuffer() {
-        if (data_) cudaFree(data_);
-    }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    void* data() const { return data_; }
-    std::size_t bytes() const { return bytes_; }
-    void upload(const void* host) {
-        check_cuda(cudaMemcpy(data_, host, bytes_, cudaMemcpyHostToDevice), "copy to the device");
-    }
-    void download(void* host) const {
-        check_cuda(cudaMemcpy(host, data_, bytes_, cudaMemcpyDeviceToHost), "copy from the device");
-    }
-
-private:
-    void* data_ = nullptr;
-    std::size_t bytes_ = 0;
-};
 
 class EventPair {
 public:

@@ -1,12 +1,15 @@
 // vmonarch backward: gradients dq, dk, dv of VMonarch attention (spec §7) for q/k/v files and an output
 // gradient dout, written in the inputs' layout and dtype. The forward runs first (its out and LSE are
-// what the backward needs); --saved keeps its intermediates instead of rerunning it in the backward.
+// what the backward needs); --saved keeps its intermediates instead of rerunning it in the backward. On cuda the
+// tensors are copied to the device and back (bf16/f16, or --cast bf16 / f16), as for `run`.
 // Exact key groups (--sink-frames, --window-radius, spec §3b) and joint text+video sequences (--text-tokens,
 // --text-position, --text-lens, spec §3c) as for `run`; the gradients of a joint sequence cover all N + L tokens.
 #include <iostream>
 #include <memory>
+#include <tuple>
 
 #include "attention_inputs.hpp"
+#include "backward_runner.hpp"
 #include "commands.hpp"
 #include "tensor_output.hpp"
 #include "vmonarch/backward.hpp"
@@ -19,6 +22,7 @@ struct BackwardCommandOptions {
     AttentionFileOptions inputs;
     std::string dout, dq, dk, dv;
     bool entropy_grad = false;
+    bool deterministic = false;
     bool saved = false;
 };
 
@@ -53,11 +57,7 @@ int backward_command(const BackwardCommandOptions& o) {
     const Layout layout = parse_layout(o.inputs.layout);
     const VideoGrid grid = parse_grid(o.inputs.grid);
     const Options options = monarch_options_from(o.inputs);
-    // The CLI's backward runs on the CPU in this version: auto means cpu, cuda is refused with the reason.
-    const Device device = o.inputs.device == "auto" ? Device::cpu : resolve_device(o.inputs.device);
-    if (device == Device::cuda)
-        throw UnsupportedError("--device cuda: the CLI's backward runs on the CPU only in this version (CUDA "
-                               "gradients come through the C++ attention_backward and PyTorch autograd); use --device cpu");
+    const Device device = resolve_device(o.inputs.device);
     std::optional<DType> cast;
     if (!o.inputs.cast.empty()) cast = parse_dtype(o.inputs.cast, "--cast");
     require_tensor_extension(o.dq, "--dq");
@@ -73,6 +73,7 @@ int backward_command(const BackwardCommandOptions& o) {
     check_dout_header(o.dout, in, layout);
     const DType input_dtype = in.dtype;
     const DType compute_dtype = cast.value_or(input_dtype);
+    require_device_dtype(device, compute_dtype, "--q " + in.q_path);
 
     std::vector<TensorOutput> outputs{{o.dq, "--dq", "dq", nullptr}, {o.dk, "--dk", "dk", nullptr},
                                       {o.dv, "--dv", "dv", nullptr}};
@@ -84,39 +85,22 @@ int backward_command(const BackwardCommandOptions& o) {
     HostTensor dout = read_dout(o.dout);
     if (compute_dtype != input_dtype) dout = convert_checked(dout, compute_dtype, "--cast", "--dout " + o.dout);
     const AttentionShape& s = in.shape;
-    HostTensor out = HostTensor::zeros(compute_dtype, file_shape(layout, s.batch, s.heads, s.tokens, s.value_dim));
     HostTensor dq = HostTensor::zeros(compute_dtype, in.q.shape), dk = HostTensor::zeros(compute_dtype, in.k.shape);
     HostTensor dv = HostTensor::zeros(compute_dtype, in.v.shape);
-    const DType lse_dtype = compute_dtype == DType::f64 ? DType::f64 : DType::f32;
-    HostTensor lse = HostTensor::zeros(lse_dtype, {s.batch, s.heads, s.tokens});
-
-    auto view = [&](HostTensor& t, std::int64_t dim) { return view_of(t.data(), compute_dtype, Device::cpu, layout, s, dim); };
-    const TensorView qv = view(in.q, s.head_dim), kv = view(in.k, s.head_dim), vv = view(in.v, s.value_dim);
-    const TensorView ov = view(out, s.value_dim), dov = view(dout, s.value_dim);
-    const TensorView dqv = view(dq, s.head_dim), dkv = view(dk, s.head_dim), dvv = view(dv, s.value_dim);
-    const LseView lv = LseView::contiguous(lse.data(), lse_dtype, Device::cpu, s.batch, s.heads, s.tokens);
-
-    BackwardOptions bo;
-    bo.entropy_grad = o.entropy_grad;
-    SavedState state;
-    Stopwatch clock;
+    BackwardRequest request;
+    request.layout = layout;
+    request.shape = s;
+    request.grid = grid;
+    request.options = options;
+    request.entropy_grad = o.entropy_grad;
+    request.deterministic = o.deterministic;
+    request.saved = o.saved;
+    request.joint = joint;
+    BackwardResult result;
     {
         ProgressLine progress(o.inputs.progress);
-        if (joint) {
-            const std::int64_t* lens = joint->lens.empty() ? nullptr : joint->lens.data();
-            joint_attention(qv, kv, vv, ov, grid, joint->tokens, joint->position, lens, options, &lv);
-            joint_attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, grid, joint->tokens, joint->position, lens,
-                                     options, nullptr, bo);
-        } else if (o.saved) {
-            attention_training(qv, kv, vv, ov, lv, grid, options, state);
-            bo.saved = &state;
-            attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, grid, options, nullptr, bo);
-        } else {
-            attention(qv, kv, vv, ov, grid, options, &lv);
-            attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, grid, options, nullptr, bo);
-        }
+        result = run_backward(device, request, in.q, in.k, in.v, dout, dq, dk, dv);
     }
-    const double seconds = clock.seconds();
     if (compute_dtype != input_dtype) {
         dq = convert_checked(dq, input_dtype, "--dq", "the gradient dq");
         dk = convert_checked(dk, input_dtype, "--dk", "the gradient dk");
@@ -136,10 +120,23 @@ int backward_command(const BackwardCommandOptions& o) {
                               (joint->position == TextPosition::first ? "first" : "last")
                         : "")
               << (o.entropy_grad ? ", exact gradient (entropy)" : ", paper gradient (cL constant)")
-              << (o.saved ? ", saved state (" + format_thousands(std::int64_t(state.bytes())) + " bytes)" : ", lean")
-              << " on cpu in " << to_string(compute_dtype) << ", grid " << format_grid(grid) << ", forward + backward "
-              << format_seconds(seconds) << "\n";
-    return 0;
+              << (o.deterministic ? ", deterministic" : "")
+              << (o.saved ? ", saved state (" + format_thousands(std::int64_t(result.saved_bytes)) + " bytes)" : ", lean")
+              << " on " << to_string(device) << " in " << to_string(compute_dtype) << ", grid " << format_grid(grid)
+              << ", forward + backward " << format_seconds(result.seconds) << kept_tensors_note(plan) << "\n";
+
+    // Written, but NaN/inf in a gradient is never passed off as success (as for `run`).
+    std::string bad;
+    for (const auto& [name, spec, tensor] : {std::tuple{"--dq", &o.dq, &dq}, std::tuple{"--dk", &o.dk, &dk},
+                                             std::tuple{"--dv", &o.dv, &dv}}) {
+        const std::int64_t n = tensor->value_stats().non_finite;
+        if (n > 0)
+            bad += (bad.empty() ? "" : ", ") + std::string(name) + " " + *spec + " holds " + std::to_string(n) +
+                   " non-finite values (NaN/inf) of " + std::to_string(tensor->numel());
+    }
+    if (bad.empty()) return exit_success;
+    print_warning("backward", bad + " (exit status 5)");
+    return exit_non_finite;
 }
 
 } // namespace
@@ -151,7 +148,8 @@ Command add_backward_command(CLI::App& app) {
     cmd->footer("Inputs as for 'run'; --dout has the output's shape ([B, heads, N, dv] or [B, N, heads, dv]) and the "
                 "inputs' dtype. The gradients are written in the inputs' layout and dtype. By default the paper's "
                 "gradient (the R-step entropy cL treated as a constant); --entropy-grad gives the exact one. Runs on "
-                "the CPU (CUDA gradients: the C++ API and PyTorch autograd). --sink-frames, --window-radius and the joint "
+                "--device cpu or cuda (auto: cuda when available; the CUDA kernels take bf16/f16: --cast bf16 converts f32 "
+                "files on the way in and the gradients back). --sink-frames, --window-radius and the joint "
                 "flags (--text-tokens, --text-position, --text-lens; lean mode only) as for 'run'.\n"
                 "Example: vmonarch backward --q q.npy --k k.npy --v v.npy --dout g.npy --grid 4,8,8 "
                 "--dq dq.npy --dk dk.npy --dv dv.npy\n");
@@ -161,6 +159,7 @@ Command add_backward_command(CLI::App& app) {
     cmd->add_option("--dk", o->dk, "write dk here")->required();
     cmd->add_option("--dv", o->dv, "write dv here")->required();
     cmd->add_flag("--entropy-grad", o->entropy_grad, "exact gradient, through the R-step entropy too");
+    cmd->add_flag("--deterministic", o->deterministic, "bitwise repeatable gradients (the CPU backward always is)");
     cmd->add_flag("--saved", o->saved, "keep the forward's intermediates (saved mode) instead of rerunning it");
     return Command{cmd, [o] { return backward_command(*o); }};
 }

@@ -56,6 +56,14 @@ struct LStepBwdParams {
     RowView da, dc, drow_r;   // outputs (dc optional)
     std::int64_t frames = 1, positions = 1;
     int heads = 1, batch = 1;
+    // Exact key groups (spec §3b), as in the forward's LStepParams: key frame k is out of query frame i's fit
+    // when k < sink_frames or |i − k| <= window_radius (< 0: no window): z = −inf, L = 0; the a, c, y, ar, cr
+    // rows of a key frame no query frame fits are not read (zeros instead). A row without fitted frames has L = 0.
+    std::int64_t sink_frames = 0, window_radius = -1;
+    // last, merged_lse set (the forward merged the row with its exact group): L[i][k] = exp(z[i][k] − lse_i)
+    // with the row's merged lse (f32, indexed like drow) instead of softmax_k z. This is w_M·softmax_k z, so
+    // dZ = L∘(dL − D) is the gradient through the merge as well (spec §7, exact_backward_cpu.hpp).
+    RowView merged_lse;
 };
 void launch_lstep_bwd(const LStepBwdParams& p, void* stream, const char* what);
 

@@ -4,6 +4,10 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <utility>
+#include <vector>
+
 #include "cuda/bwd/backward_elementwise.hpp"
 #include "cuda/common/cuda_check.hpp"
 
@@ -48,6 +52,18 @@ BackwardWorkspaceLayout backward_workspace_layout(const detail::BackwardProblem&
     for (int i = 0; i < w.dar_count; ++i) w.dar[i] = take(rows * d * 4);
     w.has_state = p.saved == nullptr;
     if (w.has_state) w.state = take(detail::cuda_layout_of(p).total());
+    w.has_extra = p.extra.present;
+    if (w.has_extra) {
+        const std::size_t erows = std::size_t(p.batch) * std::size_t(p.heads) * std::size_t(p.extra.tokens);
+        w.dk_extra = take(erows * d * 4);
+        w.dv_extra = take(erows * dv * 4);
+    }
+    w.has_text = p.text.present;
+    if (w.has_text) {
+        const std::size_t trows = std::size_t(p.batch) * std::size_t(p.heads) * std::size_t(p.text.q.tokens());
+        w.text_dq = take(trows * d * 4);
+        w.text_d = take(trows * 4);
+    }
     w.total = off;
     return w;
 }
@@ -106,6 +122,8 @@ LStepBwdParams BackwardPlan::last_lstep_params() const {
     l.drow_r = RowView{ws_ + w_.drow_r, H * N, N, 1, T};
     l.frames = f.frames, l.positions = f.positions;
     l.heads = f.heads, l.batch = f.batch;
+    l.sink_frames = f.sink_frames, l.window_radius = f.window_radius;
+    if (p_.has_exact_groups()) l.merged_lse = user_lse(p_.lse, HW); // exp(z − lse): the merge's weight (§7)
     return l;
 }
 
@@ -125,29 +143,32 @@ LStepBwdParams BackwardPlan::earlier_lstep_params(int it) const {
     l.drow_r = RowView{ws_ + w_.drow_r, H * N, N, 1, T};
     l.frames = f.frames, l.positions = f.positions;
     l.heads = f.heads, l.batch = f.batch;
+    l.sink_frames = f.sink_frames, l.window_radius = f.window_radius;
     return l;
 }
 
 FlashBwdParams BackwardPlan::rstep_params(int it) const {
     // spec §7.5: da = daL, drow = D_R, dent = dcL (exact gradient only); the last R-step also has the
     // V values (dy = dY, dv); the queries are aR (Q when it = 0), whose gradient is daR (dQ when it = 0).
+    // Like the forward's, over key frames S..T-1 (f's views start there; the workspace views move with them).
     const std::int64_t H = p_.heads, N = p_.grid.tokens(), HW = p_.grid.frame_tokens(), T = p_.grid.T;
     const std::int64_t d = p_.head_dim, dv = p_.value_dim;
+    const std::int64_t S = std::min(p_.sink_frames, T);
     const bool last = it == p_.iterations - 1;
     const FlashParams f = state_.rstep_params(it);
     FlashBwdParams b;
     b.elem = f.elem;
     b.head_dim = f.head_dim;
     b.q = f.q, b.k = f.k, b.lse = f.lse, b.rs = f.rs;
-    b.da = RowView{ws_ + w_.dal, H * N * d, N * d, d, T * d};
-    if (w_.has_dcl) b.dent = RowView{ws_ + w_.dcl, H * N, N, 1, T};
-    b.drow = RowView{ws_ + w_.drow_r, H * N, N, 1, T};
-    b.dq = it == 0 ? RowView{ws_ + w_.dq, H * N * d, N * d, HW * d, d} : dar(it);
-    b.dk = RowView{ws_ + w_.dk, H * N * d, N * d, HW * d, d};
+    b.da = shift_frames(RowView{ws_ + w_.dal, H * N * d, N * d, d, T * d}, S, 2);
+    if (w_.has_dcl) b.dent = shift_frames(RowView{ws_ + w_.dcl, H * N, N, 1, T}, S, 4);
+    b.drow = shift_frames(RowView{ws_ + w_.drow_r, H * N, N, 1, T}, S, 4);
+    b.dq = shift_frames(it == 0 ? RowView{ws_ + w_.dq, H * N * d, N * d, HW * d, d} : dar(it), S, 4);
+    b.dk = shift_frames(RowView{ws_ + w_.dk, H * N * d, N * d, HW * d, d}, S, 4);
     if (last) {
         b.v = f.v;
-        b.dy = RowView{ws_ + w_.dy, H * N * dv, N * dv, dv, T * dv};
-        b.dv = RowView{ws_ + w_.dv, H * N * dv, N * dv, HW * dv, dv};
+        b.dy = shift_frames(RowView{ws_ + w_.dy, H * N * dv, N * dv, dv, T * dv}, S, 2);
+        b.dv = shift_frames(RowView{ws_ + w_.dv, H * N * dv, N * dv, HW * dv, dv}, S, 4);
     }
     b.len_q = f.len_q, b.len_k = f.len_k;
     b.segments = f.segments, b.heads = f.heads, b.batch = f.batch;
@@ -162,12 +183,23 @@ void BackwardPlan::run(void* stream) const {
     const std::size_t rows = std::size_t(p_.batch) * std::size_t(H) * std::size_t(N);
     const std::size_t d = std::size_t(p_.head_dim), dv = std::size_t(p_.value_dim);
     const Elem elem = elem_of(p_.q.dtype);
-    if (p_.saved == nullptr) state_.run_state(stream); // lean mode: the state the training forward would keep
+    // With exact key groups the Monarch part may have no row at all (then neither its state nor its steps).
+    const bool monarch = !p_.has_exact_groups() || state_.monarch_needed();
+    if (p_.saved == nullptr && monarch) state_.run_state(stream); // lean mode: the state the training forward would keep
 
     // The gradient accumulators are added into (+=) by every kernel below.
     check_cuda(cudaMemsetAsync(ws_ + w_.dq, 0, rows * d * 4, st), "vmonarch backward: zero dq accumulator");
     check_cuda(cudaMemsetAsync(ws_ + w_.dk, 0, rows * d * 4, st), "vmonarch backward: zero dk accumulator");
     check_cuda(cudaMemsetAsync(ws_ + w_.dv, 0, rows * dv * 4, st), "vmonarch backward: zero dv accumulator");
+    const std::size_t bh = std::size_t(p_.batch) * std::size_t(H);
+    if (w_.has_extra) {
+        const std::size_t erows = bh * std::size_t(p_.extra.tokens);
+        check_cuda(cudaMemsetAsync(ws_ + w_.dk_extra, 0, erows * d * 4, st), "vmonarch backward: zero extra dk accumulator");
+        check_cuda(cudaMemsetAsync(ws_ + w_.dv_extra, 0, erows * dv * 4, st), "vmonarch backward: zero extra dv accumulator");
+    }
+    if (w_.has_text)
+        check_cuda(cudaMemsetAsync(ws_ + w_.text_dq, 0, bh * std::size_t(p_.text.q.tokens()) * d * 4, st),
+                   "vmonarch backward: zero text dq accumulator");
 
     // spec §7.1: D = ⟨dO, O⟩ − dlse (and the frame-0-masked copies for the Monarch path, §7.2).
     PreprocessParams pre;
@@ -188,14 +220,18 @@ void BackwardPlan::run(void* stream) const {
     launch_backward_preprocess(pre, stream, "vmonarch backward");
 
     if (p_.recompute_first_frame) launch_flash_bwd(recompute_params(), stream, "vmonarch backward: first-frame recompute");
+    if (p_.has_exact_groups()) run_exact_groups(stream);
+    if (p_.text.present) run_text_queries(stream);
 
     const int t = p_.iterations;
-    launch_lstep_bwd(last_lstep_params(), stream, "vmonarch backward: last L-step");
-    for (int it = t - 1; it >= 0; --it) {
-        if (it < t - 1) launch_lstep_bwd(earlier_lstep_params(it), stream, "vmonarch backward: L-step");
-        if (it > 0) // daR of this iteration is accumulated into by the R-step backward
-            check_cuda(cudaMemsetAsync(dar(it).ptr, 0, rows * d * 4, st), "vmonarch backward: zero daR");
-        launch_flash_bwd(rstep_params(it), stream, it == t - 1 ? "vmonarch backward: last R-step" : "vmonarch backward: R-step");
+    if (monarch) {
+        launch_lstep_bwd(last_lstep_params(), stream, "vmonarch backward: last L-step");
+        for (int it = t - 1; it >= 0; --it) {
+            if (it < t - 1) launch_lstep_bwd(earlier_lstep_params(it), stream, "vmonarch backward: L-step");
+            if (it > 0) // daR of this iteration is accumulated into by the R-step backward
+                check_cuda(cudaMemsetAsync(dar(it).ptr, 0, rows * d * 4, st), "vmonarch backward: zero daR");
+            launch_flash_bwd(rstep_params(it), stream, it == t - 1 ? "vmonarch backward: last R-step" : "vmonarch backward: R-step");
+        }
     }
 
     const std::pair<std::size_t, const TensorView*> grads[3] = {{w_.dq, &p_.dq}, {w_.dk, &p_.dk}, {w_.dv, &p_.dv}};
@@ -207,6 +243,19 @@ void BackwardPlan::run(void* stream) const {
         fin.dst = user_rows(*view, N);
         fin.tokens = N, fin.heads = int(H), fin.batch = int(p_.batch);
         launch_backward_finalize(fin, stream, "vmonarch backward");
+    }
+    // The extra keys' and the text queries' gradients (all L rows: padded keys get their zeros).
+    std::vector<std::pair<std::size_t, const TensorView*>> extra;
+    if (w_.has_extra) extra.push_back({w_.dk_extra, &p_.dk_extra}), extra.push_back({w_.dv_extra, &p_.dv_extra});
+    if (w_.has_text) extra.push_back({w_.text_dq, &p_.text.dq});
+    for (auto [off, view] : extra) {
+        FinalizeParams fin;
+        fin.elem = elem;
+        fin.dim = int(view->head_dim());
+        fin.acc = reinterpret_cast<const float*>(ws_ + off);
+        fin.dst = user_rows(*view, view->tokens());
+        fin.tokens = view->tokens(), fin.heads = int(H), fin.batch = int(p_.batch);
+        launch_backward_finalize(fin, stream, "vmonarch backward (extra keys, text queries)");
     }
 }
 

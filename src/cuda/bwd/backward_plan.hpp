@@ -11,6 +11,13 @@
 //   dal [B][H][HW][T][d], dy [B][H][HW][T][dv] (input dtype), dcl (entropy_grad), drow_r [B][H][HW][T] f32
 //   dar × min(t − 1, 2) [B][H][N][d] f32 (daR of two consecutive iterations, alternating)
 //   state (lean mode): the training forward's regions (detail::CudaSavedLayout)
+//   extra keys (spec §3b): dk_extra [B][H][L][d], dv_extra [B][H][L][dv] f32
+//   text queries of a joint sequence (spec §3c): text_dq [B][H][L][d], text_d [B][H][L] f32
+//
+// Exact key groups (spec §3b, src/cuda/bwd/exact_backward_plan.cu): after the recompute, each exact group gets a
+// FlashAttention backward against the rows' merged lse and D (sink, window, extra keys; exact_backward_cpu.hpp
+// derives why that is the gradient through the merge), and the last L-step weighs its rows by exp(z − lse).
+// The Monarch steps cover key frames S..T-1 as in the forward and are skipped when no row fits a key frame.
 #pragma once
 
 #include <cstddef>
@@ -25,7 +32,8 @@ struct BackwardWorkspaceLayout {
     std::size_t d_full = 0, d_monarch = 0, dout_monarch = 0;
     std::size_t dq = 0, dk = 0, dv = 0, dal = 0, dy = 0, dcl = 0, drow_r = 0, dar[2] = {0, 0};
     std::size_t state = 0;
-    bool has_dcl = false, has_state = false;
+    std::size_t dk_extra = 0, dv_extra = 0, text_dq = 0, text_d = 0;
+    bool has_dcl = false, has_state = false, has_extra = false, has_text = false;
     int dar_count = 0;
     std::size_t total = 0;
 };
@@ -45,6 +53,16 @@ public:
 
 private:
     RowView dar(int it) const; // daR of iteration it >= 1 (f32, frame-major)
+
+    // Exact key groups (exact_backward_plan.cu): the sink frames, the window and the extra keys of the video
+    // rows; the text queries of a joint sequence (their D first, then over the video and the text keys).
+    void run_exact_groups(void* stream) const;
+    void run_text_queries(void* stream) const;
+    // A dense flash backward (no row scale, dy = dO, drow = D) of len_q query rows per segment over len_k keys.
+    FlashBwdParams dense_bwd(const RowView& q, const RowView& dout, const RowView& lse, const RowView& drow,
+                             const RowView& dq, std::int64_t len_q, int segments, int batch, const RowView& k,
+                             const RowView& v, const RowView& dk, const RowView& dv, std::int64_t len_k) const;
+    RowView acc_rows(std::size_t off, std::int64_t tokens, std::int64_t seg, std::int64_t dim) const;
 
     detail::BackwardProblem p_;
     BackwardWorkspaceLayout w_;

@@ -18,6 +18,9 @@
 // scalars cL and D are loaded at each use (L1 hits).
 // With the frame-0 recompute on, the caller passes dO and D with frame-0 rows zeroed (§7.2): those rows then
 // give dZ = 0 and no dY.
+// Exact key groups (spec §3b, lstep_exact_mask.cuh): the key frames exact for row i get z = −inf (L = 0), the
+// rows of key frames no row fits are zero-filled instead of read, and in the last L-step of a merged forward
+// L = exp(z − lse) with the row's merged lse (the Monarch part's merge weight folded in, spec §7).
 // Shared memory is (2·T·d + T² + T)·4 bytes, the forward L-step's own bound (lstep_smem_bytes), so every
 // T the forward takes, the backward takes too.
 #pragma once
@@ -26,6 +29,7 @@
 
 #include "cuda/bwd/backward_params.hpp"
 #include "cuda/common/mma_ptx.cuh"
+#include "cuda/lstep/lstep_exact_mask.cuh"
 
 namespace vmonarch::cuda {
 
@@ -177,16 +181,19 @@ __device__ __forceinline__ void mix_pass(const float* S, const void* Z, int T, E
 }
 
 // Rows r < T of view (b, h, frame r, position j), ROW_BYTES each, into consecutive rows of dst (cp.async).
+// With fitted_only, the rows of key frames no query frame fits (spec §3b) are zero-filled, their source not read.
 template <int ROW_BYTES>
 __device__ __forceinline__ void gather_rows_async(void* dst, const RowView& v, int elem_bytes, int b, int h,
-                                                  std::int64_t j, int T) {
+                                                  std::int64_t j, int T, bool fitted_only = false,
+                                                  LStepMask mask = {0, -1}) {
     constexpr int CH = ROW_BYTES / 16;
     const std::uint32_t base = smem_addr(dst);
     for (int c = threadIdx.x; c < T * CH; c += NT) {
         const int r = c / CH, ch = c - r * CH;
+        const bool read = !fitted_only || mask.fitted(r, T);
         const auto* row = static_cast<const unsigned char*>(v.ptr) +
-                          (b * v.sb + h * v.sh + std::int64_t(r) * v.sf + j * v.sr) * elem_bytes;
-        cp_async_16(base + std::uint32_t(c) * 16u, row + ch * 16, 16);
+                          (b * v.sb + h * v.sh + std::int64_t(read ? r : 0) * v.sf + j * v.sr) * elem_bytes;
+        cp_async_16(base + std::uint32_t(c) * 16u, row + ch * 16, read ? 16 : 0);
     }
 }
 
@@ -211,10 +218,13 @@ __global__ void __launch_bounds__(kLStepBwdThreads) lstep_bwd_kernel(const LStep
     float* sL = reinterpret_cast<float*>(sG + T * CH);       // [T][T]: z, then L, then dZ
     float* sV = sL + T * T;                                  // [T]: last ⟨dY_k, Y_k⟩; earlier dcR_k
 
+    const LStepMask mask = lstep_mask(p);
+    const bool masked = mask.any(); // uniform
+    const auto fitted = [&](int k) { return !masked || mask.fitted(k, T); };
     lstep_bwd::gather_rows_async<D * 2>(sQ, p.q, 2, b, h, j, T);
-    lstep_bwd::gather_rows_async<D * 2>(sA, p.a, 2, b, h, j, T);
+    lstep_bwd::gather_rows_async<D * 2>(sA, p.a, 2, b, h, j, T, masked, mask);
     if constexpr (LAST) {
-        lstep_bwd::gather_rows_async<D * 2>(sY, p.y, 2, b, h, j, T);
+        lstep_bwd::gather_rows_async<D * 2>(sY, p.y, 2, b, h, j, T, masked, mask);
         lstep_bwd::gather_rows_async<D * 2>(sG, p.dout, 2, b, h, j, T);
     } else {
         lstep_bwd::gather_rows_async<D * 4>(sR, p.dar, 4, b, h, j, T);
@@ -223,14 +233,18 @@ __global__ void __launch_bounds__(kLStepBwdThreads) lstep_bwd_kernel(const LStep
     cp_async_wait<0>();
     __syncthreads();
 
-    // z[i][k] = ⟨Q_i, aL_k⟩ − cL_k.
+    // z[i][k] = ⟨Q_i, aL_k⟩ − cL_k, −inf for the key frames exact for query frame i (cL not read there).
     gram_pass<BF16, D, false>(sQ, sA, T, [&](int i, int k, float dot) {
-        sL[i * T + k] = dot - *view_row<const float>(p.c, b, h, k, j);
+        sL[i * T + k] = masked && mask.exact(i, k) ? -INFINITY : dot - *view_row<const float>(p.c, b, h, k, j);
     });
     if constexpr (!LAST) {
         // dcR_k = −⟨aR_k, daR_k⟩ / cR_k where cR_k > clamp, else 0 (X depends on aR, cR only through aR/cR,
         // and the clamp's gradient is 0 at and below it); a warp per key frame, lanes over the head dim.
         for (int k = warp; k < T; k += WARPS) {
+            if (!fitted(k)) { // no row fits k: nothing flows through its aR, cR (not read)
+                if (lane == 0) sV[k] = 0.f;
+                continue;
+            }
             const E* ar = view_row<const E>(p.ar, b, h, k, j);
             float acc = 0.f;
             for (int e = 2 * lane; e < D; e += 64) {
@@ -247,13 +261,26 @@ __global__ void __launch_bounds__(kLStepBwdThreads) lstep_bwd_kernel(const LStep
     }
     __syncthreads();
 
-    // L = softmax_k z; a warp per row.
+    // L = softmax_k z; a warp per row. Merged last step: L = exp(z − lse_i) with the row's merged lse (0 where
+    // lse_i = −inf), at most 1 since lse_i >= logsumexp_k z; the bound is enforced, so that a recomputed frame-0
+    // row (whose lse is the dense one, and whose dO and D the caller zeroed) never gives inf·0. A row whose key
+    // frames are all exact (max z = −inf) gets L = 0.
+    const bool merged = LAST && p.merged_lse.ptr != nullptr; // uniform
     for (int i = warp; i < T; i += WARPS) {
         float* z = sL + i * T;
+        if (merged) {
+            const float lse = *view_row<const float>(p.merged_lse, b, h, i, j);
+            for (int k = lane; k < T; k += 32) z[k] = lse == -INFINITY ? 0.f : expf(fminf(z[k] - lse, 0.f));
+            continue;
+        }
         float mx = -INFINITY;
         for (int k = lane; k < T; k += 32) mx = fmaxf(mx, z[k]);
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        if (mx == -INFINITY) { // warp-uniform
+            for (int k = lane; k < T; k += 32) z[k] = 0.f;
+            continue;
+        }
         float sum = 0.f;
         for (int k = lane; k < T; k += 32) {
             const float ez = expf(z[k] - mx);
@@ -354,9 +381,9 @@ __global__ void __launch_bounds__(kLStepBwdThreads) lstep_bwd_kernel(const LStep
                 if (!(u == 0 ? on0 : on1)) continue;
                 float drow_r = u == 0 ? part0 : part1;
                 if (p.dc.ptr != nullptr) {
-                    const float dc = -(u == 0 ? cs0 : cs1);
+                    const float dc = fitted(k) ? -(u == 0 ? cs0 : cs1) : 0.f;
                     *view_row<float>(p.dc, b, h, k, j) = dc;
-                    drow_r = fmaf(dc, *view_row<const float>(p.c, b, h, k, j), drow_r);
+                    if (fitted(k)) drow_r = fmaf(dc, *view_row<const float>(p.c, b, h, k, j), drow_r);
                 }
                 if constexpr (LAST) drow_r += sV[k];
                 *view_row<float>(p.drow_r, b, h, k, j) = drow_r;

@@ -2,6 +2,11 @@
 // to the per-iteration regions of the saved state.
 #include "cuda/bwd/training_plan.hpp"
 
+#include <algorithm>
+#include <string>
+
+#include "cuda/common/cuda_check.hpp"
+
 namespace vmonarch::cuda {
 
 TrainingPlan::TrainingPlan(const detail::MonarchProblem& p, void* regions)
@@ -35,19 +40,21 @@ RowView TrainingPlan::y() const {
 
 FlashParams TrainingPlan::rstep_params(int it) const {
     FlashParams f = plan_.rstep_params(it);
-    f.a = aL(it);
-    f.ent = cL(it);
-    f.lse = lse_r(it);
+    // The forward's R-steps start at key frame S (sink frames are fitted by no row, spec §3b).
+    const std::int64_t S = std::min(p_.sink_frames, p_.grid.T);
+    f.a = shift_frames(aL(it), S, 2);
+    f.ent = shift_frames(cL(it), S, 4);
+    f.lse = shift_frames(lse_r(it), S, 4);
     if (it > 0) { // aR = Q and cR = 1 in the first R-step (MonarchPlan reads Q in place)
-        f.q = aR(it);
-        f.rs = cR(it);
+        f.q = shift_frames(aR(it), S, 2);
+        f.rs = shift_frames(cR(it), S, 4);
     }
-    if (it == p_.iterations - 1) f.o = y();
+    if (it == p_.iterations - 1) f.o = shift_frames(y(), S, 2);
     return f;
 }
 
-LStepParams TrainingPlan::lstep_params(int it) const {
-    LStepParams l = plan_.lstep_params(it, false);
+LStepParams TrainingPlan::lstep_params(int it, bool skip_frame0) const {
+    LStepParams l = plan_.lstep_params(it, skip_frame0);
     l.a = aL(it);
     l.c = cL(it);
     if (l.last) {
@@ -60,6 +67,21 @@ LStepParams TrainingPlan::lstep_params(int it) const {
 }
 
 void TrainingPlan::run(void* stream) const {
+    if (p_.has_exact_groups()) {
+        // The groups' partial results use MonarchPlan's workspace offsets inside the state's regions, before
+        // the first R-step writes them: the regions must be at least that large (they are: t·(d + 2) + ...).
+        if (monarch_workspace_layout(p_).total > l_.total())
+            throw CudaError("vmonarch training forward: the saved state's regions (" + std::to_string(l_.total()) +
+                            " bytes) are smaller than the exact groups' partial results need (" +
+                            std::to_string(monarch_workspace_layout(p_).total) + ")");
+        plan_.run_exact_groups(stream);
+        if (!monarch_needed()) return;
+        for (int it = 0; it < p_.iterations; ++it) {
+            launch_flash(rstep_params(it), stream, "vmonarch training R-step");
+            launch_lstep(lstep_params(it, p_.recompute_first_frame), stream, "vmonarch training L-step");
+        }
+        return;
+    }
     for (int it = 0; it < p_.iterations; ++it) {
         launch_flash(rstep_params(it), stream, "vmonarch training R-step");
         launch_lstep(lstep_params(it), stream, "vmonarch training L-step");
@@ -69,6 +91,7 @@ void TrainingPlan::run(void* stream) const {
 }
 
 void TrainingPlan::run_state(void* stream) const {
+    if (p_.has_exact_groups() && !monarch_needed()) return; // the exact groups cover every row: no state
     for (int it = 0; it < p_.iterations; ++it) {
         launch_flash(rstep_params(it), stream, "vmonarch lean backward: R-step rerun");
         if (it + 1 < p_.iterations) launch_lstep(lstep_params(it), stream, "vmonarch lean backward: L-step rerun");

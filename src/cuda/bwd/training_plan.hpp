@@ -14,12 +14,17 @@ public:
     // regions: device memory of detail::cuda_layout_of(p).total() bytes (the state after its header).
     TrainingPlan(const detail::MonarchProblem& p, void* regions);
 
-    FlashParams rstep_params(int it) const;   // R-step of iteration it (0-based), lse_R kept
-    LStepParams lstep_params(int it) const;   // L-step of iteration it
+    // R-step of iteration it (0-based), lse_R kept; over the fitted key frames S..T-1 like the forward's.
+    FlashParams rstep_params(int it) const;
+    // L-step of iteration it; skip_frame0: the last one leaves frame 0's out/lse alone (exact groups with the
+    // recompute, which wrote them first).
+    LStepParams lstep_params(int it, bool skip_frame0 = false) const;
     FlashParams recompute_params() const { return plan_.recompute_params(); }
 
-    // The whole training forward on `stream`: out, lse and the state (recompute after the last L-step).
+    // The whole training forward on `stream`: out, lse and the state (recompute after the last L-step; with
+    // exact key groups, spec §3b, the recompute and the groups first, then the steps, the last one merging).
     void run(void* stream) const;
+    bool monarch_needed() const { return plan_.monarch_needed(); } // the Monarch steps run at all
     // Lean mode's rerun inside the backward: only the state (the R-steps and the L-steps before the last;
     // out and lse are the caller's, so the last L-step and the recompute are skipped).
     void run_state(void* stream) const;

@@ -23,7 +23,9 @@ struct LStepMask {
     __device__ __forceinline__ bool fitted(int k, int T) const { return k >= S && (k - R - 1 >= 0 || k + R + 1 <= T - 1); }
 };
 
-__device__ __forceinline__ LStepMask lstep_mask(const LStepParams& p) {
+// P: LStepParams, or the backward's LStepBwdParams (the same frames / sink_frames / window_radius fields).
+template <typename P>
+__device__ __forceinline__ LStepMask lstep_mask(const P& p) {
     const std::int64_t T = p.frames;
     const std::int64_t S = p.sink_frames < 0 ? 0 : (p.sink_frames > T ? T : p.sink_frames);
     const std::int64_t R = p.window_radius < 0 ? -1 : (p.window_radius > T ? T : p.window_radius);

@@ -5,7 +5,10 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <set>
 
@@ -47,7 +50,35 @@ bool dq_takes_bulk_adds(const RowView& v) {
     return reinterpret_cast<std::uintptr_t>(v.ptr) % 16 == 0 && v.sb % 4 == 0 && v.sh % 4 == 0 && v.sf % 4 == 0 && v.sr % 4 == 0;
 }
 
+// The schedule launches take: the environment's at the first call (per_problem when unset or not a
+// schedule's name), or the last set_flash_bwd_sm90_schedule.
+std::atomic<int>& schedule_slot() {
+    static std::atomic<int> slot{[] {
+        const char* e = std::getenv("VMONARCH_HOPPER_BWD");
+        if (e && std::strcmp(e, "cooperative") == 0) return int(FlashBwdSm90Schedule::cooperative);
+        if (e && std::strcmp(e, "specialized") == 0) return int(FlashBwdSm90Schedule::specialized);
+        return int(FlashBwdSm90Schedule::per_problem);
+    }()};
+    return slot;
+}
+
 } // namespace
+
+FlashBwdSm90Schedule flash_bwd_sm90_schedule() { return FlashBwdSm90Schedule(schedule_slot().load()); }
+void set_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule) { schedule_slot().store(int(schedule)); }
+const char* to_string(FlashBwdSm90Schedule schedule) {
+    switch (schedule) {
+    case FlashBwdSm90Schedule::cooperative: return "cooperative";
+    case FlashBwdSm90Schedule::specialized: return "specialized";
+    default: return "per_problem";
+    }
+}
+FlashBwdSm90Schedule resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule, const FlashBwdParams& p) {
+    if (schedule != FlashBwdSm90Schedule::per_problem) return schedule;
+    // H200, bf16, d 128 (bench/RESULTS.md, both in one run): specialized 0.3–3% faster with dA and dY, 15–33%
+    // slower with one value (its P/dS phase split forms the row scalars and P twice).
+    return p.head_dim == 128 && p.da.ptr && p.dy.ptr ? FlashBwdSm90Schedule::specialized : FlashBwdSm90Schedule::cooperative;
+}
 
 bool flash_bwd_sm90_supported(const FlashBwdParams& p) {
     if (!flash_policy().sm90) return false;
@@ -62,6 +93,11 @@ bool flash_bwd_sm90_supported(const FlashBwdParams& p) {
 bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char* what) {
     if (!flash_bwd_sm90_supported(p)) return false;
     const bool bf = p.elem == Elem::bf16;
+    if (resolve_flash_bwd_sm90_schedule(flash_bwd_sm90_schedule(), p) == FlashBwdSm90Schedule::specialized) {
+        if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_ws_typed<true, 64>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 64>(p, stream, what);
+        else bf ? launch_flash_bwd_sm90_ws_typed<true, 128>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 128>(p, stream, what);
+        return true;
+    }
     if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_typed<true, 64>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 64>(p, stream, what);
     else bf ? launch_flash_bwd_sm90_typed<true, 128>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 128>(p, stream, what);
     return true;

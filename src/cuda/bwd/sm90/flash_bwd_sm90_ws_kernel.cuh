@@ -1,0 +1,417 @@
+// Internal: the Hopper (sm_90a) flash backward kernel, specialized schedule. The same products, operand
+// layouts, masking and FlashBwdParams semantics as flash_bwd_sm90_kernel.cuh (spec §7.5 R-step, §7.2 dense
+// recompute; the formulas are listed there), with the work split by role:
+//   producer warpgroup (few registers, setmaxnreg): cp.async of each query tile's Q, dA, dY and raw row
+//     operands into a STAGES-deep ring; every producer thread's copies complete on the stage's "full"
+//     mbarrier (cp.async.mbarrier.arrive), and a stage is refilled once its "empty" mbarrier says both
+//     consumer warpgroups are done with it;
+//   two consumer warpgroups (the freed registers): keys [64w, 64w + 64) each, per query tile
+//     Sᵀ, dPᵀ (wgmma ss) → P (registers, while the last dPᵀ product runs) → dV, Pᵀ·dA (wgmma rs) → dS
+//     (registers, while those run) → dSᵀ·Q (wgmma rs, in flight while dS goes to shared memory) → dQ =
+//     dS·K (wgmma ss, issued as soon as both halves of dS are there, behind dK and dV) → bulk reduce-adds
+//     into dq (skipped when deterministic: the portable query-tile kernel adds dq then).
+// No block barrier inside the query loop: the consumers meet on named barriers only where they share the
+// dS tile (it is written once the other warpgroup has finished reading the previous one, and read once both
+// halves are written), and the producer runs ahead by up to STAGES tiles.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/bwd/sm90/flash_bwd_sm90_kernel.cuh" // shared helpers: row scalars, bulk reduce-adds, fences
+
+namespace vmonarch::cuda::hopper {
+
+struct BwdSm90WsShape {
+    static constexpr int PRODUCER_THREADS = 128;
+    static constexpr int CONSUMER_THREADS = 256;
+    static constexpr int THREADS = PRODUCER_THREADS + CONSUMER_THREADS;
+    // 128·24 + 256·240 = 384·168, what the block holds at launch (__launch_bounds__(384, 1)).
+    static constexpr int PRODUCER_REGS = 24;
+    static constexpr int CONSUMER_REGS = 240;
+    // Named barriers (0 is the block barrier, used only before the roles split).
+    static constexpr int BAR_DS_READY = 1;    // both dS halves written (256 consumer threads)
+    static constexpr int BAR_DQ_TILE = 2;     // + w: warpgroup w's dQ tile written (its 128 threads)
+    static constexpr int BAR_DS_FREE = 4;     // + w: warpgroup w has read the previous dS (arrive 128 + sync 128)
+};
+
+// The cooperative schedule's layout (flash_bwd_sm90_shape.cuh) plus the ring's mbarriers.
+template <int D, bool HAS_DA, bool HAS_DY> struct BwdSm90WsLayout {
+    using Base = BwdSm90Layout<D, HAS_DA, HAS_DY>;
+    static constexpr int OFF_BARS = (Base::BYTES + 7) / 8 * 8; // full[STAGES], empty[STAGES]
+    static constexpr int BYTES = OFF_BARS + 2 * BwdSm90Shape::STAGES * 8;
+    static constexpr int SMEM = 1024 /*alignment slack*/ + BYTES;
+    static_assert(SMEM <= 227 * 1024, "sm_90 shared memory");
+};
+
+#ifdef VMONARCH_HOPPER_DEVICE
+// cp.async rows [row0, row0 + ROWS) of D 16-bit elements (row stride sr) into a 128-byte-swizzled tile, by
+// THREADS threads (tid in [0, THREADS)): chunk c of row r lands at (c / 8)·ROWS·128 + 128·r + 16·((c % 8) ^
+// (r % 8)); rows at or past len are zero-filled. UNROLL false keeps the loop rolled (the producer's 24
+// registers hold no unrolled addresses).
+template <int D, int ROWS, int THREADS, bool UNROLL = true, typename T>
+__device__ __forceinline__ void bwd_ws_load_rows(std::uint32_t dst, const T* base, std::int64_t sr, std::int64_t row0, std::int64_t len,
+                                                 int tid) {
+    constexpr int CH = D / 8, CHUNKS = ROWS * CH;
+#pragma unroll(UNROLL ? 16 : 1)
+    for (int it = 0; it < (CHUNKS + THREADS - 1) / THREADS; ++it) {
+        const int c = tid + it * THREADS;
+        if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;
+        const int r = c / CH, ch = c % CH;
+        const std::int64_t row = row0 + r;
+        const bool ok = row < len;
+        const std::uint32_t off = std::uint32_t((ch >> 3) * ROWS * 128 + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
+        cp_async_16(dst + off, ok ? base + row * sr + ch * 8 : base, ok ? 16 : 0);
+    }
+}
+
+// P = exp(x − lse) from the raw score qk, x = γ·qk, exactly as bwd_ds (flash_bwd_kernel.cuh) forms it: 0 for
+// a masked key or row.
+__device__ __forceinline__ float bwd_ws_p(float qk, const FlashBwdRowScalars& r, bool key_ok) {
+    const float xl = key_ok ? fmaf(qk, r.gamma, -r.lse) : -INFINITY;
+    return fast_exp2(xl * kLog2e);
+}
+
+// dV += Pᵀ·dY (with dY), dK' += Pᵀ·dA (with dA): wgmma rs from the P operand, one commit group.
+template <bool BF16, int D, bool HAS_DA, bool HAS_DY, int NA, int NV, int KS>
+__device__ __forceinline__ void bwd_ws_issue_p_products(float (&acc_k)[NA], float (&acc_v)[NV], const std::uint32_t (&pa)[KS][4],
+                                                        std::uint32_t sDA, std::uint32_t sDY) {
+    constexpr int BM = BwdSm90Shape::BM;
+    wgmma_fence();
+    if constexpr (HAS_DY) {
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) Wgmma<D, BF16>::rs_tb(acc_v, pa[ks], desc_mn_major(sDY, BM, ks * 16));
+    }
+    if constexpr (HAS_DA) {
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) Wgmma<D, BF16>::rs_tb(acc_k, pa[ks], desc_mn_major(sDA, BM, ks * 16));
+    }
+    wgmma_commit();
+}
+
+// One arrival on the mbarrier once every cp.async this thread has issued so far has completed (the arrival
+// is one of the barrier's expected count: .noinc).
+__device__ __forceinline__ void cp_async_mbar_arrive(std::uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+#endif
+
+template <bool BF16, int D, bool HAS_DA, bool HAS_DY>
+__global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_kernel(const FlashBwdParams p) {
+#ifdef VMONARCH_HOPPER_DEVICE
+    static_assert(D == 64 || D == 128);
+    static_assert(HAS_DA || HAS_DY);
+    using Shape = BwdSm90Shape;
+    using WS = BwdSm90WsShape;
+    using L = BwdSm90Layout<D, HAS_DA, HAS_DY>;
+    using LW = BwdSm90WsLayout<D, HAS_DA, HAS_DY>;
+    using T = typename ElemType<BF16>::T;
+    constexpr int BM = Shape::BM, BN = Shape::BN, STAGES = Shape::STAGES;
+    constexpr int NS = BM / 2;  // Sᵀ / dPᵀ accumulator registers (m64n64)
+    constexpr int KS = BM / 16; // k16 slices of the query reduction (dK, dV)
+    constexpr int NA = D / 2;   // dK / dV accumulator registers (m64nD)
+    // P formed before dPᵀ is complete, so that dV and Pᵀ·dA run while dS is formed: needs the raw scores,
+    // dPᵀ and Pᵀ in registers at once besides dK and dV, too many with both values at d = 128.
+    constexpr bool SPLIT = D == 64 || !(HAS_DA && HAS_DY);
+
+    extern __shared__ unsigned char smem_raw[];
+    const std::uint32_t raw = smem_addr(smem_raw);
+    const std::uint32_t base = (raw + 1023u) & ~1023u;
+    const std::uint32_t sK = base, sV = base + L::OFF_V, sDS = base + L::OFF_DS;
+    const float* const srows = reinterpret_cast<const float*>(smem_raw + (base - raw) + L::OFF_ROWS);
+    const std::uint32_t srows_addr = base + L::OFF_ROWS;
+    unsigned char* const ds_bytes = smem_raw + (base - raw) + L::OFF_DS;
+    const std::uint32_t bars = base + LW::OFF_BARS;
+    const auto full_bar = [&](int s) { return bars + std::uint32_t(s) * 8u; };
+    const auto empty_bar = [&](int s) { return bars + std::uint32_t(STAGES + s) * 8u; };
+    const auto stage = [&](int s) { return base + L::OFF_STAGES + std::uint32_t(s) * L::STAGE; };
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int wg = warp >> 2, wq = warp & 3;
+    const int f = blockIdx.y / p.heads, h = blockIdx.y % p.heads, b = blockIdx.z;
+    const std::int64_t k0 = std::int64_t(blockIdx.x) * BN;
+    const int n_q = int((p.len_q + BM - 1) / BM);
+
+    // Every thread: the resident K (and V) tile; one thread: the ring's barriers.
+    bwd_ws_load_rows<D, BN, WS::THREADS>(sK, view_row<const T>(p.k, b, h, f), p.k.sr, k0, p.len_k, tid);
+    if constexpr (HAS_DY) bwd_ws_load_rows<D, BN, WS::THREADS>(sV, view_row<const T>(p.v, b, h, f), p.v.sr, k0, p.len_k, tid);
+    cp_async_commit();
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(full_bar(s), WS::PRODUCER_THREADS);
+            mbar_init(empty_bar(s), WS::CONSUMER_THREADS);
+        }
+        fence_barrier_init();
+    }
+    cp_async_wait<0>();
+    fence_proxy_async_smem();
+    __syncthreads();
+
+    if (wg == 0) {
+        // ---- producer: query tile t into stage t % STAGES, once its previous tile (t − STAGES) is released.
+        setmaxnreg_dec<WS::PRODUCER_REGS>();
+        const T* qb = view_row<const T>(p.q, b, h, f);
+        const T* dab = HAS_DA ? view_row<const T>(p.da, b, h, f) : nullptr;
+        const T* dyb = HAS_DY ? view_row<const T>(p.dy, b, h, f) : nullptr;
+        const FlashBwdRows rows = bwd_rows(p, b, h, f);
+        for (int t = 0; t < n_q; ++t) {
+            const int s = t % STAGES;
+            if (t >= STAGES) mbar_wait(empty_bar(s), std::uint32_t((t / STAGES - 1) & 1));
+            const std::uint32_t st = stage(s);
+            const std::int64_t q0 = std::int64_t(t) * BM;
+            bwd_ws_load_rows<D, BM, WS::PRODUCER_THREADS, false>(st, qb, p.q.sr, q0, p.len_q, tid);
+            if constexpr (HAS_DA) bwd_ws_load_rows<D, BM, WS::PRODUCER_THREADS, false>(st + L::OFF_DA, dab, p.da.sr, q0, p.len_q, tid);
+            if constexpr (HAS_DY) bwd_ws_load_rows<D, BM, WS::PRODUCER_THREADS, false>(st + L::OFF_DY, dyb, p.dy.sr, q0, p.len_q, tid);
+            if (tid < BM) {
+                const std::int64_t i = q0 + tid;
+                const bool ok = i < p.len_q;
+                const std::uint32_t dst = srows_addr + std::uint32_t(s * L::ROWS_STAGE + tid) * 4u;
+                cp_async_4(dst, ok ? rows.lse + i * p.lse.sr : rows.lse, ok ? 4 : 0);
+                if (rows.rs) cp_async_4(dst + BM * 4, ok ? rows.rs + i * p.rs.sr : rows.rs, ok ? 4 : 0);
+                cp_async_4(dst + 2 * BM * 4, ok ? rows.drow + i * p.drow.sr : rows.drow, ok ? 4 : 0);
+                if (rows.dent) cp_async_4(dst + 3 * BM * 4, ok ? rows.dent + i * p.dent.sr : rows.dent, ok ? 4 : 0);
+            }
+            cp_async_mbar_arrive(full_bar(s));
+        }
+        cp_async_wait<0>(); // nothing in flight when the producer leaves
+        return;
+    }
+
+    // ---- consumers: warpgroup cw owns keys [64·cw, 64·cw + 64) of the tile.
+    setmaxnreg_inc<WS::CONSUMER_REGS>();
+    const int cw = wg - 1;
+    float* const sdq = reinterpret_cast<float*>(smem_raw + (base - raw) + L::OFF_DQ + cw * L::DQ_WG_BYTES);
+    const std::uint32_t sdq_addr = base + L::OFF_DQ + std::uint32_t(cw) * L::DQ_WG_BYTES;
+    const bool has_rs = p.rs.ptr != nullptr, has_dent = p.dent.ptr != nullptr;
+
+    // This thread's keys (rows of Sᵀ): 64·cw + 16·wq + lane/4 + 8r of the tile.
+    const int krow = 64 * cw + 16 * wq + (lane >> 2);
+    bool key_ok[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) key_ok[r] = k0 + krow + 8 * r < p.len_k;
+
+    float acc_k[NA], acc_v[HAS_DY ? NA : 1];
+#pragma unroll
+    for (int i = 0; i < NA; ++i) acc_k[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < (HAS_DY ? NA : 1); ++i) acc_v[i] = 0.f;
+
+    // With dA, dK and dQ are accumulated divided by s and multiplied by out_s = s when added.
+    const float inv_s = HAS_DA ? 1.f / p.scale : 1.f, out_s = HAS_DA ? p.scale : 1.f;
+    const std::uint32_t sKw = sK + std::uint32_t(cw) * 64u * 128u, sVw = sV + std::uint32_t(cw) * 64u * 128u;
+
+    // The other warpgroup may write its dS half of tile 0 at once: this one reads no dS before that.
+    if (!p.deterministic) named_bar_arrive(WS::BAR_DS_FREE + cw, WS::CONSUMER_THREADS);
+
+    for (int t = 0; t < n_q; ++t) {
+        const int s_idx = t % STAGES;
+        mbar_wait(full_bar(s_idx), std::uint32_t((t / STAGES) & 1));
+        fence_proxy_async_smem(); // the ring's cp.async writes, now visible here, before wgmma reads them
+        const std::uint32_t sQ = stage(s_idx), sDA = sQ + L::OFF_DA, sDY = sQ + L::OFF_DY;
+        const float* rv = srows + s_idx * L::ROWS_STAGE;
+
+        // Sᵀ = K_w·Qᵀ; dPᵀ = s·K_w·dAᵀ (+ V_w·dYᵀ) without the entropy term. With SPLIT each elementwise phase
+        // runs while the next products are on the tensor cores:
+        //   with dA and dY:  K_w·dAᵀ | Sᵀ (while dPᵀ is scaled) | V_w·dYᵀ (while P is formed) | dV, Pᵀ·dA
+        //                    (while dS is formed) | dK += dSᵀ·Q;
+        //   with one value:  Sᵀ | dPᵀ (while P is formed) | Pᵀ·… (while dS is formed) | dK += dSᵀ·Q;
+        // without, P and dS are formed in one pass once Sᵀ and dPᵀ are complete.
+        float s[NS], dp[NS];
+        wgmma_fence();
+        if constexpr (HAS_DA && HAS_DY) {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) Wgmma<BM, BF16>::ss(dp, desc_k_major(sKw, BN, kk * 16), desc_k_major(sDA, BM, kk * 16), kk != 0);
+            wgmma_commit();
+        }
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) Wgmma<BM, BF16>::ss(s, desc_k_major(sKw, BN, kk * 16), desc_k_major(sQ, BM, kk * 16), kk != 0);
+        wgmma_commit();
+        if constexpr (HAS_DA && HAS_DY) {
+            wgmma_wait<1>(); // K_w·dAᵀ
+            bwd_sm90_fence(dp);
+#pragma unroll
+            for (int i = 0; i < NS; ++i) dp[i] *= p.scale;
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) Wgmma<BM, BF16>::ss(dp, desc_k_major(sVw, BN, kk * 16), desc_k_major(sDY, BM, kk * 16), 1);
+            wgmma_commit();
+        } else {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                if constexpr (HAS_DA) Wgmma<BM, BF16>::ss(dp, desc_k_major(sKw, BN, kk * 16), desc_k_major(sDA, BM, kk * 16), kk != 0);
+                else Wgmma<BM, BF16>::ss(dp, desc_k_major(sVw, BN, kk * 16), desc_k_major(sDY, BM, kk * 16), kk != 0);
+            }
+            wgmma_commit();
+        }
+        std::uint32_t pa[KS][4], dsa[KS][4];
+        if constexpr (SPLIT) {
+            wgmma_wait<1>(); // Sᵀ (the last dPᵀ product still runs)
+            bwd_sm90_fence(s);
+
+            // P → the A operand pa (s keeps the raw scores: the dS phase forms the same P again), the query
+            // (column) scalars from the stage's raw row operands. Registers 4nt + {0, 1} and 4nt + {2, 3} are
+            // the pairs pa[nt / 2][2·(nt % 2) + {0, 1}].
+#pragma unroll
+            for (int nt = 0; nt < NS / 4; ++nt) {
+                float pr[4];
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const int col = c_frag_col(4 * nt + j, lane);
+                    const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
+#pragma unroll
+                    for (int e = j; e < 4; e += 2) pr[e] = bwd_ws_p(s[4 * nt + e], r, key_ok[c_frag_half(e)]);
+                }
+                pa[nt >> 1][2 * (nt & 1)] = pack2<BF16>(pr[0], pr[1]);
+                pa[nt >> 1][2 * (nt & 1) + 1] = pack2<BF16>(pr[2], pr[3]);
+            }
+            bwd_ws_issue_p_products<BF16, D, HAS_DA, HAS_DY>(acc_k, acc_v, pa, sDA, sDY);
+            wgmma_wait<1>(); // dPᵀ
+            bwd_sm90_fence(dp);
+            if constexpr (HAS_DA && !HAS_DY) {
+#pragma unroll
+                for (int i = 0; i < NS; ++i) dp[i] *= p.scale;
+            }
+
+            // dS (in dp), bwd_ds forming P as above.
+#pragma unroll
+            for (int nt = 0; nt < NS / 4; ++nt)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const int col = c_frag_col(4 * nt + j, lane);
+                    const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
+#pragma unroll
+                    for (int e = j; e < 4; e += 2) {
+                        float pr;
+                        dp[4 * nt + e] = bwd_ds(s[4 * nt + e], dp[4 * nt + e], r, key_ok[c_frag_half(e)], pr);
+                    }
+                }
+        } else {
+            // Both values at d = 128: no registers for P and the raw scores at once; P and dS in one pass.
+            wgmma_wait<0>();
+            bwd_sm90_fence(s);
+            bwd_sm90_fence(dp);
+#pragma unroll
+            for (int nt = 0; nt < NS / 4; ++nt)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const int col = c_frag_col(4 * nt + j, lane);
+                    const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
+#pragma unroll
+                    for (int e = j; e < 4; e += 2) {
+                        float pr;
+                        dp[4 * nt + e] = bwd_ds(s[4 * nt + e], dp[4 * nt + e], r, key_ok[c_frag_half(e)], pr);
+                        s[4 * nt + e] = pr;
+                    }
+                }
+            pack_c_to_a<BF16, KS>(s, pa);
+            bwd_ws_issue_p_products<BF16, D, HAS_DA, HAS_DY>(acc_k, acc_v, pa, sDA, sDY);
+        }
+
+        // dK' += (dS/s)ᵀ·Q.
+        if constexpr (HAS_DA) {
+#pragma unroll
+            for (int i = 0; i < NS; ++i) dp[i] *= inv_s;
+        }
+        pack_c_to_a<BF16, KS>(dp, dsa);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) Wgmma<D, BF16>::rs_tb(acc_k, dsa[ks], desc_mn_major(sQ, BM, ks * 16));
+        wgmma_commit();
+
+        if (!p.deterministic) {
+            // The other warpgroup's dQ of the previous tile has read the dS tile: write this warpgroup's half
+            // (element (query q, key 64·cw + kl) at column block cw, row q, chunk (kl / 8) ^ (q % 8)).
+            named_bar_sync(WS::BAR_DS_FREE + (1 - cw), WS::CONSUMER_THREADS);
+#pragma unroll
+            for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int i = 8 * ks + 2 * e;
+                    const int q = c_frag_col(i, lane), kl = 16 * wq + (lane >> 2) + 8 * c_frag_half(i);
+                    const std::uint32_t v = dsa[ks][e];
+#pragma unroll
+                    for (int hf = 0; hf < 2; ++hf) {
+                        const int qq = q + hf;
+                        const int off = cw * BM * 128 + qq * 128 + (((kl >> 3) ^ (qq & 7)) << 4) + (kl & 7) * 2;
+                        *reinterpret_cast<std::uint16_t*>(ds_bytes + off) = std::uint16_t(hf ? v >> 16 : v & 0xffffu);
+                    }
+                }
+            bulk_wait_read(); // the previous tile's dQ rows have left this warpgroup's dQ tile
+            fence_proxy_async_smem();
+            named_bar_sync(WS::BAR_DS_READY, WS::CONSUMER_THREADS);
+
+            // dQ = dS·K, queued behind dK and dV (their A registers stay pinned until the wait).
+            float dq[32];
+            wgmma_fence();
+            if constexpr (D == 128) {
+#pragma unroll
+                for (int ks = 0; ks < BN / 16; ++ks)
+                    WgmmaSsTb<64, BF16>::ss(dq, desc_k_major(sDS, BM, ks * 16), desc_mn_major(sK + std::uint32_t(cw) * BN * 128u, BN, ks * 16),
+                                            ks != 0);
+            } else {
+#pragma unroll
+                for (int ks = 0; ks < 4; ++ks)
+                    WgmmaSsTb<64, BF16>::ss(dq, desc_k_major(sDS, BM, 64 * cw + ks * 16), desc_mn_major(sK, BN, 64 * cw + ks * 16), ks != 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            bwd_sm90_fence(dq);
+            bwd_sm90_fence(acc_k);
+            bwd_sm90_fence(acc_v);
+            bwd_sm90_fence(pa);
+            bwd_sm90_fence(dsa);
+            mbar_arrive(empty_bar(s_idx));
+            if (t + 1 < n_q) named_bar_arrive(WS::BAR_DS_FREE + cw, WS::CONSUMER_THREADS);
+
+            // dQ (times s with dA) → this warpgroup's dQ tile, then one bulk reduce-add per existing query row.
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+                const int row = 16 * wq + (lane >> 2) + 8 * hf;
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt) {
+                    const int i = 4 * nt + 2 * hf;
+                    *reinterpret_cast<float2*>(sdq + row * Shape::DQ_ROW_FLOATS + c_frag_col(i, lane)) = make_float2(dq[i] * out_s, dq[i + 1] * out_s);
+                }
+            }
+            fence_proxy_async_smem();
+            named_bar_sync(WS::BAR_DQ_TILE + cw, 128);
+            const int r = tid & 127;
+            const std::int64_t row = std::int64_t(t) * BM + r;
+            if (r < BM && row < p.len_q) {
+                float* dqb = view_row<float>(p.dq, b, h, f);
+                bulk_reduce_add_f32(dqb + row * p.dq.sr + (D == 128 ? 64 * cw : 0), sdq_addr + std::uint32_t(r * Shape::DQ_ROW_FLOATS * 4),
+                                    Shape::DQ_COLS * 4);
+                bulk_commit();
+            }
+        } else {
+            wgmma_wait<0>();
+            bwd_sm90_fence(acc_k);
+            bwd_sm90_fence(acc_v);
+            bwd_sm90_fence(pa);
+            bwd_sm90_fence(dsa);
+            mbar_arrive(empty_bar(s_idx));
+        }
+    }
+
+    bulk_wait(); // every dQ row has been added
+
+    // dk += acc_k, dv += acc_v for the keys that exist (this block owns them: a plain read-modify-write).
+    float* dkb = view_row<float>(p.dk, b, h, f);
+    float* dvb = HAS_DY ? view_row<float>(p.dv, b, h, f) : nullptr;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        if (!key_ok[hf]) continue;
+        const std::int64_t key = k0 + krow + 8 * hf;
+#pragma unroll
+        for (int nt = 0; nt < NA / 4; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int i = 4 * nt + 2 * hf + e;
+                const int col = c_frag_col(i, lane);
+                dkb[key * p.dk.sr + col] += acc_k[i] * out_s;
+                if constexpr (HAS_DY) dvb[key * p.dv.sr + col] += acc_v[i];
+            }
+    }
+#endif
+}
+
+} // namespace vmonarch::cuda::hopper

@@ -1,0 +1,6 @@
+// The Hopper flash backward's specialized-schedule instances for bf16, head dim 128 (one file per group).
+#include "cuda/bwd/sm90/flash_bwd_sm90_ws_launch.cuh"
+
+namespace vmonarch::cuda {
+template void launch_flash_bwd_sm90_ws_typed<true, 128>(const FlashBwdParams&, void*, const char*);
+} // namespace vmonarch::cuda
