@@ -165,6 +165,50 @@ vmonarch::Options options_of(const char* fn, int64_t iterations, double clamp, b
     return o;
 }
 
+// The tensors of a backward op: q, k, v checked as the forward checks them; out and dout of q's rank, device and
+// dtype; lse of rank 3; all viewable (lse contiguous); and dq, dk, dv allocated in the inputs' layout.
+struct BackwardTensors {
+    at::Tensor q, k, v, out, dout, lse, dq, dk, dv;
+};
+BackwardTensors backward_tensors(const char* fn, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                                 const at::Tensor& out_in, const at::Tensor& lse_in, const at::Tensor& dout_in) {
+    check_qkv(fn, q_in, k_in, v_in);
+    check_tensor(fn, "out", out_in, q_in, 4);
+    check_tensor(fn, "dout", dout_in, q_in, 4);
+    check_tensor(fn, "lse", lse_in, q_in, 3);
+    TORCH_CHECK_TYPE(out_in.scalar_type() == q_in.scalar_type(), fn, ": out has dtype ", out_in.scalar_type(),
+                     ", expected ", q_in.scalar_type(), " like q");
+    TORCH_CHECK_TYPE(dout_in.scalar_type() == q_in.scalar_type(), fn, ": dout has dtype ", dout_in.scalar_type(),
+                     ", expected ", q_in.scalar_type(), " like q");
+    return {viewable(q_in),          viewable(k_in),          viewable(v_in),
+            viewable(out_in),        viewable(dout_in),       lse_in.contiguous(),
+            empty_like_layout(q_in), empty_like_layout(k_in), empty_like_layout(v_in)};
+}
+
+vmonarch::BackwardOptions backward_options(bool entropy_grad, bool deterministic) {
+    vmonarch::BackwardOptions bo;
+    bo.entropy_grad = entropy_grad;
+    bo.deterministic = deterministic;
+    return bo;
+}
+
+// The training forward's state in `saved_in` (the uint8 tensor `train_op` returned), or nullopt when it is
+// absent or empty (lean mode).
+std::optional<vmonarch::SavedState> saved_state_of(const char* fn, const char* train_op,
+                                                   const std::optional<at::Tensor>& saved_in, const at::Tensor& q_in,
+                                                   const vmonarch::TensorView& qv, const vmonarch::TensorView& vv,
+                                                   const vmonarch::VideoGrid& g, const vmonarch::Options& opts) {
+    std::optional<vmonarch::SavedState> state;
+    if (!saved_in.has_value() || !saved_in->defined() || saved_in->numel() == 0) return state;
+    const at::Tensor& s = *saved_in;
+    TORCH_CHECK_TYPE(s.scalar_type() == at::kByte, fn, ": saved has dtype ", s.scalar_type(), ", expected uint8 (the state ",
+                     train_op, " returned)");
+    TORCH_CHECK_VALUE(s.dim() == 1 && s.is_contiguous() && s.device() == q_in.device(), fn,
+                      ": saved must be the contiguous 1-D uint8 tensor ", train_op, " returned on ", q_in.device());
+    translate_errors([&] { state.emplace(state_over(s, static_cast<std::size_t>(s.numel()), qv, vv, g, opts)); });
+    return state;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_train_impl(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, at::IntArrayRef grid, int64_t iterations,
     double clamp, bool recompute_first_frame, std::optional<double> scale, c10::string_view layout, bool entropy_grad,
@@ -208,44 +252,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_impl(
     bool entropy_grad, bool deterministic, const std::optional<at::Tensor>& saved_in) {
     const char* fn = "vmonarch.attention_backward";
     const Layout lay = parse_layout(layout);
-    check_qkv(fn, q_in, k_in, v_in);
-    check_tensor(fn, "out", out_in, q_in, 4);
-    check_tensor(fn, "dout", dout_in, q_in, 4);
-    check_tensor(fn, "lse", lse_in, q_in, 3);
-    TORCH_CHECK_TYPE(out_in.scalar_type() == q_in.scalar_type(), fn, ": out has dtype ", out_in.scalar_type(),
-                     ", expected ", q_in.scalar_type(), " like q");
-    TORCH_CHECK_TYPE(dout_in.scalar_type() == q_in.scalar_type(), fn, ": dout has dtype ", dout_in.scalar_type(),
-                     ", expected ", q_in.scalar_type(), " like q");
+    const BackwardTensors t = backward_tensors(fn, q_in, k_in, v_in, out_in, lse_in, dout_in);
     const vmonarch::VideoGrid g = grid_of(fn, grid);
     const vmonarch::Options opts = options_of(fn, iterations, clamp, recompute_first_frame, scale);
-    const at::Tensor q = viewable(q_in), k = viewable(k_in), v = viewable(v_in), out = viewable(out_in);
-    const at::Tensor dout = viewable(dout_in);
-    const at::Tensor lse = lse_in.contiguous();
-    at::Tensor dq = empty_like_layout(q_in), dk = empty_like_layout(k_in), dv = empty_like_layout(v_in);
-    const vmonarch::TensorView qv = view_of(q, lay), kv = view_of(k, lay), vv = view_of(v, lay);
-    const vmonarch::TensorView ov = view_of(out, lay), dov = view_of(dout, lay);
-    const vmonarch::TensorView dqv = view_of(dq, lay), dkv = view_of(dk, lay), dvv = view_of(dv, lay);
-    const vmonarch::LseView lv = lse_view_of(lse);
-    const OptionalLse dlse = optional_lse_of(fn, dlse_in, q_in, lse);
-    vmonarch::BackwardOptions bo;
-    bo.entropy_grad = entropy_grad;
-    bo.deterministic = deterministic;
-    std::optional<vmonarch::SavedState> state;
-    if (saved_in.has_value() && saved_in->defined() && saved_in->numel() > 0) {
-        const at::Tensor& s = *saved_in;
-        TORCH_CHECK_TYPE(s.scalar_type() == at::kByte, fn, ": saved has dtype ", s.scalar_type(),
-                         ", expected uint8 (the state attention_train returned)");
-        TORCH_CHECK_VALUE(s.dim() == 1 && s.is_contiguous() && s.device() == q_in.device(), fn,
-                          ": saved must be the contiguous 1-D uint8 tensor attention_train returned on ", q_in.device());
-        translate_errors([&] { state.emplace(state_over(s, static_cast<std::size_t>(s.numel()), qv, vv, g, opts)); });
-        bo.saved = &*state;
-    }
-    with_cuda_context(q, [&] { return vmonarch::backward_workspace_bytes(qv, vv, g, opts, bo); },
+    const vmonarch::TensorView qv = view_of(t.q, lay), kv = view_of(t.k, lay), vv = view_of(t.v, lay);
+    const vmonarch::TensorView ov = view_of(t.out, lay), dov = view_of(t.dout, lay);
+    const vmonarch::TensorView dqv = view_of(t.dq, lay), dkv = view_of(t.dk, lay), dvv = view_of(t.dv, lay);
+    const vmonarch::LseView lv = lse_view_of(t.lse);
+    const OptionalLse dlse = optional_lse_of(fn, dlse_in, q_in, t.lse);
+    vmonarch::BackwardOptions bo = backward_options(entropy_grad, deterministic);
+    const std::optional<vmonarch::SavedState> state = saved_state_of(fn, "attention_train", saved_in, q_in, qv, vv, g, opts);
+    if (state) bo.saved = &*state;
+    with_cuda_context(t.q, [&] { return vmonarch::backward_workspace_bytes(qv, vv, g, opts, bo); },
                       [&](const vmonarch::CudaContext* ctx) {
                           vmonarch::attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, g, opts,
                                                        dlse.view_or_null(), bo, ctx);
                       });
-    return {dq, dk, dv};
+    return {t.dq, t.dk, t.dv};
 }
 
 // ---- exact key groups (spec §3b) and joint sequences (spec §3c) ------------------------------------------
@@ -354,48 +377,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
     bool deterministic, const std::optional<at::Tensor>& saved_in) {
     const char* fn = "vmonarch.attention_backward";
     const Layout lay = parse_layout(layout);
-    check_qkv(fn, q_in, k_in, v_in);
-    check_tensor(fn, "out", out_in, q_in, 4);
-    check_tensor(fn, "dout", dout_in, q_in, 4);
-    check_tensor(fn, "lse", lse_in, q_in, 3);
-    TORCH_CHECK_TYPE(dout_in.scalar_type() == q_in.scalar_type(), fn, ": dout has dtype ", dout_in.scalar_type(),
-                     ", expected ", q_in.scalar_type(), " like q");
+    const BackwardTensors t = backward_tensors(fn, q_in, k_in, v_in, out_in, lse_in, dout_in);
     const vmonarch::VideoGrid g = grid_of(fn, grid);
     const vmonarch::Options opts =
         exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames, window_radius);
-    const at::Tensor q = viewable(q_in), k = viewable(k_in), v = viewable(v_in), out = viewable(out_in);
-    const at::Tensor dout = viewable(dout_in), lse = lse_in.contiguous();
     const TextKeys text = text_keys_of(fn, text_k, text_v, text_lens, q_in, lay);
-    at::Tensor dq = empty_like_layout(q_in), dk = empty_like_layout(k_in), dv = empty_like_layout(v_in);
     at::Tensor dtk = text.present ? empty_like_layout(*text_k) : at::empty({0}, q_in.options());
     at::Tensor dtv = text.present ? empty_like_layout(*text_v) : at::empty({0}, q_in.options());
     vmonarch::ExtraKeyGrads extra_grads;
     if (text.present) extra_grads.dk = view_of(dtk, lay), extra_grads.dv = view_of(dtv, lay);
-    const OptionalLse dlse = optional_lse_of(fn, dlse_in, q_in, lse);
-    vmonarch::BackwardOptions bo;
-    bo.entropy_grad = entropy_grad;
-    bo.deterministic = deterministic;
-    std::optional<vmonarch::SavedState> state;
-    if (saved_in.has_value() && saved_in->defined() && saved_in->numel() > 0) {
-        const at::Tensor& s = *saved_in;
-        TORCH_CHECK_VALUE(s.scalar_type() == at::kByte && s.dim() == 1 && s.is_contiguous() && s.device() == q_in.device(),
-                          fn, ": saved must be the contiguous 1-D uint8 tensor attention_exact_train returned on ",
-                          q_in.device());
-        translate_errors([&] {
-            state.emplace(state_over(s, static_cast<std::size_t>(s.numel()), view_of(q, lay), view_of(v, lay), g, opts));
-        });
-        bo.saved = &*state;
-    }
+    const OptionalLse dlse = optional_lse_of(fn, dlse_in, q_in, t.lse);
+    vmonarch::BackwardOptions bo = backward_options(entropy_grad, deterministic);
+    const std::optional<vmonarch::SavedState> state =
+        saved_state_of(fn, "attention_exact_train", saved_in, q_in, view_of(t.q, lay), view_of(t.v, lay), g, opts);
+    if (state) bo.saved = &*state;
     const std::int64_t text_tokens = text.present ? text.extra.k.tokens() : 0;
     with_cuda_context(
-        q, [&] { return vmonarch::backward_workspace_bytes(view_of(q, lay), view_of(v, lay), g, opts, bo, text_tokens); },
+        t.q, [&] { return vmonarch::backward_workspace_bytes(view_of(t.q, lay), view_of(t.v, lay), g, opts, bo, text_tokens); },
         [&](const vmonarch::CudaContext* ctx) {
-            vmonarch::attention_backward(view_of(q, lay), view_of(k, lay), view_of(v, lay), view_of(out, lay),
-                                         lse_view_of(lse), view_of(dout, lay), view_of(dq, lay), view_of(dk, lay),
-                                         view_of(dv, lay), g, opts, dlse.view_or_null(), bo, ctx,
+            vmonarch::attention_backward(view_of(t.q, lay), view_of(t.k, lay), view_of(t.v, lay), view_of(t.out, lay),
+                                         lse_view_of(t.lse), view_of(t.dout, lay), view_of(t.dq, lay), view_of(t.dk, lay),
+                                         view_of(t.dv, lay), g, opts, dlse.view_or_null(), bo, ctx,
                                          text.present ? &text.extra : nullptr, text.present ? &extra_grads : nullptr);
         });
-    return {dq, dk, dv, dtk, dtv};
+    return {t.dq, t.dk, t.dv, dtk, dtv};
 }
 
 std::tuple<at::Tensor, at::Tensor> joint_attention_train_impl(
@@ -439,39 +444,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> joint_attention_backward_impl(
     std::optional<int64_t> window_radius, bool entropy_grad, bool deterministic) {
     const char* fn = "vmonarch.joint_attention_backward";
     const Layout lay = parse_layout(layout);
-    check_qkv(fn, q_in, k_in, v_in);
-    check_tensor(fn, "out", out_in, q_in, 4);
-    check_tensor(fn, "dout", dout_in, q_in, 4);
-    check_tensor(fn, "lse", lse_in, q_in, 3);
-    TORCH_CHECK_TYPE(dout_in.scalar_type() == q_in.scalar_type(), fn, ": dout has dtype ", dout_in.scalar_type(),
-                     ", expected ", q_in.scalar_type(), " like q");
+    const BackwardTensors t = backward_tensors(fn, q_in, k_in, v_in, out_in, lse_in, dout_in);
     const vmonarch::VideoGrid g = grid_of(fn, grid);
     const vmonarch::Options opts =
         exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames, window_radius);
-    const at::Tensor q = viewable(q_in), k = viewable(k_in), v = viewable(v_in), out = viewable(out_in);
-    const at::Tensor dout = viewable(dout_in), lse = lse_in.contiguous();
     const auto lens = lens_of(fn, text_lens, q_in.size(0));
-    at::Tensor dq = empty_like_layout(q_in), dk = empty_like_layout(k_in), dv = empty_like_layout(v_in);
-    const OptionalLse dlse = optional_lse_of(fn, dlse_in, q_in, lse);
-    vmonarch::BackwardOptions bo;
-    bo.entropy_grad = entropy_grad;
-    bo.deterministic = deterministic;
-    vmonarch::TensorView video_q = view_of(q, lay), video_v = view_of(v, lay); // the workspace: the video part's
+    const OptionalLse dlse = optional_lse_of(fn, dlse_in, q_in, t.lse);
+    const vmonarch::BackwardOptions bo = backward_options(entropy_grad, deterministic);
+    vmonarch::TensorView video_q = view_of(t.q, lay), video_v = view_of(t.v, lay); // the workspace: the video part's
     video_q.shape[1] = video_v.shape[1] = std::max<int64_t>(0, video_q.tokens() - text_len);
     with_cuda_context(
-        q,
+        t.q,
         [&] { // a sequence that does not split into N + text_len gets joint_attention_backward's own error
             if (text_len < 0 || video_q.tokens() != g.tokens()) return std::size_t(0);
             return vmonarch::backward_workspace_bytes(video_q, video_v, g, opts, bo, text_len, text_len > 0);
         },
         [&](const vmonarch::CudaContext* ctx) {
             vmonarch::joint_attention_backward(
-                view_of(q, lay), view_of(k, lay), view_of(v, lay), view_of(out, lay), lse_view_of(lse),
-                view_of(dout, lay), view_of(dq, lay), view_of(dk, lay), view_of(dv, lay), g, text_len,
+                view_of(t.q, lay), view_of(t.k, lay), view_of(t.v, lay), view_of(t.out, lay), lse_view_of(t.lse),
+                view_of(t.dout, lay), view_of(t.dq, lay), view_of(t.dk, lay), view_of(t.dv, lay), g, text_len,
                 text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last,
                 lens ? lens->data() : nullptr, opts, dlse.view_or_null(), bo, ctx);
         });
-    return {dq, dk, dv};
+    return {t.dq, t.dk, t.dv};
 }
 
 // Forward-mode AD: like the forward operators (vmonarch_ops.cpp), these have no forward derivative; a
