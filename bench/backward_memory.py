@@ -24,7 +24,6 @@ reason. No assertions: numbers only (tests/python/test_backward_memory_cpu.py ch
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import math
 import sys
@@ -34,6 +33,9 @@ import torch
 import torch.nn.functional as F
 
 import vmonarch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from exact_groups_common import write_atomic, write_json  # noqa: E402
 
 FULL_SHAPES = [((16, 28, 52), 12, 128), ((24, 44, 80), 40, 128)]
 CPU_QUICK_SHAPES = [((3, 5, 7), 2, 64), ((4, 6, 9), 3, 128)]
@@ -220,18 +222,6 @@ def print_table(rows):
               f"{mib(r.get('formula_workspace_bytes'))}")
 
 
-def write_text(path, text):
-    """Writes text to path through a temporary file, so that an interrupted run leaves no half-written file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json(path, data):
-    write_text(path, json.dumps(data, indent=1))
-
-
 def print_lean_claim(rows, floats_per_row=2):
     """The lean mode's claim per shape: saved <= FlashAttention's set + floats_per_row floats per row."""
     for r in rows:
@@ -286,7 +276,7 @@ def main() -> int:
     print_table(rows)
     print_lean_claim(rows)
     if args.md:
-        write_text(args.md, markdown(rows, args.dtype))
+        write_atomic(args.md, markdown(rows, args.dtype))
     if args.json:
         name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
         write_json(args.json, {"device": name, "torch": torch.__version__, "dtype": args.dtype,

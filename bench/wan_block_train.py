@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import math
 import statistics
@@ -39,6 +38,9 @@ import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from exact_groups_common import write_atomic, write_json  # noqa: E402
 
 CONFIG = dict(dim=1536, ffn_dim=8960, num_heads=12, qk_norm="rms_norm_across_heads", cross_attn_norm=True, eps=1e-6)
 TINY_CONFIG = dict(CONFIG, dim=256, ffn_dim=512, num_heads=2)   # --tiny-block: for the CPU test of this script
@@ -301,18 +303,6 @@ def format_row(r):
             f"{100 * r['self_attention_share']:6.1f}% {peak:>9} {r['saved_activations_bytes'] / 2**20:9.1f}")
 
 
-def write_text(path, text):
-    """Writes text to path through a temporary file, so that an interrupted run leaves no half-written file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json(path, data):
-    write_text(path, json.dumps(data, indent=1))
-
-
 def markdown(rows):
     """The README's table (Training: Wan block step) for these rows."""
     lines = ["| grid | mode | step | forward | self-attention (share) | peak memory | saved activations | "
@@ -376,7 +366,7 @@ def main() -> int:
         write_json(args.json, {"device": name, "torch": torch.__version__, "dtype": args.dtype,
                                "config": TINY_CONFIG if args.tiny_block else CONFIG, "rows": rows})
     if args.md:
-        write_text(args.md, markdown(rows))
+        write_atomic(args.md, markdown(rows))
     return 0
 
 
