@@ -15,9 +15,9 @@ namespace vmonarch::cuda {
 
 // Query tiles per block for a view whose key tiles all stay in the ring (flash_sm90_kernel.cuh): the q in
 // 1..8 with the smallest modelled time ceil(blocks(q) / SMs) · (q + kBlockOverheadTiles), one block per SM
-// at a time, each query tile one unit and the block's fixed cost (prologue, first loads, last epilogue) in
-// the same units: about 3 from the 226-key pass of CogVideoX (bench/RESULTS.md: 0.267 ms for 6096 blocks
-// of two key tiles, ~4× their MMA time).
+// at a time, each query tile one unit and the block's fixed cost (prologue, first loads) in the same units.
+// 3 was the estimate before measuring; CogVideoX's 226-key pass on an H200 (bench/RESULTS.md, several query
+// tiles per block) puts it nearer 0.25, and both pick 8 there. The constant leans towards fewer blocks.
 inline int sm90_query_tiles_per_block(std::int64_t view_tiles, std::int64_t views) {
     constexpr std::int64_t kBlockOverheadTiles = 3;
     static const int sms = [] {
