@@ -143,13 +143,25 @@ struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
         release(n_tiles - 1);
     }
 
-    // The whole consumer: wait for Q, run the schedule over the key tiles, store this thread's two rows
-    // (docs/algorithm.md §4.3).
-    __device__ __forceinline__ void run(int n_tiles, bool stale_max, int b, int h, int f) {
-        mbar_wait(sm.q_bar(), 0);
-        if (wg * 64 >= len_q) return idle(n_tiles);
+    // This warp no longer reads Q slot `slot` (every wgmma of the schedule has completed): the producer
+    // may load the block's next query tile but one into it.
+    __device__ __forceinline__ void release_q(int slot) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(sm.q_empty_bar(slot));
+    }
+    // The whole consumer for one query tile: wait for its Q (the fill of Q slot `slot` with parity
+    // `phase`), run the schedule over the key tiles, release the Q slot, store this thread's two rows
+    // (docs/algorithm.md §4.3). A later query tile of the block finds the key tiles still in the ring: their
+    // full barriers have completed phase 0, and waiting on it again returns at once.
+    __device__ __forceinline__ void run(int n_tiles, bool stale_max, int b, int h, int f, int slot, std::uint32_t phase) {
+        mbar_wait(sm.q_full_bar(slot), phase);
+        if (wg * 64 >= len_q) {
+            idle(n_tiles);
+            return release_q(slot);
+        }
         if constexpr (MODE == 0) run_serial(n_tiles, stale_max);
         else run_pipelined(n_tiles, stale_max);
+        release_q(slot);
         store_flash_rows<BF16, D, K_VALUE, V_VALUE>(p, b, h, f, std::int64_t(q0), row, len_q, lane, st, acc_v(), acc_k());
     }
 };

@@ -5,11 +5,38 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/sm90/flash_sm90_kernel.cuh"
 #include "cuda/sm90/flash_sm90_launch.cuh"
 
 namespace vmonarch::cuda {
+
+// Query tiles per block for a view whose key tiles all stay in the ring (flash_sm90_kernel.cuh): the q in
+// 1..8 with the smallest modelled time ceil(blocks(q) / SMs) · (q + kBlockOverheadTiles), one block per SM
+// at a time, each query tile one unit and the block's fixed cost (prologue, first loads) in the same units.
+// 3 was the estimate before measuring; CogVideoX's 226-key pass on an H200 (bench/RESULTS.md, several query
+// tiles per block) puts it nearer 0.25, and both pick 8 there. The constant leans towards fewer blocks.
+inline int sm90_query_tiles_per_block(std::int64_t view_tiles, std::int64_t views) {
+    constexpr std::int64_t kBlockOverheadTiles = 3;
+    static const int sms = [] {
+        int dev = 0, n = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+            cudaGetLastError();
+            n = 132;
+        }
+        return n > 0 ? n : 132;
+    }();
+    int best = 1;
+    std::int64_t best_cost = -1;
+    for (int q = 1; q <= 8 && q <= view_tiles; ++q) {
+        const std::int64_t blocks = (view_tiles + q - 1) / q * views;
+        const std::int64_t cost = (blocks + sms - 1) / sms * (q + kBlockOverheadTiles);
+        if (best_cost < 0 || cost < best_cost) best = q, best_cost = cost;
+    }
+    return best;
+}
 
 template <bool BF16, int D, FlashVariant V, int BN, int MODE>
 void launch_flash_sm90_instance(const FlashParams& p, const Sm90Launch& m, void* stream, const char* what) {
@@ -19,8 +46,13 @@ void launch_flash_sm90_instance(const FlashParams& p, const Sm90Launch& m, void*
     const auto ctx = [&] { return describe_flash(p, "flash_sm90", what); }; // built only on failure
     allow_smem(kernel, smem, ctx);
     using hopper::HopperShape;
-    const dim3 grid(unsigned((p.len_q + HopperShape::BM - 1) / HopperShape::BM), unsigned(p.segments * p.heads), unsigned(p.batch));
-    kernel<<<grid, HopperShape::THREADS, smem, static_cast<cudaStream_t>(stream)>>>(p, m.args, m.q, m.k, m.v);
+    const std::int64_t view_tiles = (p.len_q + HopperShape::BM - 1) / HopperShape::BM;
+    const std::int64_t views = std::int64_t(p.segments) * p.heads * p.batch;
+    hopper::HopperArgs args = m.args;
+    if (BN == hopper::hopper_block_n(D, fl.k_value, fl.v_value, false) && (p.len_k + BN - 1) / BN <= hopper::SmemRing<D, fl.v_value, BN>::STAGES - 1)
+        args.q_tiles = sm90_query_tiles_per_block(view_tiles, views);
+    const dim3 grid(unsigned((view_tiles + args.q_tiles - 1) / args.q_tiles), unsigned(p.segments * p.heads), unsigned(p.batch));
+    kernel<<<grid, HopperShape::THREADS, smem, static_cast<cudaStream_t>(stream)>>>(p, args, m.q, m.k, m.v);
     check_launch_lazy(ctx);
 }
 

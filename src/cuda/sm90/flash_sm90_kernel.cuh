@@ -7,8 +7,11 @@
 //   - TMA tile loads (cp.async.bulk.tensor, 128-byte swizzle) completing on mbarriers;
 //   - warp specialisation: warps 0–7 are two consumer warpgroups of 64 query rows each (setmaxnreg to 240
 //     registers; flash_sm90_consumer.cuh), warps 8–11 the producer warpgroup (24 registers) whose first
-//     thread streams Q once and K (and V) tiles through an STAGES-deep ring of full / empty mbarriers
-//     (flash_sm90_producer.cuh).
+//     thread streams Q and K (and V) tiles through an STAGES-deep ring of full / empty mbarriers
+//     (flash_sm90_producer.cuh);
+//   - for short key ranges (every key tile fits the ring at once), several query tiles per block
+//     (HopperArgs::q_tiles): the key tiles are loaded once, Q is double-buffered, and the prologue (barrier
+//     setup, register reallocation, the first loads' latency) is paid once per block, not per tile.
 // Rows past len_k arrive as zeros from TMA and are masked to −∞ before the softmax; rows past len_q are
 // computed on zeros and never stored. The kernel body exists only in the sm_90a pass.
 #pragma once
@@ -36,7 +39,14 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int f = blockIdx.y / p.heads, h = blockIdx.y % p.heads, b = blockIdx.z;
-    const int q0 = int(blockIdx.x) * HopperShape::BM;
+    // This block's query tiles: args.q_tiles consecutive ones of its row view, fewer at the view's end.
+    // Only the narrow key tiles take several (the wide ones are at the register limit: the loop over query
+    // tiles makes ptxas spill there); the host gives the others q_tiles = 1.
+    constexpr bool kSeveralQueryTiles = BN == hopper_block_n(D, K_VALUE, V_VALUE, false);
+    const int view_tiles = int((p.len_q + HopperShape::BM - 1) / HopperShape::BM);
+    const int first = int(blockIdx.x) * args.q_tiles;
+    const int q_count = kSeveralQueryTiles ? min(args.q_tiles, view_tiles - first) : 1;
+    const int q0 = first * HopperShape::BM;
     const int n_tiles = int((p.len_k + BN - 1) / BN);
 
     if (tid == 0) {
@@ -45,18 +55,31 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             mbar_init(sm.full_bar(s), 1);
             mbar_init(sm.empty_bar(s), 4 * HopperShape::CONSUMER_WGS); // one arrival per consumer warp
         }
-        mbar_init(sm.q_bar(), 1);
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+            mbar_init(sm.q_full_bar(s), 1);
+            mbar_init(sm.q_empty_bar(s), 4 * HopperShape::CONSUMER_WGS);
+        }
         fence_barrier_init();
     }
     __syncthreads();
 
     if (warp >= 4 * HopperShape::CONSUMER_WGS) {
         setmaxnreg_dec<HopperShape::PRODUCER_REGS>();
-        if (warp == 4 * HopperShape::CONSUMER_WGS && lane == 0) produce_tiles(sm, args, &tm_q, &tm_k, &tm_v, q0, n_tiles, f, h, b);
+        if (warp == 4 * HopperShape::CONSUMER_WGS && lane == 0)
+            produce_tiles(sm, args, &tm_q, &tm_k, &tm_v, q0, q_count, n_tiles, f, h, b);
     } else {
         setmaxnreg_inc<HopperShape::CONSUMER_REGS>();
-        Sm90Consumer<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN, MODE> consumer(p, sm, warp, lane, q0, b, h, f);
-        consumer.run(n_tiles, args.stale_max, b, h, f);
+        using Consumer = Sm90Consumer<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN, MODE>;
+        if constexpr (kSeveralQueryTiles) {
+            for (int j = 0; j < q_count; ++j) {
+                Consumer consumer(p, sm, warp, lane, q0 + j * HopperShape::BM, b, h, f, sm.q_slot(j & 1));
+                consumer.run(n_tiles, args.stale_max, b, h, f, j & 1, std::uint32_t(j >> 1) & 1u);
+            }
+        } else {
+            Consumer consumer(p, sm, warp, lane, q0, b, h, f, sm.q_slot(0));
+            consumer.run(n_tiles, args.stale_max, b, h, f, 0, 0u);
+        }
     }
 #endif
 }

@@ -56,16 +56,25 @@ struct TmaCoords {
 struct HopperArgs {
     TmaCoords cq, ck, cv;
     bool stale_max = true; // the stale-offset softmax allowed (FlashPolicy::sm90_stale_max)
+    // Query tiles per block (consecutive tiles of one row view). Above 1 only with the narrow key tile and
+    // when every key tile of the view stays in the ring (n_tiles ≤ STAGES − 1, see SmemRing::q_slot): K
+    // and V are then loaded once and each further query tile pays only its Q load and its epilogue, not
+    // the block's prologue.
+    int q_tiles = 1;
 };
 
 // Shared memory of a block: Q (BM rows, 1024-byte aligned for the 128-byte swizzle), then a ring of
 // STAGES stages of one K tile (and one V tile right after it), then the mbarriers full[STAGES],
-// empty[STAGES] and q.
+// empty[STAGES], q_full[2] and q_empty[2]. With several query tiles per block (HopperArgs::q_tiles), Q is
+// double-buffered: slot 0 is the Q area, slot 1 the ring's last stage, which the key tiles then never use
+// (a stage holds at least BM·D elements: BN ≥ 128, or K and V of BN ≥ 64 rows).
 template <int D, bool V_VALUE, int BN> struct SmemRing {
     static constexpr int STAGES = hopper_stages(D, V_VALUE, BN);
     static constexpr int TILE_BYTES = BN * D * 2; // one K or V tile
     static constexpr int STAGE_BYTES = hopper_stage_bytes(D, V_VALUE, BN);
     static_assert(STAGES >= 2, "shared memory too small for two stages");
+    static_assert(STAGE_BYTES >= hopper_q_bytes(D), "the last stage must hold a second Q tile");
+    static_assert(8 * (2 * STAGES + 4) <= 256, "mbarriers fit their 256 bytes");
     std::uint32_t q, stages, bar;
 
     __device__ __forceinline__ explicit SmemRing(const void* raw_smem) {
@@ -76,7 +85,11 @@ template <int D, bool V_VALUE, int BN> struct SmemRing {
     __device__ __forceinline__ std::uint32_t stage(int n) const { return stages + (n % STAGES) * STAGE_BYTES; } // key tile n's K tile
     __device__ __forceinline__ std::uint32_t full_bar(int s) const { return bar + 8u * std::uint32_t(s); }
     __device__ __forceinline__ std::uint32_t empty_bar(int s) const { return bar + 8u * std::uint32_t(STAGES + s); }
-    __device__ __forceinline__ std::uint32_t q_bar() const { return bar + 8u * std::uint32_t(2 * STAGES); }
+    __device__ __forceinline__ std::uint32_t q_slot(int s) const { return s == 0 ? q : stages + (STAGES - 1) * STAGE_BYTES; }
+    // Q slot s holds its query tile (one completion per fill) / its Q is no longer read (one arrival per
+    // consumer warp).
+    __device__ __forceinline__ std::uint32_t q_full_bar(int s) const { return bar + 8u * std::uint32_t(2 * STAGES + s); }
+    __device__ __forceinline__ std::uint32_t q_empty_bar(int s) const { return bar + 8u * std::uint32_t(2 * STAGES + 2 + s); }
 };
 
 #ifdef VMONARCH_HOPPER_DEVICE

@@ -40,8 +40,10 @@ struct Sm90Tile {
     float acc[NACC];
     Stats st;
 
-    __device__ __forceinline__ Sm90Tile(const FlashParams& p_, const Ring& sm_, int warp, int lane_, int q0_, int b, int h, int f)
-        : p(p_), sm(sm_), wg(warp >> 2), lane(lane_), q0(q0_), len_q(int(p_.len_q - q0_)), sQwg(sm_.q + (warp >> 2) * 64 * 128) {
+    // q_smem: the Q slot holding this block's query tile q0 (SmemRing::q_slot).
+    __device__ __forceinline__ Sm90Tile(const FlashParams& p_, const Ring& sm_, int warp, int lane_, int q0_, int b, int h, int f,
+                                        std::uint32_t q_smem)
+        : p(p_), sm(sm_), wg(warp >> 2), lane(lane_), q0(q0_), len_q(int(p_.len_q - q0_)), sQwg(q_smem + (warp >> 2) * 64 * 128) {
         const int wq = warp & 3;
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
