@@ -52,6 +52,28 @@ def times_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: 
     return times
 
 
+def steady_ms(fn: Callable[[], object], device: torch.device, calls: int, reps: int) -> float:
+    """Milliseconds per call of `calls` back-to-back fn() calls between two events (the host queues the next
+    call while the GPU runs the previous one, as inside a model's forward), median over `reps` repeats."""
+    times: List[float] = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop) / calls)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times.append((time.perf_counter() - t0) * 1e3 / calls)
+    return statistics.median(times)
+
+
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
     """Median milliseconds of fn() over `reps` calls after `warmup` calls."""
     return statistics.median(times_ms(fn, device, warmup, reps))
