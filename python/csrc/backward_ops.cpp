@@ -209,6 +209,28 @@ std::optional<vmonarch::SavedState> saved_state_of(const char* fn, const char* t
     return state;
 }
 
+// The training forward into ov / lv: lean (save_state false) runs the plain forward and returns an empty
+// state; otherwise the state is kept in 8-byte aligned storage (exposed as bytes) that the returned tensor owns.
+at::Tensor training_forward(const at::Tensor& q, const vmonarch::TensorView& qv, const vmonarch::TensorView& kv,
+                            const vmonarch::TensorView& vv, const vmonarch::TensorView& ov, const vmonarch::LseView& lv,
+                            const vmonarch::VideoGrid& g, const vmonarch::Options& opts, bool save_state,
+                            const vmonarch::ExtraKeys* extra) {
+    if (!save_state) {
+        with_cuda_context(q, [&] { return vmonarch::workspace_bytes(qv, vv, g, opts); },
+                          [&](const vmonarch::CudaContext* ctx) { vmonarch::attention(qv, kv, vv, ov, g, opts, &lv, ctx, extra); });
+        return at::empty({0}, q.options().dtype(at::kByte));
+    }
+    std::size_t bytes = 0;
+    translate_errors([&] { bytes = vmonarch::saved_state_bytes(qv, vv, g, opts); });
+    at::Tensor storage = at::empty({static_cast<int64_t>((bytes + 7) / 8)}, q.options().dtype(at::kDouble));
+    at::Tensor saved = storage.view(at::kByte).narrow(0, 0, static_cast<int64_t>(bytes));
+    with_cuda_context(q, [] { return std::size_t(0); }, [&](const vmonarch::CudaContext* ctx) {
+        vmonarch::SavedState state = state_over(saved, bytes, qv, vv, g, opts);
+        vmonarch::attention_training(qv, kv, vv, ov, lv, g, opts, state, ctx, extra);
+    });
+    return saved;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_train_impl(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, at::IntArrayRef grid, int64_t iterations,
     double clamp, bool recompute_first_frame, std::optional<double> scale, c10::string_view layout, bool entropy_grad,
@@ -228,21 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_train_impl(
     at::Tensor lse = at::empty({qv.batch(), qv.heads(), qv.tokens()}, q.options().dtype(lse_dtype(q)));
     const vmonarch::TensorView ov = view_of(out, lay);
     const vmonarch::LseView lv = lse_view_of(lse);
-    if (!save_state) {
-        with_cuda_context(q, [&] { return vmonarch::workspace_bytes(qv, vv, g, opts); },
-                          [&](const vmonarch::CudaContext* ctx) { vmonarch::attention(qv, kv, vv, ov, g, opts, &lv, ctx); });
-        return {out, lse, at::empty({0}, q.options().dtype(at::kByte))};
-    }
-    std::size_t bytes = 0;
-    translate_errors([&] { bytes = vmonarch::saved_state_bytes(qv, vv, g, opts); });
-    // 8-byte aligned storage, exposed as bytes.
-    at::Tensor storage = at::empty({static_cast<int64_t>((bytes + 7) / 8)}, q.options().dtype(at::kDouble));
-    at::Tensor saved = storage.view(at::kByte).narrow(0, 0, static_cast<int64_t>(bytes));
-    with_cuda_context(q, [] { return std::size_t(0); }, [&](const vmonarch::CudaContext* ctx) {
-        vmonarch::SavedState state = state_over(saved, bytes, qv, vv, g, opts);
-        vmonarch::attention_training(qv, kv, vv, ov, lv, g, opts, state, ctx);
-    });
-    return {out, lse, saved};
+    return {out, lse, training_forward(q, qv, kv, vv, ov, lv, g, opts, save_state, nullptr)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_impl(
@@ -352,20 +360,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_exact_train_impl(
     const vmonarch::TensorView ov = view_of(out, lay);
     const vmonarch::LseView lv = lse_view_of(lse);
     const vmonarch::ExtraKeys* extra = text.present ? &text.extra : nullptr;
-    if (!save_state) {
-        with_cuda_context(q, [&] { return vmonarch::workspace_bytes(qv, vv, g, opts); },
-                          [&](const vmonarch::CudaContext* ctx) { vmonarch::attention(qv, kv, vv, ov, g, opts, &lv, ctx, extra); });
-        return {out, lse, at::empty({0}, q.options().dtype(at::kByte))};
-    }
-    std::size_t bytes = 0;
-    translate_errors([&] { bytes = vmonarch::saved_state_bytes(qv, vv, g, opts); });
-    at::Tensor storage = at::empty({static_cast<int64_t>((bytes + 7) / 8)}, q.options().dtype(at::kDouble));
-    at::Tensor saved = storage.view(at::kByte).narrow(0, 0, static_cast<int64_t>(bytes));
-    with_cuda_context(q, [] { return std::size_t(0); }, [&](const vmonarch::CudaContext* ctx) {
-        vmonarch::SavedState state = state_over(saved, bytes, qv, vv, g, opts);
-        vmonarch::attention_training(qv, kv, vv, ov, lv, g, opts, state, ctx, extra);
-    });
-    return {out, lse, saved};
+    return {out, lse, training_forward(q, qv, kv, vv, ov, lv, g, opts, save_state, extra)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_exact_backward_impl(
