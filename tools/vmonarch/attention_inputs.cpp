@@ -22,13 +22,7 @@ LseView lse_view_of(void* data, Device device, const AttentionShape& shape) {
     return LseView::contiguous(data, DType::f32, device, shape.batch, shape.heads, shape.tokens);
 }
 
-namespace {
-
-const char* layout_axes(Layout layout) {
-    return layout == Layout::bhsd ? "[batch, heads, tokens, dim]" : "[batch, tokens, heads, dim]";
-}
-
-TensorInfo header_of(const std::string& spec, const std::string& option) {
+TensorInfo tensor_header_for(const std::string& spec, const std::string& option) {
     require_existing_file(spec, option);
     try {
         return read_tensor_info(spec);
@@ -39,15 +33,24 @@ TensorInfo header_of(const std::string& spec, const std::string& option) {
     }
 }
 
-HostTensor data_of(const std::string& spec, const std::string& option, const TensorInfo& expected) {
-    HostTensor t;
+HostTensor tensor_data_for(const std::string& spec, const std::string& option) {
     try {
-        t = read_tensor(spec);
+        return read_tensor(spec);
     } catch (const FileFormatError& e) {
         throw FileFormatError(with_option(option, spec, e.what()));
     } catch (const OutOfMemoryError& e) {
         throw OutOfMemoryError(with_option(option, spec, e.what()));
     }
+}
+
+namespace {
+
+const char* layout_axes(Layout layout) {
+    return layout == Layout::bhsd ? "[batch, heads, tokens, dim]" : "[batch, tokens, heads, dim]";
+}
+
+HostTensor data_of(const std::string& spec, const std::string& option, const TensorInfo& expected) {
+    HostTensor t = tensor_data_for(spec, option);
     if (t.shape != expected.shape || t.dtype != expected.dtype)
         throw FileFormatError(option + " " + spec + ": the file changed while it was read (shape " +
                               format_shape(t.shape) + ", header said " + format_shape(expected.shape) + ")");
@@ -105,9 +108,9 @@ AttentionInputs inspect_attention_inputs(const std::string& q_spec, const std::s
     in.q_path = q_spec;
     in.k_path = k_spec;
     in.v_path = v_spec;
-    const TensorInfo q = header_of(q_spec, "--q");
-    const TensorInfo k = header_of(k_spec, "--k");
-    const TensorInfo v = header_of(v_spec, "--v");
+    const TensorInfo q = tensor_header_for(q_spec, "--q");
+    const TensorInfo k = tensor_header_for(k_spec, "--k");
+    const TensorInfo v = tensor_header_for(v_spec, "--v");
 
     const auto require_4d = [&](const TensorInfo& t, const std::string& option, const std::string& spec) {
         if (t.shape.size() != 4)
@@ -175,7 +178,7 @@ void read_attention_data(AttentionInputs& in, std::optional<DType> cast) {
 }
 
 void check_output_file_header(const std::string& spec, const std::string& option, const AttentionInputs& in) {
-    const TensorInfo t = header_of(spec, option);
+    const TensorInfo t = tensor_header_for(spec, option);
     const auto expected = file_shape(in.layout, in.shape.batch, in.shape.heads, in.shape.tokens, in.shape.value_dim);
     if (t.shape != expected)
         throw ArgumentError(option, option + " " + spec + ": shape " + format_shape(t.shape) + " but the inputs give " +

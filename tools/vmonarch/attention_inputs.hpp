@@ -45,6 +45,12 @@ struct AttentionInputs {
     std::vector<InputFile> files() const;
 };
 
+// A tensor file's header / data, read for the command-line option `option`: errors name the option and the
+// file ("<option> <spec>: ..."; FileFormatError, OutOfMemoryError, ArgumentError). The header check also
+// requires the file to exist.
+TensorInfo tensor_header_for(const std::string& spec, const std::string& option);
+HostTensor tensor_data_for(const std::string& spec, const std::string& option);
+
 // Reads the headers of q, k, v (read_tensor specs) and checks, before any tensor data is read: each file
 // exists, 4-D, q and k the same shape, v the same batch/heads/tokens, one dtype, tokens == T·H·W + text_tokens.
 // Every message names the option and the file.

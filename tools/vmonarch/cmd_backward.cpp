@@ -28,13 +28,7 @@ struct BackwardCommandOptions {
 
 // Checks --dout's header against the inputs (before any data is read): the output's shape and q's dtype.
 void check_dout_header(const std::string& spec, const AttentionInputs& in, Layout layout) {
-    require_existing_file(spec, "--dout");
-    TensorInfo t;
-    try {
-        t = read_tensor_info(spec);
-    } catch (const FileFormatError& e) {
-        throw FileFormatError(with_option("--dout", spec, e.what()));
-    }
+    const TensorInfo t = tensor_header_for(spec, "--dout");
     const auto want = file_shape(layout, in.shape.batch, in.shape.heads, in.shape.tokens, in.shape.value_dim);
     if (t.shape != want)
         throw ArgumentError("--dout", "--dout " + spec + ": shape " + format_shape(t.shape) + ", expected " +
@@ -43,14 +37,6 @@ void check_dout_header(const std::string& spec, const AttentionInputs& in, Layou
     if (t.dtype != in.dtype)
         throw ArgumentError("--dout", "--dout " + spec + ": dtype " + to_string(t.dtype) + ", expected " +
                                           to_string(in.dtype) + " like --q " + in.q_path);
-}
-
-HostTensor read_dout(const std::string& spec) {
-    try {
-        return read_tensor(spec);
-    } catch (const FileFormatError& e) {
-        throw FileFormatError(with_option("--dout", spec, e.what()));
-    }
 }
 
 int backward_command(const BackwardCommandOptions& o) {
@@ -82,7 +68,7 @@ int backward_command(const BackwardCommandOptions& o) {
     const OutputPlan plan = check_tensor_outputs(outputs, {input_dtype, input_dtype, input_dtype}, files);
 
     read_attention_data(in, cast);
-    HostTensor dout = read_dout(o.dout);
+    HostTensor dout = tensor_data_for(o.dout, "--dout");
     if (compute_dtype != input_dtype) dout = convert_checked(dout, compute_dtype, "--cast", "--dout " + o.dout);
     const AttentionShape& s = in.shape;
     HostTensor dq = HostTensor::zeros(compute_dtype, in.q.shape), dk = HostTensor::zeros(compute_dtype, in.k.shape);

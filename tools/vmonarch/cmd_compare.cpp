@@ -22,14 +22,7 @@ struct CompareOptions {
 };
 
 HostTensor read_output_file(const std::string& spec, const std::string& option, const AttentionInputs& in) {
-    HostTensor t;
-    try {
-        t = read_tensor(spec);
-    } catch (const FileFormatError& e) {
-        throw FileFormatError(with_option(option, spec, e.what()));
-    } catch (const OutOfMemoryError& e) {
-        throw OutOfMemoryError(with_option(option, spec, e.what()));
-    }
+    HostTensor t = tensor_data_for(spec, option);
     const auto expected = file_shape(in.layout, in.shape.batch, in.shape.heads, in.shape.tokens, in.shape.value_dim);
     if (t.shape != expected)
         throw ArgumentError(option, option + " " + spec + ": shape " + format_shape(t.shape) + " but the inputs give " +
