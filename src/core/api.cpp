@@ -8,6 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "core/argument_text.hpp"
 #include "core/backend.hpp"
 #include "core/backward_problem.hpp"
 #include "core/host_memory.hpp"
@@ -95,17 +96,8 @@ namespace {
 
 constexpr std::int64_t kMaxCpuHeadDim = 1024;
 
-template <typename... Parts>
-std::string cat(const Parts&... parts) {
-    std::ostringstream os;
-    (os << ... << parts);
-    return os.str();
-}
-
-// Callers build `what` only on the failure branch.
-[[noreturn]] void fail(std::string_view fn, std::string_view argument, const std::string& what) {
-    throw ArgumentError(std::string(argument), cat(fn, ": argument '", argument, "' ", what));
-}
+using detail::cat;
+using detail::fail;
 
 const char* kAxis[4] = {"batch", "tokens", "heads", "head_dim"};
 

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <vector>
 
+#include "core/argument_text.hpp"
 #include "core/backward_problem.hpp"
 
 namespace vmonarch {
@@ -29,16 +30,8 @@ SavedState& SavedState::operator=(SavedState&&) noexcept = default;
 
 namespace {
 
-template <typename... Parts>
-std::string cat(const Parts&... parts) {
-    std::ostringstream os;
-    (os << ... << parts);
-    return os.str();
-}
-
-[[noreturn]] void fail(const std::string& fn, const std::string& argument, const std::string& what) {
-    throw ArgumentError(argument, cat(fn, ": argument '", argument, "' ", what));
-}
+using detail::cat;
+using detail::fail;
 
 const char* kAxis[4] = {"batch", "tokens", "heads", "head_dim"};
 

@@ -4,22 +4,15 @@
 // attention on the text queries.
 #include <sstream>
 
+#include "core/argument_text.hpp"
 #include "core/backend.hpp"
 
 namespace vmonarch {
 
 namespace {
 
-template <typename... Parts>
-std::string cat(const Parts&... parts) {
-    std::ostringstream os;
-    (os << ... << parts);
-    return os.str();
-}
-
-[[noreturn]] void fail(std::string_view fn, const std::string& argument, const std::string& what) {
-    throw ArgumentError(argument, cat(fn, ": argument '", argument, "' ", what));
-}
+using detail::cat;
+using detail::fail;
 
 // lens[b] in 0..L for every batch element (nullptr: all L valid).
 std::vector<std::int64_t> checked_lens(std::string_view fn, const std::string& name, const std::int64_t* lens,
