@@ -33,24 +33,36 @@ template <int N, bool BF16> struct Wgmma;
 """
 
 
-def wrapper(n, flag, ty):
+def operands(n, ty):
+    """(accumulator registers, their asm list, the "+f" output constraints, the wgmma opcode) of m64n{n}k16."""
     regs = n // 2
     acc = ",".join("%%%d" % i for i in range(regs))
     outs = ", ".join('"+f"(d[%d])' % i for i in range(regs))
-    op = "wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s" % (n, ty, ty)
+    return regs, acc, outs, "wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s" % (n, ty, ty)
+
+
+def ss_method(n, ty, trans_b, what):
+    """The `ss` form: A and B from shared memory descriptors; B MN-major (imm-trans-b = 1) when trans_b."""
+    regs, acc, outs, op = operands(n, ty)
+    a0 = regs
+    return f"""    // D(64x{n}, f32) (+)= A(64x16, smem desc, K-major) * B(16x{n}, smem desc, {what})
+    static __device__ __forceinline__ void ss(float (&d)[{regs}], std::uint64_t da, std::uint64_t db, int accumulate) {{
+        asm volatile(
+            "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{a0 + 2}, 0;\\n"
+            "{op} {{{acc}}}, %{a0}, %{a0 + 1}, p, 1, 1, 0, {int(trans_b)};\\n}}\\n"
+            : {outs}
+            : "l"(da), "l"(db), "r"(accumulate));
+    }}
+"""
+
+
+def wrapper(n, flag, ty):
+    regs, acc, outs, op = operands(n, ty)
     a0 = regs
     return f"""
 template <> struct Wgmma<{n}, {flag}> {{
     static constexpr int REGS = {regs};
-    // D(64x{n}, f32) (+)= A(64x16, smem desc, K-major) * B(16x{n}, smem desc, K-major)
-    static __device__ __forceinline__ void ss(float (&d)[{regs}], std::uint64_t da, std::uint64_t db, int accumulate) {{
-        asm volatile(
-            "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{a0 + 2}, 0;\\n"
-            "{op} {{{acc}}}, %{a0}, %{a0 + 1}, p, 1, 1, 0, 0;\\n}}\\n"
-            : {outs}
-            : "l"(da), "l"(db), "r"(accumulate));
-    }}
-    // D(64x{n}, f32) += A(64x16, registers) * B(16x{n}, smem desc, MN-major: transposed)
+{ss_method(n, ty, False, "K-major")}    // D(64x{n}, f32) += A(64x16, registers) * B(16x{n}, smem desc, MN-major: transposed)
     static __device__ __forceinline__ void rs_tb(float (&d)[{regs}], const std::uint32_t (&a)[4], std::uint64_t db) {{
         asm volatile(
             "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{a0 + 5}, 0;\\n"
@@ -78,22 +90,9 @@ template <int N, bool BF16> struct WgmmaSsTb;
 
 
 def ss_tb_wrapper(n, flag, ty):
-    regs = n // 2
-    acc = ",".join("%%%d" % i for i in range(regs))
-    outs = ", ".join('"+f"(d[%d])' % i for i in range(regs))
-    op = "wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s" % (n, ty, ty)
-    a0 = regs
     return f"""
 template <> struct WgmmaSsTb<{n}, {flag}> {{
-    // D(64x{n}, f32) (+)= A(64x16, smem desc, K-major) * B(16x{n}, smem desc, MN-major: transposed)
-    static __device__ __forceinline__ void ss(float (&d)[{regs}], std::uint64_t da, std::uint64_t db, int accumulate) {{
-        asm volatile(
-            "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{a0 + 2}, 0;\\n"
-            "{op} {{{acc}}}, %{a0}, %{a0 + 1}, p, 1, 1, 0, 1;\\n}}\\n"
-            : {outs}
-            : "l"(da), "l"(db), "r"(accumulate));
-    }}
-}};
+{ss_method(n, ty, True, "MN-major: transposed")}}};
 """
 
 
