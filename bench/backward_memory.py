@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import vmonarch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from exact_groups_common import write_atomic, write_json  # noqa: E402
+from exact_groups_common import cuda_kernels_missing, write_atomic, write_json  # noqa: E402
 
 FULL_SHAPES = [((16, 28, 52), 12, 128), ((24, 44, 80), 40, 128)]
 CPU_QUICK_SHAPES = [((3, 5, 7), 2, 64), ((4, 6, 9), 3, 128)]
@@ -261,9 +261,7 @@ def main() -> int:
     parser.add_argument("--md", help="write the README's markdown table here")
     args = parser.parse_args()
     device = torch.device(args.device)
-    if device.type == "cuda" and not (torch.cuda.is_available() and vmonarch.cuda_built()):
-        print("backward_memory: --device cuda needs a CUDA device and a vmonarch build with CUDA kernels "
-              "(use --device cpu)", file=sys.stderr)
+    if cuda_kernels_missing("backward_memory", device):
         return 2
     dtype = getattr(torch, args.dtype)
     if device.type == "cpu":

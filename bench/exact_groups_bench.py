@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from exact_groups_common import (check_output_path, environment, peak_extra_bytes, positive_int, rel_l2,  # noqa: E402
-                                 sdpa_call, steady_ms, times_ms, write_json)
+                                 resolve_device, sdpa_call, steady_ms, times_ms, write_json)
 
 # (t, S, r) of the video case; the first is the baseline of the ratios.
 VIDEO_SETTINGS = [(2, 0, None), (1, 1, None), (2, 1, None), (2, 1, 1)]
@@ -270,11 +270,7 @@ def parse_args(argv=None):
         check_output_path("--out", args.out)
     except ValueError as e:
         ap.error(str(e))
-    args.device = args.device or ("cpu" if args.tiny else "cuda")
-    if args.device not in ("cpu", "cuda"):
-        ap.error(f"--device is {args.device!r}, expected 'cuda' or 'cpu'")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device is 'cuda' but torch sees no CUDA device (use --tiny or --device cpu)")
+    args.device = resolve_device(ap, args.device, args.tiny)
     args.warmup = (1 if args.tiny else 3) if args.warmup is None else args.warmup
     args.reps = (3 if args.tiny else 10) if args.reps is None else args.reps
     args.rounds = (1 if args.tiny else 3) if args.rounds is None else args.rounds

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -125,6 +126,27 @@ def sdpa_call(q, k, v, attn_mask, device: torch.device, prefer=("cudnn", "effici
             continue
         return name, fn, notes
     return None, None, notes
+
+
+def resolve_device(ap: argparse.ArgumentParser, device: Optional[str], tiny: bool) -> str:
+    """--device: cuda by default, cpu with --tiny; anything else, or cuda without a GPU, is ap.error (status 2)."""
+    device = device or ("cpu" if tiny else "cuda")
+    if device not in ("cpu", "cuda"):
+        ap.error(f"--device is {device!r}, expected 'cuda' or 'cpu'")
+    if device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device is 'cuda' but torch sees no CUDA device (use --tiny or --device cpu)")
+    return device
+
+
+def cuda_kernels_missing(script: str, device: torch.device) -> bool:
+    """True (after saying so on stderr) when `device` is CUDA but there is no GPU or vmonarch has no CUDA kernels."""
+    import vmonarch
+
+    if device.type == "cuda" and not (torch.cuda.is_available() and vmonarch.cuda_built()):
+        print(f"{script}: --device cuda needs a CUDA device and a vmonarch build with CUDA kernels "
+              "(use --device cpu)", file=sys.stderr)
+        return True
+    return False
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from exact_groups_common import (check_output_path, environment, find_cli, positive_int, sdpa_call,  # noqa: E402
-                                 time_ms, video_inputs, write_atomic, write_json)
+                                 resolve_device, time_ms, video_inputs, write_atomic, write_json)
 
 KINDS = ["positional", "semantic", "sink", "mixed"]
 SETTINGS = [(t, s, r) for t in (1, 2) for s in (0, 1) for r in (None, 1)]
@@ -319,11 +319,7 @@ def parse_args(argv=None):
             check_output_path("--md", args.md)
     except ValueError as e:
         ap.error(str(e))
-    args.device = args.device or ("cpu" if args.tiny else "cuda")
-    if args.device not in ("cpu", "cuda"):
-        ap.error(f"--device is {args.device!r}, expected 'cuda' or 'cpu'")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device is 'cuda' but torch sees no CUDA device (use --tiny or --device cpu)")
+    args.device = resolve_device(ap, args.device, args.tiny)
     cpu = args.device == "cpu"
     args.warmup = (0 if cpu else 2) if args.warmup is None else args.warmup
     args.reps = (1 if cpu else 5) if args.reps is None else args.reps

@@ -40,7 +40,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from exact_groups_common import write_atomic, write_json  # noqa: E402
+from exact_groups_common import cuda_kernels_missing, write_atomic, write_json  # noqa: E402
 
 CONFIG = dict(dim=1536, ffn_dim=8960, num_heads=12, qk_norm="rms_norm_across_heads", cross_attn_norm=True, eps=1e-6)
 TINY_CONFIG = dict(CONFIG, dim=256, ffn_dim=512, num_heads=2)   # --tiny-block: for the CPU test of this script
@@ -335,11 +335,7 @@ def main() -> int:
     ap.add_argument("--md", help="write the README's markdown table here")
     args = ap.parse_args()
     device = torch.device(args.device)
-    import vmonarch
-
-    if device.type == "cuda" and not (torch.cuda.is_available() and vmonarch.cuda_built()):
-        print("wan_block_train: --device cuda needs a CUDA device and a vmonarch build with CUDA kernels "
-              "(use --device cpu)", file=sys.stderr)
+    if cuda_kernels_missing("wan_block_train", device):
         return 2
     dtype = getattr(torch, args.dtype)
     if device.type == "cuda" and dtype == torch.float32:
