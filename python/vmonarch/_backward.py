@@ -184,16 +184,19 @@ def _exact_setup(ctx, inputs, output):
 def _exact_backward(ctx, dout, dlse):
     q, k, v, out, lse, text_k, text_v, text_lens = ctx.saved_tensors
     grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius = ctx.args
-    if lse.numel() == 0:  # the forward was asked for no LSE: the backward needs it, so rerun
-        out, lse = torch.ops.vmonarch.attention_exact_groups(q, k, v, grid, iterations, clamp, recompute, scale, layout,
-                                                             True, sink_frames, window_radius, text_k, text_v,
-                                                             text_lens)
+    saved = None
+    if lse.numel() == 0:
+        # As for the plain attention op: rerun the forward once, as the training forward with its state kept, so
+        # that the backward does not rerun it a second time.
+        out, lse, saved = torch.ops.vmonarch.attention_exact_train(
+            q, k, v, grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius, text_k, text_v,
+            text_lens, False, False, True)
         dlse = None
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv, dtk, dtv = torch.ops.vmonarch.attention_exact_backward(
         q, k, v, out, lse, dout, dlse, grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius,
-        text_k, text_v, text_lens, False, False, None)
+        text_k, text_v, text_lens, False, False, saved)
     return (dq, dk, dv) + (None,) * 9 + _text_grads(text_k, dtk, dtv) + (None,)
 
 

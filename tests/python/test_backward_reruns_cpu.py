@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import vmonarch
 from conftest import has_cuda_kernels, make_qkv
 
-FORWARDS = ("attention", "attention_train")
+FORWARDS = ("attention", "attention_train", "attention_exact_groups", "attention_exact_train")
 
 
 class OperatorLog(TorchDispatchMode):
@@ -26,8 +26,9 @@ class OperatorLog(TorchDispatchMode):
         name = func._schema.name
         if name.startswith("vmonarch::"):
             short = name.split("::", 1)[1]
-            if short == "attention_backward":
-                saved = kwargs.get("saved", args[15] if len(args) > 15 else None)
+            if short in ("attention_backward", "attention_exact_backward"):
+                index = 15 if short == "attention_backward" else 20
+                saved = kwargs.get("saved", args[index] if len(args) > index else None)
                 self.calls.append((short, saved is not None and saved.numel() > 0))
             else:
                 self.calls.append((short, None))
@@ -50,7 +51,8 @@ def backward_calls(device, forward):
 def forward_reruns(calls):
     """Forward passes a backward runs: its forward operators, plus one inside a lean attention_backward."""
     reruns = sum(1 for name, _ in calls if name in FORWARDS)
-    return reruns + sum(1 for name, saved in calls if name == "attention_backward" and not saved)
+    return reruns + sum(1 for name, saved in calls
+                        if name in ("attention_backward", "attention_exact_backward") and not saved)
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not has_cuda_kernels(),
@@ -88,3 +90,13 @@ def test_plain_operator_with_lse_uses_it(device):
 
     calls = backward_calls(device, plain)
     assert calls == [("attention_backward", False)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_plain_exact_groups_operator_without_lse_reruns_the_forward_once(device):
+    def plain(x, grid):
+        return torch.ops.vmonarch.attention_exact_groups(*x, list(grid), 2, 0.1, True, None, "bshd", False, 1)[0]
+
+    calls = backward_calls(device, plain)
+    assert ("attention_exact_backward", True) in calls, calls
+    assert forward_reruns(calls) == 1, calls
