@@ -6,99 +6,54 @@
 //   attention_exact_train / attention_exact_backward: the same with sink frames, a window and text keys
 //       (spec §3b); the backward also returns the text keys' gradients (empty without text keys)
 //   joint_attention_train(...) -> (out, lse), joint_attention_backward(...) -> (dq, dk, dv): joint
-//       sequences (spec §3c), lean mode; valid text lengths as an integer tensor [B] (or None: all valid)
+//       sequences (spec §3c), lean mode; valid text lengths as an integer tensor [B] (or None: all valid),
+//       for the training forward also as a bool key-padding prefix mask [B, L] (text_mask) as for joint_attention
 // Layouts "bshd" / "bhsd" as in vmonarch_ops.cpp; gradients come back in the inputs' layout and dtype.
 // CUDA: work runs on torch's current stream, the workspace and the saved state come from torch's caching
 // allocator, and the saved state's header is passed from the host (SavedState::over with the header of
 // saved_state_header), so neither op synchronizes or reads device memory: both are CUDA-graph-safe.
-// Errors: ArgumentError -> ValueError, UnsupportedError -> NotImplementedError.
-// The layout/dtype helpers and the error translation come from binding_common.hpp.
+// Errors: ArgumentError -> ValueError, UnsupportedError -> NotImplementedError, dtype problems -> TypeError.
+// The argument checks and tensor preparation (binding_args.hpp), the layout/dtype helpers, the CUDA context,
+// the forward-mode AD refusal and the error translation (binding_common.hpp) are shared with vmonarch_ops.cpp;
+// joint_attention_train runs joint_attention's forward (forward_ops.hpp).
 #include <ATen/ATen.h>
-#include <ATen/core/LegacyTypeDispatch.h>
-#include <ATen/core/stack.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <cstdint>
 #include <optional>
-#include <string>
 #include <tuple>
 #include <vector>
 
-#ifdef VMONARCH_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#endif
-
-#include <algorithm>
-
+#include "binding_args.hpp"
 #include "binding_common.hpp"
+#include "forward_ops.hpp"
 #include "vmonarch/backward.hpp"
 
 namespace {
 
 using vmonarch::Layout;
+using vmonarch_binding::check_dtype_like_q;
+using vmonarch_binding::check_not_empty;
+using vmonarch_binding::check_qkv;
+using vmonarch_binding::check_rank_and_device;
+using vmonarch_binding::check_text_len;
+using vmonarch_binding::exact_options_of;
+using vmonarch_binding::grid_of;
+using vmonarch_binding::options_of;
 using vmonarch_binding::parse_layout;
-using vmonarch_binding::to_dtype;
+using vmonarch_binding::prepare_all;
+using vmonarch_binding::Prepared;
+using vmonarch_binding::refuse_forward_ad;
+using vmonarch_binding::text_keys_of;
+using vmonarch_binding::text_lengths;
+using vmonarch_binding::text_position;
+using vmonarch_binding::TextKeys;
 using vmonarch_binding::translate_errors;
+using vmonarch_binding::video_part;
 using vmonarch_binding::view_of;
-
-void check_tensor(const char* fn, const char* name, const at::Tensor& t, const at::Tensor& q, int64_t dims) {
-    TORCH_CHECK_VALUE(t.dim() == dims, fn, ": ", name, " has ", t.dim(), " dimensions, expected ", dims);
-    TORCH_CHECK_VALUE(t.device() == q.device(), fn, ": ", name, " is on ", t.device(), ", expected ", q.device(),
-                      " like q");
-    TORCH_CHECK_VALUE(t.numel() > 0, fn, ": ", name, " is empty (shape ", t.sizes(), ")");
-}
-
-void check_qkv(const char* fn, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-    const std::pair<const char*, const at::Tensor*> all[3] = {{"q", &q}, {"k", &k}, {"v", &v}};
-    for (auto [name, t] : all) {
-        TORCH_CHECK_VALUE(t->device().is_cpu() || t->device().is_cuda(), fn, ": ", name, " is on ", t->device(),
-                          ", expected a CPU or CUDA tensor");
-        check_tensor(fn, name, *t, q, 4);
-        TORCH_CHECK_TYPE(t->scalar_type() == q.scalar_type(), fn, ": ", name, " has dtype ", t->scalar_type(),
-                         ", expected ", q.scalar_type(), " like q");
-    }
-    to_dtype(q);
-    TORCH_CHECK_TYPE(!q.is_cuda() || q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, fn,
-                     ": the CUDA kernels take bfloat16 or float16, got ", q.scalar_type(),
-                     " (use bfloat16/float16 CUDA tensors, or CPU tensors)");
-}
-
-// Contiguous in the head dim and no broadcast strides: what the C++ API views without a copy. CUDA views
-// also need 16-byte aligned data and strides that are multiples of 8 elements.
-at::Tensor viewable(const at::Tensor& t) {
-    bool ok = t.size(-1) <= 1 || t.stride(-1) == 1;
-    for (int a = 0; a + 1 < t.dim(); ++a) ok = ok && (t.size(a) <= 1 || t.stride(a) >= 1);
-    if (t.is_cuda()) {
-        ok = ok && reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 16 == 0;
-        for (int a = 0; a + 1 < t.dim(); ++a) ok = ok && (t.size(a) <= 1 || t.stride(a) % 8 == 0);
-    }
-    return ok ? t : t.contiguous();
-}
-
-// Calls f(ctx) with a CudaContext on torch's current stream and a workspace of `ws_bytes()` bytes from
-// torch's caching allocator (stream-ordered and graph-safe) for CUDA tensors; f(nullptr) otherwise (CPU,
-// or CUDA tensors in a build without CUDA kernels, where the library raises UnsupportedError).
-template <typename Bytes, typename F>
-void with_cuda_context(const at::Tensor& q, Bytes&& ws_bytes, F&& f) {
-#ifdef VMONARCH_WITH_CUDA
-    if (q.is_cuda()) {
-        c10::cuda::CUDAGuard guard(q.device());
-        std::size_t bytes = 0;
-        translate_errors([&] { bytes = ws_bytes(); });
-        at::Tensor workspace = at::empty({static_cast<int64_t>(std::max<std::size_t>(bytes, 1))}, q.options().dtype(at::kByte));
-        vmonarch::CudaContext ctx;
-        ctx.stream = at::cuda::getCurrentCUDAStream(q.device().index()).stream();
-        ctx.workspace = workspace.data_ptr();
-        ctx.workspace_bytes = bytes;
-        translate_errors([&] { f(&ctx); });
-        return;
-    }
-#endif
-    (void)ws_bytes;
-    translate_errors([&] { f(static_cast<const vmonarch::CudaContext*>(nullptr)); });
-}
+using vmonarch_binding::viewable;
+using vmonarch_binding::with_cuda_context;
 
 // SavedState over a torch tensor. CUDA: with the header a forward with these arguments writes, given from the
 // host (the tensor is the one attention_train returned for them, the autograd rule guarantees it).
@@ -109,9 +64,10 @@ vmonarch::SavedState state_over(const at::Tensor& s, std::size_t bytes, const vm
     return vmonarch::SavedState::over(s.data_ptr(), bytes, qv.device, qv.device_index, header.data());
 }
 
-vmonarch::LseView lse_view_of(const at::Tensor& t) {
-    TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-                     "vmonarch.attention_backward: lse tensors are float32 or float64, got ", t.scalar_type());
+// The view of a given LSE tensor [B, heads, N] (lse, or dlse converted to lse's dtype).
+vmonarch::LseView lse_view_of(const char* fn, const char* name, const at::Tensor& t) {
+    TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, fn, ": ", name, " has dtype ",
+                     t.scalar_type(), ", expected float32 or float64");
     vmonarch::LseView view;
     view.data = t.data_ptr();
     view.dtype = t.scalar_type() == at::kDouble ? vmonarch::DType::f64 : vmonarch::DType::f32;
@@ -121,6 +77,8 @@ vmonarch::LseView lse_view_of(const at::Tensor& t) {
     view.strides = {t.stride(0), t.stride(1), t.stride(2)};
     return view;
 }
+
+constexpr const char* kLseShape = "([batch, heads, tokens])";
 
 // The optional gradient of the LSE output: checked like lse, converted to lse's dtype, kept alive with its view.
 struct OptionalLse {
@@ -133,9 +91,10 @@ OptionalLse optional_lse_of(const char* fn, const std::optional<at::Tensor>& dls
                             const at::Tensor& lse) {
     OptionalLse d;
     if (dlse_in.has_value() && dlse_in->defined()) {
-        check_tensor(fn, "dlse", *dlse_in, q, 3);
+        check_rank_and_device(fn, "dlse", *dlse_in, q, 3, kLseShape);
+        check_not_empty(fn, "dlse", *dlse_in);
         d.tensor = dlse_in->to(lse.scalar_type()).contiguous();
-        d.view = lse_view_of(d.tensor);
+        d.view = lse_view_of(fn, "dlse", d.tensor);
     }
     return d;
 }
@@ -144,45 +103,35 @@ at::Tensor empty_like_layout(const at::Tensor& like) {
     return at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
 }
 
-at::ScalarType lse_dtype(const at::Tensor& q) {
-    return (q.is_cpu() && q.scalar_type() == at::kDouble) ? at::kDouble : at::kFloat;
-}
-
-vmonarch::VideoGrid grid_of(const char* fn, at::IntArrayRef grid) {
-    TORCH_CHECK_VALUE(grid.size() == 3, fn, ": grid has ", grid.size(),
-                      " entries, expected 3 (frames T, height H, width W in tokens)");
-    return vmonarch::VideoGrid{grid[0], grid[1], grid[2]};
-}
-
-vmonarch::Options options_of(const char* fn, int64_t iterations, double clamp, bool recompute,
-                             std::optional<double> scale) {
-    TORCH_CHECK_VALUE(iterations >= 1 && iterations <= 8, fn, ": iterations is ", iterations, ", expected 1..8");
-    vmonarch::Options o;
-    o.iterations = static_cast<int>(iterations);
-    o.cr_clamp = clamp;
-    o.recompute_first_frame = recompute;
-    o.softmax_scale = scale;
-    return o;
-}
-
 // The tensors of a backward op: q, k, v checked as the forward checks them; out and dout of q's rank, device and
-// dtype; lse of rank 3; all viewable (lse contiguous); and dq, dk, dv allocated in the inputs' layout.
+// dtype; lse of rank 3; all viewable (lse contiguous); dq, dk, dv allocated in the inputs' layout; and the views.
 struct BackwardTensors {
     at::Tensor q, k, v, out, dout, lse, dq, dk, dv;
+    vmonarch::TensorView qv, kv, vv, ov, dov, dqv, dkv, dvv;
+    vmonarch::LseView lv;
 };
+
 BackwardTensors backward_tensors(const char* fn, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                                 const at::Tensor& out_in, const at::Tensor& lse_in, const at::Tensor& dout_in) {
+                                 const at::Tensor& out_in, const at::Tensor& lse_in, const at::Tensor& dout_in,
+                                 Layout lay) {
     check_qkv(fn, q_in, k_in, v_in);
-    check_tensor(fn, "out", out_in, q_in, 4);
-    check_tensor(fn, "dout", dout_in, q_in, 4);
-    check_tensor(fn, "lse", lse_in, q_in, 3);
-    TORCH_CHECK_TYPE(out_in.scalar_type() == q_in.scalar_type(), fn, ": out has dtype ", out_in.scalar_type(),
-                     ", expected ", q_in.scalar_type(), " like q");
-    TORCH_CHECK_TYPE(dout_in.scalar_type() == q_in.scalar_type(), fn, ": dout has dtype ", dout_in.scalar_type(),
-                     ", expected ", q_in.scalar_type(), " like q");
-    return {viewable(q_in),          viewable(k_in),          viewable(v_in),
-            viewable(out_in),        viewable(dout_in),       lse_in.contiguous(),
-            empty_like_layout(q_in), empty_like_layout(k_in), empty_like_layout(v_in)};
+    const std::pair<const char*, const at::Tensor*> outputs[2] = {{"out", &out_in}, {"dout", &dout_in}};
+    for (auto [name, t] : outputs) {
+        check_rank_and_device(fn, name, *t, q_in, 4, vmonarch_binding::kQkvShape);
+        check_not_empty(fn, name, *t);
+    }
+    check_rank_and_device(fn, "lse", lse_in, q_in, 3, kLseShape);
+    check_not_empty(fn, "lse", lse_in);
+    for (auto [name, t] : outputs) check_dtype_like_q(fn, name, *t, q_in);
+    BackwardTensors t;
+    t.q = viewable(q_in), t.k = viewable(k_in), t.v = viewable(v_in);
+    t.out = viewable(out_in), t.dout = viewable(dout_in), t.lse = lse_in.contiguous();
+    t.dq = empty_like_layout(q_in), t.dk = empty_like_layout(k_in), t.dv = empty_like_layout(v_in);
+    t.qv = view_of(t.q, lay), t.kv = view_of(t.k, lay), t.vv = view_of(t.v, lay);
+    t.ov = view_of(t.out, lay), t.dov = view_of(t.dout, lay);
+    t.dqv = view_of(t.dq, lay), t.dkv = view_of(t.dk, lay), t.dvv = view_of(t.dv, lay);
+    t.lv = lse_view_of(fn, "lse", t.lse);
+    return t;
 }
 
 vmonarch::BackwardOptions backward_options(bool entropy_grad, bool deterministic) {
@@ -209,24 +158,24 @@ std::optional<vmonarch::SavedState> saved_state_of(const char* fn, const char* t
     return state;
 }
 
-// The training forward into ov / lv: lean (save_state false) runs the plain forward and returns an empty
+// The training forward of p (lse wanted): lean (save_state false) runs the plain forward and returns an empty
 // state; otherwise the state is kept in 8-byte aligned storage (exposed as bytes) that the returned tensor owns.
-at::Tensor training_forward(const at::Tensor& q, const vmonarch::TensorView& qv, const vmonarch::TensorView& kv,
-                            const vmonarch::TensorView& vv, const vmonarch::TensorView& ov, const vmonarch::LseView& lv,
-                            const vmonarch::VideoGrid& g, const vmonarch::Options& opts, bool save_state,
-                            const vmonarch::ExtraKeys* extra) {
+at::Tensor training_forward(const Prepared& p, const vmonarch::VideoGrid& g, const vmonarch::Options& opts,
+                            bool save_state, const vmonarch::ExtraKeys* extra) {
     if (!save_state) {
-        with_cuda_context(q, [&] { return vmonarch::workspace_bytes(qv, vv, g, opts); },
-                          [&](const vmonarch::CudaContext* ctx) { vmonarch::attention(qv, kv, vv, ov, g, opts, &lv, ctx, extra); });
-        return at::empty({0}, q.options().dtype(at::kByte));
+        with_cuda_context(p.q, [&] { return vmonarch::workspace_bytes(p.qv, p.vv, g, opts); },
+                          [&](const vmonarch::CudaContext* ctx) {
+                              vmonarch::attention(p.qv, p.kv, p.vv, p.ov, g, opts, &p.lv, ctx, extra);
+                          });
+        return at::empty({0}, p.q.options().dtype(at::kByte));
     }
     std::size_t bytes = 0;
-    translate_errors([&] { bytes = vmonarch::saved_state_bytes(qv, vv, g, opts); });
-    at::Tensor storage = at::empty({static_cast<int64_t>((bytes + 7) / 8)}, q.options().dtype(at::kDouble));
+    translate_errors([&] { bytes = vmonarch::saved_state_bytes(p.qv, p.vv, g, opts); });
+    at::Tensor storage = at::empty({static_cast<int64_t>((bytes + 7) / 8)}, p.q.options().dtype(at::kDouble));
     at::Tensor saved = storage.view(at::kByte).narrow(0, 0, static_cast<int64_t>(bytes));
-    with_cuda_context(q, [] { return std::size_t(0); }, [&](const vmonarch::CudaContext* ctx) {
-        vmonarch::SavedState state = state_over(saved, bytes, qv, vv, g, opts);
-        vmonarch::attention_training(qv, kv, vv, ov, lv, g, opts, state, ctx, extra);
+    with_cuda_context(p.q, [] { return std::size_t(0); }, [&](const vmonarch::CudaContext* ctx) {
+        vmonarch::SavedState state = state_over(saved, bytes, p.qv, p.vv, g, opts);
+        vmonarch::attention_training(p.qv, p.kv, p.vv, p.ov, p.lv, g, opts, state, ctx, extra);
     });
     return saved;
 }
@@ -238,19 +187,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_train_impl(
     (void)entropy_grad, (void)deterministic; // used by the backward (registered in vmonarch/_backward.py)
     const char* fn = "vmonarch.attention";
     const Layout lay = parse_layout(layout);
-    check_qkv(fn, q_in, k_in, v_in);
     const vmonarch::VideoGrid g = grid_of(fn, grid);
     const vmonarch::Options opts = options_of(fn, iterations, clamp, recompute_first_frame, scale);
-    const at::Tensor q = viewable(q_in), k = viewable(k_in), v = viewable(v_in);
-    const vmonarch::TensorView qv = view_of(q, lay), kv = view_of(k, lay), vv = view_of(v, lay);
-    const std::vector<int64_t> out_shape = lay == Layout::bshd
-                                               ? std::vector<int64_t>{qv.batch(), qv.tokens(), qv.heads(), vv.head_dim()}
-                                               : std::vector<int64_t>{qv.batch(), qv.heads(), qv.tokens(), vv.head_dim()};
-    at::Tensor out = at::empty(out_shape, q.options());
-    at::Tensor lse = at::empty({qv.batch(), qv.heads(), qv.tokens()}, q.options().dtype(lse_dtype(q)));
-    const vmonarch::TensorView ov = view_of(out, lay);
-    const vmonarch::LseView lv = lse_view_of(lse);
-    return {out, lse, training_forward(q, qv, kv, vv, ov, lv, g, opts, save_state, nullptr)};
+    const Prepared p = prepare_all(fn, q_in, k_in, v_in, lay, /*return_lse=*/true);
+    return {p.out, p.lse, training_forward(p, g, opts, save_state, nullptr)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_impl(
@@ -260,85 +200,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_impl(
     bool entropy_grad, bool deterministic, const std::optional<at::Tensor>& saved_in) {
     const char* fn = "vmonarch.attention_backward";
     const Layout lay = parse_layout(layout);
-    const BackwardTensors t = backward_tensors(fn, q_in, k_in, v_in, out_in, lse_in, dout_in);
+    const BackwardTensors t = backward_tensors(fn, q_in, k_in, v_in, out_in, lse_in, dout_in, lay);
     const vmonarch::VideoGrid g = grid_of(fn, grid);
     const vmonarch::Options opts = options_of(fn, iterations, clamp, recompute_first_frame, scale);
-    const vmonarch::TensorView qv = view_of(t.q, lay), kv = view_of(t.k, lay), vv = view_of(t.v, lay);
-    const vmonarch::TensorView ov = view_of(t.out, lay), dov = view_of(t.dout, lay);
-    const vmonarch::TensorView dqv = view_of(t.dq, lay), dkv = view_of(t.dk, lay), dvv = view_of(t.dv, lay);
-    const vmonarch::LseView lv = lse_view_of(t.lse);
     const OptionalLse dlse = optional_lse_of(fn, dlse_in, q_in, t.lse);
     vmonarch::BackwardOptions bo = backward_options(entropy_grad, deterministic);
-    const std::optional<vmonarch::SavedState> state = saved_state_of(fn, "attention_train", saved_in, q_in, qv, vv, g, opts);
+    const std::optional<vmonarch::SavedState> state = saved_state_of(fn, "attention_train", saved_in, q_in, t.qv, t.vv, g, opts);
     if (state) bo.saved = &*state;
-    with_cuda_context(t.q, [&] { return vmonarch::backward_workspace_bytes(qv, vv, g, opts, bo); },
+    with_cuda_context(t.q, [&] { return vmonarch::backward_workspace_bytes(t.qv, t.vv, g, opts, bo); },
                       [&](const vmonarch::CudaContext* ctx) {
-                          vmonarch::attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, g, opts,
+                          vmonarch::attention_backward(t.qv, t.kv, t.vv, t.ov, t.lv, t.dov, t.dqv, t.dkv, t.dvv, g, opts,
                                                        dlse.view_or_null(), bo, ctx);
                       });
     return {t.dq, t.dk, t.dv};
 }
 
 // ---- exact key groups (spec §3b) and joint sequences (spec §3c) ------------------------------------------
-vmonarch::Options exact_options_of(const char* fn, int64_t iterations, double clamp, bool recompute,
-                                   std::optional<double> scale, int64_t sink_frames,
-                                   std::optional<int64_t> window_radius) {
-    vmonarch::Options o = options_of(fn, iterations, clamp, recompute, scale);
-    o.sink_frames = sink_frames;
-    o.window_radius = window_radius;
-    return o;
-}
-
-// text_lens ([B] integers; the library checks the range) as a host vector, or nullopt.
-std::optional<std::vector<int64_t>> lens_of(const char* fn, const std::optional<at::Tensor>& lens, int64_t batch) {
-    if (!lens.has_value() || !lens->defined()) return std::nullopt;
-    TORCH_CHECK_TYPE(!at::isFloatingType(lens->scalar_type()) && lens->scalar_type() != at::kBool, fn,
-                     ": text_lens has dtype ", lens->scalar_type(), ", expected an integer tensor");
-    TORCH_CHECK_VALUE(lens->dim() == 1 && lens->size(0) == batch, fn, ": text_lens has shape ", lens->sizes(),
-                      ", expected [", batch, "] (one valid length per batch element)");
-    const at::Tensor host = lens->to(at::kCPU, at::kLong).contiguous();
-    const int64_t* p = host.data_ptr<int64_t>();
-    return std::vector<int64_t>(p, p + batch);
-}
-
-// The text keys of attention() as ExtraKeys over prepared (viewable) tensors kept alive by the caller.
-struct TextKeys {
-    at::Tensor k, v;
-    std::optional<std::vector<int64_t>> lens;
-    vmonarch::ExtraKeys extra;
-    bool present = false;
-};
-
-TextKeys text_keys_of(const char* fn, const std::optional<at::Tensor>& text_k, const std::optional<at::Tensor>& text_v,
-                      const std::optional<at::Tensor>& text_lens, const at::Tensor& q, Layout lay) {
-    TextKeys t;
-    const bool has_k = text_k.has_value() && text_k->defined(), has_v = text_v.has_value() && text_v->defined();
-    TORCH_CHECK_VALUE(has_k == has_v, fn, ": ", has_k ? "text_k" : "text_v", " is given without ",
-                      has_k ? "text_v" : "text_k", ", expected both or neither");
-    TORCH_CHECK_VALUE(has_k || !(text_lens.has_value() && text_lens->defined()), fn,
-                      ": text_lens is given without text_k/text_v");
-    if (!has_k) return t;
-    const std::pair<const char*, const at::Tensor*> both[2] = {{"text_k", &*text_k}, {"text_v", &*text_v}};
-    for (auto [name, x] : both) {
-        TORCH_CHECK_VALUE(x->dim() == 4, fn, ": ", name, " has ", x->dim(), " dimensions, expected 4 (like q)");
-        TORCH_CHECK_VALUE(x->device() == q.device(), fn, ": ", name, " is on ", x->device(), ", expected ", q.device(),
-                          " like q");
-        TORCH_CHECK_TYPE(x->scalar_type() == q.scalar_type(), fn, ": ", name, " has dtype ", x->scalar_type(),
-                         ", expected ", q.scalar_type(), " like q");
-    }
-    t.k = viewable(*text_k), t.v = viewable(*text_v);
-    t.extra.k = view_of(t.k, lay), t.extra.v = view_of(t.v, lay);
-    t.lens = lens_of(fn, text_lens, q.size(0));
-    t.extra.lens = t.lens ? t.lens->data() : nullptr;
-    t.present = true;
-    return t;
-}
-
-std::vector<int64_t> out_shape_of(const vmonarch::TensorView& qv, const vmonarch::TensorView& vv, Layout lay) {
-    return lay == Layout::bshd ? std::vector<int64_t>{qv.batch(), qv.tokens(), qv.heads(), vv.head_dim()}
-                               : std::vector<int64_t>{qv.batch(), qv.heads(), qv.tokens(), vv.head_dim()};
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_exact_train_impl(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, at::IntArrayRef grid, int64_t iterations,
     double clamp, bool recompute_first_frame, std::optional<double> scale, c10::string_view layout, int64_t sink_frames,
@@ -348,19 +225,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_exact_train_impl(
     (void)entropy_grad, (void)deterministic; // used by the backward (registered in vmonarch/_backward.py)
     const char* fn = "vmonarch.attention";
     const Layout lay = parse_layout(layout);
-    check_qkv(fn, q_in, k_in, v_in);
     const vmonarch::VideoGrid g = grid_of(fn, grid);
     const vmonarch::Options opts =
         exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames, window_radius);
-    const at::Tensor q = viewable(q_in), k = viewable(k_in), v = viewable(v_in);
+    const Prepared p = prepare_all(fn, q_in, k_in, v_in, lay, /*return_lse=*/true);
     const TextKeys text = text_keys_of(fn, text_k, text_v, text_lens, q_in, lay);
-    const vmonarch::TensorView qv = view_of(q, lay), kv = view_of(k, lay), vv = view_of(v, lay);
-    at::Tensor out = at::empty(out_shape_of(qv, vv, lay), q.options());
-    at::Tensor lse = at::empty({qv.batch(), qv.heads(), qv.tokens()}, q.options().dtype(lse_dtype(q)));
-    const vmonarch::TensorView ov = view_of(out, lay);
-    const vmonarch::LseView lv = lse_view_of(lse);
-    const vmonarch::ExtraKeys* extra = text.present ? &text.extra : nullptr;
-    return {out, lse, training_forward(q, qv, kv, vv, ov, lv, g, opts, save_state, extra)};
+    return {p.out, p.lse, training_forward(p, g, opts, save_state, text.extra_or_null())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_exact_backward_impl(
@@ -372,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
     bool deterministic, const std::optional<at::Tensor>& saved_in) {
     const char* fn = "vmonarch.attention_backward";
     const Layout lay = parse_layout(layout);
-    const BackwardTensors t = backward_tensors(fn, q_in, k_in, v_in, out_in, lse_in, dout_in);
+    const BackwardTensors t = backward_tensors(fn, q_in, k_in, v_in, out_in, lse_in, dout_in, lay);
     const vmonarch::VideoGrid g = grid_of(fn, grid);
     const vmonarch::Options opts =
         exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames, window_radius);
@@ -384,51 +254,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
     const OptionalLse dlse = optional_lse_of(fn, dlse_in, q_in, t.lse);
     vmonarch::BackwardOptions bo = backward_options(entropy_grad, deterministic);
     const std::optional<vmonarch::SavedState> state =
-        saved_state_of(fn, "attention_exact_train", saved_in, q_in, view_of(t.q, lay), view_of(t.v, lay), g, opts);
+        saved_state_of(fn, "attention_exact_train", saved_in, q_in, t.qv, t.vv, g, opts);
     if (state) bo.saved = &*state;
     const std::int64_t text_tokens = text.present ? text.extra.k.tokens() : 0;
     with_cuda_context(
-        t.q, [&] { return vmonarch::backward_workspace_bytes(view_of(t.q, lay), view_of(t.v, lay), g, opts, bo, text_tokens); },
+        t.q, [&] { return vmonarch::backward_workspace_bytes(t.qv, t.vv, g, opts, bo, text_tokens); },
         [&](const vmonarch::CudaContext* ctx) {
-            vmonarch::attention_backward(view_of(t.q, lay), view_of(t.k, lay), view_of(t.v, lay), view_of(t.out, lay),
-                                         lse_view_of(t.lse), view_of(t.dout, lay), view_of(t.dq, lay), view_of(t.dk, lay),
-                                         view_of(t.dv, lay), g, opts, dlse.view_or_null(), bo, ctx,
-                                         text.present ? &text.extra : nullptr, text.present ? &extra_grads : nullptr);
+            vmonarch::attention_backward(t.qv, t.kv, t.vv, t.ov, t.lv, t.dov, t.dqv, t.dkv, t.dvv, g, opts,
+                                         dlse.view_or_null(), bo, ctx, text.extra_or_null(),
+                                         text.present ? &extra_grads : nullptr);
         });
     return {t.dq, t.dk, t.dv, dtk, dtv};
 }
 
 std::tuple<at::Tensor, at::Tensor> joint_attention_train_impl(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, at::IntArrayRef grid, int64_t text_len,
-    bool text_first, const std::optional<at::Tensor>& text_lens, int64_t iterations, double clamp,
-    bool recompute_first_frame, std::optional<double> scale, c10::string_view layout, int64_t sink_frames,
-    std::optional<int64_t> window_radius, bool entropy_grad, bool deterministic) {
+    bool text_first, const std::optional<at::Tensor>& text_lens, const std::optional<at::Tensor>& text_mask,
+    int64_t iterations, double clamp, bool recompute_first_frame, std::optional<double> scale,
+    c10::string_view layout, int64_t sink_frames, std::optional<int64_t> window_radius, bool entropy_grad,
+    bool deterministic) {
     (void)entropy_grad, (void)deterministic; // used by the backward (registered in vmonarch/_backward.py)
-    const char* fn = "vmonarch.joint_attention";
-    const Layout lay = parse_layout(layout);
-    check_qkv(fn, q_in, k_in, v_in);
-    const vmonarch::VideoGrid g = grid_of(fn, grid);
-    const vmonarch::Options opts =
-        exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames, window_radius);
-    const at::Tensor q = viewable(q_in), k = viewable(k_in), v = viewable(v_in);
-    const auto lens = lens_of(fn, text_lens, q_in.size(0));
-    const vmonarch::TensorView qv = view_of(q, lay), kv = view_of(k, lay), vv = view_of(v, lay);
-    at::Tensor out = at::empty(out_shape_of(qv, vv, lay), q.options());
-    at::Tensor lse = at::empty({qv.batch(), qv.heads(), qv.tokens()}, q.options().dtype(lse_dtype(q)));
-    const vmonarch::LseView lv = lse_view_of(lse);
-    vmonarch::TensorView video_q = qv, video_v = vv; // the workspace covers the video part
-    video_q.shape[1] = video_v.shape[1] = std::max<int64_t>(0, qv.tokens() - text_len);
-    with_cuda_context(q,
-                      [&] { // a sequence that does not split into N + text_len gets joint_attention's own error
-                          if (text_len < 0 || video_q.tokens() != g.tokens()) return std::size_t(0);
-                          return vmonarch::workspace_bytes(video_q, video_v, g, opts);
-                      },
-                      [&](const vmonarch::CudaContext* ctx) {
-                          vmonarch::joint_attention(qv, kv, vv, view_of(out, lay), g, text_len,
-                                                    text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last,
-                                                    lens ? lens->data() : nullptr, opts, &lv, ctx);
-                      });
-    return {out, lse};
+    return vmonarch_binding::joint_attention_forward("vmonarch.joint_attention", q_in, k_in, v_in, grid, text_len,
+                                                     text_first, text_lens, text_mask, iterations, clamp,
+                                                     recompute_first_frame, scale, layout, /*return_lse=*/true,
+                                                     sink_frames, window_radius);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> joint_attention_backward_impl(
@@ -439,57 +288,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> joint_attention_backward_impl(
     std::optional<int64_t> window_radius, bool entropy_grad, bool deterministic) {
     const char* fn = "vmonarch.joint_attention_backward";
     const Layout lay = parse_layout(layout);
-    const BackwardTensors t = backward_tensors(fn, q_in, k_in, v_in, out_in, lse_in, dout_in);
+    const BackwardTensors t = backward_tensors(fn, q_in, k_in, v_in, out_in, lse_in, dout_in, lay);
     const vmonarch::VideoGrid g = grid_of(fn, grid);
     const vmonarch::Options opts =
         exact_options_of(fn, iterations, clamp, recompute_first_frame, scale, sink_frames, window_radius);
-    const auto lens = lens_of(fn, text_lens, q_in.size(0));
+    check_text_len(fn, text_len, t.qv.tokens());
+    const auto lens = text_lengths(fn, text_lens, std::nullopt, t.qv.batch(), text_len);
     const OptionalLse dlse = optional_lse_of(fn, dlse_in, q_in, t.lse);
     const vmonarch::BackwardOptions bo = backward_options(entropy_grad, deterministic);
-    vmonarch::TensorView video_q = view_of(t.q, lay), video_v = view_of(t.v, lay); // the workspace: the video part's
-    video_q.shape[1] = video_v.shape[1] = std::max<int64_t>(0, video_q.tokens() - text_len);
+    const vmonarch::TensorView video_q = video_part(t.qv, text_len), video_v = video_part(t.vv, text_len);
     with_cuda_context(
         t.q,
         [&] { // a sequence that does not split into N + text_len gets joint_attention_backward's own error
-            if (text_len < 0 || video_q.tokens() != g.tokens()) return std::size_t(0);
+            if (video_q.tokens() != g.tokens()) return std::size_t(0);
             return vmonarch::backward_workspace_bytes(video_q, video_v, g, opts, bo, text_len, text_len > 0);
         },
         [&](const vmonarch::CudaContext* ctx) {
-            vmonarch::joint_attention_backward(
-                view_of(t.q, lay), view_of(t.k, lay), view_of(t.v, lay), view_of(t.out, lay), lse_view_of(t.lse),
-                view_of(t.dout, lay), view_of(t.dq, lay), view_of(t.dk, lay), view_of(t.dv, lay), g, text_len,
-                text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last,
-                lens ? lens->data() : nullptr, opts, dlse.view_or_null(), bo, ctx);
+            vmonarch::joint_attention_backward(t.qv, t.kv, t.vv, t.ov, t.lv, t.dov, t.dqv, t.dkv, t.dvv, g, text_len,
+                                               text_position(text_first), lens ? lens->data() : nullptr, opts,
+                                               dlse.view_or_null(), bo, ctx);
         });
     return {t.dq, t.dk, t.dv};
-}
-
-// Forward-mode AD: like the forward operators (vmonarch_ops.cpp), these have no forward derivative; a
-// kernel below autograd refuses inputs that carry a tangent instead of returning none.
-void refuse_tangents(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
-    const auto& arguments = op.schema().arguments();
-    const auto values = torch::jit::last(*stack, arguments.size());
-    for (std::size_t i = 0; i < arguments.size(); ++i) {
-        if (!values[i].isTensor()) continue;
-        const at::Tensor& t = values[i].toTensor();
-        TORCH_CHECK_NOT_IMPLEMENTED(!t.defined() || !t._fw_grad(/*level=*/0).defined(), "vmonarch.attention: "
-                                    "forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not supported: "
-                                    "argument '", arguments[i].name(), "' of ", op.operator_name().name,
-                                    " has a tangent; call it on plain tensors");
-    }
-    at::AutoDispatchBelowADInplaceOrView below;
-    op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
 }
 
 } // namespace
 
 TORCH_LIBRARY_IMPL(vmonarch, ADInplaceOrView, m) {
-    m.impl("attention_train", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
-    m.impl("attention_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
-    m.impl("attention_exact_train", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
-    m.impl("attention_exact_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
-    m.impl("joint_attention_train", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
-    m.impl("joint_attention_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_tangents>());
+    m.impl("attention_train", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
+    m.impl("attention_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
+    m.impl("attention_exact_train", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
+    m.impl("attention_exact_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
+    m.impl("joint_attention_train", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
+    m.impl("joint_attention_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
 }
 
 TORCH_LIBRARY_FRAGMENT(vmonarch, m) {
@@ -511,7 +341,7 @@ TORCH_LIBRARY_FRAGMENT(vmonarch, m) {
           "Tensor? text_lens=None, bool entropy_grad=False, bool deterministic=False, Tensor? saved=None) "
           "-> (Tensor dq, Tensor dk, Tensor dv, Tensor dtext_k, Tensor dtext_v)");
     m.def("joint_attention_train(Tensor q, Tensor k, Tensor v, int[] grid, int text_len, bool text_first=False, "
-          "Tensor? text_lens=None, int iterations=2, float clamp=0.1, bool recompute_first_frame=True, "
+          "Tensor? text_lens=None, Tensor? text_mask=None, int iterations=2, float clamp=0.1, bool recompute_first_frame=True, "
           "float? scale=None, str layout=\"bshd\", int sink_frames=0, int? window_radius=None, "
           "bool entropy_grad=False, bool deterministic=False) -> (Tensor out, Tensor lse)");
     m.def("joint_attention_backward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dout, Tensor? dlse, "

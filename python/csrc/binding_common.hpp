@@ -1,16 +1,28 @@
 // Pieces both operator files of the extension share (vmonarch_ops.cpp, backward_ops.cpp): the layout and
-// dtype of a tensor, its view for the C++ API, and the one translation of the C++ library's exceptions into torch's typed errors
+// dtype of a tensor, its view for the C++ API, the one translation of the C++ library's exceptions into torch's typed errors
 // (ArgumentError -> ValueError, UnsupportedError -> NotImplementedError, OutOfMemoryError ->
-// torch.OutOfMemoryError, CudaError and anything else -> RuntimeError).
+// torch.OutOfMemoryError, CudaError and anything else -> RuntimeError), the CUDA context on torch's current
+// stream, and the kernel that refuses forward-mode AD. The argument checks are in binding_args.hpp.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/stack.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
 #include "vmonarch/vmonarch.hpp"
+
+#ifdef VMONARCH_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
 
 namespace vmonarch_binding {
 
@@ -65,6 +77,53 @@ void translate_errors(F&& f) {
     } catch (const std::exception& e) {
         TORCH_CHECK(false, "vmonarch: ", e.what());
     }
+}
+
+// Calls f(ctx) with a CudaContext on torch's current stream and a workspace of `ws_bytes()` bytes (at least
+// one, so the pointer is never null) from torch's caching allocator, which is stream-ordered and graph-safe
+// (captured graphs keep a private pool), for a CUDA tensor q; f(nullptr) otherwise (CPU, or CUDA tensors in a
+// build without CUDA kernels, where the library raises UnsupportedError). ws_bytes runs only for CUDA tensors.
+template <typename Bytes, typename F>
+void with_cuda_context(const at::Tensor& q, Bytes&& ws_bytes, F&& f) {
+#ifdef VMONARCH_WITH_CUDA
+    if (q.is_cuda()) {
+        c10::cuda::CUDAGuard guard(q.device());
+        std::size_t bytes = 0;
+        translate_errors([&] { bytes = ws_bytes(); });
+        at::Tensor workspace =
+            at::empty({static_cast<int64_t>(std::max<std::size_t>(bytes, 1))}, q.options().dtype(at::kByte));
+        vmonarch::CudaContext ctx;
+        ctx.stream = at::cuda::getCurrentCUDAStream(q.device().index()).stream();
+        ctx.workspace = workspace.data_ptr();
+        ctx.workspace_bytes = bytes;
+        translate_errors([&] { f(&ctx); });
+        return;
+    }
+#endif
+    (void)ws_bytes;
+    translate_errors([&] { f(static_cast<const vmonarch::CudaContext*>(nullptr)); });
+}
+
+// Forward-mode AD (torch.autograd.forward_ad, torch.func.jvp): the operators have no forward derivative,
+// and their autograd kernel runs them without looking at tangents, so the output would carry none (jvp
+// then reports a zero tangent). This kernel sits one dispatch level below autograd (ADInplaceOrView),
+// where the inputs still carry their tangents (torch.func's wrappers too: level 0 is the only forward-AD
+// level torch uses), and refuses them; without tangents it passes the call on unchanged.
+inline void refuse_forward_ad(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+    const auto& arguments = op.schema().arguments();
+    const auto values = torch::jit::last(*stack, arguments.size());
+    for (std::size_t i = 0; i < arguments.size(); ++i) {
+        if (!values[i].isTensor()) continue;
+        const at::Tensor& t = values[i].toTensor();
+        TORCH_CHECK_NOT_IMPLEMENTED(
+            !t.defined() || !t._fw_grad(/*level=*/0).defined(), "vmonarch.",
+            op.operator_name().name.substr(sizeof("vmonarch::") - 1),
+            ": forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) is not supported: argument '",
+            arguments[i].name(), "' has a tangent, but the operator has no forward derivative; call it on plain "
+            "tensors, e.g. torch.autograd.forward_ad.unpack_dual(x).primal");
+    }
+    at::AutoDispatchBelowADInplaceOrView below;
+    op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
 }
 
 } // namespace vmonarch_binding

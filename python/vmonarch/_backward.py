@@ -204,13 +204,18 @@ torch.library.register_autograd("vmonarch::attention_exact_groups", _exact_backw
 
 
 # --- joint text+video sequences (spec §3c): joint_attention_train and the plain joint_attention op ---------
+def prefix_lengths(text_mask):
+    """Valid lengths [B] of a key-padding prefix mask (the forward operator checked that it is a prefix)."""
+    return None if text_mask is None else text_mask.sum(dim=1).to(torch.int64)
+
+
 @torch.library.register_fake("vmonarch::joint_attention_train")
-def _joint_train_fake(q, k, v, grid, text_len, text_first=False, text_lens=None, iterations=2, clamp=0.1,
-                      recompute_first_frame=True, scale=None, layout="bshd", sink_frames=0, window_radius=None,
-                      entropy_grad=False, deterministic=False):
+def _joint_train_fake(q, k, v, grid, text_len, text_first=False, text_lens=None, text_mask=None, iterations=2,
+                      clamp=0.1, recompute_first_frame=True, scale=None, layout="bshd", sink_frames=0,
+                      window_radius=None, entropy_grad=False, deterministic=False):
     from ._ops import _joint_attention_fake
 
-    return _joint_attention_fake(q, k, v, grid, text_len, text_first, text_lens, None, iterations, clamp,
+    return _joint_attention_fake(q, k, v, grid, text_len, text_first, text_lens, text_mask, iterations, clamp,
                                  recompute_first_frame, scale, layout, True, sink_frames, window_radius)
 
 
@@ -222,10 +227,10 @@ def _joint_backward_fake(q, k, v, out, lse, dout, dlse, grid, text_len, text_fir
 
 
 def _joint_train_setup(ctx, inputs, output):
-    (q, k, v, grid, text_len, text_first, text_lens, iterations, clamp, recompute, scale, layout, sink_frames,
-     window_radius, entropy_grad, deterministic) = inputs
+    (q, k, v, grid, text_len, text_first, text_lens, text_mask, iterations, clamp, recompute, scale, layout,
+     sink_frames, window_radius, entropy_grad, deterministic) = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, text_lens)
+    ctx.save_for_backward(q, k, v, out, lse, text_lens if text_lens is not None else prefix_lengths(text_mask))
     ctx.args = (list(grid), int(text_len), bool(text_first), int(iterations), float(clamp), bool(recompute), scale,
                 layout, int(sink_frames), window_radius, bool(entropy_grad), bool(deterministic))
 
@@ -239,16 +244,11 @@ def _joint_train_backward(ctx, dout, dlse):
     dq, dk, dv = torch.ops.vmonarch.joint_attention_backward(
         q, k, v, out, lse, dout, dlse, grid, text_len, text_first, text_lens, iterations, clamp, recompute, scale,
         layout, sink_frames, window_radius, entropy_grad, deterministic)
-    return (dq, dk, dv) + (None,) * 13
+    return (dq, dk, dv) + (None,) * 14
 
 
 torch.library.register_autograd("vmonarch::joint_attention_train", _joint_train_backward,
                                 setup_context=_joint_train_setup)
-
-
-def prefix_lengths(text_mask):
-    """Valid lengths [B] of a key-padding prefix mask (the forward operator checked that it is a prefix)."""
-    return None if text_mask is None else text_mask.sum(dim=1).to(torch.int64)
 
 
 def _joint_setup(ctx, inputs, output):
@@ -264,8 +264,8 @@ def _joint_backward(ctx, dout, dlse):
     q, k, v, out, lse, text_lens = ctx.saved_tensors
     grid, text_len, text_first, iterations, clamp, recompute, scale, layout, sink_frames, window_radius = ctx.args
     if lse.numel() == 0:  # the forward was asked for no LSE: the backward needs it, so rerun
-        out, lse = torch.ops.vmonarch.joint_attention_train(q, k, v, grid, text_len, text_first, text_lens, iterations,
-                                                            clamp, recompute, scale, layout, sink_frames,
+        out, lse = torch.ops.vmonarch.joint_attention_train(q, k, v, grid, text_len, text_first, text_lens, None,
+                                                            iterations, clamp, recompute, scale, layout, sink_frames,
                                                             window_radius)
         dlse = None
     if dout is None:

@@ -52,22 +52,6 @@ def _wants_grad(*tensors) -> bool:
             and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors))
 
 
-def _mask_lengths(fn: str, mask: torch.Tensor, batch: int, L: int) -> torch.Tensor:
-    """Valid lengths [B] of a bool key-padding mask [B, L] that must be a prefix (as the forward operator checks)."""
-    if mask.dtype != torch.bool:
-        raise TypeError(f"{fn}: text_mask has dtype {mask.dtype}, expected torch.bool (True = valid key)")
-    if mask.dim() != 2 or tuple(mask.shape) != (batch, L):
-        raise ValueError(f"{fn}: text_mask has shape {list(mask.shape)}, expected [{batch}, {L}]")
-    mask = mask.cpu()
-    lens = mask.sum(dim=1).to(torch.int64)
-    prefix = torch.arange(L)[None, :] < lens[:, None]
-    bad = (prefix != mask).any(dim=1).nonzero().flatten()
-    if bad.numel() > 0:
-        b = int(bad[0])
-        raise ValueError(f"{fn}: text_mask[{b}] is not a key-padding prefix, expected the valid text tokens first")
-    return lens
-
-
 def attention(q, k, v, grid: Sequence[int], layout: str, iterations: int, clamp: float, recompute_first_frame: bool,
               scale: Optional[float], return_lse: bool, sink_frames: int, window_radius: Optional[int],
               text_k, text_v, text_lens, entropy_grad: bool = False, deterministic: bool = False,
@@ -109,11 +93,9 @@ def joint_attention(q, k, v, grid: Sequence[int], text_len: int, text_first: boo
         raise TypeError(f"{fn}: text_mask is a {type(text_mask).__name__}, expected a bool tensor [B, L] or None")
     lens = _lens_tensor(fn, "text_lens", text_lens)
     if _wants_grad(q, k, v):
-        if text_mask is not None:
-            lens = _mask_lengths(fn, text_mask, q.shape[0], text_len)
         out, lse = _ops.ops.joint_attention_train(
-            q, k, v, list(grid), text_len, text_first, lens, iterations, clamp, recompute_first_frame, scale, layout,
-            sink_frames, window_radius, entropy_grad, deterministic)
+            q, k, v, list(grid), text_len, text_first, lens, text_mask, iterations, clamp, recompute_first_frame, scale,
+            layout, sink_frames, window_radius, entropy_grad, deterministic)
         return (out, lse) if return_lse else out
     out, lse = _ops.ops.joint_attention(
         q, k, v, list(grid), text_len, text_first, lens, text_mask, iterations,

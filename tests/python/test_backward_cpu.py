@@ -273,7 +273,7 @@ def test_backward_argument_errors():
         op(q, k, v, out, lse, out[:, :4], None, list(grid))
     with pytest.raises(ValueError, match="lse.shape\\[2\\]"):
         op(q, k, v, out, lse[:, :, :3], out, None, list(grid))
-    with pytest.raises(ValueError, match="iterations is 9, expected 1..8"):
+    with pytest.raises(ValueError, match="argument 'iterations' is 9, expected 1..8"):
         op(q, k, v, out, lse, out, None, list(grid), 9)
     with pytest.raises(ValueError, match="dlse.shape\\[2\\]"):
         op(q, k, v, out, lse, out, lse[:, :, :2], list(grid))

@@ -244,10 +244,51 @@ def test_joint_mask_errors_on_the_training_path():
     q, k, v = leaves(*joint_sequence(2, 1, grid, 3, 4, "bshd", False, seed=1))
     with pytest.raises(ValueError, match=r"text_mask\[1\] is not a key-padding prefix"):
         vmonarch.joint_attention(q, k, v, grid, 3, text_mask=torch.tensor([[True, False, False], [False, True, True]]))
-    with pytest.raises(TypeError, match="text_mask has dtype torch.int64"):
+    with pytest.raises(TypeError, match="text_mask has dtype Long, expected torch.bool"):
         vmonarch.joint_attention(q, k, v, grid, 3, text_mask=torch.ones(2, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"text_lens\[0\].*is 4, expected 0..3"):
         vmonarch.joint_attention(q, k, v, grid, 3, text_lens=[4, 1])
+
+
+def test_joint_text_mask_errors_are_the_forwards_on_the_training_path():
+    """A text_mask takes one check whether gradients are wanted or not: the training operator gets the mask and
+    raises the forward operator's own errors (type and message)."""
+    grid = (2, 1, 2)
+    jq, jk, jv = joint_sequence(2, 1, grid, 3, 4, "bshd", True, seed=2)
+    bad = [dict(text_mask=torch.tensor([[True, True, False], [True, False, True]])),     # not a prefix (row 1)
+           dict(text_mask=torch.tensor([[False, True, True], [True, True, True]])),     # not a prefix (row 0)
+           dict(text_mask=torch.ones(2, 3, dtype=torch.uint8)),
+           dict(text_mask=torch.ones(2, 4, dtype=torch.bool)),
+           dict(text_mask=torch.ones(3, dtype=torch.bool)),
+           dict(text_mask=torch.ones(2, 3, dtype=torch.bool), text_lens=[1, 2])]
+    for kwargs in bad:
+        with pytest.raises((TypeError, ValueError)) as forward:
+            vmonarch.joint_attention(jq, jk, jv, grid, 3, text_first=True, **kwargs)
+        with pytest.raises(forward.type) as training:
+            vmonarch.joint_attention(*leaves(jq, jk, jv), grid, 3, text_first=True, **kwargs)
+        assert str(training.value) == str(forward.value), kwargs
+    with pytest.raises(ValueError, match=r"text_mask\[1\] is not a key-padding prefix \(True at 2 after False at 1\)"):
+        vmonarch.joint_attention(*leaves(jq, jk, jv), grid, 3, text_first=True, **bad[0])
+
+
+def test_joint_text_mask_trains_under_compile(ref):
+    """The training path with a text_mask compiles as one graph (the mask goes to the operator, its fake kernel
+    gives the shapes) and its gradients are the mask's lengths' gradients."""
+    grid = (3, 1, 2)
+    L, lens = 3, [2, 0]
+    jq, jk, jv = joint_sequence(2, 2, grid, L, 4, "bhsd", False, seed=7)
+    mask = torch.arange(L)[None] < torch.tensor(lens)[:, None]
+    dout = torch.randn(jv.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    qb, kb, vb = leaves(jq, jk, jv)
+    want = torch.autograd.grad((ref.joint_reference(qb, kb, vb, frames=grid[0], text_len=L, text_lens=lens,
+                                                    sink_frames=1, detach_entropy=True) * dout).sum(), (qb, kb, vb))
+
+    def attend(q, k, v):
+        return vmonarch.joint_attention(q, k, v, grid, L, text_mask=mask, layout="bhsd", sink_frames=1)
+
+    for run in (attend, torch.compile(attend, fullgraph=True)):
+        q, k, v = leaves(jq, jk, jv)
+        assert_grads_close(torch.autograd.grad((run(q, k, v) * dout).sum(), (q, k, v)), want)
 
 
 def test_opcheck_exact_backward_ops():
@@ -269,7 +310,10 @@ def test_opcheck_exact_backward_ops():
                                False, False, s), test_utils=("test_schema", "test_faketensor"))
     jq, jk, jv = joint_sequence(2, 2, tuple(grid), 3, 4, "bshd", True, seed=103)
     torch.library.opcheck(torch.ops.vmonarch.joint_attention_train.default,
-                          (jq, jk, jv, grid, 3, True, lens, 2, 0.1, True, None, "bshd", 1, None, False, False),
+                          (jq, jk, jv, grid, 3, True, lens, None, 2, 0.1, True, None, "bshd", 1, None, False, False),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.vmonarch.joint_attention_train.default,
+                          (jq, jk, jv, grid, 3, True, None, torch.tensor([[True, False, False], [True, True, True]])),
                           test_utils=("test_schema", "test_faketensor"))
     jout, jlse = torch.ops.vmonarch.joint_attention_train(jq, jk, jv, grid, 3, True, lens)
     torch.library.opcheck(torch.ops.vmonarch.joint_attention_backward.default,
