@@ -18,7 +18,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 
 from . import _exact, _ops
-from ._args import ITERATIONS, check_bool, check_float, check_grid, check_int
+from ._args import check_bool, check_grid, check_int, check_options, check_scale
 
 __version__ = "0.1.0"
 __all__ = ["attention", "joint_attention", "dense_attention", "flops", "FlopCount", "cuda_built", "cuda_available"]
@@ -33,12 +33,6 @@ def _check_common(fn: str, q, k, v, layout: str) -> None:
     if not isinstance(layout, str) or layout not in _LAYOUTS:
         raise ValueError(f"{fn}: layout is {layout!r}, expected 'bshd' ([batch, tokens, heads, head_dim]) "
                          "or 'bhsd' ([batch, heads, tokens, head_dim])")
-
-
-def _check_scale(fn: str, scale):
-    if scale is None:
-        return None
-    return check_float(fn, "scale", scale, lo=0.0, lo_open=True, what="a finite float > 0 or None (1/sqrt(d))")
 
 
 def attention(
@@ -94,11 +88,8 @@ def attention(
     fn = "vmonarch.attention"
     _check_common(fn, q, k, v, layout)
     grid = check_grid(fn, grid)
-    iterations = check_int(fn, "iterations", iterations, *ITERATIONS)
-    clamp = check_float(fn, "clamp", clamp, lo=0.0, what="a finite float >= 0 (0 disables the clamp)")
-    recompute_first_frame = check_bool(fn, "recompute_first_frame", recompute_first_frame)
+    iterations, clamp, recompute_first_frame, scale = check_options(fn, iterations, clamp, recompute_first_frame, scale)
     return_lse = check_bool(fn, "return_lse", return_lse)
-    scale = _check_scale(fn, scale)
     entropy_grad = check_bool(fn, "entropy_grad", entropy_grad)
     deterministic = check_bool(fn, "deterministic", deterministic)
     save_state = check_bool(fn, "save_state", save_state)
@@ -152,15 +143,13 @@ def joint_attention(
     fn = "vmonarch.joint_attention"
     _check_common(fn, q, k, v, layout)
     grid = check_grid(fn, grid)
-    iterations = check_int(fn, "iterations", iterations, *ITERATIONS)
-    clamp = check_float(fn, "clamp", clamp, lo=0.0, what="a finite float >= 0 (0 disables the clamp)")
-    recompute_first_frame = check_bool(fn, "recompute_first_frame", recompute_first_frame)
+    iterations, clamp, recompute_first_frame, scale = check_options(fn, iterations, clamp, recompute_first_frame, scale)
     return_lse = check_bool(fn, "return_lse", return_lse)
     text_first = check_bool(fn, "text_first", text_first)
     entropy_grad = check_bool(fn, "entropy_grad", entropy_grad)
     deterministic = check_bool(fn, "deterministic", deterministic)
     return _exact.joint_attention(q, k, v, grid, text_len, text_first, text_lens, text_mask, layout, iterations,
-                                  clamp, recompute_first_frame, _check_scale(fn, scale), return_lse, sink_frames,
+                                  clamp, recompute_first_frame, scale, return_lse, sink_frames,
                                   window_radius, entropy_grad, deterministic)
 
 
@@ -176,7 +165,7 @@ def dense_attention(
     fn = "vmonarch.dense_attention"
     _check_common(fn, q, k, v, layout)
     return_lse = check_bool(fn, "return_lse", return_lse)
-    out, lse = _ops.ops.dense_attention(q, k, v, _check_scale(fn, scale), layout, return_lse)
+    out, lse = _ops.ops.dense_attention(q, k, v, check_scale(fn, scale), layout, return_lse)
     return (out, lse) if return_lse else out
 
 

@@ -60,6 +60,22 @@ def check_float(fn: str, name: str, value, lo: Optional[float] = None, lo_open: 
     return value
 
 
+def check_scale(fn: str, scale):
+    """The softmax scale: None (1/sqrt(d)) or a finite float > 0."""
+    if scale is None:
+        return None
+    return check_float(fn, "scale", scale, lo=0.0, lo_open=True, what="a finite float > 0 or None (1/sqrt(d))")
+
+
+def check_options(fn: str, iterations, clamp, recompute_first_frame, scale) -> Tuple:
+    """(iterations, clamp, recompute_first_frame, scale), the options of spec §3, checked: t = iterations
+    alternating R/L steps in 1..8, the clamp of cR >= 0 (0 disables it), a bool, and check_scale's scale."""
+    return (check_int(fn, "iterations", iterations, *ITERATIONS),
+            check_float(fn, "clamp", clamp, lo=0.0, what="a finite float >= 0 (0 disables the clamp)"),
+            check_bool(fn, "recompute_first_frame", recompute_first_frame),
+            check_scale(fn, scale))
+
+
 def check_grid(fn: str, grid) -> Tuple:
     """(T, H, W): three ints >= 1, each fitting int64. Whether T*H*W overflows is the C++ library's
     check (vmonarch::VideoGrid::tokens), reached through the operator."""

@@ -36,7 +36,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from ._args import ITERATIONS, check_bool, check_float, check_grid, check_int
+from ._args import check_bool, check_grid, check_int, check_options
 
 __all__ = ["attention"]
 
@@ -172,11 +172,8 @@ def attention(
     """
     _check_tensors(q, k, v, layout)
     grid = check_grid(_FN, grid)
-    iterations = check_int(_FN, "iterations", iterations, *ITERATIONS)
-    clamp = check_float(_FN, "clamp", clamp, lo=0.0, what="a finite float >= 0 (0 disables the clamp)")
-    recompute_first_frame = check_bool(_FN, "recompute_first_frame", recompute_first_frame)
-    if scale is not None:
-        scale = check_float(_FN, "scale", scale, lo=0.0, lo_open=True, what="a finite float > 0 or None (1/sqrt(d))")
+    iterations, clamp, recompute_first_frame, scale = check_options(_FN, iterations, clamp, recompute_first_frame,
+                                                                    scale)
     return_lse = check_bool(_FN, "return_lse", return_lse)
     entropy_grad = check_bool(_FN, "entropy_grad", entropy_grad)
     checkpoint = check_bool(_FN, "checkpoint", checkpoint)
