@@ -69,56 +69,60 @@ def _attention_backward_fake(q, k, v, out, lse, dout, dlse, grid, iterations=2, 
         torch.empty_like(v, memory_format=torch.contiguous_format)
 
 
-# --- attention_train: the forward of training --------------------------------------------------------
-def _train_setup(ctx, inputs, output):
-    q, k, v, grid, iterations, clamp, recompute, scale, layout, entropy_grad, deterministic, _save = inputs
-    out, lse, saved = output
+# --- autograd of both forwards of a family: the training op (always with its LSE, and a saved state) and the
+# plain inference op (paper gradient; without its LSE output the backward reruns the forward first) ------------
+def _state(saved):
+    """The saved-state argument of a backward op: None for lean mode (no state, or an empty one)."""
+    return saved if saved is not None and saved.numel() > 0 else None
+
+
+def _outputs(ctx, output):
+    """(out, lse, saved) of a forward op's output (saved None for the plain ops, which return no state)."""
+    if len(output) == 2:
+        return (*output, None)
+    ctx.mark_non_differentiable(output[2])
+    return tuple(output)
+
+
+def _input_grads(ctx, grads):
+    """The gradients by input position: grads maps positions to gradients, every other input gets None."""
+    return tuple(grads.get(i) for i in range(ctx.input_count))
+
+
+# --- attention_train (inputs q .. layout, entropy_grad, deterministic, save_state) and attention (q .. layout,
+# return_lse) ----------------------------------------------------------------------------------------------
+def _attention_save(ctx, inputs, output, entropy_grad, deterministic):
+    q, k, v, grid, iterations, clamp, recompute, scale, layout = inputs[:9]
+    out, lse, saved = _outputs(ctx, output)
     ctx.save_for_backward(q, k, v, out, lse, saved)
     ctx.args = (list(grid), int(iterations), float(clamp), bool(recompute), scale, layout, bool(entropy_grad),
                 bool(deterministic))
-    ctx.mark_non_differentiable(saved)
+    ctx.input_count = len(inputs)
 
 
-def _train_backward(ctx, dout, dlse, _dsaved):
+def _attention_grads(ctx, dout, dlse, *_dsaved):
     q, k, v, out, lse, saved = ctx.saved_tensors
     grid, iterations, clamp, recompute, scale, layout, entropy_grad, deterministic = ctx.args
-    if dout is None:
-        dout = torch.zeros_like(out)
-    dq, dk, dv = torch.ops.vmonarch.attention_backward(
-        q, k, v, out, lse, dout, dlse, grid, iterations, clamp, recompute, scale, layout, entropy_grad,
-        deterministic, saved if saved.numel() > 0 else None)
-    return (dq, dk, dv) + (None,) * 9
-
-
-torch.library.register_autograd("vmonarch::attention_train", _train_backward, setup_context=_train_setup)
-
-
-# --- attention: the inference op, differentiable too (paper gradient, lean mode) ---------------------
-def _attention_setup(ctx, inputs, output):
-    q, k, v, grid, iterations, clamp, recompute, scale, layout, _return_lse = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.args = (list(grid), int(iterations), float(clamp), bool(recompute), scale, layout)
-
-
-def _attention_backward(ctx, dout, dlse):
-    q, k, v, out, lse = ctx.saved_tensors
-    grid, iterations, clamp, recompute, scale, layout = ctx.args
-    saved = None
     if lse.numel() == 0:
-        # The forward was asked for no LSE, which the backward needs: rerun it once as the training forward
+        # The plain op was asked for no LSE, which the backward needs: rerun it once as the training forward
         # with its state kept, so the backward does not rerun it a second time (lean mode would).
         out, lse, saved = torch.ops.vmonarch.attention_train(q, k, v, grid, iterations, clamp, recompute, scale,
-                                                             layout, False, False, True)
+                                                             layout, entropy_grad, deterministic, True)
         dlse = None
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = torch.ops.vmonarch.attention_backward(
-        q, k, v, out, lse, dout, dlse, grid, iterations, clamp, recompute, scale, layout, False, False, saved)
-    return (dq, dk, dv) + (None,) * 7
+        q, k, v, out, lse, dout, dlse, grid, iterations, clamp, recompute, scale, layout, entropy_grad,
+        deterministic, _state(saved))
+    return _input_grads(ctx, {0: dq, 1: dk, 2: dv})
 
 
-torch.library.register_autograd("vmonarch::attention", _attention_backward, setup_context=_attention_setup)
+torch.library.register_autograd("vmonarch::attention_train", _attention_grads,
+                                setup_context=lambda ctx, inputs, output: _attention_save(ctx, inputs, output,
+                                                                                          *inputs[9:11]))
+torch.library.register_autograd("vmonarch::attention", _attention_grads,
+                                setup_context=lambda ctx, inputs, output: _attention_save(ctx, inputs, output,
+                                                                                          False, False))
 
 
 # --- exact key groups (spec §3b): attention_exact_train and the plain attention_exact_groups op -------------
@@ -142,65 +146,46 @@ def _attention_exact_backward_fake(q, k, v, out, lse, dout, dlse, grid, iteratio
         torch.empty_like(text_v, memory_format=torch.contiguous_format)
 
 
-def _text_grads(text_k, dtk, dtv):
-    """The text keys' gradients as autograd returns them (None without text keys)."""
-    return (dtk, dtv) if text_k is not None else (None, None)
-
-
-def _exact_train_setup(ctx, inputs, output):
-    (q, k, v, grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius, text_k, text_v, text_lens,
-     entropy_grad, deterministic, _save) = inputs
-    out, lse, saved = output
+# attention_exact_train's inputs: q .. layout, sink_frames, window_radius, text_k, text_v, text_lens, entropy_grad,
+# deterministic, save_state; attention_exact_groups's: q .. layout, return_lse, sink_frames .. text_lens.
+def _exact_save(ctx, inputs, output, exact_at, entropy_grad, deterministic):
+    """exact_at: the position of sink_frames among the inputs (text_k, text_v, text_lens follow window_radius)."""
+    q, k, v, grid, iterations, clamp, recompute, scale, layout = inputs[:9]
+    sink_frames, window_radius, text_k, text_v, text_lens = inputs[exact_at:exact_at + 5]
+    out, lse, saved = _outputs(ctx, output)
     ctx.save_for_backward(q, k, v, out, lse, saved, text_k, text_v, text_lens)
     ctx.args = (list(grid), int(iterations), float(clamp), bool(recompute), scale, layout, int(sink_frames),
                 window_radius, bool(entropy_grad), bool(deterministic))
-    ctx.mark_non_differentiable(saved)
+    ctx.input_count, ctx.text_k_at = len(inputs), exact_at + 2
 
 
-def _exact_train_backward(ctx, dout, dlse, _dsaved):
+def _exact_grads(ctx, dout, dlse, *_dsaved):
     q, k, v, out, lse, saved, text_k, text_v, text_lens = ctx.saved_tensors
     grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius, entropy_grad, deterministic = ctx.args
-    if dout is None:
-        dout = torch.zeros_like(out)
-    dq, dk, dv, dtk, dtv = torch.ops.vmonarch.attention_exact_backward(
-        q, k, v, out, lse, dout, dlse, grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius,
-        text_k, text_v, text_lens, entropy_grad, deterministic, saved if saved.numel() > 0 else None)
-    return (dq, dk, dv) + (None,) * 8 + _text_grads(text_k, dtk, dtv) + (None,) * 4
-
-
-torch.library.register_autograd("vmonarch::attention_exact_train", _exact_train_backward,
-                                setup_context=_exact_train_setup)
-
-
-def _exact_setup(ctx, inputs, output):
-    (q, k, v, grid, iterations, clamp, recompute, scale, layout, _return_lse, sink_frames, window_radius, text_k,
-     text_v, text_lens) = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, text_k, text_v, text_lens)
-    ctx.args = (list(grid), int(iterations), float(clamp), bool(recompute), scale, layout, int(sink_frames),
-                window_radius)
-
-
-def _exact_backward(ctx, dout, dlse):
-    q, k, v, out, lse, text_k, text_v, text_lens = ctx.saved_tensors
-    grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius = ctx.args
-    saved = None
     if lse.numel() == 0:
         # As for the plain attention op: rerun the forward once, as the training forward with its state kept, so
         # that the backward does not rerun it a second time.
         out, lse, saved = torch.ops.vmonarch.attention_exact_train(
             q, k, v, grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius, text_k, text_v,
-            text_lens, False, False, True)
+            text_lens, entropy_grad, deterministic, True)
         dlse = None
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv, dtk, dtv = torch.ops.vmonarch.attention_exact_backward(
         q, k, v, out, lse, dout, dlse, grid, iterations, clamp, recompute, scale, layout, sink_frames, window_radius,
-        text_k, text_v, text_lens, False, False, saved)
-    return (dq, dk, dv) + (None,) * 9 + _text_grads(text_k, dtk, dtv) + (None,)
+        text_k, text_v, text_lens, entropy_grad, deterministic, _state(saved))
+    grads = {0: dq, 1: dk, 2: dv}
+    if text_k is not None:  # the text keys' gradients (none without text keys)
+        grads.update({ctx.text_k_at: dtk, ctx.text_k_at + 1: dtv})
+    return _input_grads(ctx, grads)
 
 
-torch.library.register_autograd("vmonarch::attention_exact_groups", _exact_backward, setup_context=_exact_setup)
+torch.library.register_autograd("vmonarch::attention_exact_train", _exact_grads,
+                                setup_context=lambda ctx, inputs, output: _exact_save(ctx, inputs, output, 9,
+                                                                                      *inputs[14:16]))
+torch.library.register_autograd("vmonarch::attention_exact_groups", _exact_grads,
+                                setup_context=lambda ctx, inputs, output: _exact_save(ctx, inputs, output, 10,
+                                                                                      False, False))
 
 
 # --- joint text+video sequences (spec §3c): joint_attention_train and the plain joint_attention op ---------
@@ -226,54 +211,37 @@ def _joint_backward_fake(q, k, v, out, lse, dout, dlse, grid, text_len, text_fir
     return _attention_backward_fake(q, k, v, out, lse, dout, dlse, grid)
 
 
-def _joint_train_setup(ctx, inputs, output):
-    (q, k, v, grid, text_len, text_first, text_lens, text_mask, iterations, clamp, recompute, scale, layout,
-     sink_frames, window_radius, entropy_grad, deterministic) = inputs
-    out, lse = output
+# joint_attention_train's inputs: q .. text_mask, iterations .. layout, sink_frames, window_radius, entropy_grad,
+# deterministic; joint_attention's: q .. layout, return_lse, sink_frames, window_radius. Lean mode only.
+def _joint_save(ctx, inputs, output, sink_frames, window_radius, entropy_grad, deterministic):
+    q, k, v, grid, text_len, text_first, text_lens, text_mask, iterations, clamp, recompute, scale, layout = inputs[:13]
+    out, lse, _ = _outputs(ctx, output)
     ctx.save_for_backward(q, k, v, out, lse, text_lens if text_lens is not None else prefix_lengths(text_mask))
     ctx.args = (list(grid), int(text_len), bool(text_first), int(iterations), float(clamp), bool(recompute), scale,
                 layout, int(sink_frames), window_radius, bool(entropy_grad), bool(deterministic))
+    ctx.input_count = len(inputs)
 
 
-def _joint_train_backward(ctx, dout, dlse):
+def _joint_grads(ctx, dout, dlse):
     q, k, v, out, lse, text_lens = ctx.saved_tensors
     grid, text_len, text_first, iterations, clamp, recompute, scale, layout, sink_frames, window_radius, \
         entropy_grad, deterministic = ctx.args
-    if dout is None:
-        dout = torch.zeros_like(out)
-    dq, dk, dv = torch.ops.vmonarch.joint_attention_backward(
-        q, k, v, out, lse, dout, dlse, grid, text_len, text_first, text_lens, iterations, clamp, recompute, scale,
-        layout, sink_frames, window_radius, entropy_grad, deterministic)
-    return (dq, dk, dv) + (None,) * 14
-
-
-torch.library.register_autograd("vmonarch::joint_attention_train", _joint_train_backward,
-                                setup_context=_joint_train_setup)
-
-
-def _joint_setup(ctx, inputs, output):
-    (q, k, v, grid, text_len, text_first, text_lens, text_mask, iterations, clamp, recompute, scale, layout,
-     _return_lse, sink_frames, window_radius) = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, text_lens if text_lens is not None else prefix_lengths(text_mask))
-    ctx.args = (list(grid), int(text_len), bool(text_first), int(iterations), float(clamp), bool(recompute), scale,
-                layout, int(sink_frames), window_radius)
-
-
-def _joint_backward(ctx, dout, dlse):
-    q, k, v, out, lse, text_lens = ctx.saved_tensors
-    grid, text_len, text_first, iterations, clamp, recompute, scale, layout, sink_frames, window_radius = ctx.args
-    if lse.numel() == 0:  # the forward was asked for no LSE: the backward needs it, so rerun
+    if lse.numel() == 0:  # the plain op was asked for no LSE: the backward needs it, so rerun
         out, lse = torch.ops.vmonarch.joint_attention_train(q, k, v, grid, text_len, text_first, text_lens, None,
                                                             iterations, clamp, recompute, scale, layout, sink_frames,
-                                                            window_radius)
+                                                            window_radius, entropy_grad, deterministic)
         dlse = None
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = torch.ops.vmonarch.joint_attention_backward(
         q, k, v, out, lse, dout, dlse, grid, text_len, text_first, text_lens, iterations, clamp, recompute, scale,
-        layout, sink_frames, window_radius, False, False)
-    return (dq, dk, dv) + (None,) * 13
+        layout, sink_frames, window_radius, entropy_grad, deterministic)
+    return _input_grads(ctx, {0: dq, 1: dk, 2: dv})
 
 
-torch.library.register_autograd("vmonarch::joint_attention", _joint_backward, setup_context=_joint_setup)
+torch.library.register_autograd("vmonarch::joint_attention_train", _joint_grads,
+                                setup_context=lambda ctx, inputs, output: _joint_save(ctx, inputs, output,
+                                                                                      *inputs[13:17]))
+torch.library.register_autograd("vmonarch::joint_attention", _joint_grads,
+                                setup_context=lambda ctx, inputs, output: _joint_save(ctx, inputs, output,
+                                                                                      *inputs[14:16], False, False))
