@@ -51,10 +51,9 @@ def saved_state_bytes(q, v, iterations, layout="bshd"):
 @torch.library.register_fake("vmonarch::attention_train")
 def _attention_train_fake(q, k, v, grid, iterations=2, clamp=0.1, recompute_first_frame=True, scale=None,
                           layout="bshd", entropy_grad=False, deterministic=False, save_state=False):
-    from ._ops import _fake_outputs
+    from ._ops import _check_grid_entries, _fake_outputs
 
-    if len(grid) != 3:
-        raise ValueError(f"vmonarch.attention: grid has {len(grid)} entries, expected 3")
+    _check_grid_entries("vmonarch.attention", grid)
     out, lse = _fake_outputs("vmonarch.attention", q, k, v, layout, True)
     size = saved_state_bytes(q, v, iterations, layout) if save_state else 0
     return out, lse, q.new_empty((size,), dtype=torch.uint8)

@@ -65,6 +65,13 @@ def _axes(layout: str):
     raise ValueError(f"vmonarch: layout is {layout!r}, expected 'bshd' or 'bhsd'")
 
 
+def _check_grid_entries(fn, grid):
+    """The operators' own check of the grid's length (python/csrc/binding_args.hpp: grid_of), same message."""
+    if len(grid) != 3:
+        raise ValueError(f"{fn}: argument 'grid' is {list(grid)} ({len(grid)} entries), expected 3 entries "
+                         "(frames T, height H, width W in tokens)")
+
+
 def _fake_outputs(fn, q, k, v, layout, return_lse):
     # The dispatcher sends a call here when any input is on `meta`, also when the others are real: a meta
     # tensor among CPU/CUDA ones must raise (the output would be uninitialised memory), like the C++
@@ -94,8 +101,7 @@ def _fake_outputs(fn, q, k, v, layout, return_lse):
 @torch.library.register_fake("vmonarch::attention")
 def _attention_fake(q, k, v, grid, iterations=2, clamp=0.1, recompute_first_frame=True, scale=None,
                     layout="bshd", return_lse=False):
-    if len(grid) != 3:
-        raise ValueError(f"vmonarch.attention: grid has {len(grid)} entries, expected 3")
+    _check_grid_entries("vmonarch.attention", grid)
     tok, _ = _axes(layout)
     for value in grid:
         torch._check(value >= 1,
@@ -143,8 +149,7 @@ def _attention_exact_fake(q, k, v, grid, iterations=2, clamp=0.1, recompute_firs
 def _joint_attention_fake(q, k, v, grid, text_len, text_first=False, text_lens=None, text_mask=None, iterations=2,
                           clamp=0.1, recompute_first_frame=True, scale=None, layout="bshd", return_lse=False,
                           sink_frames=0, window_radius=None):
-    if len(grid) != 3:
-        raise ValueError(f"vmonarch.joint_attention: grid has {len(grid)} entries, expected 3")
+    _check_grid_entries("vmonarch.joint_attention", grid)
     tok, _ = _axes(layout)
     torch._check(grid[0] * grid[1] * grid[2] + text_len == q.shape[tok],
                  lambda: f"vmonarch.joint_attention: grid {tuple(grid)} plus {text_len} text tokens does not cover "

@@ -191,6 +191,21 @@ def test_a_meta_tensor_among_cpu_tensors_raises_through_torch_ops():
         torch.ops.vmonarch.dense_attention(q, k, v.to("meta"))
 
 
+@pytest.mark.parametrize("op", ["attention", "attention_train", "attention_exact_groups", "joint_attention"])
+def test_fake_kernels_report_a_short_grid_as_the_operators_do(op):
+    """The fake (meta) kernels' check of the grid's length has the C++ operators' message, word for word."""
+    q, k, v = _qkv()
+    call = getattr(torch.ops.vmonarch, op)
+    extra = [0] if op == "joint_attention" else []   # text_len
+    messages = []
+    for device in ("cpu", "meta"):
+        with pytest.raises(ValueError) as e:
+            call(*(x.to(device) for x in (q, k, v)), [2, 6], *extra)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1]
+    assert "argument 'grid' is [2, 6] (2 entries), expected 3 entries" in messages[0]
+
+
 def test_all_meta_inputs_still_give_shapes():
     q, k, v = (x.to("meta") for x in _qkv())
     out, lse = vmonarch.attention(q, k, v, GRID, return_lse=True)
