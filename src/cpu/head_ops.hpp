@@ -115,6 +115,25 @@ inline void axpy(Acc alpha, const Acc* x, Acc* y, std::int64_t n) {
     for (std::int64_t c = 0; c < n; ++c) y[c] += alpha * x[c];
 }
 
+// One row of an L-step (spec §3, step L), in place: z[k] <- L[k] = exp(z[k] − mx) / Σ_k' exp(z[k'] − mx) for
+// mx = max_k z[k] (finite). Returns logsumexp z = mx + log Σ_k exp(z[k] − mx).
+template <typename Acc>
+inline Acc softmax_row(Acc* z, std::int64_t n, Acc mx) {
+    Acc sum = 0;
+    for (std::int64_t k = 0; k < n; ++k) sum += std::exp(z[k] - mx);
+    const Acc inv = Acc(1) / sum;
+    for (std::int64_t k = 0; k < n; ++k) z[k] = std::exp(z[k] - mx) * inv;
+    return mx + std::log(sum);
+}
+
+// out[0..dim) = Σ_k w[k]·rows[k·stride + c], the L-step output O[i][j] = Σ_k L[k]·y[k][j] (spec §3).
+template <typename Acc>
+inline void weighted_sum(const Acc* w, std::int64_t n, const Acc* rows, std::int64_t stride, Acc* out,
+                         std::int64_t dim) {
+    std::fill(out, out + dim, Acc(0));
+    for (std::int64_t k = 0; k < n; ++k) axpy(w[k], rows + k * stride, out, dim);
+}
+
 // One query row of an R-step (spec §3, step R) over one key frame's hw keys: x_l = ⟨qs, k_l⟩ (qs already
 // carries the row scale), P = softmax x; writes al = scale·Σ_l P·k_l and, when yr is set, yr = Σ_l P·v_l.
 // Returns lse = logsumexp x and cl = Σ_l P·x_l − lse (the negative entropy of P). x: hw scratch values.

@@ -134,15 +134,10 @@ private:
                         }
                         continue; // adds nothing to cR, aR
                     }
-                    Acc sum = 0;
-                    for (std::int64_t k = 0; k < T_; ++k) sum += std::exp(zi[k] - mx);
-                    const Acc inv = Acc(1) / sum;
-                    for (std::int64_t k = 0; k < T_; ++k) zi[k] = std::exp(zi[k] - mx) * inv; // z now holds L
+                    const Acc row_lse = softmax_row(zi, T_, mx); // z now holds L
                     if (last) {
-                        Acc* o = out + (i * HW_ + j) * dv_;
-                        std::fill(o, o + dv_, Acc(0));
-                        for (std::int64_t k = 0; k < T_; ++k) axpy(zi[k], y_.data() + (k * HW_ + j) * dv_, o, dv_);
-                        lse[i * HW_ + j] = mx + std::log(sum);
+                        weighted_sum(zi, T_, y_.data() + j * dv_, HW_ * dv_, out + (i * HW_ + j) * dv_, dv_);
+                        lse[i * HW_ + j] = row_lse;
                     } else { // positions j are disjoint across threads: no races on aR, cR
                         for (std::int64_t k = 0; k < T_; ++k) {
                             const std::int64_t n = k * HW_ + j;

@@ -149,15 +149,10 @@ private:
                         }
                         continue;
                     }
-                    Acc sum = 0;
-                    for (std::int64_t k = 0; k < T_; ++k) sum += std::exp(zi[k] - mx);
-                    const Acc inv = Acc(1) / sum;
-                    for (std::int64_t k = 0; k < T_; ++k) zi[k] = std::exp(zi[k] - mx) * inv; // z now holds L
+                    const Acc row_lse = softmax_row(zi, T_, mx); // z now holds L
                     if (last) {
-                        Acc* o = out + (i * HW_ + j) * dv_;
-                        std::fill(o, o + dv_, Acc(0));
-                        for (std::int64_t k = 0; k < T_; ++k) axpy(zi[k], s_.y + (k * HW_ + j) * dv_, o, dv_);
-                        lse[i * HW_ + j] = mx + std::log(sum);
+                        weighted_sum(zi, T_, s_.y + j * dv_, HW_ * dv_, out + (i * HW_ + j) * dv_, dv_);
+                        lse[i * HW_ + j] = row_lse;
                     }
                 }
                 if (!last) { // positions j are disjoint across threads
