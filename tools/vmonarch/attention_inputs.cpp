@@ -277,4 +277,18 @@ Options monarch_options_from(const AttentionFileOptions& o) {
     return options;
 }
 
+AttentionFlags parse_attention_flags(const AttentionFileOptions& o) {
+    AttentionFlags f;
+    f.layout = parse_layout(o.layout);
+    f.grid = parse_grid(o.grid);
+    f.options = monarch_options_from(o);
+    f.device = resolve_device(o.device);
+    if (!o.cast.empty()) f.cast = parse_dtype(o.cast, "--cast");
+    return f;
+}
+
+AttentionInputs inspect_attention_files(const AttentionFileOptions& o, const AttentionFlags& flags) {
+    return inspect_attention_inputs(o.q, o.k, o.v, flags.grid, flags.layout, o.text_tokens > 0 ? o.text_tokens : 0);
+}
+
 } // namespace vmonarch::cli

@@ -93,6 +93,20 @@ void add_attention_file_options(CLI::App& command, AttentionFileOptions& options
 // Options{} from the flags, with their ranges checked.
 Options monarch_options_from(const AttentionFileOptions& options);
 
+// The flags of an attention command that need no file, parsed and checked before any file is opened:
+// --layout, --grid, the Options{} flags, --device and --cast (in this order; errors name the flag).
+struct AttentionFlags {
+    Layout layout = Layout::bhsd;
+    VideoGrid grid;
+    Options options;
+    Device device = Device::cpu;
+    std::optional<DType> cast;
+};
+AttentionFlags parse_attention_flags(const AttentionFileOptions& options);
+
+// inspect_attention_inputs for the --q, --k, --v files and --text-tokens of `options`.
+AttentionInputs inspect_attention_files(const AttentionFileOptions& options, const AttentionFlags& flags);
+
 // The joint text of --text-tokens / --text-position / --text-lens, checked against the batch; nullopt without
 // --text-tokens (video-only inputs).
 std::optional<JointText> joint_text_from(const AttentionFileOptions& options, std::int64_t batch);

@@ -40,18 +40,13 @@ void check_dout_header(const std::string& spec, const AttentionInputs& in, Layou
 }
 
 int backward_command(const BackwardCommandOptions& o) {
-    const Layout layout = parse_layout(o.inputs.layout);
-    const VideoGrid grid = parse_grid(o.inputs.grid);
-    const Options options = monarch_options_from(o.inputs);
-    const Device device = resolve_device(o.inputs.device);
-    std::optional<DType> cast;
-    if (!o.inputs.cast.empty()) cast = parse_dtype(o.inputs.cast, "--cast");
+    const AttentionFlags flags = parse_attention_flags(o.inputs);
+    const auto& [layout, grid, options, device, cast] = flags;
     require_tensor_extension(o.dq, "--dq");
     require_tensor_extension(o.dk, "--dk");
     require_tensor_extension(o.dv, "--dv");
     // Headers first, then the output paths (never an input, --dout included), then the data.
-    AttentionInputs in = inspect_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout,
-                                                  o.inputs.text_tokens > 0 ? o.inputs.text_tokens : 0);
+    AttentionInputs in = inspect_attention_files(o.inputs, flags);
     const std::optional<JointText> joint = joint_text_from(o.inputs, in.shape.batch);
     if (joint && o.saved)
         throw ArgumentError("--saved", "--saved: a joint sequence (--text-tokens " + std::to_string(joint->tokens) +

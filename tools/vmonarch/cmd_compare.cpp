@@ -54,18 +54,13 @@ std::string scientific(double value) {
 }
 
 int compare_command(const CompareOptions& o) {
-    const Layout layout = parse_layout(o.inputs.layout);
-    const VideoGrid grid = parse_grid(o.inputs.grid);
-    const Options options = monarch_options_from(o.inputs);
-    const Device device = resolve_device(o.inputs.device);
-    std::optional<DType> cast;
-    if (!o.inputs.cast.empty()) cast = parse_dtype(o.inputs.cast, "--cast");
+    const AttentionFlags flags = parse_attention_flags(o.inputs);
+    const auto& [layout, grid, options, device, cast] = flags;
     if (!o.reference.empty()) require_existing_file(o.reference, "--reference");
     if (!o.approx.empty()) require_existing_file(o.approx, "--approx");
 
     // Every header first (inputs, then the saved outputs), then the data.
-    AttentionInputs in = inspect_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout,
-                                                  o.inputs.text_tokens > 0 ? o.inputs.text_tokens : 0);
+    AttentionInputs in = inspect_attention_files(o.inputs, flags);
     const std::optional<JointText> joint_text = joint_text_from(o.inputs, in.shape.batch);
     const DType compute_dtype = cast.value_or(in.dtype);
     const bool computes = o.reference.empty() || o.approx.empty();

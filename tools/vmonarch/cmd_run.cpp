@@ -33,17 +33,13 @@ std::string non_finite_inputs(const AttentionInputs& in) {
 }
 
 int run_command(const RunOptions& o) {
-    const Layout layout = parse_layout(o.inputs.layout);
-    const VideoGrid grid = parse_grid(o.inputs.grid);
-    const Options options = monarch_options_from(o.inputs);
-    const Device device = resolve_device(o.inputs.device);
-    std::optional<DType> cast, out_dtype;
-    if (!o.inputs.cast.empty()) cast = parse_dtype(o.inputs.cast, "--cast");
+    const AttentionFlags flags = parse_attention_flags(o.inputs);
+    const auto& [layout, grid, options, device, cast] = flags;
+    std::optional<DType> out_dtype;
     if (!o.out_dtype.empty()) out_dtype = parse_dtype(o.out_dtype, "--out-dtype");
     // Headers first, then the output paths, then the data: every check that needs no tensor data runs before
     // any data is read, so a typo costs no long read or run.
-    AttentionInputs in = inspect_attention_inputs(o.inputs.q, o.inputs.k, o.inputs.v, grid, layout,
-                                                  o.inputs.text_tokens > 0 ? o.inputs.text_tokens : 0);
+    AttentionInputs in = inspect_attention_files(o.inputs, flags);
     const std::optional<JointText> joint_text = joint_text_from(o.inputs, in.shape.batch);
     const DType input_dtype = in.dtype;
     const DType compute_dtype = cast.value_or(input_dtype);
