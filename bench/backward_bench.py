@@ -13,41 +13,26 @@ with 40 heads. Times are medians of CUDA-event timings after warm-up. No asserti
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
+import os
+import sys
 
 import torch
-import torch.nn.functional as F
 
 import vmonarch
 from vmonarch._backward import saved_state_bytes
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from exact_groups_common import write_json  # noqa: E402
+from train_bench_common import check_outputs, cuda_peak_bytes, median_ms, sdpa_forward  # noqa: E402
+
 SHAPES = [((16, 28, 52), 12), ((24, 44, 80), 40)]
 
 
+CUDA = torch.device("cuda")
+
+
 def timed(fn, reps):
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def peak_bytes(fn):
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
+    return median_ms(fn, CUDA, 2, reps)
 
 
 def leaves(grid, heads, d, dtype, layout):
@@ -74,24 +59,14 @@ def measure(name, forward, q, k, v, dout, reps):
     row = {"name": name, "fwd_ms": timed(lambda: forward(q, k, v), reps), "fwd_bwd_ms": timed(fwd_bwd, reps),
            "bwd_ms": timed(bwd, reps)}
     del out
-    row["peak_mib"] = peak_bytes(fwd_bwd) / 2**20
+    row["peak_mib"] = cuda_peak_bytes(fwd_bwd, CUDA) / 2**20
     return row
-
-
-def sdpa_backend(backend):
-    from torch.nn.attention import sdpa_kernel
-
-    def forward(q, k, v):
-        with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v)
-
-    return forward
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the small shape only, fewer repetitions")
-    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--json", help="write the rows here (written whole or not at all)")
     parser.add_argument("--reps", type=int, help="timed repetitions per figure (default 20; 5 with --quick)")
     args = parser.parse_args()
     from torch.nn.attention import SDPBackend
@@ -99,6 +74,7 @@ def main():
     reps = args.reps if args.reps is not None else (5 if args.quick else 20)
     if reps < 1:
         parser.error(f"--reps is {reps}, expected >= 1")
+    check_outputs(parser, json=args.json)
     rows = []
     header = (f"{'shape':>16} {'variant':>22} {'fwd ms':>8} {'fwd+bwd ms':>11} {'bwd ms':>9} {'peak MiB':>9} "
               f"{'bwd vs cuDNN':>12} {'saved B/tok/head':>16}")
@@ -111,15 +87,14 @@ def main():
                 f"{row['bwd_ms']:9.3f} {row['peak_mib']:9.1f} {row.get('bwd_speedup_vs_cudnn', float('nan')):11.2f}x "
                 f"{saved}")
 
-    def write_json():
+    def save():
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"device": torch.cuda.get_device_name(), "reps": reps, "rows": rows}, f, indent=1)
+            write_json(args.json, {"device": torch.cuda.get_device_name(), "reps": reps, "rows": rows})
 
     def report(row):  # printed and saved as soon as measured: a run cut short keeps what it measured
         rows.append(row)
         print(line(row), flush=True)
-        write_json()
+        save()
 
     print(header, flush=True)
     for grid, heads in SHAPES[:1] if args.quick else SHAPES:
@@ -140,7 +115,7 @@ def main():
         qt, kt, vt = (x.requires_grad_(True) for x in (qt, kt, vt))
         for name, backend in (("sdpa cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa flash", SDPBackend.FLASH_ATTENTION)):
             try:
-                report({"shape": label, **measure(name, sdpa_backend(backend), qt, kt, vt, dt, reps)})
+                report({"shape": label, **measure(name, sdpa_forward(backend), qt, kt, vt, dt, reps)})
             except RuntimeError as e:  # backend unavailable on this device / build
                 report({"shape": label, "name": name, "error": str(e).splitlines()[0]})
         del q, k, v, dout, qt, kt, vt, dt
@@ -149,7 +124,7 @@ def main():
     for r in rows:
         if "bwd_ms" in r and r["shape"] in cudnn:
             r["bwd_speedup_vs_cudnn"] = cudnn[r["shape"]] / r["bwd_ms"]
-    write_json()
+    save()
     print("\nbackward against cuDNN's (same run):\n" + header)
     for r in rows:
         print(line(r))

@@ -30,12 +30,12 @@ import sys
 from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 import vmonarch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from exact_groups_common import cuda_kernels_missing, write_atomic, write_json  # noqa: E402
+from train_bench_common import check_outputs, saved_storages, sdpa_forward, storage_key  # noqa: E402
 
 FULL_SHAPES = [((16, 28, 52), 12, 128), ((24, 44, 80), 40, 128)]
 CPU_QUICK_SHAPES = [((3, 5, 7), 2, 64), ((4, 6, 9), 3, 128)]
@@ -94,21 +94,12 @@ def flash_saved_set_bytes(batch: int, tokens: int, heads: int, d: int, dv: int, 
 def saved_tensor_bytes(forward, inputs):
     """Runs forward(*inputs) under saved_tensors_hooks; returns (output, total bytes of the distinct storages
     autograd saved, bytes of those storages that are not the inputs' or the output's, the saved tensors)."""
-    seen = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        seen.setdefault((storage.device.type, storage.data_ptr()),
-                        (storage.nbytes(), tuple(t.shape), str(t.dtype).replace("torch.", "")))
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = forward(*inputs)
+    out, seen = saved_storages(lambda: forward(*inputs))
     first = out[0] if isinstance(out, tuple) else out
-    own = {(t.device.type, t.untyped_storage().data_ptr()) for t in (*inputs, first)}
-    total = sum(v[0] for v in seen.values())
-    extra = sum(v[0] for key, v in seen.items() if key not in own)
-    return first, total, extra, [dict(bytes=v[0], shape=v[1], dtype=v[2]) for v in seen.values()]
+    own = {storage_key(t) for t in (*inputs, first)}
+    total = sum(v["bytes"] for v in seen.values())
+    extra = sum(v["bytes"] for key, v in seen.items() if key not in own)
+    return first, total, extra, list(seen.values())
 
 
 def backward_workspace(forward, inputs, dout):
@@ -136,13 +127,7 @@ def vmonarch_variant(grid, **options):
 
 
 def sdpa_variant(backend):
-    from torch.nn.attention import sdpa_kernel
-
-    def forward(q, k, v):
-        with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v)
-
-    return forward, "bhsd"
+    return sdpa_forward(backend), "bhsd"
 
 
 def variants(grid, device_type):
@@ -257,9 +242,10 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--quick", action="store_true", help="CUDA: the small shape only; CPU: tiny grids")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
-    parser.add_argument("--json", help="write the rows here")
-    parser.add_argument("--md", help="write the README's markdown table here")
+    parser.add_argument("--json", help="write the rows here (written whole or not at all)")
+    parser.add_argument("--md", help="write the README's markdown table here (written whole or not at all)")
     args = parser.parse_args()
+    check_outputs(parser, json=args.json, md=args.md)
     device = torch.device(args.device)
     if cuda_kernels_missing("backward_memory", device):
         return 2

@@ -20,32 +20,25 @@ P = 1 the exchanges still run (at one rank) so that their cost shows. Rank 0 pri
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import statistics
 import sys
 
 import torch
 import torch.distributed as dist
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from exact_groups_common import write_json  # noqa: E402
+from train_bench_common import check_outputs, median_ms  # noqa: E402
+
+CUDA = torch.device("cuda")
+
 GRID, HEADS, D = (21, 45, 80), 40, 128
 
 
 def timed(fn, warmup: int, reps: int) -> float:
-    """Median seconds of fn() on this rank, then the maximum over ranks."""
-    times = []
-    for i in range(warmup + reps):
-        dist.barrier()
-        torch.cuda.synchronize()
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(start.elapsed_time(stop) / 1e3)
-    t = torch.tensor([statistics.median(times)], device="cuda")
+    """Median seconds of fn() on this rank (every call after a barrier), then the maximum over ranks."""
+    t = torch.tensor([median_ms(fn, CUDA, warmup, reps, before=dist.barrier) / 1e3], device="cuda")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t)
 
@@ -66,17 +59,7 @@ def layer(args, world: int, rank: int) -> list:
         t1 = torch.zeros(1, device="cuda")
         if rank == 0:
             full = [torch.randn(1, N, HEADS, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3)]
-            times = []
-            for i in range(args.warmup + args.reps):
-                torch.cuda.synchronize()
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                vmonarch.attention(*full, grid=GRID, **opts)
-                e.record()
-                torch.cuda.synchronize()
-                if i >= args.warmup:
-                    times.append(s.elapsed_time(e) / 1e3)
-            t1[0] = statistics.median(times)
+            t1[0] = median_ms(lambda: vmonarch.attention(*full, grid=GRID, **opts), CUDA, args.warmup, args.reps) / 1e3
             del full
         dist.broadcast(t1, 0)
         t1 = float(t1)
@@ -100,7 +83,6 @@ def layer(args, world: int, rank: int) -> list:
 
 
 def forward(args, world: int, rank: int) -> list:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import vmonarch.wan
     from diffusers import ContextParallelConfig
     from wan_e2e import MODELS, build
@@ -123,17 +105,7 @@ def forward(args, world: int, rank: int) -> list:
         if rank == 0:                                   # the same model on one GPU
             model = build(spec["config"], blocks, "cuda")
             vmonarch.wan.enable(model, iterations=args.iterations)
-            times = []
-            for i in range(args.warmup + args.reps):
-                torch.cuda.synchronize()
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                run_model(model)
-                e.record()
-                torch.cuda.synchronize()
-                if i >= args.warmup:
-                    times.append(s.elapsed_time(e) / 1e3)
-            t1[0] = statistics.median(times)
+            t1[0] = median_ms(lambda: run_model(model), CUDA, args.warmup, args.reps) / 1e3
             del model
             torch.cuda.empty_cache()
         dist.broadcast(t1, 0)
@@ -170,8 +142,9 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--json", help="write the results here (rank 0)")
+    ap.add_argument("--json", help="write the results here (rank 0; written whole or not at all)")
     args = ap.parse_args()
+    check_outputs(ap, json=args.json)
     args.chunks = [int(c) for c in args.chunks.split(",")]
     args.blocks = [int(b) for b in args.blocks.split(",")]
     if not torch.cuda.is_available():
@@ -211,9 +184,8 @@ def main() -> int:
             print(f"| {r['world']} | {r['one_gpu_40_blocks_s']:.3f} | {r['parallel_40_blocks_s']:.3f} | "
                   f"{r['speedup']:.2f}x | {r['efficiency'] * 100:.1f}% |")
         if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(dict(device=name, world=world, torch=torch.__version__, layer=layer_rows,
-                               forward=forward_rows), fh, indent=1)
+            write_json(args.json, dict(device=name, world=world, torch=torch.__version__, layer=layer_rows,
+                                       forward=forward_rows))
     dist.destroy_process_group()
     return 0
 

@@ -33,14 +33,13 @@ import argparse
 import contextlib
 import os
 import math
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from exact_groups_common import cuda_kernels_missing, write_atomic, write_json  # noqa: E402
+from train_bench_common import check_outputs, cuda_peak_bytes, median_ms, saved_storages, storage_key  # noqa: E402
 
 CONFIG = dict(dim=1536, ffn_dim=8960, num_heads=12, qk_norm="rms_norm_across_heads", cross_attn_norm=True, eps=1e-6)
 TINY_CONFIG = dict(CONFIG, dim=256, ffn_dim=512, num_heads=2)   # --tiny-block: for the CPU test of this script
@@ -117,71 +116,14 @@ def set_self_attention(block, grid, options):
     block.attn1.set_processor(vmonarch.wan.VMonarchWanAttnProcessor(schedule, layer=0))
 
 
-# --- timing and memory -----------------------------------------------------------------------------------
-class Clock:
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-
-    def sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def median_ms(self, fn, warmup, reps, before=None):
-        times = []
-        for i in range(warmup + reps):
-            if before is not None:
-                before()
-            self.sync()
-            if self.cuda:
-                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                stop.record()
-                torch.cuda.synchronize()
-                ms = start.elapsed_time(stop)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                ms = (time.perf_counter() - t0) * 1e3
-            if i >= warmup:
-                times.append(ms)
-        return statistics.median(times)
-
-
-def _storage_key(t):
-    s = t.untyped_storage()
-    return s.device.type, s.data_ptr()
-
-
+# --- memory -----------------------------------------------------------------------------------------------
 def saved_activation_bytes(fn, exclude):
     """Bytes of the distinct storages autograd saves while fn() runs (its graph is kept until return), less
     those of the tensors in `exclude` (the parameters and the inputs, which live anyway)."""
-    skip = {_storage_key(t) for t in exclude}
-    seen = {}
-
-    def pack(t):
-        key = _storage_key(t)
-        if key not in skip:
-            seen[key] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
+    skip = {storage_key(t) for t in exclude}
+    out, seen = saved_storages(fn)
     del out
-    return sum(seen.values())
-
-
-def peak_step_bytes(step, reset, device):
-    if device.type != "cuda":
-        return None
-    reset()
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
+    return sum(v["bytes"] for key, v in seen.items() if key not in skip)
 
 
 def attention_core(grid, heads, device, dtype, options):
@@ -224,7 +166,6 @@ def sdpa_context(backend_name, strict=True):
 
 
 def measure_mode(block, inputs, grad_out, grid, options, backend, args, device, dtype):
-    clock = Clock(device)
     set_self_attention(block, grid, options)
 
     def reset():
@@ -242,15 +183,15 @@ def measure_mode(block, inputs, grad_out, grid, options, backend, args, device, 
     with sdpa_context(backend, strict=options is None):
         step()   # a refused mode raises here
         reset()
-        row = dict(step_ms=clock.median_ms(step, args.warmup, args.reps, before=reset),
-                   fwd_ms=clock.median_ms(forward_only, args.warmup, args.reps))
-        row["peak_mib"] = (lambda b: None if b is None else b / 2**20)(peak_step_bytes(step, reset, device))
+        row = dict(step_ms=median_ms(step, device, args.warmup, args.reps, before=reset),
+                   fwd_ms=median_ms(forward_only, device, args.warmup, args.reps))
+        row["peak_mib"] = (lambda b: None if b is None else b / 2**20)(cuda_peak_bytes(step, device, before=reset))
         reset()
         lives_anyway = [*block.parameters(), *block.buffers(), inputs["hidden_states"], inputs["encoder_hidden_states"],
                         inputs["temb"], *inputs["rotary_emb"]]
         row["saved_activations_bytes"] = saved_activation_bytes(lambda: block(**inputs), lives_anyway)
         core = attention_core(grid, block.attn1.heads, device, dtype, options)
-        row["self_attention_ms"] = clock.median_ms(core, args.warmup, args.reps)
+        row["self_attention_ms"] = median_ms(core, device, args.warmup, args.reps)
         del core
     row["self_attention_share"] = row["self_attention_ms"] / row["step_ms"]
     reset()
@@ -331,9 +272,10 @@ def main() -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--json", help="write the rows here")
-    ap.add_argument("--md", help="write the README's markdown table here")
+    ap.add_argument("--json", help="write the rows here (written whole or not at all)")
+    ap.add_argument("--md", help="write the README's markdown table here (written whole or not at all)")
     args = ap.parse_args()
+    check_outputs(ap, json=args.json, md=args.md)
     device = torch.device(args.device)
     if cuda_kernels_missing("wan_block_train", device):
         return 2
