@@ -33,27 +33,7 @@
 namespace {
 
 using vmonarch::Layout;
-using vmonarch_binding::check_dtype_like_q;
-using vmonarch_binding::check_not_empty;
-using vmonarch_binding::check_qkv;
-using vmonarch_binding::check_rank_and_device;
-using vmonarch_binding::check_text_len;
-using vmonarch_binding::exact_options_of;
-using vmonarch_binding::grid_of;
-using vmonarch_binding::options_of;
-using vmonarch_binding::parse_layout;
-using vmonarch_binding::prepare_all;
-using vmonarch_binding::Prepared;
-using vmonarch_binding::refuse_forward_ad;
-using vmonarch_binding::text_keys_of;
-using vmonarch_binding::text_lengths;
-using vmonarch_binding::text_position;
-using vmonarch_binding::TextKeys;
-using vmonarch_binding::translate_errors;
-using vmonarch_binding::video_part;
-using vmonarch_binding::view_of;
-using vmonarch_binding::viewable;
-using vmonarch_binding::with_cuda_context;
+using namespace vmonarch_binding; // the shared checks and helpers (binding_args.hpp, binding_common.hpp)
 
 // SavedState over a torch tensor. CUDA: with the header a forward with these arguments writes, given from the
 // host (the tensor is the one attention_train returned for them, the autograd rule guarantees it).
@@ -311,15 +291,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> joint_attention_backward_impl(
     return {t.dq, t.dk, t.dv};
 }
 
+// The kernels of this file's operators: the same for CPU and CUDA tensors (as in vmonarch_ops.cpp).
+void impl_kernels(torch::Library& m) {
+    m.impl("attention_train", &attention_train_impl);
+    m.impl("attention_backward", &attention_backward_impl);
+    m.impl("attention_exact_train", &attention_exact_train_impl);
+    m.impl("attention_exact_backward", &attention_exact_backward_impl);
+    m.impl("joint_attention_train", &joint_attention_train_impl);
+    m.impl("joint_attention_backward", &joint_attention_backward_impl);
+}
+
 } // namespace
 
 TORCH_LIBRARY_IMPL(vmonarch, ADInplaceOrView, m) {
-    m.impl("attention_train", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
-    m.impl("attention_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
-    m.impl("attention_exact_train", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
-    m.impl("attention_exact_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
-    m.impl("joint_attention_train", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
-    m.impl("joint_attention_backward", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
+    vmonarch_binding::refuse_forward_ad_for(m, {"attention_train", "attention_backward", "attention_exact_train",
+                                                "attention_exact_backward", "joint_attention_train",
+                                                "joint_attention_backward"});
 }
 
 TORCH_LIBRARY_FRAGMENT(vmonarch, m) {
@@ -351,20 +338,6 @@ TORCH_LIBRARY_FRAGMENT(vmonarch, m) {
           "-> (Tensor dq, Tensor dk, Tensor dv)");
 }
 
-TORCH_LIBRARY_IMPL(vmonarch, CPU, m) {
-    m.impl("attention_train", &attention_train_impl);
-    m.impl("attention_backward", &attention_backward_impl);
-    m.impl("attention_exact_train", &attention_exact_train_impl);
-    m.impl("attention_exact_backward", &attention_exact_backward_impl);
-    m.impl("joint_attention_train", &joint_attention_train_impl);
-    m.impl("joint_attention_backward", &joint_attention_backward_impl);
-}
+TORCH_LIBRARY_IMPL(vmonarch, CPU, m) { impl_kernels(m); }
 
-TORCH_LIBRARY_IMPL(vmonarch, CUDA, m) {
-    m.impl("attention_train", &attention_train_impl);
-    m.impl("attention_backward", &attention_backward_impl);
-    m.impl("attention_exact_train", &attention_exact_train_impl);
-    m.impl("attention_exact_backward", &attention_exact_backward_impl);
-    m.impl("joint_attention_train", &joint_attention_train_impl);
-    m.impl("joint_attention_backward", &joint_attention_backward_impl);
-}
+TORCH_LIBRARY_IMPL(vmonarch, CUDA, m) { impl_kernels(m); }

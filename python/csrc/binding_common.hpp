@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 
@@ -124,6 +125,11 @@ inline void refuse_forward_ad(const c10::OperatorHandle& op, c10::DispatchKeySet
     }
     at::AutoDispatchBelowADInplaceOrView below;
     op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+}
+
+// Registers refuse_forward_ad for `ops` (in a TORCH_LIBRARY_IMPL(vmonarch, ADInplaceOrView, m) block).
+inline void refuse_forward_ad_for(torch::Library& m, std::initializer_list<const char*> ops) {
+    for (const char* op : ops) m.impl(op, torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
 }
 
 } // namespace vmonarch_binding

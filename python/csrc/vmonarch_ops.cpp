@@ -35,15 +35,7 @@
 namespace {
 
 using vmonarch::Layout;
-using vmonarch_binding::exact_options_of;
-using vmonarch_binding::grid_of;
-using vmonarch_binding::options_of;
-using vmonarch_binding::parse_layout;
-using vmonarch_binding::prepare_all;
-using vmonarch_binding::Prepared;
-using vmonarch_binding::refuse_forward_ad;
-using vmonarch_binding::translate_errors;
-using vmonarch_binding::with_cuda_context;
+using namespace vmonarch_binding; // the shared checks and helpers (binding_args.hpp, binding_common.hpp)
 
 std::tuple<at::Tensor, at::Tensor> attention_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                   at::IntArrayRef grid, int64_t iterations, double clamp,
@@ -117,21 +109,6 @@ TORCH_LIBRARY(vmonarch, m) {
     m.def("cuda_available() -> bool", &cuda_available_impl);
 }
 
-TORCH_LIBRARY_IMPL(vmonarch, ADInplaceOrView, m) {
-    m.impl("attention", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
-    m.impl("dense_attention", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
-}
-
-TORCH_LIBRARY_IMPL(vmonarch, CPU, m) {
-    m.impl("attention", &attention_impl);
-    m.impl("dense_attention", &dense_impl);
-}
-
-TORCH_LIBRARY_IMPL(vmonarch, CUDA, m) {
-    m.impl("attention", &attention_impl);
-    m.impl("dense_attention", &dense_impl);
-}
-
 // ---- exact key groups (spec §3b) and joint text+video sequences (spec §3c) ------------------------------
 // vmonarch::attention_exact_groups: attention with sink frames, a temporal window and extra (text) keys.
 // vmonarch::joint_attention: one MMDiT sequence of video and text tokens, text first or last.
@@ -170,8 +147,6 @@ std::tuple<at::Tensor, at::Tensor> joint_attention_forward(
 
 namespace {
 
-using vmonarch_binding::TextKeys;
-using vmonarch_binding::text_keys_of;
 
 std::tuple<at::Tensor, at::Tensor> attention_exact_impl(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::IntArrayRef grid, int64_t iterations,
@@ -235,17 +210,24 @@ TORCH_LIBRARY_FRAGMENT(vmonarch, m) {
           &exact_flops_impl);
 }
 
+namespace {
+
+// The kernels of this file's operators: the same for CPU and CUDA tensors (the library dispatches on the views'
+// device; a build without CUDA kernels raises UnsupportedError for CUDA tensors).
+void impl_kernels(torch::Library& m) {
+    m.impl("attention", &attention_impl);
+    m.impl("dense_attention", &dense_impl);
+    m.impl("attention_exact_groups", &attention_exact_impl);
+    m.impl("joint_attention", &joint_attention_impl);
+}
+
+} // namespace
+
 TORCH_LIBRARY_IMPL(vmonarch, ADInplaceOrView, m) {
-    m.impl("attention_exact_groups", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
-    m.impl("joint_attention", torch::CppFunction::makeFromBoxedFunction<&refuse_forward_ad>());
+    vmonarch_binding::refuse_forward_ad_for(m, {"attention", "dense_attention", "attention_exact_groups",
+                                                "joint_attention"});
 }
 
-TORCH_LIBRARY_IMPL(vmonarch, CPU, m) {
-    m.impl("attention_exact_groups", &attention_exact_impl);
-    m.impl("joint_attention", &joint_attention_impl);
-}
+TORCH_LIBRARY_IMPL(vmonarch, CPU, m) { impl_kernels(m); }
 
-TORCH_LIBRARY_IMPL(vmonarch, CUDA, m) {
-    m.impl("attention_exact_groups", &attention_exact_impl);
-    m.impl("joint_attention", &joint_attention_impl);
-}
+TORCH_LIBRARY_IMPL(vmonarch, CUDA, m) { impl_kernels(m); }
