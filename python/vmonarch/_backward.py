@@ -77,6 +77,9 @@ def _train_setup(ctx, inputs, output):
     ctx.args = (list(grid), int(iterations), float(clamp), bool(recompute), scale, layout, bool(entropy_grad),
                 bool(deterministic))
     ctx.mark_non_differentiable(saved)
+    # Absent output gradients arrive as None, not as zeros: autograd would otherwise allocate and fill a zero
+    # "gradient" of the saved state (its whole size) and of the LSE for every backward.
+    ctx.set_materialize_grads(False)
 
 
 def _train_backward(ctx, dout, dlse, _dsaved):
@@ -155,6 +158,7 @@ def _exact_train_setup(ctx, inputs, output):
     ctx.args = (list(grid), int(iterations), float(clamp), bool(recompute), scale, layout, int(sink_frames),
                 window_radius, bool(entropy_grad), bool(deterministic))
     ctx.mark_non_differentiable(saved)
+    ctx.set_materialize_grads(False)  # as _train_setup: no zero gradient of the saved state
 
 
 def _exact_train_backward(ctx, dout, dlse, _dsaved):

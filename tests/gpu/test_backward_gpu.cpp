@@ -1,12 +1,15 @@
 // The CUDA backward (spec §7) against the library's f64 CPU backward on the same rounded inputs: dq, dk, dv
 // for iterations 1..3, clamp active, recompute on and off, T = 1, odd T, prime HW, d 64 and 128, bf16 and
 // f16, batch and heads > 1, both layouts, dlse, both gradient variants; plus properties: dv bitwise equal
-// between the variants, deterministic mode bitwise repeatable, saved and lean mode equal, and the errors.
+// between the variants, deterministic mode bitwise repeatable, saved and lean mode equal, and the errors; the
+// concurrent schedule (the default) and the serial one (VMONARCH_BACKWARD_SCHEDULE=serial).
 // The comparisons run on the default route (the Hopper kernels on an sm_90 device) and again with the flash
 // policy's sm90 peer off (the portable kernels everywhere).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <sstream>
 
 #include "cuda/flash_policy.hpp"
@@ -190,6 +193,67 @@ TEST_P(Backward, DeterministicRepeatableAndLeanEqualsSaved) {
     EXPECT_EQ(lean.raw_dv, a.raw_dv);
 }
 
+// Sets VMONARCH_BACKWARD_SCHEDULE for one scope and restores what it was.
+class ScheduleScope {
+public:
+    explicit ScheduleScope(const char* value) {
+        const char* old = std::getenv(kVar);
+        had_ = old != nullptr;
+        if (had_) old_ = old;
+        setenv(kVar, value, 1);
+    }
+    ~ScheduleScope() {
+        if (had_) setenv(kVar, old_.c_str(), 1);
+        else unsetenv(kVar);
+    }
+    ScheduleScope(const ScheduleScope&) = delete;
+    ScheduleScope& operator=(const ScheduleScope&) = delete;
+
+private:
+    static constexpr const char* kVar = "VMONARCH_BACKWARD_SCHEDULE";
+    bool had_ = false;
+    std::string old_;
+};
+
+// The serial schedule (the frame-0 recompute's backward on the caller's stream, into the shared accumulators)
+// against the f64 CPU backward and against the concurrent one (the default, tested above): deterministic mode
+// bitwise repeatable and lean = saved under each; the two schedules differ only in the f32 summation order of
+// the recompute's share (none without the recompute: then bitwise equal).
+TEST_P(Backward, SerialScheduleMatchesCpuAndConcurrent) {
+    REQUIRE_GPU();
+    const Case c = GetParam();
+    const Problem p(c);
+    const bool entropy = c.iterations % 2 == 1;
+    Grads conc, conc_again;
+    {
+        const ScheduleScope concurrent("concurrent");
+        conc = p.gpu(entropy, true, true);
+        conc_again = p.gpu(entropy, true, false); // lean
+    }
+    EXPECT_EQ(conc.raw_dq, conc_again.raw_dq);
+    EXPECT_EQ(conc.raw_dk, conc_again.raw_dk);
+    EXPECT_EQ(conc.raw_dv, conc_again.raw_dv);
+    const ScheduleScope serial("serial");
+    expect_matches_cpu(p, c);
+    const Grads a = p.gpu(entropy, true, true), b = p.gpu(entropy, true, true), lean = p.gpu(entropy, true, false);
+    EXPECT_EQ(a.raw_dq, b.raw_dq);
+    EXPECT_EQ(a.raw_dk, b.raw_dk);
+    EXPECT_EQ(a.raw_dv, b.raw_dv);
+    EXPECT_EQ(lean.raw_dq, a.raw_dq);
+    EXPECT_EQ(lean.raw_dk, a.raw_dk);
+    EXPECT_EQ(lean.raw_dv, a.raw_dv);
+    if (!c.recompute) {
+        EXPECT_EQ(a.raw_dq, conc.raw_dq);
+        EXPECT_EQ(a.raw_dk, conc.raw_dk);
+        EXPECT_EQ(a.raw_dv, conc.raw_dv);
+    } else {
+        const double tol = grad_tolerance(c.dtype) / 4;
+        EXPECT_LT(rel_l2(a.dq, conc.dq), tol);
+        EXPECT_LT(rel_l2(a.dk, conc.dk), tol);
+        EXPECT_LT(rel_l2(a.dv, conc.dv), tol);
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, Backward,
     ::testing::Values(
@@ -272,6 +336,48 @@ TEST(BackwardGpu, CallerWorkspaceAndStream) {
                                               dk.view, dv.view, p.g, o, nullptr, bo, &ctx),
                  vmonarch::CudaError);
     CUDA_OK(cudaStreamDestroy(stream));
+}
+
+// The concurrent schedule's workspace holds the recompute's own f32 accumulators (frame 0's dq rows, every dk and
+// dv row) beyond the serial one's; without the recompute both are the same. An unknown schedule is an error.
+TEST(BackwardGpu, ScheduleWorkspaceAndUnknownSchedule) {
+    REQUIRE_GPU();
+    const auto align = [](std::size_t x) { return (x + 255) / 256 * 256; };
+    for (const bool recompute : {true, false}) {
+        const Case c{2, 3, 4, 3, 7, 128, 2, recompute, DType::bf16, Layout::bhsd};
+        const Problem p(c);
+        const Options o = options_of(c);
+        std::size_t conc = 0, ser = 0;
+        {
+            const ScheduleScope s("concurrent");
+            conc = vmonarch::backward_workspace_bytes(p.q.view, p.v.view, p.g, o);
+        }
+        {
+            const ScheduleScope s("serial");
+            ser = vmonarch::backward_workspace_bytes(p.q.view, p.v.view, p.g, o);
+        }
+        const std::size_t bh = std::size_t(c.B * c.heads), HW = std::size_t(c.Hh * c.Ww), N = std::size_t(p.N), d = 128;
+        const std::size_t dense = align(bh * HW * d * 4) + 2 * align(bh * N * d * 4);
+        EXPECT_EQ(conc, ser + (recompute ? dense : 0)) << "recompute " << recompute;
+    }
+    const Case c{1, 2, 3, 4, 5, 64, 2, true, DType::bf16, Layout::bshd};
+    const Problem p(c);
+    const Options o = options_of(c);
+    auto out = GpuTensor::poisoned(c.dtype, c.layout, c.B, p.N, c.heads, c.d);
+    GpuLse lse(c.B, c.heads, p.N, false);
+    vmonarch::attention(p.q.view, p.k.view, p.v.view, out.view, p.g, o, &lse.view);
+    auto dq = GpuTensor::poisoned(c.dtype, c.layout, c.B, p.N, c.heads, c.d);
+    auto dk = GpuTensor::poisoned(c.dtype, c.layout, c.B, p.N, c.heads, c.d);
+    auto dv = GpuTensor::poisoned(c.dtype, c.layout, c.B, p.N, c.heads, c.d);
+    const ScheduleScope bad("overlapped");
+    try {
+        vmonarch::attention_backward(p.q.view, p.k.view, p.v.view, out.view, lse.view, p.dout.view, dq.view, dk.view,
+                                     dv.view, p.g, o);
+        ADD_FAILURE() << "no error";
+    } catch (const vmonarch::CudaError& e) {
+        EXPECT_NE(std::string(e.what()).find("VMONARCH_BACKWARD_SCHEDULE is 'overlapped'"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(count_nonfinite(dq.read()), dq.values.size()); // nothing written
 }
 
 TEST(BackwardGpu, Errors) {
