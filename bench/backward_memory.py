@@ -64,11 +64,11 @@ def saved_state_formula(shape_bshd, dtype, device_type: str, iterations: int = I
 
 def cuda_workspace_formula(rows: int, d: int, dv: int, iterations: int = ITERATIONS, recompute: bool = True,
                            entropy_grad: bool = False, lean: bool = True, elem: int = 2, frames: int = 1,
-                           concurrent: bool = True) -> int:
+                           concurrent: bool = False) -> int:
     """backward_workspace_bytes for CUDA tensors: the regions of src/cuda/bwd/backward_plan.hpp, each 256-byte
     aligned, rows = batch·heads·tokens: D (f32), the f32 accumulators of dq, dk, dv, dAL and dY (input dtype),
     [dcL with the exact gradient], the R-step row gradient (f32), min(t − 1, 2) f32 daR buffers, [the concurrent
-    schedule (VMONARCH_BACKWARD_SCHEDULE, default) with the recompute: the recompute's own f32 dq of frame 0's
+    schedule (VMONARCH_BACKWARD_SCHEDULE=concurrent, or auto in deterministic mode) with the recompute: the recompute's own f32 dq of frame 0's
     rows (rows / frames) and dk, dv of every row] and, in lean mode, room for the rerun forward's state (the
     saved-state layout without its header)."""
     total = _align(rows * 4)
@@ -201,7 +201,7 @@ def measure_shape(grid, heads, d, dtype, device):
             if device.type == "cuda":
                 row["formula_workspace_bytes"] = cuda_workspace_formula(
                     rows_bh, d, d, lean=vm["lean"], entropy_grad=vm["entropy_grad"], elem=elem, frames=grid[0],
-                    concurrent=os.environ.get("VMONARCH_BACKWARD_SCHEDULE", "concurrent") in ("", "concurrent"))
+                    concurrent=os.environ.get("VMONARCH_BACKWARD_SCHEDULE", "") == "concurrent")
         out_rows.append(row)
         if device.type == "cuda":
             torch.cuda.empty_cache()

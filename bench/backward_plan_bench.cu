@@ -50,7 +50,8 @@ struct Row {
 };
 
 const char* schedule_name(vmonarch::cuda::BackwardSchedule s) {
-    return s == vmonarch::cuda::BackwardSchedule::serial ? "serial" : "concurrent";
+    using vmonarch::cuda::BackwardSchedule;
+    return s == BackwardSchedule::serial ? "serial" : s == BackwardSchedule::concurrent ? "concurrent" : "auto";
 }
 
 void set_schedule(vmonarch::cuda::BackwardSchedule s) { setenv("VMONARCH_BACKWARD_SCHEDULE", schedule_name(s), 1); }

@@ -2,7 +2,7 @@
 // for iterations 1..3, clamp active, recompute on and off, T = 1, odd T, prime HW, d 64 and 128, bf16 and
 // f16, batch and heads > 1, both layouts, dlse, both gradient variants; plus properties: dv bitwise equal
 // between the variants, deterministic mode bitwise repeatable, saved and lean mode equal, and the errors; the
-// concurrent schedule (the default) and the serial one (VMONARCH_BACKWARD_SCHEDULE=serial).
+// default schedule (auto) and each of VMONARCH_BACKWARD_SCHEDULE=serial / concurrent.
 // The comparisons run on the default route (the Hopper kernels on an sm_90 device) and again with the flash
 // policy's sm90 peer off (the portable kernels everywhere).
 #include <gtest/gtest.h>
@@ -215,42 +215,37 @@ private:
     std::string old_;
 };
 
-// The serial schedule (the frame-0 recompute's backward on the caller's stream, into the shared accumulators)
-// against the f64 CPU backward and against the concurrent one (the default, tested above): deterministic mode
-// bitwise repeatable and lean = saved under each; the two schedules differ only in the f32 summation order of
-// the recompute's share (none without the recompute: then bitwise equal).
-TEST_P(Backward, SerialScheduleMatchesCpuAndConcurrent) {
+// Both schedules explicitly (the default, auto, is serial here and concurrent in deterministic mode): each against
+// the f64 CPU backward, deterministic mode bitwise repeatable and lean = saved under each; the two differ only in
+// the f32 summation order of the frame-0 recompute's share (none without the recompute: then bitwise equal).
+TEST_P(Backward, BothSchedulesMatchCpuAndEachOther) {
     REQUIRE_GPU();
     const Case c = GetParam();
     const Problem p(c);
     const bool entropy = c.iterations % 2 == 1;
-    Grads conc, conc_again;
-    {
-        const ScheduleScope concurrent("concurrent");
-        conc = p.gpu(entropy, true, true);
-        conc_again = p.gpu(entropy, true, false); // lean
+    Grads det[2];
+    const char* names[2] = {"serial", "concurrent"};
+    for (int s = 0; s < 2; ++s) {
+        const ScheduleScope schedule(names[s]);
+        expect_matches_cpu(p, c);
+        const Grads a = p.gpu(entropy, true, true), b = p.gpu(entropy, true, true), lean = p.gpu(entropy, true, false);
+        EXPECT_EQ(a.raw_dq, b.raw_dq) << names[s];
+        EXPECT_EQ(a.raw_dk, b.raw_dk) << names[s];
+        EXPECT_EQ(a.raw_dv, b.raw_dv) << names[s];
+        EXPECT_EQ(lean.raw_dq, a.raw_dq) << names[s];
+        EXPECT_EQ(lean.raw_dk, a.raw_dk) << names[s];
+        EXPECT_EQ(lean.raw_dv, a.raw_dv) << names[s];
+        det[s] = a;
     }
-    EXPECT_EQ(conc.raw_dq, conc_again.raw_dq);
-    EXPECT_EQ(conc.raw_dk, conc_again.raw_dk);
-    EXPECT_EQ(conc.raw_dv, conc_again.raw_dv);
-    const ScheduleScope serial("serial");
-    expect_matches_cpu(p, c);
-    const Grads a = p.gpu(entropy, true, true), b = p.gpu(entropy, true, true), lean = p.gpu(entropy, true, false);
-    EXPECT_EQ(a.raw_dq, b.raw_dq);
-    EXPECT_EQ(a.raw_dk, b.raw_dk);
-    EXPECT_EQ(a.raw_dv, b.raw_dv);
-    EXPECT_EQ(lean.raw_dq, a.raw_dq);
-    EXPECT_EQ(lean.raw_dk, a.raw_dk);
-    EXPECT_EQ(lean.raw_dv, a.raw_dv);
     if (!c.recompute) {
-        EXPECT_EQ(a.raw_dq, conc.raw_dq);
-        EXPECT_EQ(a.raw_dk, conc.raw_dk);
-        EXPECT_EQ(a.raw_dv, conc.raw_dv);
+        EXPECT_EQ(det[0].raw_dq, det[1].raw_dq);
+        EXPECT_EQ(det[0].raw_dk, det[1].raw_dk);
+        EXPECT_EQ(det[0].raw_dv, det[1].raw_dv);
     } else {
         const double tol = grad_tolerance(c.dtype) / 4;
-        EXPECT_LT(rel_l2(a.dq, conc.dq), tol);
-        EXPECT_LT(rel_l2(a.dk, conc.dk), tol);
-        EXPECT_LT(rel_l2(a.dv, conc.dv), tol);
+        EXPECT_LT(rel_l2(det[0].dq, det[1].dq), tol);
+        EXPECT_LT(rel_l2(det[0].dk, det[1].dk), tol);
+        EXPECT_LT(rel_l2(det[0].dv, det[1].dv), tol);
     }
 }
 
@@ -339,7 +334,8 @@ TEST(BackwardGpu, CallerWorkspaceAndStream) {
 }
 
 // The concurrent schedule's workspace holds the recompute's own f32 accumulators (frame 0's dq rows, every dk and
-// dv row) beyond the serial one's; without the recompute both are the same. An unknown schedule is an error.
+// dv row) beyond the serial one's; without the recompute both are the same; auto is serial's, or concurrent's in
+// deterministic mode. An unknown schedule is an error.
 TEST(BackwardGpu, ScheduleWorkspaceAndUnknownSchedule) {
     REQUIRE_GPU();
     const auto align = [](std::size_t x) { return (x + 255) / 256 * 256; };
@@ -355,6 +351,13 @@ TEST(BackwardGpu, ScheduleWorkspaceAndUnknownSchedule) {
         {
             const ScheduleScope s("serial");
             ser = vmonarch::backward_workspace_bytes(p.q.view, p.v.view, p.g, o);
+        }
+        {
+            const ScheduleScope s("auto");
+            BackwardOptions det;
+            det.deterministic = true;
+            EXPECT_EQ(vmonarch::backward_workspace_bytes(p.q.view, p.v.view, p.g, o), ser);
+            EXPECT_EQ(vmonarch::backward_workspace_bytes(p.q.view, p.v.view, p.g, o, det), conc);
         }
         const std::size_t bh = std::size_t(c.B * c.heads), HW = std::size_t(c.Hh * c.Ww), N = std::size_t(p.N), d = 128;
         const std::size_t dense = align(bh * HW * d * 4) + 2 * align(bh * N * d * 4);

@@ -77,12 +77,12 @@ def test_cuda_formulas_match_the_documented_sizes(bench):
     assert lean - saved == 1044 * rows   # lean mode: the rerun forward's state lives in the workspace
     exact = bench.cuda_workspace_formula(rows, 128, 128, lean=True, entropy_grad=True)
     assert exact - lean == 4 * rows      # dcL, one float per row
-    # The concurrent schedule (the default): the frame-0 recompute's own f32 dq (frame 0's rows), dk and dv.
-    concurrent = bench.cuda_workspace_formula(rows, 128, 128, lean=True, frames=16)
-    serial = bench.cuda_workspace_formula(rows, 128, 128, lean=True, frames=16, concurrent=False)
+    # The concurrent schedule: the frame-0 recompute's own f32 dq (frame 0's rows), dk and dv.
+    concurrent = bench.cuda_workspace_formula(rows, 128, 128, lean=True, frames=16, concurrent=True)
+    serial = bench.cuda_workspace_formula(rows, 128, 128, lean=True, frames=16)
     assert concurrent - serial == (rows // 16) * 128 * 4 + 2 * rows * 128 * 4
-    assert bench.cuda_workspace_formula(rows, 128, 128, lean=True, recompute=False, frames=16) == \
-        bench.cuda_workspace_formula(rows, 128, 128, lean=True, recompute=False, frames=16, concurrent=False)
+    assert bench.cuda_workspace_formula(rows, 128, 128, lean=True, recompute=False, frames=16, concurrent=True) == \
+        bench.cuda_workspace_formula(rows, 128, 128, lean=True, recompute=False, frames=16)
 
 
 def test_script_cpu_quick_writes_every_row(tmp_path):

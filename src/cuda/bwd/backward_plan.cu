@@ -31,10 +31,16 @@ void* regions_of(const detail::BackwardProblem& p, const BackwardWorkspaceLayout
 
 BackwardSchedule backward_schedule() {
     const char* env = std::getenv("VMONARCH_BACKWARD_SCHEDULE");
-    if (env == nullptr || *env == '\0' || std::strcmp(env, "concurrent") == 0) return BackwardSchedule::concurrent;
+    if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return BackwardSchedule::automatic;
+    if (std::strcmp(env, "concurrent") == 0) return BackwardSchedule::concurrent;
     if (std::strcmp(env, "serial") == 0) return BackwardSchedule::serial;
     throw CudaError(std::string("vmonarch backward: VMONARCH_BACKWARD_SCHEDULE is '") + env +
-                    "', expected 'concurrent' or 'serial'");
+                    "', expected 'auto', 'concurrent' or 'serial'");
+}
+
+bool concurrent_recompute(const detail::BackwardProblem& p, BackwardSchedule schedule) {
+    if (!p.recompute_first_frame) return false;
+    return schedule == BackwardSchedule::concurrent || (schedule == BackwardSchedule::automatic && p.deterministic);
 }
 
 BackwardWorkspaceLayout backward_workspace_layout(const detail::BackwardProblem& p, BackwardSchedule schedule) {
@@ -59,7 +65,7 @@ BackwardWorkspaceLayout backward_workspace_layout(const detail::BackwardProblem&
     w.drow_r = take(rows * 4);
     w.dar_count = p.iterations >= 3 ? 2 : p.iterations - 1;
     for (int i = 0; i < w.dar_count; ++i) w.dar[i] = take(rows * d * 4);
-    w.concurrent = schedule == BackwardSchedule::concurrent && p.recompute_first_frame;
+    w.concurrent = concurrent_recompute(p, schedule);
     if (w.concurrent) {
         w.dense_dq = take(bh * std::size_t(p.grid.frame_tokens()) * d * 4);
         w.dense_dk = take(rows * d * 4);

@@ -6,7 +6,10 @@
 //   for r = t−1 .. 1: earlier L-step backward → R-step r backward (K values; r = 1 writes dQ)
 //   finalize (f32 accumulators → the caller's dq, dk, dv, in one launch)
 //
-// Schedules (VMONARCH_BACKWARD_SCHEDULE=concurrent|serial, default concurrent; backward_schedule()):
+// Schedules (VMONARCH_BACKWARD_SCHEDULE=auto|concurrent|serial, default auto; backward_schedule()); auto is
+// concurrent in deterministic mode and serial otherwise, as measured on an H200 (bench/RESULTS.md): with the
+// atomic dq the flash backwards fill the GPU and the overlap gained 0.07 ms of 9.0 at 16×28×52×12h and lost
+// 0.8 ms of 204 at 24×44×80×40h for 281 MiB / 3.3 GiB more workspace; deterministic, it gained 0.7 / 0.9 ms.
 //   serial      one stream; the recompute's backward adds into the shared accumulators before the Monarch chain.
 //   concurrent  with the recompute on, its backward runs on the side stream, forked after the preprocess, beside
 //               the lean rerun and the Monarch chain, into accumulators of its own (dense_dq [B][H][HW][d],
@@ -45,10 +48,12 @@
 
 namespace vmonarch::cuda {
 
-enum class BackwardSchedule { serial, concurrent };
-// The process's schedule: VMONARCH_BACKWARD_SCHEDULE (serial or concurrent; unset or empty: concurrent), read at
+enum class BackwardSchedule { automatic, serial, concurrent };
+// The process's schedule: VMONARCH_BACKWARD_SCHEDULE (auto, serial or concurrent; unset or empty: auto), read at
 // each call; another value is a CudaError naming it. The workspace size depends on it.
 BackwardSchedule backward_schedule();
+// What the schedule is for this problem: automatic → concurrent when p.deterministic, else serial.
+bool concurrent_recompute(const detail::BackwardProblem& p, BackwardSchedule schedule);
 
 struct BackwardWorkspaceLayout {
     std::size_t d_full = 0;
