@@ -2,13 +2,12 @@
 //                         [--fill uniform|normal] [--long-q-tiles n1,n2,...] [--alone-only]: the exact key
 // groups (spec §3b) and joint text+video sequences (spec §3c) from C++, with the shapes of
 // bench/exact_groups_bench.py (bf16, batch 1, BHSD, no lse, frame-0 recompute on), each setting timed under the
-// default schedule, under VMONARCH_EXACT_SCHEDULE=serial (the groups in order with partials) and under
-// VMONARCH_EXACT_SIDE_ORDER=merged_first (the merged groups first on the side stream, the last L-step waiting
-// for them alone) in alternating rounds, then each launch of the video forward at t = 2 with S = 0 and 1 and of CogVideoX's (t = 2) alone.
+// default schedule and under VMONARCH_EXACT_SCHEDULE=serial (the groups in order with partials) in alternating
+// rounds, then each launch of the video forward at t = 2 with S = 0 and 1 and of CogVideoX's (t = 2) alone.
 // CogVideoX (d = 64, where the sm90 flash peer has one key-tile width only) also runs with every flash problem
 // on the portable sm80 peer ("sm80 peer": the policy's other choice), whole forwards and each launch alone.
-// --long-q-tiles: CogVideoX also under FlashPolicy::sm90_long_q_tiles = n (several query tiles per block for
-// long key ranges at d = 64), whole forwards ("long q n") and the flash launches alone. --fill: q, k, v
+// --long-q-tiles: CogVideoX also under FlashPolicy::sm90_long_q_tiles = n (query tiles per block for long key
+// ranges at d = 64; 1 = one per block), whole forwards ("long q n") and the flash launches alone. --fill: q, k, v
 // uniform (default) or normal of unit variance (the Python bench's torch.randn). --alone-only: the launches
 // alone only (a fixed launch order for profilers: per schedule one whole forward, then each launch's warm-up
 // and timed calls in the table's order). --profile "R-step 1,frames 1.. over text keys": those launches alone
@@ -183,7 +182,7 @@ int main(int argc, char** argv) {
         const vmonarch::cuda::FlashPolicy policy0 = vmonarch::cuda::flash_policy();
         vmonarch::cuda::FlashPolicy sm80_policy = policy0;
         sm80_policy.sm90 = false;
-        std::vector<std::string> schedules = {"default", "serial", "merged first"};
+        std::vector<std::string> schedules = {"default", "serial"};
         if (peers) schedules.push_back("sm80 peer");
         if (peers)
             for (const int n : long_q) schedules.push_back("long q " + std::to_string(n));
@@ -204,8 +203,6 @@ int main(int argc, char** argv) {
                     if (s.r >= 0) opt.window_radius = s.r;
                     if (schedule == "serial") setenv("VMONARCH_EXACT_SCHEDULE", "serial", 1);
                     else unsetenv("VMONARCH_EXACT_SCHEDULE");
-                    if (schedule == "merged first") setenv("VMONARCH_EXACT_SIDE_ORDER", "merged_first", 1);
-                    else unsetenv("VMONARCH_EXACT_SIDE_ORDER");
                     const double ms = time_ms(
                         [&] {
                             if (c.L > 0)
@@ -219,7 +216,6 @@ int main(int argc, char** argv) {
                     add(c.name, setting_name(s) + " (round " + std::to_string(round + 1) + ")", schedule, ms);
                 }
         unsetenv("VMONARCH_EXACT_SCHEDULE");
-        unsetenv("VMONARCH_EXACT_SIDE_ORDER");
         vmonarch::cuda::set_flash_policy(policy0);
 
         // Each launch alone: video at t = 2 with S = 0 (the paper) and S = 1; CogVideoX at t = 2, S = 0 (text

@@ -2,11 +2,9 @@
 """Where the time of one vmonarch.joint_attention call goes, at CogVideoX-5B's joint shape (spec §3c): the
 kernels it launches (torch.profiler, device time each) and its CUDA-event time, for normal and for uniform
 inputs of unit variance (the Python bench fills with torch.randn, the C++ bench with uniform values), alone
-and right after cuDNN's SDPA on the same inputs (the Python bench's interleaved order), under each side-stream
-order of --orders (VMONARCH_EXACT_SIDE_ORDER, read at every call: default, merged_first).
+and right after cuDNN's SDPA on the same inputs (the Python bench's interleaved order).
 
-    python3 bench/exact_groups_profile.py --out profile.json [--reps 20] [--orders default,merged_first]
-        [--grid 13,30,45 --heads 48 --d 64 --text 226]
+    python3 bench/exact_groups_profile.py --out profile.json [--reps 20] [--grid 13,30,45 --heads 48 --d 64 --text 226]
 
 CUDA only; writes JSON (whole or not at all) and prints a table.
 """
@@ -66,11 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=positive_int("--heads"), default=48)
     ap.add_argument("--d", type=int, choices=(64, 128), default=64)
     ap.add_argument("--text", type=positive_int("--text", 0), default=226)
-    ap.add_argument("--orders", default="default", help="comma-separated side-stream orders: default, merged_first")
     args = ap.parse_args(argv)
-    orders = [o for o in args.orders.split(",") if o]
-    if not orders or any(o not in ("default", "merged_first") for o in orders):
-        ap.error(f"--orders is {args.orders!r}, expected a comma-separated subset of default,merged_first")
     try:
         check_output_path("--out", args.out)
         grid = tuple(int(x) for x in args.grid.split(","))
@@ -104,33 +98,24 @@ def main(argv=None) -> int:
             with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                 return torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
-        cudnn_ms = statistics.median(times_ms(cudnn, device, 2, max(3, args.reps // 4)))
-        result["fills"][fill] = dict(cudnn_ms=cudnn_ms, orders={})
-        for order in orders:
-            if order == "default":
-                os.environ.pop("VMONARCH_EXACT_SIDE_ORDER", None)
-            else:
-                os.environ["VMONARCH_EXACT_SIDE_ORDER"] = order
-            r = {}
-            r["alone_ms"] = statistics.median(times_ms(ours, device, 3, args.reps))
-            r["back_to_back_ms"] = steady_ms(ours, device, 10, 3)
-            after = []  # each round: cuDNN's 7 calls, then ours timed (as the Python bench's interleaved rounds)
-            for _ in range(4):
-                times_ms(cudnn, device, 2, 5)
-                after += times_ms(ours, device, 0, 5)
-            r["after_cudnn_ms"] = statistics.median(after)
-            r["after_cudnn_first_ms"] = after[0::5]
-            r["kernels"] = [dict(name=n, calls=c, us_per_call=us / 5) for n, c, us in kernel_table(ours, 5)]
-            r["kernel_sum_us"] = sum(x["us_per_call"] for x in r["kernels"])
-            result["fills"][fill]["orders"][order] = r
-            print(f"{fill:8s} {order:12s} alone {r['alone_ms']:.3f} ms, back to back {r['back_to_back_ms']:.3f}, after "
-                  f"cuDNN {r['after_cudnn_ms']:.3f} (first of each round "
-                  f"{', '.join(f'{t:.3f}' for t in r['after_cudnn_first_ms'])}), cuDNN {cudnn_ms:.3f} ms "
-                  f"({cudnn_ms / r['alone_ms']:.3f}x); kernels sum {r['kernel_sum_us']:.1f} us per call:", flush=True)
-            if order == orders[0]:
-                for x in r["kernels"]:
-                    print(f"    {x['us_per_call']:9.1f} us  x{x['calls'] // 5:<3d} {x['name'][:150]}")
-        os.environ.pop("VMONARCH_EXACT_SIDE_ORDER", None)
+        r = dict(cudnn_ms=statistics.median(times_ms(cudnn, device, 2, max(3, args.reps // 4))))
+        r["alone_ms"] = statistics.median(times_ms(ours, device, 3, args.reps))
+        r["back_to_back_ms"] = steady_ms(ours, device, 10, 3)
+        after = []  # each round: cuDNN's 7 calls, then ours timed (as the Python bench's interleaved rounds)
+        for _ in range(4):
+            times_ms(cudnn, device, 2, 5)
+            after += times_ms(ours, device, 0, 5)
+        r["after_cudnn_ms"] = statistics.median(after)
+        r["after_cudnn_first_ms"] = after[0::5]
+        r["kernels"] = [dict(name=n, calls=c, us_per_call=us / 5) for n, c, us in kernel_table(ours, 5)]
+        r["kernel_sum_us"] = sum(x["us_per_call"] for x in r["kernels"])
+        result["fills"][fill] = r
+        print(f"{fill:8s} alone {r['alone_ms']:.3f} ms, back to back {r['back_to_back_ms']:.3f}, after cuDNN "
+              f"{r['after_cudnn_ms']:.3f} (first of each round {', '.join(f'{t:.3f}' for t in r['after_cudnn_first_ms'])}), "
+              f"cuDNN {r['cudnn_ms']:.3f} ms ({r['cudnn_ms'] / r['alone_ms']:.3f}x); kernels sum "
+              f"{r['kernel_sum_us']:.1f} us per call (under the profiler):", flush=True)
+        for x in r["kernels"]:
+            print(f"    {x['us_per_call']:9.1f} us  x{x['calls'] // 5:<3d} {x['name'][:150]}")
         del q, k, v
         torch.cuda.empty_cache()
     write_json(args.out, result)

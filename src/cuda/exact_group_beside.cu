@@ -14,8 +14,6 @@
 // (exact_group_plan.cu). A joint sequence's text queries go first on the side stream whenever they are one
 // range per batch element too (text_queries.cu), whichever schedule the groups take.
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include <cuda_runtime.h>
 
@@ -123,13 +121,6 @@ void MonarchPlan::launch_groups_beside(void* stream) const {
     if (p_.grid.T > (p_.recompute_first_frame ? 1 : 0)) launch_spans(false, stream);
 }
 
-namespace {
-bool exact_side_merged_first() {
-    const char* e = std::getenv("VMONARCH_EXACT_SIDE_ORDER");
-    return e != nullptr && std::strcmp(e, "merged_first") == 0;
-}
-} // namespace
-
 void MonarchPlan::run_exact(void* stream, void* side_stream) const {
     auto st = static_cast<cudaStream_t>(stream), side = static_cast<cudaStream_t>(side_stream);
     const bool text_beside = p_.text_queries != nullptr && text_queries_direct(*p_.text_queries);
@@ -139,32 +130,17 @@ void MonarchPlan::run_exact(void* stream, void* side_stream) const {
         return;
     }
     SideFork fork(st, side);
-    // merged_first (VMONARCH_EXACT_SIDE_ORDER=merged_first): the Monarch rows' groups, the only side work the
-    // last L-step merges, go first and that L-step waits for them alone; frame 0's recompute and the text
-    // queries (rows the L-step does not touch) queue after them and may run beside it, joined at the end.
-    const bool merged_first = beside && exact_side_merged_first() && p_.grid.T > (p_.recompute_first_frame ? 1 : 0);
-    ScopedEvent merged;
-    if (merged_first) {
-        launch_spans(false, side);
-        check_cuda(cudaEventRecord(merged.e, side), "vmonarch exact groups: cudaEventRecord(merged)");
-        if (p_.recompute_first_frame) launch_spans(true, side);
-        if (text_beside) launch_text_queries_direct(*p_.text_queries, side);
-    } else {
-        if (text_beside) launch_text_queries_direct(*p_.text_queries, fork.side_or_main());
-        if (!beside) { // with text the in-order schedule keeps to the caller's stream
-            run_exact_in_order(stream, nullptr);
-            fork.join();
-            return;
-        }
-        launch_groups_beside(fork.side_or_main());
+    if (text_beside) launch_text_queries_direct(*p_.text_queries, fork.side_or_main());
+    if (!beside) { // with text the in-order schedule keeps to the caller's stream
+        run_exact_in_order(stream, nullptr);
+        fork.join();
+        return;
     }
+    launch_groups_beside(fork.side_or_main());
     if (monarch_needed()) {
         for (int it = 0; it < p_.iterations; ++it) {
             launch_flash(rstep_params(it), st, "vmonarch R-step");
-            if (it == p_.iterations - 1) { // the last L-step merges the groups' accumulator
-                if (merged_first) check_cuda(cudaStreamWaitEvent(st, merged.e, 0), "vmonarch exact groups: cudaStreamWaitEvent(merged)");
-                else fork.join();
-            }
+            if (it == p_.iterations - 1) fork.join(); // the last L-step merges the groups' accumulator
             launch_lstep(lstep_params(it, p_.recompute_first_frame), st, "vmonarch L-step");
         }
     }

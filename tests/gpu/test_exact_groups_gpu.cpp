@@ -4,7 +4,6 @@
 // of exactly workspace_bytes (the same bits both ways).
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <limits>
 #include <sstream>
 
@@ -294,51 +293,6 @@ TEST(JointGpuStreams, RepeatsBitwiseOnCallerStream) {
         EXPECT_LE(rel_l2(runs[0].lse, sl), tolerance(bf)) << (text_first ? "text first" : "text last");
         EXPECT_TRUE(runs[1].raw == runs[0].raw) << "a repetition gave different bits";
         EXPECT_TRUE(runs[2].raw == runs[0].raw) << "no lse requested gave different bits";
-    }
-}
-
-// VMONARCH_EXACT_SIDE_ORDER=merged_first (exact_group_beside.cu): the Monarch rows' groups first on the side
-// stream and the last L-step waiting for them alone, frame 0's recompute and the text queries running beside
-// it. The same kernels on the same rows: the same bits as the default order (with and without lse, text
-// first and last, sink frames), and close to the f64 CPU result.
-TEST(JointGpuStreams, MergedFirstSideOrderGivesTheSameBits) {
-    REQUIRE_GPU();
-    struct C { std::int64_t T, Hh, Ww, d, L, S; bool text_first; std::vector<std::int64_t> lens; };
-    const C cases[] = {{5, 6, 9, 64, 226, 0, true, {226, 226}},  // CogVideoX-like: text first, all valid
-                       {4, 5, 7, 128, 30, 0, false, {30, 11}},   // text last, lens < L
-                       {4, 5, 7, 64, 0, 1, false, {}}};          // no text, one sink frame
-    for (const C& c : cases) {
-        const vmonarch::VideoGrid g{c.T, c.Hh, c.Ww};
-        const std::int64_t B = 2, heads = 3, N = g.tokens(), M = N + c.L;
-        const std::size_t count = std::size_t(B * M * heads * c.d);
-        GpuTensor q(random_normal(count, 81, std::sqrt(3.0)), bf, SH, B, M, heads, c.d),
-            k(random_normal(count, 82, std::sqrt(3.0)), bf, SH, B, M, heads, c.d), v(random_normal(count, 83, 1.0), bf, SH, B, M, heads, c.d);
-        const std::vector<std::int64_t> lens = lens_of(c.lens, B, c.L);
-        const vmonarch::Options o = options_of(2, true, c.S, kNone);
-        const auto pos = c.text_first ? vmonarch::TextPosition::first : vmonarch::TextPosition::last;
-        const auto run = [&](bool merged_first, bool with_lse) {
-            if (merged_first) setenv("VMONARCH_EXACT_SIDE_ORDER", "merged_first", 1);
-            auto out = GpuTensor::poisoned(bf, SH, B, M, heads, c.d);
-            GpuLse lse(B, heads, M, true);
-            vmonarch::joint_attention(q.view, k.view, v.view, out.view, g, c.L, pos, lens.data(), o, with_lse ? &lse.view : nullptr,
-                                      nullptr);
-            unsetenv("VMONARCH_EXACT_SIDE_ORDER");
-            sync_or_throw();
-            return GpuResult{out.read(), with_lse ? lse.read() : std::vector<double>{}, out.raw()};
-        };
-        const std::string what = "T" + std::to_string(c.T) + " d" + std::to_string(c.d) + " L" + std::to_string(c.L) + " S" +
-                                 std::to_string(c.S);
-        const GpuResult base = run(false, true), merged = run(true, true), merged_nolse = run(true, false);
-        EXPECT_TRUE(merged.raw == base.raw) << what << ": merged_first gave different bits";
-        EXPECT_TRUE(merged.lse == base.lse) << what << ": merged_first gave a different lse";
-        EXPECT_TRUE(merged_nolse.raw == base.raw) << what << ": merged_first without lse gave different bits";
-        std::vector<double> sq, sk, sv, so(q.values.size()), sl(std::size_t(B * heads * M));
-        const auto co = TensorView::bshd(so.data(), DType::f64, Device::cpu, B, M, heads, c.d);
-        const auto cl = vmonarch::LseView::contiguous(sl.data(), DType::f64, Device::cpu, B, heads, M);
-        vmonarch::joint_attention(q.cpu_view(sq), k.cpu_view(sk), v.cpu_view(sv), co, g, c.L, pos, lens.data(), o, &cl);
-        EXPECT_EQ(count_nonfinite(merged.out), 0u) << what;
-        EXPECT_LE(rel_l2(merged.out, so), tolerance(bf)) << what;
-        EXPECT_LE(rel_l2(merged.lse, sl), tolerance(bf)) << what;
     }
 }
 

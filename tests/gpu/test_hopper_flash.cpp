@@ -444,6 +444,24 @@ TEST(HopperFlash, MatchesPortable_SeveralQueryTilesPerBlock_LongKeys) {
             }
 }
 
+// The same path at a small shape for compute-sanitizer (scripts/gpu_suite.sh): 300 query rows (3 tiles: blocks
+// {0, 1} and {2} at 2 tiles per block) over 520 keys (5 tiles, one more than the ring's stages: each query
+// tile's ring positions wrap), d = 64, bf16, K and V as values with LSE and with a row scale.
+TEST(HopperFlash, SeveralQueryTilesPerBlock_LongKeysSmall) {
+    REQUIRE_SM90();
+    const PolicyGuard guard;
+    vmonarch::cuda::FlashPolicy policy = guard.saved();
+    policy.sm90_long_q_tiles = 2;
+    policy.sm90_long_q_min_waves = 0;
+    vmonarch::cuda::set_flash_policy(policy);
+    Case base;
+    base.d = 64; base.len_q = 300; base.len_k = 520; base.B = 1; base.H = 1; base.F = 1;
+    base.kv = true; base.vv = true; base.rs = true; base.lse = true; base.seed = 9500;
+    compare_with_portable(base);
+    base.kv = false; base.rs = false; base.seed = 9501;
+    compare_with_portable(base);
+}
+
 // The full-size per-frame shape (3600 keys per frame, several frames) on the R-step's variants.
 TEST(HopperFlash, MatchesPortable_frame3600) {
     REQUIRE_SM90();
