@@ -17,18 +17,18 @@ struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
     using Tile = Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN>;
     using Tile::Tile;
     using Tile::acc_k, Tile::acc_v, Tile::compute_s, Tile::fence_acc, Tile::fence_p, Tile::fence_s, Tile::issue_pv, Tile::issue_s,
-        Tile::lane, Tile::len_q, Tile::p, Tile::pack_p, Tile::q0, Tile::rescale, Tile::ring0, Tile::row, Tile::sm, Tile::softmax,
+        Tile::lane, Tile::len_q, Tile::p, Tile::pack_p, Tile::q0, Tile::rescale, Tile::ring, Tile::ring0, Tile::row, Tile::sm, Tile::softmax,
         Tile::softmax_stale, Tile::st, Tile::wg;
     static constexpr int NS = Tile::NS, KS = Tile::KS;
 
-    // This warp no longer reads key tile n's stage (ring position g = ring0 + n).
+    // This warp no longer reads key tile n's stage (ring position g = ring(n)).
     __device__ __forceinline__ void release(int n) {
         __syncwarp();
-        if (lane == 0) mbar_arrive(sm.empty_bar((ring0 + n) % Tile::Ring::STAGES));
+        if (lane == 0) mbar_arrive(sm.empty_bar(ring(n) % Tile::Ring::STAGES));
     }
-    // Key tile n has landed in its stage (the stage's (g / STAGES)-th fill, g = ring0 + n).
+    // Key tile n has landed in its stage (the stage's (g / STAGES)-th fill, g = ring(n)).
     __device__ __forceinline__ void wait_full(int n) {
-        const int g = ring0 + n;
+        const int g = ring(n);
         mbar_wait(sm.full_bar(g % Tile::Ring::STAGES), std::uint32_t(g / Tile::Ring::STAGES) & 1u);
     }
     // Ping-pong (MODE 2): the two consumer warpgroups take turns to issue their GEMMs, so that one's

@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
             for (int j = 0; j < q_count; ++j) {
                 Consumer consumer(p, sm, warp, lane, q0 + j * HopperShape::BM, b, h, f, sm.q_slot(j & 1));
                 consumer.run(n_tiles, args.stale_max, b, h, f, j & 1, std::uint32_t(j >> 1) & 1u,
-                             Ring::keys_stay(n_tiles) ? 0 : j * n_tiles);
+                             hopper_own_q_slot(D) && !Ring::keys_stay(n_tiles) ? j * n_tiles : 0);
             }
         } else {
             Consumer consumer(p, sm, warp, lane, q0, b, h, f, sm.q_slot(0));

@@ -45,7 +45,7 @@ __device__ __forceinline__ void produce_tiles(const SmemRing<D, V_VALUE, BN>& sm
     };
     load_q(0);
     for (int n = 0; n < n_tiles; ++n) load_keys(n, n);
-    if (Ring::keys_stay(n_tiles)) { // further query tiles reuse the key tiles above
+    if (!hopper_own_q_slot(D) || Ring::keys_stay(n_tiles)) { // further query tiles reuse the key tiles above
         for (int j = 1; j < q_count; ++j) load_q(j);
         return;
     }
