@@ -63,21 +63,23 @@ def saved_state_formula(shape_bshd, dtype, device_type: str, iterations: int = I
 
 
 def cuda_workspace_formula(rows: int, d: int, dv: int, iterations: int = ITERATIONS, recompute: bool = True,
-                           entropy_grad: bool = False, lean: bool = True, elem: int = 2) -> int:
+                           entropy_grad: bool = False, lean: bool = True, elem: int = 2, frames: int = 1,
+                           concurrent: bool = False) -> int:
     """backward_workspace_bytes for CUDA tensors: the regions of src/cuda/bwd/backward_plan.hpp, each 256-byte
-    aligned, rows = batch·heads·tokens: D (f32) [+ D of the Monarch rows and dO of the Monarch rows with the
-    recompute], the f32 accumulators of dq, dk, dv, dAL and dY (input dtype), [dcL with the exact gradient],
-    the R-step row gradient (f32), min(t − 1, 2) f32 daR buffers and, in lean mode, room for the rerun
-    forward's state (the saved-state layout without its header)."""
+    aligned, rows = batch·heads·tokens: D (f32), the f32 accumulators of dq, dk, dv, dAL and dY (input dtype),
+    [dcL with the exact gradient], the R-step row gradient (f32), min(t − 1, 2) f32 daR buffers, [the concurrent
+    schedule (VMONARCH_BACKWARD_SCHEDULE=concurrent, or auto in deterministic mode) with the recompute: the recompute's own f32 dq of frame 0's
+    rows (rows / frames) and dk, dv of every row] and, in lean mode, room for the rerun forward's state (the
+    saved-state layout without its header)."""
     total = _align(rows * 4)
-    if recompute:
-        total += _align(rows * 4) + _align(rows * dv * elem)
     total += 2 * _align(rows * d * 4) + _align(rows * dv * 4)
     total += _align(rows * d * elem) + _align(rows * dv * elem)
     if entropy_grad:
         total += _align(rows * 4)
     total += _align(rows * 4)
     total += min(iterations - 1, 2) * _align(rows * d * 4)
+    if concurrent and recompute:
+        total += _align(rows // frames * d * 4) + _align(rows * d * 4) + _align(rows * dv * 4)
     if lean:
         vec_d, vec_dv, scalar = _align(rows * d * elem), _align(rows * dv * elem), _align(rows * 4)
         total += iterations * (vec_d + 2 * scalar) + (iterations - 1) * (vec_d + scalar) + vec_dv
@@ -182,8 +184,9 @@ def measure_shape(grid, heads, d, dtype, device):
             state = saved_state_formula(shape, dtype, device.type) if not vm["lean"] else 0
             row["formula_saved_state_bytes"] = state
             if device.type == "cuda":
-                row["formula_workspace_bytes"] = cuda_workspace_formula(rows_bh, d, d, lean=vm["lean"],
-                                                                        entropy_grad=vm["entropy_grad"], elem=elem)
+                row["formula_workspace_bytes"] = cuda_workspace_formula(
+                    rows_bh, d, d, lean=vm["lean"], entropy_grad=vm["entropy_grad"], elem=elem, frames=grid[0],
+                    concurrent=os.environ.get("VMONARCH_BACKWARD_SCHEDULE", "") == "concurrent")
         out_rows.append(row)
         if device.type == "cuda":
             torch.cuda.empty_cache()

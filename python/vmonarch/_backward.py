@@ -80,6 +80,9 @@ def _outputs(ctx, output):
     if len(output) == 2:
         return (*output, None)
     ctx.mark_non_differentiable(output[2])
+    # Absent output gradients arrive as None, not as zeros: autograd would otherwise allocate and fill a zero
+    # "gradient" of the saved state (its whole size) and of the LSE for every backward.
+    ctx.set_materialize_grads(False)
     return tuple(output)
 
 

@@ -54,8 +54,6 @@ void* cached_workspace(int device, cudaStream_t stream, std::size_t bytes, const
     return buf.ptr;
 }
 
-namespace {
-
 // One helper stream per (device, caller stream): calls on one caller stream are ordered, so they may
 // share it; calls on different caller streams get different helpers.
 cudaStream_t side_stream(int device, cudaStream_t stream, const std::string& what) {
@@ -64,6 +62,8 @@ cudaStream_t side_stream(int device, cudaStream_t stream, const std::string& wha
     if (r.side == nullptr) check_cuda(cudaStreamCreateWithFlags(&r.side, cudaStreamNonBlocking), what + ": cudaStreamCreate");
     return r.side;
 }
+
+namespace {
 
 std::string shapes(const MonarchProblem& p) {
     std::ostringstream os;

@@ -1,5 +1,5 @@
 // Internal: the CUDA backend's per-call resources (src/cuda/cuda_backend.cu), shared by the forward's and
-// the backward's entry points: the current-device scope and the cached per-(device, stream) workspace.
+// the backward's entry points: the current-device scope, the cached per-(device, stream) workspace and helper stream.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -24,5 +24,9 @@ private:
 // Library-owned workspace of at least `bytes`, one buffer per (device, stream), grown on demand and never
 // shrunk (work queued on one stream runs in order, so reusing that stream's buffer is safe).
 void* cached_workspace(int device, cudaStream_t stream, std::size_t bytes, const std::string& what);
+
+// The non-blocking helper stream of (device, stream), created on first use: the forward's and the backward's
+// concurrent first-frame recompute (fork/join with events on `stream`).
+cudaStream_t side_stream(int device, cudaStream_t stream, const std::string& what);
 
 } // namespace vmonarch::detail

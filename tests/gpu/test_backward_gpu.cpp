@@ -1,12 +1,15 @@
 // The CUDA backward (spec §7) against the library's f64 CPU backward on the same rounded inputs: dq, dk, dv
 // for iterations 1..3, clamp active, recompute on and off, T = 1, odd T, prime HW, d 64 and 128, bf16 and
 // f16, batch and heads > 1, both layouts, dlse, both gradient variants; plus properties: dv bitwise equal
-// between the variants, deterministic mode bitwise repeatable, saved and lean mode equal, and the errors.
+// between the variants, deterministic mode bitwise repeatable, saved and lean mode equal, and the errors; the
+// default schedule (auto) and each of VMONARCH_BACKWARD_SCHEDULE=serial / concurrent.
 // The comparisons run on the default route (the Hopper kernels on an sm_90 device) and again with the flash
 // policy's sm90 peer off (the portable kernels everywhere).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <sstream>
 
 #include "cuda/flash_policy.hpp"
@@ -190,6 +193,62 @@ TEST_P(Backward, DeterministicRepeatableAndLeanEqualsSaved) {
     EXPECT_EQ(lean.raw_dv, a.raw_dv);
 }
 
+// Sets VMONARCH_BACKWARD_SCHEDULE for one scope and restores what it was.
+class ScheduleScope {
+public:
+    explicit ScheduleScope(const char* value) {
+        const char* old = std::getenv(kVar);
+        had_ = old != nullptr;
+        if (had_) old_ = old;
+        setenv(kVar, value, 1);
+    }
+    ~ScheduleScope() {
+        if (had_) setenv(kVar, old_.c_str(), 1);
+        else unsetenv(kVar);
+    }
+    ScheduleScope(const ScheduleScope&) = delete;
+    ScheduleScope& operator=(const ScheduleScope&) = delete;
+
+private:
+    static constexpr const char* kVar = "VMONARCH_BACKWARD_SCHEDULE";
+    bool had_ = false;
+    std::string old_;
+};
+
+// Both schedules explicitly (the default, auto, is serial here and concurrent in deterministic mode): each against
+// the f64 CPU backward, deterministic mode bitwise repeatable and lean = saved under each; the two differ only in
+// the f32 summation order of the frame-0 recompute's share (none without the recompute: then bitwise equal).
+TEST_P(Backward, BothSchedulesMatchCpuAndEachOther) {
+    REQUIRE_GPU();
+    const Case c = GetParam();
+    const Problem p(c);
+    const bool entropy = c.iterations % 2 == 1;
+    Grads det[2];
+    const char* names[2] = {"serial", "concurrent"};
+    for (int s = 0; s < 2; ++s) {
+        const ScheduleScope schedule(names[s]);
+        expect_matches_cpu(p, c);
+        const Grads a = p.gpu(entropy, true, true), b = p.gpu(entropy, true, true), lean = p.gpu(entropy, true, false);
+        EXPECT_EQ(a.raw_dq, b.raw_dq) << names[s];
+        EXPECT_EQ(a.raw_dk, b.raw_dk) << names[s];
+        EXPECT_EQ(a.raw_dv, b.raw_dv) << names[s];
+        EXPECT_EQ(lean.raw_dq, a.raw_dq) << names[s];
+        EXPECT_EQ(lean.raw_dk, a.raw_dk) << names[s];
+        EXPECT_EQ(lean.raw_dv, a.raw_dv) << names[s];
+        det[s] = a;
+    }
+    if (!c.recompute) {
+        EXPECT_EQ(det[0].raw_dq, det[1].raw_dq);
+        EXPECT_EQ(det[0].raw_dk, det[1].raw_dk);
+        EXPECT_EQ(det[0].raw_dv, det[1].raw_dv);
+    } else {
+        const double tol = grad_tolerance(c.dtype) / 4;
+        EXPECT_LT(rel_l2(det[0].dq, det[1].dq), tol);
+        EXPECT_LT(rel_l2(det[0].dk, det[1].dk), tol);
+        EXPECT_LT(rel_l2(det[0].dv, det[1].dv), tol);
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, Backward,
     ::testing::Values(
@@ -272,6 +331,56 @@ TEST(BackwardGpu, CallerWorkspaceAndStream) {
                                               dk.view, dv.view, p.g, o, nullptr, bo, &ctx),
                  vmonarch::CudaError);
     CUDA_OK(cudaStreamDestroy(stream));
+}
+
+// The concurrent schedule's workspace holds the recompute's own f32 accumulators (frame 0's dq rows, every dk and
+// dv row) beyond the serial one's; without the recompute both are the same; auto is serial's, or concurrent's in
+// deterministic mode. An unknown schedule is an error.
+TEST(BackwardGpu, ScheduleWorkspaceAndUnknownSchedule) {
+    REQUIRE_GPU();
+    const auto align = [](std::size_t x) { return (x + 255) / 256 * 256; };
+    for (const bool recompute : {true, false}) {
+        const Case c{2, 3, 4, 3, 7, 128, 2, recompute, DType::bf16, Layout::bhsd};
+        const Problem p(c);
+        const Options o = options_of(c);
+        std::size_t conc = 0, ser = 0;
+        {
+            const ScheduleScope s("concurrent");
+            conc = vmonarch::backward_workspace_bytes(p.q.view, p.v.view, p.g, o);
+        }
+        {
+            const ScheduleScope s("serial");
+            ser = vmonarch::backward_workspace_bytes(p.q.view, p.v.view, p.g, o);
+        }
+        {
+            const ScheduleScope s("auto");
+            BackwardOptions det;
+            det.deterministic = true;
+            EXPECT_EQ(vmonarch::backward_workspace_bytes(p.q.view, p.v.view, p.g, o), ser);
+            EXPECT_EQ(vmonarch::backward_workspace_bytes(p.q.view, p.v.view, p.g, o, det), conc);
+        }
+        const std::size_t bh = std::size_t(c.B * c.heads), HW = std::size_t(c.Hh * c.Ww), N = std::size_t(p.N), d = 128;
+        const std::size_t dense = align(bh * HW * d * 4) + 2 * align(bh * N * d * 4);
+        EXPECT_EQ(conc, ser + (recompute ? dense : 0)) << "recompute " << recompute;
+    }
+    const Case c{1, 2, 3, 4, 5, 64, 2, true, DType::bf16, Layout::bshd};
+    const Problem p(c);
+    const Options o = options_of(c);
+    auto out = GpuTensor::poisoned(c.dtype, c.layout, c.B, p.N, c.heads, c.d);
+    GpuLse lse(c.B, c.heads, p.N, false);
+    vmonarch::attention(p.q.view, p.k.view, p.v.view, out.view, p.g, o, &lse.view);
+    auto dq = GpuTensor::poisoned(c.dtype, c.layout, c.B, p.N, c.heads, c.d);
+    auto dk = GpuTensor::poisoned(c.dtype, c.layout, c.B, p.N, c.heads, c.d);
+    auto dv = GpuTensor::poisoned(c.dtype, c.layout, c.B, p.N, c.heads, c.d);
+    const ScheduleScope bad("overlapped");
+    try {
+        vmonarch::attention_backward(p.q.view, p.k.view, p.v.view, out.view, lse.view, p.dout.view, dq.view, dk.view,
+                                     dv.view, p.g, o);
+        ADD_FAILURE() << "no error";
+    } catch (const vmonarch::CudaError& e) {
+        EXPECT_NE(std::string(e.what()).find("VMONARCH_BACKWARD_SCHEDULE is 'overlapped'"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(count_nonfinite(dq.read()), dq.values.size()); // nothing written
 }
 
 TEST(BackwardGpu, Errors) {

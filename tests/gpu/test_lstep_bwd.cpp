@@ -138,7 +138,9 @@ void expect_close(const char* what, const std::vector<double>& got, const std::v
 }
 
 // One L-step backward on the GPU against the formulas of spec §7 in f64.
-void run_case(const BwdCase& c, bool last, std::uint64_t seed) {
+// zero_frame0 / overwrite (last only): the kernel must read frame 0's dO and D as 0 (the device holds nonzero
+// values there, the reference zeros) and store dq instead of adding to its nonzero initial values.
+void run_case(const BwdCase& c, bool last, std::uint64_t seed, bool zero_frame0 = false, bool overwrite = false) {
     const int d = c.d;
     const std::int64_t T = c.T, HW = c.HW;
     const float clamp = 0.1f;
@@ -169,6 +171,13 @@ void run_case(const BwdCase& c, bool last, std::uint64_t seed) {
         dout.set(random_normal(nv, seed + 6, 1.0));
         drow.set(random_normal(ns, seed + 7, 1.0));
         dy.poison();
+        if (zero_frame0) // the reference's view only; the device keeps the values above
+            for (int b = 0; b < c.B; ++b)
+                for (int h = 0; h < c.H; ++h)
+                    for (std::int64_t j = 0; j < HW; ++j) {
+                        for (int e = 0; e < d; ++e) dout.values[dout.li(b, h, 0, j) + std::size_t(e)] = 0.0;
+                        drow.values[drow.li(b, h, 0, j)] = 0.0;
+                    }
     } else {
         ar.set(random_normal(nv, seed + 8, 0.8));
         dar.set(random_normal(nv, seed + 9, 0.3));
@@ -196,6 +205,8 @@ void run_case(const BwdCase& c, bool last, std::uint64_t seed) {
     p.dq = dq.view; p.da = da.view; p.drow_r = drow_r.view;
     if (c.with_dc) p.dc = dc.view;
     p.frames = T; p.positions = HW; p.heads = c.H; p.batch = c.B;
+    p.zero_frame0 = zero_frame0;
+    p.dq_overwrite = overwrite;
     vmonarch::cuda::launch_lstep_bwd(p, nullptr, last ? "test L-step backward (last)" : "test L-step backward (earlier)");
     CUDA_OK(cudaDeviceSynchronize());
     const auto g_dq = dq.read(), g_da = da.read(), g_dc = dc.read(), g_drow_r = drow_r.read();
@@ -266,7 +277,7 @@ void run_case(const BwdCase& c, bool last, std::uint64_t seed) {
                                   (last ? dot(g_dy.data() + y.li(b, h, k, j), vec(y, k), d) : 0.0);
                 }
             }
-    for (std::size_t n = 0; n < nv; ++n) g_ddq[n] = g_dq[n] - dq0[n];
+    for (std::size_t n = 0; n < nv; ++n) g_ddq[n] = overwrite ? g_dq[n] : g_dq[n] - dq0[n];
     if (!last) {
         EXPECT_GT(clamped_rows, 0u) << "the case should have clamped cR rows";
     }
@@ -294,6 +305,12 @@ TEST_P(LStepBwd, LastMatchesFormulas) {
 TEST_P(LStepBwd, EarlierMatchesFormulas) {
     REQUIRE_GPU();
     run_case(GetParam(), false, 2000);
+}
+
+// The frame-0 recompute's masking read in place (frame 0's dO and D as 0) and dq stored, not added into.
+TEST_P(LStepBwd, LastZeroFrame0AndStoredDq) {
+    REQUIRE_GPU();
+    run_case(GetParam(), true, 3000, true, true);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -77,6 +77,12 @@ def test_cuda_formulas_match_the_documented_sizes(bench):
     assert lean - saved == 1044 * rows   # lean mode: the rerun forward's state lives in the workspace
     exact = bench.cuda_workspace_formula(rows, 128, 128, lean=True, entropy_grad=True)
     assert exact - lean == 4 * rows      # dcL, one float per row
+    # The concurrent schedule: the frame-0 recompute's own f32 dq (frame 0's rows), dk and dv.
+    concurrent = bench.cuda_workspace_formula(rows, 128, 128, lean=True, frames=16, concurrent=True)
+    serial = bench.cuda_workspace_formula(rows, 128, 128, lean=True, frames=16)
+    assert concurrent - serial == (rows // 16) * 128 * 4 + 2 * rows * 128 * 4
+    assert bench.cuda_workspace_formula(rows, 128, 128, lean=True, recompute=False, frames=16, concurrent=True) == \
+        bench.cuda_workspace_formula(rows, 128, 128, lean=True, recompute=False, frames=16)
 
 
 def test_script_cpu_quick_writes_every_row(tmp_path):
@@ -89,3 +95,34 @@ def test_script_cpu_quick_writes_every_row(tmp_path):
     assert names == {"vmonarch lean", "vmonarch saved", "vmonarch lean exact-grad", "sdpa flash"}
     assert all("skipped" not in r and r["saved_bytes"] > 0 for r in data["rows"])
     assert "vmonarch saved" in proc.stdout
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_backward_makes_no_zero_gradient_of_the_saved_state(exact):
+    # The saved state is a non-differentiable uint8 output of the training op; autograd must not materialize a
+    # zero-filled "gradient" of it (its whole size) for the backward. Every uint8 tensor an aten op creates
+    # during the backward is recorded.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import vmonarch
+
+    class ByteTensors(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.made = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for o in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(o, torch.Tensor) and o.dtype == torch.uint8:
+                    self.made.append((str(func), o.numel()))
+            return out
+
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 3 * 4 * 5, 2, 64, generator=gen).requires_grad_(True) for _ in range(3))
+    extra = {"sink_frames": 1} if exact else {}
+    out, lse = vmonarch.attention(q, k, v, grid=(3, 4, 5), layout="bshd", save_state=True, return_lse=True, **extra)
+    with ByteTensors() as seen:
+        (out.sum() + 0.1 * lse.sum()).backward()
+    assert seen.made == []
+    assert all(torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0 for t in (q, k, v))

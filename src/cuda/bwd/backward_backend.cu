@@ -1,5 +1,6 @@
 // The CUDA backend's backward entry points (core/backend.hpp): device selection, the caller's stream, the
-// workspace (caller's or the cached per-(device, stream) buffer), then TrainingPlan / BackwardPlan.
+// workspace (caller's or the cached per-(device, stream) buffer), then TrainingPlan / BackwardPlan (the backward's
+// concurrent schedule on the stream's helper stream as well).
 #include <cuda_runtime.h>
 
 #include <cstring>
@@ -53,7 +54,8 @@ void cuda_monarch_backward(const BackwardProblem& p, const CudaContext* ctx) {
     const std::string what = shapes("vmonarch::attention_backward", p);
     DeviceScope scope(p.q.device_index);
     cudaStream_t stream = stream_of(ctx);
-    const std::size_t need = cuda_backward_workspace_bytes(p);
+    const cuda::BackwardSchedule schedule = cuda::backward_schedule(); // read once: the size and the plan agree
+    const std::size_t need = cuda::backward_workspace_layout(p, schedule).total;
     void* ws = nullptr;
     if (ctx != nullptr && ctx->workspace != nullptr) {
         if (ctx->workspace_bytes < need)
@@ -63,7 +65,8 @@ void cuda_monarch_backward(const BackwardProblem& p, const CudaContext* ctx) {
     } else {
         ws = cached_workspace(p.q.device_index, stream, need, what);
     }
-    cuda::BackwardPlan(p, ws).run(stream);
+    const cuda::BackwardPlan plan(p, ws, schedule);
+    plan.run(stream, plan.layout().concurrent ? side_stream(p.q.device_index, stream, what) : nullptr);
 }
 
 void* cuda_allocate(std::size_t bytes, int device_index, const std::string& what) {

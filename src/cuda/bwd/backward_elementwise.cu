@@ -1,5 +1,5 @@
 // The backward pass's row-wise kernels (backward_elementwise.hpp): one warp per row for the preprocess's
-// dot product, a grid-stride loop for the finalize's rounding.
+// dot product, a grid-stride loop over 4-value chunks for the finalize's sum and rounding (all gradients in one launch).
 #include "cuda/bwd/backward_elementwise.hpp"
 
 #include <cuda_bf16.h>
@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 
 #include "cuda/common/cuda_check.hpp"
@@ -20,11 +21,13 @@ template <> struct Half<true> {
     using T = __nv_bfloat16;
     __device__ static float load(T x) { return __bfloat162float(x); }
     __device__ static T store(float x) { return __float2bfloat16_rn(x); }
+    __device__ static unsigned bits(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
 };
 template <> struct Half<false> {
     using T = __half;
     __device__ static float load(T x) { return __half2float(x); }
     __device__ static T store(float x) { return __float2half_rn(x); }
+    __device__ static unsigned bits(float x) { return __half_as_ushort(__float2half_rn(x)); }
 };
 
 template <typename T>
@@ -34,7 +37,7 @@ __device__ T* row_of(const RowView& v, std::int64_t b, std::int64_t h, std::int6
 
 constexpr int kWarpsPerBlock = 8;
 
-// One warp per row: D = Σ_c dO·O − dlse (fp32), then the masked copies.
+// One warp per row: D = Σ_c dO·O − dlse (fp32).
 template <bool BF16>
 __global__ void preprocess_kernel(PreprocessParams p) {
     using H = Half<BF16>;
@@ -53,30 +56,52 @@ __global__ void preprocess_kernel(PreprocessParams p) {
     float acc = 0.f;
     for (int c = lane; c < p.value_dim; c += 32) acc += H::load(dout[c]) * H::load(o[c]);
     for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    const bool zero = p.mask_frame0 && i == 0;
-    if (p.mask_frame0) {
-        T* dm = row_of<T>(p.dout_monarch, b, h, i, j);
-        for (int c = lane; c < p.value_dim; c += 32) dm[c] = zero ? H::store(0.f) : dout[c];
-    }
     if (lane != 0) return;
     if (p.dlse.ptr != nullptr) acc -= *row_of<const float>(p.dlse, b, h, i, j);
     *row_of<float>(p.d_full, b, h, i, j) = acc;
-    if (p.mask_frame0) *row_of<float>(p.d_monarch, b, h, i, j) = zero ? 0.f : acc;
 }
 
-template <bool BF16>
-__global__ void finalize_kernel(FinalizeParams p) {
+struct FinalizeBatch {
+    FinalizeParams g[kMaxFinalize];
+};
+
+// Grid row blockIdx.y is gradient g[blockIdx.y]; each thread rounds VEC consecutive values of one row (VEC
+// divides dim), so the row's (b, h, n) is found once per VEC values.
+template <bool BF16, int VEC>
+__global__ void finalize_kernel(const FinalizeBatch batch) {
     using H = Half<BF16>;
     using T = typename H::T;
-    const std::int64_t total = std::int64_t(p.batch) * p.heads * p.tokens * p.dim;
-    for (std::int64_t e = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+    const FinalizeParams& p = batch.g[blockIdx.y];
+    const std::int64_t per_row = p.dim / VEC;
+    const std::int64_t chunks = std::int64_t(p.batch) * p.heads * p.tokens * per_row;
+    for (std::int64_t e = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < chunks;
          e += std::int64_t(gridDim.x) * blockDim.x) {
-        const std::int64_t c = e % p.dim;
-        std::int64_t rest = e / p.dim;
-        const std::int64_t n = rest % p.tokens; rest /= p.tokens;
-        const std::int64_t h = rest % p.heads;
-        const std::int64_t b = rest / p.heads;
-        row_of<T>(p.dst, b, h, 0, n)[c] = H::store(p.acc[e]);
+        const std::int64_t row = e / per_row;
+        const int c = int(e - row * per_row) * VEC;
+        const std::int64_t n = row % p.tokens, bh = row / p.tokens;
+        const std::int64_t h = bh % p.heads, b = bh / p.heads;
+        float v[VEC];
+        if constexpr (VEC == 4) {
+            const float4 x = *reinterpret_cast<const float4*>(p.acc + row * p.dim + c);
+            v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+        } else {
+            v[0] = p.acc[row * p.dim + c];
+        }
+        if (p.add != nullptr && n < p.add_tokens) {
+            const float* add = p.add + (bh * p.add_tokens + n) * p.dim + c;
+            if constexpr (VEC == 4) {
+                const float4 x = *reinterpret_cast<const float4*>(add);
+                v[0] += x.x, v[1] += x.y, v[2] += x.z, v[3] += x.w;
+            } else {
+                v[0] += add[0];
+            }
+        }
+        T* dst = row_of<T>(p.dst, b, h, 0, n) + c;
+        if constexpr (VEC == 4) {
+            *reinterpret_cast<uint2*>(dst) = make_uint2(H::bits(v[0]) | (H::bits(v[1]) << 16), H::bits(v[2]) | (H::bits(v[3]) << 16));
+        } else {
+            dst[0] = H::store(v[0]);
+        }
     }
 }
 
@@ -102,13 +127,34 @@ void launch_backward_preprocess(const PreprocessParams& p, void* stream, const c
     check_launch(std::string(what) + " [backward preprocess]");
 }
 
-void launch_backward_finalize(const FinalizeParams& p, void* stream, const char* what) {
-    const std::int64_t total = std::int64_t(p.batch) * p.heads * p.tokens * p.dim;
-    if (total == 0) return;
+void launch_backward_finalize(const FinalizeParams* grads, int count, void* stream, const char* what) {
+    if (count < 1 || count > kMaxFinalize)
+        throw CudaError(std::string(what) + ": finalize of " + std::to_string(count) + " gradients, expected 1.." +
+                        std::to_string(kMaxFinalize));
+    FinalizeBatch batch;
+    std::int64_t most = 0;
+    bool vec4 = true; // 8-byte stores of 4 values: the destination's base and strides in multiples of 4 elements
+    for (int i = 0; i < count; ++i) {
+        const FinalizeParams& p = grads[i];
+        if (p.dim <= 0 || p.dim % 4 != 0)
+            throw CudaError(std::string(what) + ": finalize dim is " + std::to_string(p.dim) + ", expected a positive multiple of 4");
+        batch.g[i] = p;
+        most = std::max(most, std::int64_t(p.batch) * p.heads * p.tokens * p.dim);
+        const RowView& d = p.dst;
+        vec4 = vec4 && reinterpret_cast<std::uintptr_t>(d.ptr) % 8 == 0 && d.sb % 4 == 0 && d.sh % 4 == 0 && d.sf % 4 == 0 &&
+               d.sr % 4 == 0;
+    }
+    if (most == 0) return;
     constexpr int threads = 256;
+    const dim3 grid(unsigned(grid_for(vec4 ? most / 4 : most, threads)), unsigned(count));
     auto st = static_cast<cudaStream_t>(stream);
-    if (p.elem == Elem::bf16) finalize_kernel<true><<<grid_for(total, threads), threads, 0, st>>>(p);
-    else finalize_kernel<false><<<grid_for(total, threads), threads, 0, st>>>(p);
+    if (grads[0].elem == Elem::bf16) {
+        if (vec4) finalize_kernel<true, 4><<<grid, threads, 0, st>>>(batch);
+        else finalize_kernel<true, 1><<<grid, threads, 0, st>>>(batch);
+    } else {
+        if (vec4) finalize_kernel<false, 4><<<grid, threads, 0, st>>>(batch);
+        else finalize_kernel<false, 1><<<grid, threads, 0, st>>>(batch);
+    }
     check_launch(std::string(what) + " [backward finalize]");
 }
 

@@ -64,6 +64,12 @@ struct LStepBwdParams {
     // with the row's merged lse (f32, indexed like drow) instead of softmax_k z. This is w_M·softmax_k z, so
     // dZ = L∘(dL − D) is the gradient through the merge as well (spec §7, exact_backward_cpu.hpp).
     RowView merged_lse;
+    // last: frame 0's dO and D rows read as 0, not loaded (the frame-0 recompute owns those rows, spec §7.2),
+    // so they give dZ = 0 and no dY; the same as passing copies with those rows zeroed.
+    bool zero_frame0 = false;
+    // last: dq is written (=) instead of added into: the caller's accumulator has no earlier contribution
+    // (no zero fill needed). Every (row, value) of dq is written once, frame 0's with 0 under zero_frame0.
+    bool dq_overwrite = false;
 };
 void launch_lstep_bwd(const LStepBwdParams& p, void* stream, const char* what);
 

@@ -5,11 +5,15 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "cuda/bwd/backward_elementwise.hpp"
 #include "cuda/common/cuda_check.hpp"
+#include "cuda/common/scoped_event.hpp"
 
 namespace vmonarch::cuda {
 
@@ -25,8 +29,23 @@ void* regions_of(const detail::BackwardProblem& p, const BackwardWorkspaceLayout
 
 } // namespace
 
-BackwardWorkspaceLayout backward_workspace_layout(const detail::BackwardProblem& p) {
-    const std::size_t rows = std::size_t(p.batch) * std::size_t(p.heads) * std::size_t(p.grid.tokens());
+BackwardSchedule backward_schedule() {
+    const char* env = std::getenv("VMONARCH_BACKWARD_SCHEDULE");
+    if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return BackwardSchedule::automatic;
+    if (std::strcmp(env, "concurrent") == 0) return BackwardSchedule::concurrent;
+    if (std::strcmp(env, "serial") == 0) return BackwardSchedule::serial;
+    throw CudaError(std::string("vmonarch backward: VMONARCH_BACKWARD_SCHEDULE is '") + env +
+                    "', expected 'auto', 'concurrent' or 'serial'");
+}
+
+bool concurrent_recompute(const detail::BackwardProblem& p, BackwardSchedule schedule) {
+    if (!p.recompute_first_frame) return false;
+    return schedule == BackwardSchedule::concurrent || (schedule == BackwardSchedule::automatic && p.deterministic);
+}
+
+BackwardWorkspaceLayout backward_workspace_layout(const detail::BackwardProblem& p, BackwardSchedule schedule) {
+    const std::size_t bh = std::size_t(p.batch) * std::size_t(p.heads);
+    const std::size_t rows = bh * std::size_t(p.grid.tokens());
     const std::size_t d = std::size_t(p.head_dim), dv = std::size_t(p.value_dim), es = 2;
     BackwardWorkspaceLayout w;
     std::size_t off = 0;
@@ -36,10 +55,6 @@ BackwardWorkspaceLayout backward_workspace_layout(const detail::BackwardProblem&
         return at;
     };
     w.d_full = take(rows * 4);
-    if (p.recompute_first_frame) {
-        w.d_monarch = take(rows * 4);
-        w.dout_monarch = take(rows * dv * es);
-    }
     w.dq = take(rows * d * 4);
     w.dk = take(rows * d * 4);
     w.dv = take(rows * dv * 4);
@@ -50,17 +65,23 @@ BackwardWorkspaceLayout backward_workspace_layout(const detail::BackwardProblem&
     w.drow_r = take(rows * 4);
     w.dar_count = p.iterations >= 3 ? 2 : p.iterations - 1;
     for (int i = 0; i < w.dar_count; ++i) w.dar[i] = take(rows * d * 4);
+    w.concurrent = concurrent_recompute(p, schedule);
+    if (w.concurrent) {
+        w.dense_dq = take(bh * std::size_t(p.grid.frame_tokens()) * d * 4);
+        w.dense_dk = take(rows * d * 4);
+        w.dense_dv = take(rows * dv * 4);
+    }
     w.has_state = p.saved == nullptr;
     if (w.has_state) w.state = take(detail::cuda_layout_of(p).total());
     w.has_extra = p.extra.present;
     if (w.has_extra) {
-        const std::size_t erows = std::size_t(p.batch) * std::size_t(p.heads) * std::size_t(p.extra.tokens);
+        const std::size_t erows = bh * std::size_t(p.extra.tokens);
         w.dk_extra = take(erows * d * 4);
         w.dv_extra = take(erows * dv * 4);
     }
     w.has_text = p.text.present;
     if (w.has_text) {
-        const std::size_t trows = std::size_t(p.batch) * std::size_t(p.heads) * std::size_t(p.text.q.tokens());
+        const std::size_t trows = bh * std::size_t(p.text.q.tokens());
         w.text_dq = take(trows * d * 4);
         w.text_d = take(trows * 4);
     }
@@ -68,8 +89,8 @@ BackwardWorkspaceLayout backward_workspace_layout(const detail::BackwardProblem&
     return w;
 }
 
-BackwardPlan::BackwardPlan(const detail::BackwardProblem& p, void* workspace)
-    : p_(p), w_(backward_workspace_layout(p)), ws_(static_cast<char*>(workspace)),
+BackwardPlan::BackwardPlan(const detail::BackwardProblem& p, void* workspace, BackwardSchedule schedule)
+    : p_(p), w_(backward_workspace_layout(p, schedule)), ws_(static_cast<char*>(workspace)),
       state_(p, regions_of(p, w_, workspace)) {}
 
 RowView BackwardPlan::dar(int it) const {
@@ -88,9 +109,16 @@ FlashBwdParams BackwardPlan::recompute_params() const {
     b.lse = user_lse(p_.lse, N);
     b.dy = user_rows(p_.dout, N);
     b.drow = RowView{ws_ + w_.d_full, H * N, N, N, 1};
-    b.dq = RowView{ws_ + w_.dq, H * N * d, N * d, N * d, d};
-    b.dk = RowView{ws_ + w_.dk, H * N * d, N * d, N * d, d};
-    b.dv = RowView{ws_ + w_.dv, H * N * dv, N * dv, N * dv, dv};
+    if (w_.concurrent) { // accumulators of its own, added by the finalize (dq: frame 0's HW rows only)
+        const std::int64_t HW = p_.grid.frame_tokens();
+        b.dq = RowView{ws_ + w_.dense_dq, H * HW * d, HW * d, HW * d, d};
+        b.dk = RowView{ws_ + w_.dense_dk, H * N * d, N * d, N * d, d};
+        b.dv = RowView{ws_ + w_.dense_dv, H * N * dv, N * dv, N * dv, dv};
+    } else {
+        b.dq = RowView{ws_ + w_.dq, H * N * d, N * d, N * d, d};
+        b.dk = RowView{ws_ + w_.dk, H * N * d, N * d, N * d, d};
+        b.dv = RowView{ws_ + w_.dv, H * N * dv, N * dv, N * dv, dv};
+    }
     b.len_q = f.len_q, b.len_k = f.len_k;
     b.segments = 1, b.heads = f.heads, b.batch = f.batch;
     b.scale = f.scale, b.qk_scale = f.qk_scale, b.clamp = 0.f;
@@ -107,13 +135,10 @@ LStepBwdParams BackwardPlan::last_lstep_params() const {
     l.elem = f.elem;
     l.head_dim = f.head_dim;
     l.q = f.q, l.a = f.a, l.c = f.c, l.y = f.y;
-    if (p_.recompute_first_frame) { // the Monarch path sees dO and D with frame 0 set to 0 (spec §7.2)
-        l.dout = RowView{ws_ + w_.dout_monarch, H * N * dv, N * dv, HW * dv, dv};
-        l.drow = RowView{ws_ + w_.d_monarch, H * N, N, HW, 1};
-    } else {
-        l.dout = user_rows(p_.dout, HW);
-        l.drow = RowView{ws_ + w_.d_full, H * N, N, HW, 1};
-    }
+    l.dout = user_rows(p_.dout, HW);
+    l.drow = RowView{ws_ + w_.d_full, H * N, N, HW, 1};
+    l.zero_frame0 = p_.recompute_first_frame; // the Monarch path sees dO and D with frame 0 set to 0 (spec §7.2)
+    l.dq_overwrite = dq_first_written_by_last_lstep();
     l.dy = RowView{ws_ + w_.dy, H * N * dv, N * dv, dv, T * dv};
     l.clamp = float(p_.cr_clamp);
     l.dq = RowView{ws_ + w_.dq, H * N * d, N * d, HW * d, d};
@@ -177,85 +202,156 @@ FlashBwdParams BackwardPlan::rstep_params(int it) const {
     return b;
 }
 
-void BackwardPlan::run(void* stream) const {
-    auto st = static_cast<cudaStream_t>(stream);
+bool BackwardPlan::dq_first_written_by_last_lstep() const {
+    // Concurrent schedule: the recompute adds into its own dq; exact groups and text queries add into dq first.
+    const bool recompute_elsewhere = !p_.recompute_first_frame || w_.concurrent;
+    return recompute_elsewhere && !p_.has_exact_groups() && !p_.text.present;
+}
+
+std::vector<BackwardStage> BackwardPlan::stages() const {
     const std::int64_t H = p_.heads, N = p_.grid.tokens(), HW = p_.grid.frame_tokens();
-    const std::size_t rows = std::size_t(p_.batch) * std::size_t(H) * std::size_t(N);
+    const std::size_t bh = std::size_t(p_.batch) * std::size_t(H), rows = bh * std::size_t(N);
     const std::size_t d = std::size_t(p_.head_dim), dv = std::size_t(p_.value_dim);
     const Elem elem = elem_of(p_.q.dtype);
     // With exact key groups the Monarch part may have no row at all (then neither its state nor its steps).
     const bool monarch = !p_.has_exact_groups() || state_.monarch_needed();
-    if (p_.saved == nullptr && monarch) state_.run_state(stream); // lean mode: the state the training forward would keep
+    const bool dq_first = monarch && dq_first_written_by_last_lstep();
+    const auto zero = [](void* at, std::size_t bytes, void* stream, const char* what) {
+        check_cuda(cudaMemsetAsync(at, 0, bytes, static_cast<cudaStream_t>(stream)), what);
+    };
+    std::vector<BackwardStage> list;
 
-    // The gradient accumulators are added into (+=) by every kernel below.
-    check_cuda(cudaMemsetAsync(ws_ + w_.dq, 0, rows * d * 4, st), "vmonarch backward: zero dq accumulator");
-    check_cuda(cudaMemsetAsync(ws_ + w_.dk, 0, rows * d * 4, st), "vmonarch backward: zero dk accumulator");
-    check_cuda(cudaMemsetAsync(ws_ + w_.dv, 0, rows * dv * 4, st), "vmonarch backward: zero dv accumulator");
-    const std::size_t bh = std::size_t(p_.batch) * std::size_t(H);
-    if (w_.has_extra) {
-        const std::size_t erows = bh * std::size_t(p_.extra.tokens);
-        check_cuda(cudaMemsetAsync(ws_ + w_.dk_extra, 0, erows * d * 4, st), "vmonarch backward: zero extra dk accumulator");
-        check_cuda(cudaMemsetAsync(ws_ + w_.dv_extra, 0, erows * dv * 4, st), "vmonarch backward: zero extra dv accumulator");
+    // The accumulators are added into (+=) by the kernels below (dq is stored by the last L-step when it is the
+    // first to write it).
+    list.push_back({"zero accumulators", false, false, [=, this](void* st) {
+        if (!dq_first) zero(ws_ + w_.dq, rows * d * 4, st, "vmonarch backward: zero dq accumulator");
+        zero(ws_ + w_.dk, rows * d * 4, st, "vmonarch backward: zero dk accumulator");
+        zero(ws_ + w_.dv, rows * dv * 4, st, "vmonarch backward: zero dv accumulator");
+        if (w_.has_extra) {
+            const std::size_t erows = bh * std::size_t(p_.extra.tokens);
+            zero(ws_ + w_.dk_extra, erows * d * 4, st, "vmonarch backward: zero extra dk accumulator");
+            zero(ws_ + w_.dv_extra, erows * dv * 4, st, "vmonarch backward: zero extra dv accumulator");
+        }
+        if (w_.has_text)
+            zero(ws_ + w_.text_dq, bh * std::size_t(p_.text.q.tokens()) * d * 4, st,
+                 "vmonarch backward: zero text dq accumulator");
+    }});
+
+    // spec §7.1: D = ⟨dO, O⟩ − dlse.
+    list.push_back({"preprocess", false, false, [=, this](void* st) {
+        PreprocessParams pre;
+        pre.elem = elem;
+        pre.value_dim = int(dv);
+        pre.o = user_rows(p_.out, HW);
+        pre.dout = user_rows(p_.dout, HW);
+        if (p_.dlse != nullptr) pre.dlse = user_lse(p_.dlse, HW);
+        pre.d_full = RowView{ws_ + w_.d_full, H * N, N, HW, 1};
+        pre.frames = p_.grid.T, pre.positions = HW;
+        pre.heads = int(H), pre.batch = int(p_.batch);
+        launch_backward_preprocess(pre, st, "vmonarch backward");
+    }});
+
+    const auto recompute = [this](void* st) {
+        launch_flash_bwd(recompute_params(), st, "vmonarch backward: first-frame recompute");
+    };
+    if (w_.concurrent) { // beside everything up to the finalize (it needs only D from the preprocess)
+        list.push_back({"zero recompute accumulators", true, false, [=, this](void* st) {
+            zero(ws_ + w_.dense_dq, bh * std::size_t(HW) * d * 4, st, "vmonarch backward: zero recompute dq accumulator");
+            zero(ws_ + w_.dense_dk, rows * d * 4, st, "vmonarch backward: zero recompute dk accumulator");
+            zero(ws_ + w_.dense_dv, rows * dv * 4, st, "vmonarch backward: zero recompute dv accumulator");
+        }});
+        list.push_back({"first-frame recompute backward", true, false, recompute});
     }
-    if (w_.has_text)
-        check_cuda(cudaMemsetAsync(ws_ + w_.text_dq, 0, bh * std::size_t(p_.text.q.tokens()) * d * 4, st),
-                   "vmonarch backward: zero text dq accumulator");
-
-    // spec §7.1: D = ⟨dO, O⟩ − dlse (and the frame-0-masked copies for the Monarch path, §7.2).
-    PreprocessParams pre;
-    pre.elem = elem;
-    pre.value_dim = int(dv);
-    pre.o = user_rows(p_.out, HW);
-    pre.dout = user_rows(p_.dout, HW);
-    if (p_.dlse != nullptr) pre.dlse = user_lse(p_.dlse, HW);
-    pre.d_full = RowView{ws_ + w_.d_full, H * N, N, HW, 1};
-    pre.mask_frame0 = p_.recompute_first_frame;
-    if (pre.mask_frame0) {
-        pre.d_monarch = RowView{ws_ + w_.d_monarch, H * N, N, HW, 1};
-        pre.dout_monarch = RowView{ws_ + w_.dout_monarch, H * N * std::int64_t(dv), N * std::int64_t(dv),
-                                   HW * std::int64_t(dv), std::int64_t(dv)};
-    }
-    pre.frames = p_.grid.T, pre.positions = HW;
-    pre.heads = int(H), pre.batch = int(p_.batch);
-    launch_backward_preprocess(pre, stream, "vmonarch backward");
-
-    if (p_.recompute_first_frame) launch_flash_bwd(recompute_params(), stream, "vmonarch backward: first-frame recompute");
-    if (p_.has_exact_groups()) run_exact_groups(stream);
-    if (p_.text.present) run_text_queries(stream);
+    // Lean mode: the state the training forward would keep.
+    if (p_.saved == nullptr && monarch)
+        list.push_back({"lean: forward rerun", false, false, [this](void* st) { state_.run_state(st); }});
+    if (p_.recompute_first_frame && !w_.concurrent) list.push_back({"first-frame recompute backward", false, false, recompute});
+    if (p_.has_exact_groups()) list.push_back({"exact groups", false, false, [this](void* st) { run_exact_groups(st); }});
+    if (p_.text.present) list.push_back({"text queries", false, false, [this](void* st) { run_text_queries(st); }});
 
     const int t = p_.iterations;
     if (monarch) {
-        launch_lstep_bwd(last_lstep_params(), stream, "vmonarch backward: last L-step");
+        list.push_back({"L-step " + std::to_string(t) + " (last)", false, false, [this](void* st) {
+            launch_lstep_bwd(last_lstep_params(), st, "vmonarch backward: last L-step");
+        }});
         for (int it = t - 1; it >= 0; --it) {
-            if (it < t - 1) launch_lstep_bwd(earlier_lstep_params(it), stream, "vmonarch backward: L-step");
+            if (it < t - 1)
+                list.push_back({"L-step " + std::to_string(it + 1), false, false, [this, it](void* st) {
+                    launch_lstep_bwd(earlier_lstep_params(it), st, "vmonarch backward: L-step");
+                }});
             if (it > 0) // daR of this iteration is accumulated into by the R-step backward
-                check_cuda(cudaMemsetAsync(dar(it).ptr, 0, rows * d * 4, st), "vmonarch backward: zero daR");
-            launch_flash_bwd(rstep_params(it), stream, it == t - 1 ? "vmonarch backward: last R-step" : "vmonarch backward: R-step");
+                list.push_back({"zero daR " + std::to_string(it + 1), false, false, [=, this](void* st) {
+                    zero(dar(it).ptr, rows * d * 4, st, "vmonarch backward: zero daR");
+                }});
+            list.push_back({"R-step " + std::to_string(it + 1) + (it == t - 1 ? " (last)" : ""), false, false,
+                            [this, it, t](void* st) {
+                                launch_flash_bwd(rstep_params(it), st,
+                                                 it == t - 1 ? "vmonarch backward: last R-step" : "vmonarch backward: R-step");
+                            }});
         }
     }
 
-    const std::pair<std::size_t, const TensorView*> grads[3] = {{w_.dq, &p_.dq}, {w_.dk, &p_.dk}, {w_.dv, &p_.dv}};
-    for (auto [off, view] : grads) {
-        FinalizeParams fin;
-        fin.elem = elem;
-        fin.dim = int(view->head_dim());
-        fin.acc = reinterpret_cast<const float*>(ws_ + off);
-        fin.dst = user_rows(*view, N);
-        fin.tokens = N, fin.heads = int(H), fin.batch = int(p_.batch);
-        launch_backward_finalize(fin, stream, "vmonarch backward");
+    // f32 accumulators → the caller's gradients (with the concurrent recompute's added), one launch; then the
+    // extra keys' and the text queries' gradients (all L rows: padded keys get their zeros).
+    list.push_back({"finalize", false, true, [=, this](void* st) {
+        FinalizeParams fin[kMaxFinalize];
+        const std::pair<std::size_t, const TensorView*> grads[3] = {{w_.dq, &p_.dq}, {w_.dk, &p_.dk}, {w_.dv, &p_.dv}};
+        const std::size_t dense[3] = {w_.dense_dq, w_.dense_dk, w_.dense_dv};
+        for (int g = 0; g < 3; ++g) {
+            fin[g].elem = elem;
+            fin[g].dim = int(grads[g].second->head_dim());
+            fin[g].acc = reinterpret_cast<const float*>(ws_ + grads[g].first);
+            if (w_.concurrent) {
+                fin[g].add = reinterpret_cast<const float*>(ws_ + dense[g]);
+                fin[g].add_tokens = g == 0 ? HW : N;
+            }
+            fin[g].dst = user_rows(*grads[g].second, N);
+            fin[g].tokens = N, fin[g].heads = int(H), fin[g].batch = int(p_.batch);
+        }
+        launch_backward_finalize(fin, 3, st, "vmonarch backward");
+        std::vector<std::pair<std::size_t, const TensorView*>> extra;
+        if (w_.has_extra) extra.push_back({w_.dk_extra, &p_.dk_extra}), extra.push_back({w_.dv_extra, &p_.dv_extra});
+        if (w_.has_text) extra.push_back({w_.text_dq, &p_.text.dq});
+        int n = 0;
+        for (auto [off, view] : extra) {
+            FinalizeParams& f = fin[n++];
+            f = FinalizeParams{};
+            f.elem = elem;
+            f.dim = int(view->head_dim());
+            f.acc = reinterpret_cast<const float*>(ws_ + off);
+            f.dst = user_rows(*view, view->tokens());
+            f.tokens = view->tokens(), f.heads = int(H), f.batch = int(p_.batch);
+        }
+        if (n > 0) launch_backward_finalize(fin, n, st, "vmonarch backward (extra keys, text queries)");
+    }});
+    return list;
+}
+
+void BackwardPlan::run(void* stream, void* side_stream) const {
+    auto st = static_cast<cudaStream_t>(stream), side = static_cast<cudaStream_t>(side_stream);
+    const bool beside = w_.concurrent && side != nullptr;
+    ScopedEvent fork, join;
+    bool forked = false;
+    for (const BackwardStage& s : stages()) {
+        if (s.join && forked) {
+            check_cuda(cudaEventRecord(join.e, side), "vmonarch backward: cudaEventRecord(join)");
+            check_cuda(cudaStreamWaitEvent(st, join.e, 0), "vmonarch backward: cudaStreamWaitEvent(join)");
+            forked = false;
+        }
+        if (s.side && beside) {
+            if (!forked) {
+                check_cuda(cudaEventRecord(fork.e, st), "vmonarch backward: cudaEventRecord(fork)");
+                check_cuda(cudaStreamWaitEvent(side, fork.e, 0), "vmonarch backward: cudaStreamWaitEvent(fork)");
+                forked = true;
+            }
+            s.launch(side);
+        } else {
+            s.launch(stream);
+        }
     }
-    // The extra keys' and the text queries' gradients (all L rows: padded keys get their zeros).
-    std::vector<std::pair<std::size_t, const TensorView*>> extra;
-    if (w_.has_extra) extra.push_back({w_.dk_extra, &p_.dk_extra}), extra.push_back({w_.dv_extra, &p_.dv_extra});
-    if (w_.has_text) extra.push_back({w_.text_dq, &p_.text.dq});
-    for (auto [off, view] : extra) {
-        FinalizeParams fin;
-        fin.elem = elem;
-        fin.dim = int(view->head_dim());
-        fin.acc = reinterpret_cast<const float*>(ws_ + off);
-        fin.dst = user_rows(*view, view->tokens());
-        fin.tokens = view->tokens(), fin.heads = int(H), fin.batch = int(p_.batch);
-        launch_backward_finalize(fin, stream, "vmonarch backward (extra keys, text queries)");
+    if (forked) { // no joining stage (not reached: the finalize joins), still leave nothing behind the caller
+        check_cuda(cudaEventRecord(join.e, side), "vmonarch backward: cudaEventRecord(join)");
+        check_cuda(cudaStreamWaitEvent(st, join.e, 0), "vmonarch backward: cudaStreamWaitEvent(join)");
     }
 }
 

@@ -16,8 +16,8 @@
 // repeated global traffic is the f32 dQ row (read-modify-write, twice in the earlier L-steps) and D_L,
 // parked in the drow_r rows between two passes (they are overwritten with D_R at the end); the per-frame
 // scalars cL and D are loaded at each use (L1 hits).
-// With the frame-0 recompute on, the caller passes dO and D with frame-0 rows zeroed (§7.2): those rows then
-// give dZ = 0 and no dY.
+// With the frame-0 recompute on (zero_frame0), frame 0's dO and D rows are read as 0 (§7.2): those rows then
+// give dZ = 0 and no dY. With dq_overwrite the last L-step stores its dQ rows instead of adding into them.
 // Exact key groups (spec §3b, lstep_exact_mask.cuh): the key frames exact for row i get z = −inf (L = 0), the
 // rows of key frames no row fits are zero-filled instead of read, and in the last L-step of a merged forward
 // L = exp(z − lse) with the row's merged lse (the Monarch part's merge weight folded in, spec §7).
@@ -106,6 +106,13 @@ __device__ __forceinline__ void add_to_global8(float* dst, const float (&acc)[8]
     q[1] = d1;
 }
 
+// dq row chunk (8 f32 values, 16-byte aligned in global memory) = acc.
+__device__ __forceinline__ void store_to_global8(float* dst, const float (&acc)[8]) {
+    float4* q = reinterpret_cast<float4*>(dst);
+    q[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    q[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+}
+
 // Gram pass: epi(i, k, ⟨X_i, W_k⟩) for all i, k < T; X rows 16-bit, W rows 16-bit or f32 (W_F32), both in
 // shared memory. A thread takes a 2×2 (i, k) tile (rows clamped to T − 1 at an odd edge, those results
 // dropped), so that each loaded chunk feeds two products; chunks are visited starting at the tile's column
@@ -182,15 +189,16 @@ __device__ __forceinline__ void mix_pass(const float* S, const void* Z, int T, E
 
 // Rows r < T of view (b, h, frame r, position j), ROW_BYTES each, into consecutive rows of dst (cp.async).
 // With fitted_only, the rows of key frames no query frame fits (spec §3b) are zero-filled, their source not read.
+// With zero_row0, row 0 is zero-filled as well.
 template <int ROW_BYTES>
 __device__ __forceinline__ void gather_rows_async(void* dst, const RowView& v, int elem_bytes, int b, int h,
                                                   std::int64_t j, int T, bool fitted_only = false,
-                                                  LStepMask mask = {0, -1}) {
+                                                  LStepMask mask = {0, -1}, bool zero_row0 = false) {
     constexpr int CH = ROW_BYTES / 16;
     const std::uint32_t base = smem_addr(dst);
     for (int c = threadIdx.x; c < T * CH; c += NT) {
         const int r = c / CH, ch = c - r * CH;
-        const bool read = !fitted_only || mask.fitted(r, T);
+        const bool read = (!fitted_only || mask.fitted(r, T)) && !(zero_row0 && r == 0);
         const auto* row = static_cast<const unsigned char*>(v.ptr) +
                           (b * v.sb + h * v.sh + std::int64_t(read ? r : 0) * v.sf + j * v.sr) * elem_bytes;
         cp_async_16(base + std::uint32_t(c) * 16u, row + ch * 16, read ? 16 : 0);
@@ -225,7 +233,7 @@ __global__ void __launch_bounds__(kLStepBwdThreads) lstep_bwd_kernel(const LStep
     lstep_bwd::gather_rows_async<D * 2>(sA, p.a, 2, b, h, j, T, masked, mask);
     if constexpr (LAST) {
         lstep_bwd::gather_rows_async<D * 2>(sY, p.y, 2, b, h, j, T, masked, mask);
-        lstep_bwd::gather_rows_async<D * 2>(sG, p.dout, 2, b, h, j, T);
+        lstep_bwd::gather_rows_async<D * 2>(sG, p.dout, 2, b, h, j, T, false, mask, p.zero_frame0);
     } else {
         lstep_bwd::gather_rows_async<D * 4>(sR, p.dar, 4, b, h, j, T);
     }
@@ -316,7 +324,7 @@ __global__ void __launch_bounds__(kLStepBwdThreads) lstep_bwd_kernel(const LStep
         __syncthreads();
         // dZ[i][k] = L[i][k]·(⟨dO_i, Y_k⟩ − D_i), in place.
         gram_pass<BF16, D, false>(sG, sY, T, [&](int i, int k, float dl) {
-            sL[i * T + k] *= dl - *view_row<const float>(p.drow, b, h, i, j);
+            sL[i * T + k] *= dl - (p.zero_frame0 && i == 0 ? 0.f : *view_row<const float>(p.drow, b, h, i, j));
         });
         __syncthreads();
     } else {
@@ -352,9 +360,15 @@ __global__ void __launch_bounds__(kLStepBwdThreads) lstep_bwd_kernel(const LStep
         __syncthreads();
     }
 
-    // dQ_i += Σ_k dZ[i][k]·aL_k.
+    // dQ_i += Σ_k dZ[i][k]·aL_k (stored instead with dq_overwrite, last L-step only).
+    const bool store_dq = LAST && p.dq_overwrite; // uniform
     mix_pass<BF16, D, false, false>(sL, sA, T, [&](int i0, bool on0, bool on1, int ch, const float (&acc0)[8],
                                                    const float (&acc1)[8], float, float) {
+        if (store_dq) {
+            if (on0) store_to_global8(view_row<float>(p.dq, b, h, i0, j) + ch * 8, acc0);
+            if (on1) store_to_global8(view_row<float>(p.dq, b, h, i0 + 1, j) + ch * 8, acc1);
+            return;
+        }
         if (on0) add_to_global8(view_row<float>(p.dq, b, h, i0, j) + ch * 8, acc0);
         if (on1) add_to_global8(view_row<float>(p.dq, b, h, i0 + 1, j) + ch * 8, acc1);
     });
