@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(32) lstep_bwd_mma_kernel(const LStepBwdParams 
 
     if constexpr (!LAST) {
         // daR (f32) → hi, lo tiles; dcR_k = −⟨aR_k, daR_k⟩/cR_k where cR_k > clamp (aR, cR of unfitted frames not read).
-#pragma unroll 2
+#pragma unroll 4
         for (int c = lane; c < TP * CH; c += 32) {
             const int r = c / CH, ch = c % CH;
             float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, part = 0.f;
