@@ -1,11 +1,12 @@
-// flash_bwd_bench [--reps N] [--big] [--hopper-only]: CUDA-event timings of the flash backward kernel (launch_flash_bwd, spec
+// flash_bwd_bench [--reps N] [--big] [--hopper-only] [--no-det]: CUDA-event timings of the flash backward kernel (launch_flash_bwd, spec
 // §7.5 and §7.2) on its own, bf16, d = 128, batch 1, random inputs, at 16 × 28 × 52 × 12 heads (HW = 1456,
 // N = 23296; with --big 24 × 44 × 80 × 40 heads: HW = 3520, N = 84480):
 //   R-step backward, last iteration (row scale, K and V values: dA and dY), middle iteration (row scale, dA),
 //   each with and without the entropy term; the dense frame-0 recompute backward (1456 queries over all N keys,
-//   dy = dO); each also in deterministic mode; on each peer: the portable kernels (the flash policy's sm90
-//   peer off; not with --hopper-only) and the Hopper kernel (sm90/flash_bwd_sm90.hpp) under both of its
-//   schedules (sm90-coop: cooperative, sm90-spec: specialized) where the device and the build have it.
+//   dy = dO); each also in deterministic mode (not with --no-det); on each peer: the portable kernels (the
+//   flash policy's sm90 peer off; not with --hopper-only) and the Hopper kernel (sm90/flash_bwd_sm90.hpp)
+//   under each of its schedules (sm90-coop: cooperative, sm90-spec: specialized, sm90-coop-prep and
+//   sm90-spec-prep: the same in the prepared form) where the device and the build have it.
 // Prints ms and TFLOP/s of the matrix products the kernel does: 2·d per (query, key) pair and product, i.e.
 // S, dP's ⟨dA, K⟩ and ⟨dY, V⟩, dV, dK's two, dq (7 products with both values, 5 with one).
 #include <cuda_runtime.h>
@@ -58,11 +59,12 @@ void fill_f32(const DeviceArray& a, std::size_t count, double lo, double hi) {
 
 int main(int argc, char** argv) {
     int reps = 20;
-    bool big = false, hopper_only = false;
+    bool big = false, hopper_only = false, no_det = false;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--big")) big = true;
         else if (!std::strcmp(argv[i], "--hopper-only")) hopper_only = true;
+        else if (!std::strcmp(argv[i], "--no-det")) no_det = true;
     }
     const int T = big ? 24 : 16, Hh = big ? 44 : 28, Ww = big ? 80 : 52, HW = Hh * Ww, H = big ? 40 : 12, d = 128;
     const std::int64_t N = std::int64_t(T) * HW;
@@ -76,7 +78,7 @@ int main(int argc, char** argv) {
     check(cudaMemset(dv.ptr, 0, vec * 4), "memset");
 
     std::printf("flash backward, bf16, d=%d, %dx%dx%d x %d heads (HW=%d, N=%lld)\n", d, T, Hh, Ww, H, HW, (long long)N);
-    std::printf("%-40s %-11s %10s %10s\n", "case", "peer", "ms", "TFLOP/s");
+    std::printf("%-40s %-14s %10s %10s\n", "case", "peer", "ms", "TFLOP/s");
     const vmonarch::cuda::FlashPolicy env_policy = vmonarch::cuda::flash_policy();
     // Views in [b, h, frame, row] order: 16-bit operands BSHD (the user's layout), f32 rows [h][n].
     const auto vec_view = [&](void* p, bool dense) {
@@ -106,10 +108,13 @@ int main(int argc, char** argv) {
     if (!hopper_only) peers.push_back({false, FlashBwdSm90Schedule::cooperative});
     peers.push_back({true, FlashBwdSm90Schedule::cooperative});
     peers.push_back({true, FlashBwdSm90Schedule::specialized});
+    peers.push_back({true, FlashBwdSm90Schedule::cooperative_prepared});
+    peers.push_back({true, FlashBwdSm90Schedule::specialized_prepared});
     const FlashBwdSm90Schedule env_schedule = vmonarch::cuda::flash_bwd_sm90_schedule();
     for (const Case& c : cases)
         for (const Peer& peer : peers)
         for (bool det : {false, true}) {
+            if (det && no_det) continue;
             const bool sm90 = peer.sm90;
             vmonarch::cuda::FlashPolicy pol = env_policy;
             pol.sm90 = sm90 && env_policy.sm90;
@@ -143,8 +148,16 @@ int main(int argc, char** argv) {
             const double ms = time_ms([&] { vmonarch::cuda::launch_flash_bwd(p, nullptr, "flash_bwd_bench"); }, 3, reps);
             const int products = 3 + 2 * c.da + 2 * c.dy;
             const double flops = 2.0 * d * products * double(p.len_q) * double(p.len_k) * p.segments * H;
-            const std::string peer_name = hopper ? std::string("sm90-") + (peer.schedule == FlashBwdSm90Schedule::specialized ? "spec" : "coop") : "portable";
-            std::printf("%-40s %-11s %10.3f %10.1f%s\n", c.name, peer_name.c_str(), ms, flops / ms * 1e-9,
+            const auto short_name = [](FlashBwdSm90Schedule s) {
+                switch (s) {
+                case FlashBwdSm90Schedule::specialized: return "spec";
+                case FlashBwdSm90Schedule::cooperative_prepared: return "coop-prep";
+                case FlashBwdSm90Schedule::specialized_prepared: return "spec-prep";
+                default: return "coop";
+                }
+            };
+            const std::string peer_name = hopper ? std::string("sm90-") + short_name(peer.schedule) : "portable";
+            std::printf("%-40s %-14s %10.3f %10.1f%s\n", c.name, peer_name.c_str(), ms, flops / ms * 1e-9,
                         det ? "  deterministic" : "");
         }
     vmonarch::cuda::set_flash_bwd_sm90_schedule(env_schedule);

@@ -41,6 +41,10 @@ FlashPolicy flash_policy_from_env() {
         if (std::strcmp(e, "narrow") == 0) p.tile = FlashPolicy::Tile::narrow;
         else if (std::strcmp(e, "wide") == 0) p.tile = FlashPolicy::Tile::wide;
     }
+    if (const char* e = env("VMONARCH_HOPPER_LONG_Q_TILES")) {
+        const int n = std::atoi(e);
+        if (n >= 1 && n <= 16) p.sm90_long_q_tiles = n;
+    }
 #ifdef VMONARCH_EXPERIMENTS
     if (const char* e = env("VMONARCH_HOPPER_MODE"); e != nullptr && e[1] == '\0' && e[0] >= '0' && e[0] <= '2') p.sm90_mode = e[0] - '0';
     if (const char* e = env("VMONARCH_HOPPER_STALE_MAX"); e != nullptr && std::strcmp(e, "0") == 0) p.sm90_stale_max = false;

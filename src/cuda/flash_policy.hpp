@@ -7,6 +7,8 @@
 //   VMONARCH_HOPPER_MODE=0|1|2       sm90 schedule: one tile at a time, pipelined, pipelined + ping-pong
 //                                    (experiments only; the release library carries only 2)
 //   VMONARCH_HOPPER_STALE_MAX=0      sm90: the exact row maximum on every tile (experiments only)
+//   VMONARCH_HOPPER_LONG_Q_TILES=n   sm90 at d = 64: n (1..16) query tiles per block when the key tiles
+//                                    stream through the ring (long key ranges; default 2); 1 = one per block
 // Tests and benchmarks that compare the peers in one process replace the policy with set_flash_policy.
 #pragma once
 
@@ -18,6 +20,11 @@ struct FlashPolicy {
     Tile tile = Tile::per_problem;
     int sm90_mode = 2;           // consumer schedule (flash_sm90_consumer.cuh); 2 unless experiments
     bool sm90_stale_max = true;  // the stale-offset update (docs/algorithm.md §4.2); true unless experiments
+    // Query tiles per block at d = 64 for long key ranges (sm90/flash_sm90_shape.cuh). 2: CogVideoX's R-steps
+    // on an H200 gained 3–5% at 2, 3 and 4 alike, its whole forward most at 2 and 3, less at 4 and 6
+    // (bench/RESULTS.md); 1 = one tile per block.
+    int sm90_long_q_tiles = 2;
+    int sm90_long_q_min_waves = 8; // where the grid keeps at least this many waves of blocks (tests: 0)
 };
 
 // The policy the environment asks for now (unset or unrecognised values give the defaults).

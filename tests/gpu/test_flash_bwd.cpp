@@ -133,7 +133,11 @@ struct Problem {
     std::unique_ptr<Half16> hq, hk, hv, hda, hdy;
     std::unique_ptr<F32> flse, frs, fdent, fdrow, fdq, fdk, fdv;
 
-    explicit Problem(const BwdCase& bc, std::uint64_t seed) : c(bc) {
+    // dead_rows: rows i with i % 5 == 2 get a non-finite lse (−∞ or +∞ alternately: a row that had no key in
+    // the forward), which must contribute nothing.
+    bool dead_rows = false;
+
+    Problem(const BwdCase& bc, std::uint64_t seed, bool dead = false) : c(bc), dead_rows(dead) {
         const std::int64_t d = c.d;
         scale = 1.0 / std::sqrt(double(d));
         qk_scale = c.rs ? scale : 0.9 * scale; // without rs the logits use qk_scale, which differs from s
@@ -220,10 +224,12 @@ struct Problem {
                             pdp += std::exp(X[il] - ls) * dP[il];
                         }
                         drow[std::size_t(si)] = double(float(pdp + noise[std::size_t(si)]));
+                        if (dead_rows && i % 5 == 2) lse[std::size_t(si)] = i % 10 == 2 ? -INFINITY : INFINITY;
                     }
                     for (std::int64_t i = 0; i < Lq; ++i) {
                         const std::int64_t si = gs.at(b, h, f, i), qi = gq.at(b, h, f, i);
                         const double g = gamma(si), ls = lse[std::size_t(si)], dr = drow[std::size_t(si)];
+                        if (!std::isfinite(ls)) continue; // P = 0 on the row
                         for (std::int64_t l = 0; l < Lk; ++l) {
                             const std::size_t il = std::size_t(i * Lk + l);
                             const std::int64_t kl = gk.at(b, h, f, l);
@@ -312,13 +318,13 @@ class FlashBwd : public ::testing::TestWithParam<BwdCase> {};
 
 // Both modes on both peers (the Hopper kernel under each of its schedules) against the f64 formulas;
 // deterministic mode twice, bitwise equal.
-TEST_P(FlashBwd, MatchesF64Formulas) {
-    REQUIRE_GPU();
-    const BwdCase c = GetParam();
-    const Problem pr(c, 1000 + std::uint64_t(c.len_q * 7 + c.len_k + c.d));
+void check_every_peer(const Problem& pr) {
+    const BwdCase& c = pr.c;
     using vmonarch::cuda::FlashBwdSm90Schedule;
     const std::pair<bool, FlashBwdSm90Schedule> peers[] = {
-        {false, FlashBwdSm90Schedule::cooperative}, {true, FlashBwdSm90Schedule::cooperative}, {true, FlashBwdSm90Schedule::specialized}};
+        {false, FlashBwdSm90Schedule::cooperative},          {true, FlashBwdSm90Schedule::cooperative},
+        {true, FlashBwdSm90Schedule::specialized},           {true, FlashBwdSm90Schedule::cooperative_prepared},
+        {true, FlashBwdSm90Schedule::specialized_prepared}};
     for (const auto& [sm90, schedule] : peers) {
         const PeerGuard peer(sm90);
         const ScheduleGuard sched(schedule);
@@ -339,6 +345,22 @@ TEST_P(FlashBwd, MatchesF64Formulas) {
             }
         }
     }
+}
+
+TEST_P(FlashBwd, MatchesF64Formulas) {
+    REQUIRE_GPU();
+    const BwdCase c = GetParam();
+    check_every_peer(Problem(c, 1000 + std::uint64_t(c.len_q * 7 + c.len_k + c.d)));
+}
+
+// Rows whose lse is not finite (−∞: no key in the forward; +∞) contribute nothing and put no NaN anywhere,
+// on every peer and schedule, with the key tail, the entropy term and every value variant.
+TEST(FlashBwdRows, NonFiniteLseRowsContributeNothing) {
+    REQUIRE_GPU();
+    for (const BwdCase& c : {BwdCase{1, 2, 2, 67, 131, 128, DType::bf16, true, true, true, true},
+                             BwdCase{1, 1, 2, 70, 70, 64, DType::f16, true, true, false, true},
+                             BwdCase{1, 2, 1, 41, 200, 128, DType::bf16, false, false, true, false}})
+        check_every_peer(Problem(c, 77 + std::uint64_t(c.len_k), true));
 }
 
 const DType bf = DType::bf16, hf = DType::f16;
@@ -395,8 +417,9 @@ TEST(FlashBwdRoute, HopperKernelOnSm90Only) {
     }
 }
 
-// The Hopper kernel's schedule: an explicit one is taken as set; per_problem picks the specialized schedule
-// exactly for head dim 128 with both dA and dY (every element type, row scale, entropy, determinism).
+// The Hopper kernel's schedule: an explicit one is taken as set; per_problem picks the specialized prepared
+// form exactly for head dim 128 with both dA and dY when not deterministic, the cooperative prepared form
+// otherwise (every element type, row scale, entropy).
 TEST(FlashBwdRoute, SchedulePerProblem) {
     REQUIRE_GPU();
     using vmonarch::cuda::FlashBwdSm90Schedule;
@@ -407,12 +430,14 @@ TEST(FlashBwdRoute, SchedulePerProblem) {
         const Problem pr(c, 13);
         for (bool det : {false, true}) {
             const FlashBwdParams p = pr.params(det);
-            const bool spec = c.d == 128 && c.da && c.dy;
+            const bool spec = c.d == 128 && c.da && c.dy && !det;
             EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::per_problem, p),
-                      spec ? FlashBwdSm90Schedule::specialized : FlashBwdSm90Schedule::cooperative)
+                      spec ? FlashBwdSm90Schedule::specialized_prepared : FlashBwdSm90Schedule::cooperative_prepared)
                 << case_name(c);
             EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::cooperative, p), FlashBwdSm90Schedule::cooperative) << case_name(c);
             EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::specialized, p), FlashBwdSm90Schedule::specialized) << case_name(c);
+            for (FlashBwdSm90Schedule e : {FlashBwdSm90Schedule::cooperative_prepared, FlashBwdSm90Schedule::specialized_prepared})
+                EXPECT_EQ(resolve_flash_bwd_sm90_schedule(e, p), e) << case_name(c);
         }
     }
 }

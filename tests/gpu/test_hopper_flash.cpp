@@ -412,6 +412,56 @@ TEST(HopperFlash, MatchesPortable_SeveralQueryTilesPerBlock) {
             }
 }
 
+// Long key ranges with several query tiles per block (FlashPolicy::sm90_long_q_tiles = 3, d = 64): the key
+// tiles stream through the ring once per query tile, ring positions continuing across the block's tiles.
+// 950 query rows are 8 tiles, so a view's blocks hold tiles {0,1,2}, {3,4,5}, {6,7}: both Q slots, a slot
+// refilled with the second parity, a block with fewer tiles, a last tile of 54 rows whose second warpgroup
+// idles. Keys: 1350 (CogVideoX's frame: 11 tiles, a 70-key tail), 512 (4 tiles = the ring's stages: the
+// smallest range that does not stay in the ring), 700; d = 128 with the same policy keeps one query tile
+// per block (no second Q slot of its own there) and must match as well.
+TEST(HopperFlash, MatchesPortable_SeveralQueryTilesPerBlock_LongKeys) {
+    REQUIRE_SM90();
+    const PolicyGuard guard;
+    vmonarch::cuda::FlashPolicy policy = guard.saved();
+    policy.sm90_long_q_tiles = 3;
+    policy.sm90_long_q_min_waves = 0; // the small grids here would otherwise keep one tile per block
+    vmonarch::cuda::set_flash_policy(policy);
+    std::uint64_t seed = 9400;
+    for (const int d : {64, 128})
+        for (const DType dt : {DType::bf16, DType::f16})
+            for (const std::int64_t lk : {1350, 512, 700}) {
+                seed += 5;
+                if ((dt == DType::f16 || d == 128) && lk != 1350) continue; // f16 and d 128: one key length
+                Case base;
+                base.dt = dt; base.d = d; base.len_q = 950; base.len_k = lk; base.B = 1; base.H = 3; base.F = 2;
+                base.in_layout = lk == 700 ? VL::token : VL::bhsr; base.out_layout = lk == 512 ? VL::pos_major : VL::bhsr;
+                std::uint64_t s = seed;
+                for (Case c : variants(base)) {
+                    c.seed = ++s;
+                    c.lse = !c.kv || lk == 1350;
+                    compare_with_portable(c);
+                }
+            }
+}
+
+// The same path at a small shape for compute-sanitizer (scripts/gpu_suite.sh): 300 query rows (3 tiles: blocks
+// {0, 1} and {2} at 2 tiles per block) over 520 keys (5 tiles, one more than the ring's stages: each query
+// tile's ring positions wrap), d = 64, bf16, K and V as values with LSE and with a row scale.
+TEST(HopperFlash, SeveralQueryTilesPerBlock_LongKeysSmall) {
+    REQUIRE_SM90();
+    const PolicyGuard guard;
+    vmonarch::cuda::FlashPolicy policy = guard.saved();
+    policy.sm90_long_q_tiles = 2;
+    policy.sm90_long_q_min_waves = 0;
+    vmonarch::cuda::set_flash_policy(policy);
+    Case base;
+    base.d = 64; base.len_q = 300; base.len_k = 520; base.B = 1; base.H = 1; base.F = 1;
+    base.kv = true; base.vv = true; base.rs = true; base.lse = true; base.seed = 9500;
+    compare_with_portable(base);
+    base.kv = false; base.rs = false; base.seed = 9501;
+    compare_with_portable(base);
+}
+
 // The full-size per-frame shape (3600 keys per frame, several frames) on the R-step's variants.
 TEST(HopperFlash, MatchesPortable_frame3600) {
     REQUIRE_SM90();

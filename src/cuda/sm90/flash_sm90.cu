@@ -141,6 +141,8 @@ bool build_maps(const FlashParams& p, const FlashPolicy& policy, Maps* m) {
     m->wide = wide;
     m->mode = policy.sm90_mode;
     m->args.stale_max = policy.sm90_stale_max;
+    m->long_q_tiles = policy.sm90_long_q_tiles;
+    m->long_q_min_waves = policy.sm90_long_q_min_waves;
     if (!encode_rows(&m->q, &m->args.cq, p.elem, p.q, p.head_dim, p.len_q, p.segments, p.heads, p.batch, HopperShape::BM))
         return false;
     if (!encode_rows(&m->k, &m->args.ck, p.elem, p.k, p.head_dim, p.len_k, p.segments, p.heads, p.batch, bn)) return false;

@@ -17,18 +17,19 @@ struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
     using Tile = Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN>;
     using Tile::Tile;
     using Tile::acc_k, Tile::acc_v, Tile::compute_s, Tile::fence_acc, Tile::fence_p, Tile::fence_s, Tile::issue_pv, Tile::issue_s,
-        Tile::lane, Tile::len_q, Tile::p, Tile::pack_p, Tile::q0, Tile::rescale, Tile::row, Tile::sm, Tile::softmax,
+        Tile::lane, Tile::len_q, Tile::p, Tile::pack_p, Tile::q0, Tile::rescale, Tile::ring, Tile::ring0, Tile::row, Tile::sm, Tile::softmax,
         Tile::softmax_stale, Tile::st, Tile::wg;
     static constexpr int NS = Tile::NS, KS = Tile::KS;
 
-    // This warp no longer reads key tile n's stage.
+    // This warp no longer reads key tile n's stage (ring position g = ring(n)).
     __device__ __forceinline__ void release(int n) {
         __syncwarp();
-        if (lane == 0) mbar_arrive(sm.empty_bar(n % Tile::Ring::STAGES));
+        if (lane == 0) mbar_arrive(sm.empty_bar(ring(n) % Tile::Ring::STAGES));
     }
-    // Key tile n has landed in its stage (the stage's (n / STAGES)-th fill).
+    // Key tile n has landed in its stage (the stage's (g / STAGES)-th fill, g = ring(n)).
     __device__ __forceinline__ void wait_full(int n) {
-        mbar_wait(sm.full_bar(n % Tile::Ring::STAGES), std::uint32_t(n / Tile::Ring::STAGES) & 1u);
+        const int g = ring(n);
+        mbar_wait(sm.full_bar(g % Tile::Ring::STAGES), std::uint32_t(g / Tile::Ring::STAGES) & 1u);
     }
     // Ping-pong (MODE 2): the two consumer warpgroups take turns to issue their GEMMs, so that one's
     // softmax runs while the other's GEMMs occupy the tensor cores. Named barrier 1 + w: "warpgroup w may
@@ -153,7 +154,10 @@ struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
     // `phase`), run the schedule over the key tiles, release the Q slot, store this thread's two rows
     // (docs/algorithm.md §4.3). A later query tile of the block finds the key tiles still in the ring: their
     // full barriers have completed phase 0, and waiting on it again returns at once.
-    __device__ __forceinline__ void run(int n_tiles, bool stale_max, int b, int h, int f, int slot, std::uint32_t phase) {
+    // ring_base: the ring position of key tile 0 for this query tile (0 when the key tiles stay in the ring).
+    __device__ __forceinline__ void run(int n_tiles, bool stale_max, int b, int h, int f, int slot, std::uint32_t phase,
+                                        int ring_base = 0) {
+        ring0 = ring_base;
         mbar_wait(sm.q_full_bar(slot), phase);
         if (wg * 64 >= len_q) {
             idle(n_tiles);

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cuda/common/cuda_check.hpp"
@@ -18,8 +19,7 @@ namespace vmonarch::cuda {
 // at a time, each query tile one unit and the block's fixed cost (prologue, first loads) in the same units.
 // 3 was the estimate before measuring; CogVideoX's 226-key pass on an H200 (bench/RESULTS.md, several query
 // tiles per block) puts it nearer 0.25, and both pick 8 there. The constant leans towards fewer blocks.
-inline int sm90_query_tiles_per_block(std::int64_t view_tiles, std::int64_t views) {
-    constexpr std::int64_t kBlockOverheadTiles = 3;
+inline int sm90_multiprocessors() {
     static const int sms = [] {
         int dev = 0, n = 0;
         if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
@@ -28,6 +28,12 @@ inline int sm90_query_tiles_per_block(std::int64_t view_tiles, std::int64_t view
         }
         return n > 0 ? n : 132;
     }();
+    return sms;
+}
+
+inline int sm90_query_tiles_per_block(std::int64_t view_tiles, std::int64_t views) {
+    constexpr std::int64_t kBlockOverheadTiles = 3;
+    const int sms = sm90_multiprocessors();
     int best = 1;
     std::int64_t best_cost = -1;
     for (int q = 1; q <= 8 && q <= view_tiles; ++q) {
@@ -49,8 +55,17 @@ void launch_flash_sm90_instance(const FlashParams& p, const Sm90Launch& m, void*
     const std::int64_t view_tiles = (p.len_q + HopperShape::BM - 1) / HopperShape::BM;
     const std::int64_t views = std::int64_t(p.segments) * p.heads * p.batch;
     hopper::HopperArgs args = m.args;
-    if (BN == hopper::hopper_block_n(D, fl.k_value, fl.v_value, false) && (p.len_k + BN - 1) / BN <= hopper::SmemRing<D, fl.v_value, BN>::STAGES - 1)
-        args.q_tiles = sm90_query_tiles_per_block(view_tiles, views);
+    if (BN == hopper::hopper_block_n(D, fl.k_value, fl.v_value, false)) {
+        const int n_tiles = int((p.len_k + BN - 1) / BN);
+        if (hopper::SmemRing<D, fl.v_value, BN>::keys_stay(n_tiles))
+            args.q_tiles = sm90_query_tiles_per_block(view_tiles, views);
+        else if (hopper::hopper_own_q_slot(D) && m.long_q_tiles > 1) {
+            // Long key ranges: the policy's count, where the grid keeps at least the policy's number of waves of
+            // blocks (fewer, longer blocks would leave SMs idle at the end: frame 0's recompute, the text queries).
+            const int q = int(std::min<std::int64_t>(m.long_q_tiles, view_tiles));
+            if ((view_tiles + q - 1) / q * views >= m.long_q_min_waves * std::int64_t(sm90_multiprocessors())) args.q_tiles = q;
+        }
+    }
     const dim3 grid(unsigned((view_tiles + args.q_tiles - 1) / args.q_tiles), unsigned(p.segments * p.heads), unsigned(p.batch));
     kernel<<<grid, HopperShape::THREADS, smem, static_cast<cudaStream_t>(stream)>>>(p, args, m.q, m.k, m.v);
     check_launch_lazy(ctx);

@@ -9,9 +9,10 @@
 //     registers; flash_sm90_consumer.cuh), warps 8–11 the producer warpgroup (24 registers) whose first
 //     thread streams Q and K (and V) tiles through an STAGES-deep ring of full / empty mbarriers
 //     (flash_sm90_producer.cuh);
-//   - for short key ranges (every key tile fits the ring at once), several query tiles per block
-//     (HopperArgs::q_tiles): the key tiles are loaded once, Q is double-buffered, and the prologue (barrier
-//     setup, register reallocation, the first loads' latency) is paid once per block, not per tile.
+//   - several query tiles per block (HopperArgs::q_tiles), Q double-buffered: for short key ranges (every
+//     key tile fits the ring at once) the key tiles are loaded once; at d = 64 also for long ranges, the key
+//     tiles streaming through the ring once per query tile. The prologue (barrier setup, register
+//     reallocation, the first loads' latency) is paid once per block, not per tile.
 // Rows past len_k arrive as zeros from TMA and are masked to −∞ before the softmax; rows past len_q are
 // computed on zeros and never stored. The kernel body exists only in the sm_90a pass.
 #pragma once
@@ -74,7 +75,8 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
         if constexpr (kSeveralQueryTiles) {
             for (int j = 0; j < q_count; ++j) {
                 Consumer consumer(p, sm, warp, lane, q0 + j * HopperShape::BM, b, h, f, sm.q_slot(j & 1));
-                consumer.run(n_tiles, args.stale_max, b, h, f, j & 1, std::uint32_t(j >> 1) & 1u);
+                consumer.run(n_tiles, args.stale_max, b, h, f, j & 1, std::uint32_t(j >> 1) & 1u,
+                             hopper_own_q_slot(D) && !Ring::keys_stay(n_tiles) ? j * n_tiles : 0);
             }
         } else {
             Consumer consumer(p, sm, warp, lane, q0, b, h, f, sm.q_slot(0));

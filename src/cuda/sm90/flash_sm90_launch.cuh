@@ -16,6 +16,8 @@ struct Sm90Launch {
     hopper::HopperArgs args;
     bool wide = false; // key-tile width the maps' boxes were built for (hopper_block_n)
     int mode = 2;      // consumer schedule (flash_sm90_consumer.cuh; 0 and 1 only with VMONARCH_EXPERIMENTS)
+    int long_q_tiles = 1;    // query tiles per block at d = 64 when the key tiles do not stay in the ring (FlashPolicy)
+    int long_q_min_waves = 8; // ... where the grid keeps at least this many waves of blocks
 };
 
 template <bool BF16, int D> void launch_flash_sm90_typed(const FlashParams& p, FlashVariant v, const Sm90Launch& m, void* stream, const char* what);

@@ -1,7 +1,8 @@
 // Internal: the sm90 flash kernel's producer warpgroup. Its first thread streams the block's first Q tile
 // and then every key tile n (K, and V when it is a value operand) into stage n % STAGES of the ring,
 // waiting for the consumers to release a stage before it refills it; each load completes on the stage's
-// full barrier (TMA transaction count); then the block's further query tiles, if any, into the two Q slots.
+// full barrier (TMA transaction count); then the block's further query tiles, if any, into the two Q slots,
+// each followed by its key tiles again when they did not all stay in the ring (SmemRing::keys_stay).
 #pragma once
 
 #include "cuda/sm90/flash_sm90_shape.cuh"
@@ -29,11 +30,11 @@ __device__ __forceinline__ void produce_tiles(const SmemRing<D, V_VALUE, BN>& sm
         for (int c = 0; c < CB; ++c)
             tma_load_row_tile(sm.q_slot(s) + c * BM * 128, tm_q, sm.q_full_bar(s), args.cq, c * 64, q0 + j * BM, f, h, b);
     };
-    load_q(0);
-    for (int n = 0; n < n_tiles; ++n) {
-        const int s = n % Ring::STAGES;
-        if (n >= Ring::STAGES) mbar_wait(sm.empty_bar(s), std::uint32_t((n / Ring::STAGES) - 1) & 1u);
-        const std::uint32_t sK = sm.stage(n);
+    // Key tile n into ring position g (stage g % STAGES, its (g / STAGES)-th fill).
+    const auto load_keys = [&](int n, int g) {
+        const int s = g % Ring::STAGES;
+        if (g >= Ring::STAGES) mbar_wait(sm.empty_bar(s), std::uint32_t((g / Ring::STAGES) - 1) & 1u);
+        const std::uint32_t sK = sm.stage(g);
         mbar_arrive_expect_tx(sm.full_bar(s), Ring::STAGE_BYTES);
 #pragma unroll
         for (int c = 0; c < CB; ++c) {
@@ -41,9 +42,18 @@ __device__ __forceinline__ void produce_tiles(const SmemRing<D, V_VALUE, BN>& sm
             if constexpr (V_VALUE)
                 tma_load_row_tile(sK + Ring::TILE_BYTES + c * BN * 128, tm_v, sm.full_bar(s), args.cv, c * 64, n * BN, f, h, b);
         }
+    };
+    load_q(0);
+    for (int n = 0; n < n_tiles; ++n) load_keys(n, n);
+    if (!hopper_own_q_slot(D) || Ring::keys_stay(n_tiles)) { // further query tiles reuse the key tiles above
+        for (int j = 1; j < q_count; ++j) load_q(j);
+        return;
     }
-    // Further query tiles (q_count > 1 only when the key tiles above stay in the ring, HopperArgs::q_tiles).
-    for (int j = 1; j < q_count; ++j) load_q(j);
+    // Long key ranges (d = 64, own second Q slot): query tile j's key tiles take ring positions j·n_tiles + n.
+    for (int j = 1; j < q_count; ++j) {
+        load_q(j);
+        for (int n = 0; n < n_tiles; ++n) load_keys(n, j * n_tiles + n);
+    }
 }
 #endif
 

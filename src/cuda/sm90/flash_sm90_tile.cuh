@@ -39,6 +39,14 @@ struct Sm90Tile {
     float mult[2];                 // base-2 logit per unit of ⟨q, k⟩ (positive: the host checks)
     float acc[NACC];
     Stats st;
+    int ring0 = 0; // ring position of this query tile's key tile 0 (SmemRing::keys_stay: 0 for every tile)
+
+    // The ring position of key tile n: ring0 + n where a block's key tiles may stream through the ring once per
+    // query tile (d = 64, own second Q slot), else n (d = 128: the code of one query tile per long range).
+    __device__ __forceinline__ int ring(int n) const {
+        if constexpr (hopper_own_q_slot(D)) return ring0 + n;
+        else return n;
+    }
 
     // q_smem: the Q slot holding this block's query tile q0 (SmemRing::q_slot).
     __device__ __forceinline__ Sm90Tile(const FlashParams& p_, const Ring& sm_, int warp, int lane_, int q0_, int b, int h, int f,
@@ -69,7 +77,7 @@ struct Sm90Tile {
     // S = Q·Kᵀ of key tile n (64 × BN per warpgroup) into sacc, reduction over the head dim in 16-element
     // steps; the first step overwrites (scale-d = 0), so sacc needs no zeroing. Issued, not waited for.
     __device__ __forceinline__ void issue_s(float (&sacc)[NS], int n) {
-        const std::uint32_t sK = sm.stage(n);
+        const std::uint32_t sK = sm.stage(ring(n));
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
             // Q block: BM rows per column block (this warpgroup starts 64 rows in); K block: BN rows.
@@ -81,7 +89,7 @@ struct Sm90Tile {
     // acc += P·V and/or P·K of key tile n (V / K tiles read MN-major: their rows are the reduction
     // dimension). Issued, not waited for.
     __device__ __forceinline__ void issue_pv(const std::uint32_t (&pa)[KS][4], int n) {
-        const std::uint32_t sK = sm.stage(n);
+        const std::uint32_t sK = sm.stage(ring(n));
         const std::uint32_t sV = sK + Ring::TILE_BYTES;
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks) {

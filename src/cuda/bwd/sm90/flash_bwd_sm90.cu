@@ -55,8 +55,9 @@ bool dq_takes_bulk_adds(const RowView& v) {
 std::atomic<int>& schedule_slot() {
     static std::atomic<int> slot{[] {
         const char* e = std::getenv("VMONARCH_HOPPER_BWD");
-        if (e && std::strcmp(e, "cooperative") == 0) return int(FlashBwdSm90Schedule::cooperative);
-        if (e && std::strcmp(e, "specialized") == 0) return int(FlashBwdSm90Schedule::specialized);
+        for (FlashBwdSm90Schedule s : {FlashBwdSm90Schedule::cooperative, FlashBwdSm90Schedule::specialized,
+                                       FlashBwdSm90Schedule::cooperative_prepared, FlashBwdSm90Schedule::specialized_prepared})
+            if (e && std::strcmp(e, to_string(s)) == 0) return int(s);
         return int(FlashBwdSm90Schedule::per_problem);
     }()};
     return slot;
@@ -70,14 +71,18 @@ const char* to_string(FlashBwdSm90Schedule schedule) {
     switch (schedule) {
     case FlashBwdSm90Schedule::cooperative: return "cooperative";
     case FlashBwdSm90Schedule::specialized: return "specialized";
+    case FlashBwdSm90Schedule::cooperative_prepared: return "cooperative_prepared";
+    case FlashBwdSm90Schedule::specialized_prepared: return "specialized_prepared";
     default: return "per_problem";
     }
 }
 FlashBwdSm90Schedule resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule, const FlashBwdParams& p) {
     if (schedule != FlashBwdSm90Schedule::per_problem) return schedule;
-    // H200, bf16, d 128 (bench/RESULTS.md, both in one run): specialized 0.3–3% faster with dA and dY, 15–33%
-    // slower with one value (its P/dS phase split forms the row scalars and P twice).
-    return p.head_dim == 128 && p.da.ptr && p.dy.ptr ? FlashBwdSm90Schedule::specialized : FlashBwdSm90Schedule::cooperative;
+    // H200, bf16, d 128, all four in one run (bench/RESULTS.md, "Flash backward v4"): the prepared forms take
+    // 11–30% less time than the old ones on every variant; of the two, the specialized one takes 3.7–4.5% less
+    // with dA and dY unless deterministic (there 6% more), and 2–5% more with one value.
+    return p.head_dim == 128 && p.da.ptr && p.dy.ptr && !p.deterministic ? FlashBwdSm90Schedule::specialized_prepared
+                                                                          : FlashBwdSm90Schedule::cooperative_prepared;
 }
 
 bool flash_bwd_sm90_supported(const FlashBwdParams& p) {
@@ -90,16 +95,28 @@ bool flash_bwd_sm90_supported(const FlashBwdParams& p) {
     return device_runs_sm90_binary();
 }
 
+namespace {
+template <bool PREP> void launch_cooperative(const FlashBwdParams& p, void* stream, const char* what) {
+    const bool bf = p.elem == Elem::bf16;
+    if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_typed<true, 64, PREP>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 64, PREP>(p, stream, what);
+    else bf ? launch_flash_bwd_sm90_typed<true, 128, PREP>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 128, PREP>(p, stream, what);
+}
+template <bool PREP> void launch_specialized(const FlashBwdParams& p, void* stream, const char* what) {
+    const bool bf = p.elem == Elem::bf16;
+    if (p.head_dim == 64)
+        bf ? launch_flash_bwd_sm90_ws_typed<true, 64, PREP>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 64, PREP>(p, stream, what);
+    else bf ? launch_flash_bwd_sm90_ws_typed<true, 128, PREP>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 128, PREP>(p, stream, what);
+}
+} // namespace
+
 bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char* what) {
     if (!flash_bwd_sm90_supported(p)) return false;
-    const bool bf = p.elem == Elem::bf16;
-    if (resolve_flash_bwd_sm90_schedule(flash_bwd_sm90_schedule(), p) == FlashBwdSm90Schedule::specialized) {
-        if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_ws_typed<true, 64>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 64>(p, stream, what);
-        else bf ? launch_flash_bwd_sm90_ws_typed<true, 128>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 128>(p, stream, what);
-        return true;
+    switch (resolve_flash_bwd_sm90_schedule(flash_bwd_sm90_schedule(), p)) {
+    case FlashBwdSm90Schedule::specialized: launch_specialized<false>(p, stream, what); break;
+    case FlashBwdSm90Schedule::cooperative_prepared: launch_cooperative<true>(p, stream, what); break;
+    case FlashBwdSm90Schedule::specialized_prepared: launch_specialized<true>(p, stream, what); break;
+    default: launch_cooperative<false>(p, stream, what); break;
     }
-    if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_typed<true, 64>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 64>(p, stream, what);
-    else bf ? launch_flash_bwd_sm90_typed<true, 128>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 128>(p, stream, what);
     return true;
 }
 

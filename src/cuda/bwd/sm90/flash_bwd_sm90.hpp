@@ -23,22 +23,27 @@ bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char
 //   cooperative  every thread of two warpgroups loads and computes, block barriers per query tile;
 //   specialized  a producer warpgroup feeds a ring of query tiles through mbarriers, two consumer
 //                warpgroups compute (registers moved to them by setmaxnreg);
-//   per_problem  (the default) the one measured faster for the problem's variant on an H200
-//                (bench/RESULTS.md): specialized for head dim 128 with both dA and dY, else cooperative.
-// The environment's VMONARCH_HOPPER_BWD=cooperative|specialized|per_problem at the first call (unset or
-// another value: per_problem), or the last set_flash_bwd_sm90_schedule (tests and benchmarks that compare
-// the schedules in one process).
-enum class FlashBwdSm90Schedule { per_problem, cooperative, specialized };
+//   cooperative_prepared, specialized_prepared  the same two in the prepared form (flash_bwd_sm90_rows.cuh):
+//                the row scalars formed once per row into shared memory in the form the elementwise phase
+//                uses, the key mask on the last key tile only, dS stored by stmatrix;
+//   per_problem  (the default) the one measured fastest for the problem's variant on an H200
+//                (bench/RESULTS.md): specialized_prepared for head dim 128 with both dA and dY when not
+//                deterministic, else cooperative_prepared.
+// The environment's VMONARCH_HOPPER_BWD=<one of these names> at the first call (unset or another value:
+// per_problem), or the last set_flash_bwd_sm90_schedule (tests and benchmarks that compare the schedules in
+// one process).
+enum class FlashBwdSm90Schedule { per_problem, cooperative, specialized, cooperative_prepared, specialized_prepared };
 FlashBwdSm90Schedule flash_bwd_sm90_schedule();
 void set_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule);
 // The schedule a launch of p takes under `schedule` (never per_problem).
 FlashBwdSm90Schedule resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule, const FlashBwdParams& p);
 const char* to_string(FlashBwdSm90Schedule schedule);
 
-// One (element type, head dim) group, instantiated by instances/flash_bwd_sm90_*.cu.
-template <bool BF16, int D> void launch_flash_bwd_sm90_typed(const FlashBwdParams& p, void* stream, const char* what);
+// One (element type, head dim) group, instantiated by instances/flash_bwd_sm90_*.cu (PREP: the prepared
+// form, instances/flash_bwd_sm90_prep_*.cu).
+template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_typed(const FlashBwdParams& p, void* stream, const char* what);
 // The same for the specialized schedule, instantiated by instances/flash_bwd_sm90_ws_*.cu.
-template <bool BF16, int D> void launch_flash_bwd_sm90_ws_typed(const FlashBwdParams& p, void* stream, const char* what);
+template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_ws_typed(const FlashBwdParams& p, void* stream, const char* what);
 
 // A kernel of the group bf16/d128, whose binary version tells whether the library carries sm_90a code.
 const void* flash_bwd_sm90_probe_kernel();

@@ -24,12 +24,19 @@
 // Masking (spec §7.5): a query row at or past len_q (zero-filled) gets γ = 0 and lse = +∞, a key at or past
 // len_k (zero-filled) x = −∞: P = 0 there, and dS is taken as 0 wherever P = 0, after dX is formed
 // (bwd_ds), so 0·(−∞) never reaches a sum. The kernel body exists only in the sm_90a pass.
+//
+// PREP (the prepared form, flash_bwd_sm90_rows.cuh): the row scalars are formed once per row (by the
+// threads that loaded the row's raw operands, while the tile before it is on the tensor cores) into
+// shared memory in the form the elementwise phase uses (one FFMA and one ex2 for P, two more instructions
+// for dS, the s factors folded in), the key mask is applied on the last key tile only, and dS goes to
+// shared memory by stmatrix. Without PREP every thread forms each column's scalars from the raw operands.
 #pragma once
 
 #include <cstdint>
 
 #include "cuda/bwd/backward_params.hpp"
 #include "cuda/bwd/flash_bwd_kernel.cuh" // bwd_row_scalars, bwd_ds
+#include "cuda/bwd/sm90/flash_bwd_sm90_rows.cuh"
 #include "cuda/bwd/sm90/flash_bwd_sm90_shape.cuh"
 #include "cuda/sm90/flash_sm90_shape.cuh" // VMONARCH_HOPPER_DEVICE, hopper_ptx.cuh, hopper_wgmma.cuh
 
@@ -115,7 +122,7 @@ template <int KS> __device__ __forceinline__ void bwd_sm90_fence(std::uint32_t (
 }
 #endif
 
-template <bool BF16, int D, bool HAS_DA, bool HAS_DY>
+template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
 __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kernel(const FlashBwdParams p) {
 #ifdef VMONARCH_HOPPER_DEVICE
     static_assert(D == 64 || D == 128);
@@ -134,9 +141,12 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
     const std::uint32_t sK = base, sV = base + L::OFF_V, sDS = base + L::OFF_DS;
     const float* const srows = reinterpret_cast<const float*>(smem_raw + (base - raw) + L::OFF_ROWS);
     const std::uint32_t srows_addr = base + L::OFF_ROWS;
-    unsigned char* const ds_bytes = smem_raw + (base - raw) + L::OFF_DS;
+    [[maybe_unused]] unsigned char* const ds_bytes = smem_raw + (base - raw) + L::OFF_DS;
     float* const sdq = reinterpret_cast<float*>(smem_raw + (base - raw) + L::OFF_DQ + (threadIdx.x >> 7) * L::DQ_WG_BYTES);
     const std::uint32_t sdq_addr = base + L::OFF_DQ + (threadIdx.x >> 7) * L::DQ_WG_BYTES;
+    unsigned char* const prep_bytes = smem_raw + (base - raw) + L::OFF_PREP;
+    const auto prep4_at = [&](int t) { return reinterpret_cast<float4*>(prep_bytes + (t % Shape::STAGES) * L::PREP_STAGE); };
+    const auto prep_e_at = [&](int t) { return reinterpret_cast<float*>(prep_bytes + (t % Shape::STAGES) * L::PREP_STAGE + BM * 16); };
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int wg = warp >> 2, wq = warp & 3;
@@ -154,13 +164,16 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
     const auto stage = [&](int t) { return base + L::OFF_STAGES + std::uint32_t(t % Shape::STAGES) * L::STAGE; };
     const bool has_rs = rows.rs != nullptr, has_dent = rows.dent != nullptr;
     // One query tile: Q (, dA, dY) and the raw row operands lse, cR, drow, dent, all by cp.async (zero-filled
-    // past len_q).
+    // past len_q). PREP: the row operands first, in their own commit group (so that their thread can wait
+    // for them alone and prepare the row), then the tiles.
     const auto load_query_tile = [&](int t) {
         const std::uint32_t st = stage(t);
         const std::int64_t q0 = std::int64_t(t) * BM;
-        bwd_sm90_load_rows<D, BM>(st, qb, p.q.sr, q0, p.len_q, tid);
-        if constexpr (HAS_DA) bwd_sm90_load_rows<D, BM>(st + L::OFF_DA, dab, p.da.sr, q0, p.len_q, tid);
-        if constexpr (HAS_DY) bwd_sm90_load_rows<D, BM>(st + L::OFF_DY, dyb, p.dy.sr, q0, p.len_q, tid);
+        if constexpr (!PREP) {
+            bwd_sm90_load_rows<D, BM>(st, qb, p.q.sr, q0, p.len_q, tid);
+            if constexpr (HAS_DA) bwd_sm90_load_rows<D, BM>(st + L::OFF_DA, dab, p.da.sr, q0, p.len_q, tid);
+            if constexpr (HAS_DY) bwd_sm90_load_rows<D, BM>(st + L::OFF_DY, dyb, p.dy.sr, q0, p.len_q, tid);
+        }
         if (tid < BM) {
             const std::int64_t i = q0 + tid;
             const bool ok = i < p.len_q;
@@ -170,12 +183,31 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
             cp_async_4(dst + 2 * BM * 4, ok ? rows.drow + i * p.drow.sr : rows.drow, ok ? 4 : 0);
             if (has_dent) cp_async_4(dst + 3 * BM * 4, ok ? rows.dent + i * p.dent.sr : rows.dent, ok ? 4 : 0);
         }
+        if constexpr (PREP) {
+            cp_async_commit();
+            bwd_sm90_load_rows<D, BM>(st, qb, p.q.sr, q0, p.len_q, tid);
+            if constexpr (HAS_DA) bwd_sm90_load_rows<D, BM>(st + L::OFF_DA, dab, p.da.sr, q0, p.len_q, tid);
+            if constexpr (HAS_DY) bwd_sm90_load_rows<D, BM>(st + L::OFF_DY, dyb, p.dy.sr, q0, p.len_q, tid);
+        }
+    };
+    // PREP: thread r < BM prepares row r of tile t from the raw operands it loaded (their commit group is the
+    // one before the last), visible to every thread after the next block barrier.
+    const auto prepare_rows = [&](int t) {
+        if (tid < BM) {
+            cp_async_wait<1>();
+            const float* rv = srows + (t % Shape::STAGES) * L::ROWS_STAGE;
+            bwd_sm90_prepare_row<HAS_DA, HAS_DY>(p, rv, tid, std::int64_t(t) * BM + tid < p.len_q, has_rs, has_dent, prep4_at(t), prep_e_at(t));
+        }
     };
 
+    if constexpr (PREP) load_query_tile(0);
     bwd_sm90_load_rows<D, BN>(sK, kb, p.k.sr, k0, p.len_k, tid);
     if constexpr (HAS_DY) bwd_sm90_load_rows<D, BN>(sV, vb, p.v.sr, k0, p.len_k, tid);
-    load_query_tile(0);
+    if constexpr (!PREP) load_query_tile(0);
     cp_async_commit();
+    if constexpr (PREP) prepare_rows(0);
+    // PREP: only the last key tile of a segment has keys past len_k.
+    [[maybe_unused]] const bool full_keys = k0 + BN <= p.len_k;
 
     // This thread's keys (rows of Sᵀ): 64·wg + 16·wq + lane/4 + 8r of the tile.
     const int krow = 64 * wg + 16 * wq + (lane >> 2);
@@ -190,7 +222,8 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
     for (int i = 0; i < (HAS_DY ? NA : 1); ++i) acc_v[i] = 0.f;
 
     // With dA, dK and dQ are accumulated divided by s (see below) and multiplied by out_s = s when added.
-    const float inv_s = HAS_DA ? 1.f / p.scale : 1.f, out_s = HAS_DA ? p.scale : 1.f;
+    [[maybe_unused]] const float inv_s = HAS_DA ? 1.f / p.scale : 1.f;
+    const float out_s = HAS_DA ? p.scale : 1.f;
 
     // This warpgroup's 64 key rows inside each column block of K and V (K-major A operands).
     const std::uint32_t sKw = sK + std::uint32_t(wg) * 64u * 128u, sVw = sV + std::uint32_t(wg) * 64u * 128u;
@@ -206,7 +239,9 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
             cp_async_commit();
         }
         const std::uint32_t sQ = stage(t), sDA = sQ + L::OFF_DA, sDY = sQ + L::OFF_DY;
-        const float* rv = srows + (t % Shape::STAGES) * L::ROWS_STAGE;
+        [[maybe_unused]] const float* rv = srows + (t % Shape::STAGES) * L::ROWS_STAGE;
+        [[maybe_unused]] const float4* prep4 = prep4_at(t);
+        [[maybe_unused]] const float* prep_e = prep_e_at(t);
 
         // Sᵀ = K_w·Qᵀ; dPᵀ = s·K_w·dAᵀ (+ V_w·dYᵀ, after the scaling) without the entropy term. With both
         // values, K_w·dAᵀ goes first in its own group and is scaled while Sᵀ runs.
@@ -222,9 +257,11 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
         for (int kk = 0; kk < D / 16; ++kk)
             Wgmma<BM, BF16>::ss(s, desc_k_major(sKw, BN, kk * 16), desc_k_major(sQ, BM, kk * 16), kk != 0);
         wgmma_commit();
-        wgmma_wait<1>(); // dPᵀ's first part
-        bwd_sm90_fence(dp);
-        if constexpr (HAS_DA) {
+        // (PREP with dA only: dPᵀ stays unscaled, the prepared row scalars carry the 1/s.)
+        constexpr bool SCALE_DP = HAS_DA && (HAS_DY || !PREP);
+        if constexpr (SCALE_DP) {
+            wgmma_wait<1>(); // dPᵀ's first part
+            bwd_sm90_fence(dp);
 #pragma unroll
             for (int i = 0; i < NS; ++i) dp[i] *= p.scale;
         }
@@ -239,26 +276,32 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
         bwd_sm90_fence(s);
         bwd_sm90_fence(dp);
 
-        // P (in s) and dS (in dp); the query (column) scalars from shared memory, once per column.
+        // P (in s) and dS (in dp; PREP: dS' = dS/s with dA); the query (column) scalars from shared memory,
+        // once per column.
+        if constexpr (PREP) {
+            if (!full_keys) bwd_sm90_prepared_p_ds<true, true>(s, dp, prep4, prep_e, key_ok, lane);
+            else bwd_sm90_prepared_p_ds<false, true>(s, dp, prep4, prep_e, key_ok, lane);
+        } else {
 #pragma unroll
-        for (int nt = 0; nt < NS / 4; ++nt)
+            for (int nt = 0; nt < NS / 4; ++nt)
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                const int col = c_frag_col(4 * nt + j, lane);
-                const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
+                for (int j = 0; j < 2; ++j) {
+                    const int col = c_frag_col(4 * nt + j, lane);
+                    const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
 #pragma unroll
-                for (int e = j; e < 4; e += 2) { // registers j and j + 2: keys lane/4 and lane/4 + 8
-                    float pr;
-                    dp[4 * nt + e] = bwd_ds(s[4 * nt + e], dp[4 * nt + e], r, key_ok[c_frag_half(e)], pr);
-                    s[4 * nt + e] = pr;
+                    for (int e = j; e < 4; e += 2) { // registers j and j + 2: keys lane/4 and lane/4 + 8
+                        float pr;
+                        dp[4 * nt + e] = bwd_ds(s[4 * nt + e], dp[4 * nt + e], r, key_ok[c_frag_half(e)], pr);
+                        s[4 * nt + e] = pr;
+                    }
                 }
-            }
+        }
 
         // dV += Pᵀ·dY;  dK' += Pᵀ·dA + (dS/s)ᵀ·Q  (A operands straight from the accumulator layout; with dA the
         // kernel accumulates dK' = dK/s and dQ' = dQ/s, and multiplies by s once when adding them).
         std::uint32_t pa[KS][4], dsa[KS][4];
         pack_c_to_a<BF16, KS>(s, pa);
-        if constexpr (HAS_DA) {
+        if constexpr (HAS_DA && !PREP) {
 #pragma unroll
             for (int i = 0; i < NS; ++i) dp[i] *= inv_s;
         }
@@ -276,23 +319,32 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
         for (int ks = 0; ks < KS; ++ks) Wgmma<D, BF16>::rs_tb(acc_k, dsa[ks], desc_mn_major(sQ, BM, ks * 16));
         wgmma_commit();
 
+        // PREP: the next tile's rows, prepared while dK and dV run.
+        if constexpr (PREP) {
+            if (t + 1 < n_q) prepare_rows(t + 1);
+        }
+
         if (!p.deterministic) {
             // dSᵀ → the dS tile (while dK, dV run): element (query q, key 64·wg + kl) at column block wg, row q,
             // 16-bit position kl % 8 of chunk (kl / 8) ^ (q % 8). dsa[ks][e] packs queries c, c + 1 of one key.
+            if constexpr (PREP) {
+                bwd_sm90_store_ds<KS>(sDS, wg, wq, lane, dsa);
+            } else {
 #pragma unroll
-            for (int ks = 0; ks < KS; ++ks)
+                for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int i = 8 * ks + 2 * e; // accumulator register of the low half
-                    const int q = c_frag_col(i, lane), kl = 16 * wq + (lane >> 2) + 8 * c_frag_half(i);
-                    const std::uint32_t v = dsa[ks][e];
+                    for (int e = 0; e < 4; ++e) {
+                        const int i = 8 * ks + 2 * e; // accumulator register of the low half
+                        const int q = c_frag_col(i, lane), kl = 16 * wq + (lane >> 2) + 8 * c_frag_half(i);
+                        const std::uint32_t v = dsa[ks][e];
 #pragma unroll
-                    for (int hf = 0; hf < 2; ++hf) {
-                        const int qq = q + hf;
-                        const int off = wg * BM * 128 + qq * 128 + (((kl >> 3) ^ (qq & 7)) << 4) + (kl & 7) * 2;
-                        *reinterpret_cast<std::uint16_t*>(ds_bytes + off) = std::uint16_t(hf ? v >> 16 : v & 0xffffu);
+                        for (int hf = 0; hf < 2; ++hf) {
+                            const int qq = q + hf;
+                            const int off = wg * BM * 128 + qq * 128 + (((kl >> 3) ^ (qq & 7)) << 4) + (kl & 7) * 2;
+                            *reinterpret_cast<std::uint16_t*>(ds_bytes + off) = std::uint16_t(hf ? v >> 16 : v & 0xffffu);
+                        }
                     }
-                }
+            }
             bulk_wait_read(); // the previous tile's dQ rows have left this warpgroup's dQ tile
             fence_proxy_async_smem();
             __syncthreads();

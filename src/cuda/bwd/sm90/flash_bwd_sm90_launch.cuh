@@ -14,14 +14,14 @@
 
 namespace vmonarch::cuda {
 
-template <bool BF16, int D, bool HAS_DA, bool HAS_DY>
+template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
 void launch_flash_bwd_sm90_variant(const FlashBwdParams& p, void* stream, const char* what) {
-    const auto ctx = [&] { return describe_flash_bwd(p, what) + " (sm90)"; };
+    const auto ctx = [&] { return describe_flash_bwd(p, what) + (PREP ? " (sm90, cooperative, prepared)" : " (sm90)"); };
     const cudaStream_t st = static_cast<cudaStream_t>(stream);
     const unsigned sh = unsigned(p.segments * p.heads), nb = unsigned(p.batch);
     {
         using hopper::BwdSm90Shape;
-        auto kernel = hopper::flash_bwd_sm90_kernel<BF16, D, HAS_DA, HAS_DY>;
+        auto kernel = hopper::flash_bwd_sm90_kernel<BF16, D, HAS_DA, HAS_DY, PREP>;
         constexpr int smem = hopper::BwdSm90Layout<D, HAS_DA, HAS_DY>::SMEM;
         allow_smem(kernel, smem, ctx);
         const dim3 grid(unsigned((p.len_k + BwdSm90Shape::BN - 1) / BwdSm90Shape::BN), sh, nb);
@@ -39,11 +39,11 @@ void launch_flash_bwd_sm90_variant(const FlashBwdParams& p, void* stream, const 
     }
 }
 
-template <bool BF16, int D> void launch_flash_bwd_sm90_typed(const FlashBwdParams& p, void* stream, const char* what) {
+template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_typed(const FlashBwdParams& p, void* stream, const char* what) {
     const bool da = p.da.ptr != nullptr, dy = p.dy.ptr != nullptr;
-    if (da && dy) launch_flash_bwd_sm90_variant<BF16, D, true, true>(p, stream, what);
-    else if (da) launch_flash_bwd_sm90_variant<BF16, D, true, false>(p, stream, what);
-    else launch_flash_bwd_sm90_variant<BF16, D, false, true>(p, stream, what);
+    if (da && dy) launch_flash_bwd_sm90_variant<BF16, D, true, true, PREP>(p, stream, what);
+    else if (da) launch_flash_bwd_sm90_variant<BF16, D, true, false, PREP>(p, stream, what);
+    else launch_flash_bwd_sm90_variant<BF16, D, false, true, PREP>(p, stream, what);
 }
 
 } // namespace vmonarch::cuda

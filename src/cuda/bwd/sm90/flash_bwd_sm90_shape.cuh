@@ -12,7 +12,9 @@
 //   the dS tile: BM query rows × BN keys (two 64-key column blocks), the A operand of dQ = dS·K;
 //   per warpgroup a dQ tile: BM rows of 64 f32 (padded to 72 against bank conflicts), the source of the
 //   bulk reduce-add into dq;
-//   STAGES stages of the query tile's raw row operands lse, cR, drow, dent (BM floats each).
+//   STAGES stages of the query tile's raw row operands lse, cR, drow, dent (BM floats each);
+//   STAGES stages of the prepared row scalars (flash_bwd_sm90_rows.cuh: per row a float4 and a float),
+//   read by the kernels' prepared form only.
 #pragma once
 
 #include <cstdint>
@@ -44,9 +46,12 @@ template <int D, bool HAS_DA, bool HAS_DY> struct BwdSm90Layout {
     static constexpr int DQ_WG_BYTES = S::BM * S::DQ_ROW_FLOATS * 4;
     static constexpr int OFF_ROWS = OFF_DQ + 2 * DQ_WG_BYTES;
     static constexpr int ROWS_STAGE = S::ROW_SCALARS * S::BM; // floats
-    static constexpr int BYTES = OFF_ROWS + S::STAGES * ROWS_STAGE * 4;
+    static constexpr int OFF_PREP = OFF_ROWS + S::STAGES * ROWS_STAGE * 4; // 16-byte aligned
+    static constexpr int PREP_STAGE = S::BM * 16 + S::BM * 4;               // bytes: BM float4, then BM floats
+    static constexpr int BYTES = OFF_PREP + S::STAGES * PREP_STAGE;
     static constexpr int SMEM = 1024 /*alignment slack*/ + BYTES;
     static_assert(SMEM <= 227 * 1024, "sm_90 shared memory");
+    static_assert(OFF_PREP % 16 == 0 && PREP_STAGE % 16 == 0);
 };
 
 } // namespace vmonarch::cuda::hopper

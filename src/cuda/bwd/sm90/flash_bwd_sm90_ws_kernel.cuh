@@ -13,6 +13,10 @@
 // No block barrier inside the query loop: the consumers meet on named barriers only where they share the
 // dS tile (it is written once the other warpgroup has finished reading the previous one, and read once both
 // halves are written), and the producer runs ahead by up to STAGES tiles.
+// PREP (the prepared form, flash_bwd_sm90_rows.cuh): producer thread r < BM loads row r's raw operands with
+// plain loads, writes the row's prepared scalars into the stage and arrives once more on the stage's full
+// mbarrier (release; the consumers' wait acquires); the consumers form P from them (one FFMA and one ex2),
+// mask keys on the last key tile only and store dS by stmatrix.
 #pragma once
 
 #include <cstdint>
@@ -95,7 +99,7 @@ __device__ __forceinline__ void cp_async_mbar_arrive(std::uint32_t bar) {
 }
 #endif
 
-template <bool BF16, int D, bool HAS_DA, bool HAS_DY>
+template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
 __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_kernel(const FlashBwdParams p) {
 #ifdef VMONARCH_HOPPER_DEVICE
     static_assert(D == 64 || D == 128);
@@ -119,7 +123,10 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     const std::uint32_t sK = base, sV = base + L::OFF_V, sDS = base + L::OFF_DS;
     const float* const srows = reinterpret_cast<const float*>(smem_raw + (base - raw) + L::OFF_ROWS);
     const std::uint32_t srows_addr = base + L::OFF_ROWS;
-    unsigned char* const ds_bytes = smem_raw + (base - raw) + L::OFF_DS;
+    [[maybe_unused]] unsigned char* const ds_bytes = smem_raw + (base - raw) + L::OFF_DS;
+    unsigned char* const prep_bytes = smem_raw + (base - raw) + L::OFF_PREP;
+    const auto prep4_at = [&](int s) { return reinterpret_cast<float4*>(prep_bytes + s * L::PREP_STAGE); };
+    const auto prep_e_at = [&](int s) { return reinterpret_cast<float*>(prep_bytes + s * L::PREP_STAGE + BM * 16); };
     const std::uint32_t bars = base + LW::OFF_BARS;
     const auto full_bar = [&](int s) { return bars + std::uint32_t(s) * 8u; };
     const auto empty_bar = [&](int s) { return bars + std::uint32_t(STAGES + s) * 8u; };
@@ -137,7 +144,7 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     cp_async_commit();
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(full_bar(s), WS::PRODUCER_THREADS);
+            mbar_init(full_bar(s), WS::PRODUCER_THREADS + (PREP ? BM : 0));
             mbar_init(empty_bar(s), WS::CONSUMER_THREADS);
         }
         fence_barrier_init();
@@ -161,7 +168,7 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
             bwd_ws_load_rows<D, BM, WS::PRODUCER_THREADS, false>(st, qb, p.q.sr, q0, p.len_q, tid);
             if constexpr (HAS_DA) bwd_ws_load_rows<D, BM, WS::PRODUCER_THREADS, false>(st + L::OFF_DA, dab, p.da.sr, q0, p.len_q, tid);
             if constexpr (HAS_DY) bwd_ws_load_rows<D, BM, WS::PRODUCER_THREADS, false>(st + L::OFF_DY, dyb, p.dy.sr, q0, p.len_q, tid);
-            if (tid < BM) {
+            if (!PREP && tid < BM) {
                 const std::int64_t i = q0 + tid;
                 const bool ok = i < p.len_q;
                 const std::uint32_t dst = srows_addr + std::uint32_t(s * L::ROWS_STAGE + tid) * 4u;
@@ -171,6 +178,20 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
                 if (rows.dent) cp_async_4(dst + 3 * BM * 4, ok ? rows.dent + i * p.dent.sr : rows.dent, ok ? 4 : 0);
             }
             cp_async_mbar_arrive(full_bar(s));
+            if (PREP && tid < BM) {
+                const std::int64_t i = q0 + tid;
+                const bool ok = i < p.len_q;
+                const float lse = ok ? rows.lse[i * p.lse.sr] : 0.f;
+                const float rs = ok && rows.rs ? rows.rs[i * p.rs.sr] : 0.f;
+                const float drow = ok ? rows.drow[i * p.drow.sr] : 0.f;
+                const float dent = ok && rows.dent ? rows.dent[i * p.dent.sr] : 0.f;
+                float4 pr4;
+                float pe;
+                bwd_sm90_prepared_row<HAS_DA, HAS_DY>(p, lse, rs, drow, dent, ok, rows.rs != nullptr, pr4, pe);
+                prep4_at(s)[tid] = pr4;
+                prep_e_at(s)[tid] = pe;
+                mbar_arrive(full_bar(s));
+            }
         }
         cp_async_wait<0>(); // nothing in flight when the producer leaves
         return;
@@ -181,13 +202,14 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     const int cw = wg - 1;
     float* const sdq = reinterpret_cast<float*>(smem_raw + (base - raw) + L::OFF_DQ + cw * L::DQ_WG_BYTES);
     const std::uint32_t sdq_addr = base + L::OFF_DQ + std::uint32_t(cw) * L::DQ_WG_BYTES;
-    const bool has_rs = p.rs.ptr != nullptr, has_dent = p.dent.ptr != nullptr;
+    [[maybe_unused]] const bool has_rs = p.rs.ptr != nullptr, has_dent = p.dent.ptr != nullptr;
 
     // This thread's keys (rows of Sᵀ): 64·cw + 16·wq + lane/4 + 8r of the tile.
     const int krow = 64 * cw + 16 * wq + (lane >> 2);
     bool key_ok[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) key_ok[r] = k0 + krow + 8 * r < p.len_k;
+    [[maybe_unused]] const bool full_keys = k0 + BN <= p.len_k; // PREP: only the last key tile masks keys
 
     float acc_k[NA], acc_v[HAS_DY ? NA : 1];
 #pragma unroll
@@ -196,7 +218,8 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     for (int i = 0; i < (HAS_DY ? NA : 1); ++i) acc_v[i] = 0.f;
 
     // With dA, dK and dQ are accumulated divided by s and multiplied by out_s = s when added.
-    const float inv_s = HAS_DA ? 1.f / p.scale : 1.f, out_s = HAS_DA ? p.scale : 1.f;
+    [[maybe_unused]] const float inv_s = HAS_DA ? 1.f / p.scale : 1.f;
+    const float out_s = HAS_DA ? p.scale : 1.f;
     const std::uint32_t sKw = sK + std::uint32_t(cw) * 64u * 128u, sVw = sV + std::uint32_t(cw) * 64u * 128u;
 
     // The other warpgroup may write its dS half of tile 0 at once: this one reads no dS before that.
@@ -207,7 +230,9 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
         mbar_wait(full_bar(s_idx), std::uint32_t((t / STAGES) & 1));
         fence_proxy_async_smem(); // the ring's cp.async writes, now visible here, before wgmma reads them
         const std::uint32_t sQ = stage(s_idx), sDA = sQ + L::OFF_DA, sDY = sQ + L::OFF_DY;
-        const float* rv = srows + s_idx * L::ROWS_STAGE;
+        [[maybe_unused]] const float* rv = srows + s_idx * L::ROWS_STAGE;
+        [[maybe_unused]] const float4* prep4 = prep4_at(s_idx);
+        [[maybe_unused]] const float* prep_e = prep_e_at(s_idx);
 
         // Sᵀ = K_w·Qᵀ; dPᵀ = s·K_w·dAᵀ (+ V_w·dYᵀ) without the entropy term. With SPLIT each elementwise phase
         // runs while the next products are on the tensor cores:
@@ -250,64 +275,79 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
             // P → the A operand pa (s keeps the raw scores: the dS phase forms the same P again), the query
             // (column) scalars from the stage's raw row operands. Registers 4nt + {0, 1} and 4nt + {2, 3} are
             // the pairs pa[nt / 2][2·(nt % 2) + {0, 1}].
+            if constexpr (PREP) {
+                if (full_keys) bwd_sm90_prepared_p_pack<BF16, false>(s, pa, prep4, key_ok, lane);
+                else bwd_sm90_prepared_p_pack<BF16, true>(s, pa, prep4, key_ok, lane);
+            } else {
 #pragma unroll
-            for (int nt = 0; nt < NS / 4; ++nt) {
-                float pr[4];
+                for (int nt = 0; nt < NS / 4; ++nt) {
+                    float pr[4];
 #pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                    const int col = c_frag_col(4 * nt + j, lane);
-                    const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
+                    for (int j = 0; j < 2; ++j) {
+                        const int col = c_frag_col(4 * nt + j, lane);
+                        const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
 #pragma unroll
-                    for (int e = j; e < 4; e += 2) pr[e] = bwd_ws_p(s[4 * nt + e], r, key_ok[c_frag_half(e)]);
+                        for (int e = j; e < 4; e += 2) pr[e] = bwd_ws_p(s[4 * nt + e], r, key_ok[c_frag_half(e)]);
+                    }
+                    pa[nt >> 1][2 * (nt & 1)] = pack2<BF16>(pr[0], pr[1]);
+                    pa[nt >> 1][2 * (nt & 1) + 1] = pack2<BF16>(pr[2], pr[3]);
                 }
-                pa[nt >> 1][2 * (nt & 1)] = pack2<BF16>(pr[0], pr[1]);
-                pa[nt >> 1][2 * (nt & 1) + 1] = pack2<BF16>(pr[2], pr[3]);
             }
             bwd_ws_issue_p_products<BF16, D, HAS_DA, HAS_DY>(acc_k, acc_v, pa, sDA, sDY);
             wgmma_wait<1>(); // dPᵀ
             bwd_sm90_fence(dp);
-            if constexpr (HAS_DA && !HAS_DY) {
+            if constexpr (HAS_DA && !HAS_DY && !PREP) { // PREP: the prepared scalars carry the 1/s
 #pragma unroll
                 for (int i = 0; i < NS; ++i) dp[i] *= p.scale;
             }
 
-            // dS (in dp), bwd_ds forming P as above.
+            // dS (in dp; PREP: dS' = dS/s with dA), P formed as above.
+            if constexpr (PREP) {
+                if (!full_keys) bwd_sm90_prepared_ds_only<true, true>(s, dp, prep4, prep_e, key_ok, lane);
+                else bwd_sm90_prepared_ds_only<false, true>(s, dp, prep4, prep_e, key_ok, lane);
+            } else {
 #pragma unroll
-            for (int nt = 0; nt < NS / 4; ++nt)
+                for (int nt = 0; nt < NS / 4; ++nt)
 #pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                    const int col = c_frag_col(4 * nt + j, lane);
-                    const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
+                    for (int j = 0; j < 2; ++j) {
+                        const int col = c_frag_col(4 * nt + j, lane);
+                        const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
 #pragma unroll
-                    for (int e = j; e < 4; e += 2) {
-                        float pr;
-                        dp[4 * nt + e] = bwd_ds(s[4 * nt + e], dp[4 * nt + e], r, key_ok[c_frag_half(e)], pr);
+                        for (int e = j; e < 4; e += 2) {
+                            float pr;
+                            dp[4 * nt + e] = bwd_ds(s[4 * nt + e], dp[4 * nt + e], r, key_ok[c_frag_half(e)], pr);
+                        }
                     }
-                }
+            }
         } else {
             // Both values at d = 128: no registers for P and the raw scores at once; P and dS in one pass.
             wgmma_wait<0>();
             bwd_sm90_fence(s);
             bwd_sm90_fence(dp);
+            if constexpr (PREP) {
+                if (!full_keys) bwd_sm90_prepared_p_ds<true, true>(s, dp, prep4, prep_e, key_ok, lane);
+                else bwd_sm90_prepared_p_ds<false, true>(s, dp, prep4, prep_e, key_ok, lane);
+            } else {
 #pragma unroll
-            for (int nt = 0; nt < NS / 4; ++nt)
+                for (int nt = 0; nt < NS / 4; ++nt)
 #pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                    const int col = c_frag_col(4 * nt + j, lane);
-                    const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
+                    for (int j = 0; j < 2; ++j) {
+                        const int col = c_frag_col(4 * nt + j, lane);
+                        const FlashBwdRowScalars r = bwd_sm90_row_scalars(p, rv, col, std::int64_t(t) * BM + col, has_rs, has_dent);
 #pragma unroll
-                    for (int e = j; e < 4; e += 2) {
-                        float pr;
-                        dp[4 * nt + e] = bwd_ds(s[4 * nt + e], dp[4 * nt + e], r, key_ok[c_frag_half(e)], pr);
-                        s[4 * nt + e] = pr;
+                        for (int e = j; e < 4; e += 2) {
+                            float pr;
+                            dp[4 * nt + e] = bwd_ds(s[4 * nt + e], dp[4 * nt + e], r, key_ok[c_frag_half(e)], pr);
+                            s[4 * nt + e] = pr;
+                        }
                     }
-                }
+            }
             pack_c_to_a<BF16, KS>(s, pa);
             bwd_ws_issue_p_products<BF16, D, HAS_DA, HAS_DY>(acc_k, acc_v, pa, sDA, sDY);
         }
 
         // dK' += (dS/s)ᵀ·Q.
-        if constexpr (HAS_DA) {
+        if constexpr (HAS_DA && !PREP) {
 #pragma unroll
             for (int i = 0; i < NS; ++i) dp[i] *= inv_s;
         }
@@ -321,20 +361,24 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
             // The other warpgroup's dQ of the previous tile has read the dS tile: write this warpgroup's half
             // (element (query q, key 64·cw + kl) at column block cw, row q, chunk (kl / 8) ^ (q % 8)).
             named_bar_sync(WS::BAR_DS_FREE + (1 - cw), WS::CONSUMER_THREADS);
+            if constexpr (PREP) {
+                bwd_sm90_store_ds<KS>(sDS, cw, wq, lane, dsa);
+            } else {
 #pragma unroll
-            for (int ks = 0; ks < KS; ++ks)
+                for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int i = 8 * ks + 2 * e;
-                    const int q = c_frag_col(i, lane), kl = 16 * wq + (lane >> 2) + 8 * c_frag_half(i);
-                    const std::uint32_t v = dsa[ks][e];
+                    for (int e = 0; e < 4; ++e) {
+                        const int i = 8 * ks + 2 * e;
+                        const int q = c_frag_col(i, lane), kl = 16 * wq + (lane >> 2) + 8 * c_frag_half(i);
+                        const std::uint32_t v = dsa[ks][e];
 #pragma unroll
-                    for (int hf = 0; hf < 2; ++hf) {
-                        const int qq = q + hf;
-                        const int off = cw * BM * 128 + qq * 128 + (((kl >> 3) ^ (qq & 7)) << 4) + (kl & 7) * 2;
-                        *reinterpret_cast<std::uint16_t*>(ds_bytes + off) = std::uint16_t(hf ? v >> 16 : v & 0xffffu);
+                        for (int hf = 0; hf < 2; ++hf) {
+                            const int qq = q + hf;
+                            const int off = cw * BM * 128 + qq * 128 + (((kl >> 3) ^ (qq & 7)) << 4) + (kl & 7) * 2;
+                            *reinterpret_cast<std::uint16_t*>(ds_bytes + off) = std::uint16_t(hf ? v >> 16 : v & 0xffffu);
+                        }
                     }
-                }
+            }
             bulk_wait_read(); // the previous tile's dQ rows have left this warpgroup's dQ tile
             fence_proxy_async_smem();
             named_bar_sync(WS::BAR_DS_READY, WS::CONSUMER_THREADS);

@@ -14,14 +14,14 @@
 
 namespace vmonarch::cuda {
 
-template <bool BF16, int D, bool HAS_DA, bool HAS_DY>
+template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
 void launch_flash_bwd_sm90_ws_variant(const FlashBwdParams& p, void* stream, const char* what) {
-    const auto ctx = [&] { return describe_flash_bwd(p, what) + " (sm90, specialized)"; };
+    const auto ctx = [&] { return describe_flash_bwd(p, what) + (PREP ? " (sm90, specialized, prepared)" : " (sm90, specialized)"); };
     const cudaStream_t st = static_cast<cudaStream_t>(stream);
     const unsigned sh = unsigned(p.segments * p.heads), nb = unsigned(p.batch);
     {
         using hopper::BwdSm90WsShape;
-        auto kernel = hopper::flash_bwd_sm90_ws_kernel<BF16, D, HAS_DA, HAS_DY>;
+        auto kernel = hopper::flash_bwd_sm90_ws_kernel<BF16, D, HAS_DA, HAS_DY, PREP>;
         constexpr int smem = hopper::BwdSm90WsLayout<D, HAS_DA, HAS_DY>::SMEM;
         allow_smem(kernel, smem, ctx);
         const dim3 grid(unsigned((p.len_k + hopper::BwdSm90Shape::BN - 1) / hopper::BwdSm90Shape::BN), sh, nb);
@@ -39,11 +39,11 @@ void launch_flash_bwd_sm90_ws_variant(const FlashBwdParams& p, void* stream, con
     }
 }
 
-template <bool BF16, int D> void launch_flash_bwd_sm90_ws_typed(const FlashBwdParams& p, void* stream, const char* what) {
+template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_ws_typed(const FlashBwdParams& p, void* stream, const char* what) {
     const bool da = p.da.ptr != nullptr, dy = p.dy.ptr != nullptr;
-    if (da && dy) launch_flash_bwd_sm90_ws_variant<BF16, D, true, true>(p, stream, what);
-    else if (da) launch_flash_bwd_sm90_ws_variant<BF16, D, true, false>(p, stream, what);
-    else launch_flash_bwd_sm90_ws_variant<BF16, D, false, true>(p, stream, what);
+    if (da && dy) launch_flash_bwd_sm90_ws_variant<BF16, D, true, true, PREP>(p, stream, what);
+    else if (da) launch_flash_bwd_sm90_ws_variant<BF16, D, true, false, PREP>(p, stream, what);
+    else launch_flash_bwd_sm90_ws_variant<BF16, D, false, true, PREP>(p, stream, what);
 }
 
 } // namespace vmonarch::cuda

@@ -1,0 +1,7 @@
+// The Hopper flash backward's specialized-schedule instances in the prepared form (flash_bwd_sm90_rows.cuh)
+// for bf16, head dim 64 (one file per group: they compile in parallel).
+#include "cuda/bwd/sm90/flash_bwd_sm90_ws_launch.cuh"
+
+namespace vmonarch::cuda {
+template void launch_flash_bwd_sm90_ws_typed<true, 64, true>(const FlashBwdParams&, void*, const char*);
+} // namespace vmonarch::cuda
