@@ -1,4 +1,4 @@
-// backward_plan_bench [--json FILE] [--rounds R] [--reps N] [--small]: the whole CUDA backward (spec §7) from C++
+// backward_plan_bench [--json FILE] [--rounds R] [--reps N] [--small] [--lstep-kernels]: the whole CUDA backward (spec §7) from C++
 // at 16×28×52×12h and 24×44×80×40h (bf16, d 128, batch 1, BSHD, t = 2, frame-0 recompute on), lean and saved
 // mode, paper gradient (and, in the first round, the saved mode's exact gradient and deterministic mode), under
 // VMONARCH_BACKWARD_SCHEDULE=serial and =concurrent in alternating rounds (the same process), through the public
@@ -6,6 +6,8 @@
 // alone on one stream, their sum, and the plan's run on one stream for comparison with the overlapped whole.
 // CUDA-event medians after warm-up; the time does not depend on the values. Prints a table naming the card and
 // writes JSON. cuDNN's backward comes from bench/backward_bench.py (Python, torch SDPA).
+// --lstep-kernels instead compares the two L-step backward kernels (VMONARCH_LSTEP_BWD=cuda-cores and
+// =tensor-cores, alternating, the default schedule): the whole backward (saved and lean) and the L-step stages alone.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -61,15 +63,16 @@ void set_schedule(vmonarch::cuda::BackwardSchedule s) { setenv("VMONARCH_BACKWAR
 int main(int argc, char** argv) {
     std::string json_path = "backward_plan_bench.json";
     int rounds = 2, reps = 7;
-    bool small_only = false;
+    bool small_only = false, lstep_kernels = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--json" && i + 1 < argc) json_path = argv[++i];
         else if (a == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
         else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
         else if (a == "--small") small_only = true;
+        else if (a == "--lstep-kernels") lstep_kernels = true;
         else {
-            std::fprintf(stderr, "usage: backward_plan_bench [--json FILE] [--rounds R] [--reps N] [--small]\n");
+            std::fprintf(stderr, "usage: backward_plan_bench [--json FILE] [--rounds R] [--reps N] [--small] [--lstep-kernels]\n");
             return 2;
         }
     }
@@ -118,6 +121,47 @@ int main(int argc, char** argv) {
         vmonarch::attention_training(qv, kv, vv, ov, lv, g, opt, state);
         check(cudaDeviceSynchronize(), "training forward");
         const int warm = 2;
+
+        if (lstep_kernels) { // the two L-step backward kernels, alternating, whole and stages alone
+            const char* kernels[2] = {"cuda-cores", "tensor-cores"};
+            for (int round = 0; round < rounds; ++round)
+                for (const bool saved : {true, false})
+                    for (const char* kern : kernels) {
+                        setenv("VMONARCH_LSTEP_BWD", kern, 1);
+                        vmonarch::BackwardOptions bo;
+                        bo.saved = saved ? &state : nullptr;
+                        const double ms = time_ms(
+                            [&] { vmonarch::attention_backward(qv, kv, vv, ov, lv, dov, dqv, dkv, dvv, g, opt, nullptr, bo); },
+                            warm, reps);
+                        add(s.name, std::string("backward, ") + (saved ? "saved" : "lean") + " (round " + std::to_string(round + 1) + ")",
+                            kern, ms);
+                    }
+            vmonarch::detail::BackwardProblem p;
+            static_cast<vmonarch::detail::MonarchProblem&>(p) =
+                vmonarch::detail::check_monarch("backward_plan_bench", qv, kv, vv, ov, g, opt, &lv);
+            p.dout = dov, p.dq = dqv, p.dk = dkv, p.dv = dvv;
+            p.saved = state.data();
+            const BackwardSchedule sch = BackwardSchedule::serial;
+            const vmonarch::cuda::BackwardWorkspaceLayout w = vmonarch::cuda::backward_workspace_layout(p, sch);
+            void* ws = nullptr;
+            check(cudaMalloc(&ws, w.total), "malloc workspace");
+            const vmonarch::cuda::BackwardPlan plan(p, ws, sch);
+            plan.run(nullptr);
+            check(cudaDeviceSynchronize(), "plan");
+            for (const vmonarch::cuda::BackwardStage& st : plan.stages()) {
+                if (st.name.rfind("L-step", 0) != 0) continue;
+                for (const char* kern : kernels) {
+                    setenv("VMONARCH_LSTEP_BWD", kern, 1);
+                    add(s.name, "saved: " + st.name, kern, time_ms([&] { st.launch(nullptr); }, warm, reps));
+                }
+            }
+            check(cudaDeviceSynchronize(), "L-step stages");
+            cudaFree(ws);
+            unsetenv("VMONARCH_LSTEP_BWD");
+            for (std::uint16_t* ptr : {q, k, v, o, dout, dq, dk, dv}) cudaFree(ptr);
+            cudaFree(lse);
+            continue;
+        }
 
         // The whole backward through the public entry point, schedules alternating.
         struct Mode {

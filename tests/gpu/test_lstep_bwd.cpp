@@ -1,21 +1,36 @@
-// The L-step backward kernel (launch_lstep_bwd, spec §7 steps 3, 4, 6) on its own, against an f64
-// computation of the documented formulas written here, on the same rounded inputs: the last L-step (dO set)
-// and the earlier ones (daR set, the clamp rule on cR), with and without the exact gradient's dcL, dQ
-// accumulated onto nonzero values, strided views, awkward T, HW, batch and heads.
+// The L-step backward kernels (launch_lstep_bwd_with, spec §7 steps 3, 4, 6) on their own, the tensor-core one
+// (T ≤ 48) and the CUDA-core one, against an f64 computation of the documented formulas written here, on the
+// same rounded inputs: the last L-step (dO set) and the earlier ones (daR set, the clamp rule on cR), with and
+// without the exact gradient's dcL, dQ accumulated onto nonzero values, strided views, awkward T, HW, batch
+// and heads, exact key groups (sink frames, temporal windows, the merged last step), bitwise repeatability.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <sstream>
 
 #include "cuda/bwd/backward_params.hpp"
+#include "cuda/bwd/lstep_bwd.hpp"
 #include "gpu_test_util.hpp"
 
 namespace gputest {
 namespace {
 
+using vmonarch::cuda::LStepBwdKernel;
 using vmonarch::cuda::LStepBwdParams;
 using vmonarch::cuda::RowView;
+
+const char* kernel_name(LStepBwdKernel k) {
+    return k == LStepBwdKernel::tensor_cores ? "tensor cores" : k == LStepBwdKernel::cuda_cores ? "CUDA cores" : "automatic";
+}
+
+// The kernels that take T frames: both for T ≤ 48, the CUDA-core one beyond.
+std::vector<LStepBwdKernel> kernels_for(std::int64_t T) {
+    if (T <= vmonarch::cuda::lstep_bwd_tensor_core_max_frames()) return {LStepBwdKernel::tensor_cores, LStepBwdKernel::cuda_cores};
+    return {LStepBwdKernel::cuda_cores};
+}
 
 struct BwdCase {
     DType dtype;
@@ -137,10 +152,26 @@ void expect_close(const char* what, const std::vector<double>& got, const std::v
     std::printf("    %-8s rel L2 %.3e\n", what, err);
 }
 
+// What a run adds to the case: the kernel, the last step's frame-0 and stored-dq options, exact key groups.
+struct RunOptions {
+    LStepBwdKernel kernel = LStepBwdKernel::automatic;
+    bool zero_frame0 = false, overwrite = false;
+    std::int64_t sink = 0, window = -1; // spec §3b: key frame k exact for query frame i when k < sink or |i − k| <= window
+    bool merged = false;                // last: L = exp(z − lse_i) with a given merged lse
+};
+
+struct GpuResult {
+    std::vector<double> dq, da, dc, drow_r, dy;
+};
+
 // One L-step backward on the GPU against the formulas of spec §7 in f64.
 // zero_frame0 / overwrite (last only): the kernel must read frame 0's dO and D as 0 (the device holds nonzero
 // values there, the reference zeros) and store dq instead of adding to its nonzero initial values.
-void run_case(const BwdCase& c, bool last, std::uint64_t seed, bool zero_frame0 = false, bool overwrite = false) {
+// Exact key groups: the device holds NaN in the a, c, y, ar, cr rows of key frames no query frame fits (they
+// must not be read), the reference zeros; z = −inf at exact (i, k), a row without keys has L = 0.
+void run_case(const BwdCase& c, bool last, std::uint64_t seed, const RunOptions& o = {}, GpuResult* out = nullptr) {
+    const bool zero_frame0 = o.zero_frame0, overwrite = o.overwrite;
+    SCOPED_TRACE(kernel_name(o.kernel));
     const int d = c.d;
     const std::int64_t T = c.T, HW = c.HW;
     const float clamp = 0.1f;
@@ -149,17 +180,41 @@ void run_case(const BwdCase& c, bool last, std::uint64_t seed, bool zero_frame0 
     Rows ar(c, d, Store::half_bshd), cr(c, 1, Store::f32_scalar_transposed), dar(c, d, Store::f32_bhsd);
     Rows dq(c, d, Store::f32_bhsd), da(c, d, Store::half_bshd), dy(c, d, Store::half_bshd);
     Rows dc(c, 1, Store::f32_scalar_transposed), drow_r(c, 1, Store::f32_scalar_transposed);
+    Rows mlse(c, 1, Store::f32_scalar_transposed);
     const std::size_t nv = std::size_t(q.count()), ns = std::size_t(cl.count());
+    const auto exact = [&](std::int64_t i, std::int64_t k) { return k < o.sink || (o.window >= 0 && std::llabs(i - k) <= o.window); };
+    const auto fitted = [&](std::int64_t k) {
+        for (std::int64_t i = 0; i < T; ++i)
+            if (!exact(i, k)) return true;
+        return false;
+    };
+    // Logical values with NaN in the rows of unfitted key frames (what the device gets), and the reference's zeros.
+    const auto unfitted_nan = [&](std::vector<double> v, int width) {
+        for (int b = 0; b < c.B; ++b)
+            for (int h = 0; h < c.H; ++h)
+                for (std::int64_t f = 0; f < T; ++f)
+                    if (!fitted(f))
+                        for (std::int64_t jj = 0; jj < HW; ++jj)
+                            for (int e = 0; e < width; ++e)
+                                v[std::size_t((((std::int64_t(b) * c.H + h) * T + f) * HW + jj) * width + e)] = std::nan("");
+        return v;
+    };
+    const auto unfitted_zero = [&](Rows& r) {
+        for (std::size_t n = 0; n < r.values.size(); ++n)
+            if (std::isnan(r.values[n])) r.values[n] = 0.0;
+    };
 
     // z = ⟨Q, aL⟩ − cL of a few units; cL ≤ 0 like a negative entropy.
     q.set(random_normal(nv, seed + 1, 1.0));
-    a.set(random_normal(nv, seed + 2, 2.0 / std::sqrt(double(d))));
+    a.set(unfitted_nan(random_normal(nv, seed + 2, 2.0 / std::sqrt(double(d))), d));
+    unfitted_zero(a);
     {
         std::mt19937_64 gen(seed + 3);
         std::uniform_real_distribution<double> ud(-6.0, 0.0);
         std::vector<double> v(ns);
         for (auto& x : v) x = ud(gen);
-        cl.set(v);
+        cl.set(unfitted_nan(v, 1));
+        unfitted_zero(cl);
     }
     dq.set(random_normal(nv, seed + 4, 0.7)); // accumulated onto
     const std::vector<double> dq0 = dq.values;
@@ -167,7 +222,8 @@ void run_case(const BwdCase& c, bool last, std::uint64_t seed, bool zero_frame0 
     dc.poison();
     drow_r.poison();
     if (last) {
-        y.set(random_normal(nv, seed + 5, 0.5));
+        y.set(unfitted_nan(random_normal(nv, seed + 5, 0.5), d));
+        unfitted_zero(y);
         dout.set(random_normal(nv, seed + 6, 1.0));
         drow.set(random_normal(ns, seed + 7, 1.0));
         dy.poison();
@@ -179,7 +235,8 @@ void run_case(const BwdCase& c, bool last, std::uint64_t seed, bool zero_frame0 
                         drow.values[drow.li(b, h, 0, j)] = 0.0;
                     }
     } else {
-        ar.set(random_normal(nv, seed + 8, 0.8));
+        ar.set(unfitted_nan(random_normal(nv, seed + 8, 0.8), d));
+        unfitted_zero(ar);
         dar.set(random_normal(nv, seed + 9, 0.3));
         // cR: clamped (below the clamp, and exactly at it: zero gradient) and free values.
         std::mt19937_64 gen(seed + 10);
@@ -189,7 +246,35 @@ void run_case(const BwdCase& c, bool last, std::uint64_t seed, bool zero_frame0 
             const int kind = int(n % 5);
             v[n] = kind == 0 ? double(clamp) : kind == 1 ? 0.03 : kind == 2 ? double(clamp) * 1.0001 : ud(gen);
         }
-        cr.set(v);
+        cr.set(unfitted_nan(v, 1));
+        unfitted_zero(cr);
+    }
+    // z[i][k] = ⟨Q_i, aL_k⟩ − cL_k, −inf where k is exact for i (f64, on the rounded inputs).
+    const auto logits = [&](int b, int h, std::int64_t j, std::vector<double>& z) {
+        for (std::int64_t i = 0; i < T; ++i)
+            for (std::int64_t k = 0; k < T; ++k)
+                z[std::size_t(i * T + k)] = exact(i, k) ? -INFINITY
+                                                        : dot(q.values.data() + q.li(b, h, i, j), a.values.data() + a.li(b, h, k, j), d) -
+                                                              cl.values[cl.li(b, h, k, j)];
+    };
+    if (o.merged) { // the merged lse: the Monarch row's logsumexp plus up to 1.5 (an exact group's share), some −inf
+        std::mt19937_64 gen(seed + 11);
+        std::uniform_real_distribution<double> ud(0.0, 1.5);
+        std::vector<double> v(ns), z(std::size_t(T * T));
+        for (int b = 0; b < c.B; ++b)
+            for (int h = 0; h < c.H; ++h)
+                for (std::int64_t j = 0; j < HW; ++j) {
+                    logits(b, h, j, z);
+                    for (std::int64_t i = 0; i < T; ++i) {
+                        double mx = -INFINITY, sum = 0;
+                        for (std::int64_t k = 0; k < T; ++k) mx = std::max(mx, z[std::size_t(i * T + k)]);
+                        if (mx != -INFINITY)
+                            for (std::int64_t k = 0; k < T; ++k) sum += std::exp(z[std::size_t(i * T + k)] - mx);
+                        const std::size_t n = mlse.li(b, h, i, j);
+                        v[n] = mx == -INFINITY || n % 7 == 3 ? -INFINITY : mx + std::log(sum) + ud(gen);
+                    }
+                }
+        mlse.set(v);
     }
 
     LStepBwdParams p;
@@ -207,7 +292,10 @@ void run_case(const BwdCase& c, bool last, std::uint64_t seed, bool zero_frame0 
     p.frames = T; p.positions = HW; p.heads = c.H; p.batch = c.B;
     p.zero_frame0 = zero_frame0;
     p.dq_overwrite = overwrite;
-    vmonarch::cuda::launch_lstep_bwd(p, nullptr, last ? "test L-step backward (last)" : "test L-step backward (earlier)");
+    p.sink_frames = o.sink;
+    p.window_radius = o.window;
+    if (o.merged) p.merged_lse = mlse.view;
+    vmonarch::cuda::launch_lstep_bwd_with(p, o.kernel, nullptr, last ? "test L-step backward (last)" : "test L-step backward (earlier)");
     CUDA_OK(cudaDeviceSynchronize());
     const auto g_dq = dq.read(), g_da = da.read(), g_dc = dc.read(), g_drow_r = drow_r.read();
     const auto g_dy = last ? dy.read() : std::vector<double>();
@@ -222,15 +310,23 @@ void run_case(const BwdCase& c, bool last, std::uint64_t seed, bool zero_frame0 
             for (std::int64_t j = 0; j < HW; ++j) {
                 auto vec = [&](const Rows& r, std::int64_t f) { return r.values.data() + r.li(b, h, f, j); };
                 auto sc = [&](const Rows& r, std::int64_t f) { return r.values[r.li(b, h, f, j)]; };
+                logits(b, h, j, L);
                 for (std::int64_t i = 0; i < T; ++i) {
+                    double* Li = L.data() + i * T;
+                    if (o.merged) { // L = exp(min(z − lse_i, 0)), 0 where lse_i = −inf
+                        const double lse = sc(mlse, i);
+                        for (std::int64_t k = 0; k < T; ++k) Li[k] = lse == -INFINITY ? 0.0 : std::exp(std::min(Li[k] - lse, 0.0));
+                        continue;
+                    }
                     double mx = -INFINITY;
-                    for (std::int64_t k = 0; k < T; ++k) {
-                        L[i * T + k] = dot(vec(q, i), vec(a, k), d) - sc(cl, k);
-                        mx = std::max(mx, L[i * T + k]);
+                    for (std::int64_t k = 0; k < T; ++k) mx = std::max(mx, Li[k]);
+                    if (mx == -INFINITY) { // every key frame exact
+                        for (std::int64_t k = 0; k < T; ++k) Li[k] = 0.0;
+                        continue;
                     }
                     double sum = 0;
-                    for (std::int64_t k = 0; k < T; ++k) sum += (L[i * T + k] = std::exp(L[i * T + k] - mx));
-                    for (std::int64_t k = 0; k < T; ++k) L[i * T + k] /= sum;
+                    for (std::int64_t k = 0; k < T; ++k) sum += (Li[k] = std::exp(Li[k] - mx));
+                    for (std::int64_t k = 0; k < T; ++k) Li[k] /= sum;
                 }
                 if (last) {
                     for (std::int64_t k = 0; k < T; ++k) {
@@ -244,8 +340,8 @@ void run_case(const BwdCase& c, bool last, std::uint64_t seed, bool zero_frame0 
                 } else {
                     for (std::int64_t k = 0; k < T; ++k) {
                         const double crk = sc(cr, k);
-                        clamped_rows += !(crk > double(clamp));
-                        dcr[std::size_t(k)] = crk > double(clamp) ? -dot(vec(ar, k), vec(dar, k), d) / crk : 0.0;
+                        clamped_rows += fitted(k) && !(crk > double(clamp));
+                        dcr[std::size_t(k)] = fitted(k) && crk > double(clamp) ? -dot(vec(ar, k), vec(dar, k), d) / crk : 0.0;
                     }
                     for (std::int64_t i = 0; i < T; ++i) {
                         double dl_mean = 0;
@@ -271,14 +367,16 @@ void run_case(const BwdCase& c, bool last, std::uint64_t seed, bool zero_frame0 
                         for (int e = 0; e < d; ++e) o[e] += dz[i * T + k] * vec(q, i)[e];
                     }
                     const std::size_t s = cl.li(b, h, k, j);
-                    r_dc[s] = -colsum;
+                    r_dc[s] = fitted(k) ? -colsum : 0.0;
                     // D_R from the GPU's rounded daL and dY (the values the R-step backward reads).
-                    r_drow_r[s] = dot(g_da.data() + a.li(b, h, k, j), vec(a, k), d) + (c.with_dc ? -colsum * sc(cl, k) : 0.0) +
+                    r_drow_r[s] = dot(g_da.data() + a.li(b, h, k, j), vec(a, k), d) + (c.with_dc ? r_dc[s] * sc(cl, k) : 0.0) +
                                   (last ? dot(g_dy.data() + y.li(b, h, k, j), vec(y, k), d) : 0.0);
                 }
             }
     for (std::size_t n = 0; n < nv; ++n) g_ddq[n] = overwrite ? g_dq[n] : g_dq[n] - dq0[n];
-    if (!last) {
+    bool any_fitted = false;
+    for (std::int64_t k = 0; k < T; ++k) any_fitted = any_fitted || fitted(k);
+    if (!last && any_fitted) {
         EXPECT_GT(clamped_rows, 0u) << "the case should have clamped cR rows";
     }
 
@@ -293,24 +391,77 @@ void run_case(const BwdCase& c, bool last, std::uint64_t seed, bool zero_frame0 
         EXPECT_EQ(count_nonfinite(g_dc), g_dc.size()) << "dc must not be written when it is null";
     }
     expect_close("drow_r", g_drow_r, r_drow_r, 1e-3, 1e-4, 1e-4);
+    if (out != nullptr) *out = {g_dq, g_da, g_dc, g_drow_r, g_dy};
+}
+
+void run_kernels(const BwdCase& c, bool last, std::uint64_t seed, RunOptions o = {}) {
+    for (const LStepBwdKernel k : kernels_for(c.T)) {
+        o.kernel = k;
+        run_case(c, last, seed, o);
+    }
 }
 
 class LStepBwd : public ::testing::TestWithParam<BwdCase> {};
 
 TEST_P(LStepBwd, LastMatchesFormulas) {
     REQUIRE_GPU();
-    run_case(GetParam(), true, 1000);
+    run_kernels(GetParam(), true, 1000);
 }
 
 TEST_P(LStepBwd, EarlierMatchesFormulas) {
     REQUIRE_GPU();
-    run_case(GetParam(), false, 2000);
+    run_kernels(GetParam(), false, 2000);
 }
 
 // The frame-0 recompute's masking read in place (frame 0's dO and D as 0) and dq stored, not added into.
 TEST_P(LStepBwd, LastZeroFrame0AndStoredDq) {
     REQUIRE_GPU();
-    run_case(GetParam(), true, 3000, true, true);
+    RunOptions o;
+    o.zero_frame0 = o.overwrite = true;
+    run_kernels(GetParam(), true, 3000, o);
+}
+
+// Exact key groups (spec §3b): one sink frame, a temporal window of radius 1, both; the last step also merged
+// (L = exp(z − lse) with the merged lse), as the exact-group forward leaves it.
+TEST_P(LStepBwd, ExactKeyGroups) {
+    REQUIRE_GPU();
+    const BwdCase& c = GetParam();
+    struct Groups {
+        std::int64_t sink, window;
+    };
+    for (const Groups gr : {Groups{1, -1}, Groups{0, 1}, Groups{1, 1}}) {
+        if (gr.sink >= c.T && gr.window < 0) continue; // every frame a sink: nothing left to the L-step
+        SCOPED_TRACE("sink " + std::to_string(gr.sink) + ", window " + std::to_string(gr.window));
+        RunOptions o;
+        o.sink = gr.sink;
+        o.window = gr.window;
+        run_kernels(c, false, 5000, o);
+        o.merged = true;
+        run_kernels(c, true, 6000, o);
+        o.zero_frame0 = true;
+        run_kernels(c, true, 7000, o);
+    }
+}
+
+// The same launch twice gives the same bits (no atomics, a fixed order of accumulation).
+TEST_P(LStepBwd, BitwiseRepeatable) {
+    REQUIRE_GPU();
+    for (const LStepBwdKernel k : kernels_for(GetParam().T)) {
+        for (const bool last : {true, false}) {
+            RunOptions o;
+            o.kernel = k;
+            o.overwrite = last;
+            o.zero_frame0 = last;
+            GpuResult r1, r2;
+            run_case(GetParam(), last, 8000, o, &r1);
+            run_case(GetParam(), last, 8000, o, &r2);
+            ASSERT_EQ(r1.dq.size(), r2.dq.size());
+            EXPECT_EQ(std::memcmp(r1.dq.data(), r2.dq.data(), r1.dq.size() * sizeof(double)), 0) << kernel_name(k);
+            EXPECT_EQ(std::memcmp(r1.da.data(), r2.da.data(), r1.da.size() * sizeof(double)), 0) << kernel_name(k);
+            EXPECT_EQ(std::memcmp(r1.drow_r.data(), r2.drow_r.data(), r1.drow_r.size() * sizeof(double)), 0) << kernel_name(k);
+            if (last) EXPECT_EQ(std::memcmp(r1.dy.data(), r2.dy.data(), r1.dy.size() * sizeof(double)), 0) << kernel_name(k);
+        }
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -329,8 +480,11 @@ TEST(LStepBwdLimits, LargestForwardClip) {
     for (int d : {64, 128}) {
         const std::int64_t T = vmonarch::cuda::lstep_max_frames(d);
         const BwdCase c{d == 64 ? DType::bf16 : DType::f16, d, T, 2, 1, 1, true};
-        run_case(c, true, 3000 + d);
-        run_case(c, false, 4000 + d);
+        run_kernels(c, true, 3000 + d);
+        run_kernels(c, false, 4000 + d);
+        const BwdCase c48{d == 64 ? DType::f16 : DType::bf16, d, vmonarch::cuda::lstep_bwd_tensor_core_max_frames(), 3, 1, 1, true};
+        run_kernels(c48, true, 3100 + d);
+        run_kernels(c48, false, 4100 + d);
     }
 }
 
@@ -361,6 +515,40 @@ TEST(LStepBwdLimits, BadConfigurationThrows) {
     p.dar = RowView{};
     p.q.sr = 3;
     EXPECT_NE(message(p).find("'q' is not 16-byte aligned"), std::string::npos) << message(p);
+}
+
+// The tensor-core kernel named explicitly for a clip longer than it takes, and a bad VMONARCH_LSTEP_BWD, are
+// CudaErrors naming the limit and the value.
+TEST(LStepBwdLimits, KernelChoiceErrors) {
+    REQUIRE_GPU();
+    DeviceBuffer buf(1 << 20);
+    LStepBwdParams p;
+    p.head_dim = 64;
+    p.frames = vmonarch::cuda::lstep_bwd_tensor_core_max_frames() + 1;
+    p.positions = 1;
+    p.q = p.a = p.c = p.dq = p.da = p.drow_r = p.y = p.dout = p.drow = p.dy = RowView{buf.get(), 0, 0, 0, 0};
+    try {
+        vmonarch::cuda::launch_lstep_bwd_with(p, LStepBwdKernel::tensor_cores, nullptr, "test");
+        ADD_FAILURE() << "no error for T = " << p.frames << " on tensor cores";
+    } catch (const vmonarch::CudaError& e) {
+        EXPECT_NE(std::string(e.what()).find("exceed the tensor-core"), std::string::npos) << e.what();
+    }
+    const char* old = std::getenv("VMONARCH_LSTEP_BWD");
+    const std::string saved = old != nullptr ? old : "";
+    setenv("VMONARCH_LSTEP_BWD", "fastest", 1);
+    try {
+        vmonarch::cuda::lstep_bwd_kernel_from_env();
+        ADD_FAILURE() << "no error for VMONARCH_LSTEP_BWD=fastest";
+    } catch (const vmonarch::CudaError& e) {
+        EXPECT_NE(std::string(e.what()).find("VMONARCH_LSTEP_BWD is 'fastest'"), std::string::npos) << e.what();
+    }
+    setenv("VMONARCH_LSTEP_BWD", "cuda-cores", 1);
+    EXPECT_EQ(vmonarch::cuda::lstep_bwd_kernel_from_env(), LStepBwdKernel::cuda_cores);
+    setenv("VMONARCH_LSTEP_BWD", "tensor-cores", 1);
+    EXPECT_EQ(vmonarch::cuda::lstep_bwd_kernel_from_env(), LStepBwdKernel::tensor_cores);
+    unsetenv("VMONARCH_LSTEP_BWD");
+    EXPECT_EQ(vmonarch::cuda::lstep_bwd_kernel_from_env(), LStepBwdKernel::automatic);
+    if (old != nullptr) setenv("VMONARCH_LSTEP_BWD", saved.c_str(), 1);
 }
 
 } // namespace

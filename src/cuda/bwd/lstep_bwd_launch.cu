@@ -2,8 +2,11 @@
 // (dtype, head dim, last/earlier) instantiation of lstep_bwd_kernel.cuh, one block per (position, head, batch).
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <sstream>
 
+#include "cuda/bwd/lstep_bwd.hpp"
 #include "cuda/bwd/lstep_bwd_kernel.cuh"
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/lstep/lstep_fallback_kernel.cuh"
@@ -67,7 +70,20 @@ void launch_dtype(const LStepBwdParams& p, bool last, cudaStream_t stream, const
 
 } // namespace
 
+LStepBwdKernel lstep_bwd_kernel_from_env() {
+    const char* env = std::getenv("VMONARCH_LSTEP_BWD");
+    if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return LStepBwdKernel::automatic;
+    if (std::strcmp(env, "tensor-cores") == 0) return LStepBwdKernel::tensor_cores;
+    if (std::strcmp(env, "cuda-cores") == 0) return LStepBwdKernel::cuda_cores;
+    throw CudaError(std::string("vmonarch backward: VMONARCH_LSTEP_BWD is '") + env +
+                    "', expected 'auto', 'tensor-cores' or 'cuda-cores'");
+}
+
 void launch_lstep_bwd(const LStepBwdParams& p, void* stream, const char* what) {
+    launch_lstep_bwd_with(p, lstep_bwd_kernel_from_env(), stream, what);
+}
+
+void launch_lstep_bwd_with(const LStepBwdParams& p, LStepBwdKernel kernel, void* stream, const char* what) {
     if (p.positions <= 0 || p.frames <= 0 || p.heads <= 0 || p.batch <= 0) return;
     const bool last = p.dout.ptr != nullptr;
     const auto ctx = [&] { return describe(p, last, what); };
@@ -97,6 +113,11 @@ void launch_lstep_bwd(const LStepBwdParams& p, void* stream, const char* what) {
         require_scalar_view(p.cr, "cr", ctx);
         require_vector_view(p.dar, "dar", 4, ctx);
     }
+    const bool mma_fits = p.frames <= lstep_bwd_tensor_core_max_frames();
+    if (kernel == LStepBwdKernel::tensor_cores && !mma_fits)
+        throw CudaError(ctx() + ": T = " + std::to_string(p.frames) + " frames exceed the tensor-core L-step backward's " +
+                        std::to_string(lstep_bwd_tensor_core_max_frames()) + ", expected the CUDA-core kernel or automatic choice");
+    if (kernel != LStepBwdKernel::cuda_cores && mma_fits) return lstep_bwd_detail::launch_mma(p, last, stream, ctx());
     auto st = static_cast<cudaStream_t>(stream);
     const bool bf = p.elem == Elem::bf16;
     if (p.head_dim == 64) return bf ? launch_dtype<true, 64>(p, last, st, ctx) : launch_dtype<false, 64>(p, last, st, ctx);

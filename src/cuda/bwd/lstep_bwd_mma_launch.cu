@@ -1,0 +1,51 @@
+// The tensor-core L-step backward's instantiations (dtype, head dim, last/earlier, frames padded to 16·MT):
+// one warp per block, one block per (position, head, batch). Operands are checked by launch_lstep_bwd_with.
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "cuda/bwd/lstep_bwd.hpp"
+#include "cuda/bwd/lstep_bwd_mma_kernel.cuh"
+#include "cuda/common/cuda_check.hpp"
+
+namespace vmonarch::cuda::lstep_bwd_detail {
+namespace {
+
+template <bool BF16, int D, bool LAST, int MT>
+void launch_variant(const LStepBwdParams& p, cudaStream_t stream, const std::string& desc) {
+    auto kernel = lstep_bwd_mma_kernel<BF16, D, LAST, MT>;
+    constexpr int smem = lstep_bwd_mma_smem_bytes(D, MT);
+    if (smem > 48 * 1024) allow_smem(kernel, smem, desc);
+    const dim3 grid(unsigned(p.positions), unsigned(p.heads), unsigned(p.batch));
+    kernel<<<grid, 32, smem, stream>>>(p);
+    check_launch_lazy(desc);
+}
+
+template <bool BF16, int D, bool LAST>
+void launch_frames(const LStepBwdParams& p, cudaStream_t stream, const std::string& desc) {
+    if (p.frames <= 16) return launch_variant<BF16, D, LAST, 1>(p, stream, desc);
+    if (p.frames <= 32) return launch_variant<BF16, D, LAST, 2>(p, stream, desc);
+    launch_variant<BF16, D, LAST, 3>(p, stream, desc);
+}
+
+template <bool BF16, int D>
+void launch_step(const LStepBwdParams& p, bool last, cudaStream_t stream, const std::string& desc) {
+    if (last) launch_frames<BF16, D, true>(p, stream, desc);
+    else launch_frames<BF16, D, false>(p, stream, desc);
+}
+
+} // namespace
+
+void launch_mma(const LStepBwdParams& p, bool last, void* stream, const std::string& desc) {
+    static_assert(lstep_bwd_mma_max_frames() == 48, "launch_frames covers MT = 1..3");
+    auto st = static_cast<cudaStream_t>(stream);
+    const bool bf = p.elem == Elem::bf16;
+    if (p.head_dim == 64) return bf ? launch_step<true, 64>(p, last, st, desc) : launch_step<false, 64>(p, last, st, desc);
+    bf ? launch_step<true, 128>(p, last, st, desc) : launch_step<false, 128>(p, last, st, desc);
+}
+
+} // namespace vmonarch::cuda::lstep_bwd_detail
+
+namespace vmonarch::cuda {
+int lstep_bwd_tensor_core_max_frames() { return lstep_bwd_mma_max_frames(); }
+} // namespace vmonarch::cuda
