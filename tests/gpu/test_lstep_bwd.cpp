@@ -368,8 +368,12 @@ void run_case(const BwdCase& c, bool last, std::uint64_t seed, const RunOptions&
                     }
                     const std::size_t s = cl.li(b, h, k, j);
                     r_dc[s] = fitted(k) ? -colsum : 0.0;
-                    // D_R from the GPU's rounded daL and dY (the values the R-step backward reads).
-                    r_drow_r[s] = dot(g_da.data() + a.li(b, h, k, j), vec(a, k), d) + (c.with_dc ? r_dc[s] * sc(cl, k) : 0.0) +
+                    // D_R from the GPU's rounded daL and dY (the values the R-step backward reads) and its dcL,
+                    // each checked against its own reference below: D_R must be formed from the gradients the
+                    // kernel hands on. (Where dZ = 0 exactly, as for a row with one key frame, daL and dcL are
+                    // f32 cancellation noise on the GPU and 0 here; D_R is then noise too, and only D_R formed
+                    // from that noise can be compared with it.)
+                    r_drow_r[s] = dot(g_da.data() + a.li(b, h, k, j), vec(a, k), d) + (c.with_dc ? g_dc[s] * sc(cl, k) : 0.0) +
                                   (last ? dot(g_dy.data() + y.li(b, h, k, j), vec(y, k), d) : 0.0);
                 }
             }
