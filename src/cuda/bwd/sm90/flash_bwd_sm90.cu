@@ -56,7 +56,8 @@ std::atomic<int>& schedule_slot() {
     static std::atomic<int> slot{[] {
         const char* e = std::getenv("VMONARCH_HOPPER_BWD");
         for (FlashBwdSm90Schedule s : {FlashBwdSm90Schedule::cooperative, FlashBwdSm90Schedule::specialized,
-                                       FlashBwdSm90Schedule::cooperative_prepared, FlashBwdSm90Schedule::specialized_prepared})
+                                       FlashBwdSm90Schedule::cooperative_prepared, FlashBwdSm90Schedule::specialized_prepared,
+                                       FlashBwdSm90Schedule::cooperative_pipelined})
             if (e && std::strcmp(e, to_string(s)) == 0) return int(s);
         return int(FlashBwdSm90Schedule::per_problem);
     }()};
@@ -73,6 +74,7 @@ const char* to_string(FlashBwdSm90Schedule schedule) {
     case FlashBwdSm90Schedule::specialized: return "specialized";
     case FlashBwdSm90Schedule::cooperative_prepared: return "cooperative_prepared";
     case FlashBwdSm90Schedule::specialized_prepared: return "specialized_prepared";
+    case FlashBwdSm90Schedule::cooperative_pipelined: return "cooperative_pipelined";
     default: return "per_problem";
     }
 }
@@ -107,6 +109,11 @@ template <bool PREP> void launch_specialized(const FlashBwdParams& p, void* stre
         bf ? launch_flash_bwd_sm90_ws_typed<true, 64, PREP>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 64, PREP>(p, stream, what);
     else bf ? launch_flash_bwd_sm90_ws_typed<true, 128, PREP>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 128, PREP>(p, stream, what);
 }
+void launch_pipelined(const FlashBwdParams& p, void* stream, const char* what) {
+    const bool bf = p.elem == Elem::bf16;
+    if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_pipe_typed<true, 64>(p, stream, what) : launch_flash_bwd_sm90_pipe_typed<false, 64>(p, stream, what);
+    else bf ? launch_flash_bwd_sm90_pipe_typed<true, 128>(p, stream, what) : launch_flash_bwd_sm90_pipe_typed<false, 128>(p, stream, what);
+}
 } // namespace
 
 bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char* what) {
@@ -115,6 +122,7 @@ bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char
     case FlashBwdSm90Schedule::specialized: launch_specialized<false>(p, stream, what); break;
     case FlashBwdSm90Schedule::cooperative_prepared: launch_cooperative<true>(p, stream, what); break;
     case FlashBwdSm90Schedule::specialized_prepared: launch_specialized<true>(p, stream, what); break;
+    case FlashBwdSm90Schedule::cooperative_pipelined: launch_pipelined(p, stream, what); break;
     default: launch_cooperative<false>(p, stream, what); break;
     }
     return true;
