@@ -361,9 +361,9 @@ TEST(FlashBwdPipelined, DkDvBitwiseThoseOfCooperativePrepared) {
     REQUIRE_GPU();
     if (!sm90_kernel_present() || !vmonarch::cuda::flash_policy().sm90) GTEST_SKIP() << "no sm_90a Hopper kernel on this device";
     using vmonarch::cuda::FlashBwdSm90Schedule;
-    for (const BwdCase& c : {BwdCase{1, 2, 2, 131, 131, 128, bf, true, true, true, true}, BwdCase{1, 2, 2, 131, 131, 128, bf, true, true, false, true},
-                             BwdCase{2, 1, 1, 70, 259, 128, hf, false, false, true, false}, BwdCase{1, 2, 2, 97, 97, 64, hf, true, true, true, false},
-                             BwdCase{1, 1, 3, 150, 150, 64, bf, true, true, false, true}, BwdCase{1, 2, 1, 65, 200, 64, bf, false, false, true, false}}) {
+    for (const BwdCase& c : {BwdCase{1, 2, 2, 131, 131, 128, DType::bf16, true, true, true, true}, BwdCase{1, 2, 2, 131, 131, 128, DType::bf16, true, true, false, true},
+                             BwdCase{2, 1, 1, 70, 259, 128, DType::f16, false, false, true, false}, BwdCase{1, 2, 2, 97, 97, 64, DType::f16, true, true, true, false},
+                             BwdCase{1, 1, 3, 150, 150, 64, DType::bf16, true, true, false, true}, BwdCase{1, 2, 1, 65, 200, 64, DType::bf16, false, false, true, false}}) {
         const Problem pr(c, 31 + std::uint64_t(c.len_q));
         for (bool det : {false, true}) {
             Problem::Result ref, got;
