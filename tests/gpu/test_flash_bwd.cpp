@@ -446,23 +446,25 @@ TEST(FlashBwdRoute, HopperKernelOnSm90Only) {
     }
 }
 
-// The Hopper kernel's schedule: an explicit one is taken as set; per_problem picks the specialized prepared
-// form exactly for head dim 128 with both dA and dY when not deterministic, the cooperative prepared form
-// otherwise (every element type, row scale, entropy).
+// The Hopper kernel's schedule: an explicit one is taken as set; per_problem picks, at head dim 128, the
+// specialized prepared form with both dA and dY (deterministic: the cooperative prepared one), the
+// cooperative prepared form with dA only (deterministic: the pipelined one), the pipelined form with dY
+// only; at head dim 64 the pipelined form (every element type, row scale, entropy).
 TEST(FlashBwdRoute, SchedulePerProblem) {
     REQUIRE_GPU();
     using vmonarch::cuda::FlashBwdSm90Schedule;
     using vmonarch::cuda::resolve_flash_bwd_sm90_schedule;
     for (const BwdCase& c : {BwdCase{1, 1, 1, 17, 17, 128, bf, true, true, true, true}, BwdCase{1, 1, 1, 17, 17, 128, hf, false, true, true, false},
                              BwdCase{1, 1, 1, 17, 17, 64, bf, true, true, true, false}, BwdCase{1, 1, 1, 17, 17, 128, bf, true, true, false, false},
-                             BwdCase{1, 1, 1, 17, 40, 128, hf, false, false, true, false}}) {
+                             BwdCase{1, 1, 1, 17, 40, 128, hf, false, false, true, false}, BwdCase{1, 1, 1, 17, 17, 64, hf, true, true, false, true},
+                             BwdCase{1, 1, 1, 17, 40, 64, bf, false, false, true, false}}) {
         const Problem pr(c, 13);
         for (bool det : {false, true}) {
             const FlashBwdParams p = pr.params(det);
-            const bool spec = c.d == 128 && c.da && c.dy && !det;
-            EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::per_problem, p),
-                      spec ? FlashBwdSm90Schedule::specialized_prepared : FlashBwdSm90Schedule::cooperative_prepared)
-                << case_name(c);
+            FlashBwdSm90Schedule want = FlashBwdSm90Schedule::cooperative_pipelined;
+            if (c.d == 128 && c.da && c.dy) want = det ? FlashBwdSm90Schedule::cooperative_prepared : FlashBwdSm90Schedule::specialized_prepared;
+            else if (c.d == 128 && c.da && !det) want = FlashBwdSm90Schedule::cooperative_prepared;
+            EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::per_problem, p), want) << case_name(c) << (det ? " deterministic" : "");
             EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::cooperative, p), FlashBwdSm90Schedule::cooperative) << case_name(c);
             EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::specialized, p), FlashBwdSm90Schedule::specialized) << case_name(c);
             for (FlashBwdSm90Schedule e : {FlashBwdSm90Schedule::cooperative_prepared, FlashBwdSm90Schedule::specialized_prepared,

@@ -80,11 +80,17 @@ const char* to_string(FlashBwdSm90Schedule schedule) {
 }
 FlashBwdSm90Schedule resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule, const FlashBwdParams& p) {
     if (schedule != FlashBwdSm90Schedule::per_problem) return schedule;
-    // H200, bf16, d 128, all four in one run (bench/RESULTS.md, "Flash backward v4"): the prepared forms take
-    // 11–30% less time than the old ones on every variant; of the two, the specialized one takes 3.7–4.5% less
-    // with dA and dY unless deterministic (there 6% more), and 2–5% more with one value.
-    return p.head_dim == 128 && p.da.ptr && p.dy.ptr && !p.deterministic ? FlashBwdSm90Schedule::specialized_prepared
-                                                                          : FlashBwdSm90Schedule::cooperative_prepared;
+    // H200, bf16, all in one run (bench/RESULTS.md, "Flash backward v4" and "v5"): the prepared forms take
+    // 11–30% less time than the old ones on every variant at d 128; with dA and dY at d 128 the specialized
+    // prepared form takes 3.7–4.5% less than the cooperative prepared one unless deterministic (there 6%
+    // more; the pipelined form is that one's order there). The pipelined form takes 0.9–4.4% less than the
+    // cooperative prepared one on every d 64 variant, 0.9–2.2% less with dY only at d 128, 1.4–1.9% less with
+    // dA only at d 128 when deterministic, and the same (±0.3%) with dA only at d 128 otherwise.
+    const bool da = p.da.ptr != nullptr, dy = p.dy.ptr != nullptr;
+    if (p.head_dim == 128 && da && dy)
+        return p.deterministic ? FlashBwdSm90Schedule::cooperative_prepared : FlashBwdSm90Schedule::specialized_prepared;
+    if (p.head_dim == 128 && da && !p.deterministic) return FlashBwdSm90Schedule::cooperative_prepared;
+    return FlashBwdSm90Schedule::cooperative_pipelined;
 }
 
 bool flash_bwd_sm90_supported(const FlashBwdParams& p) {
