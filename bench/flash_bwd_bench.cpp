@@ -1,12 +1,14 @@
-// flash_bwd_bench [--reps N] [--big] [--hopper-only] [--no-det]: CUDA-event timings of the flash backward kernel (launch_flash_bwd, spec
-// §7.5 and §7.2) on its own, bf16, d = 128, batch 1, random inputs, at 16 × 28 × 52 × 12 heads (HW = 1456,
-// N = 23296; with --big 24 × 44 × 80 × 40 heads: HW = 3520, N = 84480):
+// flash_bwd_bench [--reps N] [--big] [--d64] [--hopper-only] [--prepared-only] [--no-det]: CUDA-event timings of the flash
+// backward kernel (launch_flash_bwd, spec §7.5 and §7.2) on its own, bf16, d = 128 (--d64: 64), batch 1, random
+// inputs, at 16 × 28 × 52 × 12 heads (HW = 1456, N = 23296; with --big 24 × 44 × 80 × 40 heads: HW = 3520,
+// N = 84480):
 //   R-step backward, last iteration (row scale, K and V values: dA and dY), middle iteration (row scale, dA),
 //   each with and without the entropy term; the dense frame-0 recompute backward (1456 queries over all N keys,
 //   dy = dO); each also in deterministic mode (not with --no-det); on each peer: the portable kernels (the
 //   flash policy's sm90 peer off; not with --hopper-only) and the Hopper kernel (sm90/flash_bwd_sm90.hpp)
 //   under each of its schedules (sm90-coop: cooperative, sm90-spec: specialized, sm90-coop-prep and
-//   sm90-spec-prep: the same in the prepared form) where the device and the build have it.
+//   sm90-spec-prep: the same in the prepared form, sm90-coop-pipe: the pipelined cooperative prepared form;
+//   --prepared-only: the last three) where the device and the build have it.
 // Prints ms and TFLOP/s of the matrix products the kernel does: 2·d per (query, key) pair and product, i.e.
 // S, dP's ⟨dA, K⟩ and ⟨dY, V⟩, dV, dK's two, dq (7 products with both values, 5 with one).
 #include <cuda_runtime.h>
@@ -59,14 +61,16 @@ void fill_f32(const DeviceArray& a, std::size_t count, double lo, double hi) {
 
 int main(int argc, char** argv) {
     int reps = 20;
-    bool big = false, hopper_only = false, no_det = false;
+    bool big = false, d64 = false, hopper_only = false, prepared_only = false, no_det = false;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--big")) big = true;
+        else if (!std::strcmp(argv[i], "--d64")) d64 = true;
         else if (!std::strcmp(argv[i], "--hopper-only")) hopper_only = true;
+        else if (!std::strcmp(argv[i], "--prepared-only")) prepared_only = true;
         else if (!std::strcmp(argv[i], "--no-det")) no_det = true;
     }
-    const int T = big ? 24 : 16, Hh = big ? 44 : 28, Ww = big ? 80 : 52, HW = Hh * Ww, H = big ? 40 : 12, d = 128;
+    const int T = big ? 24 : 16, Hh = big ? 44 : 28, Ww = big ? 80 : 52, HW = Hh * Ww, H = big ? 40 : 12, d = d64 ? 64 : 128;
     const std::int64_t N = std::int64_t(T) * HW;
     const std::size_t vec = std::size_t(N) * H * d, rows = std::size_t(N) * H;
     DeviceArray q(vec * 2), k(vec * 2), v(vec * 2), da(vec * 2), dy(vec * 2);
@@ -105,11 +109,14 @@ int main(int argc, char** argv) {
         FlashBwdSm90Schedule schedule;
     };
     std::vector<Peer> peers;
-    if (!hopper_only) peers.push_back({false, FlashBwdSm90Schedule::cooperative});
-    peers.push_back({true, FlashBwdSm90Schedule::cooperative});
-    peers.push_back({true, FlashBwdSm90Schedule::specialized});
+    if (!hopper_only && !prepared_only) peers.push_back({false, FlashBwdSm90Schedule::cooperative});
+    if (!prepared_only) {
+        peers.push_back({true, FlashBwdSm90Schedule::cooperative});
+        peers.push_back({true, FlashBwdSm90Schedule::specialized});
+    }
     peers.push_back({true, FlashBwdSm90Schedule::cooperative_prepared});
     peers.push_back({true, FlashBwdSm90Schedule::specialized_prepared});
+    peers.push_back({true, FlashBwdSm90Schedule::cooperative_pipelined});
     const FlashBwdSm90Schedule env_schedule = vmonarch::cuda::flash_bwd_sm90_schedule();
     for (const Case& c : cases)
         for (const Peer& peer : peers)
@@ -153,6 +160,7 @@ int main(int argc, char** argv) {
                 case FlashBwdSm90Schedule::specialized: return "spec";
                 case FlashBwdSm90Schedule::cooperative_prepared: return "coop-prep";
                 case FlashBwdSm90Schedule::specialized_prepared: return "spec-prep";
+                case FlashBwdSm90Schedule::cooperative_pipelined: return "coop-pipe";
                 default: return "coop";
                 }
             };

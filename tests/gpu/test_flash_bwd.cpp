@@ -324,7 +324,7 @@ void check_every_peer(const Problem& pr) {
     const std::pair<bool, FlashBwdSm90Schedule> peers[] = {
         {false, FlashBwdSm90Schedule::cooperative},          {true, FlashBwdSm90Schedule::cooperative},
         {true, FlashBwdSm90Schedule::specialized},           {true, FlashBwdSm90Schedule::cooperative_prepared},
-        {true, FlashBwdSm90Schedule::specialized_prepared}};
+        {true, FlashBwdSm90Schedule::specialized_prepared},  {true, FlashBwdSm90Schedule::cooperative_pipelined}};
     for (const auto& [sm90, schedule] : peers) {
         const PeerGuard peer(sm90);
         const ScheduleGuard sched(schedule);
@@ -351,6 +351,35 @@ TEST_P(FlashBwd, MatchesF64Formulas) {
     REQUIRE_GPU();
     const BwdCase c = GetParam();
     check_every_peer(Problem(c, 1000 + std::uint64_t(c.len_q * 7 + c.len_k + c.d)));
+}
+
+// The pipelined cooperative form only reorders the cooperative prepared form's work: dk and dv (each added
+// once by the block that owns the keys) are bitwise the same, in both modes, for every variant, head dim,
+// element type and the key / query tails; dq (bulk reduce-adds from many blocks, in any order) is
+// checked against the f64 formulas by MatchesF64Formulas.
+TEST(FlashBwdPipelined, DkDvBitwiseThoseOfCooperativePrepared) {
+    REQUIRE_GPU();
+    if (!sm90_kernel_present() || !vmonarch::cuda::flash_policy().sm90) GTEST_SKIP() << "no sm_90a Hopper kernel on this device";
+    using vmonarch::cuda::FlashBwdSm90Schedule;
+    for (const BwdCase& c : {BwdCase{1, 2, 2, 131, 131, 128, DType::bf16, true, true, true, true}, BwdCase{1, 2, 2, 131, 131, 128, DType::bf16, true, true, false, true},
+                             BwdCase{2, 1, 1, 70, 259, 128, DType::f16, false, false, true, false}, BwdCase{1, 2, 2, 97, 97, 64, DType::f16, true, true, true, false},
+                             BwdCase{1, 1, 3, 150, 150, 64, DType::bf16, true, true, false, true}, BwdCase{1, 2, 1, 65, 200, 64, DType::bf16, false, false, true, false}}) {
+        const Problem pr(c, 31 + std::uint64_t(c.len_q));
+        for (bool det : {false, true}) {
+            Problem::Result ref, got;
+            {
+                const ScheduleGuard sched(FlashBwdSm90Schedule::cooperative_prepared);
+                ref = pr.run(det);
+            }
+            {
+                const ScheduleGuard sched(FlashBwdSm90Schedule::cooperative_pipelined);
+                got = pr.run(det);
+            }
+            EXPECT_TRUE(bitwise_equal(ref.dk, got.dk)) << "dk " << case_name(c) << (det ? " deterministic" : "");
+            if (c.dy) EXPECT_TRUE(bitwise_equal(ref.dv, got.dv)) << "dv " << case_name(c) << (det ? " deterministic" : "");
+            if (det) EXPECT_TRUE(bitwise_equal(ref.dq, got.dq)) << "dq " << case_name(c) << " deterministic"; // one portable dq kernel
+        }
+    }
 }
 
 // Rows whose lse is not finite (−∞: no key in the forward; +∞) contribute nothing and put no NaN anywhere,
@@ -417,26 +446,29 @@ TEST(FlashBwdRoute, HopperKernelOnSm90Only) {
     }
 }
 
-// The Hopper kernel's schedule: an explicit one is taken as set; per_problem picks the specialized prepared
-// form exactly for head dim 128 with both dA and dY when not deterministic, the cooperative prepared form
-// otherwise (every element type, row scale, entropy).
+// The Hopper kernel's schedule: an explicit one is taken as set; per_problem picks, at head dim 128, the
+// specialized prepared form with both dA and dY (deterministic: the cooperative prepared one), the
+// cooperative prepared form with dA only (deterministic: the pipelined one), the pipelined form with dY
+// only; at head dim 64 the pipelined form (every element type, row scale, entropy).
 TEST(FlashBwdRoute, SchedulePerProblem) {
     REQUIRE_GPU();
     using vmonarch::cuda::FlashBwdSm90Schedule;
     using vmonarch::cuda::resolve_flash_bwd_sm90_schedule;
     for (const BwdCase& c : {BwdCase{1, 1, 1, 17, 17, 128, bf, true, true, true, true}, BwdCase{1, 1, 1, 17, 17, 128, hf, false, true, true, false},
                              BwdCase{1, 1, 1, 17, 17, 64, bf, true, true, true, false}, BwdCase{1, 1, 1, 17, 17, 128, bf, true, true, false, false},
-                             BwdCase{1, 1, 1, 17, 40, 128, hf, false, false, true, false}}) {
+                             BwdCase{1, 1, 1, 17, 40, 128, hf, false, false, true, false}, BwdCase{1, 1, 1, 17, 17, 64, hf, true, true, false, true},
+                             BwdCase{1, 1, 1, 17, 40, 64, bf, false, false, true, false}}) {
         const Problem pr(c, 13);
         for (bool det : {false, true}) {
             const FlashBwdParams p = pr.params(det);
-            const bool spec = c.d == 128 && c.da && c.dy && !det;
-            EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::per_problem, p),
-                      spec ? FlashBwdSm90Schedule::specialized_prepared : FlashBwdSm90Schedule::cooperative_prepared)
-                << case_name(c);
+            FlashBwdSm90Schedule want = FlashBwdSm90Schedule::cooperative_pipelined;
+            if (c.d == 128 && c.da && c.dy) want = det ? FlashBwdSm90Schedule::cooperative_prepared : FlashBwdSm90Schedule::specialized_prepared;
+            else if (c.d == 128 && c.da && !det) want = FlashBwdSm90Schedule::cooperative_prepared;
+            EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::per_problem, p), want) << case_name(c) << (det ? " deterministic" : "");
             EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::cooperative, p), FlashBwdSm90Schedule::cooperative) << case_name(c);
             EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::specialized, p), FlashBwdSm90Schedule::specialized) << case_name(c);
-            for (FlashBwdSm90Schedule e : {FlashBwdSm90Schedule::cooperative_prepared, FlashBwdSm90Schedule::specialized_prepared})
+            for (FlashBwdSm90Schedule e : {FlashBwdSm90Schedule::cooperative_prepared, FlashBwdSm90Schedule::specialized_prepared,
+                                           FlashBwdSm90Schedule::cooperative_pipelined})
                 EXPECT_EQ(resolve_flash_bwd_sm90_schedule(e, p), e) << case_name(c);
         }
     }

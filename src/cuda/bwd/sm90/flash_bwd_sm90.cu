@@ -56,7 +56,8 @@ std::atomic<int>& schedule_slot() {
     static std::atomic<int> slot{[] {
         const char* e = std::getenv("VMONARCH_HOPPER_BWD");
         for (FlashBwdSm90Schedule s : {FlashBwdSm90Schedule::cooperative, FlashBwdSm90Schedule::specialized,
-                                       FlashBwdSm90Schedule::cooperative_prepared, FlashBwdSm90Schedule::specialized_prepared})
+                                       FlashBwdSm90Schedule::cooperative_prepared, FlashBwdSm90Schedule::specialized_prepared,
+                                       FlashBwdSm90Schedule::cooperative_pipelined})
             if (e && std::strcmp(e, to_string(s)) == 0) return int(s);
         return int(FlashBwdSm90Schedule::per_problem);
     }()};
@@ -73,16 +74,23 @@ const char* to_string(FlashBwdSm90Schedule schedule) {
     case FlashBwdSm90Schedule::specialized: return "specialized";
     case FlashBwdSm90Schedule::cooperative_prepared: return "cooperative_prepared";
     case FlashBwdSm90Schedule::specialized_prepared: return "specialized_prepared";
+    case FlashBwdSm90Schedule::cooperative_pipelined: return "cooperative_pipelined";
     default: return "per_problem";
     }
 }
 FlashBwdSm90Schedule resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule, const FlashBwdParams& p) {
     if (schedule != FlashBwdSm90Schedule::per_problem) return schedule;
-    // H200, bf16, d 128, all four in one run (bench/RESULTS.md, "Flash backward v4"): the prepared forms take
-    // 11–30% less time than the old ones on every variant; of the two, the specialized one takes 3.7–4.5% less
-    // with dA and dY unless deterministic (there 6% more), and 2–5% more with one value.
-    return p.head_dim == 128 && p.da.ptr && p.dy.ptr && !p.deterministic ? FlashBwdSm90Schedule::specialized_prepared
-                                                                          : FlashBwdSm90Schedule::cooperative_prepared;
+    // H200, bf16, all in one run (bench/RESULTS.md, "Flash backward v4" and "v5"): the prepared forms take
+    // 11–30% less time than the old ones on every variant at d 128; with dA and dY at d 128 the specialized
+    // prepared form takes 3.7–4.5% less than the cooperative prepared one unless deterministic (there 6%
+    // more; the pipelined form is that one's order there). The pipelined form takes 0.9–4.4% less than the
+    // cooperative prepared one on every d 64 variant, 0.9–2.2% less with dY only at d 128, 1.4–1.9% less with
+    // dA only at d 128 when deterministic, and the same (±0.3%) with dA only at d 128 otherwise.
+    const bool da = p.da.ptr != nullptr, dy = p.dy.ptr != nullptr;
+    if (p.head_dim == 128 && da && dy)
+        return p.deterministic ? FlashBwdSm90Schedule::cooperative_prepared : FlashBwdSm90Schedule::specialized_prepared;
+    if (p.head_dim == 128 && da && !p.deterministic) return FlashBwdSm90Schedule::cooperative_prepared;
+    return FlashBwdSm90Schedule::cooperative_pipelined;
 }
 
 bool flash_bwd_sm90_supported(const FlashBwdParams& p) {
@@ -107,6 +115,11 @@ template <bool PREP> void launch_specialized(const FlashBwdParams& p, void* stre
         bf ? launch_flash_bwd_sm90_ws_typed<true, 64, PREP>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 64, PREP>(p, stream, what);
     else bf ? launch_flash_bwd_sm90_ws_typed<true, 128, PREP>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 128, PREP>(p, stream, what);
 }
+void launch_pipelined(const FlashBwdParams& p, void* stream, const char* what) {
+    const bool bf = p.elem == Elem::bf16;
+    if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_pipe_typed<true, 64>(p, stream, what) : launch_flash_bwd_sm90_pipe_typed<false, 64>(p, stream, what);
+    else bf ? launch_flash_bwd_sm90_pipe_typed<true, 128>(p, stream, what) : launch_flash_bwd_sm90_pipe_typed<false, 128>(p, stream, what);
+}
 } // namespace
 
 bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char* what) {
@@ -115,6 +128,7 @@ bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char
     case FlashBwdSm90Schedule::specialized: launch_specialized<false>(p, stream, what); break;
     case FlashBwdSm90Schedule::cooperative_prepared: launch_cooperative<true>(p, stream, what); break;
     case FlashBwdSm90Schedule::specialized_prepared: launch_specialized<true>(p, stream, what); break;
+    case FlashBwdSm90Schedule::cooperative_pipelined: launch_pipelined(p, stream, what); break;
     default: launch_cooperative<false>(p, stream, what); break;
     }
     return true;

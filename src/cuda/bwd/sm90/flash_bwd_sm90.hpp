@@ -26,13 +26,20 @@ bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char
 //   cooperative_prepared, specialized_prepared  the same two in the prepared form (flash_bwd_sm90_rows.cuh):
 //                the row scalars formed once per row into shared memory in the form the elementwise phase
 //                uses, the key mask on the last key tile only, dS stored by stmatrix;
+//   cooperative_pipelined  the cooperative prepared form with its work reordered so that more of it runs
+//                under the tensor cores (flash_bwd_sm90_pipe_kernel.cuh; the same dk and dv bitwise): the
+//                next tile's loads behind this tile's products and dQ queued behind dK and dV (all but both
+//                values at d 128), and with one value (at d 128: dA only) P formed and its product issued
+//                while dP is still on the tensor cores, and dQ's reduce-adds under the next tile's products;
 //   per_problem  (the default) the one measured fastest for the problem's variant on an H200
-//                (bench/RESULTS.md): specialized_prepared for head dim 128 with both dA and dY when not
-//                deterministic, else cooperative_prepared.
+//                (bench/RESULTS.md): at head dim 128 with both dA and dY specialized_prepared (deterministic:
+//                cooperative_prepared), with dA only cooperative_prepared (deterministic:
+//                cooperative_pipelined), with dY only cooperative_pipelined; at head dim 64
+//                cooperative_pipelined.
 // The environment's VMONARCH_HOPPER_BWD=<one of these names> at the first call (unset or another value:
 // per_problem), or the last set_flash_bwd_sm90_schedule (tests and benchmarks that compare the schedules in
 // one process).
-enum class FlashBwdSm90Schedule { per_problem, cooperative, specialized, cooperative_prepared, specialized_prepared };
+enum class FlashBwdSm90Schedule { per_problem, cooperative, specialized, cooperative_prepared, specialized_prepared, cooperative_pipelined };
 FlashBwdSm90Schedule flash_bwd_sm90_schedule();
 void set_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule);
 // The schedule a launch of p takes under `schedule` (never per_problem).
@@ -44,6 +51,9 @@ const char* to_string(FlashBwdSm90Schedule schedule);
 template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_typed(const FlashBwdParams& p, void* stream, const char* what);
 // The same for the specialized schedule, instantiated by instances/flash_bwd_sm90_ws_*.cu.
 template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_ws_typed(const FlashBwdParams& p, void* stream, const char* what);
+
+// The same for the pipelined cooperative kernel, instantiated by instances/flash_bwd_sm90_pipe_*.cu.
+template <bool BF16, int D> void launch_flash_bwd_sm90_pipe_typed(const FlashBwdParams& p, void* stream, const char* what);
 
 // A kernel of the group bf16/d128, whose binary version tells whether the library carries sm_90a code.
 const void* flash_bwd_sm90_probe_kernel();

@@ -160,6 +160,51 @@ __device__ __forceinline__ void bwd_sm90_prepared_p_pack(const float (&s)[NS], s
     }
 }
 
+// The split form (the dP product still on the tensor cores): x2 = qk·g2 + nl2 in place of the raw scores s,
+// P = 2^x2 (0 for a masked key) into pf, and P packed as the A operand of the P products (registers
+// 4nt + {0, 1} and 4nt + {2, 3} are the pairs pa[nt / 2][2·(nt % 2) + {0, 1}]). The same P as
+// bwd_sm90_prepared_p forms.
+template <bool BF16, bool MASK, int NS, int KS>
+__device__ __forceinline__ void bwd_sm90_prepared_x2_p(float (&s)[NS], float (&pf)[NS], std::uint32_t (&pa)[KS][4], const float4* prep4,
+                                                       const bool (&key_ok)[2], int lane) {
+#pragma unroll
+    for (int nt = 0; nt < NS / 4; ++nt) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const float4 r = prep4[c_frag_col(4 * nt + j, lane)];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int i = 4 * nt + j + 2 * h;
+                float x2;
+                pf[i] = bwd_sm90_prepared_p<MASK>(s[i], r, key_ok[h], x2);
+                s[i] = x2;
+            }
+        }
+        pa[nt >> 1][2 * (nt & 1)] = pack2<BF16>(pf[4 * nt], pf[4 * nt + 1]);
+        pa[nt >> 1][2 * (nt & 1) + 1] = pack2<BF16>(pf[4 * nt + 2], pf[4 * nt + 3]);
+    }
+}
+
+// Then, once dP is complete: dS' = P·(c·(acc + e·x2) − cr) in place of dp, from P (pf) and x2 (s): the
+// value bwd_sm90_prepared_ds<MASK, true> gives (a masked key has P = 0, so dS' = 0 there as well).
+template <int NS>
+__device__ __forceinline__ void bwd_sm90_prepared_ds_from_p(const float (&x2)[NS], const float (&pf)[NS], float (&dp)[NS], const float4* prep4,
+                                                            const float* prep_e, int lane) {
+#pragma unroll
+    for (int nt = 0; nt < NS / 4; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const int col = c_frag_col(4 * nt + j, lane);
+            const float4 r = prep4[col];
+            const float e = prep_e[col];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int i = 4 * nt + j + 2 * h;
+                dp[i] = pf[i] * fmaf(r.z, fmaf(e, x2[i], dp[i]), -r.w);
+            }
+        }
+}
+
 // Four 8×8 16-bit matrices from registers (thread lane holds row lane/4, columns 2·(lane%4), +1 of matrix m
 // in r[m]) stored transposed: row j of matrix m in memory is its column j, at the address lane 8m + j gives.
 __device__ __forceinline__ void stmatrix_x4_trans(std::uint32_t addr, const std::uint32_t (&r)[4]) {

@@ -1,0 +1,7 @@
+// The Hopper flash backward's pipelined cooperative instances (flash_bwd_sm90_pipe_kernel.cuh) for f16,
+// head dim 64 (one file per group: they compile in parallel).
+#include "cuda/bwd/sm90/flash_bwd_sm90_pipe_launch.cuh"
+
+namespace vmonarch::cuda {
+template void launch_flash_bwd_sm90_pipe_typed<false, 64>(const FlashBwdParams&, void*, const char*);
+} // namespace vmonarch::cuda
