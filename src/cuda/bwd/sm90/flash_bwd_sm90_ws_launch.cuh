@@ -1,42 +1,22 @@
-// Internal: the host launcher of the Hopper flash backward kernel's specialized schedule
-// (flash_bwd_sm90_ws_kernel.cuh) for one (element type, head dim) group: the key-tile kernel (dk, dv, and dq
-// by bulk reduce-adds unless deterministic), then in deterministic mode the portable query-tile kernel for
-// dq (flash_bwd_kernel.cuh), whose order is fixed. Included only by instances/flash_bwd_sm90_ws_*.cu.
+// Internal: the host launcher of the Hopper flash backward's specialized schedule's kernel
+// (flash_bwd_sm90_ws_kernel.cuh) for one (element type, head dim) group: that kernel, its shared memory and block
+// size, given to launch_flash_bwd_sm90_key_tiles (flash_bwd_sm90_launch_common.cuh). Included only by
+// instances/flash_bwd_sm90_ws_*.cu.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include "cuda/bwd/flash_bwd.hpp"
-#include "cuda/bwd/flash_bwd_kernel.cuh"
 #include "cuda/bwd/sm90/flash_bwd_sm90.hpp"
+#include "cuda/bwd/sm90/flash_bwd_sm90_launch_common.cuh"
 #include "cuda/bwd/sm90/flash_bwd_sm90_ws_kernel.cuh"
-#include "cuda/common/cuda_check.hpp"
 
 namespace vmonarch::cuda {
 
 template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
 void launch_flash_bwd_sm90_ws_variant(const FlashBwdParams& p, void* stream, const char* what) {
     const auto ctx = [&] { return describe_flash_bwd(p, what) + (PREP ? " (sm90, specialized, prepared)" : " (sm90, specialized)"); };
-    const cudaStream_t st = static_cast<cudaStream_t>(stream);
-    const unsigned sh = unsigned(p.segments * p.heads), nb = unsigned(p.batch);
-    {
-        using hopper::BwdSm90WsShape;
-        auto kernel = hopper::flash_bwd_sm90_ws_kernel<BF16, D, HAS_DA, HAS_DY, PREP>;
-        constexpr int smem = hopper::BwdSm90WsLayout<D, HAS_DA, HAS_DY>::SMEM;
-        allow_smem(kernel, smem, ctx);
-        const dim3 grid(unsigned((p.len_k + hopper::BwdSm90Shape::BN - 1) / hopper::BwdSm90Shape::BN), sh, nb);
-        kernel<<<grid, BwdSm90WsShape::THREADS, smem, st>>>(p);
-        check_launch_lazy(ctx);
-    }
-    if (p.deterministic) {
-        auto kernel = flash_bwd_query_kernel<BF16, D, HAS_DA, HAS_DY>;
-        constexpr int smem = flash_bwd_query_smem_bytes<D, HAS_DA, HAS_DY>();
-        constexpr int BM = FlashBwdQueryShape<D>::BM;
-        allow_smem(kernel, smem, ctx);
-        const dim3 grid(unsigned((p.len_q + BM - 1) / BM), sh, nb);
-        kernel<<<grid, FlashBwdQueryShape<D>::THREADS, smem, st>>>(p);
-        check_launch_lazy(ctx);
-    }
+    launch_flash_bwd_sm90_key_tiles<BF16, D, HAS_DA, HAS_DY>(
+        hopper::flash_bwd_sm90_ws_kernel<BF16, D, HAS_DA, HAS_DY, PREP>, hopper::BwdSm90WsLayout<D, HAS_DA, HAS_DY>::SMEM,
+        hopper::BwdSm90WsShape::THREADS, p, stream, ctx);
 }
 
 template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_ws_typed(const FlashBwdParams& p, void* stream, const char* what) {
