@@ -13,12 +13,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <string>
 #include <vector>
 
 #include "core/backward_problem.hpp"
 #include "cuda/bwd/backward_plan.hpp"
+#include "bench_json.hpp"
 #include "cuda_timing.hpp"
 #include "vmonarch/backward.hpp"
 #include "vmonarch/vmonarch.hpp"
@@ -222,20 +222,9 @@ int main(int argc, char** argv) {
         cudaFree(lse);
     }
 
-    FILE* f = std::fopen(json_path.c_str(), "w");
-    if (f == nullptr) {
-        std::fprintf(stderr, "cannot write %s\n", json_path.c_str());
-        return 1;
-    }
-    const std::time_t now = std::time(nullptr);
-    char date[32];
-    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
-    std::fprintf(f, "{\n  \"card\": \"%s\",\n  \"date\": \"%s\",\n  \"reps\": %d,\n  \"rows\": [\n", card.c_str(), date, reps);
-    for (std::size_t i = 0; i < rows.size(); ++i)
-        std::fprintf(f, "    {\"shape\": \"%s\", \"what\": \"%s\", \"schedule\": \"%s\", \"ms\": %.4f}%s\n", rows[i].shape.c_str(),
-                     rows[i].what.c_str(), rows[i].schedule.c_str(), rows[i].ms, i + 1 < rows.size() ? "," : "");
-    std::fprintf(f, "  ]\n}\n");
-    std::fclose(f);
-    std::printf("wrote %s\n", json_path.c_str());
-    return 0;
+    std::vector<std::string> json_rows;
+    for (const auto& r : rows)
+        json_rows.push_back(vmbench::format("{\"shape\": \"%s\", \"what\": \"%s\", \"schedule\": \"%s\", \"ms\": %.4f}", r.shape.c_str(), r.what.c_str(),
+                                        r.schedule.c_str(), r.ms));
+    return vmbench::write_rows_json(json_path, card, vmbench::format("  \"reps\": %d,\n", reps), json_rows);
 }

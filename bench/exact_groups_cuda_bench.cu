@@ -20,7 +20,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <functional>
 #include <string>
 #include <vector>
@@ -28,6 +27,7 @@
 #include "core/backend.hpp"
 #include "cuda/flash_policy.hpp"
 #include "cuda/monarch_plan.hpp"
+#include "bench_json.hpp"
 #include "cuda_timing.hpp"
 #include "vmonarch/vmonarch.hpp"
 
@@ -294,20 +294,9 @@ int main(int argc, char** argv) {
         cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(o);
     }
 
-    FILE* f = std::fopen(json_path.c_str(), "w");
-    if (f == nullptr) {
-        std::fprintf(stderr, "cannot write %s\n", json_path.c_str());
-        return 1;
-    }
-    const std::time_t now = std::time(nullptr);
-    char date[32];
-    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
-    std::fprintf(f, "{\n  \"card\": \"%s\",\n  \"date\": \"%s\",\n  \"reps\": %d,\n  \"rows\": [\n", card.c_str(), date, reps);
-    for (std::size_t i = 0; i < rows.size(); ++i)
-        std::fprintf(f, "    {\"case\": \"%s\", \"what\": \"%s\", \"schedule\": \"%s\", \"ms\": %.4f}%s\n", rows[i].which.c_str(),
-                     rows[i].what.c_str(), rows[i].schedule.c_str(), rows[i].ms, i + 1 < rows.size() ? "," : "");
-    std::fprintf(f, "  ]\n}\n");
-    std::fclose(f);
-    std::printf("wrote %s\n", json_path.c_str());
-    return 0;
+    std::vector<std::string> json_rows;
+    for (const auto& r : rows)
+        json_rows.push_back(vmbench::format("{\"case\": \"%s\", \"what\": \"%s\", \"schedule\": \"%s\", \"ms\": %.4f}", r.which.c_str(), r.what.c_str(),
+                                        r.schedule.c_str(), r.ms));
+    return vmbench::write_rows_json(json_path, card, vmbench::format("  \"reps\": %d,\n", reps), json_rows);
 }

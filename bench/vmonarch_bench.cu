@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <functional>
 #include <string>
 #include <vector>
@@ -15,6 +14,7 @@
 #include "core/backend.hpp"
 #include "cuda/monarch_plan.hpp"
 #include "vmonarch/vmonarch.hpp"
+#include "bench_json.hpp"
 #include "cuda_timing.hpp"
 
 namespace {
@@ -172,20 +172,9 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
     }
 
-    FILE* f = std::fopen(json_path.c_str(), "w");
-    if (f == nullptr) {
-        std::fprintf(stderr, "cannot write %s\n", json_path.c_str());
-        return 1;
-    }
-    const std::time_t now = std::time(nullptr);
-    char date[32];
-    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
-    std::fprintf(f, "{\n  \"card\": \"%s\",\n  \"date\": \"%s\",\n  \"copy_gbps\": %.1f,\n  \"rows\": [\n", card.c_str(), date, copy_gbps);
-    for (std::size_t i = 0; i < rows.size(); ++i)
-        std::fprintf(f, "    {\"shape\": \"%s\", \"what\": \"%s\", \"ms\": %.4f, \"tflops\": %.2f, \"gbps\": %.1f}%s\n", rows[i].shape.c_str(),
-                     rows[i].what.c_str(), rows[i].ms, rows[i].tflops, rows[i].gbps, i + 1 < rows.size() ? "," : "");
-    std::fprintf(f, "  ]\n}\n");
-    std::fclose(f);
-    std::printf("wrote %s\n", json_path.c_str());
-    return 0;
+    std::vector<std::string> json_rows;
+    for (const auto& r : rows)
+        json_rows.push_back(vmbench::format("{\"shape\": \"%s\", \"what\": \"%s\", \"ms\": %.4f, \"tflops\": %.2f, \"gbps\": %.1f}", r.shape.c_str(),
+                                        r.what.c_str(), r.ms, r.tflops, r.gbps));
+    return vmbench::write_rows_json(json_path, card, vmbench::format("  \"copy_gbps\": %.1f,\n", copy_gbps), json_rows);
 }
