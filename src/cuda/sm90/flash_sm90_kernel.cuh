@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     extern __shared__ unsigned char smem_raw[];
     const Ring sm(smem_raw);
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int tid = threadIdx.x, warp = warp_index_uniform(), lane = tid & 31;
     const int f = blockIdx.y / p.heads, h = blockIdx.y % p.heads, b = blockIdx.z;
     // This block's query tiles: args.q_tiles consecutive ones of its row view, fewer at the view's end.
     // Only the narrow key tiles take several (the wide ones are at the register limit: the loop over query

@@ -14,6 +14,11 @@
 namespace vmonarch::cuda::hopper {
 
 // ---- mbarrier ------------------------------------------------------------------------------------------
+// This thread's warp index, broadcast from lane 0: equal across the warp, which the compiler then knows,
+// so that shared-memory addresses and wgmma descriptors derived from it stay in uniform registers (no
+// per-GEMM R2UR moves) and branches on it are warp-uniform.
+__device__ __forceinline__ int warp_index_uniform() { return __shfl_sync(0xffffffffu, int(threadIdx.x) >> 5, 0); }
+
 __device__ __forceinline__ void mbar_init(std::uint32_t bar, std::uint32_t count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }

@@ -135,6 +135,7 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
     constexpr int KS = BM / 16; // k16 slices of the query reduction (dK, dV)
     constexpr int NA = D / 2;   // dK / dV accumulator registers (m64nD)
 
+    constexpr bool kBroadcastWarp = bwd_sm90_broadcast_warp(D, HAS_DA, HAS_DY, false);
     extern __shared__ unsigned char smem_raw[];
     const std::uint32_t raw = smem_addr(smem_raw);
     const std::uint32_t base = (raw + 1023u) & ~1023u;
@@ -142,13 +143,13 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
     const float* const srows = reinterpret_cast<const float*>(smem_raw + (base - raw) + L::OFF_ROWS);
     const std::uint32_t srows_addr = base + L::OFF_ROWS;
     [[maybe_unused]] unsigned char* const ds_bytes = smem_raw + (base - raw) + L::OFF_DS;
-    float* const sdq = reinterpret_cast<float*>(smem_raw + (base - raw) + L::OFF_DQ + (threadIdx.x >> 7) * L::DQ_WG_BYTES);
-    const std::uint32_t sdq_addr = base + L::OFF_DQ + (threadIdx.x >> 7) * L::DQ_WG_BYTES;
+    float* const sdq = reinterpret_cast<float*>(smem_raw + (base - raw) + L::OFF_DQ + (kBroadcastWarp ? unsigned(warp_index_uniform() >> 2) : threadIdx.x >> 7) * L::DQ_WG_BYTES);
+    const std::uint32_t sdq_addr = base + L::OFF_DQ + (kBroadcastWarp ? unsigned(warp_index_uniform() >> 2) : threadIdx.x >> 7) * L::DQ_WG_BYTES;
     unsigned char* const prep_bytes = smem_raw + (base - raw) + L::OFF_PREP;
     const auto prep4_at = [&](int t) { return reinterpret_cast<float4*>(prep_bytes + (t % Shape::STAGES) * L::PREP_STAGE); };
     const auto prep_e_at = [&](int t) { return reinterpret_cast<float*>(prep_bytes + (t % Shape::STAGES) * L::PREP_STAGE + BM * 16); };
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int tid = threadIdx.x, warp = kBroadcastWarp ? warp_index_uniform() : tid >> 5, lane = tid & 31;
     const int wg = warp >> 2, wq = warp & 3;
     const int f = blockIdx.y / p.heads, h = blockIdx.y % p.heads, b = blockIdx.z;
     const std::int64_t k0 = std::int64_t(blockIdx.x) * BN;

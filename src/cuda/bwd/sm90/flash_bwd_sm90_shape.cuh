@@ -31,6 +31,16 @@ struct BwdSm90Shape {
     static constexpr int DQ_ROW_FLOATS = 72; // padded row (288 bytes: 16-byte aligned, 2-way float2 stores)
 };
 
+// Whether a backward kernel variant takes the broadcast warp index (sm90/hopper_ptx.cuh, warp_index_uniform),
+// which keeps its wgmma descriptors in uniform registers. Read off ptxas -v and the SASS (nvcc 13.0, sm_90a):
+// it removes 30–50 of each variant's 35–55 R2UR moves, and ptxas spills no more, at d 64 and in the d 128
+// variants the default route takes with one value operand (dA only cooperative or specialized, dY only
+// pipelined); elsewhere at d 128 it spills 8–180 bytes more, so those keep the plain index.
+constexpr bool bwd_sm90_broadcast_warp(int d, bool has_da, bool has_dy, bool pipelined) {
+    if (d == 64) return true;
+    return has_da != has_dy && (pipelined ? has_dy : has_da);
+}
+
 template <int D, bool HAS_DA, bool HAS_DY> struct BwdSm90Layout {
     using S = BwdSm90Shape;
     static constexpr int KTILE = S::BN * D * 2;

@@ -117,6 +117,7 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     // dPᵀ and Pᵀ in registers at once besides dK and dV, too many with both values at d = 128.
     constexpr bool SPLIT = D == 64 || !(HAS_DA && HAS_DY);
 
+    constexpr bool kBroadcastWarp = bwd_sm90_broadcast_warp(D, HAS_DA, HAS_DY, false);
     extern __shared__ unsigned char smem_raw[];
     const std::uint32_t raw = smem_addr(smem_raw);
     const std::uint32_t base = (raw + 1023u) & ~1023u;
@@ -132,7 +133,7 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     const auto empty_bar = [&](int s) { return bars + std::uint32_t(STAGES + s) * 8u; };
     const auto stage = [&](int s) { return base + L::OFF_STAGES + std::uint32_t(s) * L::STAGE; };
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int tid = threadIdx.x, warp = kBroadcastWarp ? warp_index_uniform() : tid >> 5, lane = tid & 31;
     const int wg = warp >> 2, wq = warp & 3;
     const int f = blockIdx.y / p.heads, h = blockIdx.y % p.heads, b = blockIdx.z;
     const std::int64_t k0 = std::int64_t(blockIdx.x) * BN;
