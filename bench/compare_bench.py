@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Compares vmonarch_bench JSON files of two builds timed in one lease (scripts/gpu_ab.sh):
+"""Compares the JSON files of two builds' C++ benches timed in one lease (scripts/gpu_ab.sh): vmonarch_bench,
+exact_groups_cuda_bench or backward_plan_bench (bench/bench_json.hpp: rows with "shape" or "case", "what",
+optionally "schedule", and "ms"):
   compare_bench.py --before A1.json [A2.json ...] --after B1.json [B2.json ...] [--tolerance 2]
 Per (shape, row) it takes the median over each build's runs and prints before, after and the change in
 percent; rows beyond the tolerance are marked. Exit code 0 either way (a report, not a test)."""
@@ -15,7 +17,8 @@ def load(paths):
             d = json.load(f)
         card = card or d.get("card")
         for r in d["rows"]:
-            rows.setdefault((r["shape"], r["what"]), []).append(r["ms"])
+            what = r["what"] + (f" [{r['schedule']}]" if r.get("schedule") else "")
+            rows.setdefault((r.get("shape", r.get("case")), what), []).append(r["ms"])
     return rows, card
 
 
