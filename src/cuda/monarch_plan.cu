@@ -7,6 +7,7 @@
 
 #include <cuda_runtime.h>
 
+#include "core/env_choice.hpp"
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/common/scoped_event.hpp"
 
@@ -50,8 +51,8 @@ KeyJoin key_join(const TensorView& video_k, const TensorView& video_v, const Ten
 }
 
 bool exact_schedule_serial() {
-    const char* e = std::getenv("VMONARCH_EXACT_SCHEDULE");
-    return e != nullptr && std::strcmp(e, "serial") == 0;
+    return detail::env_choice<CudaError>("VMONARCH_EXACT_SCHEDULE", false, {{"auto", false}, {"serial", true}},
+                                         "vmonarch::attention");
 }
 
 Elem elem_of(DType t) {

@@ -38,7 +38,8 @@ KeyJoin key_join(const TensorView& video_k, const TensorView& video_v, const Ten
 
 // VMONARCH_EXACT_SCHEDULE=serial: every exact key group and a joint sequence's text queries run in order on
 // the caller's stream, partials merged by log-sum-exp (exact_group_plan.cu, text_queries.cu), also where one key
-// range per row would let them run beside the Monarch steps (an A/B switch for benchmarks; read at every call).
+// range per row would let them run beside the Monarch steps (an A/B switch for benchmarks; read at every call;
+// unset, empty or auto: the default schedule; another value is a CudaError naming it).
 bool exact_schedule_serial();
 
 class MonarchPlan {

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/env_choice.hpp"
 #include "cuda/bwd/backward_elementwise.hpp"
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/common/scoped_event.hpp"
@@ -30,12 +31,11 @@ void* regions_of(const detail::BackwardProblem& p, const BackwardWorkspaceLayout
 } // namespace
 
 BackwardSchedule backward_schedule() {
-    const char* env = std::getenv("VMONARCH_BACKWARD_SCHEDULE");
-    if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return BackwardSchedule::automatic;
-    if (std::strcmp(env, "concurrent") == 0) return BackwardSchedule::concurrent;
-    if (std::strcmp(env, "serial") == 0) return BackwardSchedule::serial;
-    throw CudaError(std::string("vmonarch backward: VMONARCH_BACKWARD_SCHEDULE is '") + env +
-                    "', expected 'auto', 'concurrent' or 'serial'");
+    return detail::env_choice<CudaError>("VMONARCH_BACKWARD_SCHEDULE", BackwardSchedule::automatic,
+                                         {{"auto", BackwardSchedule::automatic},
+                                          {"concurrent", BackwardSchedule::concurrent},
+                                          {"serial", BackwardSchedule::serial}},
+                                         "vmonarch backward");
 }
 
 bool concurrent_recompute(const detail::BackwardProblem& p, BackwardSchedule schedule) {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "core/env_choice.hpp"
 #include "cuda/bwd/lstep_bwd.hpp"
 #include "cuda/bwd/lstep_bwd_kernel.cuh"
 #include "cuda/common/cuda_check.hpp"
@@ -71,12 +72,11 @@ void launch_dtype(const LStepBwdParams& p, bool last, cudaStream_t stream, const
 } // namespace
 
 LStepBwdKernel lstep_bwd_kernel_from_env() {
-    const char* env = std::getenv("VMONARCH_LSTEP_BWD");
-    if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return LStepBwdKernel::automatic;
-    if (std::strcmp(env, "tensor-cores") == 0) return LStepBwdKernel::tensor_cores;
-    if (std::strcmp(env, "cuda-cores") == 0) return LStepBwdKernel::cuda_cores;
-    throw CudaError(std::string("vmonarch backward: VMONARCH_LSTEP_BWD is '") + env +
-                    "', expected 'auto', 'tensor-cores' or 'cuda-cores'");
+    return detail::env_choice<CudaError>("VMONARCH_LSTEP_BWD", LStepBwdKernel::automatic,
+                                         {{"auto", LStepBwdKernel::automatic},
+                                          {"tensor-cores", LStepBwdKernel::tensor_cores},
+                                          {"cuda-cores", LStepBwdKernel::cuda_cores}},
+                                         "vmonarch backward");
 }
 
 void launch_lstep_bwd(const LStepBwdParams& p, void* stream, const char* what) {
