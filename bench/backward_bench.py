@@ -5,10 +5,14 @@ backward; also with the exact gradient), saved mode (save_state=True), saved wit
 (torch.cuda.max_memory_allocated over one forward + backward) and the saved state's bytes per token per head.
 Lean minus saved backward time is what one forward rerun costs (the lean backward runs the forward once).
 
-    python3 bench/backward_bench.py [--quick] [--reps N] [--json FILE]
+    python3 bench/backward_bench.py [--quick] [--reps N] [--json FILE] [--cases plain,exact]
 
 Shapes (batch 1, bf16, d = 128, t = 2 with the frame-0 recompute): 16x28x52 with 12 heads and 24x44x80
-with 40 heads. Times are medians of CUDA-event timings after warm-up. No assertions: numbers only.
+with 40 heads. --cases exact (spec §3b-3c, §7) adds the exact key groups' backward: the video shapes with
+one sink frame (t = 1 and t = 2, lean) and CogVideoX-5B's joint sequence (226 text tokens first +
+13x30x45 video, 48 heads, d = 64; vmonarch.joint_attention, lean, t = 2 and t = 1 with S = 1) against
+cuDNN's backward over the same sequence. Times are medians of CUDA-event timings after warm-up. No
+assertions: numbers only.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ from exact_groups_common import write_json  # noqa: E402
 from train_bench_common import check_outputs, cuda_peak_bytes, median_ms, sdpa_forward  # noqa: E402
 
 SHAPES = [((16, 28, 52), 12), ((24, 44, 80), 40)]
+COGVIDEOX = ((13, 30, 45), 48, 64, 226)  # grid, heads, head dim, text tokens (first)
+CASES = ("plain", "exact")
 
 
 CUDA = torch.device("cuda")
@@ -35,8 +41,8 @@ def timed(fn, reps):
     return median_ms(fn, CUDA, 2, reps)
 
 
-def leaves(grid, heads, d, dtype, layout):
-    N = grid[0] * grid[1] * grid[2]
+def leaves(grid, heads, d, dtype, layout, extra_tokens=0):
+    N = grid[0] * grid[1] * grid[2] + extra_tokens
     shape = (1, N, heads, d) if layout == "bshd" else (1, heads, N, d)
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(shape, device="cuda", dtype=dtype, generator=gen).requires_grad_(True) for _ in range(3))
@@ -68,7 +74,12 @@ def main():
     parser.add_argument("--quick", action="store_true", help="the small shape only, fewer repetitions")
     parser.add_argument("--json", help="write the rows here (written whole or not at all)")
     parser.add_argument("--reps", type=int, help="timed repetitions per figure (default 20; 5 with --quick)")
+    parser.add_argument("--cases", default="plain",
+                        help="comma-separated: plain (the paper's setting, every mode) and/or exact (sink frame, joint)")
     args = parser.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    if not cases or any(c not in CASES for c in cases):
+        parser.error(f"--cases is {args.cases!r}, expected a comma-separated list of {', '.join(CASES)}")
     from torch.nn.attention import SDPBackend
 
     reps = args.reps if args.reps is not None else (5 if args.quick else 20)
@@ -96,8 +107,17 @@ def main():
         print(line(row), flush=True)
         save()
 
+    def sdpa_rows(label, q, k, v, dout):
+        qt, kt, vt, dt = (x.detach().transpose(1, 2).contiguous() for x in (q, k, v, dout))
+        qt, kt, vt = (x.requires_grad_(True) for x in (qt, kt, vt))
+        for name, backend in (("sdpa cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa flash", SDPBackend.FLASH_ATTENTION)):
+            try:
+                report({"shape": label, **measure(name, sdpa_forward(backend), qt, kt, vt, dt, reps)})
+            except RuntimeError as e:  # backend unavailable on this device / build
+                report({"shape": label, "name": name, "error": str(e).splitlines()[0]})
+
     print(header, flush=True)
-    for grid, heads in SHAPES[:1] if args.quick else SHAPES:
+    for grid, heads in (SHAPES[:1] if args.quick else SHAPES) if "plain" in cases else ():
         label = f"{grid[0]}x{grid[1]}x{grid[2]}x{heads}h"
         q, k, v, dout = leaves(grid, heads, 128, torch.bfloat16, "bshd")
         N = grid[0] * grid[1] * grid[2]
@@ -111,14 +131,31 @@ def main():
             if opts.get("save_state"):
                 row["saved_bytes_per_token_head"] = saved_state_bytes(q, v, 2, "bshd") / (N * heads)
             report(row)
-        qt, kt, vt, dt = (x.detach().transpose(1, 2).contiguous() for x in (q, k, v, dout))
-        qt, kt, vt = (x.requires_grad_(True) for x in (qt, kt, vt))
-        for name, backend in (("sdpa cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa flash", SDPBackend.FLASH_ATTENTION)):
-            try:
-                report({"shape": label, **measure(name, sdpa_forward(backend), qt, kt, vt, dt, reps)})
-            except RuntimeError as e:  # backend unavailable on this device / build
-                report({"shape": label, "name": name, "error": str(e).splitlines()[0]})
-        del q, k, v, dout, qt, kt, vt, dt
+        sdpa_rows(label, q, k, v, dout)
+        del q, k, v, dout
+        torch.cuda.empty_cache()
+    if "exact" in cases:
+        # Exact key groups (spec §3b): one sink frame, lean mode, at t = 1 and t = 2.
+        for grid, heads in SHAPES[:1] if args.quick else SHAPES:
+            label = f"{grid[0]}x{grid[1]}x{grid[2]}x{heads}h"
+            q, k, v, dout = leaves(grid, heads, 128, torch.bfloat16, "bshd")
+            for name, t in (("vmonarch lean t=1 S=1", 1), ("vmonarch lean t=2 S=1", 2)):
+                fwd = (lambda t: lambda q, k, v: vmonarch.attention(q, k, v, grid=grid, iterations=t, sink_frames=1))(t)
+                report({"shape": label, **measure(name, fwd, q, k, v, dout, reps)})
+            if "plain" not in cases:  # else measured above, same shape and inputs
+                sdpa_rows(label, q, k, v, dout)
+            del q, k, v, dout
+            torch.cuda.empty_cache()
+        # The joint sequence (spec §3c): CogVideoX's text first, every text token valid.
+        grid, heads, d, text = COGVIDEOX
+        label = f"cogvideox {grid[0]}x{grid[1]}x{grid[2]}+{text}x{heads}h"
+        q, k, v, dout = leaves(grid, heads, d, torch.bfloat16, "bshd", extra_tokens=text)
+        for name, opts in (("vmonarch joint lean t=2", dict(iterations=2)),
+                           ("vmonarch joint lean t=1 S=1", dict(iterations=1, sink_frames=1))):
+            fwd = (lambda o: lambda q, k, v: vmonarch.joint_attention(q, k, v, grid, text, text_first=True, **o))(opts)
+            report({"shape": label, **measure(name, fwd, q, k, v, dout, reps)})
+        sdpa_rows(label, q, k, v, dout)
+        del q, k, v, dout
         torch.cuda.empty_cache()
     cudnn = {r["shape"]: r["bwd_ms"] for r in rows if r.get("name") == "sdpa cudnn" and "bwd_ms" in r}
     for r in rows:

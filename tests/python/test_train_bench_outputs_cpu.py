@@ -46,3 +46,15 @@ def test_json_and_md_naming_one_file_is_refused(script, tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "--md is" in proc.stderr and "the file --json also names" in proc.stderr
     assert path.read_text() == "kept\n"
+
+
+@pytest.mark.parametrize("cases", ["", "plain,joint", "exact,"])
+def test_backward_bench_unknown_case_is_refused(cases, tmp_path):
+    if cases == "exact,":  # a trailing comma is allowed; a bad output path then stops it before CUDA work
+        proc = run("backward_bench.py", "--cases", cases, "--json", str(tmp_path))
+        assert proc.returncode == 2 and "a directory; expected a file path" in proc.stderr, proc.stderr
+        return
+    proc = run("backward_bench.py", "--cases", cases)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--cases is {cases!r}, expected a comma-separated list of plain, exact" in proc.stderr
+    assert proc.stdout == ""
