@@ -22,6 +22,20 @@ inline void check_flash_bwd_smem(int bytes, const FlashBwdParams& p, const char*
                         std::to_string(limit));
 }
 
+// Deterministic mode's dq pass (spec §7.5): the query-tile kernel over ceil(len_q / BM) query tiles ×
+// (segment, head) × batch, each tile summing its key tiles in a fixed order. Also the Hopper launchers' (sm90/
+// flash_bwd_sm90_launch_common.cuh).
+template <bool BF16, int D, bool HAS_DA, bool HAS_DY, typename Ctx>
+void launch_flash_bwd_query_tiles(const FlashBwdParams& p, cudaStream_t st, const Ctx& ctx) {
+    auto kernel = flash_bwd_query_kernel<BF16, D, HAS_DA, HAS_DY>;
+    constexpr int smem = flash_bwd_query_smem_bytes<D, HAS_DA, HAS_DY>();
+    constexpr int BM = FlashBwdQueryShape<D>::BM;
+    allow_smem(kernel, smem, ctx);
+    const dim3 grid(unsigned((p.len_q + BM - 1) / BM), unsigned(p.segments * p.heads), unsigned(p.batch));
+    kernel<<<grid, FlashBwdQueryShape<D>::THREADS, smem, st>>>(p);
+    check_launch_lazy(ctx);
+}
+
 template <bool BF16, int D, bool HAS_DA, bool HAS_DY> void launch_flash_bwd_variant(const FlashBwdParams& p, void* stream, const char* what) {
     const auto ctx = [&] { return describe_flash_bwd(p, what); };
     const cudaStream_t st = static_cast<cudaStream_t>(stream);
@@ -37,14 +51,8 @@ template <bool BF16, int D, bool HAS_DA, bool HAS_DY> void launch_flash_bwd_vari
         check_launch_lazy(ctx);
     }
     if (p.deterministic) {
-        auto kernel = flash_bwd_query_kernel<BF16, D, HAS_DA, HAS_DY>;
-        constexpr int smem = flash_bwd_query_smem_bytes<D, HAS_DA, HAS_DY>();
-        constexpr int BM = FlashBwdQueryShape<D>::BM;
-        check_flash_bwd_smem(smem, p, what);
-        allow_smem(kernel, smem, ctx);
-        const dim3 grid(unsigned((p.len_q + BM - 1) / BM), sh, nb);
-        kernel<<<grid, FlashBwdQueryShape<D>::THREADS, smem, st>>>(p);
-        check_launch_lazy(ctx);
+        check_flash_bwd_smem(flash_bwd_query_smem_bytes<D, HAS_DA, HAS_DY>(), p, what);
+        launch_flash_bwd_query_tiles<BF16, D, HAS_DA, HAS_DY>(p, st, ctx);
     }
 }
 

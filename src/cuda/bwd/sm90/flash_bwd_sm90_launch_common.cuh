@@ -1,13 +1,14 @@
 // Internal: what every schedule's host launcher of the Hopper flash backward does once it has its key-tile
 // kernel: the key-tile kernel over ceil(len_k / BN) key tiles × (segment, head) × batch (dk, dv, and dq by bulk
 // reduce-adds unless deterministic), then in deterministic mode the portable query-tile kernel for dq
-// (flash_bwd_kernel.cuh), whose order is fixed. Included by the flash_bwd_sm90_*launch.cuh headers.
+// (flash_bwd_launch.cuh: launch_flash_bwd_query_tiles), whose order is fixed. Included by the
+// flash_bwd_sm90_*launch.cuh headers.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include "cuda/bwd/flash_bwd.hpp"
-#include "cuda/bwd/flash_bwd_kernel.cuh"
+#include "cuda/bwd/flash_bwd_launch.cuh" // launch_flash_bwd_query_tiles
 #include "cuda/bwd/sm90/flash_bwd_sm90_shape.cuh"
 #include "cuda/common/cuda_check.hpp"
 
@@ -17,23 +18,13 @@ template <bool BF16, int D, bool HAS_DA, bool HAS_DY, typename KeyKernel, typena
 void launch_flash_bwd_sm90_key_tiles(KeyKernel key_kernel, int key_smem, int key_threads, const FlashBwdParams& p,
                                      void* stream, const Ctx& ctx) {
     const cudaStream_t st = static_cast<cudaStream_t>(stream);
-    const unsigned sh = unsigned(p.segments * p.heads), nb = unsigned(p.batch);
-    {
-        using hopper::BwdSm90Shape;
-        allow_smem(key_kernel, key_smem, ctx);
-        const dim3 grid(unsigned((p.len_k + BwdSm90Shape::BN - 1) / BwdSm90Shape::BN), sh, nb);
-        key_kernel<<<grid, key_threads, key_smem, st>>>(p);
-        check_launch_lazy(ctx);
-    }
-    if (p.deterministic) {
-        auto kernel = flash_bwd_query_kernel<BF16, D, HAS_DA, HAS_DY>;
-        constexpr int smem = flash_bwd_query_smem_bytes<D, HAS_DA, HAS_DY>();
-        constexpr int BM = FlashBwdQueryShape<D>::BM;
-        allow_smem(kernel, smem, ctx);
-        const dim3 grid(unsigned((p.len_q + BM - 1) / BM), sh, nb);
-        kernel<<<grid, FlashBwdQueryShape<D>::THREADS, smem, st>>>(p);
-        check_launch_lazy(ctx);
-    }
+    using hopper::BwdSm90Shape;
+    allow_smem(key_kernel, key_smem, ctx);
+    const dim3 grid(unsigned((p.len_k + BwdSm90Shape::BN - 1) / BwdSm90Shape::BN), unsigned(p.segments * p.heads),
+                    unsigned(p.batch));
+    key_kernel<<<grid, key_threads, key_smem, st>>>(p);
+    check_launch_lazy(ctx);
+    if (p.deterministic) launch_flash_bwd_query_tiles<BF16, D, HAS_DA, HAS_DY>(p, st, ctx);
 }
 
 } // namespace vmonarch::cuda
