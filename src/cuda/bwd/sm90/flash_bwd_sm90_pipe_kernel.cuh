@@ -60,8 +60,9 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_pipe_
     const std::uint32_t sK = base, sV = base + L::OFF_V, sDS = base + L::OFF_DS;
     const float* const srows = reinterpret_cast<const float*>(smem_raw + (base - raw) + L::OFF_ROWS);
     const std::uint32_t srows_addr = base + L::OFF_ROWS;
-    float* const sdq = reinterpret_cast<float*>(smem_raw + (base - raw) + L::OFF_DQ + (kBroadcastWarp ? unsigned(warp_index_uniform() >> 2) : threadIdx.x >> 7) * L::DQ_WG_BYTES);
-    const std::uint32_t sdq_addr = base + L::OFF_DQ + (kBroadcastWarp ? unsigned(warp_index_uniform() >> 2) : threadIdx.x >> 7) * L::DQ_WG_BYTES;
+    const unsigned dq_wg = kBroadcastWarp ? unsigned(warp_index_uniform() >> 2) : threadIdx.x >> 7; // this warpgroup's dQ tile
+    float* const sdq = reinterpret_cast<float*>(smem_raw + (base - raw) + L::OFF_DQ + dq_wg * L::DQ_WG_BYTES);
+    const std::uint32_t sdq_addr = base + L::OFF_DQ + dq_wg * L::DQ_WG_BYTES;
     unsigned char* const prep_bytes = smem_raw + (base - raw) + L::OFF_PREP;
     const auto prep4_at = [&](int t) { return reinterpret_cast<float4*>(prep_bytes + (t % Shape::STAGES) * L::PREP_STAGE); };
     const auto prep_e_at = [&](int t) { return reinterpret_cast<float*>(prep_bytes + (t % Shape::STAGES) * L::PREP_STAGE + BM * 16); };
