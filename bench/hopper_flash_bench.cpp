@@ -1,9 +1,11 @@
 // hopper_flash_bench [--quick] [--hopper-only] [--only SUBSTRING] [--reps N]: times the portable flash kernel (launch_flash) and the Hopper kernel
 // (launch_flash_hopper) on the same inputs, CUDA events, warm-up then the median of several repetitions,
-// bf16, d = 128, batch 1, random (non-zero) inputs:
-//   R-step shapes 24 × 44 × 80 × 40 heads (HW = 3520 keys per frame) and 16 × 28 × 52 × 12 heads (HW =
-//   1456), with the pipeline's own views (MonarchPlan): first R-step (A+ent), middle R-step (A+ent, row
-//   scale), last R-step (O+A+ent, row scale), and the first-frame recompute;
+// bf16, batch 1, random (non-zero) inputs:
+//   R-step shapes at d = 128: 24 × 44 × 80 × 40 heads (HW = 3520 keys per frame) and 16 × 28 × 52 × 12 heads
+//   (HW = 1456); at d = 64: CogVideoX's 13 × 30 × 45 × 48 heads (HW = 1350) and 13 × 60 × 90 × 12 heads (HW =
+//   5400: the same kernels with 4× longer key ranges, to separate the main loop's rate from the per-tile
+//   prologue and epilogue); with the pipeline's own views (MonarchPlan): first R-step (A+ent), middle R-step
+//   (A+ent, row scale), last R-step (O+A+ent, row scale), and the first-frame recompute;
 //   dense attention N = 23296, 12 heads (O, and O + LSE).
 // --hopper-only skips the portable timings; --only runs just the rows whose name contains SUBSTRING (e.g.
 // to profile one launch with ncu). The Hopper kernel's key-tile width follows VMONARCH_HOPPER_TILE, its schedule VMONARCH_HOPPER_MODE in
@@ -97,13 +99,15 @@ void bench(std::vector<Row>& rows, const std::string& name, const vmonarch::cuda
 } // namespace
 
 // The pipeline's R-step views (first, middle, last) and the first-frame recompute of a T × Hh × Ww video
-// with `H` heads, bf16, batch 1.
-void bench_rsteps(std::vector<Row>& rows, std::int64_t T, std::int64_t Hh, std::int64_t Ww, std::int64_t H, int warm, int reps) {
+// with `H` heads of dimension d, bf16, batch 1. Row names: "TxHhxWwxHh " (d = 128) or "TxHhxWwxHh d64 ".
+void bench_rsteps(std::vector<Row>& rows, std::int64_t T, std::int64_t Hh, std::int64_t Ww, std::int64_t H, int warm, int reps,
+                  std::int64_t d = 128) {
     using vmonarch::DType;
     using vmonarch::Device;
     using vmonarch::TensorView;
-    const std::int64_t d = 128, HW = Hh * Ww, N = T * HW, B = 1;
-    const std::string tag = std::to_string(T) + "x" + std::to_string(Hh) + "x" + std::to_string(Ww) + "x" + std::to_string(H) + "h ";
+    const std::int64_t HW = Hh * Ww, N = T * HW, B = 1;
+    const std::string tag = std::to_string(T) + "x" + std::to_string(Hh) + "x" + std::to_string(Ww) + "x" + std::to_string(H) + "h " +
+                            (d == 128 ? "" : "d" + std::to_string(d) + " ");
     const std::size_t elems = std::size_t(B * N * H * d);
     void *q, *k, *v, *out, *ws;
     check(cudaMalloc(&q, elems * 2), "malloc");
@@ -167,6 +171,8 @@ int main(int argc, char** argv) {
 
     bench_rsteps(rows, 24, 44, 80, 40, warm, reps);
     bench_rsteps(rows, 16, 28, 52, 12, warm, reps);
+    bench_rsteps(rows, 13, 30, 45, 48, warm, reps, 64);
+    bench_rsteps(rows, 13, 60, 90, 12, warm, reps, 64);
     { // dense, N = 23296 (16 × 28 × 52), 12 heads
         const std::int64_t N = 23296, H = 12, B = 1;
         const std::size_t elems = std::size_t(B * N * H * d);

@@ -17,8 +17,9 @@ struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
     using Tile = Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN>;
     using Tile::Tile;
     using Tile::acc_k, Tile::acc_v, Tile::compute_s, Tile::fence_acc, Tile::fence_p, Tile::fence_s, Tile::issue_pv, Tile::issue_s,
-        Tile::lane, Tile::len_q, Tile::p, Tile::pack_p, Tile::q0, Tile::rescale, Tile::ring, Tile::ring0, Tile::row, Tile::sm, Tile::softmax,
-        Tile::softmax_stale, Tile::st, Tile::wg;
+        Tile::issue_s_at, Tile::lane, Tile::len_q, Tile::multipliers, Tile::p, Tile::pack_p, Tile::q0, Tile::rescale,
+        Tile::reset_query_tile, Tile::ring, Tile::ring0, Tile::row, Tile::sm, Tile::softmax, Tile::softmax_stale, Tile::sQwg, Tile::st,
+        Tile::start_query_tile, Tile::wg;
     static constexpr int NS = Tile::NS, KS = Tile::KS;
 
     // This warp no longer reads key tile n's stage (ring position g = ring(n)).
@@ -94,13 +95,13 @@ struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
 
     // MODE 1 and 2, software-pipelined (FlashAttention-3's intra-warpgroup overlap): S of tile n is issued
     // together with P·V of tile n − 1; the softmax of tile n runs while P·V of tile n − 1 is still on the
-    // tensor cores, and the accumulators are rescaled only once that has finished.
-    __device__ __forceinline__ void run_pipelined(int n_tiles, bool stale_max) {
+    // tensor cores, and the accumulators are rescaled only once that has finished. In three pieces, so that
+    // consecutive query tiles of a block can be joined (run_query_tiles): the start (S and softmax of key
+    // tile 0), the steady loop (tiles 1 … n_tiles − 1), and the finish (the last P·V).
+    __device__ __forceinline__ void pipeline_start(float (&sacc)[NS], std::uint32_t (&pa)[KS][4]) {
         if constexpr (MODE == 2) {
             if (wg == 1) named_bar_arrive(1, 256); // warpgroup 0 goes first
         }
-        float sacc[NS];
-        std::uint32_t pa[KS][4];
         float al[2];
         wait_full(0);
         turn_wait();
@@ -112,6 +113,9 @@ struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
         fence_s(sacc);
         softmax(sacc, 0, al); // al is 1 or 0 here and the accumulators are zero: no rescale needed
         pack_p(sacc, pa);
+    }
+    __device__ __forceinline__ void pipeline_loop(float (&sacc)[NS], std::uint32_t (&pa)[KS][4], int n_tiles, bool stale_max) {
+        float al[2];
         for (int n = 1; n < n_tiles; ++n) {
             wait_full(n);
             turn_wait();
@@ -132,6 +136,8 @@ struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
             rescale(al);
             pack_p(sacc, pa);
         }
+    }
+    __device__ __forceinline__ void pipeline_finish(std::uint32_t (&pa)[KS][4], int n_tiles) {
         turn_wait();
         fence_acc();
         wgmma_fence();
@@ -143,12 +149,22 @@ struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
         fence_p(pa);
         release(n_tiles - 1);
     }
+    __device__ __forceinline__ void run_pipelined(int n_tiles, bool stale_max) {
+        float sacc[NS];
+        std::uint32_t pa[KS][4];
+        pipeline_start(sacc, pa);
+        pipeline_loop(sacc, pa, n_tiles, stale_max);
+        pipeline_finish(pa, n_tiles);
+    }
 
     // This warp no longer reads Q slot `slot` (every wgmma of the schedule has completed): the producer
     // may load the block's next query tile but one into it.
     __device__ __forceinline__ void release_q(int slot) {
         __syncwarp();
         if (lane == 0) mbar_arrive(sm.q_empty_bar(slot));
+    }
+    __device__ __forceinline__ void store(int b, int h, int f) {
+        store_flash_rows<BF16, D, K_VALUE, V_VALUE>(p, b, h, f, std::int64_t(q0), row, len_q, lane, st, acc_v(), acc_k());
     }
     // The whole consumer for one query tile: wait for its Q (the fill of Q slot `slot` with parity
     // `phase`), run the schedule over the key tiles, release the Q slot, store this thread's two rows
@@ -166,7 +182,81 @@ struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
         if constexpr (MODE == 0) run_serial(n_tiles, stale_max);
         else run_pipelined(n_tiles, stale_max);
         release_q(slot);
-        store_flash_rows<BF16, D, K_VALUE, V_VALUE>(p, b, h, f, std::int64_t(q0), row, len_q, lane, st, acc_v(), acc_k());
+        store(b, h, f);
+    }
+
+    // The block's q_count consecutive query tiles (the first one this consumer was constructed for; tile j in
+    // Q slot j % 2, its key tile 0 at ring position j · n_tiles when ring_per_tile, else 0). Under the
+    // pipelined schedules a tile boundary is joined where both warpgroups have rows in the next tile: the
+    // last P·V of tile j is issued together with S of tile j + 1's key tile 0 (one GEMM turn), and tile j's
+    // epilogue (statistics, stores) and tile j + 1's row multipliers run while that S is on the tensor
+    // cores, so the boundary costs no pipeline drain and refill. Elsewhere (MODE 0, the view's last tile
+    // when a warpgroup is idle in it) one tile after another, as run().
+    __device__ __forceinline__ void run_query_tiles(int q_count, int n_tiles, bool stale_max, int b, int h, int f, bool ring_per_tile) {
+        if constexpr (MODE == 0) {
+            for (int j = 0; j < q_count; ++j) {
+                if (j > 0) start_query_tile(q0 + HopperShape::BM, sm.q_slot(j & 1), b, h, f);
+                run(n_tiles, stale_max, b, h, f, j & 1, std::uint32_t(j >> 1) & 1u, ring_per_tile ? j * n_tiles : 0);
+            }
+        } else {
+            float sacc[NS];
+            std::uint32_t pa[KS][4];
+            bool joined = false; // this tile's S and softmax of key tile 0 were done at the previous boundary
+            for (int j = 0; j < q_count; ++j) {
+                const int slot = j & 1;
+                if (!joined) {
+                    if (j > 0) start_query_tile(q0 + HopperShape::BM, sm.q_slot(slot), b, h, f);
+                    ring0 = ring_per_tile ? j * n_tiles : 0;
+                    mbar_wait(sm.q_full_bar(slot), std::uint32_t(j >> 1) & 1u);
+                    if (wg * 64 >= len_q) { // only a view's last tile: the next boundary is not joined
+                        idle(n_tiles);
+                        release_q(slot);
+                        continue;
+                    }
+                    pipeline_start(sacc, pa);
+                }
+                pipeline_loop(sacc, pa, n_tiles, stale_max);
+                // Join when both warpgroups have rows in tile j + 1 (the same answer in both: it depends on the block).
+                joined = j + 1 < q_count && int(p.len_q - (q0 + HopperShape::BM)) > 64;
+                if (!joined) {
+                    pipeline_finish(pa, n_tiles);
+                    release_q(slot);
+                    store(b, h, f);
+                    continue;
+                }
+                const int next_q0 = q0 + HopperShape::BM, next_slot = slot ^ 1, next_ring0 = ring_per_tile ? (j + 1) * n_tiles : 0;
+                const int last = ring(n_tiles - 1);
+                mbar_wait(sm.q_full_bar(next_slot), std::uint32_t((j + 1) >> 1) & 1u);
+                mbar_wait(sm.full_bar(next_ring0 % Tile::Ring::STAGES), std::uint32_t(next_ring0 / Tile::Ring::STAGES) & 1u);
+                turn_wait();
+                fence_acc();
+                wgmma_fence();
+                issue_pv(pa, n_tiles - 1);
+                wgmma_commit();
+                const std::uint32_t this_q = sQwg;
+                sQwg = sm.q_slot(next_slot) + wg * 64 * 128;
+                issue_s_at(sacc, next_ring0);
+                wgmma_commit();
+                sQwg = this_q;
+                turn_pass();
+                float next_mult[2];
+                multipliers(next_q0, b, h, f, next_mult);
+                wgmma_wait<1>(); // the last P·V of tile j is done; S of tile j + 1 may still run
+                fence_acc();
+                fence_p(pa);
+                __syncwarp();
+                if (lane == 0) mbar_arrive(sm.empty_bar(last % Tile::Ring::STAGES));
+                release_q(slot);
+                store(b, h, f);
+                reset_query_tile(next_q0, sm.q_slot(next_slot), next_mult);
+                ring0 = next_ring0;
+                wgmma_wait<0>();
+                fence_s(sacc);
+                float al[2];
+                softmax(sacc, 0, al); // fresh statistics and zero accumulators: no rescale needed
+                pack_p(sacc, pa);
+            }
+        }
     }
 };
 #endif

@@ -3,7 +3,8 @@
 // (common/online_softmax.cuh, RoundedMath: the same bits whatever the compiler would fuse in each
 // schedule). The schedules that order these pieces are in flash_sm90_consumer.cuh.
 //
-// The warpgroup owns query rows [q0 + 64·wg, q0 + 64·wg + 64); thread (warp wq, lane) holds rows
+// The warpgroup owns query rows [q0 + 64·wg, q0 + 64·wg + 64) of its current query tile (several in turn
+// when a block has several); thread (warp wq, lane) holds rows
 // 16·wq + lane/4 and + 8 of them, in the m64nN accumulator layout (hopper_wgmma.cuh).
 #pragma once
 
@@ -33,8 +34,9 @@ struct Sm90Tile {
 
     const FlashParams& p;
     const Ring& sm;
-    const int wg, lane, q0, len_q; // len_q: rows of this block that exist
-    const std::uint32_t sQwg;      // this warpgroup's 64 rows inside each column block of Q
+    const int wg, lane;
+    int q0, len_q;                 // the query tile's first row; len_q: rows of the tile's view from q0 on that exist
+    std::uint32_t sQwg;            // this warpgroup's 64 rows inside each column block of Q
     int row[2];                    // this thread's two rows, relative to q0
     float mult[2];                 // base-2 logit per unit of ⟨q, k⟩ (positive: the host checks)
     float acc[NACC];
@@ -51,33 +53,56 @@ struct Sm90Tile {
     // q_smem: the Q slot holding this block's query tile q0 (SmemRing::q_slot).
     __device__ __forceinline__ Sm90Tile(const FlashParams& p_, const Ring& sm_, int warp, int lane_, int q0_, int b, int h, int f,
                                         std::uint32_t q_smem)
-        : p(p_), sm(sm_), wg(warp >> 2), lane(lane_), q0(q0_), len_q(int(p_.len_q - q0_)), sQwg(q_smem + (warp >> 2) * 64 * 128) {
+        : p(p_), sm(sm_), wg(warp >> 2), lane(lane_) {
         const int wq = warp & 3;
 #pragma unroll
+        for (int r = 0; r < 2; ++r) row[r] = wg * 64 + wq * 16 + (lane >> 2) + 8 * r;
+        start_query_tile(q0_, q_smem, b, h, f);
+    }
+    // The logit multipliers of this thread's rows of the query tile starting at row q: s·log₂e, or with a row
+    // scale s·log₂e / max(cR, clamp) (docs/algorithm.md §3.1: x = s·⟨aR, K⟩ / max(cR, clamp)); rows past
+    // len_q take any positive multiplier (they are never stored).
+    __device__ __forceinline__ void multipliers(int q, int b, int h, int f, float (&m)[2]) const {
+#pragma unroll
         for (int r = 0; r < 2; ++r) {
-            row[r] = wg * 64 + wq * 16 + (lane >> 2) + 8 * r;
-            mult[r] = p.qk_scale * kLog2e;
-            if constexpr (ROW_SCALE) { // docs/algorithm.md §3.1: x = s·⟨aR, K⟩ / max(cR, clamp)
+            m[r] = p.qk_scale * kLog2e;
+            if constexpr (ROW_SCALE) {
                 const float* rs = view_row<const float>(p.rs, b, h, f);
-                float m = kLog2e; // rows past len_q: any positive multiplier (never stored)
-                if (row[r] < len_q) {
-                    float c = fmaxf(rs[(std::int64_t(q0) + row[r]) * p.rs.sr], p.clamp);
+                m[r] = kLog2e;
+                if (row[r] < int(p.len_q - q)) {
+                    float c = fmaxf(rs[(std::int64_t(q) + row[r]) * p.rs.sr], p.clamp);
                     c = c > 0.f ? c : FLT_MIN;
-                    m = p.scale * kLog2e / c;
+                    m[r] = p.scale * kLog2e / c;
                 }
-                mult[r] = m;
             }
         }
+    }
+    // Make the query tile starting at row q (its Q in slot q_smem) this warpgroup's tile, with fresh
+    // statistics and zero accumulators; mult from multipliers() (next_mult: already loaded for it).
+    __device__ __forceinline__ void reset_query_tile(int q, std::uint32_t q_smem, const float (&next_mult)[2]) {
+        q0 = q;
+        len_q = int(p.len_q - q);
+        sQwg = q_smem + wg * 64 * 128;
+        mult[0] = next_mult[0];
+        mult[1] = next_mult[1];
+        st = Stats{};
 #pragma unroll
         for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+    }
+    __device__ __forceinline__ void start_query_tile(int q, std::uint32_t q_smem, int b, int h, int f) {
+        float m[2];
+        multipliers(q, b, h, f, m);
+        reset_query_tile(q, q_smem, m);
     }
     __device__ __forceinline__ float (&acc_k())[NO] { return *reinterpret_cast<float(*)[NO]>(&acc[0]); }
     __device__ __forceinline__ float (&acc_v())[NO] { return *reinterpret_cast<float(*)[NO]>(&acc[K_VALUE ? NO : 0]); }
 
     // S = Q·Kᵀ of key tile n (64 × BN per warpgroup) into sacc, reduction over the head dim in 16-element
     // steps; the first step overwrites (scale-d = 0), so sacc needs no zeroing. Issued, not waited for.
-    __device__ __forceinline__ void issue_s(float (&sacc)[NS], int n) {
-        const std::uint32_t sK = sm.stage(ring(n));
+    __device__ __forceinline__ void issue_s(float (&sacc)[NS], int n) { issue_s_at(sacc, ring(n)); }
+    // The same for the key tile at ring position g.
+    __device__ __forceinline__ void issue_s_at(float (&sacc)[NS], int g) {
+        const std::uint32_t sK = sm.stage(g);
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
             // Q block: BM rows per column block (this warpgroup starts 64 rows in); K block: BN rows.
