@@ -20,10 +20,10 @@ struct FlashPolicy {
     Tile tile = Tile::per_problem;
     int sm90_mode = 2;           // consumer schedule (flash_sm90_consumer.cuh); 2 unless experiments
     bool sm90_stale_max = true;  // the stale-offset update (docs/algorithm.md §4.2); true unless experiments
-    // Query tiles per block at d = 64 for long key ranges (sm90/flash_sm90_shape.cuh). 2: CogVideoX's R-steps
-    // on an H200 gained 3–5% at 2, 3 and 4 alike, its whole forward most at 2 and 3, less at 4 and 6
-    // (bench/RESULTS.md); 1 = one tile per block.
-    int sm90_long_q_tiles = 2;
+    // Query tiles per block at d = 64 for long key ranges (sm90/flash_sm90_shape.cuh). 4: since a block's tiles
+    // are joined into one pipeline (flash_sm90_consumer.cuh, run_query_tiles), CogVideoX's whole forward on an
+    // H200 is 1.5 % faster at 3 and 4 than at 2 (bench/RESULTS.md); 1 = one tile per block.
+    int sm90_long_q_tiles = 4;
     int sm90_long_q_min_waves = 8; // where the grid keeps at least this many waves of blocks (tests: 0)
 };
 

@@ -14,6 +14,7 @@
 #include "cuda/common/kernel_params.hpp"
 #include "cuda/common/mma_fragments.cuh"
 #include "cuda/common/online_softmax.cuh"
+#include "cuda/common/poly_exp2.cuh"
 #include "cuda/sm90/flash_sm90_shape.cuh"
 
 namespace vmonarch::cuda::hopper {
@@ -27,6 +28,11 @@ struct Sm90Tile {
     static constexpr int NS = BN / 2; // S accumulator registers per thread (m64nBN)
     static constexpr int NO = D / 2;  // O / A accumulator registers per thread (m64nD)
     static constexpr int KS = BN / 16; // k-slices of P·V
+    // Every kPolyEvery-th exponential of a full tile on the FMA pipe (poly_exp2) instead of MUFU, 0 = none. At
+    // d = 64 with one value operand MUFU is as busy as the tensor cores (one ex2 per 4·d = 256 MMA FLOPs);
+    // one in 8 measured best there on an H200 (bench/RESULTS.md: R-step 1 and the recompute 3–5 % faster at
+    // HW = 5400), while at d = 128 or with both values (more MMA per ex2) every fraction was slower.
+    static constexpr int kPolyEvery = (D == 64 && K_VALUE != V_VALUE) ? 8 : 0;
     // Accumulators of P·[K | V]: A = P·K in the first NO registers, O = P·V in the next NO (with both values,
     // one m64n(2d)k16 per k-slice computes both: the V tile lies right after the K tile in the stage, so the
     // two tiles' 64-column blocks are equally spaced and one MN-major descriptor spans them).
@@ -157,7 +163,7 @@ struct Sm90Tile {
         for (int i = 0; i < NS; ++i) {
             const int r = c_frag_half(i);
             const float dlt = __fmaf_rn(sacc[i], mult[r], nm[r]);
-            const float pr = fast_exp2(dlt);
+            const float pr = (kPolyEvery > 0 && i % kPolyEvery == kPolyEvery - 1) ? poly_exp2(dlt) : fast_exp2(dlt);
             sums.add(r, pr, dlt);
             sacc[i] = pr;
         }
