@@ -33,6 +33,7 @@ struct Sm90Tile {
     // one in 8 measured best there on an H200 (bench/RESULTS.md: R-step 1 and the recompute 3–5 % faster at
     // HW = 5400), while at d = 128 or with both values (more MMA per ex2) every fraction was slower.
     static constexpr int kPolyEvery = (D == 64 && K_VALUE != V_VALUE) ? 8 : 0;
+    static constexpr int kPolyStride = kPolyEvery > 0 ? kPolyEvery : 1;
     // Accumulators of P·[K | V]: A = P·K in the first NO registers, O = P·V in the next NO (with both values,
     // one m64n(2d)k16 per k-slice computes both: the V tile lies right after the K tile in the stage, so the
     // two tiles' 64-column blocks are equally spaced and one MN-major descriptor spans them).
@@ -59,11 +60,33 @@ struct Sm90Tile {
     // q_smem: the Q slot holding this block's query tile q0 (SmemRing::q_slot).
     __device__ __forceinline__ Sm90Tile(const FlashParams& p_, const Ring& sm_, int warp, int lane_, int q0_, int b, int h, int f,
                                         std::uint32_t q_smem)
-        : p(p_), sm(sm_), wg(warp >> 2), lane(lane_) {
+        : p(p_), sm(sm_), wg(warp >> 2), lane(lane_), q0(q0_), len_q(int(p_.len_q - q0_)), sQwg(q_smem + (warp >> 2) * 64 * 128) {
         const int wq = warp & 3;
+        // The same multipliers either way; each head dim keeps the instruction stream it was timed with on the
+        // H200 (bench/RESULTS.md: d = 64 with the joined query tiles, d = 128 as before them).
+        if constexpr (D == 64) {
 #pragma unroll
-        for (int r = 0; r < 2; ++r) row[r] = wg * 64 + wq * 16 + (lane >> 2) + 8 * r;
-        start_query_tile(q0_, q_smem, b, h, f);
+            for (int r = 0; r < 2; ++r) row[r] = wg * 64 + wq * 16 + (lane >> 2) + 8 * r;
+            start_query_tile(q0_, q_smem, b, h, f);
+        } else {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                row[r] = wg * 64 + wq * 16 + (lane >> 2) + 8 * r;
+                mult[r] = p.qk_scale * kLog2e;
+                if constexpr (ROW_SCALE) { // docs/algorithm.md §3.1: x = s·⟨aR, K⟩ / max(cR, clamp)
+                    const float* rs = view_row<const float>(p.rs, b, h, f);
+                    float m = kLog2e; // rows past len_q: any positive multiplier (never stored)
+                    if (row[r] < len_q) {
+                        float c = fmaxf(rs[(std::int64_t(q0) + row[r]) * p.rs.sr], p.clamp);
+                        c = c > 0.f ? c : FLT_MIN;
+                        m = p.scale * kLog2e / c;
+                    }
+                    mult[r] = m;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+        }
     }
     // The logit multipliers of this thread's rows of the query tile starting at row q: s·log₂e, or with a row
     // scale s·log₂e / max(cR, clamp) (docs/algorithm.md §3.1: x = s·⟨aR, K⟩ / max(cR, clamp)); rows past
@@ -163,7 +186,7 @@ struct Sm90Tile {
         for (int i = 0; i < NS; ++i) {
             const int r = c_frag_half(i);
             const float dlt = __fmaf_rn(sacc[i], mult[r], nm[r]);
-            const float pr = (kPolyEvery > 0 && i % kPolyEvery == kPolyEvery - 1) ? poly_exp2(dlt) : fast_exp2(dlt);
+            const float pr = (kPolyEvery > 0 && i % kPolyStride == kPolyStride - 1) ? poly_exp2(dlt) : fast_exp2(dlt);
             sums.add(r, pr, dlt);
             sacc[i] = pr;
         }
