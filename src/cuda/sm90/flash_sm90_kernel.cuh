@@ -12,7 +12,8 @@
 //   - several query tiles per block (HopperArgs::q_tiles), Q double-buffered: for short key ranges (every
 //     key tile fits the ring at once) the key tiles are loaded once; at d = 64 also for long ranges, the key
 //     tiles streaming through the ring once per query tile. The prologue (barrier setup, register
-//     reallocation, the first loads' latency) is paid once per block, not per tile.
+//     reallocation, the first loads' latency) is paid once per block, not per tile; at d = 64 the block's tiles
+//     also form one software pipeline (Sm90Consumer::run_query_tiles).
 // Rows past len_k arrive as zeros from TMA and are masked to −∞ before the softmax; rows past len_q are
 // computed on zeros and never stored. The kernel body exists only in the sm_90a pass.
 #pragma once
