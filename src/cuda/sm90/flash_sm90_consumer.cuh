@@ -19,7 +19,7 @@ struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
     using Tile::acc_k, Tile::acc_v, Tile::compute_s, Tile::fence_acc, Tile::fence_p, Tile::fence_s, Tile::issue_pv, Tile::issue_s,
         Tile::issue_s_at, Tile::lane, Tile::len_q, Tile::multipliers, Tile::p, Tile::pack_p, Tile::q0, Tile::rescale,
         Tile::reset_query_tile, Tile::ring, Tile::ring0, Tile::row, Tile::sm, Tile::softmax, Tile::softmax_stale, Tile::sQwg, Tile::st,
-        Tile::start_query_tile, Tile::wg;
+        Tile::start_query_tile, Tile::wg, Tile::wg_rows;
     static constexpr int NS = Tile::NS, KS = Tile::KS;
 
     // This warp no longer reads key tile n's stage (ring position g = ring(n)).
@@ -27,9 +27,10 @@ struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
         __syncwarp();
         if (lane == 0) mbar_arrive(sm.empty_bar(ring(n) % Tile::Ring::STAGES));
     }
-    // Key tile n has landed in its stage (the stage's (g / STAGES)-th fill, g = ring(n)).
-    __device__ __forceinline__ void wait_full(int n) {
-        const int g = ring(n);
+    // Key tile n has landed in its stage (the stage's (g / STAGES)-th fill, g = ring(n)); wait_full_at: the key
+    // tile at ring position g.
+    __device__ __forceinline__ void wait_full(int n) { wait_full_at(ring(n)); }
+    __device__ __forceinline__ void wait_full_at(int g) {
         mbar_wait(sm.full_bar(g % Tile::Ring::STAGES), std::uint32_t(g / Tile::Ring::STAGES) & 1u);
     }
     // Ping-pong (MODE 2): the two consumer warpgroups take turns to issue their GEMMs, so that one's
@@ -185,77 +186,66 @@ struct Sm90Consumer : Sm90Tile<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN> {
         store(b, h, f);
     }
 
-    // The block's q_count consecutive query tiles (the first one this consumer was constructed for; tile j in
-    // Q slot j % 2, its key tile 0 at ring position j · n_tiles when ring_per_tile, else 0). Under the
-    // pipelined schedules a tile boundary is joined where both warpgroups have rows in the next tile: the
-    // last P·V of tile j is issued together with S of tile j + 1's key tile 0 (one GEMM turn), and tile j's
-    // epilogue (statistics, stores) and tile j + 1's row multipliers run while that S is on the tensor
-    // cores, so the boundary costs no pipeline drain and refill. Elsewhere (MODE 0, the view's last tile
-    // when a warpgroup is idle in it) one tile after another, as run().
+    // The block's q_count consecutive query tiles under the pipelined schedules (MODE 1 and 2; the first tile
+    // is the one this consumer was constructed for; tile j in Q slot j % 2, its key tile 0 at ring position
+    // j · n_tiles when ring_per_tile, else 0). A tile boundary is joined where both warpgroups have rows in the
+    // next tile: the last P·V of tile j is issued together with S of tile j + 1's key tile 0 (one GEMM turn),
+    // and tile j's epilogue (statistics, stores) and tile j + 1's row multipliers run while that S is on the
+    // tensor cores, so the boundary costs no pipeline drain and refill. Elsewhere (the view's last tile when a
+    // warpgroup is idle in it) one tile after another, as run().
     __device__ __forceinline__ void run_query_tiles(int q_count, int n_tiles, bool stale_max, int b, int h, int f, bool ring_per_tile) {
-        if constexpr (MODE == 0) {
-            for (int j = 0; j < q_count; ++j) {
-                if (j > 0) start_query_tile(q0 + HopperShape::BM, sm.q_slot(j & 1), b, h, f);
-                run(n_tiles, stale_max, b, h, f, j & 1, std::uint32_t(j >> 1) & 1u, ring_per_tile ? j * n_tiles : 0);
-            }
-        } else {
-            float sacc[NS];
-            std::uint32_t pa[KS][4];
-            bool joined = false; // this tile's S and softmax of key tile 0 were done at the previous boundary
-            for (int j = 0; j < q_count; ++j) {
-                const int slot = j & 1;
-                if (!joined) {
-                    if (j > 0) start_query_tile(q0 + HopperShape::BM, sm.q_slot(slot), b, h, f);
-                    ring0 = ring_per_tile ? j * n_tiles : 0;
-                    mbar_wait(sm.q_full_bar(slot), std::uint32_t(j >> 1) & 1u);
-                    if (wg * 64 >= len_q) { // only a view's last tile: the next boundary is not joined
-                        idle(n_tiles);
-                        release_q(slot);
-                        continue;
-                    }
-                    pipeline_start(sacc, pa);
-                }
-                pipeline_loop(sacc, pa, n_tiles, stale_max);
-                // Join when both warpgroups have rows in tile j + 1 (the same answer in both: it depends on the block).
-                joined = j + 1 < q_count && int(p.len_q - (q0 + HopperShape::BM)) > 64;
-                if (!joined) {
-                    pipeline_finish(pa, n_tiles);
+        static_assert(MODE != 0, "MODE 0 runs its tiles one after another (flash_sm90_kernel.cuh)");
+        float sacc[NS];
+        std::uint32_t pa[KS][4];
+        bool joined = false; // this tile's S and softmax of key tile 0 were done at the previous boundary
+        for (int j = 0; j < q_count; ++j) {
+            const int slot = j & 1;
+            if (!joined) {
+                if (j > 0) start_query_tile(q0 + HopperShape::BM, sm.q_slot(slot), b, h, f);
+                ring0 = ring_per_tile ? j * n_tiles : 0;
+                mbar_wait(sm.q_full_bar(slot), std::uint32_t(j >> 1) & 1u);
+                if (wg * 64 >= len_q) { // only a view's last tile: the next boundary is not joined
+                    idle(n_tiles);
                     release_q(slot);
-                    store(b, h, f);
                     continue;
                 }
-                const int next_q0 = q0 + HopperShape::BM, next_slot = slot ^ 1, next_ring0 = ring_per_tile ? (j + 1) * n_tiles : 0;
-                const int last = ring(n_tiles - 1);
-                mbar_wait(sm.q_full_bar(next_slot), std::uint32_t((j + 1) >> 1) & 1u);
-                mbar_wait(sm.full_bar(next_ring0 % Tile::Ring::STAGES), std::uint32_t(next_ring0 / Tile::Ring::STAGES) & 1u);
-                turn_wait();
-                fence_acc();
-                wgmma_fence();
-                issue_pv(pa, n_tiles - 1);
-                wgmma_commit();
-                const std::uint32_t this_q = sQwg;
-                sQwg = sm.q_slot(next_slot) + wg * 64 * 128;
-                issue_s_at(sacc, next_ring0);
-                wgmma_commit();
-                sQwg = this_q;
-                turn_pass();
-                float next_mult[2];
-                multipliers(next_q0, b, h, f, next_mult);
-                wgmma_wait<1>(); // the last P·V of tile j is done; S of tile j + 1 may still run
-                fence_acc();
-                fence_p(pa);
-                __syncwarp();
-                if (lane == 0) mbar_arrive(sm.empty_bar(last % Tile::Ring::STAGES));
+                pipeline_start(sacc, pa);
+            }
+            pipeline_loop(sacc, pa, n_tiles, stale_max);
+            // Join when both warpgroups have rows in tile j + 1 (the same answer in both: it depends on the block).
+            joined = j + 1 < q_count && int(p.len_q - (q0 + HopperShape::BM)) > 64;
+            if (!joined) {
+                pipeline_finish(pa, n_tiles);
                 release_q(slot);
                 store(b, h, f);
-                reset_query_tile(next_q0, sm.q_slot(next_slot), next_mult);
-                ring0 = next_ring0;
-                wgmma_wait<0>();
-                fence_s(sacc);
-                float al[2];
-                softmax(sacc, 0, al); // fresh statistics and zero accumulators: no rescale needed
-                pack_p(sacc, pa);
+                continue;
             }
+            const int next_q0 = q0 + HopperShape::BM, next_slot = slot ^ 1, next_ring0 = ring_per_tile ? (j + 1) * n_tiles : 0;
+            mbar_wait(sm.q_full_bar(next_slot), std::uint32_t((j + 1) >> 1) & 1u);
+            wait_full_at(next_ring0);
+            turn_wait();
+            fence_acc();
+            wgmma_fence();
+            issue_pv(pa, n_tiles - 1);
+            wgmma_commit();
+            issue_s_at(sacc, next_ring0, wg_rows(sm.q_slot(next_slot)));
+            wgmma_commit();
+            turn_pass();
+            float next_mult[2];
+            multipliers(next_q0, b, h, f, next_mult);
+            wgmma_wait<1>(); // the last P·V of tile j is done; S of tile j + 1 may still run
+            fence_acc();
+            fence_p(pa);
+            release(n_tiles - 1); // ring0 is still tile j's
+            release_q(slot);
+            store(b, h, f);
+            reset_query_tile(next_q0, sm.q_slot(next_slot), next_mult);
+            ring0 = next_ring0;
+            wgmma_wait<0>();
+            fence_s(sacc);
+            float al[2];
+            softmax(sacc, 0, al); // fresh statistics and zero accumulators: no rescale needed
+            pack_p(sacc, pa);
         }
     }
 };

@@ -73,12 +73,12 @@ __global__ void __launch_bounds__(HopperShape::THREADS, 1)
     } else {
         setmaxnreg_inc<HopperShape::CONSUMER_REGS>();
         using Consumer = Sm90Consumer<BF16, D, ROW_SCALE, K_VALUE, V_VALUE, BN, MODE>;
-        if constexpr (kSeveralQueryTiles && D == 64) {
+        if constexpr (kSeveralQueryTiles && D == 64 && MODE != 0) {
             // The block's query tiles as one pipeline (Sm90Consumer::run_query_tiles).
             Consumer consumer(p, sm, warp, lane, q0, b, h, f, sm.q_slot(0));
             consumer.run_query_tiles(q_count, n_tiles, args.stale_max, b, h, f, hopper_own_q_slot(D) && !Ring::keys_stay(n_tiles));
         } else if constexpr (kSeveralQueryTiles) {
-            // d = 128: one tile after another (the joined pipeline is measured at d = 64 only).
+            // d = 128 and MODE 0: one tile after another (the joined pipeline is measured at d = 64 only).
             for (int j = 0; j < q_count; ++j) {
                 Consumer consumer(p, sm, warp, lane, q0 + j * HopperShape::BM, b, h, f, sm.q_slot(j & 1));
                 consumer.run(n_tiles, args.stale_max, b, h, f, j & 1, std::uint32_t(j >> 1) & 1u,

@@ -111,13 +111,15 @@ struct Sm90Tile {
     __device__ __forceinline__ void reset_query_tile(int q, std::uint32_t q_smem, const float (&next_mult)[2]) {
         q0 = q;
         len_q = int(p.len_q - q);
-        sQwg = q_smem + wg * 64 * 128;
+        sQwg = wg_rows(q_smem);
         mult[0] = next_mult[0];
         mult[1] = next_mult[1];
         st = Stats{};
 #pragma unroll
         for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
     }
+    // This warpgroup's 64 rows inside the Q slot at q_smem.
+    __device__ __forceinline__ std::uint32_t wg_rows(std::uint32_t q_smem) const { return q_smem + wg * 64 * 128; }
     __device__ __forceinline__ void start_query_tile(int q, std::uint32_t q_smem, int b, int h, int f) {
         float m[2];
         multipliers(q, b, h, f, m);
@@ -128,14 +130,14 @@ struct Sm90Tile {
 
     // S = Q·Kᵀ of key tile n (64 × BN per warpgroup) into sacc, reduction over the head dim in 16-element
     // steps; the first step overwrites (scale-d = 0), so sacc needs no zeroing. Issued, not waited for.
-    __device__ __forceinline__ void issue_s(float (&sacc)[NS], int n) { issue_s_at(sacc, ring(n)); }
-    // The same for the key tile at ring position g.
-    __device__ __forceinline__ void issue_s_at(float (&sacc)[NS], int g) {
+    __device__ __forceinline__ void issue_s(float (&sacc)[NS], int n) { issue_s_at(sacc, ring(n), sQwg); }
+    // The same for the key tile at ring position g against the Q rows at sQ (wg_rows of a Q slot).
+    __device__ __forceinline__ void issue_s_at(float (&sacc)[NS], int g, std::uint32_t sQ) {
         const std::uint32_t sK = sm.stage(g);
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
             // Q block: BM rows per column block (this warpgroup starts 64 rows in); K block: BN rows.
-            const std::uint64_t da = desc_k_major(sQwg, HopperShape::BM, kk * 16);
+            const std::uint64_t da = desc_k_major(sQ, HopperShape::BM, kk * 16);
             const std::uint64_t db = desc_k_major(sK, BN, kk * 16);
             Wgmma<BN, BF16>::ss(sacc, da, db, kk != 0);
         }
