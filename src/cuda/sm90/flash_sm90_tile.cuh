@@ -30,7 +30,7 @@ struct Sm90Tile {
     static constexpr int KS = BN / 16; // k-slices of P·V
     // Every kPolyEvery-th exponential of a full tile on the FMA pipe (poly_exp2) instead of MUFU, 0 = none. At
     // d = 64 with one value operand MUFU is as busy as the tensor cores (one ex2 per 4·d = 256 MMA FLOPs);
-    // one in 8 measured best there on an H200 (bench/RESULTS.md: R-step 1 and the recompute 3–5 % faster at
+    // one in 8 measured best there on an H200 (bench/RESULTS.md: R-step 1 and the recompute 3–4 % faster at
     // HW = 5400), while at d = 128 or with both values (more MMA per ex2) every fraction was slower.
     static constexpr int kPolyEvery = (D == 64 && K_VALUE != V_VALUE) ? 8 : 0;
     static constexpr int kPolyStride = kPolyEvery > 0 ? kPolyEvery : 1;
