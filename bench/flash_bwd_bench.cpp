@@ -1,4 +1,5 @@
-// flash_bwd_bench [--reps N] [--big] [--d64] [--hopper-only] [--prepared-only] [--no-det]: CUDA-event timings of the flash
+// flash_bwd_bench [--reps N] [--big] [--d64] [--hopper-only] [--prepared-only] [--no-det] [--only SUBSTRING]
+// [--schedule coop|spec|coop-prep|spec-prep|coop-pipe]: CUDA-event timings of the flash
 // backward kernel (launch_flash_bwd, spec §7.5 and §7.2) on its own, bf16, d = 128 (--d64: 64), batch 1, random
 // inputs, at 16 × 28 × 52 × 12 heads (HW = 1456, N = 23296; with --big 24 × 44 × 80 × 40 heads: HW = 3520,
 // N = 84480):
@@ -8,7 +9,8 @@
 //   flash policy's sm90 peer off; not with --hopper-only) and the Hopper kernel (sm90/flash_bwd_sm90.hpp)
 //   under each of its schedules (sm90-coop: cooperative, sm90-spec: specialized, sm90-coop-prep and
 //   sm90-spec-prep: the same in the prepared form, sm90-coop-pipe: the pipelined cooperative prepared form;
-//   --prepared-only: the last three) where the device and the build have it.
+//   --prepared-only: the last three) where the device and the build have it. --only keeps the cases whose name
+//   contains SUBSTRING, --schedule the one Hopper schedule (both to put one kernel under a profiler).
 // Prints ms and TFLOP/s of the matrix products the kernel does: 2·d per (query, key) pair and product, i.e.
 // S, dP's ⟨dA, K⟩ and ⟨dY, V⟩, dV, dK's two, dq (7 products with both values, 5 with one).
 #include <cuda_runtime.h>
@@ -62,6 +64,8 @@ void fill_f32(const DeviceArray& a, std::size_t count, double lo, double hi) {
 int main(int argc, char** argv) {
     int reps = 20;
     bool big = false, d64 = false, hopper_only = false, prepared_only = false, no_det = false;
+    const char* only = nullptr;
+    const char* schedule_only = nullptr;
     for (int i = 1; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--big")) big = true;
@@ -69,6 +73,12 @@ int main(int argc, char** argv) {
         else if (!std::strcmp(argv[i], "--hopper-only")) hopper_only = true;
         else if (!std::strcmp(argv[i], "--prepared-only")) prepared_only = true;
         else if (!std::strcmp(argv[i], "--no-det")) no_det = true;
+        else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else if (!std::strcmp(argv[i], "--schedule") && i + 1 < argc) schedule_only = argv[++i];
+        else {
+            std::fprintf(stderr, "flash_bwd_bench: unknown argument '%s'\n", argv[i]);
+            return 2;
+        }
     }
     const int T = big ? 24 : 16, Hh = big ? 44 : 28, Ww = big ? 80 : 52, HW = Hh * Ww, H = big ? 40 : 12, d = d64 ? 64 : 128;
     const std::int64_t N = std::int64_t(T) * HW;
@@ -118,10 +128,21 @@ int main(int argc, char** argv) {
     peers.push_back({true, FlashBwdSm90Schedule::specialized_prepared});
     peers.push_back({true, FlashBwdSm90Schedule::cooperative_pipelined});
     const FlashBwdSm90Schedule env_schedule = vmonarch::cuda::flash_bwd_sm90_schedule();
+    const auto short_name = [](FlashBwdSm90Schedule s) {
+        switch (s) {
+        case FlashBwdSm90Schedule::specialized: return "spec";
+        case FlashBwdSm90Schedule::cooperative_prepared: return "coop-prep";
+        case FlashBwdSm90Schedule::specialized_prepared: return "spec-prep";
+        case FlashBwdSm90Schedule::cooperative_pipelined: return "coop-pipe";
+        default: return "coop";
+        }
+    };
     for (const Case& c : cases)
         for (const Peer& peer : peers)
         for (bool det : {false, true}) {
             if (det && no_det) continue;
+            if (only != nullptr && std::string(c.name).find(only) == std::string::npos) continue;
+            if (schedule_only != nullptr && (!peer.sm90 || std::strcmp(short_name(peer.schedule), schedule_only) != 0)) continue;
             const bool sm90 = peer.sm90;
             vmonarch::cuda::FlashPolicy pol = env_policy;
             pol.sm90 = sm90 && env_policy.sm90;
@@ -155,15 +176,6 @@ int main(int argc, char** argv) {
             const double ms = time_ms([&] { vmonarch::cuda::launch_flash_bwd(p, nullptr, "flash_bwd_bench"); }, 3, reps);
             const int products = 3 + 2 * c.da + 2 * c.dy;
             const double flops = 2.0 * d * products * double(p.len_q) * double(p.len_k) * p.segments * H;
-            const auto short_name = [](FlashBwdSm90Schedule s) {
-                switch (s) {
-                case FlashBwdSm90Schedule::specialized: return "spec";
-                case FlashBwdSm90Schedule::cooperative_prepared: return "coop-prep";
-                case FlashBwdSm90Schedule::specialized_prepared: return "spec-prep";
-                case FlashBwdSm90Schedule::cooperative_pipelined: return "coop-pipe";
-                default: return "coop";
-                }
-            };
             const std::string peer_name = hopper ? std::string("sm90-") + short_name(peer.schedule) : "portable";
             std::printf("%-40s %-14s %10.3f %10.1f%s\n", c.name, peer_name.c_str(), ms, flops / ms * 1e-9,
                         det ? "  deterministic" : "");

@@ -326,25 +326,8 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_pipe_
     if constexpr (DQ_OUT_BEHIND) {
         if (!p.deterministic && n_q > 0) dq_out(n_q - 1, dq_done, 1.f);
     }
+    bwd_sm90_add_dkdv<NA, sizeof(acc_v) / sizeof(float), HAS_DY>(p, b, h, f, k0 + krow, key_ok, acc_k, acc_v, out_s, lane);
     bulk_wait(); // every dQ row has been added
-
-    // dk += acc_k, dv += acc_v for the keys that exist (this block owns them: a plain read-modify-write).
-    float* dkb = view_row<float>(p.dk, b, h, f);
-    float* dvb = HAS_DY ? view_row<float>(p.dv, b, h, f) : nullptr;
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-        if (!key_ok[hf]) continue;
-        const std::int64_t key = k0 + krow + 8 * hf;
-#pragma unroll
-        for (int nt = 0; nt < NA / 4; ++nt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int i = 4 * nt + 2 * hf + e;
-                const int col = c_frag_col(i, lane);
-                dkb[key * p.dk.sr + col] += acc_k[i] * out_s;
-                if constexpr (HAS_DY) dvb[key * p.dv.sr + col] += acc_v[i];
-            }
-    }
 #endif
 }
 
