@@ -355,7 +355,7 @@ TEST_P(FlashBwd, MatchesF64Formulas) {
 
 // The pipelined cooperative form only reorders the cooperative prepared form's work: dk and dv (each added
 // once by the block that owns the keys) are bitwise the same, in both modes, for every variant, head dim,
-// element type and the key / query tails; dq (bulk reduce-adds from many blocks, in any order) is
+// element type and the key / query tails; dq (TMA reduce-adds from many blocks, in any order) is
 // checked against the f64 formulas by MatchesF64Formulas.
 TEST(FlashBwdPipelined, DkDvBitwiseThoseOfCooperativePrepared) {
     REQUIRE_GPU();
@@ -428,7 +428,7 @@ TEST(FlashBwdRoute, HopperKernelOnSm90Only) {
         const Problem pr(c, 11);
         for (bool det : {false, true}) EXPECT_EQ(vmonarch::cuda::flash_bwd_sm90_supported(pr.params(det)), present) << case_name(c);
         if (present) {
-            // dq rows that bulk reduce-adds cannot take (not 16-byte aligned) keep the portable kernel, unless
+            // dq rows that TMA reduce-adds cannot take (not 16-byte aligned) keep the portable kernel, unless
             // deterministic (the Hopper kernel then leaves dq to the portable query-tile kernel).
             auto p = pr.params(false);
             p.dq.ptr = static_cast<char*>(p.dq.ptr) + 4;

@@ -19,6 +19,7 @@
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/flash_policy.hpp"
 #include "cuda/sm90/flash_sm90_launch.cuh"
+#include "cuda/sm90/tma_row_map.hpp"
 
 namespace vmonarch::cuda {
 
@@ -29,89 +30,6 @@ using hopper::HopperShape;
 using hopper::TmaCoords;
 
 std::string describe_hopper(const FlashParams& p, const char* what) { return describe_flash(p, "flash_sm90", what); }
-
-// ---- driver entry point -------------------------------------------------------------------------------
-using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
-                                   const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-EncodeTiledFn encode_fn() {
-    static EncodeTiledFn fn = [] {
-        void* ptr = nullptr;
-        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-            q != cudaDriverEntryPointSuccess) {
-            cudaGetLastError();
-            return EncodeTiledFn(nullptr);
-        }
-        return reinterpret_cast<EncodeTiledFn>(ptr);
-    }();
-    return fn;
-}
-
-// ---- tensor maps of row views ---------------------------------------------------------------------------
-// A RowView of `len` rows per (segment, head, batch), head dim D contiguous, as a 5-D tensor
-// (D, len, segments, heads, batch) with boxes of 64 × box_rows × 1 × 1 × 1, 128-byte swizzle, zero fill
-// outside. Dims 1–4 are tried in their natural order first and then sorted by stride; `coords` tells the
-// kernel where each lands. False when TMA cannot describe the view.
-bool encode_rows(CUtensorMap* map, TmaCoords* coords, Elem elem, const RowView& v, int head_dim, std::int64_t len,
-                 std::int64_t segments, std::int64_t heads, std::int64_t batch, int box_rows) {
-    const EncodeTiledFn fn = encode_fn();
-    if (fn == nullptr || v.ptr == nullptr) return false;
-    if (reinterpret_cast<std::uintptr_t>(v.ptr) % 16 != 0) return false;
-    constexpr std::uint64_t kMaxStride = std::uint64_t(1) << 40;
-    const std::array<std::int64_t, 4> ext = {len, segments, heads, batch};
-    const std::array<std::int64_t, 4> str = {v.sr, v.sf, v.sh, v.sb}; // elements
-    std::array<std::uint64_t, 4> bytes{};
-    std::uint64_t span = 16;
-    for (int i = 0; i < 4; ++i) {
-        if (ext[i] <= 0 || std::uint64_t(ext[i]) > (std::uint64_t(1) << 32)) return false;
-        if (ext[i] == 1) continue;
-        if (str[i] <= 0) return false;
-        const std::uint64_t sb = std::uint64_t(str[i]) * 2;
-        if (sb % 16 != 0 || sb >= kMaxStride) return false;
-        bytes[i] = sb;
-        span = std::max(span, sb * std::uint64_t(ext[i]));
-    }
-    // Extent-1 dims: their coordinate is always 0, any valid stride will do; keep them "outermost".
-    span = (span + 15) / 16 * 16;
-    if (span >= kMaxStride) span = kMaxStride - 16;
-    for (int i = 0; i < 4; ++i)
-        if (ext[i] == 1) bytes[i] = span;
-
-    const CUtensorMapDataType dt = elem == Elem::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-    for (int attempt = 0; attempt < 2; ++attempt) {
-        std::array<int, 4> order = {0, 1, 2, 3}; // order[k] = logical dim at tensor-map dim k + 1
-        if (attempt == 1)
-            std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return bytes[a] < bytes[b]; });
-        cuuint64_t gdim[5] = {cuuint64_t(head_dim), 0, 0, 0, 0};
-        cuuint64_t gstride[4] = {0, 0, 0, 0};
-        cuuint32_t box[5] = {64, 1, 1, 1, 1};
-        const cuuint32_t estride[5] = {1, 1, 1, 1, 1};
-        for (int k = 0; k < 4; ++k) {
-            gdim[k + 1] = cuuint64_t(ext[order[k]]);
-            gstride[k] = cuuint64_t(bytes[order[k]]);
-            if (order[k] == 0) box[k + 1] = cuuint32_t(box_rows);
-        }
-        CUtensorMap m;
-        std::memset(&m, 0, sizeof m);
-        const CUresult r = fn(&m, dt, 5, v.ptr, gdim, gstride, box, estride, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                              CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-        if (r != CUDA_SUCCESS) continue;
-        TmaCoords c;
-        for (int k = 0; k < 4; ++k) {
-            const auto pos = static_cast<signed char>(k + 1);
-            if (order[k] == 0) c.row = pos;
-            else if (order[k] == 1) c.seg = pos;
-            else if (order[k] == 2) c.head = pos;
-            else c.batch = pos;
-        }
-        *map = m;
-        *coords = c;
-        return true;
-    }
-    return false;
-}
 
 using Maps = Sm90Launch;
 
@@ -143,11 +61,11 @@ bool build_maps(const FlashParams& p, const FlashPolicy& policy, Maps* m) {
     m->args.stale_max = policy.sm90_stale_max;
     m->long_q_tiles = policy.sm90_long_q_tiles;
     m->long_q_min_waves = policy.sm90_long_q_min_waves;
-    if (!encode_rows(&m->q, &m->args.cq, p.elem, p.q, p.head_dim, p.len_q, p.segments, p.heads, p.batch, HopperShape::BM))
+    if (!encode_row_map(&m->q, &m->args.cq, tma_elem(p.elem), p.q, p.head_dim, p.len_q, p.segments, p.heads, p.batch, HopperShape::BM, 64))
         return false;
-    if (!encode_rows(&m->k, &m->args.ck, p.elem, p.k, p.head_dim, p.len_k, p.segments, p.heads, p.batch, bn)) return false;
+    if (!encode_row_map(&m->k, &m->args.ck, tma_elem(p.elem), p.k, p.head_dim, p.len_k, p.segments, p.heads, p.batch, bn, 64)) return false;
     if (p.o.ptr != nullptr) {
-        if (!encode_rows(&m->v, &m->args.cv, p.elem, p.v, p.head_dim, p.len_k, p.segments, p.heads, p.batch, bn)) return false;
+        if (!encode_row_map(&m->v, &m->args.cv, tma_elem(p.elem), p.v, p.head_dim, p.len_k, p.segments, p.heads, p.batch, bn, 64)) return false;
     } else {
         m->v = m->k; // unused by the kernel
         m->args.cv = m->args.ck;

@@ -12,7 +12,9 @@
 #include <mutex>
 #include <set>
 
+#include "cuda/bwd/sm90/flash_bwd_sm90_launch_common.cuh" // encode_flash_bwd_sm90_dq_map
 #include "cuda/flash_policy.hpp"
+#include "cuda/sm90/tma_row_map.hpp"
 
 namespace vmonarch::cuda {
 
@@ -45,10 +47,6 @@ bool device_runs_sm90_binary() {
     return ok;
 }
 
-// dq += takes bulk reduce-adds of 64-float row pieces: 16-byte-aligned rows (pointer, strides multiples of 4).
-bool dq_takes_bulk_adds(const RowView& v) {
-    return reinterpret_cast<std::uintptr_t>(v.ptr) % 16 == 0 && v.sb % 4 == 0 && v.sh % 4 == 0 && v.sf % 4 == 0 && v.sr % 4 == 0;
-}
 
 // The schedule launches take: the environment's at the first call (per_problem when unset or not a
 // schedule's name), or the last set_flash_bwd_sm90_schedule.
@@ -65,6 +63,12 @@ std::atomic<int>& schedule_slot() {
 }
 
 } // namespace
+
+bool encode_flash_bwd_sm90_dq_map(const FlashBwdParams& p, hopper::BwdSm90DqMap* m) {
+    using S = hopper::BwdSm90Shape;
+    return encode_row_map(&m->map, &m->coords, TmaElem::f32, p.dq, p.head_dim, p.len_q, p.segments, p.heads, p.batch, S::BM,
+                          S::DQ_BOX_COLS);
+}
 
 FlashBwdSm90Schedule flash_bwd_sm90_schedule() { return FlashBwdSm90Schedule(schedule_slot().load()); }
 void set_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule) { schedule_slot().store(int(schedule)); }
@@ -97,7 +101,12 @@ bool flash_bwd_sm90_supported(const FlashBwdParams& p) {
     if (!flash_policy().sm90) return false;
     if (p.head_dim != 64 && p.head_dim != 128) return false;
     if (!p.da.ptr && !p.dy.ptr) return false;
-    if (!p.deterministic && !dq_takes_bulk_adds(p.dq)) return false;
+    // dq += takes TMA reduce-adds (16-byte-aligned pointer, strides positive multiples of 4 floats where the
+    // extent is above 1): the tensor map is encoded here as at the launch (a host call, no device work).
+    if (!p.deterministic) {
+        hopper::BwdSm90DqMap m;
+        if (!encode_flash_bwd_sm90_dq_map(p, &m)) return false;
+    }
     // With dA the kernel accumulates dK/s and dQ/s: s must be a positive normal number with a normal inverse.
     if (p.da.ptr && !(p.scale > 1e-30f && p.scale < 1e30f)) return false;
     return device_runs_sm90_binary();

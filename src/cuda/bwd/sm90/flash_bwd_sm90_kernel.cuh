@@ -17,9 +17,10 @@
 //   dQ = dS·K                                       wgmma ss, m64n64, B (K) read MN-major: at d = 128
 //                                                   warpgroup w takes head-dim columns [64w, 64w + 64) over
 //                                                   all 128 keys, at d = 64 all columns over its own 64 keys;
-//   dq += dQ through shared memory by bulk reduce-adds (cp.reduce.async.bulk .add.f32, one 256-byte row
-//   each), skipped when deterministic: the portable query-tile kernel adds dq then.
-// dK, dV stay in registers and are added to the f32 accumulators once (the block owns its keys).
+//   dq += dQ through a swizzled shared-memory tile by TMA reduce-adds (cp.reduce.async.bulk.tensor .add, two
+//   boxes of 64 rows × 32 f32 per warpgroup, one thread issuing; BwdSm90DqMap), skipped when deterministic:
+//   the portable query-tile kernel adds dq then.
+// dK, dV stay in registers and are added to the f32 accumulators once, by reductions (the block owns its keys).
 //
 // Masking (spec §7.5): a query row at or past len_q (zero-filled) gets γ = 0 and lse = +∞, a key at or past
 // len_k (zero-filled) x = −∞: P = 0 there, and dS is taken as 0 wherever P = 0, after dX is formed
@@ -75,17 +76,49 @@ __device__ __forceinline__ void cp_async_4(std::uint32_t dst, const void* src, i
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
 
-// dst[0, bytes) += src[0, bytes) in f32, done by the bulk-copy engine (16-byte aligned, bytes a multiple of
-// 16); completes in this thread's bulk group.
-__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, std::uint32_t src, std::uint32_t bytes) {
-    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes)
-                 : "memory");
-}
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // This thread's bulk operations have read their shared-memory sources (the buffer may be rewritten).
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
 // This thread's bulk operations have completed.
 __device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
+// dQ tile of a warpgroup in shared memory (sdq, 1024-byte aligned): element (r, c) of its BM × DQ_COLS f32 at
+// (c / 32)·BM·128 + 128·r + 16·(((c % 32) / 4) ^ (r % 8)) + 4·(c % 4), the 128-byte swizzle of BwdSm90DqMap's
+// boxes. v (warp wq's m64n64 accumulator fragment, rows 16·wq + lane / 4 (+ 8), column pairs) times mult goes
+// in by float2 stores, each warp store spread over all 32 banks. Made visible to the TMA (async proxy) here;
+// the caller's barrier then lets one thread issue bwd_sm90_dq_reduce.
+__device__ __forceinline__ void bwd_sm90_dq_store(unsigned char* sdq, const float (&v)[32], float mult, int wq, int lane) {
+    constexpr int BM = BwdSm90Shape::BM;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const int r = 16 * wq + (lane >> 2) + 8 * hf;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+            const int i = 4 * nt + 2 * hf;
+            const int c = c_frag_col(i, lane);
+            const int off = (c >> 5) * BM * 128 + r * 128 + ((((c & 31) >> 2) ^ (r & 7)) << 4) + ((c & 3) << 2);
+            *reinterpret_cast<float2*>(sdq + off) = make_float2(v[i] * mult, v[i + 1] * mult);
+        }
+    }
+    fence_proxy_async_smem();
+}
+
+// dq[rows row0 .. row0 + BM, columns col0 .. col0 + DQ_COLS) of (segment f, head h, batch b) += the dQ tile at
+// sdq_addr: DQ_COLS / 32 TMA reduce-adds (f32, clipped at len_q by the map), issued by the calling thread into
+// its bulk group (bulk_wait_read before the tile is rewritten).
+__device__ __forceinline__ void bwd_sm90_dq_reduce(const BwdSm90DqMap& m, std::uint32_t sdq_addr, int col0, int row0, int f, int h, int b) {
+    constexpr int BM = BwdSm90Shape::BM, BOX = BwdSm90Shape::DQ_BOX_COLS;
+    int x[5] = {0, 0, 0, 0, 0};
+#pragma unroll
+    for (int i = 1; i < 5; ++i) x[i] = m.coords.row == i ? row0 : m.coords.seg == i ? f : m.coords.head == i ? h : b;
+#pragma unroll
+    for (int j = 0; j < BwdSm90Shape::DQ_COLS / BOX; ++j)
+        asm volatile("cp.reduce.async.bulk.tensor.5d.global.shared::cta.add.tile.bulk_group [%0, {%1, %2, %3, %4, %5}], [%6];\n" ::"l"(
+                         reinterpret_cast<std::uint64_t>(&m.map)),
+                     "r"(col0 + j * BOX), "r"(x[1]), "r"(x[2]), "r"(x[3]), "r"(x[4]), "r"(sdq_addr + std::uint32_t(j * BM * 128))
+                     : "memory");
+    bulk_commit();
+}
 
 // The scalars of query row i from its raw operands in shared memory (lse, cR, drow, dent: what
 // bwd_row_scalars computes from global memory, with γ = s·(1 / max(cR, clamp)), the reciprocal correctly
@@ -154,7 +187,7 @@ template <int KS> __device__ __forceinline__ void bwd_sm90_fence(std::uint32_t (
 #endif
 
 template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
-__global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kernel(const FlashBwdParams p) {
+__global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kernel(const FlashBwdParams p, const __grid_constant__ BwdSm90DqMap dqm) {
 #ifdef VMONARCH_HOPPER_DEVICE
     static_assert(D == 64 || D == 128);
     static_assert(HAS_DA || HAS_DY);
@@ -175,7 +208,7 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
     const std::uint32_t srows_addr = base + L::OFF_ROWS;
     [[maybe_unused]] unsigned char* const ds_bytes = smem_raw + (base - raw) + L::OFF_DS;
     const unsigned dq_wg = kBroadcastWarp ? unsigned(warp_index_uniform() >> 2) : threadIdx.x >> 7; // this warpgroup's dQ tile
-    float* const sdq = reinterpret_cast<float*>(smem_raw + (base - raw) + L::OFF_DQ + dq_wg * L::DQ_WG_BYTES);
+    unsigned char* const sdq = smem_raw + ((base - raw) + L::OFF_DQ + dq_wg * L::DQ_WG_BYTES);
     const std::uint32_t sdq_addr = base + L::OFF_DQ + dq_wg * L::DQ_WG_BYTES;
     unsigned char* const prep_bytes = smem_raw + (base - raw) + L::OFF_PREP;
     const auto prep4_at = [&](int t) { return reinterpret_cast<float4*>(prep_bytes + (t % Shape::STAGES) * L::PREP_STAGE); };
@@ -405,26 +438,10 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
             bwd_sm90_fence(acc_k);
             bwd_sm90_fence(acc_v);
 
-            // dQ (times s with dA) → this warpgroup's dQ tile, then one bulk reduce-add per existing query row.
-#pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-                const int row = 16 * wq + (lane >> 2) + 8 * hf;
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt) {
-                    const int i = 4 * nt + 2 * hf;
-                    *reinterpret_cast<float2*>(sdq + row * Shape::DQ_ROW_FLOATS + c_frag_col(i, lane)) = make_float2(dq[i] * out_s, dq[i + 1] * out_s);
-                }
-            }
-            fence_proxy_async_smem();
+            // dQ (times s with dA) → this warpgroup's dQ tile → dq by its TMA reduce-adds (one thread).
+            bwd_sm90_dq_store(sdq, dq, out_s, wq, lane);
             named_bar_sync(1 + wg, 128);
-            const int r = tid & 127;
-            const std::int64_t row = std::int64_t(t) * BM + r;
-            if (r < BM && row < p.len_q) {
-                float* dqb = view_row<float>(p.dq, b, h, f);
-                bulk_reduce_add_f32(dqb + row * p.dq.sr + (D == 128 ? 64 * wg : 0), sdq_addr + std::uint32_t(r * Shape::DQ_ROW_FLOATS * 4),
-                                    Shape::DQ_COLS * 4);
-                bulk_commit();
-            }
+            if ((tid & 127) == 0) bwd_sm90_dq_reduce(dqm, sdq_addr, D == 128 ? 64 * wg : 0, t * BM, f, h, b);
         } else {
             wgmma_wait<0>();
             bwd_sm90_fence(acc_k);

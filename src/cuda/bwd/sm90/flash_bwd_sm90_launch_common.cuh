@@ -1,6 +1,6 @@
 // Internal: what every schedule's host launcher of the Hopper flash backward does once it has its key-tile
-// kernel: the key-tile kernel over ceil(len_k / BN) key tiles × (segment, head) × batch (dk, dv, and dq by bulk
-// reduce-adds unless deterministic), then in deterministic mode the portable query-tile kernel for dq
+// kernel: the key-tile kernel over ceil(len_k / BN) key tiles × (segment, head) × batch (dk, dv, and dq by TMA
+// reduce-adds through the dq accumulator's tensor map unless deterministic), then in deterministic mode the portable query-tile kernel for dq
 // (flash_bwd_launch.cuh: launch_flash_bwd_query_tiles), whose order is fixed. Included by the
 // flash_bwd_sm90_*launch.cuh headers.
 #pragma once
@@ -14,6 +14,11 @@
 
 namespace vmonarch::cuda {
 
+// The dq accumulator's tensor map for the key-tile kernels' TMA reduce-adds (flash_bwd_sm90_shape.cuh); false
+// when TMA cannot describe p.dq (then the Hopper kernels do not take p unless deterministic).
+// (flash_bwd_sm90.cu)
+bool encode_flash_bwd_sm90_dq_map(const FlashBwdParams& p, hopper::BwdSm90DqMap* m);
+
 template <bool BF16, int D, bool HAS_DA, bool HAS_DY, typename KeyKernel, typename Ctx>
 void launch_flash_bwd_sm90_key_tiles(KeyKernel key_kernel, int key_smem, int key_threads, const FlashBwdParams& p,
                                      void* stream, const Ctx& ctx) {
@@ -22,7 +27,10 @@ void launch_flash_bwd_sm90_key_tiles(KeyKernel key_kernel, int key_smem, int key
     allow_smem(key_kernel, key_smem, ctx);
     const dim3 grid(unsigned((p.len_k + BwdSm90Shape::BN - 1) / BwdSm90Shape::BN), unsigned(p.segments * p.heads),
                     unsigned(p.batch));
-    key_kernel<<<grid, key_threads, key_smem, st>>>(p);
+    hopper::BwdSm90DqMap dqm{};
+    if (!p.deterministic && !encode_flash_bwd_sm90_dq_map(p, &dqm))
+        throw CudaError(context_of(ctx) + ": the dq accumulator is not a view TMA can describe (flash_bwd_sm90_supported checks this)");
+    key_kernel<<<grid, key_threads, key_smem, st>>>(p, dqm);
     check_launch_lazy(ctx);
     if (p.deterministic) launch_flash_bwd_query_tiles<BF16, D, HAS_DA, HAS_DY>(p, st, ctx);
 }

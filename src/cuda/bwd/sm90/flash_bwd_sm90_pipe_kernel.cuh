@@ -15,7 +15,7 @@
 //     and the P product (dV += Pᵀ·dY or dK' += Pᵀ·dA) is issued before dPᵀ is waited for, so that it runs
 //     while dS is formed from the kept P and logits (no second exponential);
 //   - DQ_OUT_BEHIND (the SPLIT variants): dQ, once complete, is kept in registers (times s) and goes to
-//     shared memory and out by its bulk reduce-adds while the next tile's Sᵀ and dPᵀ run.
+//     shared memory and out by its TMA reduce-adds while the next tile's Sᵀ and dPᵀ run.
 // Nothing stays in flight across the query loop's back edge: with a wgmma group in flight there, ptxas
 // serializes every wgmma of the kernel (C7514), so dQ's own drain is not overlapped with the next tile.
 // Every commit group of a warpgroup completes in order; the comments at each wgmma_wait name the groups
@@ -37,7 +37,7 @@ template <int D, bool HAS_DA, bool HAS_DY> struct BwdSm90PipeForm {
 };
 
 template <bool BF16, int D, bool HAS_DA, bool HAS_DY>
-__global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_pipe_kernel(const FlashBwdParams p) {
+__global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_pipe_kernel(const FlashBwdParams p, const __grid_constant__ BwdSm90DqMap dqm) {
 #ifdef VMONARCH_HOPPER_DEVICE
     static_assert(D == 64 || D == 128);
     static_assert(HAS_DA || HAS_DY);
@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_pipe_
     const float* const srows = reinterpret_cast<const float*>(smem_raw + (base - raw) + L::OFF_ROWS);
     const std::uint32_t srows_addr = base + L::OFF_ROWS;
     const unsigned dq_wg = kBroadcastWarp ? unsigned(warp_index_uniform() >> 2) : threadIdx.x >> 7; // this warpgroup's dQ tile
-    float* const sdq = reinterpret_cast<float*>(smem_raw + (base - raw) + L::OFF_DQ + dq_wg * L::DQ_WG_BYTES);
+    unsigned char* const sdq = smem_raw + ((base - raw) + L::OFF_DQ + dq_wg * L::DQ_WG_BYTES);
     const std::uint32_t sdq_addr = base + L::OFF_DQ + dq_wg * L::DQ_WG_BYTES;
     unsigned char* const prep_bytes = smem_raw + (base - raw) + L::OFF_PREP;
     const auto prep4_at = [&](int t) { return reinterpret_cast<float4*>(prep_bytes + (t % Shape::STAGES) * L::PREP_STAGE); };
@@ -135,9 +135,9 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_pipe_
     const std::uint32_t sKw = sK + std::uint32_t(wg) * 64u * 128u, sVw = sV + std::uint32_t(wg) * 64u * 128u;
 
     // dQ of a query tile: this warpgroup's m64n64 part (d = 128: head-dim columns [64w, 64w + 64) over all
-    // 128 keys; d = 64: every column over its own 64 keys), then (dq_out) into its dQ tile and one bulk
-    // reduce-add per existing query row. The previous reduce-adds out of the dQ tile have been read (each
-    // thread's bulk_wait_read, then a block barrier) before dq_out runs.
+    // 128 keys; d = 64: every column over its own 64 keys), then (dq_out) into its dQ tile and out by its TMA
+    // reduce-adds. The previous reduce-adds out of the dQ tile have been read (the issuing thread's
+    // bulk_wait_read, then a block barrier) before dq_out runs.
     float dq[32];
     [[maybe_unused]] float dq_done[DQ_OUT_BEHIND ? 32 : 1]; // DQ_OUT_BEHIND: the previous tile's dQ (times s)
     [[maybe_unused]] const float dq_mult = HAS_DA ? p.scale : float(!p.deterministic); // used when not deterministic
@@ -155,25 +155,9 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_pipe_
         wgmma_commit();
     };
     const auto dq_out = [&](int t, const float (&v)[32], float mult) {
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int row = 16 * wq + (lane >> 2) + 8 * hf;
-#pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
-                const int i = 4 * nt + 2 * hf;
-                *reinterpret_cast<float2*>(sdq + row * Shape::DQ_ROW_FLOATS + c_frag_col(i, lane)) = make_float2(v[i] * mult, v[i + 1] * mult);
-            }
-        }
-        fence_proxy_async_smem();
+        bwd_sm90_dq_store(sdq, v, mult, wq, lane);
         named_bar_sync(1 + wg, 128);
-        const int r = tid & 127;
-        const std::int64_t row = std::int64_t(t) * BM + r;
-        if (r < BM && row < p.len_q) {
-            float* dqb = view_row<float>(p.dq, b, h, f);
-            bulk_reduce_add_f32(dqb + row * p.dq.sr + (D == 128 ? 64 * wg : 0), sdq_addr + std::uint32_t(r * Shape::DQ_ROW_FLOATS * 4),
-                                Shape::DQ_COLS * 4);
-            bulk_commit();
-        }
+        if ((tid & 127) == 0) bwd_sm90_dq_reduce(dqm, sdq_addr, D == 128 ? 64 * wg : 0, t * BM, f, h, b);
     };
 
     for (int t = 0; t < n_q; ++t) {

@@ -10,14 +10,18 @@
 //   K tile (BN rows), V tile (BN rows, with dY) — resident;
 //   STAGES stages of Q, dA (with dA), dY (with dY): BM rows each;
 //   the dS tile: BM query rows × BN keys (two 64-key column blocks), the A operand of dQ = dS·K;
-//   per warpgroup a dQ tile: BM rows of 64 f32 (padded to 72 against bank conflicts), the source of the
-//   bulk reduce-add into dq;
+//   per warpgroup a dQ tile: BM rows of 64 f32 as two boxes of BM rows × 32 f32 in the 128-byte swizzle, the
+//   source of the TMA reduce-adds into dq (BwdSm90DqMap);
 //   STAGES stages of the query tile's raw row operands lse, cR, drow, dent (BM floats each);
 //   STAGES stages of the prepared row scalars (flash_bwd_sm90_rows.cuh: per row a float4 and a float),
 //   read by the kernels' prepared form only.
 #pragma once
 
 #include <cstdint>
+
+#include <cuda.h> // CUtensorMap
+
+#include "cuda/sm90/flash_sm90_shape.cuh" // TmaCoords
 
 namespace vmonarch::cuda::hopper {
 
@@ -27,8 +31,16 @@ struct BwdSm90Shape {
     static constexpr int BM = 64;        // query rows per step
     static constexpr int STAGES = 2;
     static constexpr int ROW_SCALARS = 4; // lse, cR, drow, dent
-    static constexpr int DQ_COLS = 64;    // dQ columns per warpgroup
-    static constexpr int DQ_ROW_FLOATS = 72; // padded row (288 bytes: 16-byte aligned, 2-way float2 stores)
+    static constexpr int DQ_COLS = 64;     // dQ columns per warpgroup
+    static constexpr int DQ_BOX_COLS = 32; // f32 columns per TMA box (128 bytes, the swizzle's span)
+};
+
+// The dq accumulator (f32) as a TMA tensor map (tma_row_map.hpp: boxes of BM rows × DQ_BOX_COLS, 128-byte
+// swizzle), a __grid_constant__ parameter of the key-tile kernels: dQ tiles go out by TMA reduce-adds, one
+// thread per warpgroup issuing them. Unused (zero) when deterministic.
+struct BwdSm90DqMap {
+    CUtensorMap map;
+    TmaCoords coords;
 };
 
 // Whether a backward kernel variant takes the broadcast warp index (sm90/hopper_ptx.cuh, warp_index_uniform),
@@ -53,7 +65,7 @@ template <int D, bool HAS_DA, bool HAS_DY> struct BwdSm90Layout {
     static constexpr int OFF_DS = OFF_STAGES + S::STAGES * STAGE;
     static constexpr int DS_BYTES = S::BM * S::BN * 2;
     static constexpr int OFF_DQ = OFF_DS + DS_BYTES;
-    static constexpr int DQ_WG_BYTES = S::BM * S::DQ_ROW_FLOATS * 4;
+    static constexpr int DQ_WG_BYTES = S::BM * S::DQ_COLS * 4; // 1024-byte aligned like OFF_DQ (the swizzle's period)
     static constexpr int OFF_ROWS = OFF_DQ + 2 * DQ_WG_BYTES;
     static constexpr int ROWS_STAGE = S::ROW_SCALARS * S::BM; // floats
     static constexpr int OFF_PREP = OFF_ROWS + S::STAGES * ROWS_STAGE * 4; // 16-byte aligned
@@ -62,6 +74,7 @@ template <int D, bool HAS_DA, bool HAS_DY> struct BwdSm90Layout {
     static constexpr int SMEM = 1024 /*alignment slack*/ + BYTES;
     static_assert(SMEM <= 227 * 1024, "sm_90 shared memory");
     static_assert(OFF_PREP % 16 == 0 && PREP_STAGE % 16 == 0);
+    static_assert(OFF_DQ % 1024 == 0 && DQ_WG_BYTES % 1024 == 0);
 };
 
 } // namespace vmonarch::cuda::hopper

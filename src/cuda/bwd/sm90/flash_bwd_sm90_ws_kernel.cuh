@@ -8,7 +8,7 @@
 //   two consumer warpgroups (the freed registers): keys [64w, 64w + 64) each, per query tile
 //     Sᵀ, dPᵀ (wgmma ss) → P (registers, while the last dPᵀ product runs) → dV, Pᵀ·dA (wgmma rs) → dS
 //     (registers, while those run) → dSᵀ·Q (wgmma rs, in flight while dS goes to shared memory) → dQ =
-//     dS·K (wgmma ss, issued as soon as both halves of dS are there, behind dK and dV) → bulk reduce-adds
+//     dS·K (wgmma ss, issued as soon as both halves of dS are there, behind dK and dV) → TMA reduce-adds
 //     into dq (skipped when deterministic: the portable query-tile kernel adds dq then).
 // No block barrier inside the query loop: the consumers meet on named barriers only where they share the
 // dS tile (it is written once the other warpgroup has finished reading the previous one, and read once both
@@ -100,7 +100,7 @@ __device__ __forceinline__ void cp_async_mbar_arrive(std::uint32_t bar) {
 #endif
 
 template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
-__global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_kernel(const FlashBwdParams p) {
+__global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_kernel(const FlashBwdParams p, const __grid_constant__ BwdSm90DqMap dqm) {
 #ifdef VMONARCH_HOPPER_DEVICE
     static_assert(D == 64 || D == 128);
     static_assert(HAS_DA || HAS_DY);
@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     // ---- consumers: warpgroup cw owns keys [64·cw, 64·cw + 64) of the tile.
     setmaxnreg_inc<WS::CONSUMER_REGS>();
     const int cw = wg - 1;
-    float* const sdq = reinterpret_cast<float*>(smem_raw + (base - raw) + L::OFF_DQ + cw * L::DQ_WG_BYTES);
+    unsigned char* const sdq = smem_raw + ((base - raw) + L::OFF_DQ + cw * L::DQ_WG_BYTES);
     const std::uint32_t sdq_addr = base + L::OFF_DQ + std::uint32_t(cw) * L::DQ_WG_BYTES;
     [[maybe_unused]] const bool has_rs = p.rs.ptr != nullptr, has_dent = p.dent.ptr != nullptr;
 
@@ -407,26 +407,10 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
             mbar_arrive(empty_bar(s_idx));
             if (t + 1 < n_q) named_bar_arrive(WS::BAR_DS_FREE + cw, WS::CONSUMER_THREADS);
 
-            // dQ (times s with dA) → this warpgroup's dQ tile, then one bulk reduce-add per existing query row.
-#pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-                const int row = 16 * wq + (lane >> 2) + 8 * hf;
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt) {
-                    const int i = 4 * nt + 2 * hf;
-                    *reinterpret_cast<float2*>(sdq + row * Shape::DQ_ROW_FLOATS + c_frag_col(i, lane)) = make_float2(dq[i] * out_s, dq[i + 1] * out_s);
-                }
-            }
-            fence_proxy_async_smem();
+            // dQ (times s with dA) → this warpgroup's dQ tile → dq by its TMA reduce-adds (one thread).
+            bwd_sm90_dq_store(sdq, dq, out_s, wq, lane);
             named_bar_sync(WS::BAR_DQ_TILE + cw, 128);
-            const int r = tid & 127;
-            const std::int64_t row = std::int64_t(t) * BM + r;
-            if (r < BM && row < p.len_q) {
-                float* dqb = view_row<float>(p.dq, b, h, f);
-                bulk_reduce_add_f32(dqb + row * p.dq.sr + (D == 128 ? 64 * cw : 0), sdq_addr + std::uint32_t(r * Shape::DQ_ROW_FLOATS * 4),
-                                    Shape::DQ_COLS * 4);
-                bulk_commit();
-            }
+            if ((tid & 127) == 0) bwd_sm90_dq_reduce(dqm, sdq_addr, D == 128 ? 64 * cw : 0, t * BM, f, h, b);
         } else {
             wgmma_wait<0>();
             bwd_sm90_fence(acc_k);
