@@ -446,10 +446,9 @@ TEST(FlashBwdRoute, HopperKernelOnSm90Only) {
     }
 }
 
-// The Hopper kernel's schedule: an explicit one is taken as set; per_problem picks, at head dim 128, the
-// specialized prepared form with both dA and dY (deterministic: the cooperative prepared one), the
-// cooperative prepared form with dA only (deterministic: the pipelined one), the pipelined form with dY
-// only; at head dim 64 the pipelined form (every element type, row scale, entropy).
+// The Hopper kernel's schedule: an explicit one is taken as set; per_problem picks the specialized prepared
+// form at head dim 128 and, at 64, with both dA and dY; the pipelined form otherwise and whenever
+// deterministic (every element type, row scale, entropy).
 TEST(FlashBwdRoute, SchedulePerProblem) {
     REQUIRE_GPU();
     using vmonarch::cuda::FlashBwdSm90Schedule;
@@ -462,8 +461,7 @@ TEST(FlashBwdRoute, SchedulePerProblem) {
         for (bool det : {false, true}) {
             const FlashBwdParams p = pr.params(det);
             FlashBwdSm90Schedule want = FlashBwdSm90Schedule::cooperative_pipelined;
-            if (c.d == 128 && c.da && c.dy) want = det ? FlashBwdSm90Schedule::cooperative_prepared : FlashBwdSm90Schedule::specialized_prepared;
-            else if (c.d == 128 && c.da && !det) want = FlashBwdSm90Schedule::cooperative_prepared;
+            if (!det && (c.d == 128 || (c.da && c.dy))) want = FlashBwdSm90Schedule::specialized_prepared;
             EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::per_problem, p), want) << case_name(c) << (det ? " deterministic" : "");
             EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::cooperative, p), FlashBwdSm90Schedule::cooperative) << case_name(c);
             EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::specialized, p), FlashBwdSm90Schedule::specialized) << case_name(c);

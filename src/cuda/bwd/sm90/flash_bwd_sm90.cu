@@ -64,10 +64,16 @@ std::atomic<int>& schedule_slot() {
 
 } // namespace
 
-bool encode_flash_bwd_sm90_dq_map(const FlashBwdParams& p, hopper::BwdSm90DqMap* m) {
+bool encode_flash_bwd_sm90_maps(const FlashBwdParams& p, bool loads, hopper::BwdSm90Maps* m) {
     using S = hopper::BwdSm90Shape;
-    return encode_row_map(&m->map, &m->coords, TmaElem::f32, p.dq, p.head_dim, p.len_q, p.segments, p.heads, p.batch, S::BM,
-                          S::DQ_BOX_COLS);
+    const auto rows = [&](CUtensorMap* map, hopper::TmaCoords* c, TmaElem e, const RowView& v, int box_cols) {
+        return encode_row_map(map, c, e, v, p.head_dim, p.len_q, p.segments, p.heads, p.batch, S::BM, box_cols);
+    };
+    if (!p.deterministic && !rows(&m->dq, &m->cdq, TmaElem::f32, p.dq, S::DQ_BOX_COLS)) return false;
+    if (!loads) return true;
+    const TmaElem e = tma_elem(p.elem);
+    return rows(&m->q, &m->cq, e, p.q, 64) && (p.da.ptr == nullptr || rows(&m->da, &m->cda, e, p.da, 64)) &&
+           (p.dy.ptr == nullptr || rows(&m->dy, &m->cdy, e, p.dy, 64));
 }
 
 FlashBwdSm90Schedule flash_bwd_sm90_schedule() { return FlashBwdSm90Schedule(schedule_slot().load()); }
@@ -84,16 +90,13 @@ const char* to_string(FlashBwdSm90Schedule schedule) {
 }
 FlashBwdSm90Schedule resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule, const FlashBwdParams& p) {
     if (schedule != FlashBwdSm90Schedule::per_problem) return schedule;
-    // H200, bf16, all in one run (bench/RESULTS.md, "Flash backward v4" and "v5"): the prepared forms take
-    // 11–30% less time than the old ones on every variant at d 128; with dA and dY at d 128 the specialized
-    // prepared form takes 3.7–4.5% less than the cooperative prepared one unless deterministic (there 6%
-    // more; the pipelined form is that one's order there). The pipelined form takes 0.9–4.4% less than the
-    // cooperative prepared one on every d 64 variant, 0.9–2.2% less with dY only at d 128, 1.4–1.9% less with
-    // dA only at d 128 when deterministic, and the same (±0.3%) with dA only at d 128 otherwise.
+    // H200, bf16, all in one run after the TMA query-tile loads (bench/RESULTS.md, "Flash backward v6"): the
+    // specialized prepared form is the fastest with dA and dY at both head dims (11–20 % below the others at
+    // d 128) and with any value at d 128 (dA only 1–3 % below the pipelined form, dY only 11–13 %); the
+    // pipelined form with one value at d 64 (6–7 %) and in deterministic mode (within 1 % of the cooperative
+    // prepared form, 3–13 % below the specialized one, whose dq kernel runs after it alone).
     const bool da = p.da.ptr != nullptr, dy = p.dy.ptr != nullptr;
-    if (p.head_dim == 128 && da && dy)
-        return p.deterministic ? FlashBwdSm90Schedule::cooperative_prepared : FlashBwdSm90Schedule::specialized_prepared;
-    if (p.head_dim == 128 && da && !p.deterministic) return FlashBwdSm90Schedule::cooperative_prepared;
+    if (!p.deterministic && (p.head_dim == 128 || (da && dy))) return FlashBwdSm90Schedule::specialized_prepared;
     return FlashBwdSm90Schedule::cooperative_pipelined;
 }
 
@@ -104,8 +107,8 @@ bool flash_bwd_sm90_supported(const FlashBwdParams& p) {
     // dq += takes TMA reduce-adds (16-byte-aligned pointer, strides positive multiples of 4 floats where the
     // extent is above 1): the tensor map is encoded here as at the launch (a host call, no device work).
     if (!p.deterministic) {
-        hopper::BwdSm90DqMap m;
-        if (!encode_flash_bwd_sm90_dq_map(p, &m)) return false;
+        hopper::BwdSm90Maps m;
+        if (!encode_flash_bwd_sm90_maps(p, false, &m)) return false;
     }
     // With dA the kernel accumulates dK/s and dQ/s: s must be a positive normal number with a normal inverse.
     if (p.da.ptr && !(p.scale > 1e-30f && p.scale < 1e30f)) return false;
@@ -118,7 +121,14 @@ template <bool PREP> void launch_cooperative(const FlashBwdParams& p, void* stre
     if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_typed<true, 64, PREP>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 64, PREP>(p, stream, what);
     else bf ? launch_flash_bwd_sm90_typed<true, 128, PREP>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 128, PREP>(p, stream, what);
 }
+void launch_pipelined(const FlashBwdParams& p, void* stream, const char* what);
+// The specialized schedule loads the query tiles by TMA: operands TMA cannot describe take the pipelined one.
 template <bool PREP> void launch_specialized(const FlashBwdParams& p, void* stream, const char* what) {
+    hopper::BwdSm90Maps m;
+    if (!encode_flash_bwd_sm90_maps(p, true, &m)) {
+        launch_pipelined(p, stream, what);
+        return;
+    }
     const bool bf = p.elem == Elem::bf16;
     if (p.head_dim == 64)
         bf ? launch_flash_bwd_sm90_ws_typed<true, 64, PREP>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 64, PREP>(p, stream, what);

@@ -18,7 +18,7 @@
 //                                                   warpgroup w takes head-dim columns [64w, 64w + 64) over
 //                                                   all 128 keys, at d = 64 all columns over its own 64 keys;
 //   dq += dQ through a swizzled shared-memory tile by TMA reduce-adds (cp.reduce.async.bulk.tensor .add, two
-//   boxes of 64 rows × 32 f32 per warpgroup, one thread issuing; BwdSm90DqMap), skipped when deterministic:
+//   boxes of 64 rows × 32 f32 per warpgroup, one thread issuing; BwdSm90Maps::dq), skipped when deterministic:
 //   the portable query-tile kernel adds dq then.
 // dK, dV stay in registers and are added to the f32 accumulators once, by reductions (the block owns its keys).
 //
@@ -83,7 +83,7 @@ __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.w
 __device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
 // dQ tile of a warpgroup in shared memory (sdq, 1024-byte aligned): element (r, c) of its BM × DQ_COLS f32 at
-// (c / 32)·BM·128 + 128·r + 16·(((c % 32) / 4) ^ (r % 8)) + 4·(c % 4), the 128-byte swizzle of BwdSm90DqMap's
+// (c / 32)·BM·128 + 128·r + 16·(((c % 32) / 4) ^ (r % 8)) + 4·(c % 4), the 128-byte swizzle of BwdSm90Maps::dq's
 // boxes. v (warp wq's m64n64 accumulator fragment, rows 16·wq + lane / 4 (+ 8), column pairs) times mult goes
 // in by float2 stores, each warp store spread over all 32 banks. Made visible to the TMA (async proxy) here;
 // the caller's barrier then lets one thread issue bwd_sm90_dq_reduce.
@@ -106,15 +106,15 @@ __device__ __forceinline__ void bwd_sm90_dq_store(unsigned char* sdq, const floa
 // dq[rows row0 .. row0 + BM, columns col0 .. col0 + DQ_COLS) of (segment f, head h, batch b) += the dQ tile at
 // sdq_addr: DQ_COLS / 32 TMA reduce-adds (f32, clipped at len_q by the map), issued by the calling thread into
 // its bulk group (bulk_wait_read before the tile is rewritten).
-__device__ __forceinline__ void bwd_sm90_dq_reduce(const BwdSm90DqMap& m, std::uint32_t sdq_addr, int col0, int row0, int f, int h, int b) {
+__device__ __forceinline__ void bwd_sm90_dq_reduce(const BwdSm90Maps& m, std::uint32_t sdq_addr, int col0, int row0, int f, int h, int b) {
     constexpr int BM = BwdSm90Shape::BM, BOX = BwdSm90Shape::DQ_BOX_COLS;
     int x[5] = {0, 0, 0, 0, 0};
 #pragma unroll
-    for (int i = 1; i < 5; ++i) x[i] = m.coords.row == i ? row0 : m.coords.seg == i ? f : m.coords.head == i ? h : b;
+    for (int i = 1; i < 5; ++i) x[i] = m.cdq.row == i ? row0 : m.cdq.seg == i ? f : m.cdq.head == i ? h : b;
 #pragma unroll
     for (int j = 0; j < BwdSm90Shape::DQ_COLS / BOX; ++j)
         asm volatile("cp.reduce.async.bulk.tensor.5d.global.shared::cta.add.tile.bulk_group [%0, {%1, %2, %3, %4, %5}], [%6];\n" ::"l"(
-                         reinterpret_cast<std::uint64_t>(&m.map)),
+                         reinterpret_cast<std::uint64_t>(&m.dq)),
                      "r"(col0 + j * BOX), "r"(x[1]), "r"(x[2]), "r"(x[3]), "r"(x[4]), "r"(sdq_addr + std::uint32_t(j * BM * 128))
                      : "memory");
     bulk_commit();
@@ -187,7 +187,7 @@ template <int KS> __device__ __forceinline__ void bwd_sm90_fence(std::uint32_t (
 #endif
 
 template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
-__global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kernel(const FlashBwdParams p, const __grid_constant__ BwdSm90DqMap dqm) {
+__global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kernel(const FlashBwdParams p, const __grid_constant__ BwdSm90Maps maps) {
 #ifdef VMONARCH_HOPPER_DEVICE
     static_assert(D == 64 || D == 128);
     static_assert(HAS_DA || HAS_DY);
@@ -441,7 +441,7 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
             // dQ (times s with dA) → this warpgroup's dQ tile → dq by its TMA reduce-adds (one thread).
             bwd_sm90_dq_store(sdq, dq, out_s, wq, lane);
             named_bar_sync(1 + wg, 128);
-            if ((tid & 127) == 0) bwd_sm90_dq_reduce(dqm, sdq_addr, D == 128 ? 64 * wg : 0, t * BM, f, h, b);
+            if ((tid & 127) == 0) bwd_sm90_dq_reduce(maps, sdq_addr, D == 128 ? 64 * wg : 0, t * BM, f, h, b);
         } else {
             wgmma_wait<0>();
             bwd_sm90_fence(acc_k);

@@ -16,7 +16,7 @@ void launch_flash_bwd_sm90_variant(const FlashBwdParams& p, void* stream, const 
     const auto ctx = [&] { return describe_flash_bwd(p, what) + (PREP ? " (sm90, cooperative, prepared)" : " (sm90)"); };
     launch_flash_bwd_sm90_key_tiles<BF16, D, HAS_DA, HAS_DY>(
         hopper::flash_bwd_sm90_kernel<BF16, D, HAS_DA, HAS_DY, PREP>, hopper::BwdSm90Layout<D, HAS_DA, HAS_DY>::SMEM,
-        hopper::BwdSm90Shape::THREADS, p, stream, ctx);
+        hopper::BwdSm90Shape::THREADS, false, p, stream, ctx);
 }
 
 template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_typed(const FlashBwdParams& p, void* stream, const char* what) {

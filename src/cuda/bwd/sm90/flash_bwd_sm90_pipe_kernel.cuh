@@ -37,7 +37,7 @@ template <int D, bool HAS_DA, bool HAS_DY> struct BwdSm90PipeForm {
 };
 
 template <bool BF16, int D, bool HAS_DA, bool HAS_DY>
-__global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_pipe_kernel(const FlashBwdParams p, const __grid_constant__ BwdSm90DqMap dqm) {
+__global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_pipe_kernel(const FlashBwdParams p, const __grid_constant__ BwdSm90Maps maps) {
 #ifdef VMONARCH_HOPPER_DEVICE
     static_assert(D == 64 || D == 128);
     static_assert(HAS_DA || HAS_DY);
@@ -157,7 +157,7 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_pipe_
     const auto dq_out = [&](int t, const float (&v)[32], float mult) {
         bwd_sm90_dq_store(sdq, v, mult, wq, lane);
         named_bar_sync(1 + wg, 128);
-        if ((tid & 127) == 0) bwd_sm90_dq_reduce(dqm, sdq_addr, D == 128 ? 64 * wg : 0, t * BM, f, h, b);
+        if ((tid & 127) == 0) bwd_sm90_dq_reduce(maps, sdq_addr, D == 128 ? 64 * wg : 0, t * BM, f, h, b);
     };
 
     for (int t = 0; t < n_q; ++t) {

@@ -15,7 +15,7 @@ template <bool BF16, int D, bool HAS_DA, bool HAS_DY> void launch_flash_bwd_sm90
     const auto ctx = [&] { return describe_flash_bwd(p, what) + " (sm90, cooperative, pipelined)"; };
     launch_flash_bwd_sm90_key_tiles<BF16, D, HAS_DA, HAS_DY>(
         hopper::flash_bwd_sm90_pipe_kernel<BF16, D, HAS_DA, HAS_DY>, hopper::BwdSm90Layout<D, HAS_DA, HAS_DY>::SMEM,
-        hopper::BwdSm90Shape::THREADS, p, stream, ctx);
+        hopper::BwdSm90Shape::THREADS, false, p, stream, ctx);
 }
 
 template <bool BF16, int D> void launch_flash_bwd_sm90_pipe_typed(const FlashBwdParams& p, void* stream, const char* what) {

@@ -35,12 +35,14 @@ struct BwdSm90Shape {
     static constexpr int DQ_BOX_COLS = 32; // f32 columns per TMA box (128 bytes, the swizzle's span)
 };
 
-// The dq accumulator (f32) as a TMA tensor map (tma_row_map.hpp: boxes of BM rows × DQ_BOX_COLS, 128-byte
-// swizzle), a __grid_constant__ parameter of the key-tile kernels: dQ tiles go out by TMA reduce-adds, one
-// thread per warpgroup issuing them. Unused (zero) when deterministic.
-struct BwdSm90DqMap {
-    CUtensorMap map;
-    TmaCoords coords;
+// TMA tensor maps (tma_row_map.hpp, 128-byte swizzle), a __grid_constant__ parameter of the key-tile kernels:
+//   dq (f32, boxes of BM rows × DQ_BOX_COLS): dQ tiles go out by TMA reduce-adds, one thread per warpgroup
+//     issuing them; zero when deterministic;
+//   q, da, dy (16-bit, boxes of BM rows × 64): the specialized schedule's producer loads each query tile by
+//     TMA, one thread issuing; zero for the other schedules and for absent operands.
+struct BwdSm90Maps {
+    CUtensorMap dq, q, da, dy;
+    TmaCoords cdq, cq, cda, cdy;
 };
 
 // Whether a backward kernel variant takes the broadcast warp index (sm90/hopper_ptx.cuh, warp_index_uniform),

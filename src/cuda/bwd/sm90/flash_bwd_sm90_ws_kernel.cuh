@@ -100,7 +100,7 @@ __device__ __forceinline__ void cp_async_mbar_arrive(std::uint32_t bar) {
 #endif
 
 template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
-__global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_kernel(const FlashBwdParams p, const __grid_constant__ BwdSm90DqMap dqm) {
+__global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_kernel(const FlashBwdParams p, const __grid_constant__ BwdSm90Maps maps) {
 #ifdef VMONARCH_HOPPER_DEVICE
     static_assert(D == 64 || D == 128);
     static_assert(HAS_DA || HAS_DY);
@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     cp_async_commit();
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(full_bar(s), WS::PRODUCER_THREADS + (PREP ? BM : 0));
+            mbar_init(full_bar(s), 1 + BM); // the TMA thread's expect_tx, then one arrival per query row
             mbar_init(empty_bar(s), WS::CONSUMER_THREADS);
         }
         fence_barrier_init();
@@ -156,42 +156,55 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
 
     if (wg == 0) {
         // ---- producer: query tile t into stage t % STAGES, once its previous tile (t − STAGES) is released.
+        // Thread 0 loads Q, dA, dY by TMA (the full barrier counts their bytes; rows past len_q are zero-
+        // filled); thread r < BM brings row r's operands (PREP: read into registers before the wait, then
+        // the prepared scalars stored; otherwise cp.async of the raw ones) and arrives once per tile.
         setmaxnreg_dec<WS::PRODUCER_REGS>();
-        const T* qb = view_row<const T>(p.q, b, h, f);
-        const T* dab = HAS_DA ? view_row<const T>(p.da, b, h, f) : nullptr;
-        const T* dyb = HAS_DY ? view_row<const T>(p.dy, b, h, f) : nullptr;
+        if (tid >= BM) return;
+        if (tid == 0) {
+            prefetch_tensor_map(&maps.q);
+            if constexpr (HAS_DA) prefetch_tensor_map(&maps.da);
+            if constexpr (HAS_DY) prefetch_tensor_map(&maps.dy);
+        }
         const FlashBwdRows rows = bwd_rows(p, b, h, f);
         for (int t = 0; t < n_q; ++t) {
             const int s = t % STAGES;
+            const std::int64_t i = std::int64_t(t) * BM + tid;
+            const bool ok = i < p.len_q;
+            [[maybe_unused]] float lse = 0.f, rs = 0.f, drow = 0.f, dent = 0.f;
+            if constexpr (PREP) {
+                lse = ok ? rows.lse[i * p.lse.sr] : 0.f;
+                rs = ok && rows.rs ? rows.rs[i * p.rs.sr] : 0.f;
+                drow = ok ? rows.drow[i * p.drow.sr] : 0.f;
+                dent = ok && rows.dent ? rows.dent[i * p.dent.sr] : 0.f;
+            }
             if (t >= STAGES) mbar_wait(empty_bar(s), std::uint32_t((t / STAGES - 1) & 1));
             const std::uint32_t st = stage(s);
-            const std::int64_t q0 = std::int64_t(t) * BM;
-            bwd_ws_load_rows<D, BM, WS::PRODUCER_THREADS, false>(st, qb, p.q.sr, q0, p.len_q, tid);
-            if constexpr (HAS_DA) bwd_ws_load_rows<D, BM, WS::PRODUCER_THREADS, false>(st + L::OFF_DA, dab, p.da.sr, q0, p.len_q, tid);
-            if constexpr (HAS_DY) bwd_ws_load_rows<D, BM, WS::PRODUCER_THREADS, false>(st + L::OFF_DY, dyb, p.dy.sr, q0, p.len_q, tid);
-            if (!PREP && tid < BM) {
-                const std::int64_t i = q0 + tid;
-                const bool ok = i < p.len_q;
-                const std::uint32_t dst = srows_addr + std::uint32_t(s * L::ROWS_STAGE + tid) * 4u;
-                cp_async_4(dst, ok ? rows.lse + i * p.lse.sr : rows.lse, ok ? 4 : 0);
-                if (rows.rs) cp_async_4(dst + BM * 4, ok ? rows.rs + i * p.rs.sr : rows.rs, ok ? 4 : 0);
-                cp_async_4(dst + 2 * BM * 4, ok ? rows.drow + i * p.drow.sr : rows.drow, ok ? 4 : 0);
-                if (rows.dent) cp_async_4(dst + 3 * BM * 4, ok ? rows.dent + i * p.dent.sr : rows.dent, ok ? 4 : 0);
+            if (tid == 0) {
+                mbar_arrive_expect_tx(full_bar(s), std::uint32_t(L::STAGE));
+#pragma unroll
+                for (int c = 0; c < D / 64; ++c) {
+                    tma_load_row_tile(st + c * BM * 128, &maps.q, full_bar(s), maps.cq, c * 64, t * BM, f, h, b);
+                    if constexpr (HAS_DA)
+                        tma_load_row_tile(st + L::OFF_DA + c * BM * 128, &maps.da, full_bar(s), maps.cda, c * 64, t * BM, f, h, b);
+                    if constexpr (HAS_DY)
+                        tma_load_row_tile(st + L::OFF_DY + c * BM * 128, &maps.dy, full_bar(s), maps.cdy, c * 64, t * BM, f, h, b);
+                }
             }
-            cp_async_mbar_arrive(full_bar(s));
-            if (PREP && tid < BM) {
-                const std::int64_t i = q0 + tid;
-                const bool ok = i < p.len_q;
-                const float lse = ok ? rows.lse[i * p.lse.sr] : 0.f;
-                const float rs = ok && rows.rs ? rows.rs[i * p.rs.sr] : 0.f;
-                const float drow = ok ? rows.drow[i * p.drow.sr] : 0.f;
-                const float dent = ok && rows.dent ? rows.dent[i * p.dent.sr] : 0.f;
+            if constexpr (PREP) {
                 float4 pr4;
                 float pe;
                 bwd_sm90_prepared_row<HAS_DA, HAS_DY>(p, lse, rs, drow, dent, ok, rows.rs != nullptr, pr4, pe);
                 prep4_at(s)[tid] = pr4;
                 prep_e_at(s)[tid] = pe;
                 mbar_arrive(full_bar(s));
+            } else {
+                const std::uint32_t dst = srows_addr + std::uint32_t(s * L::ROWS_STAGE + tid) * 4u;
+                cp_async_4(dst, ok ? rows.lse + i * p.lse.sr : rows.lse, ok ? 4 : 0);
+                if (rows.rs) cp_async_4(dst + BM * 4, ok ? rows.rs + i * p.rs.sr : rows.rs, ok ? 4 : 0);
+                cp_async_4(dst + 2 * BM * 4, ok ? rows.drow + i * p.drow.sr : rows.drow, ok ? 4 : 0);
+                if (rows.dent) cp_async_4(dst + 3 * BM * 4, ok ? rows.dent + i * p.dent.sr : rows.dent, ok ? 4 : 0);
+                cp_async_mbar_arrive(full_bar(s));
             }
         }
         cp_async_wait<0>(); // nothing in flight when the producer leaves
@@ -228,8 +241,7 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
 
     for (int t = 0; t < n_q; ++t) {
         const int s_idx = t % STAGES;
-        mbar_wait(full_bar(s_idx), std::uint32_t((t / STAGES) & 1));
-        fence_proxy_async_smem(); // the ring's cp.async writes, now visible here, before wgmma reads them
+        mbar_wait(full_bar(s_idx), std::uint32_t((t / STAGES) & 1)); // TMA writes: wgmma (async proxy) reads them as they are
         const std::uint32_t sQ = stage(s_idx), sDA = sQ + L::OFF_DA, sDY = sQ + L::OFF_DY;
         [[maybe_unused]] const float* rv = srows + s_idx * L::ROWS_STAGE;
         [[maybe_unused]] const float4* prep4 = prep4_at(s_idx);
@@ -410,7 +422,7 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
             // dQ (times s with dA) → this warpgroup's dQ tile → dq by its TMA reduce-adds (one thread).
             bwd_sm90_dq_store(sdq, dq, out_s, wq, lane);
             named_bar_sync(WS::BAR_DQ_TILE + cw, 128);
-            if ((tid & 127) == 0) bwd_sm90_dq_reduce(dqm, sdq_addr, D == 128 ? 64 * cw : 0, t * BM, f, h, b);
+            if ((tid & 127) == 0) bwd_sm90_dq_reduce(maps, sdq_addr, D == 128 ? 64 * cw : 0, t * BM, f, h, b);
         } else {
             wgmma_wait<0>();
             bwd_sm90_fence(acc_k);

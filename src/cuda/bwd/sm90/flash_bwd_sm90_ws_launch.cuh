@@ -16,7 +16,7 @@ void launch_flash_bwd_sm90_ws_variant(const FlashBwdParams& p, void* stream, con
     const auto ctx = [&] { return describe_flash_bwd(p, what) + (PREP ? " (sm90, specialized, prepared)" : " (sm90, specialized)"); };
     launch_flash_bwd_sm90_key_tiles<BF16, D, HAS_DA, HAS_DY>(
         hopper::flash_bwd_sm90_ws_kernel<BF16, D, HAS_DA, HAS_DY, PREP>, hopper::BwdSm90WsLayout<D, HAS_DA, HAS_DY>::SMEM,
-        hopper::BwdSm90WsShape::THREADS, p, stream, ctx);
+        hopper::BwdSm90WsShape::THREADS, true, p, stream, ctx);
 }
 
 template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_ws_typed(const FlashBwdParams& p, void* stream, const char* what) {
