@@ -93,7 +93,7 @@ FlashBwdSm90Schedule resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedu
     // H200, bf16, all in one run after the TMA query-tile loads (bench/RESULTS.md, "Flash backward v6"): the
     // specialized prepared form is the fastest with dA and dY at both head dims (11–20 % below the others at
     // d 128) and with any value at d 128 (dA only 1–3 % below the pipelined form, dY only 11–13 %); the
-    // pipelined form with one value at d 64 (6–7 %) and in deterministic mode (within 1 % of the cooperative
+    // pipelined form with one value at d 64 (3–7 %) and in deterministic mode (within 1 % of the cooperative
     // prepared form, 3–13 % below the specialized one, whose dq kernel runs after it alone).
     const bool da = p.da.ptr != nullptr, dy = p.dy.ptr != nullptr;
     if (!p.deterministic && (p.head_dim == 128 || (da && dy))) return FlashBwdSm90Schedule::specialized_prepared;
