@@ -90,13 +90,13 @@ const char* to_string(FlashBwdSm90Schedule schedule) {
 }
 FlashBwdSm90Schedule resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule, const FlashBwdParams& p) {
     if (schedule != FlashBwdSm90Schedule::per_problem) return schedule;
-    // H200, bf16, all in one run after the TMA query-tile loads (bench/RESULTS.md, "Flash backward v6"): the
-    // specialized prepared form is the fastest with dA and dY at both head dims (11–20 % below the others at
-    // d 128) and with any value at d 128 (dA only 1–3 % below the pipelined form, dY only 11–13 %); the
-    // pipelined form with one value at d 64 (3–7 %) and in deterministic mode (within 1 % of the cooperative
-    // prepared form, 3–13 % below the specialized one, whose dq kernel runs after it alone).
+    // H200, bf16, after the TMA query-tile loads (bench/RESULTS.md, "Flash backward v6"): at d 128 the
+    // specialized prepared form, in both modes (dA and dY 11–20 % below the others, dY only 9–13 %, dA only
+    // within ±2 % of the pipelined form; deterministic 2–6 % below the others); at d 64 with both values
+    // unless deterministic (11–13 %); the pipelined form otherwise (d 64 with one value 3–7 % below the
+    // specialized form, deterministic as measured before the TMA loads).
     const bool da = p.da.ptr != nullptr, dy = p.dy.ptr != nullptr;
-    if (!p.deterministic && (p.head_dim == 128 || (da && dy))) return FlashBwdSm90Schedule::specialized_prepared;
+    if (p.head_dim == 128 || (da && dy && !p.deterministic)) return FlashBwdSm90Schedule::specialized_prepared;
     return FlashBwdSm90Schedule::cooperative_pipelined;
 }
 
