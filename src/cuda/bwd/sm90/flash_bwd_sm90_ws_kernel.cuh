@@ -1,10 +1,10 @@
 // Internal: the Hopper (sm_90a) flash backward kernel, specialized schedule. The same products, operand
 // layouts, masking and FlashBwdParams semantics as flash_bwd_sm90_kernel.cuh (spec §7.5 R-step, §7.2 dense
 // recompute; the formulas are listed there), with the work split by role:
-//   producer warpgroup (few registers, setmaxnreg): cp.async of each query tile's Q, dA, dY and raw row
-//     operands into a STAGES-deep ring; every producer thread's copies complete on the stage's "full"
-//     mbarrier (cp.async.mbarrier.arrive), and a stage is refilled once its "empty" mbarrier says both
-//     consumer warpgroups are done with it;
+//   producer warpgroup (few registers, setmaxnreg; its warps 0–1 work, 2–3 leave): each query tile into a
+//     STAGES-deep ring, its Q, dA, dY by TMA from one thread (BwdSm90Maps; the stage's "full" mbarrier
+//     counts their bytes) and row r's operands by thread r < BM, which arrives once per tile; a stage is
+//     refilled once its "empty" mbarrier says both consumer warpgroups are done with it;
 //   two consumer warpgroups (the freed registers): keys [64w, 64w + 64) each, per query tile
 //     Sᵀ, dPᵀ (wgmma ss) → P (registers, while the last dPᵀ product runs) → dV, Pᵀ·dA (wgmma rs) → dS
 //     (registers, while those run) → dSᵀ·Q (wgmma rs, in flight while dS goes to shared memory) → dQ =
@@ -13,10 +13,11 @@
 // No block barrier inside the query loop: the consumers meet on named barriers only where they share the
 // dS tile (it is written once the other warpgroup has finished reading the previous one, and read once both
 // halves are written), and the producer runs ahead by up to STAGES tiles.
-// PREP (the prepared form, flash_bwd_sm90_rows.cuh): producer thread r < BM loads row r's raw operands with
-// plain loads, writes the row's prepared scalars into the stage and arrives once more on the stage's full
-// mbarrier (release; the consumers' wait acquires); the consumers form P from them (one FFMA and one ex2),
-// mask keys on the last key tile only and store dS by stmatrix.
+// PREP (the prepared form, flash_bwd_sm90_rows.cuh): producer thread r < BM reads row r's raw operands with
+// plain loads before it waits for the stage, writes the row's prepared scalars into the stage and arrives on
+// the stage's full mbarrier (release; the consumers' wait acquires); without PREP it cp.asyncs the raw ones
+// (cp.async.mbarrier.arrive). The consumers form P from them (one FFMA and one ex2), mask keys on the last
+// key tile only and store dS by stmatrix.
 #pragma once
 
 #include <cstdint>
