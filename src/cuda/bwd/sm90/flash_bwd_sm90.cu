@@ -12,7 +12,7 @@
 #include <mutex>
 #include <set>
 
-#include "cuda/bwd/sm90/flash_bwd_sm90_launch_common.cuh" // encode_flash_bwd_sm90_dq_map
+#include "cuda/bwd/sm90/flash_bwd_sm90_launch_common.cuh" // encode_flash_bwd_sm90_maps
 #include "cuda/flash_policy.hpp"
 #include "cuda/sm90/tma_row_map.hpp"
 
@@ -46,7 +46,6 @@ bool device_runs_sm90_binary() {
     (ok ? good : bad).insert(dev);
     return ok;
 }
-
 
 // The schedule launches take: the environment's at the first call (per_problem when unset or not a
 // schedule's name), or the last set_flash_bwd_sm90_schedule.

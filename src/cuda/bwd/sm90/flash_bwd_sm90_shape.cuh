@@ -11,7 +11,7 @@
 //   STAGES stages of Q, dA (with dA), dY (with dY): BM rows each;
 //   the dS tile: BM query rows × BN keys (two 64-key column blocks), the A operand of dQ = dS·K;
 //   per warpgroup a dQ tile: BM rows of 64 f32 as two boxes of BM rows × 32 f32 in the 128-byte swizzle, the
-//   source of the TMA reduce-adds into dq (BwdSm90DqMap);
+//   source of the TMA reduce-adds into dq (BwdSm90Maps::dq);
 //   STAGES stages of the query tile's raw row operands lse, cR, drow, dent (BM floats each);
 //   STAGES stages of the prepared row scalars (flash_bwd_sm90_rows.cuh: per row a float4 and a float),
 //   read by the kernels' prepared form only.

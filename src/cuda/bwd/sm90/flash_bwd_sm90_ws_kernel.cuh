@@ -51,13 +51,12 @@ template <int D, bool HAS_DA, bool HAS_DY> struct BwdSm90WsLayout {
 #ifdef VMONARCH_HOPPER_DEVICE
 // cp.async rows [row0, row0 + ROWS) of D 16-bit elements (row stride sr) into a 128-byte-swizzled tile, by
 // THREADS threads (tid in [0, THREADS)): chunk c of row r lands at (c / 8)·ROWS·128 + 128·r + 16·((c % 8) ^
-// (r % 8)); rows at or past len are zero-filled. UNROLL false keeps the loop rolled (the producer's 24
-// registers hold no unrolled addresses).
-template <int D, int ROWS, int THREADS, bool UNROLL = true, typename T>
+// (r % 8)); rows at or past len are zero-filled.
+template <int D, int ROWS, int THREADS, typename T>
 __device__ __forceinline__ void bwd_ws_load_rows(std::uint32_t dst, const T* base, std::int64_t sr, std::int64_t row0, std::int64_t len,
                                                  int tid) {
     constexpr int CH = D / 8, CHUNKS = ROWS * CH;
-#pragma unroll(UNROLL ? 16 : 1)
+#pragma unroll(16)
     for (int it = 0; it < (CHUNKS + THREADS - 1) / THREADS; ++it) {
         const int c = tid + it * THREADS;
         if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;
