@@ -12,7 +12,7 @@
 #include <mutex>
 #include <set>
 
-#include "cuda/bwd/sm90/flash_bwd_sm90_launch_common.cuh" // encode_flash_bwd_sm90_maps
+#include "cuda/bwd/sm90/flash_bwd_sm90_shape.cuh" // BwdSm90Maps
 #include "cuda/flash_policy.hpp"
 #include "cuda/sm90/tma_row_map.hpp"
 
@@ -61,19 +61,37 @@ std::atomic<int>& schedule_slot() {
     return slot;
 }
 
-} // namespace
-
-bool encode_flash_bwd_sm90_maps(const FlashBwdParams& p, bool loads, hopper::BwdSm90Maps* m) {
-    using S = hopper::BwdSm90Shape;
-    const auto rows = [&](CUtensorMap* map, hopper::TmaCoords* c, TmaElem e, const RowView& v, int box_cols) {
-        return encode_row_map(map, c, e, v, p.head_dim, p.len_q, p.segments, p.heads, p.batch, S::BM, box_cols);
-    };
-    if (!p.deterministic && !rows(&m->dq, &m->cdq, TmaElem::f32, p.dq, S::DQ_BOX_COLS)) return false;
-    if (!loads) return true;
-    const TmaElem e = tma_elem(p.elem);
-    return rows(&m->q, &m->cq, e, p.q, 64) && (p.da.ptr == nullptr || rows(&m->da, &m->cda, e, p.da, 64)) &&
-           (p.dy.ptr == nullptr || rows(&m->dy, &m->cdy, e, p.dy, 64));
+// p's dq accumulator as the TMA reduce-adds' destination (BwdSm90Maps::dq); false when TMA cannot describe it.
+bool encode_dq_map(const FlashBwdParams& p, hopper::BwdSm90Maps* m) {
+    return encode_row_map(&m->dq, &m->cdq, TmaElem::f32, p.dq, p.head_dim, p.len_q, p.segments, p.heads, p.batch,
+                          hopper::BwdSm90Shape::BM, hopper::BwdSm90Shape::DQ_BOX_COLS);
 }
+
+// The specialized schedule's producer maps of q, da, dy (absent operands left zero); false when TMA cannot
+// describe one of them.
+bool encode_load_maps(const FlashBwdParams& p, hopper::BwdSm90Maps* m) {
+    const TmaElem e = tma_elem(p.elem);
+    const auto rows = [&](CUtensorMap* map, hopper::TmaCoords* c, const RowView& v) {
+        return encode_row_map(map, c, e, v, p.head_dim, p.len_q, p.segments, p.heads, p.batch, hopper::BwdSm90Shape::BM, 64);
+    };
+    return rows(&m->q, &m->cq, p.q) && (p.da.ptr == nullptr || rows(&m->da, &m->cda, p.da)) &&
+           (p.dy.ptr == nullptr || rows(&m->dy, &m->cdy, p.dy));
+}
+
+// flash_bwd_sm90_supported, leaving in m the dq map it encodes (unless deterministic) for the launch to use.
+bool supported_with_maps(const FlashBwdParams& p, hopper::BwdSm90Maps* m) {
+    if (!flash_policy().sm90) return false;
+    if (p.head_dim != 64 && p.head_dim != 128) return false;
+    if (!p.da.ptr && !p.dy.ptr) return false;
+    // dq += takes TMA reduce-adds (16-byte-aligned pointer, strides positive multiples of 4 floats where the
+    // extent is above 1): TMA must describe it (a host call, no device work).
+    if (!p.deterministic && !encode_dq_map(p, m)) return false;
+    // With dA the kernel accumulates dK/s and dQ/s: s must be a positive normal number with a normal inverse.
+    if (p.da.ptr && !(p.scale > 1e-30f && p.scale < 1e30f)) return false;
+    return device_runs_sm90_binary();
+}
+
+} // namespace
 
 FlashBwdSm90Schedule flash_bwd_sm90_schedule() { return FlashBwdSm90Schedule(schedule_slot().load()); }
 void set_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule) { schedule_slot().store(int(schedule)); }
@@ -100,54 +118,42 @@ FlashBwdSm90Schedule resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedu
 }
 
 bool flash_bwd_sm90_supported(const FlashBwdParams& p) {
-    if (!flash_policy().sm90) return false;
-    if (p.head_dim != 64 && p.head_dim != 128) return false;
-    if (!p.da.ptr && !p.dy.ptr) return false;
-    // dq += takes TMA reduce-adds (16-byte-aligned pointer, strides positive multiples of 4 floats where the
-    // extent is above 1): the tensor map is encoded here as at the launch (a host call, no device work).
-    if (!p.deterministic) {
-        hopper::BwdSm90Maps m;
-        if (!encode_flash_bwd_sm90_maps(p, false, &m)) return false;
-    }
-    // With dA the kernel accumulates dK/s and dQ/s: s must be a positive normal number with a normal inverse.
-    if (p.da.ptr && !(p.scale > 1e-30f && p.scale < 1e30f)) return false;
-    return device_runs_sm90_binary();
+    hopper::BwdSm90Maps m{};
+    return supported_with_maps(p, &m);
 }
 
 namespace {
-template <bool PREP> void launch_cooperative(const FlashBwdParams& p, void* stream, const char* what) {
+using Maps = hopper::BwdSm90Maps;
+template <bool PREP> void launch_cooperative(const FlashBwdParams& p, const Maps& m, void* stream, const char* what) {
     const bool bf = p.elem == Elem::bf16;
-    if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_typed<true, 64, PREP>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 64, PREP>(p, stream, what);
-    else bf ? launch_flash_bwd_sm90_typed<true, 128, PREP>(p, stream, what) : launch_flash_bwd_sm90_typed<false, 128, PREP>(p, stream, what);
+    if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_typed<true, 64, PREP>(p, m, stream, what) : launch_flash_bwd_sm90_typed<false, 64, PREP>(p, m, stream, what);
+    else bf ? launch_flash_bwd_sm90_typed<true, 128, PREP>(p, m, stream, what) : launch_flash_bwd_sm90_typed<false, 128, PREP>(p, m, stream, what);
 }
-void launch_pipelined(const FlashBwdParams& p, void* stream, const char* what);
+void launch_pipelined(const FlashBwdParams& p, const Maps& m, void* stream, const char* what) {
+    const bool bf = p.elem == Elem::bf16;
+    if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_pipe_typed<true, 64>(p, m, stream, what) : launch_flash_bwd_sm90_pipe_typed<false, 64>(p, m, stream, what);
+    else bf ? launch_flash_bwd_sm90_pipe_typed<true, 128>(p, m, stream, what) : launch_flash_bwd_sm90_pipe_typed<false, 128>(p, m, stream, what);
+}
 // The specialized schedule loads the query tiles by TMA: operands TMA cannot describe take the pipelined one.
-template <bool PREP> void launch_specialized(const FlashBwdParams& p, void* stream, const char* what) {
-    hopper::BwdSm90Maps m;
-    if (!encode_flash_bwd_sm90_maps(p, true, &m)) {
-        launch_pipelined(p, stream, what);
-        return;
-    }
+template <bool PREP> void launch_specialized(const FlashBwdParams& p, Maps& m, void* stream, const char* what) {
+    if (!encode_load_maps(p, &m)) return launch_pipelined(p, m, stream, what);
     const bool bf = p.elem == Elem::bf16;
     if (p.head_dim == 64)
-        bf ? launch_flash_bwd_sm90_ws_typed<true, 64, PREP>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 64, PREP>(p, stream, what);
-    else bf ? launch_flash_bwd_sm90_ws_typed<true, 128, PREP>(p, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 128, PREP>(p, stream, what);
-}
-void launch_pipelined(const FlashBwdParams& p, void* stream, const char* what) {
-    const bool bf = p.elem == Elem::bf16;
-    if (p.head_dim == 64) bf ? launch_flash_bwd_sm90_pipe_typed<true, 64>(p, stream, what) : launch_flash_bwd_sm90_pipe_typed<false, 64>(p, stream, what);
-    else bf ? launch_flash_bwd_sm90_pipe_typed<true, 128>(p, stream, what) : launch_flash_bwd_sm90_pipe_typed<false, 128>(p, stream, what);
+        bf ? launch_flash_bwd_sm90_ws_typed<true, 64, PREP>(p, m, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 64, PREP>(p, m, stream, what);
+    else bf ? launch_flash_bwd_sm90_ws_typed<true, 128, PREP>(p, m, stream, what) : launch_flash_bwd_sm90_ws_typed<false, 128, PREP>(p, m, stream, what);
 }
 } // namespace
 
+// The tensor maps are encoded once per launch: dq's by the support check, q/da/dy's for the specialized schedule.
 bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char* what) {
-    if (!flash_bwd_sm90_supported(p)) return false;
+    Maps maps{};
+    if (!supported_with_maps(p, &maps)) return false;
     switch (resolve_flash_bwd_sm90_schedule(flash_bwd_sm90_schedule(), p)) {
-    case FlashBwdSm90Schedule::specialized: launch_specialized<false>(p, stream, what); break;
-    case FlashBwdSm90Schedule::cooperative_prepared: launch_cooperative<true>(p, stream, what); break;
-    case FlashBwdSm90Schedule::specialized_prepared: launch_specialized<true>(p, stream, what); break;
-    case FlashBwdSm90Schedule::cooperative_pipelined: launch_pipelined(p, stream, what); break;
-    default: launch_cooperative<false>(p, stream, what); break;
+    case FlashBwdSm90Schedule::specialized: launch_specialized<false>(p, maps, stream, what); break;
+    case FlashBwdSm90Schedule::cooperative_prepared: launch_cooperative<true>(p, maps, stream, what); break;
+    case FlashBwdSm90Schedule::specialized_prepared: launch_specialized<true>(p, maps, stream, what); break;
+    case FlashBwdSm90Schedule::cooperative_pipelined: launch_pipelined(p, maps, stream, what); break;
+    default: launch_cooperative<false>(p, maps, stream, what); break;
     }
     return true;
 }

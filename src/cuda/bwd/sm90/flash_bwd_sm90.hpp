@@ -8,6 +8,10 @@
 
 namespace vmonarch::cuda {
 
+namespace hopper {
+struct BwdSm90Maps; // flash_bwd_sm90_shape.cuh: the key-tile kernels' tensor maps
+}
+
 // True when the current device is compute capability 9.0, the library carries the sm_90a kernel, the flash
 // policy lets the sm90 peer run (VMONARCH_DISABLE_HOPPER unset or "0", or set_flash_policy; flash_policy.hpp)
 // p's dq accumulator takes bulk reduce-adds (pointer 16-byte aligned, strides multiples of 4) unless deterministic,
@@ -45,13 +49,17 @@ FlashBwdSm90Schedule resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedu
 const char* to_string(FlashBwdSm90Schedule schedule);
 
 // One (element type, head dim) group, instantiated by instances/flash_bwd_sm90_*.cu (PREP: the prepared
-// form, instances/flash_bwd_sm90_prep_*.cu).
-template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_typed(const FlashBwdParams& p, void* stream, const char* what);
+// form, instances/flash_bwd_sm90_prep_*.cu). `maps` are p's tensor maps as try_launch_flash_bwd_sm90 encoded
+// them, once per launch: dq's unless deterministic, and for the specialized schedule those of q, da, dy too.
+template <bool BF16, int D, bool PREP>
+void launch_flash_bwd_sm90_typed(const FlashBwdParams& p, const hopper::BwdSm90Maps& maps, void* stream, const char* what);
 // The same for the specialized schedule, instantiated by instances/flash_bwd_sm90_ws_*.cu.
-template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_ws_typed(const FlashBwdParams& p, void* stream, const char* what);
+template <bool BF16, int D, bool PREP>
+void launch_flash_bwd_sm90_ws_typed(const FlashBwdParams& p, const hopper::BwdSm90Maps& maps, void* stream, const char* what);
 
 // The same for the pipelined cooperative kernel, instantiated by instances/flash_bwd_sm90_pipe_*.cu.
-template <bool BF16, int D> void launch_flash_bwd_sm90_pipe_typed(const FlashBwdParams& p, void* stream, const char* what);
+template <bool BF16, int D>
+void launch_flash_bwd_sm90_pipe_typed(const FlashBwdParams& p, const hopper::BwdSm90Maps& maps, void* stream, const char* what);
 
 // A kernel of the group bf16/d128, whose binary version tells whether the library carries sm_90a code.
 const void* flash_bwd_sm90_probe_kernel();

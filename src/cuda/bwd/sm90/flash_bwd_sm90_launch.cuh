@@ -12,18 +12,18 @@
 namespace vmonarch::cuda {
 
 template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
-void launch_flash_bwd_sm90_variant(const FlashBwdParams& p, void* stream, const char* what) {
+void launch_flash_bwd_sm90_variant(const FlashBwdParams& p, const hopper::BwdSm90Maps& maps, void* stream, const char* what) {
     const auto ctx = [&] { return describe_flash_bwd(p, what) + (PREP ? " (sm90, cooperative, prepared)" : " (sm90)"); };
     launch_flash_bwd_sm90_key_tiles<BF16, D, HAS_DA, HAS_DY>(
         hopper::flash_bwd_sm90_kernel<BF16, D, HAS_DA, HAS_DY, PREP>, hopper::BwdSm90Layout<D, HAS_DA, HAS_DY>::SMEM,
-        hopper::BwdSm90Shape::THREADS, false, p, stream, ctx);
+        hopper::BwdSm90Shape::THREADS, p, maps, stream, ctx);
 }
 
-template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_typed(const FlashBwdParams& p, void* stream, const char* what) {
+template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_typed(const FlashBwdParams& p, const hopper::BwdSm90Maps& maps, void* stream, const char* what) {
     const bool da = p.da.ptr != nullptr, dy = p.dy.ptr != nullptr;
-    if (da && dy) launch_flash_bwd_sm90_variant<BF16, D, true, true, PREP>(p, stream, what);
-    else if (da) launch_flash_bwd_sm90_variant<BF16, D, true, false, PREP>(p, stream, what);
-    else launch_flash_bwd_sm90_variant<BF16, D, false, true, PREP>(p, stream, what);
+    if (da && dy) launch_flash_bwd_sm90_variant<BF16, D, true, true, PREP>(p, maps, stream, what);
+    else if (da) launch_flash_bwd_sm90_variant<BF16, D, true, false, PREP>(p, maps, stream, what);
+    else launch_flash_bwd_sm90_variant<BF16, D, false, true, PREP>(p, maps, stream, what);
 }
 
 } // namespace vmonarch::cuda

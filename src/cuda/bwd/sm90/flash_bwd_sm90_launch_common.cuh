@@ -1,6 +1,7 @@
 // Internal: what every schedule's host launcher of the Hopper flash backward does once it has its key-tile
 // kernel: the key-tile kernel over ceil(len_k / BN) key tiles × (segment, head) × batch (dk, dv, and dq by TMA
-// reduce-adds through the dq accumulator's tensor map unless deterministic), then in deterministic mode the portable query-tile kernel for dq
+// reduce-adds through the dq accumulator's tensor map unless deterministic; the maps as try_launch_flash_bwd_sm90
+// encoded them), then in deterministic mode the portable query-tile kernel for dq
 // (flash_bwd_launch.cuh: launch_flash_bwd_query_tiles), whose order is fixed. Included by the
 // flash_bwd_sm90_*launch.cuh headers.
 #pragma once
@@ -14,22 +15,14 @@
 
 namespace vmonarch::cuda {
 
-// The key-tile kernels' tensor maps (flash_bwd_sm90_shape.cuh, BwdSm90Maps): dq's unless deterministic, and with
-// `loads` those of q, da, dy (the specialized schedule's producer); false when TMA cannot describe one of
-// them (flash_bwd_sm90.cu).
-bool encode_flash_bwd_sm90_maps(const FlashBwdParams& p, bool loads, hopper::BwdSm90Maps* m);
-
 template <bool BF16, int D, bool HAS_DA, bool HAS_DY, typename KeyKernel, typename Ctx>
-void launch_flash_bwd_sm90_key_tiles(KeyKernel key_kernel, int key_smem, int key_threads, bool tma_loads, const FlashBwdParams& p,
-                                     void* stream, const Ctx& ctx) {
+void launch_flash_bwd_sm90_key_tiles(KeyKernel key_kernel, int key_smem, int key_threads, const FlashBwdParams& p,
+                                     const hopper::BwdSm90Maps& maps, void* stream, const Ctx& ctx) {
     const cudaStream_t st = static_cast<cudaStream_t>(stream);
     using hopper::BwdSm90Shape;
     allow_smem(key_kernel, key_smem, ctx);
     const dim3 grid(unsigned((p.len_k + BwdSm90Shape::BN - 1) / BwdSm90Shape::BN), unsigned(p.segments * p.heads),
                     unsigned(p.batch));
-    hopper::BwdSm90Maps maps{};
-    if (!encode_flash_bwd_sm90_maps(p, tma_loads, &maps))
-        throw CudaError(context_of(ctx) + ": an operand is not a view TMA can describe (try_launch_flash_bwd_sm90 checks this)");
     key_kernel<<<grid, key_threads, key_smem, st>>>(p, maps);
     check_launch_lazy(ctx);
     if (p.deterministic) launch_flash_bwd_query_tiles<BF16, D, HAS_DA, HAS_DY>(p, st, ctx);

@@ -3,5 +3,5 @@
 #include "cuda/bwd/sm90/flash_bwd_sm90_pipe_launch.cuh"
 
 namespace vmonarch::cuda {
-template void launch_flash_bwd_sm90_pipe_typed<true, 64>(const FlashBwdParams&, void*, const char*);
+template void launch_flash_bwd_sm90_pipe_typed<true, 64>(const FlashBwdParams&, const hopper::BwdSm90Maps&, void*, const char*);
 } // namespace vmonarch::cuda

@@ -2,5 +2,5 @@
 #include "cuda/bwd/sm90/flash_bwd_sm90_ws_launch.cuh"
 
 namespace vmonarch::cuda {
-template void launch_flash_bwd_sm90_ws_typed<false, 64, false>(const FlashBwdParams&, void*, const char*);
+template void launch_flash_bwd_sm90_ws_typed<false, 64, false>(const FlashBwdParams&, const hopper::BwdSm90Maps&, void*, const char*);
 } // namespace vmonarch::cuda
