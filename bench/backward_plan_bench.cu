@@ -1,4 +1,4 @@
-// backward_plan_bench [--json FILE] [--rounds R] [--reps N] [--small] [--lstep-kernels]: the whole CUDA backward (spec §7) from C++
+// backward_plan_bench [--json FILE] [--rounds R] [--reps N] [--small|--large] [--lstep-kernels]: the whole CUDA backward (spec §7) from C++
 // at 16×28×52×12h and 24×44×80×40h (bf16, d 128, batch 1, BSHD, t = 2, frame-0 recompute on), lean and saved
 // mode, paper gradient (and, in the first round, the saved mode's exact gradient and deterministic mode), under
 // VMONARCH_BACKWARD_SCHEDULE=serial and =concurrent in alternating rounds (the same process), through the public
@@ -6,8 +6,8 @@
 // alone on one stream, their sum, and the plan's run on one stream for comparison with the overlapped whole.
 // CUDA-event medians after warm-up; the time does not depend on the values. Prints a table naming the card and
 // writes JSON. cuDNN's backward comes from bench/backward_bench.py (Python, torch SDPA).
-// --lstep-kernels instead compares the two L-step backward kernels (VMONARCH_LSTEP_BWD=cuda-cores and
-// =tensor-cores, alternating, the default schedule): the whole backward (saved and lean) and the L-step stages alone.
+// --lstep-kernels instead compares the L-step backward kernels (VMONARCH_LSTEP_BWD=cuda-cores, =tensor-cores and
+// =tensor-cores-pair, alternating, the default schedule): the whole backward (saved and lean) and the L-step stages alone.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -63,16 +63,17 @@ void set_schedule(vmonarch::cuda::BackwardSchedule s) { setenv("VMONARCH_BACKWAR
 int main(int argc, char** argv) {
     std::string json_path = "backward_plan_bench.json";
     int rounds = 2, reps = 7;
-    bool small_only = false, lstep_kernels = false;
+    bool small_only = false, large_only = false, lstep_kernels = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--json" && i + 1 < argc) json_path = argv[++i];
         else if (a == "--rounds" && i + 1 < argc) rounds = std::atoi(argv[++i]);
         else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
         else if (a == "--small") small_only = true;
+        else if (a == "--large") large_only = true;
         else if (a == "--lstep-kernels") lstep_kernels = true;
         else {
-            std::fprintf(stderr, "usage: backward_plan_bench [--json FILE] [--rounds R] [--reps N] [--small] [--lstep-kernels]\n");
+            std::fprintf(stderr, "usage: backward_plan_bench [--json FILE] [--rounds R] [--reps N] [--small|--large] [--lstep-kernels]\n");
             return 2;
         }
     }
@@ -96,7 +97,7 @@ int main(int argc, char** argv) {
     const BackwardSchedule schedules[2] = {BackwardSchedule::serial, BackwardSchedule::concurrent};
 
     for (const Shape& s : kShapes) {
-        if (small_only && s.T != 16) continue;
+        if ((small_only && s.T != 16) || (large_only && s.T == 16)) continue;
         const vmonarch::VideoGrid g{s.T, s.H, s.W};
         const std::int64_t N = g.tokens();
         const std::size_t elems = std::size_t(N) * s.heads * s.d;
@@ -123,7 +124,7 @@ int main(int argc, char** argv) {
         const int warm = 2;
 
         if (lstep_kernels) { // the two L-step backward kernels, alternating, whole and stages alone
-            const char* kernels[2] = {"cuda-cores", "tensor-cores"};
+            const char* kernels[3] = {"cuda-cores", "tensor-cores", "tensor-cores-pair"};
             for (int round = 0; round < rounds; ++round)
                 for (const bool saved : {true, false})
                     for (const char* kern : kernels) {

@@ -68,6 +68,13 @@ if [ $SANI -eq 1 ]; then
     step "sanitizer $tool (flash backward)" "sanitizer_${tool}_bwd.log" compute-sanitizer --tool $tool --error-exitcode 1 \
       "$BIN/vmonarch_gpu_tests" --gtest_filter="$BSF"
   done
+  # The L-step backward's tensor-core kernels (one and two warps per position) at 16·MT = 16, 32 and 48 padded
+  # frames, with and without dc, every exact-group variant.
+  LSF='Shapes/LStepBwd.*/f16_d64_T2_HW13*:Shapes/LStepBwd.*/bf16_d128_T21_HW17*:Shapes/LStepBwd.*/f16_d64_T48_HW5*'
+  for tool in memcheck racecheck; do
+    step "sanitizer $tool (L-step backward)" "sanitizer_${tool}_lstep_bwd.log" compute-sanitizer --tool $tool --error-exitcode 1 \
+      "$BIN/vmonarch_gpu_tests" --gtest_filter="$LSF"
+  done
   # The same shapes on the portable kernel (on an H100 the runs above take the Hopper kernel).
   for tool in memcheck racecheck; do
     step "sanitizer $tool (portable)" "sanitizer_${tool}_portable.log" env VMONARCH_DISABLE_HOPPER=1 \

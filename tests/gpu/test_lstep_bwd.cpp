@@ -23,12 +23,18 @@ using vmonarch::cuda::LStepBwdParams;
 using vmonarch::cuda::RowView;
 
 const char* kernel_name(LStepBwdKernel k) {
-    return k == LStepBwdKernel::tensor_cores ? "tensor cores" : k == LStepBwdKernel::cuda_cores ? "CUDA cores" : "automatic";
+    switch (k) {
+    case LStepBwdKernel::tensor_cores: return "tensor cores";
+    case LStepBwdKernel::tensor_cores_pair: return "tensor cores, two warps";
+    case LStepBwdKernel::cuda_cores: return "CUDA cores";
+    default: return "automatic";
+    }
 }
 
-// The kernels that take T frames: both for T ≤ 48, the CUDA-core one beyond.
+// The kernels that take T frames: all three for T ≤ 48, the CUDA-core one beyond.
 std::vector<LStepBwdKernel> kernels_for(std::int64_t T) {
-    if (T <= vmonarch::cuda::lstep_bwd_tensor_core_max_frames()) return {LStepBwdKernel::tensor_cores, LStepBwdKernel::cuda_cores};
+    if (T <= vmonarch::cuda::lstep_bwd_tensor_core_max_frames())
+        return {LStepBwdKernel::tensor_cores, LStepBwdKernel::tensor_cores_pair, LStepBwdKernel::cuda_cores};
     return {LStepBwdKernel::cuda_cores};
 }
 
@@ -447,7 +453,7 @@ TEST_P(LStepBwd, ExactKeyGroups) {
     }
 }
 
-// The same launch twice gives the same bits (no atomics, a fixed order of accumulation).
+// The same launch twice gives the same bits (a fixed order of accumulation; dq gets one addition per element).
 TEST_P(LStepBwd, BitwiseRepeatable) {
     REQUIRE_GPU();
     for (const LStepBwdKernel k : kernels_for(GetParam().T)) {
@@ -531,11 +537,13 @@ TEST(LStepBwdLimits, KernelChoiceErrors) {
     p.frames = vmonarch::cuda::lstep_bwd_tensor_core_max_frames() + 1;
     p.positions = 1;
     p.q = p.a = p.c = p.dq = p.da = p.drow_r = p.y = p.dout = p.drow = p.dy = RowView{buf.get(), 0, 0, 0, 0};
-    try {
-        vmonarch::cuda::launch_lstep_bwd_with(p, LStepBwdKernel::tensor_cores, nullptr, "test");
-        ADD_FAILURE() << "no error for T = " << p.frames << " on tensor cores";
-    } catch (const vmonarch::CudaError& e) {
-        EXPECT_NE(std::string(e.what()).find("exceed the tensor-core"), std::string::npos) << e.what();
+    for (LStepBwdKernel k : {LStepBwdKernel::tensor_cores, LStepBwdKernel::tensor_cores_pair}) {
+        try {
+            vmonarch::cuda::launch_lstep_bwd_with(p, k, nullptr, "test");
+            ADD_FAILURE() << "no error for T = " << p.frames << " on " << kernel_name(k);
+        } catch (const vmonarch::CudaError& e) {
+            EXPECT_NE(std::string(e.what()).find("exceed the tensor-core"), std::string::npos) << e.what();
+        }
     }
     const char* old = std::getenv("VMONARCH_LSTEP_BWD");
     const std::string saved = old != nullptr ? old : "";
@@ -550,6 +558,8 @@ TEST(LStepBwdLimits, KernelChoiceErrors) {
     EXPECT_EQ(vmonarch::cuda::lstep_bwd_kernel_from_env(), LStepBwdKernel::cuda_cores);
     setenv("VMONARCH_LSTEP_BWD", "tensor-cores", 1);
     EXPECT_EQ(vmonarch::cuda::lstep_bwd_kernel_from_env(), LStepBwdKernel::tensor_cores);
+    setenv("VMONARCH_LSTEP_BWD", "tensor-cores-pair", 1);
+    EXPECT_EQ(vmonarch::cuda::lstep_bwd_kernel_from_env(), LStepBwdKernel::tensor_cores_pair);
     unsetenv("VMONARCH_LSTEP_BWD");
     EXPECT_EQ(vmonarch::cuda::lstep_bwd_kernel_from_env(), LStepBwdKernel::automatic);
     if (old != nullptr) setenv("VMONARCH_LSTEP_BWD", saved.c_str(), 1);

@@ -1,5 +1,7 @@
-// Internal: the tensor-core L-step backward (spec §7 steps 3, 4, 6) for T ≤ 48 frames: one warp per (position j,
-// head, batch), frames padded to TP = 16·MT rows, every T×T×d product an mma.sync m16n8k16 with f32 accumulators.
+// Internal: the tensor-core L-step backward (spec §7 steps 3, 4, 6) for T ≤ 48 frames: one block of W = 1 or 2
+// warps per (position j, head, batch), frames padded to TP = 16·MT rows, every T×T×d product an mma.sync m16n8k16
+// with f32 accumulators. With two warps each forms the T×T matrices (z, L, dL, dZ) itself and computes half of
+// the head-dim columns of the T×d products (dY, dQ, daL); they share the tiles and the L / dZ tiles' stores.
 // The math is that of lstep_bwd_kernel.cuh (the CUDA-core kernel, which takes longer clips):
 //   z = Q·aLᵀ − cL, L = softmax_k z (f32, in the accumulator layout)
 //   last:    dL = dO·Yᵀ,  dZ = L∘(dL − D_i),  dY = Lᵀ·dO (written rounded),  e_k = ⟨dY_k, Y_k⟩ of the rounded dY
@@ -11,15 +13,16 @@
 // lo = round(x − hi)), products hi·hi + hi·lo + lo·hi: about 16 significant bits for bf16 and 22 for f16, near
 // the f32 kernel's results rather than one 16-bit rounding away. (f16: values beyond 65504 overflow, as the
 // inputs and the outputs of that dtype do; lo parts below 2^-14 lose bits as f16 subnormals.)
-// dQ is read and written once per L-step (both of its terms are summed in one accumulator).
-// Shared memory per warp: the Q and aL tiles, Y and dO (last) or daR's hi and lo parts (earlier), all 16-bit
+// dQ gets one addition per element and L-step (both of its terms are summed in one accumulator), as a reduction
+// (red.global.add, nothing waits for it) or, where the step owns dq (dq_overwrite), a store.
+// Shared memory per block: the Q and aL tiles, Y and dO (last) or daR's hi and lo parts (earlier), all 16-bit
 // and XOR-swizzled (mma_ptx.cuh swz); L's (then dZ's) hi and lo parts as T×T 16-bit tiles (for the transposed
 // operands Lᵀ, dZᵀ by ldmatrix.trans); dcR (earlier) and dcL·cL per frame. The outputs dY and daL are staged
 // in place in the dO and Q tiles, 64 (or 32) columns at a time once those columns are read, and stored as
 // 16-byte row chunks.
 // Exact key groups (spec §3b, lstep_exact_mask.cuh), frame-0 rows read as 0 (zero_frame0), merged L
-// (merged_lse) and the stored dq (dq_overwrite) behave as in the CUDA-core kernel. No atomics: the results are
-// bitwise repeatable.
+// (merged_lse) and the stored dq (dq_overwrite) behave as in the CUDA-core kernel. Each dq element takes a single
+// reduction per launch, so its sum is that of a read-modify-write: the results are bitwise repeatable.
 #pragma once
 
 #include <cstdint>
@@ -62,9 +65,10 @@ __device__ __forceinline__ void split_frags(const float (&x)[MT][2 * MT][4], std
         }
 }
 
-// A-fragments → a TP×TP 16-bit tile (row i, column k at i·LS + 2k bytes).
-template <int MT, int LS>
-__device__ __forceinline__ void store_frags(unsigned char* tile, const std::uint32_t (&f)[MT][MT][4], int lane) {
+// A-fragments → a TP×TP 16-bit tile (row i, column k at i·LS + 2k bytes): the registers q with q % W = part
+// (W warps holding the same fragments store one part each).
+template <int MT, int LS, int W = 1>
+__device__ __forceinline__ void store_frags(unsigned char* tile, const std::uint32_t (&f)[MT][MT][4], int lane, int part = 0) {
     const int g = lane >> 2, t4 = lane & 3;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -72,6 +76,7 @@ __device__ __forceinline__ void store_frags(unsigned char* tile, const std::uint
         for (int ks = 0; ks < MT; ++ks)
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
+                if (q % W != part) continue;
                 const int i = mt * 16 + g + (q & 1) * 8, k = ks * 16 + (q >> 1) * 8 + 2 * t4;
                 *reinterpret_cast<std::uint32_t*>(tile + i * LS + k * 2) = f[mt][ks][q];
             }
@@ -144,6 +149,26 @@ __device__ __forceinline__ void transposed_product(float (&acc)[MT][2 * NDP][4],
     }
 }
 
+// prefetch.L2 of the ROW_BYTES-byte view rows (b, h, frame r < T, position j) with keep(r), one request per
+// 128-byte line, by `threads` threads of ids tid = 0, 1, ….
+template <typename E, int ROW_BYTES, typename Keep>
+__device__ __forceinline__ void prefetch_view_rows_l2(const RowView& v, int b, int h, std::int64_t j, int T, int tid, int threads,
+                                                      Keep keep) {
+    constexpr int LINES = (ROW_BYTES + 127) / 128;
+    for (int c = tid; c < T * LINES; c += threads) {
+        const int r = c / LINES;
+        if (!keep(r)) continue;
+        const char* line = reinterpret_cast<const char*>(view_row<E>(v, b, h, r, j)) + (c % LINES) * 128;
+        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(line));
+    }
+}
+
+// The block's barrier: a warp's own with one warp, the block's with more.
+template <int W> __device__ __forceinline__ void block_sync() {
+    if constexpr (W == 1) __syncwarp();
+    else __syncthreads();
+}
+
 // Sum over the 4 lanes of a quad (the lanes holding one accumulator row).
 __device__ __forceinline__ float quad_sum(float v) {
     v += __shfl_xor_sync(0xffffffffu, v, 1);
@@ -159,17 +184,20 @@ __device__ __forceinline__ float column_sum(float v) {
 
 } // namespace lstep_bwd_mma
 
-template <bool BF16, int D, bool LAST, int MT>
-__global__ void __launch_bounds__(32) lstep_bwd_mma_kernel(const LStepBwdParams p) {
+template <bool BF16, int D, bool LAST, int MT, int W>
+__global__ void __launch_bounds__(32 * W) lstep_bwd_mma_kernel(const LStepBwdParams p) {
     using namespace lstep_bwd_mma;
     using E = typename ElemType<BF16>::T;
-    constexpr int TP = 16 * MT, NT = 2 * MT, CH = D / 8, ROWB = D * 2, LS = lstep_bwd_mma_lstride(MT);
-    constexpr int CW = MT == 3 ? 32 : 64, NDP = CW / 16, NDT = CW / 8; // output columns per pass (registers)
+    constexpr int TP = 16 * MT, NT = 2 * MT, CH = D / 8, ROWB = D * 2, LS = lstep_bwd_mma_lstride(MT), NTH = 32 * W;
+    // Output columns per pass (registers); the D / CW passes of each T×d product are split among the W warps.
+    constexpr int CW = (MT == 3 || D / 64 < W) ? 32 : 64, NDP = CW / 16, NDT = CW / 8, PASSES = D / CW / W;
     constexpr float LOG2E = 1.4426950408889634f;
-    static_assert(TP * CH % 32 == 0 && 32 % CH == 0, "row chunks of one row stay within aligned lane groups");
+    static_assert(TP * CH % NTH == 0 && 32 % CH == 0, "row chunks of one row stay within aligned lane groups");
+    static_assert(W >= 1 && PASSES * CW * W == D, "the column passes divide among the warps");
 
     extern __shared__ __align__(128) unsigned char lsb_smem[];
-    const int lane = threadIdx.x, g = lane >> 2, t4 = lane & 3;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const int dc0 = warp * PASSES; // this warp's first column pass
     const std::int64_t j = blockIdx.x;
     const int h = blockIdx.y, b = blockIdx.z, T = int(p.frames);
     const LStepMask mask = lstep_mask(p);
@@ -187,19 +215,24 @@ __global__ void __launch_bounds__(32) lstep_bwd_mma_kernel(const LStepBwdParams 
     const std::uint32_t sQ = smem_addr(tQ), sA = smem_addr(tA), sX = smem_addr(tX), sG = smem_addr(tG);
     const std::uint32_t sLh = smem_addr(tLh), sLl = smem_addr(tLl);
 
-    gather_rows_async<BF16, D, TP>(sQ, p.q, b, h, j, T, lane);
-    gather_rows_async<BF16, D, TP>(sA, p.a, b, h, j, T, lane, fitted);
+    gather_rows_async<BF16, D, TP>(sQ, p.q, b, h, j, T, tid, KeepAllRows{}, NTH);
+    gather_rows_async<BF16, D, TP>(sA, p.a, b, h, j, T, tid, fitted, NTH);
     if constexpr (LAST) {
-        gather_rows_async<BF16, D, TP>(sX, p.y, b, h, j, T, lane, fitted);
+        gather_rows_async<BF16, D, TP>(sX, p.y, b, h, j, T, tid, fitted, NTH);
         const bool zero0 = p.zero_frame0;
-        gather_rows_async<BF16, D, TP>(sG, p.dout, b, h, j, T, lane, [&](int r) { return !(zero0 && r == 0); });
+        gather_rows_async<BF16, D, TP>(sG, p.dout, b, h, j, T, tid, [&](int r) { return !(zero0 && r == 0); }, NTH);
     }
     cp_async_commit();
 
     if constexpr (!LAST) {
+        // The loop below reads daR, aR and cR with plain loads, a few rows per unrolled group: all their rows are
+        // requested into L2 first, so that those loads wait for L2 rather than each group for DRAM.
+        prefetch_view_rows_l2<const float, D * 4>(p.dar, b, h, j, T, tid, NTH, [](int) { return true; });
+        prefetch_view_rows_l2<const E, D * 2>(p.ar, b, h, j, T, tid, NTH, fitted);
+        prefetch_view_rows_l2<const float, 4>(p.cr, b, h, j, T, tid, NTH, fitted);
         // daR (f32) → hi, lo tiles; dcR_k = −⟨aR_k, daR_k⟩/cR_k where cR_k > clamp (aR, cR of unfitted frames not read).
 #pragma unroll 4
-        for (int c = lane; c < TP * CH; c += 32) {
+        for (int c = tid; c < TP * CH; c += NTH) {
             const int r = c / CH, ch = c % CH;
             float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, part = 0.f;
             if (r < T) {
@@ -255,7 +288,7 @@ __global__ void __launch_bounds__(32) lstep_bwd_mma_kernel(const LStepBwdParams 
             rowv[mt][r] = LAST && i < T && !(p.zero_frame0 && i == 0) ? *view_row<const float>(p.drow, b, h, i, j) : 0.f;
         }
     cp_async_wait<0>();
-    __syncwarp();
+    block_sync<W>();
 
     // z = Q·aLᵀ − cL (−inf at padded and exact key frames), then L in place.
     float s[MT][NT][4];
@@ -362,7 +395,7 @@ __global__ void __launch_bounds__(32) lstep_bwd_mma_kernel(const LStepBwdParams 
                 for (int mt = 0; mt < MT; ++mt) v += dz[mt][nt][e] + dz[mt][nt][2 + e];
                 v = column_sum(v);
                 const int k = nt * 8 + 2 * t4 + e;
-                if (g == 0) {
+                if (g == 0 && warp == 0) {
                     const float dc = fitted(k) ? -v : 0.f;
                     if (with_dc && k < T) *view_row<float>(p.dc, b, h, k, j) = dc;
                     sDC[k] = with_dc && k < T && fitted(k) ? dc * cl[nt][e] : 0.f;
@@ -374,18 +407,18 @@ __global__ void __launch_bounds__(32) lstep_bwd_mma_kernel(const LStepBwdParams 
     {
         std::uint32_t lh[MT][MT][4], ll[MT][MT][4];
         split_frags<BF16, MT>(s, lh, ll);
-        store_frags<MT, LS>(tLh, lh, lane);
-        store_frags<MT, LS>(tLl, ll, lane);
+        store_frags<MT, LS, W>(tLh, lh, lane, warp);
+        store_frags<MT, LS, W>(tLl, ll, lane, warp);
     }
     std::uint32_t zh[MT][MT][4], zl[MT][MT][4];
     split_frags<BF16, MT>(dz, zh, zl);
-    __syncwarp();
+    block_sync<W>(); // L complete; every warp's reads of the dO and Q tiles for the Gram products done
 
     float ey[MT][2] = {}; // last: ⟨dY_k, Y_k⟩ of the rounded dY, rows k = kt·16 + lane/4 + 8r (partial per lane)
     if constexpr (LAST) {
         // dY = Lᵀ·dO, staged over the dO columns just read.
 #pragma unroll 1
-        for (int dc = 0; dc < D / CW; ++dc) {
+        for (int dc = dc0; dc < dc0 + PASSES; ++dc) {
             float acc[MT][NDT][4];
 #pragma unroll
             for (int kt = 0; kt < MT; ++kt)
@@ -414,7 +447,7 @@ __global__ void __launch_bounds__(32) lstep_bwd_mma_kernel(const LStepBwdParams 
     // dQ (+)= [earlier: L·daR +] dZ·aL, one pass over dq per (column block, row).
     const bool store_dq = LAST && p.dq_overwrite; // uniform
 #pragma unroll 1
-    for (int dc = 0; dc < D / CW; ++dc) {
+    for (int dc = dc0; dc < dc0 + PASSES; ++dc) {
         float acc[MT][NDT][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
@@ -467,26 +500,20 @@ __global__ void __launch_bounds__(32) lstep_bwd_mma_kernel(const LStepBwdParams 
                 float* row = view_row<float>(p.dq, b, h, i, j) + dc * CW + 2 * t4;
 #pragma unroll
                 for (int dt = 0; dt < NDT; ++dt) {
-                    float2* q2 = reinterpret_cast<float2*>(row + dt * 8);
-                    float2 v = make_float2(acc[mt][dt][2 * r], acc[mt][dt][2 * r + 1]);
-                    if (!store_dq) {
-                        const float2 old = *q2;
-                        v.x += old.x;
-                        v.y += old.y;
-                    }
-                    *q2 = v;
+                    if (store_dq) *reinterpret_cast<float2*>(row + dt * 8) = make_float2(acc[mt][dt][2 * r], acc[mt][dt][2 * r + 1]);
+                    else red_add_f32x2(row + dt * 8, acc[mt][dt][2 * r], acc[mt][dt][2 * r + 1]);
                 }
             }
     }
 
     // dZ's split parts replace L's; daL = dZᵀ·Q staged over the Q columns just read; D_R.
-    __syncwarp();
-    store_frags<MT, LS>(tLh, zh, lane);
-    store_frags<MT, LS>(tLl, zl, lane);
-    __syncwarp();
+    block_sync<W>(); // every warp done reading L
+    store_frags<MT, LS, W>(tLh, zh, lane, warp);
+    store_frags<MT, LS, W>(tLl, zl, lane, warp);
+    block_sync<W>();
     float ea[MT][2] = {}; // ⟨daL_k, aL_k⟩ of the rounded daL (partial per lane)
 #pragma unroll 1
-    for (int dc = 0; dc < D / CW; ++dc) {
+    for (int dc = dc0; dc < dc0 + PASSES; ++dc) {
         float acc[MT][NDT][4];
 #pragma unroll
         for (int kt = 0; kt < MT; ++kt)
@@ -510,17 +537,30 @@ __global__ void __launch_bounds__(32) lstep_bwd_mma_kernel(const LStepBwdParams 
                     ea[kt][r] = fmaf(da.x, a.x, fmaf(da.y, a.y, ea[kt][r]));
                 }
     }
+    // D_R: this warp's columns' part of ⟨daL_k, aL_k⟩ (+ ⟨dY_k, Y_k⟩); with two warps the second's part goes
+    // through sV (dcR, read only before the first barrier after the Gram products).
+    static_assert(W <= 2, "D_R sums the parts of at most two warps");
 #pragma unroll
     for (int kt = 0; kt < MT; ++kt)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const float v = quad_sum(ea[kt][r]) + (LAST ? quad_sum(ey[kt][r]) : 0.f);
             const int k = kt * 16 + g + 8 * r;
-            if (t4 == 0 && k < T) *view_row<float>(p.drow_r, b, h, k, j) = v + sDC[k];
+            if (W == 2 && warp == 1 && t4 == 0) sV[k] = v;
+            rowv[kt][r] = v;
         }
-    __syncwarp();
-    scatter_rows<BF16, D>(tQ, p.da, b, h, j, T, lane);
-    if constexpr (LAST) scatter_rows<BF16, D>(tG, p.dy, b, h, j, T, lane);
+    if constexpr (W == 2) __syncthreads();
+    if (warp == 0)
+#pragma unroll
+        for (int kt = 0; kt < MT; ++kt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int k = kt * 16 + g + 8 * r;
+                if (t4 == 0 && k < T) *view_row<float>(p.drow_r, b, h, k, j) = rowv[kt][r] + (W == 2 ? sV[k] : 0.f) + sDC[k];
+            }
+    block_sync<W>();
+    scatter_rows<BF16, D>(tQ, p.da, b, h, j, T, tid, 0, NTH);
+    if constexpr (LAST) scatter_rows<BF16, D>(tG, p.dy, b, h, j, T, tid, 0, NTH);
 }
 
 } // namespace vmonarch::cuda

@@ -94,4 +94,15 @@ __device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src, 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// dst[0] += a, dst[1] += b in f32 global memory by the memory system's reduction units, without waiting for the
+// result (dst 8-byte aligned): one vector reduction on sm_90, two scalar ones before.
+__device__ __forceinline__ void red_add_f32x2(float* dst, float a, float b) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(a), "f"(b) : "memory");
+#else
+    asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(dst), "f"(a) : "memory");
+    asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(dst + 1), "f"(b) : "memory");
+#endif
+}
+
 } // namespace vmonarch::cuda

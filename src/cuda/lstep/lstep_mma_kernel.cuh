@@ -31,17 +31,17 @@ constexpr int lstep_mma_warp_bytes(int D, bool last, int mt) {
 }
 
 // Rows r < T of view (b, h, frame r, position j) → swizzled tile at dst (TP rows; rows ≥ T and rows for
-// which keep(r) is false zero-filled, their source not read).
+// which keep(r) is false zero-filled, their source not read), by `threads` threads of ids lane = 0, 1, ….
 struct KeepAllRows {
     __device__ __forceinline__ bool operator()(int) const { return true; }
 };
 template <bool BF16, int D, int TP, typename Keep = KeepAllRows>
 __device__ __forceinline__ void gather_rows_async(std::uint32_t dst, const RowView& v, int b, int h, std::int64_t j, int T, int lane,
-                                                  Keep keep = {}) {
+                                                  Keep keep = {}, int threads = 32) {
     using E = typename ElemType<BF16>::T;
     constexpr int CH = D / 8;
 #pragma unroll 4
-    for (int c = lane; c < TP * CH; c += 32) {
+    for (int c = lane; c < TP * CH; c += threads) {
         const int r = c / CH, ch = c % CH;
         const bool ok = r < T && keep(r);
         const E* src = ok ? view_row<const E>(v, b, h, r, j) + ch * 8 : static_cast<const E*>(v.ptr);
@@ -60,13 +60,14 @@ __device__ __forceinline__ void prefetch_rows_l2(const RowView& v, int b, int h,
     }
 }
 
-// Staged output tile rows [r0, T) → view rows (b, h, frame r, position j), 16 bytes per lane per step.
+// Staged output tile rows [r0, T) → view rows (b, h, frame r, position j), 16 bytes per lane per step
+// (`threads` threads of ids lane = 0, 1, …).
 template <bool BF16, int D>
 __device__ __forceinline__ void scatter_rows(const unsigned char* tile, const RowView& v, int b, int h, std::int64_t j, int T, int lane,
-                                             int r0 = 0) {
+                                             int r0 = 0, int threads = 32) {
     using E = typename ElemType<BF16>::T;
     constexpr int CH = D / 8;
-    for (int c = lane + r0 * CH; c < T * CH; c += 32) {
+    for (int c = lane + r0 * CH; c < T * CH; c += threads) {
         const int r = c / CH, ch = c % CH;
         const uint4 val = *reinterpret_cast<const uint4*>(tile + swz<D>(r, ch));
         *reinterpret_cast<uint4*>(view_row<E>(v, b, h, r, j) + ch * 8) = val;

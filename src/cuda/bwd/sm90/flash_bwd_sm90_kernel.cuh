@@ -143,12 +143,6 @@ __device__ __forceinline__ FlashBwdRowScalars bwd_sm90_row_scalars(const FlashBw
     return v;
 }
 
-// dst[0] += a, dst[1] += b in f32 by the memory system's reduction units, without waiting for the result
-// (dst 8-byte aligned).
-__device__ __forceinline__ void red_add_f32x2(float* dst, float a, float b) {
-    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(a), "f"(b) : "memory");
-}
-
 // The block's key epilogue: dk += out_s·acc_k and (HAS_DY) dv += acc_v for this thread's key rows
 // krow0 and krow0 + 8 of the tile that exist (m64nD accumulator fragments, columns i and i + 1 adjacent).
 // The block owns these keys within the launch, so each element gets one reduction; other launches add to
