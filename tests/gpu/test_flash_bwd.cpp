@@ -122,6 +122,10 @@ struct F32 {
         buf.upload(f.data(), f.size() * 4);
     }
     std::vector<float> raw() const { return buf.read<float>(val.size()); }
+    void fill_nan() const {
+        const std::vector<float> f(val.size(), NAN);
+        buf.upload(f.data(), f.size() * 4);
+    }
 };
 
 struct Problem {
@@ -250,7 +254,7 @@ struct Problem {
         fdrow = std::make_unique<F32>(drow);
     }
 
-    FlashBwdParams params(bool deterministic) const {
+    FlashBwdParams params(bool deterministic, bool overwrite = false) const {
         FlashBwdParams p;
         p.elem = c.dtype == DType::bf16 ? Elem::bf16 : Elem::f16;
         p.head_dim = int(c.d);
@@ -277,17 +281,23 @@ struct Problem {
         p.qk_scale = float(qk_scale);
         p.clamp = float(clamp);
         p.deterministic = deterministic;
+        p.dkdv_overwrite = overwrite;
         return p;
     }
 
     struct Result {
         std::vector<float> dq, dk, dv;
     };
-    Result run(bool deterministic) const {
+    // overwrite: dk and dv start as NaN and must be stored (FlashBwdParams::dkdv_overwrite), not added into.
+    Result run(bool deterministic, bool overwrite = false) const {
         fdq->restore();
         fdk->restore();
         if (fdv) fdv->restore();
-        vmonarch::cuda::launch_flash_bwd(params(deterministic), nullptr, "test flash backward");
+        if (overwrite) {
+            fdk->fill_nan();
+            if (fdv) fdv->fill_nan();
+        }
+        vmonarch::cuda::launch_flash_bwd(params(deterministic, overwrite), nullptr, "test flash backward");
         if (cudaDeviceSynchronize() != cudaSuccess) throw std::runtime_error("flash backward failed");
         Result r{fdq->raw(), fdk->raw(), fdv ? fdv->raw() : std::vector<float>{}};
         return r;
@@ -351,6 +361,35 @@ TEST_P(FlashBwd, MatchesF64Formulas) {
     REQUIRE_GPU();
     const BwdCase c = GetParam();
     check_every_peer(Problem(c, 1000 + std::uint64_t(c.len_q * 7 + c.len_k + c.d)));
+}
+
+// dkdv_overwrite (the backward plan's frame-0 recompute, the first writer of dk and dv): dk and dv, filled with
+// NaN, are stored as what the kernel would add, on every peer and schedule, in both modes; dq is still added.
+TEST(FlashBwdOverwrite, DkDvStoredNotAdded) {
+    REQUIRE_GPU();
+    using vmonarch::cuda::FlashBwdSm90Schedule;
+    for (const BwdCase& c : {BwdCase{1, 2, 2, 67, 131, 128, DType::bf16, true, true, true, true},
+                             BwdCase{1, 1, 1, 70, 259, 64, DType::f16, false, false, true, false},
+                             BwdCase{2, 1, 1, 33, 97, 128, DType::f16, true, true, false, false}}) {
+        const Problem pr(c, 77 + std::uint64_t(c.len_k));
+        const std::vector<double> zk(pr.fdk->val.size(), 0.0), zv(pr.fdv ? pr.fdv->val.size() : 0, 0.0);
+        for (const auto& [sm90, schedule] : {std::pair{false, FlashBwdSm90Schedule::cooperative},
+                                             std::pair{true, FlashBwdSm90Schedule::specialized_prepared},
+                                             std::pair{true, FlashBwdSm90Schedule::cooperative_pipelined},
+                                             std::pair{true, FlashBwdSm90Schedule::cooperative}}) {
+            const PeerGuard peer(sm90);
+            const ScheduleGuard sched(schedule);
+            const bool routed = vmonarch::cuda::flash_bwd_sm90_supported(pr.params(false));
+            if (sm90 && !routed) continue;
+            const std::string name = routed ? std::string("sm90 ") + vmonarch::cuda::to_string(schedule) : std::string("portable");
+            for (bool det : {false, true}) {
+                const auto r = pr.run(det, true);
+                check("dq", c, name.c_str(), det, r.dq, pr.fdq->val, pr.ref_dq);
+                check("dk", c, name.c_str(), det, r.dk, zk, pr.ref_dk);
+                if (c.dy) check("dv", c, name.c_str(), det, r.dv, zv, pr.ref_dv);
+            }
+        }
+    }
 }
 
 // The pipelined cooperative form only reorders the cooperative prepared form's work: dk and dv (each added

@@ -30,7 +30,8 @@ struct FlashBwdParams {
     std::int64_t len_q = 0, len_k = 0;
     int segments = 1, heads = 1, batch = 1;
     float scale = 1.f, qk_scale = 1.f, clamp = 0.f;
-    bool deterministic = false; // bitwise repeatable accumulation order
+    bool deterministic = false;   // bitwise repeatable accumulation order
+    bool dkdv_overwrite = false;  // dk, dv stored (=), not added into: the launch is their first writer
 };
 void launch_flash_bwd(const FlashBwdParams& p, void* stream, const char* what);
 

@@ -123,7 +123,13 @@ FlashBwdParams BackwardPlan::recompute_params() const {
     b.segments = 1, b.heads = f.heads, b.batch = f.batch;
     b.scale = f.scale, b.qk_scale = f.qk_scale, b.clamp = 0.f;
     b.deterministic = p_.deterministic;
+    b.dkdv_overwrite = recompute_stores_dkdv();
     return b;
+}
+
+bool BackwardPlan::recompute_stores_dkdv() const {
+    // Its keys are all N rows of its dk/dv accumulators, and no stage before it writes them (backward_plan.hpp).
+    return p_.recompute_first_frame && state_.recompute_params().len_k == p_.grid.tokens();
 }
 
 LStepBwdParams BackwardPlan::last_lstep_params() const {
@@ -223,10 +229,14 @@ std::vector<BackwardStage> BackwardPlan::stages() const {
 
     // The accumulators are added into (+=) by the kernels below (dq is stored by the last L-step when it is the
     // first to write it).
+    // The serial schedule's recompute stores dk and dv when it covers all their rows (recompute_stores_dkdv).
+    const bool dkdv_first = !w_.concurrent && recompute_stores_dkdv();
     list.push_back({"zero accumulators", false, false, [=, this](void* st) {
         if (!dq_first) zero(ws_ + w_.dq, rows * d * 4, st, "vmonarch backward: zero dq accumulator");
-        zero(ws_ + w_.dk, rows * d * 4, st, "vmonarch backward: zero dk accumulator");
-        zero(ws_ + w_.dv, rows * dv * 4, st, "vmonarch backward: zero dv accumulator");
+        if (!dkdv_first) {
+            zero(ws_ + w_.dk, rows * d * 4, st, "vmonarch backward: zero dk accumulator");
+            zero(ws_ + w_.dv, rows * dv * 4, st, "vmonarch backward: zero dv accumulator");
+        }
         if (w_.has_extra) {
             const std::size_t erows = bh * std::size_t(p_.extra.tokens);
             zero(ws_ + w_.dk_extra, erows * d * 4, st, "vmonarch backward: zero extra dk accumulator");
@@ -257,8 +267,10 @@ std::vector<BackwardStage> BackwardPlan::stages() const {
     if (w_.concurrent) { // beside everything up to the finalize (it needs only D from the preprocess)
         list.push_back({"zero recompute accumulators", true, false, [=, this](void* st) {
             zero(ws_ + w_.dense_dq, bh * std::size_t(HW) * d * 4, st, "vmonarch backward: zero recompute dq accumulator");
-            zero(ws_ + w_.dense_dk, rows * d * 4, st, "vmonarch backward: zero recompute dk accumulator");
-            zero(ws_ + w_.dense_dv, rows * dv * 4, st, "vmonarch backward: zero recompute dv accumulator");
+            if (!recompute_stores_dkdv()) {
+                zero(ws_ + w_.dense_dk, rows * d * 4, st, "vmonarch backward: zero recompute dk accumulator");
+                zero(ws_ + w_.dense_dv, rows * dv * 4, st, "vmonarch backward: zero recompute dv accumulator");
+            }
         }});
         list.push_back({"first-frame recompute backward", true, false, recompute});
     }

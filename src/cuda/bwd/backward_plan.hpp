@@ -10,7 +10,8 @@
 // concurrent in deterministic mode and serial otherwise, as measured on an H200 (bench/RESULTS.md): with the
 // atomic dq the flash backwards fill the GPU and the overlap gained 0.07 ms of 9.0 at 16×28×52×12h and lost
 // 0.8 ms of 204 at 24×44×80×40h for 281 MiB / 3.3 GiB more workspace; deterministic, it gained 0.7 / 0.9 ms.
-//   serial      one stream; the recompute's backward adds into the shared accumulators before the Monarch chain.
+//   serial      one stream; the recompute's backward writes the shared accumulators before the Monarch chain (dk
+//               and dv stored, so they are not zero-filled; dq added into).
 //   concurrent  with the recompute on, its backward runs on the side stream, forked after the preprocess, beside
 //               the lean rerun and the Monarch chain, into accumulators of its own (dense_dq [B][H][HW][d],
 //               dense_dk [B][H][N][d], dense_dv [B][H][N][dv] f32), which the finalize adds after the chain's
@@ -99,6 +100,9 @@ public:
 private:
     RowView dar(int it) const; // daR of iteration it >= 1 (f32, frame-major)
     bool dq_first_written_by_last_lstep() const;
+    // The recompute's backward stores its dk, dv (FlashBwdParams::dkdv_overwrite; no zero fill): it is their
+    // first writer in both schedules, and does so when its keys cover all their rows.
+    bool recompute_stores_dkdv() const;
 
     // Exact key groups (exact_backward_plan.cu): the sink frames, the window and the extra keys of the video
     // rows; the text queries of a joint sequence (their D first, then over the video and the text keys).

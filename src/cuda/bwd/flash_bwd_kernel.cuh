@@ -325,9 +325,11 @@ __global__ void __launch_bounds__(FlashBwdKeyShape<D>::THREADS) flash_bwd_key_ke
         __syncthreads(); // the stage and the dSᵀ tile are refilled next
     }
 
-    // dk += acc_k, dv += acc_v for the keys that exist (this block owns them: a plain read-modify-write).
+    // dk += acc_k, dv += acc_v for the keys that exist (this block owns them: a plain read-modify-write), or
+    // dk = acc_k, dv = acc_v when the launch is their first writer (dkdv_overwrite).
     float* dkb = view_row<float>(p.dk, b, h, f);
     float* dvb = HAS_DY ? view_row<float>(p.dv, b, h, f) : nullptr;
+    const bool keep = !p.dkdv_overwrite; // uniform
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
         if (!key_ok[hf]) continue;
@@ -337,8 +339,12 @@ __global__ void __launch_bounds__(FlashBwdKeyShape<D>::THREADS) flash_bwd_key_ke
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const int col = dt * 8 + 2 * (lane & 3) + e;
-                dkb[key * p.dk.sr + col] += acc_k[0][dt][2 * hf + e];
-                if constexpr (HAS_DY) dvb[key * p.dv.sr + col] += acc_v[0][dt][2 * hf + e];
+                float& k_out = dkb[key * p.dk.sr + col];
+                k_out = (keep ? k_out : 0.f) + acc_k[0][dt][2 * hf + e];
+                if constexpr (HAS_DY) {
+                    float& v_out = dvb[key * p.dv.sr + col];
+                    v_out = (keep ? v_out : 0.f) + acc_v[0][dt][2 * hf + e];
+                }
             }
     }
 }

@@ -147,7 +147,8 @@ __device__ __forceinline__ FlashBwdRowScalars bwd_sm90_row_scalars(const FlashBw
 // krow0 and krow0 + 8 of the tile that exist (m64nD accumulator fragments, columns i and i + 1 adjacent).
 // The block owns these keys within the launch, so each element gets one reduction; other launches add to
 // the same accumulators in stream order. Reductions instead of a read-modify-write: nothing waits for the
-// loads (at 23 query tiles per block the read-modify-write was a fifth of the kernel's warp time).
+// loads (at 23 query tiles per block the read-modify-write was a fifth of the kernel's warp time). With
+// dkdv_overwrite (the launch is their first writer) they are stored instead.
 template <int NA, int NV, bool HAS_DY>
 __device__ __forceinline__ void bwd_sm90_add_dkdv(const FlashBwdParams& p, int b, int h, std::int64_t f, std::int64_t key0,
                                                   const bool (&key_ok)[2], const float (&acc_k)[NA], const float (&acc_v)[NV],
@@ -162,8 +163,14 @@ __device__ __forceinline__ void bwd_sm90_add_dkdv(const FlashBwdParams& p, int b
         for (int nt = 0; nt < NA / 4; ++nt) {
             const int i = 4 * nt + 2 * hf;
             const int col = c_frag_col(i, lane);
-            red_add_f32x2(dkb + key * p.dk.sr + col, acc_k[i] * out_s, acc_k[i + 1] * out_s);
-            if constexpr (HAS_DY) red_add_f32x2(dvb + key * p.dv.sr + col, acc_v[i], acc_v[i + 1]);
+            float* const k_out = dkb + key * p.dk.sr + col;
+            if (p.dkdv_overwrite) *reinterpret_cast<float2*>(k_out) = make_float2(acc_k[i] * out_s, acc_k[i + 1] * out_s);
+            else red_add_f32x2(k_out, acc_k[i] * out_s, acc_k[i + 1] * out_s);
+            if constexpr (HAS_DY) {
+                float* const v_out = dvb + key * p.dv.sr + col;
+                if (p.dkdv_overwrite) *reinterpret_cast<float2*>(v_out) = make_float2(acc_v[i], acc_v[i + 1]);
+                else red_add_f32x2(v_out, acc_v[i], acc_v[i + 1]);
+            }
         }
     }
 }
