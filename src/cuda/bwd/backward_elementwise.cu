@@ -1,5 +1,5 @@
-// The backward pass's row-wise kernels (backward_elementwise.hpp): one warp per row for the preprocess's
-// dot product, a grid-stride loop over 4-value chunks for the finalize's sum and rounding (all gradients in one launch).
+// The backward pass's row-wise kernels (backward_elementwise.hpp): a few lanes per row (16-byte loads) or a warp
+// per row for the preprocess's dot product, a grid-stride loop over 4-value chunks for the finalize's sum and rounding (all gradients in one launch).
 #include "cuda/bwd/backward_elementwise.hpp"
 
 #include <cuda_bf16.h>
@@ -37,16 +37,18 @@ __device__ T* row_of(const RowView& v, std::int64_t b, std::int64_t h, std::int6
 
 constexpr int kWarpsPerBlock = 8;
 
-// One warp per row: D = Σ_c dO·O − dlse (fp32).
-template <bool BF16>
-__global__ void preprocess_kernel(PreprocessParams p) {
+// D = Σ_c dO·O − dlse (fp32), TPR threads per row (a power of two dividing 32), each reading VEC consecutive
+// values of dO and O per step: VEC = 8 by 16-byte loads (TPR = value_dim / 8, one step), VEC = 1 element by
+// element (TPR = 32). The row's partial sums meet by shuffles within its TPR lanes.
+template <bool BF16, int VEC>
+__global__ void preprocess_kernel(PreprocessParams p, int tpr) {
     using H = Half<BF16>;
     using T = typename H::T;
     const std::int64_t rows = std::int64_t(p.batch) * p.heads * p.frames * p.positions;
-    const std::int64_t row = std::int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-    if (row >= rows) return;
-    const int lane = threadIdx.x % 32;
-    std::int64_t rest = row;
+    const int lane = threadIdx.x % 32, sub = lane % tpr;
+    const std::int64_t row = (std::int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32) * (32 / tpr) + lane / tpr;
+    const bool valid = row < rows; // the shuffles below need every lane of the warp
+    std::int64_t rest = valid ? row : 0;
     const std::int64_t j = rest % p.positions; rest /= p.positions;
     const std::int64_t i = rest % p.frames; rest /= p.frames;
     const std::int64_t h = rest % p.heads;
@@ -54,9 +56,21 @@ __global__ void preprocess_kernel(PreprocessParams p) {
     const T* o = row_of<T>(p.o, b, h, i, j);
     const T* dout = row_of<T>(p.dout, b, h, i, j);
     float acc = 0.f;
-    for (int c = lane; c < p.value_dim; c += 32) acc += H::load(dout[c]) * H::load(o[c]);
-    for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    if (lane != 0) return;
+    if (valid) {
+        if constexpr (VEC == 8) {
+            for (int c = sub * 8; c < p.value_dim; c += tpr * 8) {
+                const uint4 ov = *reinterpret_cast<const uint4*>(o + c), gv = *reinterpret_cast<const uint4*>(dout + c);
+                const T* oe = reinterpret_cast<const T*>(&ov);
+                const T* ge = reinterpret_cast<const T*>(&gv);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc += H::load(ge[e]) * H::load(oe[e]);
+            }
+        } else {
+            for (int c = sub; c < p.value_dim; c += tpr) acc += H::load(dout[c]) * H::load(o[c]);
+        }
+    }
+    for (int off = tpr / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (sub != 0 || !valid) return;
     if (p.dlse.ptr != nullptr) acc -= *row_of<const float>(p.dlse, b, h, i, j);
     *row_of<float>(p.d_full, b, h, i, j) = acc;
 }
@@ -119,11 +133,26 @@ int grid_for(std::int64_t work, int threads) {
 void launch_backward_preprocess(const PreprocessParams& p, void* stream, const char* what) {
     const std::int64_t rows = std::int64_t(p.batch) * p.heads * p.frames * p.positions;
     if (rows == 0) return;
-    const std::int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    // 16-byte loads where every row of o and dout starts 16-byte aligned and value_dim / 8 lanes cover a row.
+    const auto rows_aligned = [](const RowView& v) {
+        return reinterpret_cast<std::uintptr_t>(v.ptr) % 16 == 0 && v.sb % 8 == 0 && v.sh % 8 == 0 && v.sf % 8 == 0 && v.sr % 8 == 0;
+    };
+    const int lanes = p.value_dim / 8;
+    const bool vec8 = p.value_dim % 8 == 0 && lanes >= 1 && lanes <= 32 && (lanes & (lanes - 1)) == 0 && rows_aligned(p.o) &&
+                      rows_aligned(p.dout);
+    const int tpr = vec8 ? lanes : 32;
+    const std::int64_t rows_per_block = std::int64_t(kWarpsPerBlock) * (32 / tpr);
+    const std::int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
     if (blocks > 0x7fffffff) throw CudaError(std::string(what) + ": too many rows for the preprocess kernel");
     auto st = static_cast<cudaStream_t>(stream);
-    if (p.elem == Elem::bf16) preprocess_kernel<true><<<unsigned(blocks), 32 * kWarpsPerBlock, 0, st>>>(p);
-    else preprocess_kernel<false><<<unsigned(blocks), 32 * kWarpsPerBlock, 0, st>>>(p);
+    const unsigned grid = unsigned(blocks), threads = 32 * kWarpsPerBlock;
+    if (p.elem == Elem::bf16) {
+        if (vec8) preprocess_kernel<true, 8><<<grid, threads, 0, st>>>(p, tpr);
+        else preprocess_kernel<true, 1><<<grid, threads, 0, st>>>(p, tpr);
+    } else {
+        if (vec8) preprocess_kernel<false, 8><<<grid, threads, 0, st>>>(p, tpr);
+        else preprocess_kernel<false, 1><<<grid, threads, 0, st>>>(p, tpr);
+    }
     check_launch(std::string(what) + " [backward preprocess]");
 }
 
