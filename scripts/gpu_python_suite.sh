@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Python package's GPU suite, for the lent GPU machine (no internet), run from the repo root:
-#   scripts/gpu_python_suite.sh [--prebuilt] [--all] [--bench] [--bench-quick] [--build-check] [--image-cxx]
+#   scripts/gpu_python_suite.sh [--prebuilt] [--all | --gpu-files] [--bench] [--bench-quick] [--train-bench]
+#                               [--build-check] [--image-cxx]
 #
 # Compiler: the extension is built with the system g++ (/usr/bin/g++, or $VMONARCH_CXX), not the image's
 # $CXX: that one links libstdc++ statically into shared libraries, and such a module crashes on its first
@@ -16,17 +17,22 @@
 # Steps: install the carried wheels into /tmp/site; build the extension there offline
 # (pip install --no-build-isolation --no-deps, CUDA on, all cores), or install the prebuilt wheel with
 # --prebuilt (--build-check then also builds from source in the background and reports whether that
-# worked); run tests/python/test_gpu.py (--all: every Python test); --bench: bench/wan_e2e.py.
+# worked); run tests/python/test_gpu.py (--all: every Python test; --gpu-files: every file with the GPU in its
+# name: the forward, backward, CLI backward, exact-group backward, joint, torch-impl and 1-GPU NCCL tests);
+# --bench: bench/wan_e2e.py; --train-bench: bench/backward_bench.py (plain and exact cases, against cuDNN) and
+# bench/wan_block_train.py (one Wan2.1-1.3B block's training step at 480p and 720p).
 # Logs go to $OUT (the device tool's folder) or ./out.
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUTDIR=${OUT:-out}
 mkdir -p "$OUTDIR"
-PREBUILT=0; ALL=0; BENCH=0; BENCH_ARGS=(); BUILD_CHECK=0; IMAGE_CXX=0
+PREBUILT=0; ALL=0; GPU_FILES=0; BENCH=0; BENCH_ARGS=(); TRAIN_BENCH=0; BUILD_CHECK=0; IMAGE_CXX=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --prebuilt) PREBUILT=1 ;;
     --all) ALL=1 ;;
+    --gpu-files) GPU_FILES=1 ;;
+    --train-bench) TRAIN_BENCH=1 ;;
     --bench) BENCH=1 ;;
     --bench-quick) BENCH=1; BENCH_ARGS+=(--quick) ;;
     --build-check) BUILD_CHECK=1 ;;
@@ -95,12 +101,21 @@ python3 python/vmonarch/_smoke.py --device auto || exit 1
 
 FAILED=0
 TESTS=tests/python/test_gpu.py
+[ $GPU_FILES -eq 1 ] && TESTS=$(ls tests/python/test_*gpu*.py)
 [ $ALL -eq 1 ] && TESTS=tests/python
-python3 -m pytest "$TESTS" -q -p no:cacheprovider -rs --junitxml="$OUTDIR/pytest_gpu.xml" 2>&1 | tee "$OUTDIR/pytest_gpu.log" | tail -40
+python3 -m pytest $TESTS -q -p no:cacheprovider -rs --junitxml="$OUTDIR/pytest_gpu.xml" 2>&1 | tee "$OUTDIR/pytest_gpu.log" | tail -40
 [ "${PIPESTATUS[0]}" -eq 0 ] || FAILED=1
 
 if [ $BENCH -eq 1 ]; then
   python3 bench/wan_e2e.py "${BENCH_ARGS[@]}" --json "$OUTDIR/wan_e2e.json" 2>&1 | tee "$OUTDIR/wan_e2e.log" || FAILED=1
+fi
+
+if [ $TRAIN_BENCH -eq 1 ]; then
+  python3 bench/backward_bench.py --cases plain,exact --json "$OUTDIR/backward_bench.json" 2>&1 | tee "$OUTDIR/backward_bench.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || FAILED=1
+  python3 bench/wan_block_train.py --json "$OUTDIR/wan_block_train.json" --md "$OUTDIR/wan_block_train.md" 2>&1 |
+    tee "$OUTDIR/wan_block_train.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || FAILED=1
 fi
 
 if [ -n "${BUILD_PID:-}" ]; then
