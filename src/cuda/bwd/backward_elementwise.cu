@@ -41,10 +41,11 @@ constexpr int kWarpsPerBlock = 8;
 // values of dO and O per step: VEC = 8 by 16-byte loads (TPR = value_dim / 8, one step), VEC = 1 element by
 // element (TPR = 32). The row's partial sums meet by shuffles within its TPR lanes.
 template <bool BF16, int VEC>
-__global__ void preprocess_kernel(PreprocessParams p, int tpr) {
+__global__ void preprocess_kernel(PreprocessParams p) {
     using H = Half<BF16>;
     using T = typename H::T;
     const std::int64_t rows = std::int64_t(p.batch) * p.heads * p.frames * p.positions;
+    const int tpr = VEC == 8 ? p.value_dim / 8 : 32;
     const int lane = threadIdx.x % 32, sub = lane % tpr;
     const std::int64_t row = (std::int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32) * (32 / tpr) + lane / tpr;
     const bool valid = row < rows; // the shuffles below need every lane of the warp
@@ -147,11 +148,11 @@ void launch_backward_preprocess(const PreprocessParams& p, void* stream, const c
     auto st = static_cast<cudaStream_t>(stream);
     const unsigned grid = unsigned(blocks), threads = 32 * kWarpsPerBlock;
     if (p.elem == Elem::bf16) {
-        if (vec8) preprocess_kernel<true, 8><<<grid, threads, 0, st>>>(p, tpr);
-        else preprocess_kernel<true, 1><<<grid, threads, 0, st>>>(p, tpr);
+        if (vec8) preprocess_kernel<true, 8><<<grid, threads, 0, st>>>(p);
+        else preprocess_kernel<true, 1><<<grid, threads, 0, st>>>(p);
     } else {
-        if (vec8) preprocess_kernel<false, 8><<<grid, threads, 0, st>>>(p, tpr);
-        else preprocess_kernel<false, 1><<<grid, threads, 0, st>>>(p, tpr);
+        if (vec8) preprocess_kernel<false, 8><<<grid, threads, 0, st>>>(p);
+        else preprocess_kernel<false, 1><<<grid, threads, 0, st>>>(p);
     }
     check_launch(std::string(what) + " [backward preprocess]");
 }

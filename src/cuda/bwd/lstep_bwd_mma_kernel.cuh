@@ -149,20 +149,6 @@ __device__ __forceinline__ void transposed_product(float (&acc)[MT][2 * NDP][4],
     }
 }
 
-// prefetch.L2 of the ROW_BYTES-byte view rows (b, h, frame r < T, position j) with keep(r), one request per
-// 128-byte line, by `threads` threads of ids tid = 0, 1, ….
-template <typename E, int ROW_BYTES, typename Keep>
-__device__ __forceinline__ void prefetch_view_rows_l2(const RowView& v, int b, int h, std::int64_t j, int T, int tid, int threads,
-                                                      Keep keep) {
-    constexpr int LINES = (ROW_BYTES + 127) / 128;
-    for (int c = tid; c < T * LINES; c += threads) {
-        const int r = c / LINES;
-        if (!keep(r)) continue;
-        const char* line = reinterpret_cast<const char*>(view_row<E>(v, b, h, r, j)) + (c % LINES) * 128;
-        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(line));
-    }
-}
-
 // The block's barrier: a warp's own with one warp, the block's with more.
 template <int W> __device__ __forceinline__ void block_sync() {
     if constexpr (W == 1) __syncwarp();
@@ -227,9 +213,9 @@ __global__ void __launch_bounds__(32 * W) lstep_bwd_mma_kernel(const LStepBwdPar
     if constexpr (!LAST) {
         // The loop below reads daR, aR and cR with plain loads, a few rows per unrolled group: all their rows are
         // requested into L2 first, so that those loads wait for L2 rather than each group for DRAM.
-        prefetch_view_rows_l2<const float, D * 4>(p.dar, b, h, j, T, tid, NTH, [](int) { return true; });
-        prefetch_view_rows_l2<const E, D * 2>(p.ar, b, h, j, T, tid, NTH, fitted);
-        prefetch_view_rows_l2<const float, 4>(p.cr, b, h, j, T, tid, NTH, fitted);
+        prefetch_rows_l2<const float, D * 4>(p.dar, b, h, j, T, tid, NTH, KeepAllRows{});
+        prefetch_rows_l2<const E, D * 2>(p.ar, b, h, j, T, tid, NTH, fitted);
+        prefetch_rows_l2<const float, 4>(p.cr, b, h, j, T, tid, NTH, fitted);
         // daR (f32) → hi, lo tiles; dcR_k = −⟨aR_k, daR_k⟩/cR_k where cR_k > clamp (aR, cR of unfitted frames not read).
 #pragma unroll 4
         for (int c = tid; c < TP * CH; c += NTH) {

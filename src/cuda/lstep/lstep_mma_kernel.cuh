@@ -49,13 +49,15 @@ __device__ __forceinline__ void gather_rows_async(std::uint32_t dst, const RowVi
     }
 }
 
-// View rows [r0, T) at position j into L2 only (prefetch.L2, one request per 128-byte line of a row),
-// so that a gather issued later finds them there instead of making a second trip to DRAM.
-template <int D>
-__device__ __forceinline__ void prefetch_rows_l2(const RowView& v, int b, int h, std::int64_t j, int T, int lane, int r0) {
-    constexpr int LINES = (D * 2 + 127) / 128;
-    for (int c = lane + r0 * LINES; c < T * LINES; c += 32) {
-        const char* line = reinterpret_cast<const char*>(view_row<const std::uint16_t>(v, b, h, c / LINES, j)) + (c % LINES) * 128;
+// The ROW_BYTES-byte view rows (b, h, frame r < T, position j) with keep(r), elements of type E, into L2 only
+// (prefetch.L2, one request per 128-byte line of a row), by `threads` threads of ids tid = 0, 1, …: a gather
+// or a load issued later finds them there instead of making its own trip to DRAM.
+template <typename E, int ROW_BYTES, typename Keep>
+__device__ __forceinline__ void prefetch_rows_l2(const RowView& v, int b, int h, std::int64_t j, int T, int tid, int threads, Keep keep) {
+    constexpr int LINES = (ROW_BYTES + 127) / 128;
+    for (int c = tid; c < T * LINES; c += threads) {
+        if (!keep(c / LINES)) continue;
+        const char* line = reinterpret_cast<const char*>(view_row<E>(v, b, h, c / LINES, j)) + (c % LINES) * 128;
         asm volatile("prefetch.L2 [%0];\n" ::"l"(line));
     }
 }
@@ -172,7 +174,7 @@ __global__ void __launch_bounds__(32 * lstep_mma_warps(MT)) lstep_mma_kernel(con
     [[maybe_unused]] const int r0 = LAST && p.skip_frame0 ? 1 : 0;
     // O_E (in out) is gathered only once S has freed the aL tile: bring it into L2 now, beside the other gathers.
     if constexpr (EXACT && LAST)
-        if (merge) prefetch_rows_l2<D>(p.out, b, h, j, T, lane, r0);
+        if (merge) prefetch_rows_l2<const std::uint16_t, D * 2>(p.out, b, h, j, T, lane, 32, [=](int r) { return r >= r0; });
     [[maybe_unused]] float lse_e[MT][2];
     if constexpr (EXACT && LAST)
         if (merge)
