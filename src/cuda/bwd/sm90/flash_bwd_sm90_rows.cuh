@@ -185,6 +185,45 @@ __device__ __forceinline__ void bwd_sm90_prepared_x2_p(float (&s)[NS], float (&p
     }
 }
 
+// P in place of the raw scores s (0 for a masked key), packed as the A operand of the P products as
+// bwd_sm90_prepared_p_pack packs it: for problems without the entropy term, whose dS needs P and not x2.
+template <bool BF16, bool MASK, int NS, int KS>
+__device__ __forceinline__ void bwd_sm90_prepared_p_in_place(float (&s)[NS], std::uint32_t (&pa)[KS][4], const float4* prep4,
+                                                             const bool (&key_ok)[2], int lane) {
+#pragma unroll
+    for (int nt = 0; nt < NS / 4; ++nt) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const float4 r = prep4[c_frag_col(4 * nt + j, lane)];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int i = 4 * nt + j + 2 * h;
+                float x2;
+                s[i] = bwd_sm90_prepared_p<MASK>(s[i], r, key_ok[h], x2);
+            }
+        }
+        pa[nt >> 1][2 * (nt & 1)] = pack2<BF16>(s[4 * nt], s[4 * nt + 1]);
+        pa[nt >> 1][2 * (nt & 1) + 1] = pack2<BF16>(s[4 * nt + 2], s[4 * nt + 3]);
+    }
+}
+
+// Then, once dP is complete, without the entropy term: dS' = P·(c·acc − cr) in place of dp from P (pf): the
+// value bwd_sm90_prepared_ds gives with e = 0.
+template <int NS>
+__device__ __forceinline__ void bwd_sm90_prepared_ds_of_p(const float (&pf)[NS], float (&dp)[NS], const float4* prep4, int lane) {
+#pragma unroll
+    for (int nt = 0; nt < NS / 4; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const float4 r = prep4[c_frag_col(4 * nt + j, lane)];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int i = 4 * nt + j + 2 * h;
+                dp[i] = pf[i] * fmaf(r.z, dp[i], -r.w);
+            }
+        }
+}
+
 // Then, once dP is complete: dS' = P·(c·(acc + e·x2) − cr) in place of dp, from P (pf) and x2 (s): the
 // value bwd_sm90_prepared_ds<MASK, true> gives (a masked key has P = 0, so dS' = 0 there as well).
 template <int NS>

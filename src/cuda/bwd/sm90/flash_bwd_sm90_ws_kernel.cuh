@@ -23,6 +23,9 @@
 #include <cstdint>
 
 #include "cuda/bwd/sm90/flash_bwd_sm90_kernel.cuh" // shared helpers: row scalars, bulk reduce-adds, fences
+#ifdef VMONARCH_HOPPER_DEVICE
+#include "cuda/sm90/hopper_wgmma_rs.cuh"
+#endif
 
 namespace vmonarch::cuda::hopper {
 
@@ -92,6 +95,19 @@ __device__ __forceinline__ void bwd_ws_issue_p_products(float (&acc_k)[NA], floa
     wgmma_commit();
 }
 
+// This warp's rows of K_w (warpgroup cw's 64 keys of the resident K tile at sK, BN rows, 128-byte swizzle) as
+// the A operands of the products K_w·Xᵀ, one per k16 slice of the head dim: the mma.sync A-fragment layout
+// (lane l addresses key 16·wq + (l % 8) + 8·((l / 8) % 2), 16-byte chunk 2·kk + l / 16 of the row).
+template <int D>
+__device__ __forceinline__ void bwd_ws_load_k_frags(std::uint32_t (&kf)[D / 16][4], std::uint32_t sK, int cw, int wq, int lane) {
+    const int r = 64 * cw + 16 * wq + (lane & 7) + 8 * ((lane >> 3) & 1);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const int c8 = 2 * kk + (lane >> 4);
+        ldmatrix_x4(kf[kk], sK + std::uint32_t((c8 >> 3) * BwdSm90Shape::BN * 128 + r * 128 + (((c8 & 7) ^ (r & 7)) << 4)));
+    }
+}
+
 // One arrival on the mbarrier once every cp.async this thread has issued so far has completed (the arrival
 // is one of the barrier's expected count: .noinc).
 __device__ __forceinline__ void cp_async_mbar_arrive(std::uint32_t bar) {
@@ -99,7 +115,15 @@ __device__ __forceinline__ void cp_async_mbar_arrive(std::uint32_t bar) {
 }
 #endif
 
-template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
+// KREG: K_w's fragments are loaded into registers once and the products with A = K_w (Sᵀ, and K_w·dAᵀ with dA)
+// take them (wgmma rs): their A operand is not read from shared memory on every query tile.
+// NO_DENT (the prepared form, split order, for problems without the entropy term): P, once formed, replaces
+// the raw scores in their registers and dS is formed from it (no second exponential). With the entropy term
+// and KREG's variant (dA only) the registers allow P in f32 beside the base-2 logits (again no second
+// exponential); the other variants form P again for dS.
+// DQ_BEHIND: a query tile's dQ, once complete, waits in registers (times s) and goes to the dQ tile and out by
+// its TMA reduce-adds while the next tile's Sᵀ and dPᵀ run, instead of before they are issued.
+template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP, bool KREG = false, bool NO_DENT = false, bool DQ_BEHIND = false>
 __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_kernel(const FlashBwdParams p, const __grid_constant__ BwdSm90Maps maps) {
 #ifdef VMONARCH_HOPPER_DEVICE
     static_assert(D == 64 || D == 128);
@@ -116,6 +140,8 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     // P formed before dPᵀ is complete, so that dV and Pᵀ·dA run while dS is formed: needs the raw scores,
     // dPᵀ and Pᵀ in registers at once besides dK and dV, too many with both values at d = 128.
     constexpr bool SPLIT = D == 64 || !(HAS_DA && HAS_DY);
+    static_assert(!NO_DENT || (PREP && SPLIT));
+    constexpr bool P_BESIDE = PREP && KREG && !NO_DENT; // P in f32 beside x2 (the entropy term, dA only)
 
     constexpr bool kBroadcastWarp = bwd_sm90_broadcast_warp(D, HAS_DA, HAS_DY, false);
     extern __shared__ unsigned char smem_raw[];
@@ -235,6 +261,25 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     [[maybe_unused]] const float inv_s = HAS_DA ? 1.f / p.scale : 1.f;
     const float out_s = HAS_DA ? p.scale : 1.f;
     const std::uint32_t sKw = sK + std::uint32_t(cw) * 64u * 128u, sVw = sV + std::uint32_t(cw) * 64u * 128u;
+    [[maybe_unused]] std::uint32_t kf[KREG ? D / 16 : 1][4];
+    if constexpr (KREG) bwd_ws_load_k_frags<D>(kf, sK, cw, wq, lane);
+    // The products with A = K_w: Sᵀ = K_w·Qᵀ and K_w·dAᵀ (zeroed at kk = 0).
+    const auto k_w_times = [&](float (&acc)[NS], std::uint32_t sX) {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            if constexpr (KREG) WgmmaRs<BM, BF16>::rs(acc, kf[kk], desc_k_major(sX, BM, kk * 16), kk != 0);
+            else Wgmma<BM, BF16>::ss(acc, desc_k_major(sKw, BN, kk * 16), desc_k_major(sX, BM, kk * 16), kk != 0);
+        }
+    };
+
+    // dQ of tile t (times s with dA) → this warpgroup's dQ tile → dq by its TMA reduce-adds (one thread); the
+    // reduce-adds of the tile before have been read out of it (bulk_wait_read before the last dS barrier).
+    const auto dq_out = [&](int t, const float (&v)[32], float mult) {
+        bwd_sm90_dq_store(sdq, v, mult, wq, lane);
+        named_bar_sync(WS::BAR_DQ_TILE + cw, 128);
+        if ((tid & 127) == 0) bwd_sm90_dq_reduce(maps, sdq_addr, D == 128 ? 64 * cw : 0, t * BM, f, h, b);
+    };
+    [[maybe_unused]] float dq_done[DQ_BEHIND ? 32 : 1]; // DQ_BEHIND: the previous tile's dQ times s
 
     // The other warpgroup may write its dS half of tile 0 at once: this one reads no dS before that.
     if (!p.deterministic) named_bar_arrive(WS::BAR_DS_FREE + cw, WS::CONSUMER_THREADS);
@@ -256,12 +301,10 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
         float s[NS], dp[NS];
         wgmma_fence();
         if constexpr (HAS_DA && HAS_DY) {
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) Wgmma<BM, BF16>::ss(dp, desc_k_major(sKw, BN, kk * 16), desc_k_major(sDA, BM, kk * 16), kk != 0);
+            k_w_times(dp, sDA);
             wgmma_commit();
         }
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) Wgmma<BM, BF16>::ss(s, desc_k_major(sKw, BN, kk * 16), desc_k_major(sQ, BM, kk * 16), kk != 0);
+        k_w_times(s, sQ);
         wgmma_commit();
         if constexpr (HAS_DA && HAS_DY) {
             wgmma_wait<1>(); // K_w·dAᵀ
@@ -273,12 +316,16 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
             for (int kk = 0; kk < D / 16; ++kk) Wgmma<BM, BF16>::ss(dp, desc_k_major(sVw, BN, kk * 16), desc_k_major(sDY, BM, kk * 16), 1);
             wgmma_commit();
         } else {
+            if constexpr (HAS_DA) {
+                k_w_times(dp, sDA);
+            } else {
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                if constexpr (HAS_DA) Wgmma<BM, BF16>::ss(dp, desc_k_major(sKw, BN, kk * 16), desc_k_major(sDA, BM, kk * 16), kk != 0);
-                else Wgmma<BM, BF16>::ss(dp, desc_k_major(sVw, BN, kk * 16), desc_k_major(sDY, BM, kk * 16), kk != 0);
+                for (int kk = 0; kk < D / 16; ++kk) Wgmma<BM, BF16>::ss(dp, desc_k_major(sVw, BN, kk * 16), desc_k_major(sDY, BM, kk * 16), kk != 0);
             }
             wgmma_commit();
+        }
+        if constexpr (DQ_BEHIND) {
+            if (!p.deterministic && t > 0) dq_out(t - 1, dq_done, 1.f);
         }
         std::uint32_t pa[KS][4], dsa[KS][4];
         if constexpr (SPLIT) {
@@ -288,7 +335,14 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
             // P → the A operand pa (s keeps the raw scores: the dS phase forms the same P again), the query
             // (column) scalars from the stage's raw row operands. Registers 4nt + {0, 1} and 4nt + {2, 3} are
             // the pairs pa[nt / 2][2·(nt % 2) + {0, 1}].
-            if constexpr (PREP) {
+            [[maybe_unused]] float pf[P_BESIDE ? NS : 1];
+            if constexpr (PREP && NO_DENT) { // P replaces the raw scores
+                if (full_keys) bwd_sm90_prepared_p_in_place<BF16, false>(s, pa, prep4, key_ok, lane);
+                else bwd_sm90_prepared_p_in_place<BF16, true>(s, pa, prep4, key_ok, lane);
+            } else if constexpr (P_BESIDE) { // x2 replaces the raw scores, P beside it
+                if (full_keys) bwd_sm90_prepared_x2_p<BF16, false>(s, pf, pa, prep4, key_ok, lane);
+                else bwd_sm90_prepared_x2_p<BF16, true>(s, pf, pa, prep4, key_ok, lane);
+            } else if constexpr (PREP) {
                 if (full_keys) bwd_sm90_prepared_p_pack<BF16, false>(s, pa, prep4, key_ok, lane);
                 else bwd_sm90_prepared_p_pack<BF16, true>(s, pa, prep4, key_ok, lane);
             } else {
@@ -315,7 +369,11 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
             }
 
             // dS (in dp; PREP: dS' = dS/s with dA), P formed as above.
-            if constexpr (PREP) {
+            if constexpr (PREP && NO_DENT) {
+                bwd_sm90_prepared_ds_of_p(s, dp, prep4, lane);
+            } else if constexpr (P_BESIDE) {
+                bwd_sm90_prepared_ds_from_p(s, pf, dp, prep4, prep_e, lane);
+            } else if constexpr (PREP) {
                 if (!full_keys) bwd_sm90_prepared_ds_only<true, true>(s, dp, prep4, prep_e, key_ok, lane);
                 else bwd_sm90_prepared_ds_only<false, true>(s, dp, prep4, prep_e, key_ok, lane);
             } else {
@@ -419,10 +477,14 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
             mbar_arrive(empty_bar(s_idx));
             if (t + 1 < n_q) named_bar_arrive(WS::BAR_DS_FREE + cw, WS::CONSUMER_THREADS);
 
-            // dQ (times s with dA) → this warpgroup's dQ tile → dq by its TMA reduce-adds (one thread).
-            bwd_sm90_dq_store(sdq, dq, out_s, wq, lane);
-            named_bar_sync(WS::BAR_DQ_TILE + cw, 128);
-            if ((tid & 127) == 0) bwd_sm90_dq_reduce(maps, sdq_addr, D == 128 ? 64 * cw : 0, t * BM, f, h, b);
+            if constexpr (DQ_BEHIND) {
+                // Into registers of their own by a multiply ptxas keeps (out_s is a runtime value): read under
+                // the next tile's wgmma, the registers the dQ wgmma defined would make ptxas wait for it (C7517).
+#pragma unroll
+                for (int i = 0; i < 32; ++i) asm volatile("mul.rn.f32 %0, %1, %2;\n" : "=f"(dq_done[i]) : "f"(dq[i]), "f"(out_s));
+            } else {
+                dq_out(t, dq, out_s);
+            }
         } else {
             wgmma_wait<0>();
             bwd_sm90_fence(acc_k);
@@ -433,6 +495,9 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
         }
     }
 
+    if constexpr (DQ_BEHIND) {
+        if (!p.deterministic && n_q > 0) dq_out(n_q - 1, dq_done, 1.f);
+    }
     bwd_sm90_add_dkdv<NA, sizeof(acc_v) / sizeof(float), HAS_DY>(p, b, h, f, k0 + krow, key_ok, acc_k, acc_v, out_s, lane);
     bulk_wait(); // every dQ row has been added
 #endif

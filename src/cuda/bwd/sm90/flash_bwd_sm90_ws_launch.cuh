@@ -11,12 +11,24 @@
 
 namespace vmonarch::cuda {
 
-template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
-void launch_flash_bwd_sm90_ws_variant(const FlashBwdParams& p, const hopper::BwdSm90Maps& maps, void* stream, const char* what) {
+template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP, bool KREG, bool NO_DENT, bool DQ_BEHIND>
+void launch_flash_bwd_sm90_ws_form(const FlashBwdParams& p, const hopper::BwdSm90Maps& maps, void* stream, const char* what) {
     const auto ctx = [&] { return describe_flash_bwd(p, what) + (PREP ? " (sm90, specialized, prepared)" : " (sm90, specialized)"); };
     launch_flash_bwd_sm90_key_tiles<BF16, D, HAS_DA, HAS_DY>(
-        hopper::flash_bwd_sm90_ws_kernel<BF16, D, HAS_DA, HAS_DY, PREP>, hopper::BwdSm90WsLayout<D, HAS_DA, HAS_DY>::SMEM,
+        hopper::flash_bwd_sm90_ws_kernel<BF16, D, HAS_DA, HAS_DY, PREP, KREG, NO_DENT, DQ_BEHIND>, hopper::BwdSm90WsLayout<D, HAS_DA, HAS_DY>::SMEM,
         hopper::BwdSm90WsShape::THREADS, p, maps, stream, ctx);
+}
+
+// The kernel's forms (flash_bwd_sm90_ws_kernel.cuh), H200, bf16 (bench/RESULTS.md, "Flash backward v7"): K in
+// registers with dA only; in the prepared form without the entropy term P kept in place (the split variants:
+// all but both values at d 128) and, with dA only, dQ out behind the next tile's products.
+template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
+void launch_flash_bwd_sm90_ws_variant(const FlashBwdParams& p, const hopper::BwdSm90Maps& maps, void* stream, const char* what) {
+    constexpr bool KREG = HAS_DA && !HAS_DY, SPLIT = D == 64 || !(HAS_DA && HAS_DY);
+    if constexpr (PREP && SPLIT) {
+        if (p.dent.ptr == nullptr) return launch_flash_bwd_sm90_ws_form<BF16, D, HAS_DA, HAS_DY, PREP, KREG, true, KREG>(p, maps, stream, what);
+    }
+    launch_flash_bwd_sm90_ws_form<BF16, D, HAS_DA, HAS_DY, PREP, KREG, false, false>(p, maps, stream, what);
 }
 
 template <bool BF16, int D, bool PREP> void launch_flash_bwd_sm90_ws_typed(const FlashBwdParams& p, const hopper::BwdSm90Maps& maps, void* stream, const char* what) {
