@@ -62,8 +62,8 @@ if [ $SANI -eq 1 ]; then
       "$BIN/vmonarch_gpu_tests" --gtest_filter="$SF"
   done
   # The flash backward: a key tail of 1, len_q below a tile and of 1, several segments, both head dims, every
-  # Hopper schedule and the portable kernel (check_every_peer), the pipelined form's bitwise comparison.
-  BSF='Kernel/FlashBwd.MatchesF64Formulas/B2h2_S3_q37_k37*:Kernel/FlashBwd.MatchesF64Formulas/B1h2_S3_q1_k130*:Kernel/FlashBwd.MatchesF64Formulas/B1h2_S2_q129*:FlashBwdPipelined.*'
+  # Hopper schedule and the portable kernel (check_every_peer), the pipelined and specialized forms' bitwise comparisons.
+  BSF='Kernel/FlashBwd.MatchesF64Formulas/B2h2_S3_q37_k37*:Kernel/FlashBwd.MatchesF64Formulas/B1h2_S3_q1_k130*:Kernel/FlashBwd.MatchesF64Formulas/B1h2_S2_q129*:FlashBwdPipelined.*:FlashBwdSpecialized.*'
   for tool in memcheck racecheck; do
     step "sanitizer $tool (flash backward)" "sanitizer_${tool}_bwd.log" compute-sanitizer --tool $tool --error-exitcode 1 \
       "$BIN/vmonarch_gpu_tests" --gtest_filter="$BSF"

@@ -141,7 +141,8 @@ struct Problem {
     // the forward), which must contribute nothing.
     bool dead_rows = false;
 
-    Problem(const BwdCase& bc, std::uint64_t seed, bool dead = false) : c(bc), dead_rows(dead) {
+    // zero_dent: with c.dent, an entropy factor of 0 on every row (the operand present, the term absent).
+    Problem(const BwdCase& bc, std::uint64_t seed, bool dead = false, bool zero_dent = false) : c(bc), dead_rows(dead) {
         const std::int64_t d = c.d;
         scale = 1.0 / std::sqrt(double(d));
         qk_scale = c.rs ? scale : 0.9 * scale; // without rs the logits use qk_scale, which differs from s
@@ -173,7 +174,7 @@ struct Problem {
             rs = frs->val;
         }
         if (c.dent) {
-            fdent = std::make_unique<F32>(random_normal(nrows, seed + 7, 0.5));
+            fdent = std::make_unique<F32>(zero_dent ? std::vector<double>(std::size_t(nrows), 0.0) : random_normal(nrows, seed + 7, 0.5));
             dent = fdent->val;
         }
         compute_reference(seed);
@@ -417,6 +418,33 @@ TEST(FlashBwdPipelined, DkDvBitwiseThoseOfCooperativePrepared) {
             EXPECT_TRUE(bitwise_equal(ref.dk, got.dk)) << "dk " << case_name(c) << (det ? " deterministic" : "");
             if (c.dy) EXPECT_TRUE(bitwise_equal(ref.dv, got.dv)) << "dv " << case_name(c) << (det ? " deterministic" : "");
             if (det) EXPECT_TRUE(bitwise_equal(ref.dq, got.dq)) << "dq " << case_name(c) << " deterministic"; // one portable dq kernel
+        }
+    }
+}
+
+// Without the entropy operand the specialized prepared form keeps P in place of the raw scores (no second
+// exponential; with dA only also dQ out behind the next tile): dk and dv are bitwise those of the same problem
+// with an entropy factor of 0 on every row (the forms that keep the logits), in both modes, for every variant,
+// head dim and element type, with the key and query tails and dead rows.
+TEST(FlashBwdSpecialized, NoEntropyFormBitwiseThatOfZeroEntropy) {
+    REQUIRE_GPU();
+    if (!sm90_kernel_present() || !vmonarch::cuda::flash_policy().sm90) GTEST_SKIP() << "no sm_90a Hopper kernel on this device";
+    const ScheduleGuard sched(vmonarch::cuda::FlashBwdSm90Schedule::specialized_prepared);
+    for (BwdCase c : {BwdCase{1, 2, 2, 131, 131, 128, DType::bf16, true, true, true, false}, BwdCase{1, 2, 2, 131, 131, 128, DType::bf16, true, true, false, false},
+                      BwdCase{2, 1, 1, 70, 259, 128, DType::f16, false, false, true, false}, BwdCase{1, 2, 2, 97, 97, 64, DType::f16, true, true, true, false},
+                      BwdCase{1, 1, 3, 150, 150, 64, DType::bf16, true, true, false, false}, BwdCase{1, 2, 1, 65, 200, 64, DType::bf16, false, false, true, false},
+                      BwdCase{1, 1, 2, 1, 130, 128, DType::bf16, true, true, true, false}}) {
+        for (bool dead : {false, true}) {
+            const Problem none(c, 41 + std::uint64_t(c.len_k), dead);
+            BwdCase cz = c;
+            cz.dent = true;
+            const Problem zero(cz, 41 + std::uint64_t(c.len_k), dead, true);
+            for (bool det : {false, true}) {
+                const Problem::Result ref = zero.run(det), got = none.run(det);
+                const std::string what = case_name(c) + (dead ? " dead rows" : "") + (det ? " deterministic" : "");
+                EXPECT_TRUE(bitwise_equal(ref.dk, got.dk)) << "dk " << what;
+                if (c.dy) EXPECT_TRUE(bitwise_equal(ref.dv, got.dv)) << "dv " << what;
+            }
         }
     }
 }
