@@ -514,8 +514,7 @@ TEST(FlashBwdRoute, HopperKernelOnSm90Only) {
 }
 
 // The Hopper kernel's schedule: an explicit one is taken as set; per_problem picks the specialized prepared
-// form at head dim 128 (also deterministic) and, at 64, with both dA and dY unless deterministic; the
-// pipelined form otherwise (every element type, row scale, entropy).
+// form for every problem (both head dims and element types, both modes, row scale, entropy, value operands).
 TEST(FlashBwdRoute, SchedulePerProblem) {
     REQUIRE_GPU();
     using vmonarch::cuda::FlashBwdSm90Schedule;
@@ -527,8 +526,7 @@ TEST(FlashBwdRoute, SchedulePerProblem) {
         const Problem pr(c, 13);
         for (bool det : {false, true}) {
             const FlashBwdParams p = pr.params(det);
-            FlashBwdSm90Schedule want = FlashBwdSm90Schedule::cooperative_pipelined;
-            if (c.d == 128 || (c.da && c.dy && !det)) want = FlashBwdSm90Schedule::specialized_prepared;
+            const FlashBwdSm90Schedule want = FlashBwdSm90Schedule::specialized_prepared;
             EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::per_problem, p), want) << case_name(c) << (det ? " deterministic" : "");
             EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::cooperative, p), FlashBwdSm90Schedule::cooperative) << case_name(c);
             EXPECT_EQ(resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule::specialized, p), FlashBwdSm90Schedule::specialized) << case_name(c);

@@ -107,14 +107,12 @@ const char* to_string(FlashBwdSm90Schedule schedule) {
 }
 FlashBwdSm90Schedule resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedule, const FlashBwdParams& p) {
     if (schedule != FlashBwdSm90Schedule::per_problem) return schedule;
-    // H200, bf16, after the TMA query-tile loads (bench/RESULTS.md, "Flash backward v6"): at d 128 the
-    // specialized prepared form, in both modes (dA and dY 11–20 % below the others, dY only 9–13 %, dA only
-    // within ±2 % of the pipelined form; deterministic 2–6 % below the others); at d 64 with both values
-    // unless deterministic (11–13 %); the pipelined form otherwise (d 64 with one value 3–7 % below the
-    // specialized form, deterministic as measured before the TMA loads).
-    const bool da = p.da.ptr != nullptr, dy = p.dy.ptr != nullptr;
-    if (p.head_dim == 128 || (da && dy && !p.deterministic)) return FlashBwdSm90Schedule::specialized_prepared;
-    return FlashBwdSm90Schedule::cooperative_pipelined;
+    // H200, bf16 (bench/RESULTS.md, "Flash backward v7" and the session after it): with K in registers and P in
+    // place the specialized prepared form is the fastest at both head dims, in both modes and every variant
+    // (d 64: 9-13 % below the pipelined form, deterministic 6-12 %; with both values and the entropy term,
+    // deterministic, 1 % above it). The pipelined form stays the fallback for operands TMA cannot describe.
+    (void)p;
+    return FlashBwdSm90Schedule::specialized_prepared;
 }
 
 bool flash_bwd_sm90_supported(const FlashBwdParams& p) {

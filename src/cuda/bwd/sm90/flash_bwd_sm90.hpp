@@ -36,8 +36,7 @@ bool try_launch_flash_bwd_sm90(const FlashBwdParams& p, void* stream, const char
 //                values at d 128), and with one value (at d 128: dA only) P formed and its product issued
 //                while dP is still on the tensor cores, and dQ's reduce-adds under the next tile's products;
 //   per_problem  (the default) the one measured fastest for the problem's variant on an H200
-//                (bench/RESULTS.md): specialized_prepared at head dim 128 and, at 64, with both dA and dY
-//                unless deterministic; cooperative_pipelined otherwise.
+//                (bench/RESULTS.md): specialized_prepared for every variant, both head dims and both modes.
 // The environment's VMONARCH_HOPPER_BWD=<one of these names> at the first call (unset or another value:
 // per_problem), or the last set_flash_bwd_sm90_schedule (tests and benchmarks that compare the schedules in
 // one process).
