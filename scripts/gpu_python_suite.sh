@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Python package's GPU suite, for the lent GPU machine (no internet), run from the repo root:
 #   scripts/gpu_python_suite.sh [--prebuilt] [--all | --gpu-files] [--bench] [--bench-quick] [--train-bench]
-#                               [--build-check] [--image-cxx]
+#                               [--overhead] [--skip-tests] [--build-check] [--image-cxx]
 #
 # Compiler: the extension is built with the system g++ (/usr/bin/g++, or $VMONARCH_CXX), not the image's
 # $CXX: that one links libstdc++ statically into shared libraries, and such a module crashes on its first
@@ -20,19 +20,24 @@
 # worked); run tests/python/test_gpu.py (--all: every Python test; --gpu-files: every file with the GPU in its
 # name: the forward, backward, CLI backward, exact-group backward, joint, torch-impl and 1-GPU NCCL tests);
 # --bench: bench/wan_e2e.py; --train-bench: bench/backward_bench.py (plain and exact cases, against cuDNN) and
-# bench/wan_block_train.py (one Wan2.1-1.3B block's training step at 480p and 720p).
+# bench/wan_block_train.py (one Wan2.1-1.3B block's training step at 480p and 720p); --overhead:
+# bench/backward_overhead.py (the backward through autograd, the op, a CUDA graph; cuDNN's); --skip-tests: no
+# pytest step.
 # Logs go to $OUT (the device tool's folder) or ./out.
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUTDIR=${OUT:-out}
 mkdir -p "$OUTDIR"
-PREBUILT=0; ALL=0; GPU_FILES=0; BENCH=0; BENCH_ARGS=(); TRAIN_BENCH=0; BUILD_CHECK=0; IMAGE_CXX=0
+PREBUILT=0; ALL=0; GPU_FILES=0; BENCH=0; BENCH_ARGS=(); TRAIN_BENCH=0; BUILD_CHECK=0; IMAGE_CXX=0; OVERHEAD=0
+SKIP_TESTS=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --prebuilt) PREBUILT=1 ;;
     --all) ALL=1 ;;
     --gpu-files) GPU_FILES=1 ;;
     --train-bench) TRAIN_BENCH=1 ;;
+    --overhead) OVERHEAD=1 ;;
+    --skip-tests) SKIP_TESTS=1 ;;
     --bench) BENCH=1 ;;
     --bench-quick) BENCH=1; BENCH_ARGS+=(--quick) ;;
     --build-check) BUILD_CHECK=1 ;;
@@ -103,8 +108,15 @@ FAILED=0
 TESTS=tests/python/test_gpu.py
 [ $GPU_FILES -eq 1 ] && TESTS=$(ls tests/python/test_*gpu*.py)
 [ $ALL -eq 1 ] && TESTS=tests/python
-python3 -m pytest $TESTS -q -p no:cacheprovider -rs --junitxml="$OUTDIR/pytest_gpu.xml" 2>&1 | tee "$OUTDIR/pytest_gpu.log" | tail -40
-[ "${PIPESTATUS[0]}" -eq 0 ] || FAILED=1
+if [ $SKIP_TESTS -eq 0 ]; then
+  python3 -m pytest $TESTS -q -p no:cacheprovider -rs --junitxml="$OUTDIR/pytest_gpu.xml" 2>&1 | tee "$OUTDIR/pytest_gpu.log" | tail -40
+  [ "${PIPESTATUS[0]}" -eq 0 ] || FAILED=1
+fi
+
+if [ $OVERHEAD -eq 1 ]; then
+  python3 bench/backward_overhead.py --json "$OUTDIR/backward_overhead.json" 2>&1 | tee "$OUTDIR/backward_overhead.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || FAILED=1
+fi
 
 if [ $BENCH -eq 1 ]; then
   python3 bench/wan_e2e.py "${BENCH_ARGS[@]}" --json "$OUTDIR/wan_e2e.json" 2>&1 | tee "$OUTDIR/wan_e2e.log" || FAILED=1
