@@ -209,9 +209,9 @@ FlashBwdParams BackwardPlan::rstep_params(int it) const {
 }
 
 bool BackwardPlan::dq_first_written_by_last_lstep() const {
-    // Concurrent schedule: the recompute adds into its own dq; exact groups and text queries add into dq first.
-    const bool recompute_elsewhere = !p_.recompute_first_frame || w_.concurrent;
-    return recompute_elsewhere && !p_.has_exact_groups() && !p_.text.present;
+    // Exact groups and text queries add into dq before it. The serial schedule's recompute runs after the last
+    // L-step then (stages()), the concurrent one adds into a dq of its own.
+    return !p_.has_exact_groups() && !p_.text.present;
 }
 
 std::vector<BackwardStage> BackwardPlan::stages() const {
@@ -277,7 +277,11 @@ std::vector<BackwardStage> BackwardPlan::stages() const {
     // Lean mode: the state the training forward would keep.
     if (p_.saved == nullptr && monarch)
         list.push_back({"lean: forward rerun", false, false, [this](void* st) { state_.run_state(st); }});
-    if (p_.recompute_first_frame && !w_.concurrent) list.push_back({"first-frame recompute backward", false, false, recompute});
+    // Serial schedule: the recompute adds frame 0's dq rows, so it follows the last L-step where that stores dq
+    // (whose frame-0 rows it sets to exactly 0: their dO and D enter the Monarch path as 0); it stores dk and dv,
+    // so it precedes the R-steps either way.
+    const bool recompute_here = p_.recompute_first_frame && !w_.concurrent;
+    if (recompute_here && !dq_first) list.push_back({"first-frame recompute backward", false, false, recompute});
     if (p_.has_exact_groups()) list.push_back({"exact groups", false, false, [this](void* st) { run_exact_groups(st); }});
     if (p_.text.present) list.push_back({"text queries", false, false, [this](void* st) { run_text_queries(st); }});
 
@@ -286,6 +290,7 @@ std::vector<BackwardStage> BackwardPlan::stages() const {
         list.push_back({"L-step " + std::to_string(t) + " (last)", false, false, [this](void* st) {
             launch_lstep_bwd(last_lstep_params(), st, "vmonarch backward: last L-step");
         }});
+        if (recompute_here && dq_first) list.push_back({"first-frame recompute backward", false, false, recompute});
         for (int it = t - 1; it >= 0; --it) {
             if (it < t - 1)
                 list.push_back({"L-step " + std::to_string(it + 1), false, false, [this, it](void* st) {

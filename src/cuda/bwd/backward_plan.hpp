@@ -2,7 +2,8 @@
 //   zero the f32 accumulators  preprocess (D = ⟨dO, O⟩ − dlse)  [lean: rerun the training forward's state]
 //   [recompute on: dense flash backward of the frame-0 queries over all keys, spec §7.2]
 //   [exact key groups, text queries]
-//   last L-step backward → R-step t backward (K and V values, γ, entropy term with entropy_grad)
+//   last L-step backward [→ the recompute, when the L-step stores dq] → R-step t backward (K and V values, γ,
+//   entropy term with entropy_grad)
 //   for r = t−1 .. 1: earlier L-step backward → R-step r backward (K values; r = 1 writes dQ)
 //   finalize (f32 accumulators → the caller's dq, dk, dv, in one launch)
 //
@@ -10,15 +11,15 @@
 // concurrent in deterministic mode and serial otherwise, as measured on an H200 (bench/RESULTS.md): with the
 // atomic dq the flash backwards fill the GPU and the overlap gained 0.07 ms of 9.0 at 16×28×52×12h and lost
 // 0.8 ms of 204 at 24×44×80×40h for 281 MiB / 3.3 GiB more workspace; deterministic, it gained 0.7 / 0.9 ms.
-//   serial      one stream; the recompute's backward writes the shared accumulators before the Monarch chain (dk
-//               and dv stored, so they are not zero-filled; dq added into).
+//   serial      one stream; the recompute's backward writes the shared accumulators before the R-steps (dk and dv
+//               stored, so they are not zero-filled; dq added into). Without exact groups or text queries it runs
+//               after the last L-step, which stores dq (no zero fill), else before it.
 //   concurrent  with the recompute on, its backward runs on the side stream, forked after the preprocess, beside
 //               the lean rerun and the Monarch chain, into accumulators of its own (dense_dq [B][H][HW][d],
 //               dense_dk [B][H][N][d], dense_dv [B][H][N][dv] f32), which the finalize adds after the chain's
 //               (joined before it). The two streams write disjoint memory and the sum has a fixed order, so
 //               deterministic mode stays bitwise repeatable; the result differs from serial's by the f32
-//               summation order only. Without exact groups or text queries the last L-step is then the first
-//               writer of dq and stores it (no zero fill).
+//               summation order only. Without exact groups or text queries the last L-step stores dq here too.
 // The Monarch path sees dO and D with frame 0 set to 0 when the recompute is on (spec §7.2): the last L-step
 // reads them so (LStepBwdParams::zero_frame0), no masked copies are made.
 //
