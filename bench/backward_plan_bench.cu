@@ -123,8 +123,8 @@ int main(int argc, char** argv) {
         check(cudaDeviceSynchronize(), "training forward");
         const int warm = 2;
 
-        if (lstep_kernels) { // the two L-step backward kernels, alternating, whole and stages alone
-            const char* kernels[3] = {"cuda-cores", "tensor-cores", "tensor-cores-pair"};
+        if (lstep_kernels) { // the L-step backward kernels, alternating, whole and stages alone
+            const char* kernels[4] = {"cuda-cores", "tensor-cores", "tensor-cores-pair", "tensor-cores-quad"};
             for (int round = 0; round < rounds; ++round)
                 for (const bool saved : {true, false})
                     for (const char* kern : kernels) {

@@ -26,15 +26,17 @@ const char* kernel_name(LStepBwdKernel k) {
     switch (k) {
     case LStepBwdKernel::tensor_cores: return "tensor cores";
     case LStepBwdKernel::tensor_cores_pair: return "tensor cores, two warps";
+    case LStepBwdKernel::tensor_cores_quad: return "tensor cores, four warps";
     case LStepBwdKernel::cuda_cores: return "CUDA cores";
     default: return "automatic";
     }
 }
 
-// The kernels that take T frames: all three for T ≤ 48, the CUDA-core one beyond.
+// The kernels that take T frames: all four for T ≤ 48, the CUDA-core one beyond.
 std::vector<LStepBwdKernel> kernels_for(std::int64_t T) {
     if (T <= vmonarch::cuda::lstep_bwd_tensor_core_max_frames())
-        return {LStepBwdKernel::tensor_cores, LStepBwdKernel::tensor_cores_pair, LStepBwdKernel::cuda_cores};
+        return {LStepBwdKernel::tensor_cores, LStepBwdKernel::tensor_cores_pair, LStepBwdKernel::tensor_cores_quad,
+                LStepBwdKernel::cuda_cores};
     return {LStepBwdKernel::cuda_cores};
 }
 
@@ -537,7 +539,7 @@ TEST(LStepBwdLimits, KernelChoiceErrors) {
     p.frames = vmonarch::cuda::lstep_bwd_tensor_core_max_frames() + 1;
     p.positions = 1;
     p.q = p.a = p.c = p.dq = p.da = p.drow_r = p.y = p.dout = p.drow = p.dy = RowView{buf.get(), 0, 0, 0, 0};
-    for (LStepBwdKernel k : {LStepBwdKernel::tensor_cores, LStepBwdKernel::tensor_cores_pair}) {
+    for (LStepBwdKernel k : {LStepBwdKernel::tensor_cores, LStepBwdKernel::tensor_cores_pair, LStepBwdKernel::tensor_cores_quad}) {
         try {
             vmonarch::cuda::launch_lstep_bwd_with(p, k, nullptr, "test");
             ADD_FAILURE() << "no error for T = " << p.frames << " on " << kernel_name(k);
@@ -560,6 +562,8 @@ TEST(LStepBwdLimits, KernelChoiceErrors) {
     EXPECT_EQ(vmonarch::cuda::lstep_bwd_kernel_from_env(), LStepBwdKernel::tensor_cores);
     setenv("VMONARCH_LSTEP_BWD", "tensor-cores-pair", 1);
     EXPECT_EQ(vmonarch::cuda::lstep_bwd_kernel_from_env(), LStepBwdKernel::tensor_cores_pair);
+    setenv("VMONARCH_LSTEP_BWD", "tensor-cores-quad", 1);
+    EXPECT_EQ(vmonarch::cuda::lstep_bwd_kernel_from_env(), LStepBwdKernel::tensor_cores_quad);
     unsetenv("VMONARCH_LSTEP_BWD");
     EXPECT_EQ(vmonarch::cuda::lstep_bwd_kernel_from_env(), LStepBwdKernel::automatic);
     if (old != nullptr) setenv("VMONARCH_LSTEP_BWD", saved.c_str(), 1);

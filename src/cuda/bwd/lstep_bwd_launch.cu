@@ -76,6 +76,7 @@ LStepBwdKernel lstep_bwd_kernel_from_env() {
                                          {{"auto", LStepBwdKernel::automatic},
                                           {"tensor-cores", LStepBwdKernel::tensor_cores},
                                           {"tensor-cores-pair", LStepBwdKernel::tensor_cores_pair},
+                                          {"tensor-cores-quad", LStepBwdKernel::tensor_cores_quad},
                                           {"cuda-cores", LStepBwdKernel::cuda_cores}},
                                          "vmonarch backward");
 }
@@ -115,12 +116,13 @@ void launch_lstep_bwd_with(const LStepBwdParams& p, LStepBwdKernel kernel, void*
         require_vector_view(p.dar, "dar", 4, ctx);
     }
     const bool mma_fits = p.frames <= lstep_bwd_tensor_core_max_frames();
-    const bool one_warp = kernel == LStepBwdKernel::tensor_cores;
-    if ((one_warp || kernel == LStepBwdKernel::tensor_cores_pair) && !mma_fits)
+    const bool one_warp = kernel == LStepBwdKernel::tensor_cores, quad = kernel == LStepBwdKernel::tensor_cores_quad;
+    if ((one_warp || quad || kernel == LStepBwdKernel::tensor_cores_pair) && !mma_fits)
         throw CudaError(ctx() + ": T = " + std::to_string(p.frames) + " frames exceed the tensor-core L-step backward's " +
                         std::to_string(lstep_bwd_tensor_core_max_frames()) + ", expected the CUDA-core kernel or automatic choice");
     // automatic: two warps per position, 9–25 % below one at both benchmark shapes (H200, bench/RESULTS.md).
-    if (kernel != LStepBwdKernel::cuda_cores && mma_fits) return lstep_bwd_detail::launch_mma(p, last, one_warp ? 1 : 2, stream, ctx());
+    if (kernel != LStepBwdKernel::cuda_cores && mma_fits)
+        return lstep_bwd_detail::launch_mma(p, last, one_warp ? 1 : quad ? 4 : 2, stream, ctx());
     auto st = static_cast<cudaStream_t>(stream);
     const bool bf = p.elem == Elem::bf16;
     if (p.head_dim == 64) return bf ? launch_dtype<true, 64>(p, last, st, ctx) : launch_dtype<false, 64>(p, last, st, ctx);

@@ -1,6 +1,6 @@
-// Internal: the tensor-core L-step backward (spec §7 steps 3, 4, 6) for T ≤ 48 frames: one block of W = 1 or 2
+// Internal: the tensor-core L-step backward (spec §7 steps 3, 4, 6) for T ≤ 48 frames: one block of W = 1, 2 or 4
 // warps per (position j, head, batch), frames padded to TP = 16·MT rows, every T×T×d product an mma.sync m16n8k16
-// with f32 accumulators. With two warps each forms the T×T matrices (z, L, dL, dZ) itself and computes half of
+// with f32 accumulators. With W warps each forms the T×T matrices (z, L, dL, dZ) itself and computes 1/W of
 // the head-dim columns of the T×d products (dY, dQ, daL); they share the tiles and the L / dZ tiles' stores.
 // The math is that of lstep_bwd_kernel.cuh (the CUDA-core kernel, which takes longer clips):
 //   z = Q·aLᵀ − cL, L = softmax_k z (f32, in the accumulator layout)
@@ -17,7 +17,7 @@
 // (red.global.add, nothing waits for it) or, where the step owns dq (dq_overwrite), a store.
 // Shared memory per block: the Q and aL tiles, Y and dO (last) or daR's hi and lo parts (earlier), all 16-bit
 // and XOR-swizzled (mma_ptx.cuh swz); L's (then dZ's) hi and lo parts as T×T 16-bit tiles (for the transposed
-// operands Lᵀ, dZᵀ by ldmatrix.trans); dcR (earlier) and dcL·cL per frame. The outputs dY and daL are staged
+// operands Lᵀ, dZᵀ by ldmatrix.trans); dcR (earlier) and dcL·cL per frame; the other warps' parts of D_R. The outputs dY and daL are staged
 // in place in the dO and Q tiles, 64 (or 32) columns at a time once those columns are read, and stored as
 // 16-byte row chunks.
 // Exact key groups (spec §3b, lstep_exact_mask.cuh), frame-0 rows read as 0 (zero_frame0), merged L
@@ -36,8 +36,8 @@ namespace vmonarch::cuda {
 
 constexpr int lstep_bwd_mma_max_frames() { return 48; }
 constexpr int lstep_bwd_mma_lstride(int mt) { return 32 * mt + 16; } // bytes per row of a T×T 16-bit tile
-constexpr int lstep_bwd_mma_smem_bytes(int D, int mt) {
-    return 4 * (16 * mt) * D * 2 + 2 * (16 * mt) * lstep_bwd_mma_lstride(mt) + 2 * (16 * mt) * 4;
+constexpr int lstep_bwd_mma_smem_bytes(int D, int mt, int w) {
+    return 4 * (16 * mt) * D * 2 + 2 * (16 * mt) * lstep_bwd_mma_lstride(mt) + (1 + w) * (16 * mt) * 4;
 }
 
 namespace lstep_bwd_mma {
@@ -171,7 +171,7 @@ __device__ __forceinline__ float column_sum(float v) {
 } // namespace lstep_bwd_mma
 
 template <bool BF16, int D, bool LAST, int MT, int W>
-__global__ void __launch_bounds__(32 * W) lstep_bwd_mma_kernel(const LStepBwdParams p) {
+__global__ void __launch_bounds__(32 * W, W == 4 && MT <= 2 ? 4 : 1) lstep_bwd_mma_kernel(const LStepBwdParams p) {
     using namespace lstep_bwd_mma;
     using E = typename ElemType<BF16>::T;
     constexpr int TP = 16 * MT, NT = 2 * MT, CH = D / 8, ROWB = D * 2, LS = lstep_bwd_mma_lstride(MT), NTH = 32 * W;
@@ -198,6 +198,7 @@ __global__ void __launch_bounds__(32 * W) lstep_bwd_mma_kernel(const LStepBwdPar
     unsigned char* const tLl = tLh + TP * LS;       // lo
     float* const sV = reinterpret_cast<float*>(tLl + TP * LS); // earlier: dcR_k
     float* const sDC = sV + TP;                                 // dcL_k·cL_k (exact gradient), else 0
+    float* const sP = sDC + TP;                                 // warps 1..W-1: their parts of D_R_k
     const std::uint32_t sQ = smem_addr(tQ), sA = smem_addr(tA), sX = smem_addr(tX), sG = smem_addr(tG);
     const std::uint32_t sLh = smem_addr(tLh), sLl = smem_addr(tLl);
 
@@ -523,26 +524,28 @@ __global__ void __launch_bounds__(32 * W) lstep_bwd_mma_kernel(const LStepBwdPar
                     ea[kt][r] = fmaf(da.x, a.x, fmaf(da.y, a.y, ea[kt][r]));
                 }
     }
-    // D_R: this warp's columns' part of ⟨daL_k, aL_k⟩ (+ ⟨dY_k, Y_k⟩); with two warps the second's part goes
-    // through sV (dcR, read only before the first barrier after the Gram products).
-    static_assert(W <= 2, "D_R sums the parts of at most two warps");
+    // D_R: this warp's columns' part of ⟨daL_k, aL_k⟩ (+ ⟨dY_k, Y_k⟩); the other warps' parts go through sP and
+    // warp 0 adds them in warp order.
 #pragma unroll
     for (int kt = 0; kt < MT; ++kt)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const float v = quad_sum(ea[kt][r]) + (LAST ? quad_sum(ey[kt][r]) : 0.f);
             const int k = kt * 16 + g + 8 * r;
-            if (W == 2 && warp == 1 && t4 == 0) sV[k] = v;
+            if (W > 1 && warp > 0 && t4 == 0) sP[(warp - 1) * TP + k] = v;
             rowv[kt][r] = v;
         }
-    if constexpr (W == 2) __syncthreads();
+    if constexpr (W > 1) __syncthreads();
     if (warp == 0)
 #pragma unroll
         for (int kt = 0; kt < MT; ++kt)
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
                 const int k = kt * 16 + g + 8 * r;
-                if (t4 == 0 && k < T) *view_row<float>(p.drow_r, b, h, k, j) = rowv[kt][r] + (W == 2 ? sV[k] : 0.f) + sDC[k];
+                float v = rowv[kt][r];
+#pragma unroll
+                for (int w = 1; w < W; ++w) v += sP[(w - 1) * TP + k];
+                if (t4 == 0 && k < T) *view_row<float>(p.drow_r, b, h, k, j) = v + sDC[k];
             }
     block_sync<W>();
     scatter_rows<BF16, D>(tQ, p.da, b, h, j, T, tid, 0, NTH);
