@@ -59,21 +59,29 @@ def ss_method(n, ty, trans_b, what):
 """
 
 
-def wrapper(n, flag, ty):
+def rs_method(n, ty, name, trans_b, what, accumulate):
+    """An `rs` form: A from registers (four 32-bit fragments), B from a shared memory descriptor, MN-major
+    (imm-trans-b = 1) when trans_b; with `accumulate` a runtime flag (D zeroed when 0), else always accumulating."""
     regs, acc, outs, op = operands(n, ty)
     a0 = regs
+    param, flag_in, eq = (", int accumulate", '"r"(accumulate)', "(+)=") if accumulate else ("", '"r"(1)', "+=")
+    return f"""    // D(64x{n}, f32) {eq} A(64x16, registers) * B(16x{n}, smem desc, {what})
+    static __device__ __forceinline__ void {name}(float (&d)[{regs}], const std::uint32_t (&a)[4], std::uint64_t db{param}) {{
+        asm volatile(
+            "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{a0 + 5}, 0;\\n"
+            "{op} {{{acc}}}, {{%{a0},%{a0 + 1},%{a0 + 2},%{a0 + 3}}}, %{a0 + 4}, p, 1, 1, {int(trans_b)};\\n}}\\n"
+            : {outs}
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), {flag_in});
+    }}
+"""
+
+
+def wrapper(n, flag, ty):
+    regs = operands(n, ty)[0]
     return f"""
 template <> struct Wgmma<{n}, {flag}> {{
     static constexpr int REGS = {regs};
-{ss_method(n, ty, False, "K-major")}    // D(64x{n}, f32) += A(64x16, registers) * B(16x{n}, smem desc, MN-major: transposed)
-    static __device__ __forceinline__ void rs_tb(float (&d)[{regs}], const std::uint32_t (&a)[4], std::uint64_t db) {{
-        asm volatile(
-            "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{a0 + 5}, 0;\\n"
-            "{op} {{{acc}}}, {{%{a0},%{a0 + 1},%{a0 + 2},%{a0 + 3}}}, %{a0 + 4}, p, 1, 1, 1;\\n}}\\n"
-            : {outs}
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-    }}
-}};
+{ss_method(n, ty, False, "K-major")}{rs_method(n, ty, "rs_tb", True, "MN-major: transposed", False)}}};
 """
 
 
@@ -116,19 +124,9 @@ template <int N, bool BF16> struct WgmmaRs;
 
 
 def rs_wrapper(n, flag, ty):
-    regs, acc, outs, op = operands(n, ty)
-    a0 = regs
     return f"""
 template <> struct WgmmaRs<{n}, {flag}> {{
-    // D(64x{n}, f32) (+)= A(64x16, registers) * B(16x{n}, smem desc, K-major)
-    static __device__ __forceinline__ void rs(float (&d)[{regs}], const std::uint32_t (&a)[4], std::uint64_t db, int accumulate) {{
-        asm volatile(
-            "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{a0 + 5}, 0;\\n"
-            "{op} {{{acc}}}, {{%{a0},%{a0 + 1},%{a0 + 2},%{a0 + 3}}}, %{a0 + 4}, p, 1, 1, 0;\\n}}\\n"
-            : {outs}
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
-    }}
-}};
+{rs_method(n, ty, "rs", False, "K-major", True)}}};
 """
 
 
@@ -137,26 +135,20 @@ def write_if_changed(path, text):
         path.write_text(text)
 
 
+def generated(header, widths, struct_of):
+    """A header's text: its preamble for `widths`, one struct per width and element type, the namespace closed."""
+    out = header % ", ".join(str(n) for n in widths)
+    for n in widths:
+        for flag, ty in TYPES:
+            out += struct_of(n, flag, ty)
+    return out + "\n} // namespace vmonarch::cuda::hopper\n"
+
+
 def main():
-    out = HEADER % ", ".join(str(n) for n in WIDTHS)
-    for n in WIDTHS:
-        for flag, ty in TYPES:
-            out += wrapper(n, flag, ty)
-    out += "\n} // namespace vmonarch::cuda::hopper\n"
     sm90 = pathlib.Path(__file__).resolve().parent.parent / "src" / "cuda" / "sm90"
-    write_if_changed(sm90 / "hopper_wgmma.cuh", out)
-    tb = SS_TB_HEADER % ", ".join(str(n) for n in SS_TB_WIDTHS)
-    for n in SS_TB_WIDTHS:
-        for flag, ty in TYPES:
-            tb += ss_tb_wrapper(n, flag, ty)
-    tb += "\n} // namespace vmonarch::cuda::hopper\n"
-    write_if_changed(sm90 / "hopper_wgmma_ss_tb.cuh", tb)
-    rs = RS_HEADER % ", ".join(str(n) for n in RS_WIDTHS)
-    for n in RS_WIDTHS:
-        for flag, ty in TYPES:
-            rs += rs_wrapper(n, flag, ty)
-    rs += "\n} // namespace vmonarch::cuda::hopper\n"
-    write_if_changed(sm90 / "hopper_wgmma_rs.cuh", rs)
+    write_if_changed(sm90 / "hopper_wgmma.cuh", generated(HEADER, WIDTHS, wrapper))
+    write_if_changed(sm90 / "hopper_wgmma_ss_tb.cuh", generated(SS_TB_HEADER, SS_TB_WIDTHS, ss_tb_wrapper))
+    write_if_changed(sm90 / "hopper_wgmma_rs.cuh", generated(RS_HEADER, RS_WIDTHS, rs_wrapper))
 
 
 if __name__ == "__main__":
