@@ -222,8 +222,8 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_pipe_
             float pf[NS];
             wgmma_wait<1>(); // Sᵀ; dPᵀ may run
             bwd_sm90_fence(s);
-            if (!full_keys) bwd_sm90_prepared_x2_p<BF16, true>(s, pf, pa, prep4, key_ok, lane);
-            else bwd_sm90_prepared_x2_p<BF16, false>(s, pf, pa, prep4, key_ok, lane);
+            if (!full_keys) bwd_sm90_prepared_p_form<BF16, true, PKeep::x2_and_p>(s, pf, pa, prep4, key_ok, lane);
+            else bwd_sm90_prepared_p_form<BF16, false, PKeep::x2_and_p>(s, pf, pa, prep4, key_ok, lane);
             wgmma_fence();
             if constexpr (HAS_DY) {
 #pragma unroll

@@ -138,11 +138,18 @@ __device__ __forceinline__ void bwd_sm90_prepared_ds_only(const float (&s)[NS], 
         }
 }
 
-// P only, packed as the A operand of the P products (registers 4nt + {0, 1} and 4nt + {2, 3} are the pairs
-// pa[nt / 2][2·(nt % 2) + {0, 1}]); s keeps the raw scores.
-template <bool BF16, bool MASK, int NS, int KS>
-__device__ __forceinline__ void bwd_sm90_prepared_p_pack(const float (&s)[NS], std::uint32_t (&pa)[KS][4], const float4* prep4,
-                                                         const bool (&key_ok)[2], int lane) {
+// What bwd_sm90_prepared_p_form leaves in the raw scores' registers s: the raw scores (the dS phase forms P
+// again), P (problems without the entropy term, whose dS needs P and not x2), or x2 = qk·g2 + nl2 with P in pf
+// beside it (the entropy term's dS needs both).
+enum class PKeep { scores, p, x2_and_p };
+
+// P = 2^x2 (0 for a masked key), as bwd_sm90_prepared_p forms it, packed as the A operand of the P products
+// (registers 4nt + {0, 1} and 4nt + {2, 3} are the pairs pa[nt / 2][2·(nt % 2) + {0, 1}]), and what KEEP
+// says into s (and pf; pf is not touched otherwise).
+template <bool BF16, bool MASK, PKeep KEEP, int NS, int NP, int KS>
+__device__ __forceinline__ void bwd_sm90_prepared_p_form(float (&s)[NS], float (&pf)[NP], std::uint32_t (&pa)[KS][4],
+                                                         const float4* prep4, const bool (&key_ok)[2], int lane) {
+    static_assert(KEEP != PKeep::x2_and_p || NP == NS, "P beside x2 needs a register per score");
 #pragma unroll
     for (int nt = 0; nt < NS / 4; ++nt) {
         float pr[4];
@@ -151,59 +158,22 @@ __device__ __forceinline__ void bwd_sm90_prepared_p_pack(const float (&s)[NS], s
             const float4 r = prep4[c_frag_col(4 * nt + j, lane)];
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                float x2;
-                pr[j + 2 * h] = bwd_sm90_prepared_p<MASK>(s[4 * nt + j + 2 * h], r, key_ok[h], x2);
-            }
-        }
-        pa[nt >> 1][2 * (nt & 1)] = pack2<BF16>(pr[0], pr[1]);
-        pa[nt >> 1][2 * (nt & 1) + 1] = pack2<BF16>(pr[2], pr[3]);
-    }
-}
-
-// The split form (the dP product still on the tensor cores): x2 = qk·g2 + nl2 in place of the raw scores s,
-// P = 2^x2 (0 for a masked key) into pf, and P packed as the A operand of the P products (registers
-// 4nt + {0, 1} and 4nt + {2, 3} are the pairs pa[nt / 2][2·(nt % 2) + {0, 1}]). The same P as
-// bwd_sm90_prepared_p forms.
-template <bool BF16, bool MASK, int NS, int KS>
-__device__ __forceinline__ void bwd_sm90_prepared_x2_p(float (&s)[NS], float (&pf)[NS], std::uint32_t (&pa)[KS][4], const float4* prep4,
-                                                       const bool (&key_ok)[2], int lane) {
-#pragma unroll
-    for (int nt = 0; nt < NS / 4; ++nt) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            const float4 r = prep4[c_frag_col(4 * nt + j, lane)];
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
                 const int i = 4 * nt + j + 2 * h;
                 float x2;
-                pf[i] = bwd_sm90_prepared_p<MASK>(s[i], r, key_ok[h], x2);
-                s[i] = x2;
+                const float p = bwd_sm90_prepared_p<MASK>(s[i], r, key_ok[h], x2);
+                if constexpr (KEEP == PKeep::p) s[i] = p;
+                if constexpr (KEEP == PKeep::x2_and_p) pf[i] = p, s[i] = x2;
+                pr[j + 2 * h] = p;
             }
         }
-        pa[nt >> 1][2 * (nt & 1)] = pack2<BF16>(pf[4 * nt], pf[4 * nt + 1]);
-        pa[nt >> 1][2 * (nt & 1) + 1] = pack2<BF16>(pf[4 * nt + 2], pf[4 * nt + 3]);
-    }
-}
-
-// P in place of the raw scores s (0 for a masked key), packed as the A operand of the P products as
-// bwd_sm90_prepared_p_pack packs it: for problems without the entropy term, whose dS needs P and not x2.
-template <bool BF16, bool MASK, int NS, int KS>
-__device__ __forceinline__ void bwd_sm90_prepared_p_in_place(float (&s)[NS], std::uint32_t (&pa)[KS][4], const float4* prep4,
-                                                             const bool (&key_ok)[2], int lane) {
-#pragma unroll
-    for (int nt = 0; nt < NS / 4; ++nt) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            const float4 r = prep4[c_frag_col(4 * nt + j, lane)];
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int i = 4 * nt + j + 2 * h;
-                float x2;
-                s[i] = bwd_sm90_prepared_p<MASK>(s[i], r, key_ok[h], x2);
-            }
-        }
-        pa[nt >> 1][2 * (nt & 1)] = pack2<BF16>(s[4 * nt], s[4 * nt + 1]);
-        pa[nt >> 1][2 * (nt & 1) + 1] = pack2<BF16>(s[4 * nt + 2], s[4 * nt + 3]);
+        // P's registers (pr holds the same values; packing from them keeps the split forms' code as it was)
+        const auto pack = [&](float a, float b, float c, float d) {
+            pa[nt >> 1][2 * (nt & 1)] = pack2<BF16>(a, b);
+            pa[nt >> 1][2 * (nt & 1) + 1] = pack2<BF16>(c, d);
+        };
+        if constexpr (KEEP == PKeep::p) pack(s[4 * nt], s[4 * nt + 1], s[4 * nt + 2], s[4 * nt + 3]);
+        else if constexpr (KEEP == PKeep::x2_and_p) pack(pf[4 * nt], pf[4 * nt + 1], pf[4 * nt + 2], pf[4 * nt + 3]);
+        else pack(pr[0], pr[1], pr[2], pr[3]);
     }
 }
 

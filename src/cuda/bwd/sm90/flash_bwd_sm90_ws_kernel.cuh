@@ -115,6 +115,13 @@ __device__ __forceinline__ void cp_async_mbar_arrive(std::uint32_t bar) {
 }
 #endif
 
+// The forms a variant takes (the kernel's template parameters below; the launcher picks them the same way):
+// SPLIT, P formed before dPᵀ is complete, so that dV and Pᵀ·dA run while dS is formed: needs the raw scores,
+// dPᵀ and Pᵀ in registers at once besides dK and dV, too many with both values at d = 128. KREG with dA only
+// (with dY as well it spills).
+constexpr bool bwd_sm90_ws_split(int d, bool has_da, bool has_dy) { return d == 64 || !(has_da && has_dy); }
+constexpr bool bwd_sm90_ws_kreg(bool has_da, bool has_dy) { return has_da && !has_dy; }
+
 // KREG: K_w's fragments are loaded into registers once and the products with A = K_w (Sᵀ, and K_w·dAᵀ with dA)
 // take them (wgmma rs): their A operand is not read from shared memory on every query tile.
 // NO_DENT (the prepared form, split order, for problems without the entropy term): P, once formed, replaces
@@ -137,9 +144,7 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     constexpr int NS = BM / 2;  // Sᵀ / dPᵀ accumulator registers (m64n64)
     constexpr int KS = BM / 16; // k16 slices of the query reduction (dK, dV)
     constexpr int NA = D / 2;   // dK / dV accumulator registers (m64nD)
-    // P formed before dPᵀ is complete, so that dV and Pᵀ·dA run while dS is formed: needs the raw scores,
-    // dPᵀ and Pᵀ in registers at once besides dK and dV, too many with both values at d = 128.
-    constexpr bool SPLIT = D == 64 || !(HAS_DA && HAS_DY);
+    constexpr bool SPLIT = bwd_sm90_ws_split(D, HAS_DA, HAS_DY);
     static_assert(!NO_DENT || (PREP && SPLIT));
     constexpr bool P_BESIDE = PREP && KREG && !NO_DENT; // P in f32 beside x2 (the entropy term, dA only)
 
@@ -332,19 +337,14 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
             wgmma_wait<1>(); // Sᵀ (the last dPᵀ product still runs)
             bwd_sm90_fence(s);
 
-            // P → the A operand pa (s keeps the raw scores: the dS phase forms the same P again), the query
-            // (column) scalars from the stage's raw row operands. Registers 4nt + {0, 1} and 4nt + {2, 3} are
-            // the pairs pa[nt / 2][2·(nt % 2) + {0, 1}].
+            // P → the A operand pa (s keeps the raw scores unless NO_DENT or P_BESIDE: the dS phase forms the
+            // same P again), the query (column) scalars from the stage's raw row operands. Registers 4nt + {0, 1}
+            // and 4nt + {2, 3} are the pairs pa[nt / 2][2·(nt % 2) + {0, 1}].
             [[maybe_unused]] float pf[P_BESIDE ? NS : 1];
-            if constexpr (PREP && NO_DENT) { // P replaces the raw scores
-                if (full_keys) bwd_sm90_prepared_p_in_place<BF16, false>(s, pa, prep4, key_ok, lane);
-                else bwd_sm90_prepared_p_in_place<BF16, true>(s, pa, prep4, key_ok, lane);
-            } else if constexpr (P_BESIDE) { // x2 replaces the raw scores, P beside it
-                if (full_keys) bwd_sm90_prepared_x2_p<BF16, false>(s, pf, pa, prep4, key_ok, lane);
-                else bwd_sm90_prepared_x2_p<BF16, true>(s, pf, pa, prep4, key_ok, lane);
-            } else if constexpr (PREP) {
-                if (full_keys) bwd_sm90_prepared_p_pack<BF16, false>(s, pa, prep4, key_ok, lane);
-                else bwd_sm90_prepared_p_pack<BF16, true>(s, pa, prep4, key_ok, lane);
+            if constexpr (PREP) { // NO_DENT: P replaces the raw scores; P_BESIDE: x2 does, P beside it
+                constexpr PKeep KEEP = NO_DENT ? PKeep::p : P_BESIDE ? PKeep::x2_and_p : PKeep::scores;
+                if (full_keys) bwd_sm90_prepared_p_form<BF16, false, KEEP>(s, pf, pa, prep4, key_ok, lane);
+                else bwd_sm90_prepared_p_form<BF16, true, KEEP>(s, pf, pa, prep4, key_ok, lane);
             } else {
 #pragma unroll
                 for (int nt = 0; nt < NS / 4; ++nt) {

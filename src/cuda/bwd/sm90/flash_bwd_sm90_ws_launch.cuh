@@ -24,7 +24,7 @@ void launch_flash_bwd_sm90_ws_form(const FlashBwdParams& p, const hopper::BwdSm9
 // all but both values at d 128) and, with dA only, dQ out behind the next tile's products.
 template <bool BF16, int D, bool HAS_DA, bool HAS_DY, bool PREP>
 void launch_flash_bwd_sm90_ws_variant(const FlashBwdParams& p, const hopper::BwdSm90Maps& maps, void* stream, const char* what) {
-    constexpr bool KREG = HAS_DA && !HAS_DY, SPLIT = D == 64 || !(HAS_DA && HAS_DY);
+    constexpr bool KREG = hopper::bwd_sm90_ws_kreg(HAS_DA, HAS_DY), SPLIT = hopper::bwd_sm90_ws_split(D, HAS_DA, HAS_DY);
     if constexpr (PREP && SPLIT) {
         if (p.dent.ptr == nullptr) return launch_flash_bwd_sm90_ws_form<BF16, D, HAS_DA, HAS_DY, PREP, KREG, true, KREG>(p, maps, stream, what);
     }
