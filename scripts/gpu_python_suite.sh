@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Python package's GPU suite, for the lent GPU machine (no internet), run from the repo root:
 #   scripts/gpu_python_suite.sh [--prebuilt] [--all | --gpu-files] [--bench] [--bench-quick] [--train-bench]
-#                               [--overhead] [--skip-tests] [--build-check] [--image-cxx]
+#                               [--tests "FILES"] [--overhead] [--skip-tests] [--build-check] [--image-cxx]
 #
 # Compiler: the extension is built with the system g++ (/usr/bin/g++, or $VMONARCH_CXX), not the image's
 # $CXX: that one links libstdc++ statically into shared libraries, and such a module crashes on its first
@@ -18,18 +18,19 @@
 # (pip install --no-build-isolation --no-deps, CUDA on, all cores), or install the prebuilt wheel with
 # --prebuilt (--build-check then also builds from source in the background and reports whether that
 # worked); run tests/python/test_gpu.py (--all: every Python test; --gpu-files: every file with the GPU in its
-# name: the forward, backward, CLI backward, exact-group backward, joint, torch-impl and 1-GPU NCCL tests);
+# name: the forward, backward, CLI backward (with a carried CLI binary, below), exact-group backward, joint,
+# torch-impl and 1-GPU NCCL tests);
 # --bench: bench/wan_e2e.py; --train-bench: bench/backward_bench.py (plain and exact cases, against cuDNN) and
 # bench/wan_block_train.py (one Wan2.1-1.3B block's training step at 480p and 720p); --overhead:
 # bench/backward_overhead.py (the backward through autograd, the op, a CUDA graph; cuDNN's); --skip-tests: no
-# pytest step.
+# pytest step; --tests "FILES": these test files instead.
 # Logs go to $OUT (the device tool's folder) or ./out.
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUTDIR=${OUT:-out}
 mkdir -p "$OUTDIR"
 PREBUILT=0; ALL=0; GPU_FILES=0; BENCH=0; BENCH_ARGS=(); TRAIN_BENCH=0; BUILD_CHECK=0; IMAGE_CXX=0; OVERHEAD=0
-SKIP_TESTS=0
+SKIP_TESTS=0; ONLY_TESTS=
 while [ $# -gt 0 ]; do
   case "$1" in
     --prebuilt) PREBUILT=1 ;;
@@ -38,6 +39,7 @@ while [ $# -gt 0 ]; do
     --train-bench) TRAIN_BENCH=1 ;;
     --overhead) OVERHEAD=1 ;;
     --skip-tests) SKIP_TESTS=1 ;;
+    --tests) ONLY_TESTS=$2; shift ;;
     --bench) BENCH=1 ;;
     --bench-quick) BENCH=1; BENCH_ARGS+=(--quick) ;;
     --build-check) BUILD_CHECK=1 ;;
@@ -104,10 +106,15 @@ python3 -c 'import vmonarch; print("vmonarch", vmonarch.__version__, "cuda kerne
 # crashes is reported with the compiler that built it, and the suite stops here.
 python3 python/vmonarch/_smoke.py --device auto || exit 1
 
+# The CLI's CUDA backward tests (test_gpu_cli_backward.py) need a CUDA build of the `vmonarch` binary: carried as
+# .devcarry/vmonarch (or $VMONARCH_CLI), else they are skipped.
+[ -z "${VMONARCH_CLI:-}" ] && [ -x .devcarry/vmonarch ] && export VMONARCH_CLI=$PWD/.devcarry/vmonarch
+[ -n "${VMONARCH_CLI:-}" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$(dirname "$VMONARCH_CLI")"
 FAILED=0
 TESTS=tests/python/test_gpu.py
 [ $GPU_FILES -eq 1 ] && TESTS=$(ls tests/python/test_*gpu*.py)
 [ $ALL -eq 1 ] && TESTS=tests/python
+[ -n "$ONLY_TESTS" ] && TESTS=$ONLY_TESTS
 if [ $SKIP_TESTS -eq 0 ]; then
   python3 -m pytest $TESTS -q -p no:cacheprovider -rs --junitxml="$OUTDIR/pytest_gpu.xml" 2>&1 | tee "$OUTDIR/pytest_gpu.log" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || FAILED=1
