@@ -9,7 +9,11 @@ frame-0 recompute, saved mode): the same backward timed four ways, median of CUD
 op - graph is time the GPU waits for the host; autograd - op is the autograd engine's share. cuDNN's SDPA
 backward (autograd, the same timing) is measured in the same run for the ratios.
 
-    python3 bench/backward_overhead.py [--reps N] [--json FILE] [--quick]
+--cpu: the host's part alone, on a tiny grid (2x2x2, one head, d 64, float32, one thread) where the kernels
+take microseconds: autograd and op by perf_counter, and a trivial torch.autograd.Function's backward (a clone's)
+beside them, so autograd - op is what the Python autograd rule and the engine cost on the host.
+
+    python3 bench/backward_overhead.py [--reps N] [--json FILE] [--quick] [--cpu]
 """
 from __future__ import annotations
 
@@ -41,6 +45,49 @@ def host_ms(fn, reps):
         times.append((time.perf_counter() - t0) * 1e3)
     torch.cuda.synchronize()
     return statistics.median(times)
+
+
+class _Clone(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def cpu_row(reps):
+    """The host's part of the backward on a tiny CPU problem (microseconds, perf_counter, median)."""
+    torch.set_num_threads(1)
+    grid, N = (2, 2, 2), 8
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn((1, N, 1, 64), generator=gen).requires_grad_(True) for _ in range(3))
+    dout = torch.randn((1, N, 1, 64), generator=gen)
+    args = (list(grid), 2, 0.1, True, None, "bshd", False, False)
+    with torch.no_grad():
+        out, lse, saved = torch.ops.vmonarch.attention_train(q, k, v, *args, True)
+    out_g = vmonarch.attention(q, k, v, grid=grid, save_state=True)
+    x = torch.randn(4, requires_grad=True)
+    y, gy = _Clone.apply(x), torch.ones(4)
+
+    def op():
+        with torch.no_grad():
+            return torch.ops.vmonarch.attention_backward(q, k, v, out, lse, dout, None, *args, saved)
+
+    def us(fn):
+        for _ in range(max(10, reps // 10)):
+            fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e6)
+        return statistics.median(times)
+
+    return {"shape": "cpu 2x2x2x1h d64 f32", "op_us": us(op),
+            "autograd_us": us(lambda: torch.autograd.grad(out_g, (q, k, v), dout, retain_graph=True)),
+            "trivial_function_us": us(lambda: torch.autograd.grad(y, (x,), gy, retain_graph=True))}
 
 
 def shape_rows(grid, heads, reps):
@@ -88,15 +135,25 @@ def shape_rows(grid, heads, reps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=20, help="timed repetitions per figure (default 20)")
     parser.add_argument("--json", help="write the rows here (written whole or not at all)")
     parser.add_argument("--quick", action="store_true", help="the small shape only")
+    parser.add_argument("--cpu", action="store_true", help="the host's part on a tiny CPU problem (no GPU needed)")
+    parser.add_argument("--reps", type=int, help="timed repetitions per figure (default 20; 2000 with --cpu)")
     args = parser.parse_args()
-    if args.reps < 1:
-        parser.error(f"--reps is {args.reps}, expected >= 1")
+    reps = args.reps if args.reps is not None else (2000 if args.cpu else 20)
+    if reps < 1:
+        parser.error(f"--reps is {reps}, expected >= 1")
     check_outputs(parser, json=args.json)
+    if args.cpu:
+        r = cpu_row(reps)
+        print(f"{r['shape']}: autograd {r['autograd_us']:.1f} us, op {r['op_us']:.1f} us, "
+              f"a trivial autograd.Function {r['trivial_function_us']:.1f} us")
+        if args.json:
+            write_json(args.json, {"device": "cpu", "reps": reps, "rows": [r]})
+        return
     if not torch.cuda.is_available():
-        parser.error("needs a CUDA device")
+        parser.error("needs a CUDA device (or --cpu)")
+    args.reps = reps
     rows = []
     print(f"{'shape':>16} {'autograd':>9} {'op':>9} {'graph':>9} {'host':>9} {'cuDNN':>9}  ratios autograd/op/graph")
     for grid, heads in SHAPES[:1] if args.quick else SHAPES:
