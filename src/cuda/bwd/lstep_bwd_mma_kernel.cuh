@@ -17,9 +17,9 @@
 // (red.global.add, nothing waits for it) or, where the step owns dq (dq_overwrite), a store.
 // Shared memory per block: the Q and aL tiles, Y and dO (last) or daR's hi and lo parts (earlier), all 16-bit
 // and XOR-swizzled (mma_ptx.cuh swz); L's (then dZ's) hi and lo parts as T×T 16-bit tiles (for the transposed
-// operands Lᵀ, dZᵀ by ldmatrix.trans); dcR (earlier) and dcL·cL per frame; the other warps' parts of D_R. The outputs dY and daL are staged
-// in place in the dO and Q tiles, 64 (or 32) columns at a time once those columns are read, and stored as
-// 16-byte row chunks.
+// operands Lᵀ, dZᵀ by ldmatrix.trans); dcR (earlier) and dcL·cL per frame; the other warps' parts of D_R. The
+// outputs dY and daL are staged in place in the dO and Q tiles, 64 (or 32) columns at a time once those columns
+// are read, and stored as 16-byte row chunks.
 // Exact key groups (spec §3b, lstep_exact_mask.cuh), frame-0 rows read as 0 (zero_frame0), merged L
 // (merged_lse) and the stored dq (dq_overwrite) behave as in the CUDA-core kernel. Each dq element takes a single
 // reduction per launch, so its sum is that of a read-modify-write: the results are bitwise repeatable.
@@ -170,6 +170,8 @@ __device__ __forceinline__ float column_sum(float v) {
 
 } // namespace lstep_bwd_mma
 
+// Four warps at MT ≤ 2: 128 registers, so that four blocks (16 warps) fit an SM (the earlier step spills ~124 B
+// at MT = 2; at MT = 3 the bound would spill kilobytes, so none is set there).
 template <bool BF16, int D, bool LAST, int MT, int W>
 __global__ void __launch_bounds__(32 * W, W == 4 && MT <= 2 ? 4 : 1) lstep_bwd_mma_kernel(const LStepBwdParams p) {
     using namespace lstep_bwd_mma;
