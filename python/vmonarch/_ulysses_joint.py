@@ -146,6 +146,7 @@ def _name(shards) -> str:
     return repr(shards) if shards is None or isinstance(shards, str) else "explicit counts"
 
 
+@torch.compiler.disable  # as vmonarch.distributed._ulysses: outside compiled graphs
 def _ulysses_joint(q, k, v, grid, L, group, layout, held, valid, t_held, t_valid, replicated: bool, fn, call):
     """The exchanges (also run at world size 1 by the GPU tests, to check the packing)."""
     world, rank = dist.get_world_size(group), dist.get_rank(group)

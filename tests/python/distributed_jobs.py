@@ -197,12 +197,61 @@ def yunchang_case(rank: int, world: int):
     return dict(err=rel_l2(got, want[:, rank * n:(rank + 1) * n]), shape=tuple(got.shape))
 
 
+# grid, heads, d, layout, shards, text (L, text_first, text_shards) or None: torch.compile (aot_eager) against eager
+COMPILE_CASES = [((3, 2, 5), 4, 16, "bshd", "split", None), ((3, 1, 7), 3, 8, "bhsd", "padded", None),
+                 ((3, 1, 5), 2, 8, "bshd", "split", (4, False, "split"))]
+
+
+def compile_cases(rank: int, world: int):
+    """The same call compiled (backend aot_eager: dynamo and AOTAutograd, no code generation) and eager, the
+    operator's f64 CPU backward as the local attention: outputs and the gradients of q, k, v."""
+    import torch._dynamo
+    from distributed_joint_jobs import _splits, local_rows
+
+    results = []
+    for index, (grid, heads, d, layout, shards, text) in enumerate(COMPILE_CASES):
+        N = grid[0] * grid[1] * grid[2]
+        g = torch.Generator().manual_seed(100 + rank)
+        if text is None:
+            q, k, v = make_qkv("video", 1, heads, grid, d, layout, seed=30 + index)
+            held, valid = vd.token_split(N, world, shards)
+            local = [_shard(x, layout, rank, held, valid, g) for x in (q, k, v)]
+
+            def call(a, b, c):
+                return vd.ulysses_attention(a, b, c, grid, layout=layout, shards=shards)
+        else:
+            L, text_first, text_shards = text
+            q, k, v = make_qkv("video", 1, heads, (1, 1, N + L), d, layout, seed=30 + index)
+            split = _splits(N, L, world, shards, text_shards)
+            local = [local_rows(x, layout, rank, N, L, text_first, *split, text_shards is None, g) for x in (q, k, v)]
+
+            def call(a, b, c):
+                return vd.ulysses_joint_attention(a, b, c, grid, L, text_first=text_first, layout=layout,
+                                                  shards=shards, text_shards=text_shards)
+        weight = torch.randn(local[0].shape, generator=g, dtype=torch.float64)
+
+        def step(fn):
+            leaves = [x.clone().requires_grad_() for x in local]
+            out = fn(*leaves)
+            (out * weight).sum().backward()
+            return out.detach(), [x.grad for x in leaves]
+
+        want, want_grads = step(call)
+        torch._dynamo.reset()
+        got, got_grads = step(torch.compile(call, backend="aot_eager"))
+        results.append(dict(case=index, out_err=rel_l2(got, want),
+                            grad_errs=[rel_l2(a, b) if b.abs().sum() > 0 else float(a.abs().sum()) for a, b in
+                                       zip(got_grads, want_grads)],
+                            grads_nonzero=all(bool(b.abs().sum() > 0) for b in want_grads)))
+    return results
+
+
 def all_jobs(rank: int, world: int):
     """Every job in one process group (starting processes and importing diffusers dominates the test time)."""
     import importlib.util
 
     results = dict(op=op_cases(rank, world), grad=grad_cases(rank, world), joint_op=joint_op_cases(rank, world),
-                   joint_grad=joint_grad_cases(rank, world))
+                   joint_grad=joint_grad_cases(rank, world), compiled=compile_cases(rank, world))
     if importlib.util.find_spec("diffusers") is not None:
         results["wan"] = wan_cases(rank, world)
         results["joint_models"] = joint_model_cases(rank, world)
