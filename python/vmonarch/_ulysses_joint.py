@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 import torch.distributed as dist
 
-from .distributed import _check, _exchange, _group_of, head_split, token_split
+from .distributed import _SavedAnchor, _check, _exchange, _group_of, head_split, token_split
 
 _FN = "vmonarch.distributed.ulysses_joint_attention"
 
@@ -206,6 +206,8 @@ def _ulysses_joint(q, k, v, grid, L, group, layout, held, valid, t_held, t_valid
         # Nothing to attend. The empty results are views of seq, so that under autograd this rank's graph
         # holds the same collectives as every other rank's, with the operator's dtypes.
         lse_dtype = torch.float64 if (q.device.type == "cpu" and q.dtype == torch.float64) else torch.float32
+        if differentiable:  # where the local attention's backward unpacks its saved tensors on the other ranks
+            seq = _SavedAnchor.apply(seq)
         out, lse = seq.reshape(B, N + L, 0, dv), seq.reshape(B, 0, N + L).to(lse_dtype)
 
     # --- back to tokens: rank s gets its valid video rows and its text rows (replicated: all L) of these heads

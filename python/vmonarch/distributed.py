@@ -88,6 +88,24 @@ class _AllToAll(torch.autograd.Function):
         return back, None, None, None
 
 
+class _SavedAnchor(torch.autograd.Function):
+    """The identity, with its input saved for the backward: on a rank without heads it stands where the other
+    ranks' local attention stands, whose backward unpacks saved tensors. Non-reentrant activation checkpointing
+    reruns the checkpointed forward (its exchanges included) at the first unpack of a saved tensor, so with the
+    anchor every rank reruns it at the same point of its backward; without it the ranks' collectives mismatch
+    (gloo aborts, NCCL hangs)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clone()   # x is empty here (no heads): the copy costs nothing
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.saved_tensors  # the unpack is the point (see above)
+        return grad
+
+
 class _Pending:
     """An exchange in flight: recv is valid after wait()."""
 
@@ -276,6 +294,8 @@ def _ulysses(q, k, v, grid, group, layout, held, valid, chunks, fn, options):
             # holds the same exchanges as every other rank's (each backward exchange needs all ranks), with the
             # operator's dtypes (every rank exchanges the same type).
             lse_dtype = torch.float64 if (q.device.type == "cpu" and q.dtype == torch.float64) else torch.float32
+            if differentiable:
+                recv = _SavedAnchor.apply(recv)
             return recv.view(B, N, 0, dv), recv.view(B, 0, N).to(lse_dtype)
         rows = recv.view(N, B, h * (2 * d + dv))
         ql = rows[:, :, :h * d].unflatten(-1, (h, d)).permute(1, 0, 2, 3)

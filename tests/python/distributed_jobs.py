@@ -197,19 +197,23 @@ def yunchang_case(rank: int, world: int):
     return dict(err=rel_l2(got, want[:, rank * n:(rank + 1) * n]), shape=tuple(got.shape))
 
 
-# grid, heads, d, layout, shards, text (L, text_first, text_shards) or None: torch.compile (aot_eager) against eager
-COMPILE_CASES = [((3, 2, 5), 4, 16, "bshd", "split", None), ((3, 1, 7), 3, 8, "bhsd", "padded", None),
-                 ((3, 1, 5), 2, 8, "bshd", "split", (4, False, "split"))]
+# grid, heads, d, layout, shards, chunks, text (L, text_first, text_shards) or None: torch.compile (aot_eager) and
+# torch.utils.checkpoint (both forms) against eager. Ranks without heads: case 1 at P = 4 (and a chunk without
+# heads at P = 2), case 2 at P = 4.
+COMPILE_CASES = [((3, 2, 5), 4, 16, "bshd", "split", 1, None), ((3, 1, 7), 3, 8, "bhsd", "padded", 2, None),
+                 ((3, 1, 5), 2, 8, "bshd", "split", 1, (4, False, "split"))]
 
 
 def compile_cases(rank: int, world: int):
-    """The same call compiled (backend aot_eager: dynamo and AOTAutograd, no code generation) and eager, the
-    operator's f64 CPU backward as the local attention: outputs and the gradients of q, k, v."""
+    """The same call compiled (backend aot_eager: dynamo and AOTAutograd, no code generation), under activation
+    checkpointing (reentrant and not) and eager, the operator's f64 CPU backward as the local attention: outputs
+    and the gradients of q, k, v."""
     import torch._dynamo
+    import torch.utils.checkpoint
     from distributed_joint_jobs import _splits, local_rows
 
     results = []
-    for index, (grid, heads, d, layout, shards, text) in enumerate(COMPILE_CASES):
+    for index, (grid, heads, d, layout, shards, chunks, text) in enumerate(COMPILE_CASES):
         N = grid[0] * grid[1] * grid[2]
         g = torch.Generator().manual_seed(100 + rank)
         if text is None:
@@ -218,7 +222,7 @@ def compile_cases(rank: int, world: int):
             local = [_shard(x, layout, rank, held, valid, g) for x in (q, k, v)]
 
             def call(a, b, c):
-                return vd.ulysses_attention(a, b, c, grid, layout=layout, shards=shards)
+                return vd.ulysses_attention(a, b, c, grid, layout=layout, shards=shards, chunks=chunks)
         else:
             L, text_first, text_shards = text
             q, k, v = make_qkv("video", 1, heads, (1, 1, N + L), d, layout, seed=30 + index)
@@ -239,10 +243,15 @@ def compile_cases(rank: int, world: int):
         want, want_grads = step(call)
         torch._dynamo.reset()
         got, got_grads = step(torch.compile(call, backend="aot_eager"))
-        results.append(dict(case=index, out_err=rel_l2(got, want),
-                            grad_errs=[rel_l2(a, b) if b.abs().sum() > 0 else float(a.abs().sum()) for a, b in
-                                       zip(got_grads, want_grads)],
-                            grads_nonzero=all(bool(b.abs().sum() > 0) for b in want_grads)))
+        row = dict(case=index, out_err=rel_l2(got, want),
+                   grad_errs=[rel_l2(a, b) for a, b in zip(got_grads, want_grads)],
+                   grads_nonzero=all(bool(b.abs().sum() > 0) for b in want_grads))
+        for reentrant in (False, True):
+            got, got_grads = step(lambda a, b, c: torch.utils.checkpoint.checkpoint(call, a, b, c,
+                                                                                   use_reentrant=reentrant))
+            row[f"checkpoint_{'reentrant' if reentrant else 'plain'}_errs"] = \
+                [rel_l2(got, want)] + [rel_l2(a, b) for a, b in zip(got_grads, want_grads)]
+        results.append(row)
     return results
 
 

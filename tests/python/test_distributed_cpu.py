@@ -97,15 +97,18 @@ def test_joint_form_gradients(results, world):
             assert row["pad_grad_zero"], (world, rank, row)
 
 
-def test_compiled_matches_eager(results, world):
-    """torch.compile (aot_eager) of ulysses_attention and ulysses_joint_attention gives the eager outputs and the
-    eager gradients of q, k, v (the exchange runs outside the compiled graph; compiled, it once gave zero
-    gradients), with the operator's own CPU backward as the local attention."""
+def test_compiled_and_checkpointed_match_eager(results, world):
+    """torch.compile (aot_eager) and torch.utils.checkpoint (reentrant and not) of ulysses_attention and
+    ulysses_joint_attention give the eager outputs and the eager gradients of q, k, v, also where a rank has no
+    heads (compiled, the exchange once gave zero gradients; non-reentrant checkpointing once ran mismatched
+    collectives there), with the operator's own CPU backward as the local attention."""
     for rank, rows in enumerate(r["compiled"] for r in results):
         assert len(rows) == len(COMPILE_CASES)
         for row in rows:
             assert row["grads_nonzero"], (world, rank, row)
             assert row["out_err"] < ROUND_OFF and max(row["grad_errs"]) < ROUND_OFF, (world, rank, row)
+            for form in ("plain", "reentrant"):
+                assert max(row[f"checkpoint_{form}_errs"]) < ROUND_OFF, (world, rank, form, row)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="needs diffusers")
