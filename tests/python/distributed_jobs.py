@@ -182,6 +182,54 @@ def wan_cases(rank: int, world: int):
     return results
 
 
+def wan_train_cases(rank: int, world: int):
+    """One training step of a tiny Wan model under ContextParallelConfig, with and without gradient
+    checkpointing, against the same step in one process: the output, and the parameter gradients summed over
+    the ranks (what data-parallel reduction would sum). 3 heads leave a rank without heads at P = 4."""
+    import vmonarch.wan
+    from diffusers import ContextParallelConfig
+    from diffusers.utils import logging as dlogging
+    from wan_helpers import tiny_inputs, tiny_wan
+
+    dlogging.set_verbosity_error()
+    inputs = tiny_inputs(frames=3, height=4, width=8, seed=5)
+    weight = torch.randn(1, 4, 3, 4, 8, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+
+    def step(model):
+        model.train()
+        out = model(**inputs, return_dict=False)[0]
+        (out * weight).sum().backward()
+        return out.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    results = []
+    for heads in (3, 2 * world):
+        single = tiny_wan(heads=heads, head_dim=8, seed=2)
+        vmonarch.wan.enable(single)
+        want, want_grads = step(single)
+        row = dict(heads=heads)
+        grads = {}
+        for checkpointing in (False, True):
+            model = tiny_wan(heads=heads, head_dim=8, seed=2)
+            vmonarch.wan.enable(model)
+            model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+            if checkpointing:
+                model.enable_gradient_checkpointing()
+            got, got_grads = step(model)
+            summed = {}
+            for n, g in got_grads.items():
+                summed[n] = g.clone()
+                dist.all_reduce(summed[n])
+            key = "checkpointed" if checkpointing else "plain"
+            row[f"{key}_out_err"] = rel_l2(got, want)
+            # diffusers' FP32LayerNorm (the cross-attention norm) runs in float32, forward and backward: the
+            # gradients through it agree to float32 round-off (its per-token sums split over the ranks)
+            row[f"{key}_grad_err"] = max(rel_l2(summed[n], want_grads[n]) for n in want_grads)
+            grads[key] = got_grads
+        row["checkpointing_bitwise"] = all(torch.equal(grads["plain"][n], grads["checkpointed"][n]) for n in grads["plain"])
+        results.append(row)
+    return results
+
+
 def yunchang_case(rank: int, world: int):
     """yunchang's UlyssesAttention with VMonarch as its local attention."""
     from yunchang import UlyssesAttention
@@ -263,6 +311,7 @@ def all_jobs(rank: int, world: int):
                    joint_grad=joint_grad_cases(rank, world), compiled=compile_cases(rank, world))
     if importlib.util.find_spec("diffusers") is not None:
         results["wan"] = wan_cases(rank, world)
+        results["wan_train"] = wan_train_cases(rank, world)
         results["joint_models"] = joint_model_cases(rank, world)
     if importlib.util.find_spec("yunchang") is not None:
         results["yunchang"] = yunchang_case(rank, world)
