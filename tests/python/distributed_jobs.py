@@ -303,12 +303,32 @@ def compile_cases(rank: int, world: int):
     return results
 
 
+def lse_grad_case(rank: int, world: int):
+    """Gradients through both outputs (out and lse, return_lse=True) with the operator's own f64 CPU backward as
+    the local attention, against the single-process operator's (3 heads: a rank without heads at P = 4)."""
+    grid, heads = (3, 1, 7), 3
+    q, k, v = make_qkv("video", 1, heads, grid, 8, "bshd", seed=4)
+    full = [x.clone().requires_grad_() for x in (q, k, v)]
+    out, lse = vmonarch.attention(*full, grid=grid, return_lse=True)
+    w_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    w_lse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ((out * w_out).sum() + (lse * w_lse).sum()).backward()
+    held, valid = vd.token_split(21, world)
+    start, stop = sum(valid[:rank]), sum(valid[:rank + 1])
+    local = [x[:, start:stop].clone().requires_grad_() for x in (q, k, v)]
+    got, got_lse = vd.ulysses_attention(*local, grid, return_lse=True)
+    ((got * w_out[:, start:stop]).sum() + (got_lse * w_lse[:, :, start:stop]).sum()).backward()
+    return dict(out_err=rel_l2(got, out[:, start:stop].detach()), lse_err=rel_l2(got_lse, lse[:, :, start:stop].detach()),
+                grad_errs=[rel_l2(a.grad, b.grad[:, start:stop]) for a, b in zip(local, full)])
+
+
 def all_jobs(rank: int, world: int):
     """Every job in one process group (starting processes and importing diffusers dominates the test time)."""
     import importlib.util
 
     results = dict(op=op_cases(rank, world), grad=grad_cases(rank, world), joint_op=joint_op_cases(rank, world),
-                   joint_grad=joint_grad_cases(rank, world), compiled=compile_cases(rank, world))
+                   joint_grad=joint_grad_cases(rank, world), compiled=compile_cases(rank, world),
+                   lse_grad=lse_grad_case(rank, world))
     if importlib.util.find_spec("diffusers") is not None:
         results["wan"] = wan_cases(rank, world)
         results["wan_train"] = wan_train_cases(rank, world)

@@ -97,6 +97,14 @@ def test_joint_form_gradients(results, world):
             assert row["pad_grad_zero"], (world, rank, row)
 
 
+def test_gradients_through_out_and_lse(results, world):
+    """return_lse=True under autograd: the gradients of q, k, v through both outputs equal the single-process
+    operator's, its own CPU backward as the local attention (a rank without heads at P = 4)."""
+    for rank, row in enumerate(r["lse_grad"] for r in results):
+        assert row["out_err"] < ROUND_OFF and row["lse_err"] < ROUND_OFF, (world, rank, row)
+        assert max(row["grad_errs"]) < ROUND_OFF, (world, rank, row)
+
+
 def test_compiled_and_checkpointed_match_eager(results, world):
     """torch.compile (aot_eager) and torch.utils.checkpoint (reentrant and not) of ulysses_attention and
     ulysses_joint_attention give the eager outputs and the eager gradients of q, k, v, also where a rank has no
