@@ -57,36 +57,34 @@ class _Clone(torch.autograd.Function):
         return g
 
 
-def cpu_row(reps):
-    """The host's part of the backward on a tiny CPU problem (microseconds, perf_counter, median)."""
-    torch.set_num_threads(1)
-    grid, N = (2, 2, 2), 8
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn((1, N, 1, 64), generator=gen).requires_grad_(True) for _ in range(3))
-    dout = torch.randn((1, N, 1, 64), generator=gen)
+def backward_calls(q, k, v, dout, grid):
+    """(op, autograd): the saved-mode backward of one training forward (t = 2, recompute) as the op called
+    directly and through torch.autograd.grad, each a call that can be repeated."""
     args = (list(grid), 2, 0.1, True, None, "bshd", False, False)
     with torch.no_grad():
         out, lse, saved = torch.ops.vmonarch.attention_train(q, k, v, *args, True)
     out_g = vmonarch.attention(q, k, v, grid=grid, save_state=True)
-    x = torch.randn(4, requires_grad=True)
-    y, gy = _Clone.apply(x), torch.ones(4)
 
     def op():
         with torch.no_grad():
             return torch.ops.vmonarch.attention_backward(q, k, v, out, lse, dout, None, *args, saved)
 
-    def us(fn):
-        for _ in range(max(10, reps // 10)):
-            fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e6)
-        return statistics.median(times)
+    return op, lambda: torch.autograd.grad(out_g, (q, k, v), dout, retain_graph=True)
 
-    return {"shape": "cpu 2x2x2x1h d64 f32", "op_us": us(op),
-            "autograd_us": us(lambda: torch.autograd.grad(out_g, (q, k, v), dout, retain_graph=True)),
+
+def cpu_row(reps):
+    """The host's part of the backward on a tiny CPU problem (microseconds, perf_counter, median)."""
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, dout = (torch.randn((1, 8, 1, 64), generator=gen) for _ in range(4))
+    q, k, v = (x.requires_grad_(True) for x in (q, k, v))
+    op, autograd = backward_calls(q, k, v, dout, (2, 2, 2))
+    x = torch.randn(4, requires_grad=True)
+    y, gy = _Clone.apply(x), torch.ones(4)
+
+    def us(fn):
+        return median_ms(fn, torch.device("cpu"), max(10, reps // 10), reps) * 1e3
+    return {"shape": "cpu 2x2x2x1h d64 f32", "op_us": us(op), "autograd_us": us(autograd),
             "trivial_function_us": us(lambda: torch.autograd.grad(y, (x,), gy, retain_graph=True))}
 
 
@@ -98,17 +96,7 @@ def shape_rows(grid, heads, reps):
     q, k, v = (torch.randn((1, N, heads, 128), device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_(True)
                for _ in range(3))
     dout = torch.randn_like(q)
-    args = (list(grid), 2, 0.1, True, None, "bshd", False, False)
-    with torch.no_grad():
-        out, lse, saved = torch.ops.vmonarch.attention_train(q, k, v, *args, True)
-    out_g = vmonarch.attention(q, k, v, grid=grid, save_state=True)
-
-    def op():
-        with torch.no_grad():
-            return torch.ops.vmonarch.attention_backward(q, k, v, out, lse, dout, None, *args, saved)
-
-    def autograd():
-        return torch.autograd.grad(out_g, (q, k, v), dout, retain_graph=True)
+    op, autograd = backward_calls(q, k, v, dout, grid)
 
     op()
     torch.cuda.synchronize()
@@ -153,18 +141,17 @@ def main():
         return
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device (or --cpu)")
-    args.reps = reps
     rows = []
     print(f"{'shape':>16} {'autograd':>9} {'op':>9} {'graph':>9} {'host':>9} {'cuDNN':>9}  ratios autograd/op/graph")
     for grid, heads in SHAPES[:1] if args.quick else SHAPES:
-        r = shape_rows(grid, heads, args.reps)
+        r = shape_rows(grid, heads, reps)
         rows.append(r)
         print(f"{r['shape']:>16} {r['autograd_ms']:9.3f} {r['op_ms']:9.3f} {r['graph_ms']:9.3f} {r['host_ms']:9.3f} "
               f"{r['cudnn_bwd_ms']:9.3f}  {r['autograd_vs_cudnn']:.2f}x / {r['op_vs_cudnn']:.2f}x / "
               f"{r['graph_vs_cudnn']:.2f}x", flush=True)
         torch.cuda.empty_cache()
     if args.json:
-        write_json(args.json, {"device": torch.cuda.get_device_name(), "reps": args.reps, "rows": rows})
+        write_json(args.json, {"device": torch.cuda.get_device_name(), "reps": reps, "rows": rows})
 
 
 if __name__ == "__main__":

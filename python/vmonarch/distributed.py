@@ -224,7 +224,7 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: S
 
 # Outside any torch.compile graph: dynamo cannot trace the asynchronous collectives, and a compiled graph of the
 # differentiable exchange (_AllToAll) gave q, k, v zero gradients (tests/python/test_distributed_cpu.py,
-# test_compiled_model_matches_eager). Eager, the exchanges and the local attention keep their autograd.
+# test_compiled_and_checkpointed_match_eager). Eager, the exchanges and the local attention keep their autograd.
 @torch.compiler.disable
 def _ulysses(q, k, v, grid, group, layout, held, valid, chunks, fn, options):
     """The exchange proper (also run at world size 1 by the GPU tests, to check the packed views)."""
