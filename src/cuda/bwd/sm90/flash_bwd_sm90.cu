@@ -109,7 +109,7 @@ FlashBwdSm90Schedule resolve_flash_bwd_sm90_schedule(FlashBwdSm90Schedule schedu
     if (schedule != FlashBwdSm90Schedule::per_problem) return schedule;
     // H200, bf16 (bench/RESULTS.md, "Flash backward v7" and the session after it): with K in registers and P in
     // place the specialized prepared form is the fastest at both head dims, in both modes and every variant
-    // (d 64: 9-13 % below the pipelined form, deterministic 6-12 %; with both values and the entropy term,
+    // (d 64: 7-13 % below the pipelined form, deterministic 6-12 %; with both values and the entropy term,
     // deterministic, 1 % above it). The pipelined form stays the fallback for operands TMA cannot describe.
     (void)p;
     return FlashBwdSm90Schedule::specialized_prepared;
