@@ -15,9 +15,10 @@ def randomize(model, dtype=torch.float64, device="cpu"):
     return model.eval().to(device=device, dtype=dtype)
 
 
-def reference_joint_fn(ref, calls=None):
-    """joint_reference (fp64) with the processors' attention_fn signature; records each call's grid and
-    text layout in `calls` when given."""
+def reference_joint_fn(ref, calls=None, detach_entropy=False):
+    """joint_reference (fp64) with the processors' attention_fn signature, its result in the inputs' dtype;
+    records each call's grid and text layout in `calls` when given. detach_entropy=True: the paper's gradient
+    (cL a constant, spec §7), the one the processors train with by default."""
 
     def fn(q, k, v, grid, text_len, text_first, text_lens, layout, iterations, clamp, recompute_first_frame,
            sink_frames=0):
@@ -26,7 +27,8 @@ def reference_joint_fn(ref, calls=None):
         qb, kb, vb = (x.double() if layout == "bhsd" else x.transpose(1, 2).double() for x in (q, k, v))
         out = ref.joint_reference(qb, kb, vb, frames=grid[0], text_len=text_len, text_first=text_first,
                                   text_lens=text_lens, t=iterations, clamp=clamp,
-                                  recompute_first_frame=recompute_first_frame, sink_frames=sink_frames)
+                                  recompute_first_frame=recompute_first_frame, sink_frames=sink_frames,
+                                  detach_entropy=detach_entropy)
         out = out if layout == "bhsd" else out.transpose(1, 2)
         return out.to(q.dtype)
 

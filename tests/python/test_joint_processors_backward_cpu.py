@@ -8,23 +8,9 @@ import torch
 
 pytest.importorskip("diffusers")
 
+import joint_helpers as jh  # noqa: E402
 from conftest import rel_l2  # noqa: E402
 from test_joint_processors_cpu import CASES, NAMES  # noqa: E402
-
-
-def paper_gradient_reference(ref):
-    """joint_reference with detach_entropy=True (the paper's gradient) in the processors' attention_fn signature."""
-
-    def fn(q, k, v, grid, text_len, text_first, text_lens, layout, iterations, clamp, recompute_first_frame,
-           sink_frames=0):
-        qb, kb, vb = (x if layout == "bhsd" else x.transpose(1, 2) for x in (q, k, v))
-        out = ref.joint_reference(qb, kb, vb, frames=grid[0], text_len=text_len, text_first=text_first,
-                                  text_lens=text_lens, t=iterations, clamp=clamp,
-                                  recompute_first_frame=recompute_first_frame, sink_frames=sink_frames,
-                                  detach_entropy=True)
-        return out if layout == "bhsd" else out.transpose(1, 2)
-
-    return fn
 
 
 def weight_grads(model, inputs):
@@ -42,7 +28,7 @@ def test_one_backward_step_matches_reference(name, sink_frames, ref):
     model, inputs = c.model(), c.inputs(frames=3)
     c.module.enable(model, sink_frames=sink_frames)
     ours = weight_grads(model, inputs)
-    c.module.enable(model, attention_fn=paper_gradient_reference(ref), sink_frames=sink_frames)
+    c.module.enable(model, attention_fn=jh.reference_joint_fn(ref, detach_entropy=True), sink_frames=sink_frames)
     want = weight_grads(model, inputs)
     c.module.disable(model)
     assert ours.keys() == want.keys() and len(ours) > 0
