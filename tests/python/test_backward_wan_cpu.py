@@ -9,17 +9,7 @@ pytest.importorskip("diffusers")
 
 import vmonarch.wan  # noqa: E402
 from conftest import rel_l2  # noqa: E402
-from wan_helpers import tiny_inputs, tiny_wan  # noqa: E402
-
-
-def reference_paper_gradient(ref):
-    def fn(q, k, v, grid, iterations, clamp, recompute_first_frame):
-        qb, kb, vb = (x.transpose(1, 2) for x in (q, k, v))
-        out = ref.vmonarch_reference(qb, kb, vb, frames=grid[0], t=iterations, clamp=clamp,
-                                     recompute_first_frame=recompute_first_frame, detach_entropy=True)
-        return out.transpose(1, 2)
-
-    return fn
+from wan_helpers import reference_attention_fn, tiny_inputs, tiny_wan  # noqa: E402
 
 
 def parameter_grads(model, inputs, weight):
@@ -38,7 +28,7 @@ def test_wan_parameter_grads_match_reference(frames, height, width, ref):
     vmonarch.wan.enable(model, iterations=2)
     ours = parameter_grads(model, inputs, weight)
     vmonarch.wan.disable(model)
-    vmonarch.wan.enable(model, iterations=2, attention_fn=reference_paper_gradient(ref))
+    vmonarch.wan.enable(model, iterations=2, attention_fn=reference_attention_fn(ref, detach_entropy=True))
     want = parameter_grads(model, inputs, weight)
     vmonarch.wan.disable(model)
     assert ours.keys() == want.keys() and len(ours) > 10

@@ -41,13 +41,14 @@ def run(model, inputs):
         return model(**inputs, return_dict=False)[0]
 
 
-def reference_attention_fn(ref):
-    """vmonarch_reference adapted to the processor's attention_fn signature ("bshd" layout)."""
+def reference_attention_fn(ref, detach_entropy=False):
+    """vmonarch_reference (fp64) adapted to the processor's attention_fn signature ("bshd" layout), its result in
+    the inputs' dtype. detach_entropy=True: the paper's gradient (cL a constant, spec §7)."""
 
     def fn(q, k, v, grid, iterations, clamp, recompute_first_frame):
         qb, kb, vb = (x.transpose(1, 2).double() for x in (q, k, v))
         out = ref.vmonarch_reference(qb, kb, vb, frames=grid[0], t=iterations, clamp=clamp,
-                                     recompute_first_frame=recompute_first_frame)
+                                     recompute_first_frame=recompute_first_frame, detach_entropy=detach_entropy)
         return out.transpose(1, 2).to(q.dtype)
 
     return fn
