@@ -1,7 +1,7 @@
-"""The training benches (bench/backward_bench.py, bench/wan_block_train.py, bench/backward_memory.py) check their
---json / --md output paths before any work, as the other benches do: a folder that does not exist, a folder
-given as the file, or one file named by both options ends the run at once with status 2 and a message naming
-the option, and nothing is written."""
+"""The training benches (bench/backward_bench.py, bench/wan_block_train.py, bench/backward_memory.py) and
+bench/ulysses_head_split.py check their --json / --md output paths before any work, as the other benches do: a
+folder that does not exist, a folder given as the file, or one file named by both options ends the run at once
+with status 2 and a message naming the option, and nothing is written."""
 from __future__ import annotations
 
 import subprocess
@@ -11,10 +11,11 @@ import pytest
 
 from conftest import REPO_ROOT
 
-BENCHES = ["backward_bench.py", "wan_block_train.py", "backward_memory.py"]
+BENCHES = ["backward_bench.py", "wan_block_train.py", "backward_memory.py", "ulysses_head_split.py"]
 # Arguments that would otherwise start the real (CUDA) run: the path checks come before any device work.
 RUN = {"backward_bench.py": ["--quick"], "wan_block_train.py": ["--device", "cpu", "--quick", "--tiny-block"],
-       "backward_memory.py": ["--device", "cpu", "--quick"]}
+       "backward_memory.py": ["--device", "cpu", "--quick"],
+       "ulysses_head_split.py": ["--device", "cpu", "--reps", "2"]}
 
 
 def run(script, *args):
@@ -58,3 +59,19 @@ def test_backward_bench_unknown_case_is_refused(cases, tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"--cases is {cases!r}, expected a comma-separated list of plain, exact" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_head_split_bench_rows_on_cpu(tmp_path):
+    """The head-split bench's tiny CPU run: one row per world size, the ideal efficiency the head-count model's,
+    the measured one a positive ratio of timings."""
+    import json
+
+    path = tmp_path / "split.json"
+    proc = run("ulysses_head_split.py", "--json", str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["world"] for r in rows] == [4, 5]
+    for r in rows:
+        assert r["most_heads"] == -(-r["heads"] // r["world"])
+        assert r["ideal"] == r["heads"] / (r["world"] * r["most_heads"])
+        assert 0 < r["measured"] <= 2 and r["t_rank_ms"] > 0
