@@ -17,7 +17,7 @@ The exchanges (two all-to-alls) are not in these figures: they need several GPUs
 
 Cases (batch 1, t = 2 with the frame-0 recompute): Wan2.1-1.3B 81x480x832 (grid 21x30x52, 12 heads, d 128,
 P = 2..12), Wan2.1-14B 81x720x1280 (21x45x80, 40 heads, d 128, P = 2..16), CogVideoX-5B's video part
-(13x30x45, 48 heads, d 64, P = 2..32); bf16 on CUDA. --quick: the first case only. --device cpu: a tiny grid
+(13x30x45, 48 heads, d 64, P = 5..32); bf16 on CUDA. --quick: the first case only. --device cpu: a tiny grid
 in float32 (a check that the bench runs; its numbers say nothing about a GPU). Medians of CUDA-event timings.
 """
 from __future__ import annotations
