@@ -67,15 +67,19 @@ bool encode_dq_map(const FlashBwdParams& p, hopper::BwdSm90Maps* m) {
                           hopper::BwdSm90Shape::BM, hopper::BwdSm90Shape::DQ_BOX_COLS);
 }
 
-// The specialized schedule's producer maps of q, da, dy (absent operands left zero); false when TMA cannot
-// describe one of them.
+// The specialized schedule's producer maps of q, da, dy and of the key tile's k, v (absent operands left zero);
+// false when TMA cannot describe one of them.
 bool encode_load_maps(const FlashBwdParams& p, hopper::BwdSm90Maps* m) {
     const TmaElem e = tma_elem(p.elem);
     const auto rows = [&](CUtensorMap* map, hopper::TmaCoords* c, const RowView& v) {
         return encode_row_map(map, c, e, v, p.head_dim, p.len_q, p.segments, p.heads, p.batch, hopper::BwdSm90Shape::BM, 64);
     };
+    const auto keys = [&](CUtensorMap* map, hopper::TmaCoords* c, const RowView& v) {
+        return encode_row_map(map, c, e, v, p.head_dim, p.len_k, p.segments, p.heads, p.batch, hopper::BwdSm90Shape::BN, 64);
+    };
     return rows(&m->q, &m->cq, p.q) && (p.da.ptr == nullptr || rows(&m->da, &m->cda, p.da)) &&
-           (p.dy.ptr == nullptr || rows(&m->dy, &m->cdy, p.dy));
+           (p.dy.ptr == nullptr || rows(&m->dy, &m->cdy, p.dy)) && keys(&m->k, &m->ck, p.k) &&
+           (p.dy.ptr == nullptr || keys(&m->v, &m->cv, p.v));
 }
 
 // flash_bwd_sm90_supported, leaving in m the dq map it encodes (unless deterministic) for the launch to use.

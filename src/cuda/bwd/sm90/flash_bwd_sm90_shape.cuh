@@ -39,10 +39,12 @@ struct BwdSm90Shape {
 //   dq (f32, boxes of BM rows × DQ_BOX_COLS): dQ tiles go out by TMA reduce-adds, one thread per warpgroup
 //     issuing them; zero when deterministic;
 //   q, da, dy (16-bit, boxes of BM rows × 64): the specialized schedule's producer loads each query tile by
-//     TMA, one thread issuing; zero for the other schedules and for absent operands.
+//     TMA, one thread issuing; zero for the other schedules and for absent operands;
+//   k, v (16-bit, boxes of BN rows × 64): the specialized schedule's resident key tile, loaded the same way
+//     (v only with dy).
 struct BwdSm90Maps {
-    CUtensorMap dq, q, da, dy;
-    TmaCoords cdq, cq, cda, cdy;
+    CUtensorMap dq, q, da, dy, k, v;
+    TmaCoords cdq, cq, cda, cdy, ck, cv;
 };
 
 // Whether a backward kernel variant takes the broadcast warp index (sm90/hopper_ptx.cuh, warp_index_uniform),

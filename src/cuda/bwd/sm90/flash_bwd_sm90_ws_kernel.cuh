@@ -1,7 +1,9 @@
 // Internal: the Hopper (sm_90a) flash backward kernel, specialized schedule. The same products, operand
 // layouts, masking and FlashBwdParams semantics as flash_bwd_sm90_kernel.cuh (spec §7.5 R-step, §7.2 dense
 // recompute; the formulas are listed there), with the work split by role:
-//   producer warpgroup (few registers, setmaxnreg; its warps 0–1 work, 2–3 leave): each query tile into a
+//   producer warpgroup (few registers, setmaxnreg; its warps 0–1 work, 2–3 leave): first the resident K (and V)
+//     tile by TMA from one thread (the "kv" mbarrier counts its bytes; keys past len_k zero-filled), so that
+//     the first query tiles' loads follow it at once instead of after it has arrived; then each query tile into a
 //     STAGES-deep ring, its Q, dA, dY by TMA from one thread (BwdSm90Maps; the stage's "full" mbarrier
 //     counts their bytes) and row r's operands by thread r < BM, which arrives once per tile; a stage is
 //     refilled once its "empty" mbarrier says both consumer warpgroups are done with it;
@@ -42,35 +44,16 @@ struct BwdSm90WsShape {
     static constexpr int BAR_DS_FREE = 4;     // + w: warpgroup w has read the previous dS (arrive 128 + sync 128)
 };
 
-// The cooperative schedule's layout (flash_bwd_sm90_shape.cuh) plus the ring's mbarriers.
+// The cooperative schedule's layout (flash_bwd_sm90_shape.cuh) plus the ring's mbarriers and the key tile's.
 template <int D, bool HAS_DA, bool HAS_DY> struct BwdSm90WsLayout {
     using Base = BwdSm90Layout<D, HAS_DA, HAS_DY>;
-    static constexpr int OFF_BARS = (Base::BYTES + 7) / 8 * 8; // full[STAGES], empty[STAGES]
-    static constexpr int BYTES = OFF_BARS + 2 * BwdSm90Shape::STAGES * 8;
+    static constexpr int OFF_BARS = (Base::BYTES + 7) / 8 * 8; // full[STAGES], empty[STAGES], kv
+    static constexpr int BYTES = OFF_BARS + (2 * BwdSm90Shape::STAGES + 1) * 8;
     static constexpr int SMEM = 1024 /*alignment slack*/ + BYTES;
     static_assert(SMEM <= 227 * 1024, "sm_90 shared memory");
 };
 
 #ifdef VMONARCH_HOPPER_DEVICE
-// cp.async rows [row0, row0 + ROWS) of D 16-bit elements (row stride sr) into a 128-byte-swizzled tile, by
-// THREADS threads (tid in [0, THREADS)): chunk c of row r lands at (c / 8)·ROWS·128 + 128·r + 16·((c % 8) ^
-// (r % 8)); rows at or past len are zero-filled.
-template <int D, int ROWS, int THREADS, typename T>
-__device__ __forceinline__ void bwd_ws_load_rows(std::uint32_t dst, const T* base, std::int64_t sr, std::int64_t row0, std::int64_t len,
-                                                 int tid) {
-    constexpr int CH = D / 8, CHUNKS = ROWS * CH;
-#pragma unroll(16)
-    for (int it = 0; it < (CHUNKS + THREADS - 1) / THREADS; ++it) {
-        const int c = tid + it * THREADS;
-        if (CHUNKS % THREADS != 0 && c >= CHUNKS) break;
-        const int r = c / CH, ch = c % CH;
-        const std::int64_t row = row0 + r;
-        const bool ok = row < len;
-        const std::uint32_t off = std::uint32_t((ch >> 3) * ROWS * 128 + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
-        cp_async_16(dst + off, ok ? base + row * sr + ch * 8 : base, ok ? 16 : 0);
-    }
-}
-
 // P = exp(x − lse) from the raw score qk, x = γ·qk, exactly as bwd_ds (flash_bwd_kernel.cuh) forms it: 0 for
 // a masked key or row.
 __device__ __forceinline__ float bwd_ws_p(float qk, const FlashBwdRowScalars& r, bool key_ok) {
@@ -162,6 +145,7 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     const std::uint32_t bars = base + LW::OFF_BARS;
     const auto full_bar = [&](int s) { return bars + std::uint32_t(s) * 8u; };
     const auto empty_bar = [&](int s) { return bars + std::uint32_t(STAGES + s) * 8u; };
+    const std::uint32_t kv_bar = bars + std::uint32_t(2 * STAGES) * 8u;
     const auto stage = [&](int s) { return base + L::OFF_STAGES + std::uint32_t(s) * L::STAGE; };
 
     const int tid = threadIdx.x, warp = kBroadcastWarp ? warp_index_uniform() : tid >> 5, lane = tid & 31;
@@ -170,19 +154,15 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     const std::int64_t k0 = std::int64_t(blockIdx.x) * BN;
     const int n_q = int((p.len_q + BM - 1) / BM);
 
-    // Every thread: the resident K (and V) tile; one thread: the ring's barriers.
-    bwd_ws_load_rows<D, BN, WS::THREADS>(sK, view_row<const T>(p.k, b, h, f), p.k.sr, k0, p.len_k, tid);
-    if constexpr (HAS_DY) bwd_ws_load_rows<D, BN, WS::THREADS>(sV, view_row<const T>(p.v, b, h, f), p.v.sr, k0, p.len_k, tid);
-    cp_async_commit();
+    // One thread: the barriers (the ring's and the key tile's).
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(full_bar(s), 1 + BM); // the TMA thread's expect_tx, then one arrival per query row
             mbar_init(empty_bar(s), WS::CONSUMER_THREADS);
         }
+        mbar_init(kv_bar, 1);
         fence_barrier_init();
     }
-    cp_async_wait<0>();
-    fence_proxy_async_smem();
     __syncthreads();
 
     if (wg == 0) {
@@ -193,6 +173,12 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
         setmaxnreg_dec<WS::PRODUCER_REGS>();
         if (tid >= BM) return;
         if (tid == 0) {
+            mbar_arrive_expect_tx(kv_bar, std::uint32_t((HAS_DY ? 2 : 1) * L::KTILE));
+#pragma unroll
+            for (int c = 0; c < D / 64; ++c) {
+                tma_load_row_tile(sK + c * BN * 128, &maps.k, kv_bar, maps.ck, c * 64, int(k0), f, h, b);
+                if constexpr (HAS_DY) tma_load_row_tile(sV + c * BN * 128, &maps.v, kv_bar, maps.cv, c * 64, int(k0), f, h, b);
+            }
             prefetch_tensor_map(&maps.q);
             if constexpr (HAS_DA) prefetch_tensor_map(&maps.da);
             if constexpr (HAS_DY) prefetch_tensor_map(&maps.dy);
@@ -244,6 +230,7 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
 
     // ---- consumers: warpgroup cw owns keys [64·cw, 64·cw + 64) of the tile.
     setmaxnreg_inc<WS::CONSUMER_REGS>();
+    mbar_wait(kv_bar, 0u); // the key tile (TMA writes, read by wgmma and ldmatrix as they are)
     const int cw = wg - 1;
     unsigned char* const sdq = smem_raw + ((base - raw) + L::OFF_DQ + cw * L::DQ_WG_BYTES);
     const std::uint32_t sdq_addr = base + L::OFF_DQ + std::uint32_t(cw) * L::DQ_WG_BYTES;
