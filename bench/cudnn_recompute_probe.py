@@ -8,23 +8,16 @@ Shapes 16x28x52 with 12 heads and 24x44x80 with 40 heads. Times are medians of C
 torch.autograd.grad through scaled_dot_product_attention with one backend allowed, after 3 warm-ups. Numbers
 only, printed one dict per line.
 """
+import os
+import sys
+
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_bench_common import median_ms  # noqa: E402
 
-def median_ms(fn, reps):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(stop))
-    return sorted(times)[len(times) // 2]
+CUDA = torch.device("cuda")
 
 
 def main():
@@ -40,7 +33,7 @@ def main():
             for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION):
                 with sdpa_kernel(backend):
                     out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-                    ms = median_ms(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True), reps)
+                    ms = median_ms(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True), CUDA, 3, reps)
                 flops = 10.0 * nq * n * 128 * heads
                 print(dict(shape=f"{T}x{H}x{W}x{heads}h", case=case, backend=str(backend), ms=ms, tflops=flops / ms / 1e9),
                       flush=True)

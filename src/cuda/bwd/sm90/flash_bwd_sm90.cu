@@ -77,9 +77,8 @@ bool encode_load_maps(const FlashBwdParams& p, hopper::BwdSm90Maps* m) {
     const auto keys = [&](CUtensorMap* map, hopper::TmaCoords* c, const RowView& v) {
         return encode_row_map(map, c, e, v, p.head_dim, p.len_k, p.segments, p.heads, p.batch, hopper::BwdSm90Shape::BN, 64);
     };
-    return rows(&m->q, &m->cq, p.q) && (p.da.ptr == nullptr || rows(&m->da, &m->cda, p.da)) &&
-           (p.dy.ptr == nullptr || rows(&m->dy, &m->cdy, p.dy)) && keys(&m->k, &m->ck, p.k) &&
-           (p.dy.ptr == nullptr || keys(&m->v, &m->cv, p.v));
+    return rows(&m->q, &m->cq, p.q) && keys(&m->k, &m->ck, p.k) && (p.da.ptr == nullptr || rows(&m->da, &m->cda, p.da)) &&
+           (p.dy.ptr == nullptr || (rows(&m->dy, &m->cdy, p.dy) && keys(&m->v, &m->cv, p.v)));
 }
 
 // flash_bwd_sm90_supported, leaving in m the dq map it encodes (unless deterministic) for the launch to use.

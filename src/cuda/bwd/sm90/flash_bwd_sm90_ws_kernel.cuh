@@ -122,7 +122,6 @@ __global__ void __launch_bounds__(BwdSm90WsShape::THREADS, 1) flash_bwd_sm90_ws_
     using WS = BwdSm90WsShape;
     using L = BwdSm90Layout<D, HAS_DA, HAS_DY>;
     using LW = BwdSm90WsLayout<D, HAS_DA, HAS_DY>;
-    using T = typename ElemType<BF16>::T;
     constexpr int BM = Shape::BM, BN = Shape::BN, STAGES = Shape::STAGES;
     constexpr int NS = BM / 2;  // Sᵀ / dPᵀ accumulator registers (m64n64)
     constexpr int KS = BM / 16; // k16 slices of the query reduction (dK, dV)
