@@ -5,14 +5,16 @@ backward; also with the exact gradient), saved mode (save_state=True), saved wit
 (torch.cuda.max_memory_allocated over one forward + backward) and the saved state's bytes per token per head.
 Lean minus saved backward time is what one forward rerun costs (the lean backward runs the forward once).
 
-    python3 bench/backward_bench.py [--quick] [--reps N] [--json FILE] [--cases plain,exact]
+    python3 bench/backward_bench.py [--quick] [--reps N] [--json FILE] [--cases plain,exact] [--variants LIST]
 
 Shapes (batch 1, bf16, d = 128, t = 2 with the frame-0 recompute): 16x28x52 with 12 heads and 24x44x80
 with 40 heads. --cases exact (spec §3b-3c, §7) adds the exact key groups' backward: the video shapes with
 one sink frame (t = 1 and t = 2, lean) and CogVideoX-5B's joint sequence (226 text tokens first +
 13x30x45 video, 48 heads, d = 64; vmonarch.joint_attention, lean, t = 2 and t = 1 with S = 1) against
-cuDNN's backward over the same sequence. Times are medians of CUDA-event timings after warm-up. No
-assertions: numbers only.
+cuDNN's backward over the same sequence. --variants picks the plain case's VMonarch rows and their order
+(comma-separated from lean, lean-exact, saved, saved-exact, deterministic; default all, in that order), e.g. to
+see whether a row's figure depends on what ran before it. Times are medians of CUDA-event timings after
+warm-up. No assertions: numbers only.
 """
 from __future__ import annotations
 
@@ -32,6 +34,14 @@ from train_bench_common import check_outputs, cuda_peak_bytes, median_ms, sdpa_f
 SHAPES = [((16, 28, 52), 12), ((24, 44, 80), 40)]
 COGVIDEOX = ((13, 30, 45), 48, 64, 226)  # grid, heads, head dim, text tokens (first)
 CASES = ("plain", "exact")
+# The plain case's VMonarch rows: --variants key -> (row name, vmonarch.attention options).
+VARIANTS = {
+    "lean": ("vmonarch lean", dict()),
+    "lean-exact": ("vmonarch lean exact", dict(entropy_grad=True)),
+    "saved": ("vmonarch saved", dict(save_state=True)),
+    "saved-exact": ("vmonarch saved exact", dict(save_state=True, entropy_grad=True)),
+    "deterministic": ("vmonarch deterministic", dict(deterministic=True)),
+}
 
 
 CUDA = torch.device("cuda")
@@ -76,10 +86,15 @@ def main():
     parser.add_argument("--reps", type=int, help="timed repetitions per figure (default 20; 5 with --quick)")
     parser.add_argument("--cases", default="plain",
                         help="comma-separated: plain (the paper's setting, every mode) and/or exact (sink frame, joint)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated VMonarch rows of the plain case, in this order: " + ", ".join(VARIANTS))
     args = parser.parse_args()
     cases = [c for c in args.cases.split(",") if c]
     if not cases or any(c not in CASES for c in cases):
         parser.error(f"--cases is {args.cases!r}, expected a comma-separated list of {', '.join(CASES)}")
+    variant_keys = [v for v in args.variants.split(",") if v]
+    if not variant_keys or any(v not in VARIANTS for v in variant_keys):
+        parser.error(f"--variants is {args.variants!r}, expected a comma-separated list of {', '.join(VARIANTS)}")
     from torch.nn.attention import SDPBackend
 
     reps = args.reps if args.reps is not None else (5 if args.quick else 20)
@@ -121,11 +136,7 @@ def main():
         label = f"{grid[0]}x{grid[1]}x{grid[2]}x{heads}h"
         q, k, v, dout = leaves(grid, heads, 128, torch.bfloat16, "bshd")
         N = grid[0] * grid[1] * grid[2]
-        variants = [("vmonarch lean", dict()), ("vmonarch lean exact", dict(entropy_grad=True)),
-                    ("vmonarch saved", dict(save_state=True)),
-                    ("vmonarch saved exact", dict(save_state=True, entropy_grad=True)),
-                    ("vmonarch deterministic", dict(deterministic=True))]
-        for name, opts in variants:
+        for name, opts in (VARIANTS[key] for key in variant_keys):
             fwd = (lambda o: lambda q, k, v: vmonarch.attention(q, k, v, grid=grid, iterations=2, **o))(opts)
             row = {"shape": label, **measure(name, fwd, q, k, v, dout, reps)}
             if opts.get("save_state"):

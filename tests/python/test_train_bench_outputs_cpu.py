@@ -61,6 +61,15 @@ def test_backward_bench_unknown_case_is_refused(cases, tmp_path):
     assert proc.stdout == ""
 
 
+@pytest.mark.parametrize("variants", ["", "saved,fast", "lean;saved"])
+def test_backward_bench_unknown_variant_is_refused(variants):
+    proc = run("backward_bench.py", "--variants", variants)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (f"--variants is {variants!r}, expected a comma-separated list of lean, lean-exact, saved, saved-exact, "
+            "deterministic") in proc.stderr
+    assert proc.stdout == ""
+
+
 def test_head_split_bench_rows_on_cpu(tmp_path):
     """The head-split bench's tiny CPU run: one row per world size, the ideal efficiency the head-count model's,
     the measured one a positive ratio of timings."""

@@ -79,8 +79,6 @@ __device__ __forceinline__ void cp_async_4(std::uint32_t dst, const void* src, i
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // This thread's bulk operations have read their shared-memory sources (the buffer may be rewritten).
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
-// This thread's bulk operations have completed.
-__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
 // dQ tile of a warpgroup in shared memory (sdq, 1024-byte aligned): element (r, c) of its BM × DQ_COLS f32 at
 // (c / 32)·BM·128 + 128·r + 16·(((c % 32) / 4) ^ (r % 8)) + 4·(c % 4), the 128-byte swizzle of BwdSm90Maps::dq's
@@ -453,7 +451,9 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_kerne
     }
 
     bwd_sm90_add_dkdv<NA, sizeof(acc_v) / sizeof(float), HAS_DY>(p, b, h, f, k0 + krow, key_ok, acc_k, acc_v, out_s, lane);
-    bulk_wait(); // every dQ row has been added
+    // The dQ tile's last reduce-adds have read it, so the block may leave: their writes to dq are complete by
+    // the end of the grid, before any later launch on the stream reads dq.
+    bulk_wait_read();
 #endif
 }
 

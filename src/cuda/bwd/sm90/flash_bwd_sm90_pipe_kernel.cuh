@@ -311,7 +311,9 @@ __global__ void __launch_bounds__(BwdSm90Shape::THREADS, 1) flash_bwd_sm90_pipe_
         if (!p.deterministic && n_q > 0) dq_out(n_q - 1, dq_done, 1.f);
     }
     bwd_sm90_add_dkdv<NA, sizeof(acc_v) / sizeof(float), HAS_DY>(p, b, h, f, k0 + krow, key_ok, acc_k, acc_v, out_s, lane);
-    bulk_wait(); // every dQ row has been added
+    // The dQ tile's last reduce-adds have read it, so the block may leave: their writes to dq are complete by
+    // the end of the grid, before any later launch on the stream reads dq.
+    bulk_wait_read();
 #endif
 }
 
