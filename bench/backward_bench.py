@@ -79,6 +79,14 @@ def measure(name, forward, q, k, v, dout, reps):
     return row
 
 
+def comma_list(parser, option, text, allowed):
+    """The non-empty items of a comma-separated option, each one of allowed (else a parser error naming it)."""
+    items = [x for x in text.split(",") if x]
+    if not items or any(x not in allowed for x in items):
+        parser.error(f"{option} is {text!r}, expected a comma-separated list of {', '.join(allowed)}")
+    return items
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the small shape only, fewer repetitions")
@@ -89,12 +97,8 @@ def main():
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma-separated VMonarch rows of the plain case, in this order: " + ", ".join(VARIANTS))
     args = parser.parse_args()
-    cases = [c for c in args.cases.split(",") if c]
-    if not cases or any(c not in CASES for c in cases):
-        parser.error(f"--cases is {args.cases!r}, expected a comma-separated list of {', '.join(CASES)}")
-    variant_keys = [v for v in args.variants.split(",") if v]
-    if not variant_keys or any(v not in VARIANTS for v in variant_keys):
-        parser.error(f"--variants is {args.variants!r}, expected a comma-separated list of {', '.join(VARIANTS)}")
+    cases = comma_list(parser, "--cases", args.cases, CASES)
+    variant_keys = comma_list(parser, "--variants", args.variants, VARIANTS)
     from torch.nn.attention import SDPBackend
 
     reps = args.reps if args.reps is not None else (5 if args.quick else 20)
